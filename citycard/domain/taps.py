@@ -1,0 +1,64 @@
+"""A tap as the shard sees it, and the row it leaves in the journal."""
+
+from enum import IntEnum
+from typing import NamedTuple
+
+import msgspec
+
+MAX_SEQ = (1 << 32) - 1  # terminal seq is a uint32 that never wraps within a terminal's life
+MAX_TERMINAL_ID = (1 << 31) - 1
+MAX_CARD_NO = 10**18 - 1
+
+
+class TapKind(IntEnum):
+    BUS = 1
+    BIKE_RENT = 2
+    BIKE_RETURN = 3
+    TAXI = 4
+    PARKING_ENTRY = 5
+    PARKING_EXIT = 6
+    WATER_BUS = 7
+    MERCHANT = 8
+    PETROL = 9
+    PARK_ENTRY = 10
+    LIBRARY = 11
+    MEDICAL = 12
+
+
+class Tap(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """One tap routed to a shard. array_like: it crosses the gateway-to-actor hop packed."""
+
+    terminal_id: int
+    seq: int
+    card_no: int
+    time_ms: int  # terminal's clock, Unix epoch milliseconds
+    kind: int
+    route: int = 0
+    amount_fen: int = 0
+
+
+class Outcome(NamedTuple):
+    result: int
+    fare_fen: int  # charged by this tap (0 unless OK)
+    balance_fen: int  # purse after the tap (-1 if the card is unknown)
+    replay: bool  # True: a retry answered with the first outcome
+
+
+class JournalRow(NamedTuple):
+    """One decided tap, in apply order. Columns of the journal table, in order."""
+
+    lsn: int
+    terminal_id: int
+    seq: int
+    card_no: int
+    kind: int
+    route: int
+    tap_time_ms: int
+    applied_ms: int
+    result: int
+    amount_fen: int  # debited from the purse (credits, when they come, are negative)
+    balance_after_fen: int
+
+
+def dedupe_key(terminal_id: int, seq: int) -> int:
+    return (terminal_id << 32) | seq

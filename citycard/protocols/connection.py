@@ -1,0 +1,202 @@
+"""Server side of one terminal connection, sans-I/O (in the spirit of h11).
+
+The shell feeds received bytes in and gets events out; it asks for bytes to send. Time and
+nonces come in as arguments. Authentication itself (key lookup, replay check) is the shell's
+call to the TerminalSession actor; this object only enforces the order of messages.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+import msgspec
+
+from ..errors import LocalProtocolError, RemoteProtocolError
+from .codes import FATAL, ErrorCode
+from .frames import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, encode_frame
+from .messages import (
+    CLIENT_TAGS,
+    PROTOCOL_VERSION,
+    Auth,
+    AuthOk,
+    Challenge,
+    Error,
+    Hello,
+    Msg,
+    ParamsRequest,
+    Ping,
+    Tap,
+    TapBatch,
+    TapItem,
+    client_decoder,
+    encoder,
+)
+
+MAX_BAD_MESSAGES = 10
+
+
+class State(Enum):
+    AWAIT_HELLO = "await_hello"
+    AWAIT_AUTH = "await_auth"  # challenge sent
+    VERIFYING = "verifying"  # auth received, shell is checking it
+    READY = "ready"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class HelloReceived:
+    terminal_id: int
+    nonce: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AuthReceived:
+    terminal_id: int
+    terminal_nonce: bytes
+    server_nonce: bytes
+    mac: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TapsReceived:
+    req: int  # 0 for a single "tap" message
+    taps: Sequence[Tap | TapItem]
+    single: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PingReceived:
+    time_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ParamsRequested:
+    fare_version: int
+    hotlist_version: int
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """The peer broke the protocol. ``reply`` is the error frame to send; close if fatal."""
+
+    code: ErrorCode
+    message: str
+    reply: bytes
+    fatal: bool
+
+
+Event = HelloReceived | AuthReceived | TapsReceived | PingReceived | ParamsRequested | Violation
+
+
+class ServerConnection:
+    def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+        self.state = State.AWAIT_HELLO
+        self.terminal_id = 0
+        self._terminal_nonce = b""
+        self._server_nonce = b""
+        self._frames = FrameDecoder(max_frame_bytes)
+        self.bad_messages = 0
+
+    # -- input -------------------------------------------------------------------------
+    def receive_data(self, data: bytes) -> list[Event]:
+        if self.state is State.CLOSED:
+            return []
+        try:
+            bodies = self._frames.feed(data)
+        except RemoteProtocolError as exc:
+            return [self._violation(ErrorCode(exc.code), str(exc))]
+        events: list[Event] = []
+        for body in bodies:
+            event = self._handle_body(body)
+            if event is not None:
+                events.append(event)
+            if self.state is State.CLOSED:
+                break
+        return events
+
+    def _handle_body(self, body: bytes) -> Event | None:
+        try:
+            msg = client_decoder.decode(body)
+        except msgspec.DecodeError as exc:
+            return self._bad_message(body, str(exc))
+        state = self.state
+        if state is State.READY:
+            if type(msg) is TapBatch:
+                return TapsReceived(msg.req, msg.taps, False)
+            if type(msg) is Tap:
+                return TapsReceived(0, [msg], True)
+            if type(msg) is Ping:
+                return PingReceived(msg.time_ms)
+            if type(msg) is ParamsRequest:
+                return ParamsRequested(msg.fare_version, msg.hotlist_version)
+            return self._unexpected(msg)
+        if state is State.AWAIT_HELLO and type(msg) is Hello:
+            if msg.version != PROTOCOL_VERSION:
+                return self._violation(
+                    ErrorCode.UNSUPPORTED_VERSION,
+                    f"protocol version {msg.version} not served; this server speaks {PROTOCOL_VERSION}",
+                )
+            self.terminal_id = msg.terminal_id
+            self._terminal_nonce = msg.nonce
+            return HelloReceived(msg.terminal_id, msg.nonce)
+        if state is State.AWAIT_AUTH and type(msg) is Auth:
+            self.state = State.VERIFYING
+            return AuthReceived(self.terminal_id, self._terminal_nonce, self._server_nonce, msg.mac)
+        if type(msg) in (Tap, TapBatch, Ping, ParamsRequest):
+            return self._counted(ErrorCode.NOT_AUTHENTICATED, "authenticate (hello, auth) first")
+        return self._unexpected(msg)
+
+    # -- output ------------------------------------------------------------------------
+    def challenge(self, server_nonce: bytes, now_ms: int) -> bytes:
+        if self.state is not State.AWAIT_HELLO or not self.terminal_id:
+            raise LocalProtocolError("challenge only answers a hello", ErrorCode.INTERNAL)
+        self._server_nonce = server_nonce
+        self.state = State.AWAIT_AUTH
+        return self.send(Challenge(nonce=server_nonce, server_time_ms=now_ms))
+
+    def accept(self, auth_ok: AuthOk) -> bytes:
+        if self.state is not State.VERIFYING:
+            raise LocalProtocolError("accept only answers an auth", ErrorCode.INTERNAL)
+        self.state = State.READY
+        return self.send(auth_ok)
+
+    def reject(self, code: ErrorCode, message: str) -> bytes:
+        self.state = State.CLOSED
+        return self.send(Error(code=int(code), message=message))
+
+    def send(self, msg: Msg) -> bytes:
+        if self.state is State.CLOSED and type(msg) is not Error:
+            raise LocalProtocolError("connection is closed", ErrorCode.INTERNAL)
+        return encode_frame(encoder.encode(msg))
+
+    def close(self) -> None:
+        self.state = State.CLOSED
+
+    # -- errors ------------------------------------------------------------------------
+    def _bad_message(self, body: bytes, detail: str) -> Violation:
+        try:
+            generic = msgspec.msgpack.decode(body)
+        except msgspec.DecodeError:
+            return self._counted(ErrorCode.BAD_MESSAGE, f"not MessagePack: {detail}")
+        if isinstance(generic, dict) and generic.get("t") not in CLIENT_TAGS:
+            return self._counted(ErrorCode.UNKNOWN_MESSAGE, f"unknown message type {generic.get('t')!r}")
+        return self._counted(ErrorCode.BAD_MESSAGE, detail)
+
+    def _unexpected(self, msg: Msg) -> Violation:
+        tag = msg.__struct_config__.tag
+        return self._counted(
+            ErrorCode.UNEXPECTED_MESSAGE, f"{tag!r} not allowed in state {self.state.value}"
+        )
+
+    def _counted(self, code: ErrorCode, message: str) -> Violation:
+        self.bad_messages += 1
+        if self.bad_messages > MAX_BAD_MESSAGES:
+            return self._violation(ErrorCode.TOO_MANY_ERRORS, f"more than {MAX_BAD_MESSAGES} bad messages")
+        return self._violation(code, message)
+
+    def _violation(self, code: ErrorCode, message: str) -> Violation:
+        fatal = code in FATAL
+        reply = encode_frame(encoder.encode(Error(code=int(code), message=message)))
+        if fatal:
+            self.state = State.CLOSED
+        return Violation(code, message, reply, fatal)

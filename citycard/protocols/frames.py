@@ -1,0 +1,53 @@
+"""Framing: a 4-byte big-endian body length, then the MessagePack body."""
+
+from ..errors import RemoteProtocolError
+from .codes import ErrorCode
+
+HEADER_BYTES = 4
+DEFAULT_MAX_FRAME_BYTES = 256 * 1024
+
+
+def encode_frame(body: bytes) -> bytes:
+    return len(body).to_bytes(HEADER_BYTES, "big") + body
+
+
+class FrameDecoder:
+    """Feed bytes in any chunking; get whole frame bodies out.
+
+    An oversized or zero length raises at once, from the header alone, so a peer cannot make
+    us buffer more than ``max_frame_bytes`` + one read.
+    """
+
+    __slots__ = ("_buf", "max_frame_bytes")
+
+    def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+        self._buf = bytearray()
+        self.max_frame_bytes = max_frame_bytes
+
+    def feed(self, data: bytes) -> list[bytes]:
+        buf = self._buf
+        buf += data
+        out: list[bytes] = []
+        pos = 0
+        end = len(buf)
+        while end - pos >= HEADER_BYTES:
+            size = int.from_bytes(buf[pos : pos + HEADER_BYTES], "big")
+            if size == 0:
+                raise RemoteProtocolError("zero-length frame", ErrorCode.BAD_FRAME)
+            if size > self.max_frame_bytes:
+                raise RemoteProtocolError(
+                    f"frame of {size} bytes exceeds the {self.max_frame_bytes}-byte limit",
+                    ErrorCode.FRAME_TOO_LARGE,
+                )
+            if end - pos - HEADER_BYTES < size:
+                break
+            start = pos + HEADER_BYTES
+            out.append(bytes(buf[start : start + size]))
+            pos = start + size
+        if pos:
+            del buf[:pos]
+        return out
+
+    @property
+    def buffered_bytes(self) -> int:
+        return len(self._buf)

@@ -1,0 +1,137 @@
+"""Typed wire messages. Each body is a MessagePack map whose "t" key names the message.
+
+Schemas evolve by appending fields with defaults. Decoders are built once, at import.
+"""
+
+from typing import Annotated
+
+import msgspec
+from msgspec import Meta, Struct
+
+PROTOCOL_VERSION = 1
+NONCE_BYTES = 16
+MAC_BYTES = 32
+MAX_BATCH_TAPS = 1000
+
+TerminalId = Annotated[int, Meta(ge=1, le=2**31 - 1)]
+Seq = Annotated[int, Meta(ge=1, le=2**32 - 1)]
+CardNo = Annotated[int, Meta(ge=1, le=10**18 - 1)]
+TimeMs = Annotated[int, Meta(ge=0, le=2**63 - 1)]
+Kind = Annotated[int, Meta(ge=1, le=255)]
+Route = Annotated[int, Meta(ge=0, le=2**31 - 1)]
+AmountFen = Annotated[int, Meta(ge=0, le=2**31 - 1)]
+Nonce = Annotated[bytes, Meta(min_length=NONCE_BYTES, max_length=NONCE_BYTES)]
+Mac = Annotated[bytes, Meta(min_length=MAC_BYTES, max_length=MAC_BYTES)]
+ReqId = Annotated[int, Meta(ge=0, le=2**32 - 1)]
+
+
+class Msg(Struct, tag_field="t", forbid_unknown_fields=False):
+    """Base of every message; unknown fields are ignored so newer peers can append fields."""
+
+
+# -- authentication --------------------------------------------------------------------
+class Hello(Msg, tag="hello"):
+    terminal_id: TerminalId
+    nonce: Nonce
+    version: int = PROTOCOL_VERSION
+
+
+class Challenge(Msg, tag="challenge"):
+    nonce: Nonce
+    server_time_ms: TimeMs
+
+
+class Auth(Msg, tag="auth"):
+    mac: Mac
+
+
+class AuthOk(Msg, tag="auth_ok"):
+    fare_version: int
+    hotlist_version: int
+    max_batch: int
+    heartbeat_ms: int
+    server_time_ms: int
+
+
+# -- taps --------------------------------------------------------------------------------
+class TapItem(Struct, forbid_unknown_fields=False):
+    seq: Seq
+    card: CardNo
+    time_ms: TimeMs
+    kind: Kind
+    route: Route = 0
+    amount_fen: AmountFen = 0
+
+
+class Tap(Msg, tag="tap"):
+    seq: Seq
+    card: CardNo
+    time_ms: TimeMs
+    kind: Kind
+    route: Route = 0
+    amount_fen: AmountFen = 0
+
+
+class TapBatch(Msg, tag="taps"):
+    req: ReqId
+    taps: Annotated[list[TapItem], Meta(min_length=1, max_length=MAX_BATCH_TAPS)]
+
+
+class ResultItem(Struct):
+    seq: int
+    code: int
+    fare_fen: int
+    balance_fen: int
+    replay: bool = False
+
+
+class Result(Msg, tag="result"):
+    seq: int
+    code: int
+    fare_fen: int
+    balance_fen: int
+    replay: bool = False
+
+
+class Results(Msg, tag="results"):
+    req: int
+    results: list[ResultItem]
+
+
+# -- housekeeping ------------------------------------------------------------------------
+class Ping(Msg, tag="ping"):
+    time_ms: TimeMs
+
+
+class Pong(Msg, tag="pong"):
+    time_ms: int
+    server_time_ms: int
+
+
+class ParamsRequest(Msg, tag="params"):
+    fare_version: int = 0
+    hotlist_version: int = 0
+
+
+class Params(Msg, tag="params_info"):
+    fare_version: int
+    hotlist_version: int
+
+
+class Error(Msg, tag="error"):
+    code: int
+    message: str
+    req: int = 0
+    seq: int = 0
+
+
+ClientMessage = Hello | Auth | Tap | TapBatch | Ping | ParamsRequest
+ServerMessage = Challenge | AuthOk | Result | Results | Pong | Params | Error
+AnyMessage = ClientMessage | ServerMessage
+
+CLIENT_TAGS = frozenset(("hello", "auth", "tap", "taps", "ping", "params"))
+SERVER_TAGS = frozenset(("challenge", "auth_ok", "result", "results", "pong", "params_info", "error"))
+
+client_decoder = msgspec.msgpack.Decoder(ClientMessage)
+server_decoder = msgspec.msgpack.Decoder(ServerMessage)
+encoder = msgspec.msgpack.Encoder()

@@ -5,7 +5,7 @@ The caller (an AccountShard actor) makes the rows durable before it answers anyo
 """
 
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 from .cards import CardState, CardStatus
 from .fares import FareTable
@@ -114,9 +114,9 @@ class Ledger:
     def total_balance_fen(self) -> int:
         return sum(c.balance_fen for c in self.cards.values())
 
-    def snapshot_rows(self) -> Iterable[tuple[int, int, int, int]]:
-        """(card_no, status, category, balance_fen) for every card, as of ``self.lsn``."""
-        return [(c.card_no, c.status, c.category, c.balance_fen) for c in self.cards.values()]
+    def snapshot_rows(self) -> list[tuple[int, int]]:
+        """(card_no, balance_fen) for every card, as of ``self.lsn``."""
+        return [(c.card_no, c.balance_fen) for c in self.cards.values()]
 
     def dedupe_size(self) -> int:
         return len(self._seen)

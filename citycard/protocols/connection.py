@@ -119,6 +119,8 @@ class ServerConnection:
             msg = client_decoder.decode(body)
         except msgspec.DecodeError as exc:
             return self._bad_message(body, str(exc))
+        except RecursionError:
+            return self._counted(ErrorCode.BAD_MESSAGE, "MessagePack nested too deeply")
         state = self.state
         if state is State.READY:
             if type(msg) is TapBatch:
@@ -130,7 +132,7 @@ class ServerConnection:
             if type(msg) is ParamsRequest:
                 return ParamsRequested(msg.fare_version, msg.hotlist_version)
             return self._unexpected(msg)
-        if state is State.AWAIT_HELLO and type(msg) is Hello:
+        if state is State.AWAIT_HELLO and type(msg) is Hello and not self.terminal_id:
             if msg.version != PROTOCOL_VERSION:
                 return self._violation(
                     ErrorCode.UNSUPPORTED_VERSION,
@@ -178,8 +180,12 @@ class ServerConnection:
             generic = msgspec.msgpack.decode(body)
         except msgspec.DecodeError:
             return self._counted(ErrorCode.BAD_MESSAGE, f"not MessagePack: {detail}")
-        if isinstance(generic, dict) and generic.get("t") not in CLIENT_TAGS:
-            return self._counted(ErrorCode.UNKNOWN_MESSAGE, f"unknown message type {generic.get('t')!r}")
+        except RecursionError:
+            return self._counted(ErrorCode.BAD_MESSAGE, "MessagePack nested too deeply")
+        if isinstance(generic, dict):
+            tag = generic.get("t")
+            if not (isinstance(tag, str) and tag in CLIENT_TAGS):
+                return self._counted(ErrorCode.UNKNOWN_MESSAGE, f"unknown message type {tag!r:.80}")
         return self._counted(ErrorCode.BAD_MESSAGE, detail)
 
     def _unexpected(self, msg: Msg) -> Violation:

@@ -1,0 +1,167 @@
+"""AccountShard: owns the cards of one shard; applies tap batches; answers once durable."""
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import msgspec
+import ray
+
+from ..config.settings import settings_from_dict
+from ..domain.cards import CardState
+from ..domain.fares import FareTable
+from ..domain.ledger import Ledger
+from ..domain.taps import Tap
+from ..errors import StoreError
+from ..persistence import db, recovery
+from ..persistence.journal import JournalWriter
+from ..config.fare_table import load_fare_table
+
+log = logging.getLogger(__name__)
+
+_taps_decoder = msgspec.msgpack.Decoder(list[Tap])
+_encoder = msgspec.msgpack.Encoder()
+READY_TIMEOUT_S = 30.0
+
+
+class AccountShardCore:
+    """Everything but the Ray decorator, so tests and tools can run it in-process."""
+
+    def __init__(self, shard_id: int, settings: dict[str, Any], db_url: str) -> None:
+        self.shard_id = shard_id
+        self.settings = settings_from_dict(settings)
+        self.db_url = db_url
+        self.fares: FareTable = load_fare_table(self.settings.fare_table_path())
+        self.ledger: Ledger | None = None
+        self.writer: JournalWriter | None = None
+        self._conn = None
+        self._side_conn = None
+        self._ready = asyncio.Event()
+        self._loading: asyncio.Task[Any] | None = None
+        self._snapshot_task: asyncio.Task[Any] | None = None
+        self._last_snapshot_lsn = 0
+        self._last_snapshot_s = time.monotonic()
+        self.recovery: recovery.RecoveryReport | None = None
+        self.recoveries = 0
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def ensure_loaded(self) -> None:
+        if self._ready.is_set() and self.writer is not None and self.writer.broken is None:
+            return
+        if self._loading is None or self._loading.done():
+            self._loading = asyncio.get_running_loop().create_task(self._load())
+        try:
+            await asyncio.wait_for(asyncio.shield(self._loading), READY_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            raise StoreError(f"shard {self.shard_id} not ready after {READY_TIMEOUT_S} s") from None
+
+    async def _load(self) -> None:
+        self._ready.clear()
+        if self.writer is not None:
+            await self.writer.close()
+        for c in (self._conn, self._side_conn):
+            if c is not None:
+                c.terminate()
+        schema = self.settings.database.schema
+        self._conn = await db.connect(self.db_url, schema)
+        self._side_conn = await db.connect(self.db_url, schema)
+        ledger = Ledger(self.shard_id, self.fares, self.settings.ledger.dedupe_limit)
+        self.recovery = await recovery.load_ledger(self._conn, ledger)
+        if self.recovery.mismatches:
+            log.error("shard %s: %s journal rows disagree with the rebuilt balance",
+                      self.shard_id, self.recovery.mismatches)
+        self.ledger = ledger
+        self._last_snapshot_lsn = self.recovery.snapshot_lsn
+        self.writer = JournalWriter(self._conn, self.shard_id, schema, self.settings.ledger.commit_max_rows)
+        self.writer.committed_lsn = ledger.lsn
+        self.writer.start()
+        self.recoveries += 1
+        self._ready.set()
+
+    # -- the tap path ------------------------------------------------------------------
+    async def apply(self, payload: bytes) -> tuple[bytes, float]:
+        """Apply a packed batch of taps; return packed outcomes once they are durable."""
+        await self.ensure_loaded()
+        assert self.ledger is not None and self.writer is not None
+        taps = _taps_decoder.decode(payload)
+        outcomes, rows = self.ledger.apply(taps, int(time.time() * 1000))
+        await self.writer.submit(rows)
+        self._maybe_snapshot()
+        return _encoder.encode(outcomes), self.writer.last_commit_ms
+
+    # -- snapshots ---------------------------------------------------------------------
+    def _maybe_snapshot(self) -> None:
+        ledger, writer = self.ledger, self.writer
+        if ledger is None or writer is None or not writer.idle:
+            return
+        if self._snapshot_task is not None and not self._snapshot_task.done():
+            return
+        lcfg = self.settings.ledger
+        due_rows = ledger.lsn - self._last_snapshot_lsn >= lcfg.snapshot_every_rows
+        due_time = (time.monotonic() - self._last_snapshot_s >= lcfg.snapshot_interval_s
+                    and ledger.lsn > self._last_snapshot_lsn)
+        if due_rows or due_time:
+            self._start_snapshot()
+
+    def _start_snapshot(self) -> "asyncio.Task[Any]":
+        # Taken synchronously while the writer is idle, so memory equals the committed record.
+        assert self.ledger is not None
+        lsn, rows = self.ledger.lsn, self.ledger.snapshot_rows()
+        self._last_snapshot_lsn = lsn
+        self._last_snapshot_s = time.monotonic()
+        self._snapshot_task = asyncio.get_running_loop().create_task(
+            recovery.write_snapshot(self._side_conn, self.shard_id, lsn, rows)
+        )
+        return self._snapshot_task
+
+    async def snapshot(self) -> int:
+        """Take a snapshot now (waits for pending commits); returns its lsn."""
+        await self.ensure_loaded()
+        assert self.writer is not None
+        await self.writer.submit([])
+        if self._snapshot_task is not None and not self._snapshot_task.done():
+            await self._snapshot_task
+        task = self._start_snapshot()
+        await task
+        return self._last_snapshot_lsn
+
+    # -- cards and views ---------------------------------------------------------------
+    async def add_cards(self, cards: list[tuple[int, int, int, int]]) -> int:
+        """Cards already written to the cards table: (card_no, status, category, opening_fen)."""
+        await self.ensure_loaded()
+        assert self.ledger is not None
+        for card_no, status, category, opening_fen in cards:
+            if card_no not in self.ledger.cards:
+                self.ledger.add_card(CardState(card_no, status, category, opening_fen))
+        return len(self.ledger.cards)
+
+    async def stats(self) -> dict[str, Any]:
+        await self.ensure_loaded()
+        assert self.ledger is not None and self.writer is not None
+        return {
+            "shard_id": self.shard_id,
+            "cards": len(self.ledger.cards),
+            "lsn": self.ledger.lsn,
+            "committed_lsn": self.writer.committed_lsn,
+            "balance_fen": self.ledger.total_balance_fen(),
+            "dedupe": self.ledger.dedupe_size(),
+            "commits": self.writer.commits,
+            "recoveries": self.recoveries,
+            "recovery": None if self.recovery is None else self.recovery.__dict__,
+        }
+
+    async def balances(self) -> dict[int, int]:
+        await self.ensure_loaded()
+        assert self.ledger is not None
+        return self.ledger.balances()
+
+    def pid(self) -> int:
+        import os
+
+        return os.getpid()
+
+
+@ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=0, max_concurrency=10_000)
+class AccountShard(AccountShardCore):
+    """Ray shell. Restarted by Ray after a crash; reloads itself from Postgres on first call."""

@@ -1,0 +1,153 @@
+"""TerminalSession: terminals of one session shard: authentication, seq tracking, totals.
+
+Kept off the per-tap path: the gateway calls it once per connection (authenticate) and sends
+it per-terminal summaries of answered taps in the background (report).
+"""
+
+import asyncio
+import os
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+
+from ..config.settings import settings_from_dict
+from ..persistence import db
+from ..protocols.auth import terminal_key, verify_mac
+from ..protocols.codes import ErrorCode
+
+NONCE_MEMORY = 64  # recent terminal nonces kept per terminal to refuse a replayed hello
+FLUSH_INTERVAL_S = 1.0
+
+
+@dataclass
+class TerminalState:
+    terminal_id: int
+    enabled: bool
+    last_seq: int = 0
+    taps: int = 0
+    charged_fen: int = 0
+    seq_gaps: int = 0
+    sessions: int = 0
+    nonces: deque[bytes] = field(default_factory=lambda: deque(maxlen=NONCE_MEMORY))
+    dirty: bool = False
+
+
+class TerminalSessionCore:
+    def __init__(self, shard_id: int, settings: dict[str, Any], db_url: str) -> None:
+        self.shard_id = shard_id
+        self.settings = settings_from_dict(settings)
+        self.db_url = db_url
+        self.master_key = self.settings.city.master_key
+        self.n_shards = self.settings.city.session_shards
+        self.terminals: dict[int, TerminalState] = {}
+        self._pool = None
+        self._loaded = asyncio.Event()
+        self._loading: asyncio.Task[Any] | None = None
+        self._flusher: asyncio.Task[Any] | None = None
+
+    async def ensure_loaded(self) -> None:
+        if self._loaded.is_set():
+            return
+        if self._loading is None or self._loading.done():
+            self._loading = asyncio.get_running_loop().create_task(self._load())
+        await asyncio.shield(self._loading)
+
+    async def _load(self) -> None:
+        self._pool = await db.create_pool(self.db_url, self.settings.database.schema, 2)
+        await self.reload()
+        self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
+        self._loaded.set()
+
+    async def reload(self) -> int:
+        """(Re)read this shard's terminals from Postgres; keeps in-memory counters."""
+        rows = await self._pool.fetch(
+            "SELECT terminal_id, enabled, last_seq, taps, charged_fen, seq_gaps FROM terminals"
+            " WHERE terminal_id % $1 = $2",
+            self.n_shards, self.shard_id,
+        )
+        for r in rows:
+            t = self.terminals.get(r["terminal_id"])
+            if t is None:
+                self.terminals[r["terminal_id"]] = TerminalState(
+                    r["terminal_id"], r["enabled"], r["last_seq"], r["taps"], r["charged_fen"], r["seq_gaps"]
+                )
+            else:
+                t.enabled = r["enabled"]
+        return len(self.terminals)
+
+    async def authenticate(
+        self, terminal_id: int, terminal_nonce: bytes, server_nonce: bytes, mac: bytes
+    ) -> tuple[int, str, int]:
+        """(0 or an ErrorCode, message, last_seq). The MAC key is derived, never stored."""
+        await self.ensure_loaded()
+        t = self.terminals.get(terminal_id)
+        if t is None:
+            await self.reload()  # registered since we loaded?
+            t = self.terminals.get(terminal_id)
+        if t is None:
+            return int(ErrorCode.UNKNOWN_TERMINAL), f"terminal {terminal_id} is not registered", 0
+        if not t.enabled:
+            return int(ErrorCode.TERMINAL_DISABLED), f"terminal {terminal_id} is disabled", 0
+        if terminal_nonce in t.nonces:
+            return int(ErrorCode.AUTH_REPLAY), "terminal nonce already used", 0
+        key = terminal_key(self.master_key, terminal_id)
+        if not verify_mac(key, terminal_id, terminal_nonce, server_nonce, mac):
+            return int(ErrorCode.AUTH_FAILED), "MAC does not verify", 0
+        t.nonces.append(terminal_nonce)
+        t.sessions += 1
+        return 0, "ok", t.last_seq
+
+    async def report(self, summaries: list[tuple[int, int, int, int, int]]) -> None:
+        """(terminal_id, min_seq, max_seq, taps, charged_fen) of answered, first-time taps."""
+        await self.ensure_loaded()
+        for terminal_id, min_seq, max_seq, taps, charged_fen in summaries:
+            t = self.terminals.get(terminal_id)
+            if t is None:
+                continue
+            if t.last_seq and min_seq > t.last_seq + 1:
+                t.seq_gaps += 1
+            t.last_seq = max(t.last_seq, max_seq)
+            t.taps += taps
+            t.charged_fen += charged_fen
+            t.dirty = True
+
+    async def totals(self, terminal_id: int) -> dict[str, int] | None:
+        await self.ensure_loaded()
+        t = self.terminals.get(terminal_id)
+        if t is None:
+            return None
+        return {
+            "terminal_id": t.terminal_id, "last_seq": t.last_seq, "taps": t.taps,
+            "charged_fen": t.charged_fen, "seq_gaps": t.seq_gaps, "sessions": t.sessions,
+        }
+
+    async def flush(self) -> int:
+        dirty = [t for t in self.terminals.values() if t.dirty]
+        if not dirty:
+            return 0
+        await self._pool.executemany(
+            "UPDATE terminals SET last_seq = $2, taps = $3, charged_fen = $4, seq_gaps = $5,"
+            " updated_at = now() WHERE terminal_id = $1",
+            [(t.terminal_id, t.last_seq, t.taps, t.charged_fen, t.seq_gaps) for t in dirty],
+        )
+        for t in dirty:
+            t.dirty = False
+        return len(dirty)
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL_S)
+            try:
+                await self.flush()
+            except Exception:  # noqa: BLE001 - totals are advisory; the journal is the record
+                pass
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+@ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=0, max_concurrency=10_000)
+class TerminalSession(TerminalSessionCore):
+    pass

@@ -1,0 +1,1 @@
+"""Command line and runtime wiring (the other place besides actors/ that calls ray.*)."""

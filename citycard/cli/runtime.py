@@ -1,0 +1,186 @@
+"""Brings the platform up: services (embedded or configured), migrations, Ray actors,
+hotlist cache, gateway and metrics; and takes it down again."""
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+import redis.asyncio as aioredis
+
+from ..actors.account_shard import AccountShard
+from ..actors.terminal_session import TerminalSession
+from ..config.fare_table import load_fare_table
+from ..config.settings import Settings
+from ..gateway.hotlist import HotlistCache
+from ..gateway.metrics import Metrics
+from ..gateway.router import Router
+from ..gateway.server import Gateway, GatewayContext
+from ..gateway.sessions import SessionReporter
+from ..persistence import db, hotlist
+from ..persistence.migrate import migrate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    db_url: str
+    redis_url: str
+    embedded: list[Any] = field(default_factory=list)
+
+    def stop(self) -> None:
+        for svc in reversed(self.embedded):
+            svc.stop()
+        self.embedded.clear()
+
+
+def resolve_services(settings: Settings) -> Services:
+    """Configured URLs, or embedded servers under the state dir for what is not configured."""
+    embedded: list[Any] = []
+    db_url, redis_url = settings.database.url, settings.redis.url
+    if not db_url or not redis_url:
+        from ..persistence.embedded import start_embedded_postgres, start_embedded_redis
+
+        state = settings.state.path
+        state.mkdir(parents=True, exist_ok=True)
+        if not db_url:
+            svc = start_embedded_postgres(state)
+            embedded.append(svc)
+            db_url = svc.url
+        if not redis_url:
+            svc = start_embedded_redis(state)
+            embedded.append(svc)
+            redis_url = svc.url
+    return Services(db_url, redis_url, embedded)
+
+
+def init_ray(settings: Settings) -> None:
+    if ray.is_initialized():
+        return
+    address = settings.ray.address or None
+    kwargs: dict[str, Any] = {
+        "namespace": settings.ray.namespace,
+        "logging_level": logging.WARNING,
+        "log_to_driver": True,
+    }
+    if address is None:
+        kwargs["num_cpus"] = settings.ray.num_cpus or os.cpu_count() or 1
+        kwargs["include_dashboard"] = False
+    ray.init(address=address, **kwargs)
+
+
+def actor_name(settings: Settings, role: str, index: int) -> str:
+    return f"{settings.database.schema}:{role}:{index}"
+
+
+async def migrate_db(settings: Settings, db_url: str) -> list[str]:
+    conn = await db.connect(db_url, settings.database.schema)
+    try:
+        return await migrate(conn, settings.database.schema, settings.city.account_shards)
+    finally:
+        await conn.close()
+
+
+class Platform:
+    def __init__(self, settings: Settings, services: Services) -> None:
+        self.settings = settings
+        self.services = services
+        self.shards: list[Any] = []
+        self.sessions: list[Any] = []
+        self.metrics = Metrics()
+        self.gateway: Gateway | None = None
+        self.hotlist: HotlistCache | None = None
+        self.reporter: SessionReporter | None = None
+        self.router: Router | None = None
+        self.redis: aioredis.Redis | None = None
+        self.pool: Any = None
+        self.gateway_port = 0
+        self.metrics_port = 0
+
+    async def start(self, *, gateway_port: int | None = None, metrics_port: int | None = None) -> None:
+        s = self.settings
+        await migrate_db(s, self.services.db_url)
+        init_ray(s)
+        self.shards, self.sessions = self.start_actors()
+        await asyncio.gather(*[a.ensure_loaded.remote() for a in self.shards + self.sessions])
+        self.pool = await db.create_pool(self.services.db_url, s.database.schema, s.database.pool_size)
+        self.redis = aioredis.from_url(self.services.redis_url)
+        self.hotlist = HotlistCache(self.redis, s.redis.prefix, rebuild=self._rebuild_hotlist)
+        await self.hotlist.start()
+        g = s.gateway
+        self.router = Router(
+            self.shards, lambda: self.hotlist.cards, self.metrics,  # type: ignore[union-attr]
+            batch_max_taps=g.shard_batch_max_taps, inflight_calls=g.shard_inflight_calls,
+            queue_max_taps=g.shard_queue_max_taps, retry_deadline_ms=g.retry_deadline_ms,
+            linger_ms=g.linger_ms,
+        )
+        self.reporter = SessionReporter(self.sessions)
+        self.reporter.start()
+        fares = load_fare_table(s.fare_table_path())
+        ctx = GatewayContext(
+            self.router, self.sessions, self.reporter, self.metrics,
+            max_frame_bytes=g.max_frame_bytes, max_batch_taps=g.max_batch_taps,
+            auth_timeout_ms=g.auth_timeout_ms, heartbeat_ms=g.heartbeat_ms,
+            fare_version=fares.version, hotlist_version=lambda: self.hotlist.version,  # type: ignore[union-attr]
+        )
+        self.gateway = Gateway(ctx, g.host, g.port if gateway_port is None else gateway_port)
+        self.gateway_port = await self.gateway.start()
+        mport = s.metrics.port if metrics_port is None else metrics_port
+        if mport or metrics_port == 0:
+            self.metrics_port = self.metrics.serve(s.metrics.host, mport)
+
+    def start_actors(self) -> tuple[list[Any], list[Any]]:
+        s = self.settings
+        cfg = s.as_dict()
+        ns = s.ray.namespace
+        shards = [
+            AccountShard.options(name=actor_name(s, "account", i), namespace=ns, get_if_exists=True)
+            .remote(i, cfg, self.services.db_url)
+            for i in range(s.city.account_shards)
+        ]
+        sessions = [
+            TerminalSession.options(name=actor_name(s, "session", i), namespace=ns, get_if_exists=True)
+            .remote(i, cfg, self.services.db_url)
+            for i in range(s.city.session_shards)
+        ]
+        return shards, sessions
+
+    async def _rebuild_hotlist(self) -> int:
+        async with self.pool.acquire() as conn:
+            return await hotlist.rebuild_redis(conn, self.redis, self.settings.redis.prefix)
+
+    async def hotlist_add(self, card_no: int, reason: str) -> int:
+        async with self.pool.acquire() as conn:
+            return await hotlist.add(conn, self.redis, self.settings.redis.prefix, card_no, reason)
+
+    async def hotlist_remove(self, card_no: int, reason: str) -> int:
+        async with self.pool.acquire() as conn:
+            return await hotlist.remove(conn, self.redis, self.settings.redis.prefix, card_no, reason)
+
+    async def shard_stats(self) -> list[dict[str, Any]]:
+        return list(await asyncio.gather(*[a.stats.remote() for a in self.shards]))
+
+    async def stop(self, *, kill_actors: bool = True) -> None:
+        if self.gateway is not None:
+            await self.gateway.stop()
+        if self.router is not None:
+            await self.router.close()
+        if self.reporter is not None:
+            await self.reporter.stop()
+        if self.hotlist is not None:
+            await self.hotlist.stop()
+        for a in self.sessions:
+            try:
+                await a.flush.remote()
+            except Exception:  # noqa: BLE001 - best effort on the way down
+                pass
+        if kill_actors:
+            for a in self.shards + self.sessions:
+                ray.kill(a, no_restart=True)
+        if self.redis is not None:
+            await self.redis.aclose()
+        if self.pool is not None:
+            await self.pool.close()

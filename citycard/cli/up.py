@@ -1,0 +1,37 @@
+"""``citycard up``: run the platform until interrupted."""
+
+import asyncio
+import signal
+
+from ..config.settings import Settings
+from .runtime import Platform, resolve_services
+
+
+async def _run(settings: Settings) -> None:
+    services = resolve_services(settings)
+    platform = Platform(settings, services)
+    try:
+        await platform.start()
+        print(f"citycard up: gateway on {settings.gateway.host}:{platform.gateway_port}, "
+              f"metrics on http://{settings.metrics.host}:{platform.metrics_port}/metrics, "
+              f"database {services.db_url}, redis {services.redis_url}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        print("citycard up: stopping", flush=True)
+    finally:
+        await platform.stop()
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+        services.stop()
+
+
+def up_main(settings: Settings) -> int:
+    import uvloop
+
+    uvloop.run(_run(settings))
+    return 0

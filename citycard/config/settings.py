@@ -1,0 +1,189 @@
+"""Settings: the shipped default.toml, an optional user TOML, then environment variables.
+
+Validated by pydantic; any bad value stops start-up with a ConfigError naming the key.
+"""
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ..errors import ConfigError
+
+_HERE = Path(__file__).parent
+DEFAULT_TOML = _HERE / "default.toml"
+FARES_DIR = _HERE / "fares"
+
+# Environment variables with names of their own (the rest: CITYCARD_SECTION__KEY).
+_NAMED_ENV = {
+    "CITYCARD_DATABASE_URL": ("database", "url"),
+    "CITYCARD_REDIS_URL": ("redis", "url"),
+    "RAY_ADDRESS": ("ray", "address"),
+    "CITYCARD_STATE_DIR": ("state", "dir"),
+}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class City(_Section):
+    name: str = Field(min_length=1)
+    account_shards: int = Field(ge=1, le=1024)
+    session_shards: int = Field(ge=1, le=1024)
+    master_key_hex: str
+    fare_table: str = Field(min_length=1)
+
+    @field_validator("master_key_hex")
+    @classmethod
+    def _hex_key(cls, v: str) -> str:
+        try:
+            raw = bytes.fromhex(v)
+        except ValueError:
+            raise ValueError("must be hexadecimal") from None
+        if len(raw) < 16:
+            raise ValueError("must be at least 16 bytes (32 hex digits)")
+        return v
+
+    @property
+    def master_key(self) -> bytes:
+        return bytes.fromhex(self.master_key_hex)
+
+
+class Gateway(_Section):
+    host: str
+    port: int = Field(ge=0, le=65535)
+    max_frame_bytes: int = Field(ge=1024, le=16 * 1024 * 1024)
+    max_batch_taps: int = Field(ge=1, le=1000)
+    shard_batch_max_taps: int = Field(ge=1, le=100_000)
+    shard_inflight_calls: int = Field(ge=1, le=64)
+    shard_queue_max_taps: int = Field(ge=1, le=10_000_000)
+    retry_deadline_ms: int = Field(ge=0, le=600_000)
+    auth_timeout_ms: int = Field(ge=100, le=600_000)
+    heartbeat_ms: int = Field(ge=1000, le=3_600_000)
+    linger_ms: float = Field(ge=0, le=1000)
+
+
+class Ledger(_Section):
+    dedupe_limit: int = Field(ge=1, le=100_000_000)
+    commit_max_rows: int = Field(ge=1, le=1_000_000)
+    snapshot_every_rows: int = Field(ge=1)
+    snapshot_interval_s: float = Field(gt=0)
+
+
+class Metrics(_Section):
+    host: str
+    port: int = Field(ge=0, le=65535)
+
+
+class Database(_Section):
+    url: str
+    schema_: str = Field(alias="schema", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    pool_size: int = Field(ge=1, le=100)
+
+    @property
+    def schema(self) -> str:
+        return self.schema_
+
+
+class Redis(_Section):
+    url: str
+    prefix: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+class Ray(_Section):
+    address: str
+    namespace: str = Field(min_length=1)
+    num_cpus: int = Field(ge=0, le=4096)
+
+
+class State(_Section):
+    dir: str
+
+    @property
+    def path(self) -> Path:
+        if self.dir:
+            return Path(self.dir).expanduser()
+        base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+        return Path(base) / "citycard"
+
+
+class Settings(_Section):
+    city: City
+    gateway: Gateway
+    ledger: Ledger
+    metrics: Metrics
+    database: Database
+    redis: Redis
+    ray: Ray
+    state: State
+
+    def fare_table_path(self) -> Path:
+        name = self.city.fare_table
+        candidate = Path(name)
+        if candidate.suffix == ".toml" or "/" in name:
+            return candidate.expanduser()
+        return FARES_DIR / f"{name}.toml"
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True)
+
+
+def load_settings(
+    path: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Settings:
+    """Defaults, then ``path`` (or $CITYCARD_CONFIG), then the environment, then ``overrides``."""
+    env = os.environ if env is None else env
+    raw = _read_toml(DEFAULT_TOML)
+    user_path = path or env.get("CITYCARD_CONFIG")
+    if user_path:
+        _merge(raw, _read_toml(Path(user_path)))
+    _merge(raw, _env_overrides(env))
+    if overrides:
+        _merge(raw, {k: dict(v) for k, v in overrides.items()})
+    return settings_from_dict(raw)
+
+
+def settings_from_dict(raw: Mapping[str, Any]) -> Settings:
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    for name, (section, key) in _NAMED_ENV.items():
+        if name in env:
+            out.setdefault(section, {})[key] = env[name]
+    for name, value in env.items():
+        if name.startswith("CITYCARD_") and "__" in name:
+            section, _, key = name[len("CITYCARD_") :].lower().partition("__")
+            out.setdefault(section, {})[key] = value
+    return out
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> None:
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value

@@ -1,0 +1,1 @@
+"""uvloop TCP server for terminals: the I/O shell over protocols/ and the actors."""

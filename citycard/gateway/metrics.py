@@ -1,0 +1,42 @@
+"""Prometheus metrics of the running platform, in one registry served at /metrics."""
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+_LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+_BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.taps = Counter("citycard_taps", "Taps answered, by kind and result", ["kind", "result"], registry=r)
+        self.tap_latency = Histogram(
+            "citycard_tap_latency_seconds", "Tap received to answer sent, at the gateway",
+            buckets=_LATENCY_BUCKETS_S, registry=r,
+        )
+        self.shard_batch = Histogram(
+            "citycard_shard_batch_taps", "Taps per call to an AccountShard", buckets=_BATCH_BUCKETS, registry=r
+        )
+        self.commit_latency = Histogram(
+            "citycard_commit_latency_seconds", "Journal group commit (COPY + commit), as reported by shards",
+            buckets=_LATENCY_BUCKETS_S, registry=r,
+        )
+        self.shard_call_latency = Histogram(
+            "citycard_shard_call_seconds", "Gateway-to-shard call, apply + durable commit",
+            buckets=_LATENCY_BUCKETS_S, registry=r,
+        )
+        self.shard_queue = Gauge("citycard_shard_queue_taps", "Taps waiting for a shard call", ["shard"], registry=r)
+        self.shard_inflight = Gauge("citycard_shard_inflight_calls", "Calls outstanding per shard", ["shard"], registry=r)
+        self.shard_retries = Counter("citycard_shard_retries", "Shard calls retried after a failure", ["shard"], registry=r)
+        self.terminals = Gauge("citycard_connected_terminals", "Authenticated terminal connections", registry=r)
+        self.connections = Gauge("citycard_open_connections", "Open TCP connections", registry=r)
+        self.protocol_errors = Counter("citycard_protocol_errors", "Protocol errors sent, by code", ["code"], registry=r)
+        self.busy = Counter("citycard_busy_taps", "Taps answered BUSY because a queue was full", registry=r)
+        self.hotlist_size = Gauge("citycard_hotlist_cards", "Cards on the gateway's hotlist", registry=r)
+        self.hotlist_version = Gauge("citycard_hotlist_version", "Hotlist version held by the gateway", registry=r)
+
+    def serve(self, host: str, port: int) -> int:
+        """Start the /metrics HTTP endpoint; returns the bound port (0 picks a free one)."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        return int(server.server_address[1])

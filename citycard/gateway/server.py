@@ -1,0 +1,227 @@
+"""The gateway: one asyncio Protocol per terminal connection, over the sans-I/O connection."""
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from ..domain.results import Result
+from ..domain.shard import session_shard_of
+from ..domain.taps import Tap
+from ..protocols import messages as m
+from ..protocols.codes import ErrorCode
+from ..protocols.connection import (
+    AuthReceived,
+    HelloReceived,
+    ParamsRequested,
+    PingReceived,
+    ServerConnection,
+    State,
+    TapsReceived,
+    Violation,
+)
+from .metrics import Metrics
+from .router import Pending, Router
+from .sessions import SessionReporter
+
+log = logging.getLogger(__name__)
+
+_encode = m.encoder.encode
+_RESULT_NAMES = {int(r): r.name for r in Result}
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class GatewayContext:
+    """What every connection shares."""
+
+    def __init__(
+        self,
+        router: Router,
+        sessions: Sequence[Any],
+        reporter: SessionReporter,
+        metrics: Metrics,
+        *,
+        max_frame_bytes: int,
+        max_batch_taps: int,
+        auth_timeout_ms: int,
+        heartbeat_ms: int,
+        fare_version: int,
+        hotlist_version: Any,
+    ) -> None:
+        self.router = router
+        self.sessions = sessions
+        self.reporter = reporter
+        self.metrics = metrics
+        self.max_frame_bytes = max_frame_bytes
+        self.max_batch_taps = max_batch_taps
+        self.auth_timeout_s = auth_timeout_ms / 1000.0
+        self.heartbeat_ms = heartbeat_ms
+        self.fare_version = fare_version
+        self.hotlist_version = hotlist_version  # callable -> int
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.connections: set["TerminalProtocol"] = set()
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+
+class TerminalProtocol(asyncio.Protocol):
+    def __init__(self, ctx: GatewayContext) -> None:
+        self.ctx = ctx
+        self.conn = ServerConnection(ctx.max_frame_bytes)
+        self.transport: asyncio.Transport | None = None
+        self._auth_timer: asyncio.TimerHandle | None = None
+        self._authenticated = False
+
+    # -- asyncio callbacks ---------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no asyncio.Transport subclass
+        self.ctx.connections.add(self)
+        self.ctx.metrics.connections.inc()
+        self._auth_timer = asyncio.get_running_loop().call_later(self.ctx.auth_timeout_s, self._auth_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ctx.connections.discard(self)
+        self.ctx.metrics.connections.dec()
+        if self._authenticated:
+            self.ctx.metrics.terminals.dec()
+        if self._auth_timer is not None:
+            self._auth_timer.cancel()
+        self.conn.close()
+        self.transport = None
+
+    def data_received(self, data: bytes) -> None:
+        for event in self.conn.receive_data(data):
+            t = type(event)
+            if t is TapsReceived:
+                self._on_taps(event)  # type: ignore[arg-type]
+            elif t is Violation:
+                self._on_violation(event)  # type: ignore[arg-type]
+            elif t is HelloReceived:
+                self._write(self.conn.challenge(os.urandom(m.NONCE_BYTES), _now_ms()))
+            elif t is AuthReceived:
+                self.ctx.spawn(self._authenticate(event))  # type: ignore[arg-type]
+            elif t is PingReceived:
+                self._write(self.conn.send(m.Pong(time_ms=event.time_ms, server_time_ms=_now_ms())))  # type: ignore[union-attr]
+            elif t is ParamsRequested:
+                self._write(self.conn.send(m.Params(
+                    fare_version=self.ctx.fare_version, hotlist_version=self.ctx.hotlist_version()
+                )))
+
+    # -- events --------------------------------------------------------------------------
+    def _on_taps(self, event: TapsReceived) -> None:
+        terminal_id = self.conn.terminal_id
+        taps = [
+            Tap(terminal_id, t.seq, t.card, t.time_ms, t.kind, t.route, t.amount_fen)
+            for t in event.taps
+        ]
+        self.ctx.router.submit(Pending(self._reply, event.req, event.single, taps))
+
+    def _reply(self, pending: Pending) -> None:
+        ctx = self.ctx
+        latency_s = time.perf_counter() - pending.started_s
+        outcomes = pending.outcomes
+        taps = pending.taps
+        counts: dict[tuple[int, int], int] = {}
+        for tap, o in zip(taps, outcomes, strict=True):
+            key = (tap.kind, o[0])  # type: ignore[index]
+            counts[key] = counts.get(key, 0) + 1
+        for (kind, code), n in counts.items():
+            ctx.metrics.taps.labels(str(kind), _RESULT_NAMES.get(code, str(code))).inc(n)
+        hist = ctx.metrics.tap_latency
+        for _ in range(len(taps)):
+            hist.observe(latency_s)
+        ctx.reporter.record(taps, outcomes)  # type: ignore[arg-type]
+        if self.transport is None or self.transport.is_closing():
+            return  # the terminal left; it will retry with the same seqs and get these outcomes
+        if pending.single:
+            o = outcomes[0]
+            assert o is not None
+            msg: m.Msg = m.Result(seq=taps[0].seq, code=o[0], fare_fen=o[1], balance_fen=o[2], replay=o[3])
+        else:
+            msg = m.Results(
+                req=pending.req,
+                results=[
+                    m.ResultItem(t.seq, o[0], o[1], o[2], o[3])  # type: ignore[index]
+                    for t, o in zip(taps, outcomes, strict=True)
+                ],
+            )
+        self._write(self.conn.send(msg))
+
+    def _on_violation(self, v: Violation) -> None:
+        self.ctx.metrics.protocol_errors.labels(v.code.name).inc()
+        self._write(v.reply)
+        if v.fatal:
+            self._close()
+
+    async def _authenticate(self, event: AuthReceived) -> None:
+        ctx = self.ctx
+        actor = ctx.sessions[session_shard_of(event.terminal_id, len(ctx.sessions))]
+        try:
+            code, message, _last_seq = await actor.authenticate.remote(
+                event.terminal_id, event.terminal_nonce, event.server_nonce, event.mac
+            )
+        except Exception as exc:  # noqa: BLE001 - session shard unavailable
+            log.warning("authentication of terminal %s failed: %r", event.terminal_id, exc)
+            code, message = int(ErrorCode.INTERNAL), "authentication service unavailable, try again"
+        if self.transport is None:
+            return
+        if code:
+            ctx.metrics.protocol_errors.labels(ErrorCode(code).name).inc()
+            self._write(self.conn.reject(ErrorCode(code), message))
+            self._close()
+            return
+        self._write(self.conn.accept(m.AuthOk(
+            fare_version=ctx.fare_version, hotlist_version=ctx.hotlist_version(),
+            max_batch=ctx.max_batch_taps, heartbeat_ms=ctx.heartbeat_ms, server_time_ms=_now_ms(),
+        )))
+        self._authenticated = True
+        ctx.metrics.terminals.inc()
+        if self._auth_timer is not None:
+            self._auth_timer.cancel()
+
+    def _auth_timeout(self) -> None:
+        if self.conn.state is not State.READY and self.transport is not None:
+            self._write(self.conn.reject(ErrorCode.AUTH_TIMEOUT, "authentication not completed in time"))
+            self._close()
+
+    # -- output --------------------------------------------------------------------------
+    def _write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def _close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+class Gateway:
+    def __init__(self, ctx: GatewayContext, host: str, port: int) -> None:
+        self.ctx = ctx
+        self.host = host
+        self.port = port
+        self._server: asyncio.base_events.Server | None = None
+
+    async def start(self) -> int:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: TerminalProtocol(self.ctx), self.host, self.port, backlog=1024, reuse_address=True
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self.port
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for c in list(self.ctx.connections):
+                c._close()
+            await self._server.wait_closed()
+        for t in list(self.ctx.tasks):
+            t.cancel()

@@ -1,0 +1,1 @@
+"""The load lab: city model, terminal client, load driver (grows into ``citycard loadtest``)."""

@@ -1,0 +1,158 @@
+"""Closed-window load driver for the demo: terminals pipeline tap batches over real TCP.
+
+(The open-loop generator with coordinated-omission-free latency is the load lab's job; this
+driver keeps a bounded window of requests per terminal and measures send-to-durable-answer.)
+"""
+
+import asyncio
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from hdrh.histogram import HdrHistogram
+
+from ..domain.results import Result
+from ..domain.taps import TapKind
+from ..protocols import messages as m
+from .city import TerminalPlan, card_numbers
+from .client import TerminalClient
+
+
+@dataclass(frozen=True)
+class DriveSpec:
+    host: str
+    port: int
+    master_key: bytes
+    terminals: list[TerminalPlan]
+    n_cards: int
+    n_taps: int
+    batch_taps: int = 50
+    window: int = 4  # requests outstanding per terminal
+    retry_share: float = 0.01  # share of batches sent a second time with the same seqs
+    unknown_card_share: float = 0.002
+    seed: int = 7
+    time_limit_s: float = 600.0
+
+
+@dataclass
+class DriveResult:
+    taps_sent: int = 0
+    taps_answered: int = 0
+    first_answers: int = 0
+    replays_sent: int = 0
+    replays_matched: int = 0  # retries answered with the first outcome, replay=true
+    by_code: Counter[str] = field(default_factory=Counter)
+    charged_fen: int = 0
+    elapsed_s: float = 0.0
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    timed_out: bool = False
+
+
+def _item(rng: random.Random, plan: TerminalPlan, seq: int, cards: list[int], unknown_share: float) -> m.TapItem:
+    card = cards[rng.randrange(len(cards))]
+    if rng.random() < unknown_share:
+        card = 999_000_000_000_000 + rng.randrange(1_000_000)  # no such card
+    now_ms = int(time.time() * 1000)
+    kind = plan.kind
+    if kind == TapKind.TAXI:
+        amount = rng.randrange(1000, 8000)
+    elif kind == TapKind.MERCHANT:
+        amount = rng.randrange(100, 30000)
+    elif kind == TapKind.PETROL:
+        amount = rng.randrange(5000, 40000)
+    else:
+        amount = 0
+    return m.TapItem(seq=seq, card=card, time_ms=now_ms, kind=kind, route=plan.route, amount_fen=amount)
+
+
+async def drive(spec: DriveSpec, progress: Callable[[int], None] | None = None) -> DriveResult:
+    result = DriveResult()
+    hist = HdrHistogram(1, 60_000_000, 3)  # microseconds
+    cards = card_numbers(spec.n_cards)
+    per_terminal = [spec.n_taps // len(spec.terminals)] * len(spec.terminals)
+    for i in range(spec.n_taps % len(spec.terminals)):
+        per_terminal[i] += 1
+    deadline = time.monotonic() + spec.time_limit_s
+
+    async def run_terminal(index: int, plan: TerminalPlan, n_taps: int) -> None:
+        rng = random.Random(spec.seed * 100_003 + plan.terminal_id)
+        client = TerminalClient(plan.terminal_id, spec.master_key)
+        await client.connect(spec.host, spec.port)
+        window = asyncio.Semaphore(spec.window)
+        pending: set[asyncio.Task[None]] = set()
+        seq = 0
+
+        async def one(items: list[m.TapItem], retry: bool) -> None:
+            try:
+                sent = time.perf_counter()
+                answer = await client.taps(items)
+                latency_us = max(1, int((time.perf_counter() - sent) * 1e6))
+                hist.record_value(latency_us, len(items))
+                first: dict[int, tuple[int, int]] = {}
+                for r in answer.results:
+                    result.by_code[Result(r.code).name] += 1
+                    if r.replay:
+                        continue
+                    result.first_answers += 1
+                    first[r.seq] = (r.code, r.fare_fen)
+                    if r.code == Result.OK:
+                        result.charged_fen += r.fare_fen
+                result.taps_answered += len(items)
+                if progress is not None:
+                    progress(len(items))
+                if retry:  # the same seqs again: must come back as replays, never charged twice
+                    again = await client.taps(items)
+                    result.replays_sent += len(items)
+                    for r in again.results:
+                        if r.replay and first.get(r.seq) == (r.code, r.fare_fen):
+                            result.replays_matched += 1
+            finally:
+                window.release()
+
+        try:
+            while n_taps > 0 and time.monotonic() < deadline:
+                size = min(spec.batch_taps, n_taps)
+                items = []
+                for _ in range(size):
+                    seq += 1
+                    items.append(_item(rng, plan, seq, cards, spec.unknown_card_share))
+                n_taps -= size
+                result.taps_sent += size
+                await window.acquire()
+                task = asyncio.get_running_loop().create_task(one(items, rng.random() < spec.retry_share))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+            if pending:
+                await asyncio.gather(*pending)
+            if n_taps > 0:
+                result.timed_out = True
+        finally:
+            await client.close()
+
+    started = time.perf_counter()
+    outcomes = await asyncio.gather(
+        *[run_terminal(i, p, n) for i, (p, n) in enumerate(zip(spec.terminals, per_terminal, strict=True))],
+        return_exceptions=True,
+    )
+    result.elapsed_s = time.perf_counter() - started
+    result.errors = [repr(o) for o in outcomes if isinstance(o, BaseException)]
+    if hist.get_total_count():
+        result.latency_ms = {
+            f"p{p:g}": hist.get_value_at_percentile(p) / 1000.0 for p in (50, 90, 99, 99.9)
+        } | {"max": hist.get_max_value() / 1000.0, "mean": hist.get_mean_value() / 1000.0}
+    return result
+
+
+def drive_in_process(spec: DriveSpec, counter: "object | None" = None) -> DriveResult:
+    """Entry point for a child process: uvloop, then ``drive``; progress into a shared counter."""
+    import uvloop
+
+    def progress(n: int) -> None:
+        if counter is not None:
+            with counter.get_lock():  # type: ignore[attr-defined]
+                counter.value += n  # type: ignore[attr-defined]
+
+    return uvloop.run(drive(spec, progress))

@@ -1,0 +1,1 @@
+"""asyncpg and Redis shells: migrations, journal, recovery, hotlist, embedded servers."""

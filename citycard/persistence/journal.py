@@ -1,0 +1,117 @@
+"""Group commit of journal rows: one COPY and one commit for everything queued, in order.
+
+``submit(rows)`` returns a future that resolves once those rows (and all submitted before
+them) are committed. A failed commit fails every pending future and marks the writer broken:
+the shard's memory is ahead of the record and must be rebuilt before it answers again.
+"""
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+from ..errors import StoreError
+from .migrate import journal_partition
+
+JOURNAL_COLUMNS = (
+    "lsn", "terminal_id", "seq", "card_no", "kind", "route", "tap_time_ms", "applied_ms",
+    "result", "amount_fen", "balance_after_fen",
+)
+
+
+class JournalWriter:
+    def __init__(self, conn: asyncpg.Connection, shard_id: int, schema: str, max_rows: int) -> None:
+        self._conn = conn
+        self._shard_id = shard_id
+        self._schema = schema
+        self._table = journal_partition(shard_id)
+        self._max_rows = max_rows
+        self._queue: list[tuple[Sequence[Any], asyncio.Future[None]]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.broken: BaseException | None = None
+        self.committed_lsn = 0
+        self.last_commit_ms = 0.0
+        self.commits = 0
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self._fail_pending(StoreError("journal writer closed"))
+
+    @property
+    def idle(self) -> bool:
+        """No rows waiting: memory equals the committed record."""
+        return not self._queue and not self._busy
+
+    _busy = False
+
+    def submit(self, rows: Sequence[Any]) -> "asyncio.Future[None]":
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.broken is not None:
+            fut.set_exception(StoreError(f"journal writer is broken: {self.broken!r}"))
+            return fut
+        self._queue.append((rows, fut))
+        self._wake.set()
+        return fut
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue and self.broken is None:
+                take, n = 0, 0
+                while take < len(self._queue) and (n == 0 or n + len(self._queue[take][0]) <= self._max_rows):
+                    n += len(self._queue[take][0])
+                    take += 1
+                group = self._queue[:take]
+                del self._queue[:take]
+                self._busy = True
+                try:
+                    await self._commit(group)
+                except Exception as exc:  # noqa: BLE001 - any store failure breaks the writer
+                    self.broken = exc
+                    err = StoreError(f"journal commit failed: {exc!r}")
+                    for _, fut in group:
+                        if not fut.done():
+                            fut.set_exception(err)
+                    self._fail_pending(err)
+                finally:
+                    self._busy = False
+
+    async def _commit(self, group: list[tuple[Sequence[Any], "asyncio.Future[None]"]]) -> None:
+        records: list[Any] = []
+        for rows, _ in group:
+            records.extend(rows)
+        if records:
+            started = time.perf_counter()
+            last_lsn = records[-1][0]
+            async with self._conn.transaction():
+                await self._conn.copy_records_to_table(
+                    self._table, records=records, columns=JOURNAL_COLUMNS, schema_name=self._schema
+                )
+                await self._conn.execute(
+                    "UPDATE shard_heads SET lsn = $1, updated_at = now() WHERE shard_id = $2",
+                    last_lsn, self._shard_id,
+                )
+            self.committed_lsn = last_lsn
+            self.last_commit_ms = (time.perf_counter() - started) * 1000.0
+            self.commits += 1
+        for _, fut in group:
+            if not fut.done():
+                fut.set_result(None)
+
+    def _fail_pending(self, err: BaseException) -> None:
+        pending, self._queue = self._queue, []
+        for _, fut in pending:
+            if not fut.done():
+                fut.set_exception(err)

@@ -34,6 +34,10 @@ from .messages import (
 
 MAX_BAD_MESSAGES = 10
 
+# What msgspec raises on bad input: DecodeError (ValidationError is one) and, for a str that
+# is not UTF-8, UnicodeDecodeError. Deep nesting raises RecursionError, handled apart.
+_BAD_INPUT = (msgspec.DecodeError, UnicodeDecodeError)
+
 
 class State(Enum):
     AWAIT_HELLO = "await_hello"
@@ -117,7 +121,7 @@ class ServerConnection:
     def _handle_body(self, body: bytes) -> Event | None:
         try:
             msg = client_decoder.decode(body)
-        except msgspec.DecodeError as exc:
+        except _BAD_INPUT as exc:
             return self._bad_message(body, str(exc))
         except RecursionError:
             return self._counted(ErrorCode.BAD_MESSAGE, "MessagePack nested too deeply")
@@ -178,7 +182,7 @@ class ServerConnection:
     def _bad_message(self, body: bytes, detail: str) -> Violation:
         try:
             generic = msgspec.msgpack.decode(body)
-        except msgspec.DecodeError:
+        except _BAD_INPUT:
             return self._counted(ErrorCode.BAD_MESSAGE, f"not MessagePack: {detail}")
         except RecursionError:
             return self._counted(ErrorCode.BAD_MESSAGE, "MessagePack nested too deeply")

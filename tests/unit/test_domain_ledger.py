@@ -1,0 +1,463 @@
+"""The shard's ledger state machine, by example: one result per tap, dedupe, journal, replay."""
+
+import pytest
+
+from citycard.domain.cards import CardState, CardStatus, Category
+from citycard.domain.fares import FareTable
+from citycard.domain.ledger import Ledger
+from citycard.domain.results import DECIDED, Result
+from citycard.domain.taps import MAX_SEQ, JournalRow, Outcome, Tap, TapKind
+
+NOW_MS = 1_700_000_000_000
+BUS_FARE_FEN = 182  # 200 fen base x 91 %
+
+ALICE = 1001  # active, 1000 fen
+BOB = 1002  # active, 181 fen: one fen short of a bus ride
+CAROL = 1003  # blocked
+DAVE = 1004  # cancelled
+NOBODY = 9999  # not in the shard
+
+
+def _cards() -> list[CardState]:
+    return [
+        CardState(ALICE, CardStatus.ACTIVE, Category.ADULT, 1000),
+        CardState(BOB, CardStatus.ACTIVE, Category.STUDENT, 181),
+        CardState(CAROL, CardStatus.BLOCKED, Category.ADULT, 500),
+        CardState(DAVE, CardStatus.CANCELLED, Category.ELDERLY, 500),
+    ]
+
+
+def _ledger(dedupe_limit: int = 1_000_000) -> Ledger:
+    ledger = Ledger(shard_id=0, fares=FareTable(), dedupe_limit=dedupe_limit)
+    for card in _cards():
+        ledger.add_card(card)
+    return ledger
+
+
+def _bus(terminal_id: int, seq: int, card_no: int, time_ms: int = NOW_MS - 5) -> Tap:
+    return Tap(terminal_id, seq, card_no, time_ms, TapKind.BUS, route=12)
+
+
+def _debit(terminal_id: int, seq: int, card_no: int, amount_fen: int) -> Tap:
+    return Tap(terminal_id, seq, card_no, NOW_MS - 5, TapKind.MERCHANT, amount_fen=amount_fen)
+
+
+def _ok(fare_fen: int, balance_fen: int, replay: bool = False) -> Outcome:
+    return Outcome(Result.OK, fare_fen, balance_fen, replay)
+
+
+# -- construction ------------------------------------------------------------------------
+def test_dedupe_limit_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        Ledger(shard_id=0, fares=FareTable(), dedupe_limit=0)
+
+
+def test_empty_batch() -> None:
+    ledger = _ledger()
+    assert ledger.apply([], NOW_MS) == ([], [])
+    assert ledger.lsn == 0
+
+
+# -- first decisions ---------------------------------------------------------------------
+def test_ok_debit_charges_the_fare_and_journals_it() -> None:
+    ledger = _ledger()
+    outcomes, rows = ledger.apply([_bus(7, 1, ALICE, time_ms=NOW_MS - 40)], NOW_MS)
+    assert outcomes == [_ok(BUS_FARE_FEN, 1000 - BUS_FARE_FEN)]
+    assert rows == [
+        JournalRow(
+            lsn=1,
+            terminal_id=7,
+            seq=1,
+            card_no=ALICE,
+            kind=TapKind.BUS,
+            route=12,
+            tap_time_ms=NOW_MS - 40,
+            applied_ms=NOW_MS,
+            result=Result.OK,
+            amount_fen=BUS_FARE_FEN,
+            balance_after_fen=1000 - BUS_FARE_FEN,
+        )
+    ]
+    assert ledger.balances()[ALICE] == 1000 - BUS_FARE_FEN
+    assert ledger.lsn == 1
+
+
+def test_balance_exactly_equal_to_the_fare_is_enough() -> None:
+    ledger = _ledger()
+    outcomes, _ = ledger.apply([_debit(7, 1, BOB, 181)], NOW_MS)
+    assert outcomes == [_ok(181, 0)]
+    assert ledger.balances()[BOB] == 0
+
+
+def test_insufficient_funds_charges_nothing() -> None:
+    ledger = _ledger()
+    outcomes, rows = ledger.apply([_bus(7, 1, BOB)], NOW_MS)
+    assert outcomes == [Outcome(Result.INSUFFICIENT_FUNDS, 0, 181, False)]
+    assert ledger.balances()[BOB] == 181
+    # a decision all the same: journaled, with nothing debited
+    assert [(r.result, r.amount_fen, r.balance_after_fen) for r in rows] == [
+        (Result.INSUFFICIENT_FUNDS, 0, 181)
+    ]
+
+
+def test_unknown_card() -> None:
+    ledger = _ledger()
+    outcomes, rows = ledger.apply([_bus(7, 1, NOBODY)], NOW_MS)
+    assert outcomes == [Outcome(Result.CARD_UNKNOWN, 0, -1, False)]
+    assert [(r.result, r.amount_fen, r.balance_after_fen) for r in rows] == [
+        (Result.CARD_UNKNOWN, 0, -1)
+    ]
+    assert NOBODY not in ledger.balances()
+
+
+@pytest.mark.parametrize(
+    ("card_no", "result"), [(CAROL, Result.CARD_BLOCKED), (DAVE, Result.CARD_CANCELLED)]
+)
+def test_blocked_and_cancelled_cards_are_refused(card_no: int, result: Result) -> None:
+    ledger = _ledger()
+    before = ledger.balances()
+    outcomes, rows = ledger.apply([_bus(7, 1, card_no), _debit(7, 2, card_no, 1)], NOW_MS)
+    assert outcomes == [Outcome(result, 0, 500, False)] * 2
+    assert [(r.result, r.amount_fen) for r in rows] == [(result, 0), (result, 0)]
+    assert ledger.balances() == before
+
+
+def test_status_is_checked_before_the_fare() -> None:
+    ledger = _ledger()
+    outcomes, _ = ledger.apply([Tap(7, 1, CAROL, NOW_MS, TapKind.BUS, route=0)], NOW_MS)
+    assert outcomes[0].result == Result.CARD_BLOCKED
+
+
+@pytest.mark.parametrize(
+    ("tap", "result"),
+    [
+        (Tap(7, 1, ALICE, NOW_MS, TapKind.BUS, route=0), Result.BAD_TAP),
+        (Tap(7, 1, ALICE, NOW_MS, TapKind.TAXI, amount_fen=0), Result.BAD_TAP),
+        (Tap(7, 1, ALICE, NOW_MS, 99), Result.BAD_TAP),
+        (Tap(7, 1, ALICE, NOW_MS, TapKind.LIBRARY, route=1), Result.KIND_NOT_SUPPORTED),
+    ],
+)
+def test_fare_refusals_are_journaled_decisions_without_charge(tap: Tap, result: Result) -> None:
+    ledger = _ledger()
+    outcomes, rows = ledger.apply([tap], NOW_MS)
+    assert outcomes == [Outcome(result, 0, 1000, False)]
+    assert [(r.result, r.amount_fen, r.balance_after_fen) for r in rows] == [(result, 0, 1000)]
+    assert ledger.balances()[ALICE] == 1000
+
+
+@pytest.mark.parametrize(
+    "tap",
+    [
+        Tap(0, 1, ALICE, NOW_MS, TapKind.BUS, route=1),  # terminal id 0
+        Tap(-7, 1, ALICE, NOW_MS, TapKind.BUS, route=1),
+        Tap(2**31, 1, ALICE, NOW_MS, TapKind.BUS, route=1),  # above MAX_TERMINAL_ID
+        Tap(7, 0, ALICE, NOW_MS, TapKind.BUS, route=1),  # seq 0
+        Tap(7, -1, ALICE, NOW_MS, TapKind.BUS, route=1),
+        Tap(7, MAX_SEQ + 1, ALICE, NOW_MS, TapKind.BUS, route=1),
+        Tap(7, 1, 0, NOW_MS, TapKind.BUS, route=1),  # card 0
+        Tap(7, 1, 10**18, NOW_MS, TapKind.BUS, route=1),  # above MAX_CARD_NO
+        Tap(7, 1, ALICE, -1, TapKind.BUS, route=1),  # negative tap time
+    ],
+)
+def test_ids_out_of_range_are_bad_taps_with_no_row_and_no_memory(tap: Tap) -> None:
+    ledger = _ledger()
+    outcomes, rows = ledger.apply([tap, tap], NOW_MS)
+    assert outcomes == [Outcome(Result.BAD_TAP, 0, -1, False)] * 2
+    assert rows == []
+    assert ledger.lsn == 0
+    assert ledger.dedupe_size() == 0
+    assert ledger.balances()[ALICE] == 1000
+
+
+def test_out_of_range_seq_does_not_alias_another_terminals_dedupe_key() -> None:
+    """A tap whose seq is above MAX_SEQ is BAD_TAP, whatever was decided before.
+
+    dedupe_key(7, 2**32 + 1) == dedupe_key(7, 1), and the ledger looks the key up before it
+    validates the ids, so this tap is answered as a paid replay of (7, 1).
+    """
+    ledger = _ledger()
+    ledger.apply([_bus(7, 1, ALICE)], NOW_MS)
+    outcomes, rows = ledger.apply([_bus(7, MAX_SEQ + 2, ALICE)], NOW_MS)
+    assert outcomes == [Outcome(Result.BAD_TAP, 0, -1, False)]
+    assert rows == []
+
+
+def test_out_of_range_ids_do_not_alias_another_terminals_dedupe_key() -> None:
+    """Terminal 0 (invalid) with seq (9 << 32) | 1 has the dedupe key of (9, 1)."""
+    ledger = _ledger()
+    ledger.apply([_bus(9, 1, ALICE)], NOW_MS)
+    outcomes, rows = ledger.apply([_bus(0, (9 << 32) | 1, BOB)], NOW_MS)
+    assert outcomes == [Outcome(Result.BAD_TAP, 0, -1, False)]
+    assert rows == []
+
+
+def test_a_batch_is_applied_in_order() -> None:
+    ledger = _ledger()
+    taps = [_debit(7, 1, ALICE, 600), _debit(7, 2, ALICE, 600), _debit(7, 3, ALICE, 400)]
+    outcomes, rows = ledger.apply(taps, NOW_MS)
+    assert [o.result for o in outcomes] == [Result.OK, Result.INSUFFICIENT_FUNDS, Result.OK]
+    assert [o.balance_fen for o in outcomes] == [400, 400, 0]
+    assert [r.seq for r in rows] == [1, 2, 3]
+
+
+def test_fare_table_in_force_prices_the_tap() -> None:
+    ledger = Ledger(shard_id=3, fares=FareTable(bus_route_base_fen={12: 150}))
+    ledger.add_card(CardState(ALICE, CardStatus.ACTIVE, Category.ADULT, 1000))
+    outcomes, _ = ledger.apply([_bus(7, 1, ALICE)], NOW_MS)
+    assert outcomes == [_ok(137, 863)]
+
+
+# -- idempotent retries ------------------------------------------------------------------
+def test_retry_in_the_same_batch_answers_the_first_outcome() -> None:
+    ledger = _ledger()
+    outcomes, rows = ledger.apply([_bus(7, 1, ALICE), _bus(7, 1, ALICE)], NOW_MS)
+    assert outcomes == [_ok(BUS_FARE_FEN, 818), _ok(BUS_FARE_FEN, 818, replay=True)]
+    assert len(rows) == 1
+    assert ledger.balances()[ALICE] == 818
+
+
+def test_retry_in_a_later_batch_answers_the_first_outcome() -> None:
+    ledger = _ledger()
+    first, _ = ledger.apply([_bus(7, 1, ALICE)], NOW_MS)
+    ledger.apply([_bus(7, 2, ALICE)], NOW_MS + 1)  # balance moves on: 636
+    again, rows = ledger.apply([_bus(7, 1, ALICE)], NOW_MS + 2)
+    assert again == [first[0]._replace(replay=True)]
+    assert again == [_ok(BUS_FARE_FEN, 818, replay=True)]  # the balance after the first tap
+    assert rows == []
+    assert ledger.balances()[ALICE] == 1000 - 2 * BUS_FARE_FEN
+    assert ledger.lsn == 2
+
+
+def test_retry_answers_a_refusal_the_same_way_even_after_a_top_up() -> None:
+    ledger = _ledger()
+    ledger.apply([_bus(7, 1, BOB)], NOW_MS)
+    ledger.cards[BOB].balance_fen = 5_000  # topped up meanwhile
+    again, rows = ledger.apply([_bus(7, 1, BOB)], NOW_MS + 1)
+    assert again == [Outcome(Result.INSUFFICIENT_FUNDS, 0, 181, True)]
+    assert rows == []
+    assert ledger.balances()[BOB] == 5_000
+
+
+def test_retry_of_a_retry_is_still_the_first_outcome() -> None:
+    ledger = _ledger()
+    ledger.apply([_debit(7, 1, ALICE, 100)], NOW_MS)
+    for i in range(5):
+        again, rows = ledger.apply([_debit(7, 1, ALICE, 100)], NOW_MS + i)
+        assert again == [_ok(100, 900, replay=True)]
+        assert rows == []
+    assert ledger.balances()[ALICE] == 900
+
+
+def test_same_seq_on_another_terminal_is_a_new_tap() -> None:
+    ledger = _ledger()
+    outcomes, rows = ledger.apply([_bus(7, 1, ALICE), _bus(8, 1, ALICE)], NOW_MS)
+    assert outcomes == [_ok(BUS_FARE_FEN, 818), _ok(BUS_FARE_FEN, 636)]
+    assert len(rows) == 2
+
+
+def test_reused_seq_with_another_card_is_duplicate_seq_and_charges_nothing() -> None:
+    ledger = _ledger()
+    ledger.apply([_debit(7, 1, BOB, 100)], NOW_MS)
+    outcomes, rows = ledger.apply([_bus(7, 1, ALICE)], NOW_MS + 1)
+    assert outcomes == [Outcome(Result.DUPLICATE_SEQ, 0, -1, False)]
+    assert rows == []
+    assert ledger.balances()[ALICE] == 1000
+    assert ledger.balances()[BOB] == 81
+    # the first tap's outcome is still what a real retry gets
+    again, _ = ledger.apply([_debit(7, 1, BOB, 100)], NOW_MS + 2)
+    assert again == [_ok(100, 81, replay=True)]
+
+
+def test_reused_seq_with_another_card_in_the_same_batch() -> None:
+    ledger = _ledger()
+    outcomes, rows = ledger.apply([_bus(7, 1, ALICE), _bus(7, 1, NOBODY)], NOW_MS)
+    assert outcomes == [_ok(BUS_FARE_FEN, 818), Outcome(Result.DUPLICATE_SEQ, 0, -1, False)]
+    assert len(rows) == 1
+
+
+# -- the journal -------------------------------------------------------------------------
+def test_journal_rows_have_strictly_increasing_lsn_across_batches() -> None:
+    ledger = _ledger()
+    lsns: list[int] = []
+    for batch_no in range(4):
+        taps = [_bus(7, batch_no * 10 + i, ALICE) for i in range(1, 4)]
+        _, rows = ledger.apply(taps, NOW_MS + batch_no)
+        lsns += [r.lsn for r in rows]
+    assert lsns == list(range(1, 13))
+    assert ledger.lsn == 12
+
+
+def test_journal_rows_only_for_first_decisions() -> None:
+    ledger = _ledger(dedupe_limit=2)
+    taps = [
+        _bus(7, 1, ALICE),  # decided: row
+        _bus(7, 1, ALICE),  # retry: no row
+        _bus(7, 1, BOB),  # duplicate seq: no row
+        _bus(7, 0, ALICE),  # bad ids: no row
+        _bus(7, 2, NOBODY),  # unknown card, decided: row
+        _bus(7, 3, CAROL),  # blocked, decided: row (evicts seq 1)
+        _bus(7, 1, ALICE),  # too old: no row
+    ]
+    outcomes, rows = ledger.apply(taps, NOW_MS)
+    assert [o.result for o in outcomes] == [
+        Result.OK,
+        Result.OK,
+        Result.DUPLICATE_SEQ,
+        Result.BAD_TAP,
+        Result.CARD_UNKNOWN,
+        Result.CARD_BLOCKED,
+        Result.SEQ_TOO_OLD,
+    ]
+    assert [o.replay for o in outcomes] == [False, True, False, False, False, False, False]
+    assert [(r.lsn, r.seq, r.result) for r in rows] == [
+        (1, 1, Result.OK),
+        (2, 2, Result.CARD_UNKNOWN),
+        (3, 3, Result.CARD_BLOCKED),
+    ]
+    assert all(r.result in DECIDED for r in rows)
+
+
+# -- bounded dedupe memory ---------------------------------------------------------------
+def test_retry_of_an_evicted_seq_is_seq_too_old_and_charges_nothing() -> None:
+    ledger = _ledger(dedupe_limit=3)
+    for seq in range(1, 5):  # seq 4 evicts seq 1
+        ledger.apply([_debit(7, seq, ALICE, 10)], NOW_MS + seq)
+    assert ledger.dedupe_size() == 3
+    assert ledger.balances()[ALICE] == 960
+    outcomes, rows = ledger.apply([_debit(7, 1, ALICE, 10)], NOW_MS + 10)
+    assert outcomes == [Outcome(Result.SEQ_TOO_OLD, 0, -1, False)]
+    assert rows == []
+    assert ledger.balances()[ALICE] == 960
+    assert ledger.lsn == 4
+    # seqs still remembered answer their first outcome
+    again, _ = ledger.apply([_debit(7, 2, ALICE, 10)], NOW_MS + 11)
+    assert again == [_ok(10, 980, replay=True)]
+
+
+def test_dedupe_memory_stays_bounded() -> None:
+    ledger = _ledger(dedupe_limit=3)
+    for seq in range(1, 50):
+        ledger.apply([_bus(7, seq, NOBODY)], NOW_MS)
+        assert ledger.dedupe_size() <= 3
+
+
+def test_eviction_watermark_is_per_terminal() -> None:
+    ledger = _ledger(dedupe_limit=1)
+    ledger.apply([_debit(7, 5, ALICE, 10), _debit(8, 1, ALICE, 10)], NOW_MS)  # evicts (7, 5)
+    # a never-seen lower seq of terminal 7 is below its watermark
+    outcomes, _ = ledger.apply([_debit(7, 3, ALICE, 10)], NOW_MS)
+    assert outcomes == [Outcome(Result.SEQ_TOO_OLD, 0, -1, False)]
+    # terminal 9 has no watermark: its seq 1 is new
+    outcomes, _ = ledger.apply([_debit(9, 1, ALICE, 10)], NOW_MS)
+    assert outcomes == [_ok(10, 970)]
+    # a higher seq of terminal 7 is new
+    outcomes, _ = ledger.apply([_debit(7, 6, ALICE, 10)], NOW_MS)
+    assert outcomes == [_ok(10, 960)]
+
+
+def test_retry_evicted_within_the_same_batch_is_seq_too_old() -> None:
+    ledger = _ledger(dedupe_limit=1)
+    outcomes, rows = ledger.apply(
+        [_debit(7, 1, ALICE, 10), _debit(7, 2, ALICE, 10), _debit(7, 1, ALICE, 10)], NOW_MS
+    )
+    assert [o.result for o in outcomes] == [Result.OK, Result.OK, Result.SEQ_TOO_OLD]
+    assert len(rows) == 2
+    assert ledger.balances()[ALICE] == 980
+
+
+# -- recovery ----------------------------------------------------------------------------
+def _history(ledger: Ledger) -> tuple[list[Tap], list[JournalRow], list[Outcome]]:
+    """Apply a few batches with every kind of outcome; return taps, rows and outcomes."""
+    batches = [
+        [_bus(7, 1, ALICE), _bus(7, 2, BOB), _bus(8, 1, CAROL), _bus(8, 2, NOBODY)],
+        [_debit(7, 3, BOB, 181), _bus(7, 1, ALICE), _debit(9, 1, ALICE, 300)],
+        [_bus(9, 2, DAVE), Tap(9, 3, ALICE, NOW_MS, TapKind.LIBRARY, route=1), _bus(7, 4, ALICE)],
+    ]
+    taps: list[Tap] = []
+    rows: list[JournalRow] = []
+    outcomes: list[Outcome] = []
+    for i, batch in enumerate(batches):
+        got, new_rows = ledger.apply(batch, NOW_MS + i)
+        taps += batch
+        rows += new_rows
+        outcomes += got
+    return taps, rows, outcomes
+
+
+def test_replay_with_effect_rebuilds_balances_lsn_and_dedupe() -> None:
+    original = _ledger()
+    taps, rows, _ = _history(original)
+    recovered = _ledger()
+    for row in rows:
+        recovered.replay(row, apply_effect=True)
+    assert recovered.balances() == original.balances()
+    assert recovered.lsn == original.lsn == len(rows)
+    assert recovered.dedupe_size() == original.dedupe_size()
+    # retries after the restart get the same first outcomes as on the original, no charge
+    expected, _ = original.apply(taps, NOW_MS + 100)
+    got, new_rows = recovered.apply(taps, NOW_MS + 100)
+    assert got == expected
+    assert all(o.replay for o in got)
+    assert new_rows == []
+    assert recovered.balances() == original.balances()
+
+
+def test_replay_then_new_taps_continue_the_lsn() -> None:
+    original = _ledger()
+    _, rows, _ = _history(original)
+    recovered = _ledger()
+    for row in rows:
+        recovered.replay(row, apply_effect=True)
+    tap = _debit(7, 100, ALICE, 1)
+    assert recovered.apply([tap], NOW_MS + 5) == original.apply([tap], NOW_MS + 5)
+
+
+def test_replay_without_effect_only_refills_dedupe() -> None:
+    original = _ledger()
+    taps, rows, _ = _history(original)
+    # a snapshot taken after the rows: the balances already include them
+    snapshot = Ledger(shard_id=0, fares=FareTable())
+    for card_no, balance_fen in original.balances().items():
+        status = original.cards[card_no].status
+        snapshot.add_card(CardState(card_no, status, Category.ADULT, balance_fen))
+    for row in rows:
+        snapshot.replay(row, apply_effect=False)
+    assert snapshot.balances() == original.balances()
+    assert snapshot.lsn == original.lsn
+    assert snapshot.dedupe_size() == original.dedupe_size()
+    expected, _ = original.apply(taps, NOW_MS + 100)
+    got, new_rows = snapshot.apply(taps, NOW_MS + 100)
+    assert got == expected
+    assert new_rows == []
+    assert snapshot.balances() == original.balances()
+
+
+def test_replay_split_at_a_snapshot() -> None:
+    original = _ledger()
+    _, rows, _ = _history(original)
+    cut = 4
+    # the snapshot includes rows[:cut]; rows[cut:] come after it
+    mid = _ledger()
+    for row in rows[:cut]:
+        mid.replay(row, apply_effect=True)
+    snapshot = {c: b for c, b in mid.balances().items()}
+    recovered = _ledger()
+    for card_no, balance_fen in snapshot.items():
+        recovered.cards[card_no].balance_fen = balance_fen
+    for row in rows[:cut]:
+        recovered.replay(row, apply_effect=False)
+    for row in rows[cut:]:
+        recovered.replay(row, apply_effect=True)
+    assert recovered.balances() == original.balances()
+    assert recovered.lsn == original.lsn
+
+
+def test_replay_keeps_the_eviction_watermark() -> None:
+    original = _ledger(dedupe_limit=2)
+    _, rows, _ = _history(original)
+    recovered = _ledger(dedupe_limit=2)
+    for row in rows:
+        recovered.replay(row, apply_effect=True)
+    old = _bus(7, 1, ALICE)  # evicted long ago
+    assert recovered.apply([old], NOW_MS) == original.apply([old], NOW_MS)
+    assert recovered.apply([old], NOW_MS)[0] == [Outcome(Result.SEQ_TOO_OLD, 0, -1, False)]

@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 import ray
 
+from ..config.fare_table import load_fare_table
 from ..config.settings import settings_from_dict
 from ..domain.cards import CardState
 from ..domain.fares import FareTable
@@ -16,7 +17,6 @@ from ..domain.taps import Tap
 from ..errors import StoreError
 from ..persistence import db, recovery
 from ..persistence.journal import JournalWriter
-from ..config.fare_table import load_fare_table
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class AccountShardCore:
             self._loading = asyncio.get_running_loop().create_task(self._load())
         try:
             await asyncio.wait_for(asyncio.shield(self._loading), READY_TIMEOUT_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise StoreError(f"shard {self.shard_id} not ready after {READY_TIMEOUT_S} s") from None
 
     async def _load(self) -> None:

@@ -6,7 +6,6 @@ import json
 import multiprocessing
 import sys
 import time
-from dataclasses import asdict
 from typing import Any
 
 from tqdm import tqdm
@@ -31,7 +30,8 @@ async def reset_schema(db_url: str, schema: str) -> None:
 
 
 async def run_demo(settings: Settings, services: Services, *, n_taps: int, n_cards: int,
-                   n_terminals: int, show_progress: bool) -> dict[str, Any]:
+                   n_terminals: int, show_progress: bool, batch_taps: int = 50,
+                   window: int = 2) -> dict[str, Any]:
     schema = settings.database.schema
     await reset_schema(services.db_url, schema)
     await migrate_db(settings, services.db_url)
@@ -44,11 +44,11 @@ async def run_demo(settings: Settings, services: Services, *, n_taps: int, n_car
 
     platform = Platform(settings, services)
     t0 = time.perf_counter()
-    await platform.start(gateway_port=0)
+    await platform.start(gateway_port=0, metrics_port=0)
     startup_s = time.perf_counter() - t0
     try:
         spec = DriveSpec("127.0.0.1", platform.gateway_port, settings.city.master_key, terminals,
-                         n_cards, n_taps)
+                         n_cards, n_taps, batch_taps=batch_taps, window=window)
         load = await _drive_child(spec, show_progress)
         await asyncio.sleep(0)  # let the last session reports go out
         actor_balances: dict[int, int] = {}
@@ -150,13 +150,15 @@ def print_summary(s: dict[str, Any]) -> None:
     print("  OK" if s["ok"] else "  FAILED")
 
 
-def demo_main(settings: Settings, *, n_taps: int, n_cards: int, n_terminals: int, as_json: bool) -> int:
+def demo_main(settings: Settings, *, n_taps: int, n_cards: int, n_terminals: int, as_json: bool,
+              batch_taps: int = 50, window: int = 2) -> int:
     import uvloop
 
     services = resolve_services(settings)
     try:
         summary = uvloop.run(run_demo(settings, services, n_taps=n_taps, n_cards=n_cards,
-                                      n_terminals=n_terminals, show_progress=not as_json))
+                                      n_terminals=n_terminals, show_progress=not as_json,
+                                      batch_taps=batch_taps, window=window))
     finally:
         import ray
 
@@ -170,4 +172,3 @@ def demo_main(settings: Settings, *, n_taps: int, n_cards: int, n_terminals: int
     return 0 if summary["ok"] else 1
 
 
-__all__ = ["demo_main", "run_demo", "asdict"]

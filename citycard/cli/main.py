@@ -17,7 +17,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     settings = _settings(args, database={"schema": DEMO_SCHEMA}, redis={"prefix": DEMO_SCHEMA})
     return demo_main(settings, n_taps=args.taps, n_cards=args.cards, n_terminals=args.terminals,
-                     as_json=args.json)
+                     batch_taps=args.batch, window=args.window, as_json=args.json)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--taps", type=int, default=200_000, help="taps to send (default 200,000)")
     d.add_argument("--cards", type=int, default=100_000, help="cardholders to seed (default 100,000)")
     d.add_argument("--terminals", type=int, default=64, help="terminals to connect (default 64)")
+    d.add_argument("--batch", type=int, default=50, help="taps per request a terminal sends (default 50)")
+    d.add_argument("--window", type=int, default=2, help="requests a terminal keeps outstanding (default 2)")
     d.add_argument("--json", action="store_true", help="print the summary as JSON")
     d.set_defaults(func=cmd_demo)
 
@@ -68,9 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for name, value in (("taps", 1), ("cards", 1), ("terminals", 1)):
-        if getattr(args, name, value) < 1:
-            print(f"citycard: --{name} must be at least 1", file=sys.stderr)
+    for name, value in (("taps", 1), ("cards", 1), ("terminals", 1), ("batch", 1), ("window", 1)):
+        if getattr(args, name, value) < 1 or (name == "batch" and args.batch > 1000):
+            print(f"citycard: --{name} must be at least 1" + (" and at most 1000" if name == "batch" else ""),
+                  file=sys.stderr)
             return 2
     try:
         return int(args.func(args))

@@ -13,10 +13,10 @@ from .results import Result
 from .taps import MAX_CARD_NO, MAX_SEQ, MAX_TERMINAL_ID, JournalRow, Outcome, Tap, dedupe_key
 
 _OK = int(Result.OK)
-_STATUS_RESULT = {
-    int(CardStatus.BLOCKED): int(Result.CARD_BLOCKED),
-    int(CardStatus.CANCELLED): int(Result.CARD_CANCELLED),
-}
+_ACTIVE = int(CardStatus.ACTIVE)
+_BLOCKED = int(Result.CARD_BLOCKED)
+# Any status but ACTIVE refuses; one we do not know refuses as blocked, never charges.
+_STATUS_RESULT = {int(CardStatus.CANCELLED): int(Result.CARD_CANCELLED)}
 
 
 class Ledger:
@@ -57,6 +57,11 @@ class Ledger:
         if row.lsn > self.lsn:
             self.lsn = row.lsn
 
+    def raise_watermark(self, terminal_id: int, seq: int) -> None:
+        """Seqs up to ``seq`` of this terminal are older than the dedupe memory (recovery)."""
+        if seq > self._watermark.get(terminal_id, 0):
+            self._watermark[terminal_id] = seq
+
     # -- the tap path --------------------------------------------------------------------
     def apply(self, taps: Sequence[Tap], now_ms: int) -> tuple[list[Outcome], list[JournalRow]]:
         outcomes: list[Outcome] = []
@@ -65,6 +70,9 @@ class Ledger:
         cards = self.cards
         price = self.fares.price
         for tap in taps:
+            if not _valid_ids(tap):  # before dedupe: out-of-range ids could alias a real key
+                outcomes.append(Outcome(Result.BAD_TAP, 0, -1, False))
+                continue
             key = dedupe_key(tap.terminal_id, tap.seq)
             prior = seen.get(key)
             if prior is not None:
@@ -72,9 +80,6 @@ class Ledger:
                     outcomes.append(Outcome(prior[1], prior[2], prior[3], True))
                 else:
                     outcomes.append(Outcome(Result.DUPLICATE_SEQ, 0, -1, False))
-                continue
-            if not _valid_ids(tap):
-                outcomes.append(Outcome(Result.BAD_TAP, 0, -1, False))
                 continue
             if tap.seq <= self._watermark.get(tap.terminal_id, 0):
                 outcomes.append(Outcome(Result.SEQ_TOO_OLD, 0, -1, False))
@@ -86,7 +91,12 @@ class Ledger:
                 balance_fen = -1
             else:
                 balance_fen = card.balance_fen
-                result = _STATUS_RESULT.get(card.status, _OK)
+                if tap.hotlisted:
+                    result = _BLOCKED
+                elif card.status != _ACTIVE:
+                    result = _STATUS_RESULT.get(card.status, _BLOCKED)
+                else:
+                    result = _OK
                 if result == _OK:
                     result, fare_fen = price(tap)
                     if result == _OK and fare_fen > balance_fen:
@@ -128,9 +138,7 @@ class Ledger:
         while len(self._seen_order) > self.dedupe_limit:
             old = self._seen_order.popleft()
             del self._seen[old]
-            terminal_id, seq = old >> 32, old & MAX_SEQ
-            if seq > self._watermark.get(terminal_id, 0):
-                self._watermark[terminal_id] = seq
+            self.raise_watermark(old >> 32, old & MAX_SEQ)
 
 
 def _valid_ids(tap: Tap) -> bool:

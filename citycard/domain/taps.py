@@ -35,6 +35,7 @@ class Tap(msgspec.Struct, array_like=True, frozen=True, gc=False):
     kind: int
     route: int = 0
     amount_fen: int = 0
+    hotlisted: bool = False  # the gateway found the card on its hotlist: refuse, unless a retry
 
 
 class Outcome(NamedTuple):

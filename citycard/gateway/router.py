@@ -24,7 +24,6 @@ _encoder = msgspec.msgpack.Encoder()
 _outcomes_decoder = msgspec.msgpack.Decoder(list[tuple[int, int, int, bool]])
 _BUSY = int(Result.BUSY)
 _RETRY = int(Result.RETRY)
-_BLOCKED = int(Result.CARD_BLOCKED)
 RETRY_BACKOFF_S = (0.05, 0.1, 0.2, 0.5, 1.0)
 
 
@@ -97,8 +96,11 @@ class Router:
         touched: set[ShardLane] = set()
         for i, tap in enumerate(pending.taps):
             if tap.card_no in hot:
-                pending.settle(i, (_BLOCKED, 0, -1, False))
-                continue
+                # Refused without fare rules, but through the shard: a retry of a tap charged
+                # before the card was listed must get its first outcome, and the refusal is
+                # journaled like every other answer.
+                tap = Tap(tap.terminal_id, tap.seq, tap.card_no, tap.time_ms, tap.kind, tap.route,
+                          tap.amount_fen, True)
             lane = lanes[shard_of(tap.card_no, n)]
             if len(lane.queue) >= self.queue_max_taps:
                 self.metrics.busy.inc()

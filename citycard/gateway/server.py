@@ -64,7 +64,7 @@ class GatewayContext:
         self.fare_version = fare_version
         self.hotlist_version = hotlist_version  # callable -> int
         self.tasks: set[asyncio.Task[Any]] = set()
-        self.connections: set["TerminalProtocol"] = set()
+        self.connections: set[TerminalProtocol] = set()
 
     def spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

@@ -45,9 +45,16 @@ async def load_ledger(conn: asyncpg.Connection, ledger: Ledger) -> RecoveryRepor
     start = max(0, min(snapshot_lsn, head_lsn - ledger.dedupe_limit))
     replayed = remembered = mismatches = 0
     cols = ", ".join(JOURNAL_COLUMNS)
+    table = journal_partition(shard)
     async with conn.transaction(readonly=True):
+        if start:
+            # Rows older than the dedupe memory: their seqs must still never be charged again.
+            for terminal_id, max_seq in await conn.fetch(
+                f"SELECT terminal_id, max(seq) FROM {table} WHERE lsn <= $1 GROUP BY terminal_id", start
+            ):
+                ledger.raise_watermark(terminal_id, max_seq)
         cursor = conn.cursor(
-            f"SELECT {cols} FROM {journal_partition(shard)} WHERE lsn > $1 ORDER BY lsn", start,
+            f"SELECT {cols} FROM {table} WHERE lsn > $1 ORDER BY lsn", start,
             prefetch=10_000,
         )
         async for rec in cursor:

@@ -1,7 +1,7 @@
 """Start a real platform (Postgres, Redis, Ray actors, TCP gateway) with a small seeded city."""
 
-from contextlib import asynccontextmanager
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from citycard.cli.runtime import Platform, Services, migrate_db

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from citycard.domain.cards import make_card_no
 from citycard.domain.shard import session_shard_of, shard_of
 from citycard.domain.taps import MAX_CARD_NO, MAX_TERMINAL_ID
 
@@ -47,6 +48,15 @@ def test_strided_card_numbers_spread_evenly(n_shards: int, stride: int) -> None:
     counts = Counter(
         shard_of(3_100_000_000_000_000 + i * stride, n_shards) for i in range(_N_CARDS)
     )
+    mean = _N_CARDS / n_shards
+    assert len(counts) == n_shards
+    assert all(abs(count - mean) <= 0.05 * mean for count in counts.values()), counts
+
+
+@pytest.mark.parametrize("n_shards", [4, 16])
+def test_cards_issued_in_serial_order_spread_evenly(n_shards: int) -> None:
+    # the city's numbers: issuer prefix, sequential serial, Luhn check digit
+    counts = Counter(shard_of(make_card_no(serial), n_shards) for serial in range(_N_CARDS))
     mean = _N_CARDS / n_shards
     assert len(counts) == n_shards
     assert all(abs(count - mean) <= 0.05 * mean for count in counts.values()), counts

@@ -423,15 +423,24 @@ scalars = (
 )
 values = st.recursive(
     scalars,
-    lambda inner: st.lists(inner, max_size=5)
-    | st.dictionaries(st.text(max_size=8) | st.sampled_from(FIELD_NAMES), inner, max_size=5),
-    max_leaves=20,
+    lambda inner: st.lists(inner, max_size=4)
+    | st.dictionaries(st.text(max_size=6) | st.sampled_from(FIELD_NAMES), inner, max_size=4),
+    max_leaves=8,
+)
+field_values = scalars | st.integers(0, 2**32) | st.lists(scalars, max_size=3)
+tap_items = st.fixed_dictionaries(
+    {}, optional={name: st.integers(-1, 2**32) | scalars for name in FIELD_NAMES[:6]}
 )
 messages = st.one_of(
     values,
     st.fixed_dictionaries(
-        {"t": st.sampled_from(sorted(CLIENT_TAGS | SERVER_TAGS)) | values},
-        optional={name: values for name in FIELD_NAMES},
+        {"t": st.sampled_from(sorted(CLIENT_TAGS | SERVER_TAGS)) | scalars},
+        optional={
+            **{name: field_values for name in FIELD_NAMES},
+            "taps": st.lists(tap_items, max_size=3) | field_values,
+            "nonce": st.binary(min_size=15, max_size=17) | field_values,
+            "mac": st.binary(min_size=31, max_size=33) | field_values,
+        },
     ),
 )
 
@@ -451,7 +460,24 @@ def _packs(obj: Any) -> bool:
     return True
 
 
+tap_fields = {
+    "seq": st.integers(1, 2**32 - 1),
+    "card": st.integers(1, 10**18 - 1),
+    "time_ms": st.integers(0, 2**63 - 1),
+    "kind": st.integers(1, 255),
+}
+valid_messages = st.one_of(
+    st.builds(Hello, terminal_id=st.integers(1, 2**31 - 1), nonce=st.binary(min_size=16, max_size=16),
+              version=st.sampled_from([1, 1, 1, 2])),
+    st.builds(Auth, mac=st.binary(min_size=32, max_size=32)),
+    st.builds(Tap, **tap_fields),
+    st.builds(TapBatch, req=st.integers(0, 2**32 - 1),
+              taps=st.lists(st.builds(TapItem, **tap_fields), min_size=1, max_size=3)),
+    st.builds(Ping, time_ms=st.integers(0, 2**63 - 1)),
+    st.builds(ParamsRequest),
+)
 frames = st.one_of(
+    valid_messages.map(frame),
     packable.map(lambda obj: encode_frame(pack(obj))),
     st.binary(min_size=1, max_size=60).map(encode_frame),
     st.binary(max_size=60),  # raw bytes: random lengths, partial frames
@@ -488,9 +514,15 @@ FUZZ = settings(
 
 
 @FUZZ
-@given(data=st.binary(max_size=400), cuts=st.lists(st.integers(0, 500), max_size=12))
-def test_fuzz_random_bytes_only_violations(data: bytes, cuts: list[int]) -> None:
+@given(
+    data=st.binary(max_size=400),
+    cuts=st.lists(st.integers(0, 1000), max_size=12),
+    framed=st.booleans(),
+)
+def test_fuzz_random_bytes_only_violations(data: bytes, cuts: list[int], framed: bool) -> None:
     conn = ServerConnection()
+    if framed:  # a valid length prefix, so the random body reaches the message decoder
+        data = encode_frame(data or b"\x00") + data
     events = feed_in_chunks(conn, data, cuts, drive=False)
     check_events(events)
     assert all(isinstance(e, Violation | HelloReceived) for e in events)
@@ -498,7 +530,7 @@ def test_fuzz_random_bytes_only_violations(data: bytes, cuts: list[int]) -> None
 
 @FUZZ
 @given(
-    parts=st.lists(frames, max_size=12),
+    parts=st.lists(frames, max_size=8),
     cuts=st.lists(st.integers(0, 2000), max_size=12),
     start_ready=st.booleans(),
 )

@@ -164,23 +164,36 @@ class Platform:
         return list(await asyncio.gather(*[a.stats.remote() for a in self.shards]))
 
     async def stop(self, *, kill_actors: bool = True) -> None:
+        """Each step is bounded, so one stuck part cannot hold the whole shutdown."""
+        steps: list[tuple[str, Any]] = []
         if self.gateway is not None:
-            await self.gateway.stop()
+            steps.append(("gateway", self.gateway.stop))
         if self.router is not None:
-            await self.router.close()
+            steps.append(("router", self.router.close))
         if self.reporter is not None:
-            await self.reporter.stop()
+            steps.append(("session reports", self.reporter.stop))
         if self.hotlist is not None:
-            await self.hotlist.stop()
+            steps.append(("hotlist", self.hotlist.stop))
         for a in self.sessions:
+            steps.append(("session flush", a.flush.remote))
+        if self.redis is not None:
+            steps.append(("redis", self.redis.aclose))
+        if self.pool is not None:
+            steps.append(("postgres pool", self.pool.close))
+        for name, step in steps:
             try:
-                await a.flush.remote()
-            except Exception:  # noqa: BLE001 - best effort on the way down
-                pass
+                await asyncio.wait_for(_awaitable(step()), STOP_STEP_TIMEOUT_S)
+            except Exception as exc:  # noqa: BLE001 - keep going; report what did not stop cleanly
+                log.warning("stopping %s: %r", name, exc)
+        if self.pool is not None:
+            self.pool.terminate()  # a no-op once close() finished
         if kill_actors:
             for a in self.shards + self.sessions:
                 ray.kill(a, no_restart=True)
-        if self.redis is not None:
-            await self.redis.aclose()
-        if self.pool is not None:
-            await self.pool.close()
+
+
+STOP_STEP_TIMEOUT_S = 10.0
+
+
+async def _awaitable(x: Any) -> Any:
+    return await x

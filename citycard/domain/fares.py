@@ -12,11 +12,19 @@ from .money import percent_of_fen
 from .results import Result
 from .taps import Tap, TapKind
 
-_AMOUNT_KINDS = frozenset((TapKind.TAXI, TapKind.MERCHANT, TapKind.PETROL))
+_AMOUNT_KINDS = frozenset((int(TapKind.TAXI), int(TapKind.MERCHANT), int(TapKind.PETROL)))
+_KNOWN_KINDS = frozenset(int(k) for k in TapKind)
+_BUS = int(TapKind.BUS)
+_WATER_BUS = int(TapKind.WATER_BUS)
+_OK = int(Result.OK)
+_BAD_TAP = int(Result.BAD_TAP)
 
 
 @dataclass(frozen=True)
 class FareTable:
+    _bus_default_fare_fen: int = field(init=False, repr=False, compare=False)
+    _bus_fare_fen: Mapping[int, int] = field(init=False, repr=False, compare=False)
+
     version: int = 1
     bus_card_percent: int = 91
     bus_default_base_fen: int = 200
@@ -24,6 +32,14 @@ class FareTable:
     water_bus_default_fen: int = 300
     water_bus_route_fen: Mapping[int, int] = field(default_factory=dict)
     max_amount_fen: int = 1_000_000  # one POS debit may not exceed 10,000 yuan
+
+    def __post_init__(self) -> None:
+        # Card fares per listed route, computed once: pricing a bus tap is then one lookup.
+        pct = self.bus_card_percent
+        object.__setattr__(self, "_bus_default_fare_fen", percent_of_fen(self.bus_default_base_fen, pct))
+        object.__setattr__(
+            self, "_bus_fare_fen", {r: percent_of_fen(b, pct) for r, b in self.bus_route_base_fen.items()}
+        )
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> "FareTable":
@@ -42,19 +58,19 @@ class FareTable:
     def price(self, tap: Tap) -> tuple[int, int]:
         """(result, fare_fen) for a tap on an active card, before the balance check."""
         kind = tap.kind
-        if kind == TapKind.BUS:
-            if tap.route <= 0:
-                return Result.BAD_TAP, 0
-            base = self.bus_route_base_fen.get(tap.route, self.bus_default_base_fen)
-            return Result.OK, percent_of_fen(base, self.bus_card_percent)
+        if kind == _BUS:
+            route = tap.route
+            if route <= 0:
+                return _BAD_TAP, 0
+            return _OK, self._bus_fare_fen.get(route, self._bus_default_fare_fen)
         if kind in _AMOUNT_KINDS:
             if not 0 < tap.amount_fen <= self.max_amount_fen:
-                return Result.BAD_TAP, 0
-            return Result.OK, tap.amount_fen
-        if kind == TapKind.WATER_BUS:
+                return _BAD_TAP, 0
+            return _OK, tap.amount_fen
+        if kind == _WATER_BUS:
             if tap.route <= 0:
-                return Result.BAD_TAP, 0
-            return Result.OK, self.water_bus_route_fen.get(tap.route, self.water_bus_default_fen)
-        if kind in TapKind._value2member_map_:
-            return Result.KIND_NOT_SUPPORTED, 0
-        return Result.BAD_TAP, 0
+                return _BAD_TAP, 0
+            return _OK, self.water_bus_route_fen.get(tap.route, self.water_bus_default_fen)
+        if kind in _KNOWN_KINDS:
+            return int(Result.KIND_NOT_SUPPORTED), 0
+        return _BAD_TAP, 0

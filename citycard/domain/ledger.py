@@ -12,9 +12,15 @@ from .fares import FareTable
 from .results import Result
 from .taps import MAX_CARD_NO, MAX_SEQ, MAX_TERMINAL_ID, JournalRow, Outcome, Tap, dedupe_key
 
+_new = tuple.__new__  # builds a NamedTuple without its Python-level __new__
 _OK = int(Result.OK)
 _ACTIVE = int(CardStatus.ACTIVE)
 _BLOCKED = int(Result.CARD_BLOCKED)
+_BAD_TAP = int(Result.BAD_TAP)
+_DUPLICATE_SEQ = int(Result.DUPLICATE_SEQ)
+_SEQ_TOO_OLD = int(Result.SEQ_TOO_OLD)
+_CARD_UNKNOWN = int(Result.CARD_UNKNOWN)
+_INSUFFICIENT = int(Result.INSUFFICIENT_FUNDS)
 # Any status but ACTIVE refuses; one we do not know refuses as blocked, never charges.
 _STATUS_RESULT = {int(CardStatus.CANCELLED): int(Result.CARD_CANCELLED)}
 
@@ -22,8 +28,9 @@ _STATUS_RESULT = {int(CardStatus.CANCELLED): int(Result.CARD_CANCELLED)}
 class Ledger:
     """Cards of one shard plus the dedupe memory of recent (terminal, seq) outcomes.
 
-    Dedupe is bounded: the oldest ``dedupe_limit`` decisions are remembered; for older seqs a
-    per-terminal watermark answers SEQ_TOO_OLD, so an old retry is never charged again.
+    Dedupe is bounded: the newest ``dedupe_limit`` decisions are remembered (evicted at the end
+    of each batch, so up to one batch more); for older seqs a per-terminal watermark answers
+    SEQ_TOO_OLD, so an old retry is never charged again.
     """
 
     def __init__(self, shard_id: int, fares: FareTable, dedupe_limit: int = 1_000_000) -> None:
@@ -64,30 +71,40 @@ class Ledger:
 
     # -- the tap path --------------------------------------------------------------------
     def apply(self, taps: Sequence[Tap], now_ms: int) -> tuple[list[Outcome], list[JournalRow]]:
+        # The hot loop: locals only, no per-tap helper calls (this runs ~10^5 times a second).
         outcomes: list[Outcome] = []
         rows: list[JournalRow] = []
+        out = outcomes.append
+        row = rows.append
         seen = self._seen
+        order = self._seen_order
+        watermark = self._watermark
         cards = self.cards
         price = self.fares.price
+        lsn = self.lsn
         for tap in taps:
-            if not _valid_ids(tap):  # before dedupe: out-of-range ids could alias a real key
-                outcomes.append(Outcome(Result.BAD_TAP, 0, -1, False))
+            terminal_id = tap.terminal_id
+            seq = tap.seq
+            card_no = tap.card_no
+            if not (0 < terminal_id <= MAX_TERMINAL_ID and 0 < seq <= MAX_SEQ
+                    and 0 < card_no <= MAX_CARD_NO and tap.time_ms >= 0):
+                out(_new(Outcome, (_BAD_TAP, 0, -1, False)))  # before dedupe: could alias a key
                 continue
-            key = dedupe_key(tap.terminal_id, tap.seq)
+            key = (terminal_id << 32) | seq
             prior = seen.get(key)
             if prior is not None:
-                if prior[0] == tap.card_no:
-                    outcomes.append(Outcome(prior[1], prior[2], prior[3], True))
+                if prior[0] == card_no:
+                    out(_new(Outcome, (prior[1], prior[2], prior[3], True)))
                 else:
-                    outcomes.append(Outcome(Result.DUPLICATE_SEQ, 0, -1, False))
+                    out(_new(Outcome, (_DUPLICATE_SEQ, 0, -1, False)))
                 continue
-            if tap.seq <= self._watermark.get(tap.terminal_id, 0):
-                outcomes.append(Outcome(Result.SEQ_TOO_OLD, 0, -1, False))
+            if watermark and seq <= watermark.get(terminal_id, 0):
+                out(_new(Outcome, (_SEQ_TOO_OLD, 0, -1, False)))
                 continue
-            card = cards.get(tap.card_no)
+            card = cards.get(card_no)
             fare_fen = 0
             if card is None:
-                result = int(Result.CARD_UNKNOWN)
+                result = _CARD_UNKNOWN
                 balance_fen = -1
             else:
                 balance_fen = card.balance_fen
@@ -96,25 +113,25 @@ class Ledger:
                 elif card.status != _ACTIVE:
                     result = _STATUS_RESULT.get(card.status, _BLOCKED)
                 else:
-                    result = _OK
-                if result == _OK:
                     result, fare_fen = price(tap)
-                    if result == _OK and fare_fen > balance_fen:
-                        result = int(Result.INSUFFICIENT_FUNDS)
                     if result == _OK:
-                        balance_fen -= fare_fen
-                        card.balance_fen = balance_fen
+                        if fare_fen > balance_fen:
+                            result = _INSUFFICIENT
+                            fare_fen = 0
+                        else:
+                            balance_fen -= fare_fen
+                            card.balance_fen = balance_fen
                     else:
                         fare_fen = 0
-            self.lsn += 1
-            rows.append(
-                JournalRow(
-                    self.lsn, tap.terminal_id, tap.seq, tap.card_no, tap.kind, tap.route,
-                    tap.time_ms, now_ms, result, fare_fen, balance_fen,
-                )
-            )
-            self._remember(key, (tap.card_no, result, fare_fen, balance_fen))
-            outcomes.append(Outcome(result, fare_fen, balance_fen, False))
+            lsn += 1
+            row(_new(JournalRow, (lsn, terminal_id, seq, card_no, tap.kind, tap.route,
+                                  tap.time_ms, now_ms, result, fare_fen, balance_fen)))
+            seen[key] = (card_no, result, fare_fen, balance_fen)
+            order.append(key)
+            out(_new(Outcome, (result, fare_fen, balance_fen, False)))
+        self.lsn = lsn
+        if len(order) > self.dedupe_limit:
+            self._evict()
         return outcomes, rows
 
     # -- views ---------------------------------------------------------------------------
@@ -135,16 +152,10 @@ class Ledger:
         if key not in self._seen:
             self._seen_order.append(key)
         self._seen[key] = value
+        self._evict()
+
+    def _evict(self) -> None:
         while len(self._seen_order) > self.dedupe_limit:
             old = self._seen_order.popleft()
             del self._seen[old]
             self.raise_watermark(old >> 32, old & MAX_SEQ)
-
-
-def _valid_ids(tap: Tap) -> bool:
-    return (
-        0 < tap.terminal_id <= MAX_TERMINAL_ID
-        and 0 < tap.seq <= MAX_SEQ
-        and 0 < tap.card_no <= MAX_CARD_NO
-        and tap.time_ms >= 0
-    )

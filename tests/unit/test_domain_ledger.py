@@ -295,8 +295,8 @@ def test_journal_rows_only_for_first_decisions() -> None:
         _bus(7, 1, BOB),  # duplicate seq: no row
         _bus(7, 0, ALICE),  # bad ids: no row
         _bus(7, 2, NOBODY),  # unknown card, decided: row
-        _bus(7, 3, CAROL),  # blocked, decided: row (evicts seq 1)
-        _bus(7, 1, ALICE),  # too old: no row
+        _bus(7, 3, CAROL),  # blocked, decided: row
+        _bus(7, 1, ALICE),  # retry: eviction happens at the end of a batch, so still a replay
     ]
     outcomes, rows = ledger.apply(taps, NOW_MS)
     assert [o.result for o in outcomes] == [
@@ -306,9 +306,12 @@ def test_journal_rows_only_for_first_decisions() -> None:
         Result.BAD_TAP,
         Result.CARD_UNKNOWN,
         Result.CARD_BLOCKED,
-        Result.SEQ_TOO_OLD,
+        Result.OK,
     ]
-    assert [o.replay for o in outcomes] == [False, True, False, False, False, False, False]
+    assert [o.replay for o in outcomes] == [False, True, False, False, False, False, True]
+    # ... and after the batch, seq 1 is evicted: too old, no row.
+    late, late_rows = ledger.apply([_bus(7, 1, ALICE)], NOW_MS)
+    assert [o.result for o in late] == [Result.SEQ_TOO_OLD] and late_rows == []
     assert [(r.lsn, r.seq, r.result) for r in rows] == [
         (1, 1, Result.OK),
         (2, 2, Result.CARD_UNKNOWN),
@@ -355,14 +358,18 @@ def test_eviction_watermark_is_per_terminal() -> None:
     assert outcomes == [_ok(10, 960)]
 
 
-def test_retry_evicted_within_the_same_batch_is_seq_too_old() -> None:
+def test_retry_within_the_same_batch_is_a_replay_even_past_the_limit() -> None:
     ledger = _ledger(dedupe_limit=1)
     outcomes, rows = ledger.apply(
         [_debit(7, 1, ALICE, 10), _debit(7, 2, ALICE, 10), _debit(7, 1, ALICE, 10)], NOW_MS
     )
-    assert [o.result for o in outcomes] == [Result.OK, Result.OK, Result.SEQ_TOO_OLD]
+    assert [(o.result, o.replay) for o in outcomes] == [
+        (Result.OK, False), (Result.OK, False), (Result.OK, True)]
     assert len(rows) == 2
     assert ledger.balances()[ALICE] == 980
+    assert ledger.dedupe_size() == 1  # evicted down to the limit at the end of the batch
+    late, late_rows = ledger.apply([_debit(7, 1, ALICE, 10)], NOW_MS)
+    assert [o.result for o in late] == [Result.SEQ_TOO_OLD] and late_rows == []
 
 
 # -- recovery ----------------------------------------------------------------------------

@@ -15,6 +15,12 @@ def _settings(args: argparse.Namespace, **overrides: dict[str, object]) -> Setti
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import DEMO_SCHEMA, demo_main
 
+    for name in ("taps", "cards", "terminals", "batch", "window"):
+        if getattr(args, name) < 1:
+            raise CityCardError(f"--{name} must be at least 1")
+    if args.batch > 1000:
+        raise CityCardError("--batch must be at most 1000 (the protocol's batch limit)")
+
     settings = _settings(args, database={"schema": DEMO_SCHEMA}, redis={"prefix": DEMO_SCHEMA})
     return demo_main(settings, n_taps=args.taps, n_cards=args.cards, n_terminals=args.terminals,
                      batch_taps=args.batch, window=args.window, as_json=args.json)
@@ -70,11 +76,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for name, value in (("taps", 1), ("cards", 1), ("terminals", 1), ("batch", 1), ("window", 1)):
-        if getattr(args, name, value) < 1 or (name == "batch" and args.batch > 1000):
-            print(f"citycard: --{name} must be at least 1" + (" and at most 1000" if name == "batch" else ""),
-                  file=sys.stderr)
-            return 2
     try:
         return int(args.func(args))
     except CityCardError as exc:

@@ -179,3 +179,27 @@ def test_metrics_endpoint_shows_taps(configured_services, schema):
             await client.close()
 
     asyncio.run(scenario())
+
+
+def test_overload_gets_busy_and_busy_taps_can_be_retried(configured_services, schema):
+    """A full shard queue answers BUSY at once; nothing is charged for a BUSY tap, and the
+    same seq sent again later is decided normally."""
+
+    async def scenario() -> None:
+        async with running_city(configured_services, schema, n_cards=1000,
+                                gateway={"shard_queue_max_taps": 20, "shard_inflight_calls": 1,
+                                         "shard_batch_max_taps": 10}) as city:
+            client = await city.client()
+            items = [bus(i + 1, city.cards[i][0]) for i in range(1000)]
+            first = await client.taps(items)
+            busy = [r.seq for r in first.results if r.code == Result.BUSY]
+            done = {r.seq for r in first.results if r.code == Result.OK}
+            assert busy and done and len(busy) + len(done) == 1000
+            rows = {r[0] for r in await journal_rows(city, client.terminal_id)}
+            assert rows == done  # BUSY taps left no row and charged nothing
+            retry = await client.taps([items[s - 1] for s in busy[:15]])
+            assert all(r.code == Result.OK and not r.replay for r in retry.results)
+            assert city.platform.metrics.busy._value.get() == len(busy)
+            await client.close()
+
+    asyncio.run(scenario())

@@ -1,0 +1,67 @@
+"""Settings: defaults, file and environment overrides, and errors that name the key."""
+
+from pathlib import Path
+
+import pytest
+
+from citycard.config.settings import load_settings
+from citycard.errors import ConfigError
+
+
+def test_defaults_load_and_fare_table_is_shipped():
+    s = load_settings(env={})
+    assert s.city.account_shards >= 1
+    assert s.fare_table_path().is_file()
+    assert len(s.city.master_key) == 32
+    assert s.database.url == "" and s.redis.url == ""  # embedded unless configured
+
+
+def test_named_and_nested_environment_variables_override():
+    s = load_settings(env={
+        "CITYCARD_DATABASE_URL": "postgresql://db/x",
+        "CITYCARD_REDIS_URL": "redis://r:6379/1",
+        "RAY_ADDRESS": "auto",
+        "CITYCARD_GATEWAY__PORT": "7811",
+        "CITYCARD_CITY__ACCOUNT_SHARDS": "8",
+    })
+    assert (s.database.url, s.redis.url, s.ray.address) == ("postgresql://db/x", "redis://r:6379/1", "auto")
+    assert s.gateway.port == 7811 and s.city.account_shards == 8
+
+
+def test_toml_file_overrides_defaults(tmp_path: Path):
+    f = tmp_path / "city.toml"
+    f.write_text('[city]\nname = "Ningbo"\n[gateway]\nlinger_ms = 2.5\n')
+    s = load_settings(f, env={})
+    assert s.city.name == "Ningbo" and s.gateway.linger_ms == 2.5
+    assert s.gateway.port == 7700  # untouched keys keep their defaults
+
+
+@pytest.mark.parametrize(
+    ("env", "key"),
+    [
+        ({"CITYCARD_GATEWAY__PORT": "99999"}, "gateway.port"),
+        ({"CITYCARD_GATEWAY__PORT": "seven"}, "gateway.port"),
+        ({"CITYCARD_CITY__ACCOUNT_SHARDS": "0"}, "city.account_shards"),
+        ({"CITYCARD_CITY__MASTER_KEY_HEX": "zz"}, "city.master_key_hex"),
+        ({"CITYCARD_CITY__MASTER_KEY_HEX": "00ff"}, "city.master_key_hex"),
+        ({"CITYCARD_DATABASE__SCHEMA": "Robert'); DROP"}, "database.schema"),
+        ({"CITYCARD_GATEWAY__PORTS": "1"}, "gateway.ports"),
+    ],
+)
+def test_bad_values_stop_start_up_naming_the_key(env, key):
+    with pytest.raises(ConfigError) as err:
+        load_settings(env=env)
+    assert key in str(err.value)
+
+
+def test_bad_toml_names_the_file_and_line(tmp_path: Path):
+    f = tmp_path / "broken.toml"
+    f.write_text("[city]\nname = \n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(f, env={})
+    assert "broken.toml" in str(err.value) and "line 2" in str(err.value)
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings(tmp_path / "nope.toml", env={})

@@ -114,9 +114,13 @@ class ServerConnection:
             event = self._handle_body(body)
             if event is not None:
                 events.append(event)
-            if self.state is State.CLOSED:
+            if self.closed:
                 break
         return events
+
+    @property
+    def closed(self) -> bool:
+        return self.state is State.CLOSED
 
     def _handle_body(self, body: bytes) -> Event | None:
         try:

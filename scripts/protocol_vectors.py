@@ -17,8 +17,8 @@ from typing import Any
 
 import msgspec
 
+from citycard.config.fare_table import shipped_tables
 from citycard.domain.cards import CardState, CardStatus, Category
-from citycard.domain.fares import FareTable
 from citycard.domain.ledger import Ledger
 from citycard.domain.results import Result as ResultCode
 from citycard.domain.shard import shard_of
@@ -57,7 +57,7 @@ TERMINAL_ID = 1001
 TERMINAL_NONCE = bytes(range(0xA0, 0xB0))
 SERVER_NONCE = bytes(range(0xB0, 0xC0))
 SERVER_TIME_MS = 1_700_000_000_000
-CARD = 3_101_000_000_000_017
+CARD = 33_010_000_000_000_173  # make_card_no(17): a Hangzhou card (issuer 330100)
 OPENING_BALANCE_FEN = 1_000
 ROUTE = 42
 SHARDS = 16
@@ -103,7 +103,7 @@ def compute() -> Vectors:
     """Run one full exchange through ServerConnection and a real Ledger."""
     key = terminal_key(MASTER_KEY, TERMINAL_ID)
     mac = auth_mac(key, TERMINAL_ID, TERMINAL_NONCE, SERVER_NONCE)
-    ledger = Ledger(0, FareTable())
+    ledger = Ledger(0, shipped_tables())
     ledger.add_card(CardState(CARD, CardStatus.ACTIVE, Category.ADULT, OPENING_BALANCE_FEN))
     conn = ServerConnection()
     steps: list[Step] = []

@@ -8,11 +8,10 @@ from typing import Any
 import msgspec
 import ray
 
-from ..config.fare_table import load_fare_table
+from ..config.fare_table import load_fare_tables
 from ..config.settings import settings_from_dict
-from ..domain.cards import CardState
-from ..domain.fares import FareTable
 from ..domain.ledger import Ledger
+from ..domain.tables import FareTables
 from ..domain.taps import Tap
 from ..errors import StoreError
 from ..persistence import db, recovery
@@ -32,7 +31,7 @@ class AccountShardCore:
         self.shard_id = shard_id
         self.settings = settings_from_dict(settings)
         self.db_url = db_url
-        self.fares: FareTable = load_fare_table(self.settings.fare_table_path())
+        self.tables: FareTables = load_fare_tables(self.settings.fare_table_path())
         self.ledger: Ledger | None = None
         self.writer: JournalWriter | None = None
         self._conn = None
@@ -66,7 +65,7 @@ class AccountShardCore:
         schema = self.settings.database.schema
         self._conn = await db.connect(self.db_url, schema)
         self._side_conn = await db.connect(self.db_url, schema)
-        ledger = Ledger(self.shard_id, self.fares, self.settings.ledger.dedupe_limit)
+        ledger = Ledger(self.shard_id, self.tables, self.settings.ledger.dedupe_limit)
         self.recovery = await recovery.load_ledger(self._conn, ledger)
         if self.recovery.mismatches:
             log.error("shard %s: %s journal rows disagree with the rebuilt balance",
@@ -107,11 +106,11 @@ class AccountShardCore:
     def _start_snapshot(self) -> "asyncio.Task[Any]":
         # Taken synchronously while the writer is idle, so memory equals the committed record.
         assert self.ledger is not None
-        lsn, rows = self.ledger.lsn, self.ledger.snapshot_rows()
+        lsn, rows, total = self.ledger.lsn, self.ledger.snapshot_rows(), self.ledger.total_balance_fen()
         self._last_snapshot_lsn = lsn
         self._last_snapshot_s = time.monotonic()
         self._snapshot_task = asyncio.get_running_loop().create_task(
-            recovery.write_snapshot(self._side_conn, self.shard_id, lsn, rows)
+            recovery.write_snapshot(self._side_conn, self.shard_id, lsn, rows, total)
         )
         return self._snapshot_task
 
@@ -127,13 +126,17 @@ class AccountShardCore:
         return self._last_snapshot_lsn
 
     # -- cards and views ---------------------------------------------------------------
-    async def add_cards(self, cards: list[tuple[int, int, int, int]]) -> int:
-        """Cards already written to the cards table: (card_no, status, category, opening_fen)."""
+    async def add_cards(self, card_nos: list[int]) -> int:
+        """Take on cards already written to the cards table (issued since this shard loaded)."""
         await self.ensure_loaded()
-        assert self.ledger is not None
-        for card_no, status, category, opening_fen in cards:
-            if card_no not in self.ledger.cards:
-                self.ledger.add_card(CardState(card_no, status, category, opening_fen))
+        assert self.ledger is not None and self._side_conn is not None
+        rows = await self._side_conn.fetch(
+            f"SELECT {recovery.CARD_COLUMNS} FROM cards WHERE card_no = any($1::bigint[]) AND shard_id = $2",
+            card_nos, self.shard_id,
+        )
+        for rec in rows:
+            if rec[0] not in self.ledger.cards:
+                self.ledger.add_card(recovery.card_from_record(rec))
         return len(self.ledger.cards)
 
     async def stats(self) -> dict[str, Any]:

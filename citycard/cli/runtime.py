@@ -4,6 +4,7 @@ hotlist cache, gateway and metrics; and takes it down again."""
 import asyncio
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,7 +13,7 @@ import redis.asyncio as aioredis
 
 from ..actors.account_shard import AccountShard
 from ..actors.terminal_session import TerminalSession
-from ..config.fare_table import load_fare_table
+from ..config.fare_table import load_fare_tables
 from ..config.settings import Settings
 from ..gateway.hotlist import HotlistCache
 from ..gateway.metrics import Metrics
@@ -119,12 +120,12 @@ class Platform:
         )
         self.reporter = SessionReporter(self.sessions)
         self.reporter.start()
-        fares = load_fare_table(s.fare_table_path())
+        fares = load_fare_tables(s.fare_table_path())
         ctx = GatewayContext(
             self.router, self.sessions, self.reporter, self.metrics,
             max_frame_bytes=g.max_frame_bytes, max_batch_taps=g.max_batch_taps,
             auth_timeout_ms=g.auth_timeout_ms, heartbeat_ms=g.heartbeat_ms,
-            fare_version=fares.version, hotlist_version=lambda: self.hotlist.version,  # type: ignore[union-attr]
+            fare_version=lambda: fares.version_at(int(time.time() * 1000)), hotlist_version=lambda: self.hotlist.version,  # type: ignore[union-attr]
         )
         self.gateway = Gateway(ctx, g.host, g.port if gateway_port is None else gateway_port)
         self.gateway_port = await self.gateway.start()

@@ -1,6 +1,8 @@
 """Cardholder card state as the owning shard keeps it in memory."""
 
-from enum import IntEnum
+from enum import IntEnum, IntFlag
+
+import msgspec
 
 
 class CardStatus(IntEnum):
@@ -18,19 +20,86 @@ class Category(IntEnum):
     DISABLED = 3
 
 
-class CardState:
-    __slots__ = ("card_no", "status", "category", "balance_fen")
+class App(IntFlag):
+    """Applications enabled on a card."""
 
-    def __init__(self, card_no: int, status: int, category: int, balance_fen: int) -> None:
+    EPURSE = 1
+    ONLINE = 2
+    LIBRARY = 4
+    MEDICAL = 8
+    MERCHANT_MEMBER = 16
+
+
+DEFAULT_APPS = App.EPURSE | App.ONLINE
+
+
+class CardState:
+    """Everything the owning shard knows of one card. Purses are integer fen, by Purse index.
+
+    Validity windows are [from_ms, until_ms). Open bike rental and parking session, ride
+    counters and the anti-passback memory are the state the fare rules keep between taps.
+    """
+
+    __slots__ = (
+        "card_no", "status", "category", "purses", "apps", "credit_good", "insurance", "medical_from_purse",
+        "monthly_pass", "park_pass", "voucher_until_ms", "voucher_categories", "allowance_until_ms",
+        "rental", "parking", "rides", "recent",
+    )
+
+    def __init__(
+        self,
+        card_no: int,
+        status: int,
+        category: int,
+        balance_fen: int,
+        *,
+        purses: list[int] | None = None,
+        apps: int = int(DEFAULT_APPS),
+        credit_good: bool = True,
+        insurance: str = "",
+        medical_from_purse: bool = False,
+        monthly_pass: tuple[int, int] | None = None,
+        park_pass: tuple[int, int] | None = None,
+        voucher_until_ms: int = 0,
+        voucher_categories: frozenset[str] = frozenset(),
+        allowance_until_ms: int = 0,
+    ) -> None:
         self.card_no = card_no
         self.status = status
         self.category = category
-        self.balance_fen = balance_fen
+        self.purses = list(purses) if purses is not None else [balance_fen, 0, 0, 0, 0, 0]
+        if purses is None:
+            self.purses[0] = balance_fen
+        self.apps = apps
+        self.credit_good = credit_good
+        self.insurance = insurance  # insurance category name; "" = not insured
+        self.medical_from_purse = medical_from_purse
+        self.monthly_pass = monthly_pass  # (from_ms, until_ms)
+        self.park_pass = park_pass
+        self.voucher_until_ms = voucher_until_ms  # 0 = no expiry
+        self.voucher_categories = voucher_categories  # merchant categories vouchers may pay
+        self.allowance_until_ms = allowance_until_ms
+        self.rental: tuple[int, int, int] | None = None  # (dock, start_ms, deposit_fen)
+        self.parking: tuple[int, int] | None = None  # (lot, entry_ms)
+        self.rides: dict[tuple[int, int], int] | None = None  # (concession, day) -> rides
+        self.recent: dict[int, int] | None = None  # terminal_id -> last charged tap time_ms
+
+    @property
+    def balance_fen(self) -> int:
+        """The city-pass e-purse."""
+        return self.purses[0]
+
+    @balance_fen.setter
+    def balance_fen(self, value: int) -> None:
+        self.purses[0] = value
+
+    def total_fen(self) -> int:
+        return sum(self.purses)
 
     def __repr__(self) -> str:
         return (
             f"CardState(card_no={self.card_no}, status={self.status}, "
-            f"category={self.category}, balance_fen={self.balance_fen})"
+            f"category={self.category}, purses={self.purses})"
         )
 
 
@@ -64,3 +133,27 @@ def card_no_valid(card_no: int) -> bool:
 
 def issuer_of(card_no: int) -> int:
     return card_no // 10**11
+
+
+# -- snapshot encoding of the state taps change (purses, rental, parking, counters) ------------
+_STATE = msgspec.msgpack.Encoder()
+_STATE_DECODER = msgspec.msgpack.Decoder(
+    tuple[list[int], tuple[int, int, int] | None, tuple[int, int] | None,
+          list[tuple[int, int, int]], list[tuple[int, int]]]
+)
+
+
+def encode_card(card: CardState) -> bytes:
+    rides = [(i, day, n) for (i, day), n in card.rides.items()] if card.rides else []
+    recent = list(card.recent.items()) if card.recent else []
+    return _STATE.encode((card.purses, card.rental, card.parking, rides, recent))
+
+
+def restore_card(card: CardState, state: bytes) -> None:
+    """Put the tap-made state of a snapshot back on a card loaded from the cards table."""
+    purses, rental, parking, rides, recent = _STATE_DECODER.decode(state)
+    card.purses = list(purses)
+    card.rental = rental
+    card.parking = parking
+    card.rides = {(i, day): n for i, day, n in rides} or None
+    card.recent = dict(recent) or None

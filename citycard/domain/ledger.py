@@ -7,9 +7,10 @@ The caller (an AccountShard actor) makes the rows durable before it answers anyo
 from collections import deque
 from collections.abc import Sequence
 
-from .cards import CardState, CardStatus
-from .fares import FareTable
+from .cards import CardState, CardStatus, encode_card
 from .results import Result
+from .rules import apply_effects, decide, local_day, passback_mode
+from .tables import FareTables
 from .taps import MAX_CARD_NO, MAX_SEQ, MAX_TERMINAL_ID, JournalRow, Outcome, Tap, dedupe_key
 
 _new = tuple.__new__  # builds a NamedTuple without its Python-level __new__
@@ -20,7 +21,6 @@ _BAD_TAP = int(Result.BAD_TAP)
 _DUPLICATE_SEQ = int(Result.DUPLICATE_SEQ)
 _SEQ_TOO_OLD = int(Result.SEQ_TOO_OLD)
 _CARD_UNKNOWN = int(Result.CARD_UNKNOWN)
-_INSUFFICIENT = int(Result.INSUFFICIENT_FUNDS)
 # Any status but ACTIVE refuses; one we do not know refuses as blocked, never charges.
 _STATUS_RESULT = {int(CardStatus.CANCELLED): int(Result.CARD_CANCELLED)}
 
@@ -33,11 +33,11 @@ class Ledger:
     SEQ_TOO_OLD, so an old retry is never charged again.
     """
 
-    def __init__(self, shard_id: int, fares: FareTable, dedupe_limit: int = 1_000_000) -> None:
+    def __init__(self, shard_id: int, tables: FareTables, dedupe_limit: int = 1_000_000) -> None:
         if dedupe_limit < 1:
             raise ValueError("dedupe_limit must be >= 1")
         self.shard_id = shard_id
-        self.fares = fares
+        self.tables = tables
         self.dedupe_limit = dedupe_limit
         self.cards: dict[int, CardState] = {}
         self.lsn = 0  # last journal position applied in this shard
@@ -53,10 +53,13 @@ class Ledger:
     def replay(self, row: JournalRow, apply_effect: bool) -> None:
         """Rebuild from a journal row (in lsn order). ``apply_effect`` is False for rows the
         snapshot already includes: they only refill the dedupe memory."""
-        if apply_effect:
+        if apply_effect and row.result == _OK:
             card = self.cards.get(row.card_no)
-            if card is not None and row.amount_fen:
-                card.balance_fen -= row.amount_fen
+            if card is not None:
+                deltas = (row.d_epurse, row.d_general, row.d_voucher, row.d_allowance, row.d_medical, row.d_deposit)
+                t = row.tap_time_ms
+                apply_effects(card, row.kind, row.route, row.terminal_id, t, deltas, row.concession,
+                              local_day(self.tables, t), passback_mode(self.tables, row.kind, t))
         self._remember(
             dedupe_key(row.terminal_id, row.seq),
             (row.card_no, row.result, row.amount_fen, row.balance_after_fen),
@@ -80,7 +83,7 @@ class Ledger:
         order = self._seen_order
         watermark = self._watermark
         cards = self.cards
-        price = self.fares.price
+        tables = self.tables
         lsn = self.lsn
         for tap in taps:
             terminal_id = tap.terminal_id
@@ -103,29 +106,35 @@ class Ledger:
                 continue
             card = cards.get(card_no)
             fare_fen = 0
+            d = None
             if card is None:
                 result = _CARD_UNKNOWN
                 balance_fen = -1
+            elif tap.hotlisted:
+                result = _BLOCKED
+                balance_fen = card.purses[0]
+            elif card.status != _ACTIVE:
+                result = _STATUS_RESULT.get(card.status, _BLOCKED)
+                balance_fen = card.purses[0]
             else:
-                balance_fen = card.balance_fen
-                if tap.hotlisted:
-                    result = _BLOCKED
-                elif card.status != _ACTIVE:
-                    result = _STATUS_RESULT.get(card.status, _BLOCKED)
-                else:
-                    result, fare_fen = price(tap)
-                    if result == _OK:
-                        if fare_fen > balance_fen:
-                            result = _INSUFFICIENT
-                            fare_fen = 0
-                        else:
-                            balance_fen -= fare_fen
-                            card.balance_fen = balance_fen
-                    else:
-                        fare_fen = 0
+                d = decide(tables, card, tap)
+                result = d.result
+                if result == _OK:
+                    fare_fen = d.fare_fen
+                    time_ms = tap.time_ms
+                    apply_effects(card, tap.kind, tap.route, terminal_id, time_ms, d.deltas, d.concession,
+                                  d.day, d.passback)
+                balance_fen = card.purses[0]
             lsn += 1
-            row(_new(JournalRow, (lsn, terminal_id, seq, card_no, tap.kind, tap.route,
-                                  tap.time_ms, now_ms, result, fare_fen, balance_fen)))
+            if d is None or result != _OK:
+                row(_new(JournalRow, (lsn, terminal_id, seq, card_no, tap.kind, tap.route, tap.time_ms, now_ms,
+                                      result, 0, balance_fen, tap.amount_fen, tap.bill_class, 0,
+                                      0 if d is None else d.version, -1, 0, 0, 0, 0, 0, 0)))
+            else:
+                dl = d.deltas
+                row(_new(JournalRow, (lsn, terminal_id, seq, card_no, tap.kind, tap.route, tap.time_ms, now_ms,
+                                      result, fare_fen, balance_fen, tap.amount_fen, tap.bill_class, d.fund_fen,
+                                      d.version, d.concession, dl[0], dl[1], dl[2], dl[3], dl[4], dl[5])))
             seen[key] = (card_no, result, fare_fen, balance_fen)
             order.append(key)
             out(_new(Outcome, (result, fare_fen, balance_fen, False)))
@@ -136,14 +145,15 @@ class Ledger:
 
     # -- views ---------------------------------------------------------------------------
     def balances(self) -> dict[int, int]:
-        return {c.card_no: c.balance_fen for c in self.cards.values()}
+        """Each card's money over all its purses (deposits held included)."""
+        return {c.card_no: sum(c.purses) for c in self.cards.values()}
 
     def total_balance_fen(self) -> int:
-        return sum(c.balance_fen for c in self.cards.values())
+        return sum(sum(c.purses) for c in self.cards.values())
 
-    def snapshot_rows(self) -> list[tuple[int, int]]:
-        """(card_no, balance_fen) for every card, as of ``self.lsn``."""
-        return [(c.card_no, c.balance_fen) for c in self.cards.values()]
+    def snapshot_rows(self) -> list[tuple[int, bytes]]:
+        """(card_no, encoded card state) for every card, as of ``self.lsn``."""
+        return [(c.card_no, encode_card(c)) for c in self.cards.values()]
 
     def dedupe_size(self) -> int:
         return len(self._seen)

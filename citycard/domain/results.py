@@ -15,6 +15,15 @@ class Result(IntEnum):
     KIND_NOT_SUPPORTED = 8  # tap kind not priced by the fare table in force
     BUSY = 9  # overloaded, tap NOT processed; retry later with the same seq
     RETRY = 10  # outcome not known (shard restarting); retry later with the same seq
+    PASSBACK = 11  # same card on the same terminal within the anti-passback window; not charged
+    RENTAL_OPEN = 12  # bike rent while a rental is already open
+    NO_OPEN_RENTAL = 13  # bike return with no open rental
+    PARKING_SESSION_OPEN = 14  # parking entry while a session is already open
+    NO_PARKING_SESSION = 15  # parking exit with no open session
+    APP_NOT_ENABLED = 16  # the application (library, health insurance) is not enabled on the card
+    PASS_REQUIRED = 17  # the gate admits valid annual-pass holders only
+    ISSUER_NOT_ACCEPTED = 18  # a card of another issuer the table does not accept
+    NO_FARE_TABLE = 19  # no fare table version in force at the tap's time
 
 
 # Outcomes decided by a shard and written to the journal. BUSY and RETRY are gateway answers

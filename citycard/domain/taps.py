@@ -36,6 +36,14 @@ class Tap(msgspec.Struct, array_like=True, frozen=True, gc=False):
     route: int = 0
     amount_fen: int = 0
     hotlisted: bool = False  # the gateway found the card on its hotlist: refuse, unless a retry
+    bill_class: int = 0  # medical bills: BillClass
+
+
+class BillClass(IntEnum):
+    NONE = 0
+    OUTPATIENT = 1
+    INPATIENT = 2
+    PHARMACY = 3
 
 
 class Outcome(NamedTuple):
@@ -57,8 +65,19 @@ class JournalRow(NamedTuple):
     tap_time_ms: int
     applied_ms: int
     result: int
-    amount_fen: int  # debited from the purse (credits, when they come, are negative)
-    balance_after_fen: int
+    amount_fen: int  # paid by the holder (sum of purse debits; credits, when they come, < 0)
+    balance_after_fen: int  # e-purse after the tap (-1: card unknown)
+    request_fen: int = 0  # the amount the terminal sent (bill, POS amount)
+    bill_class: int = 0
+    fund_fen: int = 0  # paid by the health-insurance fund, not by the holder
+    fare_version: int = 0  # fare table version that priced the tap
+    concession: int = -1  # index of the ride-limited concession used, else -1
+    d_epurse: int = 0  # per-purse deltas in fen (negative = debit); deposit holds move
+    d_general: int = 0  # money from a purse into d_deposit and back
+    d_voucher: int = 0
+    d_allowance: int = 0
+    d_medical: int = 0
+    d_deposit: int = 0
 
 
 def dedupe_key(terminal_id: int, seq: int) -> int:

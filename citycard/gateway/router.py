@@ -100,7 +100,7 @@ class Router:
                 # before the card was listed must get its first outcome, and the refusal is
                 # journaled like every other answer.
                 tap = Tap(tap.terminal_id, tap.seq, tap.card_no, tap.time_ms, tap.kind, tap.route,
-                          tap.amount_fen, True)
+                          tap.amount_fen, True, tap.bill_class)
             lane = lanes[shard_of(tap.card_no, n)]
             if len(lane.queue) >= self.queue_max_taps:
                 self.metrics.busy.inc()

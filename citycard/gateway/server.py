@@ -50,7 +50,7 @@ class GatewayContext:
         max_batch_taps: int,
         auth_timeout_ms: int,
         heartbeat_ms: int,
-        fare_version: int,
+        fare_version: Any,
         hotlist_version: Any,
     ) -> None:
         self.router = router
@@ -61,7 +61,7 @@ class GatewayContext:
         self.max_batch_taps = max_batch_taps
         self.auth_timeout_s = auth_timeout_ms / 1000.0
         self.heartbeat_ms = heartbeat_ms
-        self.fare_version = fare_version
+        self.fare_version = fare_version  # callable -> the version in force now
         self.hotlist_version = hotlist_version  # callable -> int
         self.tasks: set[asyncio.Task[Any]] = set()
         self.connections: set[TerminalProtocol] = set()
@@ -112,14 +112,14 @@ class TerminalProtocol(asyncio.Protocol):
                 self._write(self.conn.send(m.Pong(time_ms=event.time_ms, server_time_ms=_now_ms())))  # type: ignore[union-attr]
             elif t is ParamsRequested:
                 self._write(self.conn.send(m.Params(
-                    fare_version=self.ctx.fare_version, hotlist_version=self.ctx.hotlist_version()
+                    fare_version=self.ctx.fare_version(), hotlist_version=self.ctx.hotlist_version()
                 )))
 
     # -- events --------------------------------------------------------------------------
     def _on_taps(self, event: TapsReceived) -> None:
         terminal_id = self.conn.terminal_id
         taps = [
-            Tap(terminal_id, t.seq, t.card, t.time_ms, t.kind, t.route, t.amount_fen)
+            Tap(terminal_id, t.seq, t.card, t.time_ms, t.kind, t.route, t.amount_fen, False, t.bill_class)
             for t in event.taps
         ]
         self.ctx.router.submit(Pending(self._reply, event.req, event.single, taps))
@@ -179,7 +179,7 @@ class TerminalProtocol(asyncio.Protocol):
             self._close()
             return
         self._write(self.conn.accept(m.AuthOk(
-            fare_version=ctx.fare_version, hotlist_version=ctx.hotlist_version(),
+            fare_version=ctx.fare_version(), hotlist_version=ctx.hotlist_version(),
             max_batch=ctx.max_batch_taps, heartbeat_ms=ctx.heartbeat_ms, server_time_ms=_now_ms(),
         )))
         self._authenticated = True

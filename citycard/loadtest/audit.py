@@ -10,11 +10,13 @@ import asyncpg
 class Audit:
     cards: int
     opening_fen: int
-    balances_fen: int  # current balances read from Postgres (latest journal row, else opening)
+    balances_fen: int  # current balances from Postgres: opening + every journal movement, all purses
     charged_fen: int
     journal_rows: int
     duplicate_seqs: int  # (terminal, seq) pairs with more than one row: must be 0
     actor_mismatches: int | None  # cards whose in-memory balance differs from Postgres
+    fund_fen: int = 0  # paid by the health-insurance fund (not the holders' money)
+    epurse_mismatches: int = 0  # rows whose e-purse balance disagrees with the movements: must be 0
 
     @property
     def balanced(self) -> bool:
@@ -22,25 +24,42 @@ class Audit:
 
     @property
     def ok(self) -> bool:
-        return self.balanced and self.duplicate_seqs == 0 and not self.actor_mismatches
+        return (self.balanced and self.duplicate_seqs == 0 and not self.actor_mismatches
+                and self.epurse_mismatches == 0)
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "balanced": self.balanced, "ok": self.ok}
 
 
+_OPENING = ("opening_fen + opening_general_fen + opening_voucher_fen + opening_allowance_fen"
+            " + opening_medical_fen")
+_DELTAS = "d_epurse + d_general + d_voucher + d_allowance + d_medical + d_deposit"
+
+
 async def postgres_balances(conn: asyncpg.Connection) -> dict[int, int]:
+    """Each card's money over all purses, from the record: opening plus every journal movement."""
     rows = await conn.fetch(
-        "WITH last AS (SELECT DISTINCT ON (card_no) card_no, balance_after_fen FROM journal"
-        " WHERE balance_after_fen >= 0 ORDER BY card_no, lsn DESC)"
-        " SELECT c.card_no, coalesce(l.balance_after_fen, c.opening_fen) AS balance"
-        " FROM cards c LEFT JOIN last l USING (card_no)"
+        f"WITH moved AS (SELECT card_no, sum({_DELTAS}) AS delta FROM journal GROUP BY card_no)"
+        f" SELECT c.card_no, {_OPENING} + coalesce(m.delta, 0) FROM cards c LEFT JOIN moved m USING (card_no)"
     )
-    return {r[0]: r[1] for r in rows}
+    return {r[0]: int(r[1]) for r in rows}
+
+
+async def epurse_mismatches(conn: asyncpg.Connection) -> int:
+    """Cards whose last journal row's e-purse balance disagrees with opening + e-purse movements."""
+    return int(await conn.fetchval(
+        "WITH last AS (SELECT DISTINCT ON (card_no) card_no, balance_after_fen FROM journal"
+        "   WHERE balance_after_fen >= 0 ORDER BY card_no, lsn DESC),"
+        " moved AS (SELECT card_no, sum(d_epurse) AS d FROM journal GROUP BY card_no)"
+        " SELECT count(*) FROM cards c JOIN last l USING (card_no) LEFT JOIN moved m USING (card_no)"
+        " WHERE c.opening_fen + coalesce(m.d, 0) <> l.balance_after_fen"
+    ))
 
 
 async def run_audit(conn: asyncpg.Connection, actor_balances: dict[int, int] | None = None) -> Audit:
-    cards, opening = await conn.fetchrow("SELECT count(*), coalesce(sum(opening_fen), 0) FROM cards")
-    rows, charged = await conn.fetchrow("SELECT count(*), coalesce(sum(amount_fen), 0) FROM journal")
+    cards, opening = await conn.fetchrow(f"SELECT count(*), coalesce(sum({_OPENING}), 0) FROM cards")
+    rows, charged, fund = await conn.fetchrow(
+        "SELECT count(*), coalesce(sum(amount_fen), 0), coalesce(sum(fund_fen), 0) FROM journal")
     dups = await conn.fetchval(
         "SELECT count(*) FROM (SELECT 1 FROM journal GROUP BY terminal_id, seq HAVING count(*) > 1) d"
     )
@@ -49,4 +68,5 @@ async def run_audit(conn: asyncpg.Connection, actor_balances: dict[int, int] | N
     if actor_balances is not None:
         mismatches = sum(1 for card, bal in pg.items() if actor_balances.get(card) != bal)
         mismatches += sum(1 for card in actor_balances if card not in pg)
-    return Audit(int(cards), int(opening), int(sum(pg.values())), int(charged), int(rows), int(dups), mismatches)
+    return Audit(int(cards), int(opening), int(sum(pg.values())), int(charged), int(rows), int(dups), mismatches,
+                 int(fund), await epurse_mismatches(conn))

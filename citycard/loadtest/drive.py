@@ -51,21 +51,37 @@ class DriveResult:
     timed_out: bool = False
 
 
-def _item(rng: random.Random, plan: TerminalPlan, seq: int, cards: list[int], unknown_share: float) -> m.TapItem:
-    card = cards[rng.randrange(len(cards))]
-    if rng.random() < unknown_share:
-        card = 999_000_000_000_000 + rng.randrange(1_000_000)  # no such card
-    now_ms = int(time.time() * 1000)
+_PAIRS = {TapKind.BIKE_RENT: TapKind.BIKE_RETURN, TapKind.PARKING_ENTRY: TapKind.PARKING_EXIT}
+
+
+def _item(rng: random.Random, plan: TerminalPlan, seq: int, cards: list[int], unknown_share: float,
+          open_pairs: set[int]) -> m.TapItem:
+    """One tap as this terminal would send it. Docks and lots close what they opened."""
     kind = plan.kind
+    route = plan.route
+    amount = bill_class = 0
+    if kind in _PAIRS and open_pairs and rng.random() < 0.5:
+        card = open_pairs.pop()
+        kind = _PAIRS[kind]
+    else:
+        card = cards[rng.randrange(len(cards))]
+        if rng.random() < unknown_share:
+            card = 999_000_000_000_000 + rng.randrange(1_000_000)  # no such card
+        if kind in _PAIRS:
+            open_pairs.add(card)
     if kind == TapKind.TAXI:
         amount = rng.randrange(1000, 8000)
     elif kind == TapKind.MERCHANT:
         amount = rng.randrange(100, 30000)
     elif kind == TapKind.PETROL:
         amount = rng.randrange(5000, 40000)
-    else:
-        amount = 0
-    return m.TapItem(seq=seq, card=card, time_ms=now_ms, kind=kind, route=plan.route, amount_fen=amount)
+    elif kind == TapKind.MEDICAL:
+        amount, bill_class = rng.randrange(1000, 50000), rng.randint(1, 3)
+    elif kind == TapKind.LIBRARY:
+        route = rng.choice((1, 2))
+    now_ms = int(time.time() * 1000)
+    return m.TapItem(seq=seq, card=card, time_ms=now_ms, kind=kind, route=route, amount_fen=amount,
+                     bill_class=bill_class)
 
 
 async def drive(spec: DriveSpec, progress: Callable[[int], None] | None = None) -> DriveResult:
@@ -83,6 +99,7 @@ async def drive(spec: DriveSpec, progress: Callable[[int], None] | None = None) 
         await client.connect(spec.host, spec.port)
         window = asyncio.Semaphore(spec.window)
         pending: set[asyncio.Task[None]] = set()
+        open_pairs: set[int] = set()
         seq = 0
 
         async def one(items: list[m.TapItem], retry: bool) -> None:
@@ -118,7 +135,7 @@ async def drive(spec: DriveSpec, progress: Callable[[int], None] | None = None) 
                 items = []
                 for _ in range(size):
                     seq += 1
-                    items.append(_item(rng, plan, seq, cards, spec.unknown_card_share))
+                    items.append(_item(rng, plan, seq, cards, spec.unknown_card_share, open_pairs))
                 n_taps -= size
                 result.taps_sent += size
                 await window.acquire()

@@ -12,13 +12,11 @@ from typing import Any
 
 import asyncpg
 
+from ..domain.taps import JournalRow
 from ..errors import StoreError
 from .migrate import journal_partition
 
-JOURNAL_COLUMNS = (
-    "lsn", "terminal_id", "seq", "card_no", "kind", "route", "tap_time_ms", "applied_ms",
-    "result", "amount_fen", "balance_after_fen",
-)
+JOURNAL_COLUMNS = JournalRow._fields  # the row's fields are the columns, in order
 
 
 class JournalWriter:

@@ -1,14 +1,39 @@
 """Rebuild a shard's ledger from the record: cards, latest snapshot, then the journal tail."""
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 
-from ..domain.cards import CardState
+from ..domain.cards import CardState, restore_card
 from ..domain.ledger import Ledger
 from ..domain.taps import JournalRow
 from .journal import JOURNAL_COLUMNS
 from .migrate import journal_partition
+
+CARD_COLUMNS = (
+    "card_no, status, category, opening_fen, opening_general_fen, opening_voucher_fen,"
+    " opening_allowance_fen, opening_medical_fen, apps, credit_good, insurance, medical_from_purse,"
+    " monthly_pass_from, monthly_pass_until, park_pass_from, park_pass_until, voucher_until_ms,"
+    " voucher_categories, allowance_until_ms"
+)
+
+
+def card_from_record(r: Sequence[Any]) -> CardState:
+    """A card as the cards table holds it (opening purses, products, applications)."""
+    (card_no, status, category, o_epurse, o_general, o_voucher, o_allowance, o_medical, apps, credit_good,
+     insurance, medical_from_purse, mp_from, mp_until, pp_from, pp_until, voucher_until, voucher_cats,
+     allowance_until) = r
+    return CardState(
+        card_no, status, category, o_epurse,
+        purses=[o_epurse, o_general, o_voucher, o_allowance, o_medical, 0],
+        apps=apps, credit_good=credit_good, insurance=insurance, medical_from_purse=medical_from_purse,
+        monthly_pass=(mp_from, mp_until) if mp_from is not None and mp_until is not None else None,
+        park_pass=(pp_from, pp_until) if pp_from is not None and pp_until is not None else None,
+        voucher_until_ms=voucher_until, voucher_categories=frozenset(voucher_cats or ()),
+        allowance_until_ms=allowance_until,
+    )
 
 
 @dataclass(frozen=True)
@@ -28,19 +53,17 @@ async def load_ledger(conn: asyncpg.Connection, ledger: Ledger) -> RecoveryRepor
         "SELECT coalesce(max(snapshot_lsn), 0) FROM snapshots WHERE shard_id = $1", shard
     )
     head_lsn = await conn.fetchval("SELECT lsn FROM shard_heads WHERE shard_id = $1", shard) or 0
-    for card_no, status, category, opening_fen in await conn.fetch(
-        "SELECT card_no, status, category, opening_fen FROM cards WHERE shard_id = $1", shard
-    ):
-        ledger.add_card(CardState(card_no, status, category, opening_fen))
+    for rec in await conn.fetch(f"SELECT {CARD_COLUMNS} FROM cards WHERE shard_id = $1", shard):
+        ledger.add_card(card_from_record(rec))
     if snapshot_lsn:
         cards = ledger.cards
-        for card_no, balance_fen in await conn.fetch(
-            "SELECT card_no, balance_fen FROM snapshot_cards WHERE shard_id = $1 AND snapshot_lsn = $2",
+        for card_no, state in await conn.fetch(
+            "SELECT card_no, state FROM snapshot_cards WHERE shard_id = $1 AND snapshot_lsn = $2",
             shard, snapshot_lsn,
         ):
             card = cards.get(card_no)
             if card is not None:
-                card.balance_fen = balance_fen
+                restore_card(card, state)
         ledger.lsn = snapshot_lsn
     start = max(0, min(snapshot_lsn, head_lsn - ledger.dedupe_limit))
     replayed = remembered = mismatches = 0
@@ -64,7 +87,7 @@ async def load_ledger(conn: asyncpg.Connection, ledger: Ledger) -> RecoveryRepor
             if effect:
                 replayed += 1
                 card = ledger.cards.get(row.card_no)
-                if card is not None and card.balance_fen != row.balance_after_fen:
+                if card is not None and card.purses[0] != row.balance_after_fen:
                     mismatches += 1
             else:
                 remembered += 1
@@ -72,19 +95,19 @@ async def load_ledger(conn: asyncpg.Connection, ledger: Ledger) -> RecoveryRepor
 
 
 async def write_snapshot(
-    conn: asyncpg.Connection, shard_id: int, lsn: int, rows: list[tuple[int, int]]
+    conn: asyncpg.Connection, shard_id: int, lsn: int, rows: list[tuple[int, bytes]], total_fen: int
 ) -> None:
-    """Store (card_no, balance_fen) for every card as of ``lsn``; keep only the newest two."""
+    """Store every card's tap-made state as of ``lsn``; keep only the newest two snapshots."""
     async with conn.transaction():
         await conn.copy_records_to_table(
             "snapshot_cards",
-            records=[(shard_id, lsn, card_no, bal) for card_no, bal in rows],
-            columns=("shard_id", "snapshot_lsn", "card_no", "balance_fen"),
+            records=[(shard_id, lsn, card_no, 0, state) for card_no, state in rows],
+            columns=("shard_id", "snapshot_lsn", "card_no", "balance_fen", "state"),
         )
         await conn.execute(
             "INSERT INTO snapshots (shard_id, snapshot_lsn, cards, balance_fen) VALUES ($1, $2, $3, $4)"
             " ON CONFLICT DO NOTHING",
-            shard_id, lsn, len(rows), sum(b for _, b in rows),
+            shard_id, lsn, len(rows), total_fen,
         )
         keep = await conn.fetchval(
             "SELECT min(snapshot_lsn) FROM (SELECT snapshot_lsn FROM snapshots WHERE shard_id = $1"

@@ -23,6 +23,7 @@ AmountFen = Annotated[int, Meta(ge=0, le=2**31 - 1)]
 Nonce = Annotated[bytes, Meta(min_length=NONCE_BYTES, max_length=NONCE_BYTES)]
 Mac = Annotated[bytes, Meta(min_length=MAC_BYTES, max_length=MAC_BYTES)]
 ReqId = Annotated[int, Meta(ge=0, le=2**32 - 1)]
+BillClassField = Annotated[int, Meta(ge=0, le=255)]  # medical bills: 1 outpatient, 2 inpatient, 3 pharmacy
 
 
 class Msg(Struct, tag_field="t", forbid_unknown_fields=False):
@@ -61,6 +62,7 @@ class TapItem(Struct, forbid_unknown_fields=False):
     kind: Kind
     route: Route = 0
     amount_fen: AmountFen = 0
+    bill_class: BillClassField = 0
 
 
 class Tap(Msg, tag="tap"):
@@ -70,6 +72,7 @@ class Tap(Msg, tag="tap"):
     kind: Kind
     route: Route = 0
     amount_fen: AmountFen = 0
+    bill_class: BillClassField = 0
 
 
 class TapBatch(Msg, tag="taps"):

@@ -16,7 +16,7 @@ from tests.conftest import ServiceUrls, make_settings
 class City:
     platform: Platform
     settings: Settings
-    cards: list[tuple[int, int, int, int, int]]  # card_no, shard, category, status, opening_fen
+    cards: list[tuple]  # rows of plan_cards, by CARD_SEED_COLUMNS: card_no, shard_id, ..., opening_fen, ...
     terminals: list[TerminalPlan]
 
     @property

@@ -8,9 +8,11 @@ import urllib.request
 
 import pytest
 
+from citycard.domain.cards import Category
 from citycard.domain.results import Result
 from citycard.domain.taps import TapKind
 from citycard.loadtest.audit import run_audit
+from citycard.loadtest.city import CARD_SEED_COLUMNS
 from citycard.protocols import messages as m
 from tests.e2e.helpers import City, running_city
 
@@ -49,15 +51,28 @@ async def journal_rows(city: City, terminal_id: int) -> list[tuple[int, int, int
         await conn.close()
 
 
+COL = {name: i for i, name in enumerate(CARD_SEED_COLUMNS)}
+
+
+def plain_fare_cards(city: City, shard_id: int = 0) -> list[tuple[int, int]]:
+    """(card_no, e-purse opening) of one shard's adult cards with no monthly pass and no
+    transport allowance: their bus rides cost the card fare, from the e-purse."""
+    return [(c[COL["card_no"]], c[COL["opening_fen"]]) for c in city.cards
+            if c[COL["shard_id"]] == shard_id and c[COL["category"]] == Category.ADULT
+            and c[COL["monthly_pass_from"]] is None and c[COL["opening_allowance_fen"]] == 0]
+
+
 def test_taps_are_durable_and_retries_are_not_charged_twice(configured_services, schema):
     async def scenario() -> None:
         async with running_city(configured_services, schema) as city:
             client = await city.client()
-            card, _, _, _, opening = city.cards[0]
-            single = await client.tap(1, card, now_ms(), int(TapKind.BUS), route=7)
+            # two cards of one shard: a shard detects a seq reused by another of its cards
+            (card, opening), (other, _) = plain_fare_cards(city)[:2]
+            # a minute before the next ride on this bus: not within the anti-passback window
+            single = await client.tap(1, card, now_ms() - 60_000, int(TapKind.BUS), route=7)
             assert (single.code, single.fare_fen, single.balance_fen, single.replay) == (
                 Result.OK, 182, opening - 182, False)
-            batch = await client.taps([bus(2, card), bus(3, city.cards[1][0]), bus(4, 999_999_999)])
+            batch = await client.taps([bus(2, card), bus(3, other), bus(4, 999_999_999)])
             assert [r.code for r in batch.results] == [Result.OK, Result.OK, Result.CARD_UNKNOWN]
             assert batch.results[0].balance_fen == opening - 364
             # The terminal did not hear the answer and sends seq 2 again: first outcome, no debit.
@@ -95,8 +110,11 @@ def test_hotlisted_card_is_refused_at_the_gateway(configured_services, schema):
             deadline = time.monotonic() + 1.0
             while card in city.platform.hotlist.cards and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
-            r = await client.tap(12, card, now_ms(), int(TapKind.BUS), route=3)
+            # Accepted again (on another bus: on this one, within 30 s, it would be a passback).
+            other_bus = await city.client(city.terminals[1].terminal_id)
+            r = await other_bus.tap(12, card, now_ms(), int(TapKind.BUS), route=3)
             assert r.code == Result.OK
+            await other_bus.close()
             await client.close()
 
     asyncio.run(scenario())

@@ -10,14 +10,21 @@ from collections.abc import Sequence
 import asyncpg
 import pytest
 
-from citycard.domain.cards import CardStatus, make_card_no
-from citycard.domain.fares import FareTable
+from citycard.config.fare_table import shipped_tables
+from citycard.domain.cards import (
+    CardState,
+    CardStatus,
+    Category,
+    encode_card,
+    make_card_no,
+    restore_card,
+)
 from citycard.domain.ledger import Ledger
 from citycard.domain.results import Result
 from citycard.domain.shard import shard_of
 from citycard.domain.taps import JournalRow, Outcome, Tap, TapKind
 from citycard.errors import StoreError
-from citycard.loadtest.city import plan_cards, plan_terminals, seed_city
+from citycard.loadtest.city import CARD_SEED_COLUMNS, plan_cards, plan_terminals, seed_city
 from citycard.persistence.db import connect
 from citycard.persistence.journal import JOURNAL_COLUMNS, JournalWriter
 from citycard.persistence.migrate import MigrationError, migrate, migration_files
@@ -31,6 +38,7 @@ SHARDS = 2
 COLS = ", ".join(JOURNAL_COLUMNS)
 T0_MS = 1_760_000_000_000  # a tap clock in 2025
 TIMEOUT_S = 15.0
+TABLES = shipped_tables()
 
 SCHEMA_TABLES = {
     "schema_migrations", "meta", "cards", "terminals", "journal", "shard_heads", "snapshots",
@@ -61,7 +69,10 @@ def _rows(first_lsn: int, n: int, terminal_id: int = 2001) -> list[JournalRow]:
     """n synthetic journal rows with lsn first_lsn.. (every column distinct per row)."""
     return [
         JournalRow(lsn, terminal_id, lsn, make_card_no(lsn), int(TapKind.BUS), 7, T0_MS + lsn,
-                   T0_MS + 500 + lsn, int(Result.OK), 182, 100_000 - 182 * lsn)
+                   T0_MS + 500 + lsn, int(Result.OK), 182, 100_000 - 182 * lsn,
+                   request_fen=lsn % 11, bill_class=lsn % 4, fund_fen=lsn % 13, fare_version=1 + lsn % 3,
+                   concession=lsn % 5 - 1, d_epurse=-182 + lsn % 7, d_general=-(lsn % 7), d_voucher=lsn % 2,
+                   d_allowance=-(lsn % 2), d_medical=lsn % 3, d_deposit=-(lsn % 3))
         for lsn in range(first_lsn, first_lsn + n)
     ]
 
@@ -252,22 +263,38 @@ def test_failed_commit_fails_pending_and_breaks_writer(services: ServiceUrls, sc
 
 N_CARDS = 400  # about 200 in shard 0
 TERMINALS = tuple(range(5001, 5011))
+COL = {name: i for i, name in enumerate(CARD_SEED_COLUMNS)}
+OPENING_PURSES = ("opening_fen", "opening_general_fen", "opening_voucher_fen", "opening_allowance_fen",
+                  "opening_medical_fen")  # by Purse index; nothing is held in DEPOSIT at first
 
 
-def _city(seed: int) -> list[tuple[int, int, int, int, int]]:
-    """plan_cards, with some shard-0 cards blocked and some nearly empty."""
+def _city(seed: int) -> list[tuple]:
+    """plan_cards (products valid at the tap clock), with some shard-0 cards blocked and some
+    with a nearly empty e-purse."""
     out = []
-    for i, (card_no, shard, category, status, opening) in enumerate(plan_cards(N_CARDS, SHARDS, seed)):
-        if shard == 0 and i % 23 == 0:
-            status = int(CardStatus.BLOCKED)
-        elif shard == 0 and i % 17 == 0:
-            opening = 300
-        out.append((card_no, shard, category, status, opening))
+    for i, row in enumerate(plan_cards(N_CARDS, SHARDS, seed, now_ms=T0_MS)):
+        card = list(row)
+        if card[COL["shard_id"]] == 0 and i % 23 == 0:
+            card[COL["status"]] = int(CardStatus.BLOCKED)
+        elif card[COL["shard_id"]] == 0 and i % 17 == 0:
+            card[COL["opening_fen"]] = 300
+        out.append(tuple(card))
     return out
 
 
+def _opening_purses(row: tuple) -> list[int]:
+    return [row[COL[name]] for name in OPENING_PURSES] + [0]
+
+
+def _state(ledger: Ledger) -> dict[int, tuple]:
+    """Every card's full state as taps leave it: purses, open rental and parking, and the
+    encoded state a snapshot stores (ride counters, anti-passback memory)."""
+    return {c.card_no: (list(c.purses), c.rental, c.parking, encode_card(c)) for c in ledger.cards.values()}
+
+
 class TapSource:
-    """Random taps for shard 0: bus, merchant/taxi amounts, bad taps, unknown cards, retries."""
+    """Random taps for shard 0: every kind (bus, water bus, amounts, bikes and parking in pairs,
+    parks, library, medical bills), bad taps, unknown cards, retries."""
 
     def __init__(self, rng: random.Random, mine: Sequence[int], others: Sequence[int]) -> None:
         self.rng = rng
@@ -276,27 +303,48 @@ class TapSource:
         self.seq = dict.fromkeys(TERMINALS, 0)
         self.history: list[Tap] = []  # taps that were decided (journaled)
         self.clock = T0_MS
+        self.opened: list[tuple[int, int]] = []  # (card, closing kind) of rentals and sessions sent
 
     def _new(self) -> Tap:
         rng = self.rng
         terminal = rng.choice(TERMINALS)
         self.seq[terminal] += 1
-        self.clock += rng.randint(1, 2000)
+        seq = self.seq[terminal]
+        self.clock += rng.randint(1, 10_000)
+        t = self.clock
         r = rng.random()
         card = (rng.choice(self.mine) if r < 0.85 else rng.choice(self.others) if r < 0.93
                 else make_card_no(8_000_000 + rng.randint(1, 10_000)))
         k = rng.random()
-        if k < 0.55:
-            return Tap(terminal, self.seq[terminal], card, self.clock, int(TapKind.BUS), rng.randint(1, 500))
-        if k < 0.85:
-            return Tap(terminal, self.seq[terminal], card, self.clock, int(TapKind.MERCHANT), 0,
+        if k < 0.35:
+            return Tap(terminal, seq, card, t, int(TapKind.BUS), rng.randint(1, 500))
+        if k < 0.50:
+            return Tap(terminal, seq, card, t, int(TapKind.MERCHANT), rng.choice((0, 9001, 9002, 9003)),
                        rng.randint(1, 6_000))
-        if k < 0.92:
-            return Tap(terminal, self.seq[terminal], card, self.clock, int(TapKind.TAXI), 0,
-                       rng.randint(1_000, 9_000))
-        if k < 0.96:
-            return Tap(terminal, self.seq[terminal], card, self.clock, int(TapKind.MERCHANT), 0, 0)  # BAD_TAP
-        return Tap(terminal, self.seq[terminal], card, self.clock, int(TapKind.BUS), 0)  # BAD_TAP
+        if k < 0.56:
+            return Tap(terminal, seq, card, t, int(TapKind.TAXI), 0, rng.randint(1_000, 9_000))
+        if k < 0.59:
+            return Tap(terminal, seq, card, t, int(TapKind.PETROL), 0, rng.randint(1_000, 9_000))
+        if k < 0.62:
+            return Tap(terminal, seq, card, t, int(TapKind.WATER_BUS), rng.randint(1, 2))
+        if k < 0.74:  # bikes and parking: half the time, close one opened before
+            if self.opened and rng.random() < 0.5:
+                card, kind = self.opened.pop(rng.randrange(len(self.opened)))
+                return Tap(terminal, seq, card, t, kind, rng.randint(1, 9))
+            kind, closing = rng.choice(((TapKind.BIKE_RENT, TapKind.BIKE_RETURN),
+                                        (TapKind.PARKING_ENTRY, TapKind.PARKING_EXIT)))
+            self.opened.append((card, int(closing)))
+            return Tap(terminal, seq, card, t, int(kind), rng.randint(1, 9))
+        if k < 0.78:
+            return Tap(terminal, seq, card, t, int(TapKind.PARK_ENTRY), rng.randint(1, 3))
+        if k < 0.82:
+            return Tap(terminal, seq, card, t, int(TapKind.LIBRARY), rng.randint(1, 2))
+        if k < 0.88:
+            return Tap(terminal, seq, card, t, int(TapKind.MEDICAL), 0, rng.randint(1_000, 50_000),
+                       bill_class=rng.randint(1, 3))
+        if k < 0.94:
+            return Tap(terminal, seq, card, t, int(TapKind.MERCHANT), 0, 0)  # BAD_TAP
+        return Tap(terminal, seq, card, t, int(TapKind.BUS), 0)  # BAD_TAP
 
     def batch(self, n: int, retries: bool = True) -> list[Tap]:
         out = []
@@ -307,7 +355,8 @@ class TapSource:
             elif retries and self.history and r < 0.13:
                 old = self.rng.choice(self.history)  # same (terminal, seq), another card
                 card = self.rng.choice([c for c in self.mine[:3] if c != old.card_no])
-                out.append(Tap(old.terminal_id, old.seq, card, old.time_ms, old.kind, old.route, old.amount_fen))
+                out.append(Tap(old.terminal_id, old.seq, card, old.time_ms, old.kind, old.route, old.amount_fen,
+                               bill_class=old.bill_class))
             else:
                 out.append(self._new())
         return out
@@ -348,19 +397,21 @@ def test_recovery_rebuilds_the_same_ledger(services: ServiceUrls, schema: str, w
     async def run() -> None:
         seed = 20240611
         city = _city(seed)
-        mine = {c[0]: c for c in city if c[1] == 0}
+        mine = {c[0]: c for c in city if c[COL["shard_id"]] == 0}
         assert all(shard_of(c, SHARDS) == 0 for c in mine) and 150 < len(mine) < 250
-        others = [c[0] for c in city if c[1] != 0]
-        opening_total = sum(c[4] for c in mine.values())
+        others = [c[0] for c in city if c[COL["shard_id"]] != 0]
+        opening_total = sum(sum(_opening_purses(c)) for c in mine.values())
 
         admin = await _migrated(services, schema)
         wconn = await connect(services.db_url, schema)
         try:
             await seed_city(admin, city, plan_terminals(10, seed))
-            ledger = Ledger(0, FareTable())
+            ledger = Ledger(0, TABLES)
             first = await load_ledger(admin, ledger)
             assert first == RecoveryReport(0, len(mine), 0, 0, 0, 0, 0)
-            assert ledger.balances() == {c: row[4] for c, row in mine.items()}
+            assert {c.card_no: c.purses for c in ledger.cards.values()} == {
+                c: _opening_purses(row) for c, row in mine.items()}
+            assert ledger.balances() == {c: sum(_opening_purses(row)) for c, row in mine.items()}
 
             writer = JournalWriter(wconn, 0, schema, max_rows=200)
             writer.start()
@@ -372,7 +423,10 @@ def test_recovery_rebuilds_the_same_ledger(services: ServiceUrls, schema: str, w
                 if with_snapshot:
                     assert writer.idle and writer.committed_lsn == ledger.lsn > 0
                     snapshot_lsn = ledger.lsn
-                    await write_snapshot(admin, 0, snapshot_lsn, ledger.snapshot_rows())
+                    await write_snapshot(admin, 0, snapshot_lsn, ledger.snapshot_rows(), ledger.total_balance_fen())
+                    assert await admin.fetchval(
+                        "SELECT balance_fen FROM snapshots WHERE shard_id = 0 AND snapshot_lsn = $1", snapshot_lsn
+                    ) == ledger.total_balance_fen()
                 await _drive(ledger, writer, source, decided, 30)
                 assert writer.idle and writer.committed_lsn == ledger.lsn > snapshot_lsn
                 assert writer.broken is None
@@ -386,11 +440,20 @@ def test_recovery_rebuilds_the_same_ledger(services: ServiceUrls, schema: str, w
             charged = sum(out.fare_fen for _, out in decided.values() if out.result == Result.OK)
             assert ledger.total_balance_fen() == opening_total - charged
             assert await admin.fetchval("SELECT count(*) FROM journal_p0") == head == len(decided)
+            # the taps left state to recover: deposits held, rentals and sessions open, counters
+            live = _state(ledger)
+            cards = ledger.cards.values()
+            assert any(c.purses[5] for c in cards) and any(c.rental for c in cards)
+            assert any(c.parking for c in cards) and any(c.recent for c in cards)
+            assert any(c.rides for c in cards)
+            assert any(c.purses[1:5] != _opening_purses(mine[c.card_no])[1:5] for c in cards)  # not only e-purses
 
             # A fresh ledger from the record.
-            fresh = Ledger(0, FareTable())
+            fresh = Ledger(0, TABLES)
             report = await load_ledger(admin, fresh)
             assert report == RecoveryReport(0, len(mine), snapshot_lsn, head, head - snapshot_lsn, snapshot_lsn, 0)
+            assert [c.purses for c in fresh.cards.values()] == [c.purses for c in ledger.cards.values()]
+            assert _state(fresh) == live
             assert fresh.balances() == ledger.balances()
             assert fresh.lsn == head
             assert fresh.dedupe_size() == ledger.dedupe_size() == head
@@ -402,9 +465,10 @@ def test_recovery_rebuilds_the_same_ledger(services: ServiceUrls, schema: str, w
                 again, rows = fresh.apply([tap], source.clock + 99)
                 assert rows == [] and again == [out._replace(replay=True)], (tap, out, again)
             assert fresh.balances() == ledger.balances() and fresh.lsn == head
+            assert _state(fresh) == live
 
-            # A ledger with a small dedupe memory still rebuilds the same balances.
-            small = Ledger(0, FareTable(), dedupe_limit=50)
+            # A ledger with a small dedupe memory still rebuilds the same cards.
+            small = Ledger(0, TABLES, dedupe_limit=50)
             small_report = await load_ledger(admin, small)
             start = max(0, min(snapshot_lsn, head - 50))
             assert small_report == RecoveryReport(
@@ -412,10 +476,12 @@ def test_recovery_rebuilds_the_same_ledger(services: ServiceUrls, schema: str, w
             )
             assert small.lsn == head and small.dedupe_size() == 50
             assert small.balances() == fresh.balances()
+            assert _state(small) == live
 
             # From here on both ledgers decide the same.
             more = source.batch(60)
             assert fresh.apply(more, source.clock + 100) == ledger.apply(more, source.clock + 100)
+            assert _state(fresh) == _state(ledger)
         finally:
             await wconn.close()
             await admin.close()
@@ -441,24 +507,26 @@ def test_recovered_ledger_does_not_charge_an_old_retry_again(
             await admin.executemany(
                 "INSERT INTO cards (card_no, shard_id, opening_fen) VALUES ($1, 0, 100000)", [(card_a,), (card_b,)]
             )
-            live = Ledger(0, FareTable(), dedupe_limit=limit)
+            live = Ledger(0, TABLES, dedupe_limit=limit)
             await load_ledger(admin, live)
-            old = [Tap(7001, s, card_a, T0_MS + s, int(TapKind.BUS), 9) for s in range(1, 6)]
-            later = [Tap(7002, s, card_b, T0_MS + 100 + s, int(TapKind.BUS), 9) for s in range(1, 101)]
+            # rides of one card on one bus a minute apart: none within the anti-passback window
+            old = [Tap(7001, s, card_a, T0_MS + s * 60_000, int(TapKind.BUS), 9) for s in range(1, 6)]
+            later = [Tap(7002, s, card_b, T0_MS + 600_000 + s * 60_000, int(TapKind.BUS), 9) for s in range(1, 101)]
             for batch in (old, later):
                 outcomes, rows = live.apply(batch, T0_MS + 10_000)
                 assert all(o.result == Result.OK for o in outcomes)
                 await asyncio.wait_for(writer.submit(rows), TIMEOUT_S)
             if with_snapshot:
-                await write_snapshot(admin, 0, live.lsn, live.snapshot_rows())
+                await write_snapshot(admin, 0, live.lsn, live.snapshot_rows(), live.total_balance_fen())
 
             retry = old[2]
             [live_answer], live_rows = live.apply([retry], T0_MS + 20_000)
             assert live_answer == Outcome(Result.SEQ_TOO_OLD, 0, -1, False) and live_rows == []
 
-            recovered = Ledger(0, FareTable(), dedupe_limit=limit)
+            recovered = Ledger(0, TABLES, dedupe_limit=limit)
             await load_ledger(admin, recovered)
-            assert recovered.balances() == live.balances()
+            assert recovered.balances() == live.balances() == {card_a: 100_000 - 5 * 182, card_b: 100_000 - 100 * 182}
+            assert _state(recovered) == _state(live)
             before = recovered.balances()[card_a]
             [answer], rows = recovered.apply([retry], T0_MS + 20_000)
             assert rows == [], f"an old retry was journaled again: {rows}"
@@ -472,19 +540,48 @@ def test_recovered_ledger_does_not_charge_an_old_retry_again(
     asyncio.run(run())
 
 
+def _snapshot_card(serial: int, lsn: int, epurse_fen: int) -> CardState:
+    """A card whose every piece of tap-made state differs with ``lsn``."""
+    card = CardState(make_card_no(serial), CardStatus.ACTIVE, Category.ELDERLY, 0,
+                     purses=[epurse_fen, lsn, 2 * lsn, 3 * lsn, 4 * lsn, 500])
+    card.rental = (serial, T0_MS + lsn, 500)
+    card.parking = (7, T0_MS - lsn)
+    card.rides = {(0, 20_000 + lsn): 2}
+    card.recent = {5001: T0_MS + lsn, 5002: T0_MS}
+    return card
+
+
 def test_write_snapshot_keeps_the_newest_two(services: ServiceUrls, schema: str) -> None:
     async def run() -> None:
         admin = await _migrated(services, schema)
         try:
-            for lsn in (10, 20, 30):
-                await write_snapshot(admin, 1, lsn, [(make_card_no(1), 1000 - lsn), (make_card_no(2), 500 + lsn)])
-            await write_snapshot(admin, 0, 5, [(make_card_no(3), 7)])
+            written: dict[tuple[int, int], dict[int, bytes]] = {}
+            for shard, lsn, cards in [
+                (1, 10, [_snapshot_card(1, 10, 990), _snapshot_card(2, 10, 510)]),
+                (1, 20, [_snapshot_card(1, 20, 980), _snapshot_card(2, 20, 520)]),
+                (1, 30, [_snapshot_card(1, 30, 970), _snapshot_card(2, 30, 530)]),
+                (0, 5, [_snapshot_card(3, 5, 7)]),
+            ]:
+                rows = [(c.card_no, encode_card(c)) for c in cards]
+                written[(shard, lsn)] = dict(rows)
+                await write_snapshot(admin, shard, lsn, rows, sum(c.total_fen() for c in cards))
             snaps = [tuple(r) for r in await admin.fetch(
                 "SELECT shard_id, snapshot_lsn, cards, balance_fen FROM snapshots ORDER BY 1, 2")]
-            assert snaps == [(0, 5, 1, 7), (1, 20, 2, 1500), (1, 30, 2, 1500)]
-            kept = [tuple(r) for r in await admin.fetch(
-                "SELECT shard_id, snapshot_lsn, count(*), sum(balance_fen) FROM snapshot_cards GROUP BY 1, 2 ORDER BY 1, 2")]
-            assert kept == [(0, 5, 1, 7), (1, 20, 2, 1500), (1, 30, 2, 1500)]
+            assert snaps == [(0, 5, 1, 7 + 5 * 10 + 500), (1, 20, 2, 1500 + 2 * 20 * 10 + 1000),
+                             (1, 30, 2, 1500 + 2 * 30 * 10 + 1000)]
+            kept: dict[tuple[int, int], dict[int, bytes]] = {}
+            for shard, lsn, card_no, state in await admin.fetch(
+                    "SELECT shard_id, snapshot_lsn, card_no, state FROM snapshot_cards ORDER BY 1, 2, 3"):
+                kept.setdefault((shard, lsn), {})[card_no] = state
+            assert kept == {k: written[k] for k in [(0, 5), (1, 20), (1, 30)]}
+            # what is stored gives back the whole card state
+            for (_, lsn), states in kept.items():
+                for card_no, state in states.items():
+                    card = CardState(card_no, CardStatus.ACTIVE, Category.ELDERLY, 0)
+                    restore_card(card, state)
+                    original = _snapshot_card(card_no // 10 % 10**10, lsn, card.purses[0])
+                    assert (card.purses, card.rental, card.parking, card.rides, card.recent) == (
+                        original.purses, original.rental, original.parking, original.rides, original.recent)
         finally:
             await admin.close()
 

@@ -78,5 +78,5 @@ def test_too_short_numbers_are_not_valid(card_no: int) -> None:
 def test_card_state_repr() -> None:
     card = CardState(33010000000000017, CardStatus.ACTIVE, Category.STUDENT, 182)
     assert repr(card) == (
-        "CardState(card_no=33010000000000017, status=0, category=1, balance_fen=182)"
+        "CardState(card_no=33010000000000017, status=0, category=1, purses=[182, 0, 0, 0, 0, 0])"
     )

@@ -1,40 +1,74 @@
 """The shard's ledger state machine, by example: one result per tap, dedupe, journal, replay."""
 
+from typing import Any
+
 import pytest
 
-from citycard.domain.cards import CardState, CardStatus, Category
-from citycard.domain.fares import FareTable
+from citycard.config.fare_table import shipped_tables
+from citycard.domain.cards import (
+    CardState,
+    CardStatus,
+    Category,
+    encode_card,
+    make_card_no,
+    restore_card,
+)
 from citycard.domain.ledger import Ledger
+from citycard.domain.purses import Purse
 from citycard.domain.results import DECIDED, Result
+from citycard.domain.tables import parse_tables
 from citycard.domain.taps import MAX_SEQ, JournalRow, Outcome, Tap, TapKind
 
 NOW_MS = 1_700_000_000_000
+DAY_MS = 86_400_000
+T0_MS = NOW_MS - DAY_MS  # default bus taps ride from here, PASSBACK_GAP_MS apart per seq
+PASSBACK_GAP_MS = 31_000  # more than the shipped table's 30 s anti-passback window
+TABLES = shipped_tables()  # version 1 in force since 2009: route 12 has the default 200 fen base
 BUS_FARE_FEN = 182  # 200 fen base x 91 %
+BIKE_DEPOSIT_FEN = 20_000  # the shipped table's bike deposit, held unless in good credit
 
-ALICE = 1001  # active, 1000 fen
-BOB = 1002  # active, 181 fen: one fen short of a bus ride
-CAROL = 1003  # blocked
-DAVE = 1004  # cancelled
-NOBODY = 9999  # not in the shard
+ALICE = make_card_no(1001)  # active adult, 1000 fen
+BOB = make_card_no(1002)  # active adult, 181 fen: one fen short of a bus ride
+CAROL = make_card_no(1003)  # blocked
+DAVE = make_card_no(1004)  # cancelled
+ERIN = make_card_no(1005)  # active adult, 30000 fen, not in good credit: bike deposits are held
+FRANK = make_card_no(1006)  # active elderly, 500 fen: urban buses free, four rides a day
+NOBODY = make_card_no(9999)  # not in the shard
 
 
 def _cards() -> list[CardState]:
     return [
         CardState(ALICE, CardStatus.ACTIVE, Category.ADULT, 1000),
-        CardState(BOB, CardStatus.ACTIVE, Category.STUDENT, 181),
+        CardState(BOB, CardStatus.ACTIVE, Category.ADULT, 181),
         CardState(CAROL, CardStatus.BLOCKED, Category.ADULT, 500),
         CardState(DAVE, CardStatus.CANCELLED, Category.ELDERLY, 500),
+        CardState(ERIN, CardStatus.ACTIVE, Category.ADULT, 30_000, credit_good=False),
+        CardState(FRANK, CardStatus.ACTIVE, Category.ELDERLY, 500),
     ]
 
 
 def _ledger(dedupe_limit: int = 1_000_000) -> Ledger:
-    ledger = Ledger(shard_id=0, fares=FareTable(), dedupe_limit=dedupe_limit)
+    ledger = Ledger(shard_id=0, tables=TABLES, dedupe_limit=dedupe_limit)
     for card in _cards():
         ledger.add_card(card)
     return ledger
 
 
-def _bus(terminal_id: int, seq: int, card_no: int, time_ms: int = NOW_MS - 5) -> Tap:
+def _state(ledger: Ledger) -> dict[int, tuple[Any, ...]]:
+    """Everything taps change on each card: purses, open rental and parking, and the encoded
+    state a snapshot stores (ride counters and anti-passback memory included)."""
+    return {
+        c.card_no: (list(c.purses), c.rental, c.parking, encode_card(c))
+        for c in ledger.cards.values()
+    }
+
+
+def _bus(terminal_id: int, seq: int, card_no: int, time_ms: int | None = None) -> Tap:
+    """A bus tap on route 12. By default its time follows from the seq, 31 s per seq, so a
+    card's rides on one terminal are never in the anti-passback window (and a retry is the
+    same tap)."""
+    if time_ms is None:
+        time_ms = T0_MS + seq * PASSBACK_GAP_MS
     return Tap(terminal_id, seq, card_no, time_ms, TapKind.BUS, route=12)
 
 
@@ -49,7 +83,7 @@ def _ok(fare_fen: int, balance_fen: int, replay: bool = False) -> Outcome:
 # -- construction ------------------------------------------------------------------------
 def test_dedupe_limit_must_be_positive() -> None:
     with pytest.raises(ValueError):
-        Ledger(shard_id=0, fares=FareTable(), dedupe_limit=0)
+        Ledger(shard_id=0, tables=TABLES, dedupe_limit=0)
 
 
 def test_empty_batch() -> None:
@@ -76,6 +110,8 @@ def test_ok_debit_charges_the_fare_and_journals_it() -> None:
             result=Result.OK,
             amount_fen=BUS_FARE_FEN,
             balance_after_fen=1000 - BUS_FARE_FEN,
+            fare_version=1,
+            d_epurse=-BUS_FARE_FEN,
         )
     ]
     assert ledger.balances()[ALICE] == 1000 - BUS_FARE_FEN
@@ -128,21 +164,76 @@ def test_status_is_checked_before_the_fare() -> None:
     assert outcomes[0].result == Result.CARD_BLOCKED
 
 
+BEFORE_ANY_TABLE_MS = 1_000_000_000_000  # 2001: before the shipped table's first version
+
+
 @pytest.mark.parametrize(
     ("tap", "result"),
     [
         (Tap(7, 1, ALICE, NOW_MS, TapKind.BUS, route=0), Result.BAD_TAP),
         (Tap(7, 1, ALICE, NOW_MS, TapKind.TAXI, amount_fen=0), Result.BAD_TAP),
+        (Tap(7, 1, ALICE, NOW_MS, TapKind.TAXI, amount_fen=1_000_001), Result.BAD_TAP),
         (Tap(7, 1, ALICE, NOW_MS, 99), Result.BAD_TAP),
-        (Tap(7, 1, ALICE, NOW_MS, TapKind.LIBRARY, route=1), Result.KIND_NOT_SUPPORTED),
+        (Tap(7, 1, ALICE, NOW_MS, TapKind.PARK_ENTRY, route=99), Result.BAD_TAP),
+        (Tap(7, 1, ALICE, NOW_MS, TapKind.LIBRARY, route=1), Result.APP_NOT_ENABLED),
+        (Tap(7, 1, ALICE, NOW_MS, TapKind.MEDICAL, amount_fen=100, bill_class=1),
+         Result.APP_NOT_ENABLED),
+        (Tap(7, 1, ALICE, NOW_MS, TapKind.PARK_ENTRY, route=3), Result.PASS_REQUIRED),
+        (Tap(7, 1, ALICE, NOW_MS, TapKind.BIKE_RETURN, route=1), Result.NO_OPEN_RENTAL),
+        (Tap(7, 1, ALICE, NOW_MS, TapKind.PARKING_EXIT, route=1), Result.NO_PARKING_SESSION),
+        (Tap(7, 1, ALICE, BEFORE_ANY_TABLE_MS, TapKind.BUS, route=1), Result.NO_FARE_TABLE),
     ],
 )
 def test_fare_refusals_are_journaled_decisions_without_charge(tap: Tap, result: Result) -> None:
     ledger = _ledger()
+    before = _state(ledger)
     outcomes, rows = ledger.apply([tap], NOW_MS)
     assert outcomes == [Outcome(result, 0, 1000, False)]
     assert [(r.result, r.amount_fen, r.balance_after_fen) for r in rows] == [(result, 0, 1000)]
+    version = 0 if result == Result.NO_FARE_TABLE else 1
+    assert [(r.fare_version, r.fund_fen, r.concession) for r in rows] == [(version, 0, -1)]
+    assert rows[0][-6:] == (0,) * 6  # no purse moved
     assert ledger.balances()[ALICE] == 1000
+    assert _state(ledger) == before
+
+
+def test_other_issuers_card_not_in_the_table_is_refused() -> None:
+    stranger = make_card_no(1, issuer=440300)  # Shenzhen: not listed, unlisted not accepted
+    ledger = _ledger()
+    ledger.add_card(CardState(stranger, CardStatus.ACTIVE, Category.ADULT, 1000))
+    outcomes, rows = ledger.apply([_bus(7, 1, stranger)], NOW_MS)
+    assert outcomes == [Outcome(Result.ISSUER_NOT_ACCEPTED, 0, 1000, False)]
+    assert [(r.result, r.amount_fen) for r in rows] == [(Result.ISSUER_NOT_ACCEPTED, 0)]
+    assert ledger.balances()[stranger] == 1000
+
+
+def test_passback_refuses_a_second_ride_on_the_same_terminal_without_charge() -> None:
+    ledger = _ledger()
+    first, second, later = (
+        _bus(7, s, ALICE, time_ms=T0_MS + dt) for s, dt in ((1, 0), (2, 29_999), (3, 30_000))
+    )
+    outcomes, rows = ledger.apply([first, second, later], NOW_MS)
+    assert outcomes == [
+        _ok(BUS_FARE_FEN, 818),
+        Outcome(Result.PASSBACK, 0, 818, False),
+        _ok(BUS_FARE_FEN, 636),
+    ]
+    assert [(r.result, r.amount_fen) for r in rows] == [
+        (Result.OK, BUS_FARE_FEN), (Result.PASSBACK, 0), (Result.OK, BUS_FARE_FEN)]
+    assert ledger.balances()[ALICE] == 636
+
+
+def test_balances_are_totals_over_all_purses_deposits_included() -> None:
+    ledger = _ledger()
+    outcomes, rows = ledger.apply([Tap(10, 1, ERIN, NOW_MS, TapKind.BIKE_RENT, route=3)], NOW_MS)
+    assert outcomes == [_ok(0, 30_000 - BIKE_DEPOSIT_FEN)]  # a deposit is held, not charged
+    assert (rows[0].amount_fen, rows[0].d_epurse, rows[0].d_deposit) == (
+        0, -BIKE_DEPOSIT_FEN, BIKE_DEPOSIT_FEN)
+    card = ledger.cards[ERIN]
+    assert card.purses == [30_000 - BIKE_DEPOSIT_FEN, 0, 0, 0, 0, BIKE_DEPOSIT_FEN]
+    assert card.rental == (3, NOW_MS, BIKE_DEPOSIT_FEN)
+    assert ledger.balances()[ERIN] == 30_000  # still the holder's money
+    assert ledger.total_balance_fen() == sum(ledger.balances().values())
 
 
 @pytest.mark.parametrize(
@@ -201,10 +292,22 @@ def test_a_batch_is_applied_in_order() -> None:
 
 
 def test_fare_table_in_force_prices_the_tap() -> None:
-    ledger = Ledger(shard_id=3, fares=FareTable(bus_route_base_fen={12: 150}))
+    tables = parse_tables({
+        "city": "Test", "home_issuer": 330100,
+        "versions": [
+            {"version": 1, "effective_from": "2009-01-01T00:00:00+08:00",
+             "bus": {"route_base_fen": {"12": 150}}},
+            {"version": 2, "effective_from": "2023-11-15T00:00:00+08:00",  # NOW_MS - 14 h
+             "bus": {"card_percent": 90}},
+        ],
+    })
+    ledger = Ledger(shard_id=3, tables=tables)
     ledger.add_card(CardState(ALICE, CardStatus.ACTIVE, Category.ADULT, 1000))
-    outcomes, _ = ledger.apply([_bus(7, 1, ALICE)], NOW_MS)
-    assert outcomes == [_ok(137, 863)]
+    # priced by the version in force at the tap's own time, not at the time it is applied
+    taps = [_bus(7, 1, ALICE, time_ms=T0_MS), _bus(7, 2, ALICE, time_ms=NOW_MS - 5)]
+    outcomes, rows = ledger.apply(taps, NOW_MS)
+    assert outcomes == [_ok(137, 863), _ok(135, 728)]  # 150 x 91 % = 136.5 -> 137; 150 x 90 %
+    assert [r.fare_version for r in rows] == [1, 2]
 
 
 # -- idempotent retries ------------------------------------------------------------------
@@ -374,11 +477,18 @@ def test_retry_within_the_same_batch_is_a_replay_even_past_the_limit() -> None:
 
 # -- recovery ----------------------------------------------------------------------------
 def _history(ledger: Ledger) -> tuple[list[Tap], list[JournalRow], list[Outcome]]:
-    """Apply a few batches with every kind of outcome; return taps, rows and outcomes."""
+    """Apply a few batches with every kind of outcome, and taps that leave state on cards
+    (a held deposit, an open rental and parking session, a ride counter, passback memory);
+    return taps, rows and outcomes."""
     batches = [
         [_bus(7, 1, ALICE), _bus(7, 2, BOB), _bus(8, 1, CAROL), _bus(8, 2, NOBODY)],
         [_debit(7, 3, BOB, 181), _bus(7, 1, ALICE), _debit(9, 1, ALICE, 300)],
         [_bus(9, 2, DAVE), Tap(9, 3, ALICE, NOW_MS, TapKind.LIBRARY, route=1), _bus(7, 4, ALICE)],
+        [Tap(10, 1, ERIN, NOW_MS - 7_200_000, TapKind.BIKE_RENT, route=3), _bus(7, 5, FRANK),
+         Tap(11, 1, ALICE, NOW_MS - 600_000, TapKind.PARKING_ENTRY, route=7),
+         Tap(12, 1, ALICE, NOW_MS - 60_000, TapKind.BIKE_RENT, route=4), _bus(7, 6, FRANK)],
+        [Tap(10, 2, ERIN, NOW_MS - 1_800_000, TapKind.BIKE_RETURN, route=5),  # 90 min: 1 h charged
+         _bus(7, 7, FRANK, time_ms=T0_MS + 6 * PASSBACK_GAP_MS + 1_000)],  # passback: refused
     ]
     taps: list[Tap] = []
     rows: list[JournalRow] = []
@@ -391,12 +501,29 @@ def _history(ledger: Ledger) -> tuple[list[Tap], list[JournalRow], list[Outcome]
     return taps, rows, outcomes
 
 
+def test_history_covers_the_state_taps_leave() -> None:
+    original = _ledger()
+    _, rows, outcomes = _history(original)
+    assert {o.result for o in outcomes} >= {
+        Result.OK, Result.INSUFFICIENT_FUNDS, Result.CARD_BLOCKED, Result.CARD_UNKNOWN,
+        Result.CARD_CANCELLED, Result.APP_NOT_ENABLED, Result.PASSBACK}
+    erin, alice, frank = (original.cards[c] for c in (ERIN, ALICE, FRANK))
+    # ERIN: deposit held, then returned less the 1 h over the free hour
+    assert erin.purses == [30_000 - 100, 0, 0, 0, 0, 0] and erin.rental is None
+    assert alice.rental == (4, NOW_MS - 60_000, 0) and alice.parking == (7, NOW_MS - 600_000)
+    assert frank.purses[Purse.EPURSE] == 500 and frank.rides and sum(frank.rides.values()) == 2
+    assert alice.recent and frank.recent
+    opening_fen = sum(c.total_fen() for c in _cards())
+    assert opening_fen == original.total_balance_fen() + sum(r.amount_fen for r in rows)
+
+
 def test_replay_with_effect_rebuilds_balances_lsn_and_dedupe() -> None:
     original = _ledger()
     taps, rows, _ = _history(original)
     recovered = _ledger()
     for row in rows:
         recovered.replay(row, apply_effect=True)
+    assert _state(recovered) == _state(original)
     assert recovered.balances() == original.balances()
     assert recovered.lsn == original.lsn == len(rows)
     assert recovered.dedupe_size() == original.dedupe_size()
@@ -407,6 +534,7 @@ def test_replay_with_effect_rebuilds_balances_lsn_and_dedupe() -> None:
     assert all(o.replay for o in got)
     assert new_rows == []
     assert recovered.balances() == original.balances()
+    assert _state(recovered) == _state(original)
 
 
 def test_replay_then_new_taps_continue_the_lsn() -> None:
@@ -415,20 +543,38 @@ def test_replay_then_new_taps_continue_the_lsn() -> None:
     recovered = _ledger()
     for row in rows:
         recovered.replay(row, apply_effect=True)
-    tap = _debit(7, 100, ALICE, 1)
-    assert recovered.apply([tap], NOW_MS + 5) == original.apply([tap], NOW_MS + 5)
+    # new taps that depend on the rebuilt state: a debit, a passback, a return, a parking exit
+    taps = [
+        _debit(7, 100, ALICE, 1),
+        _bus(7, 101, FRANK, time_ms=T0_MS + 6 * PASSBACK_GAP_MS + 2_000),
+        Tap(12, 2, ALICE, NOW_MS, TapKind.BIKE_RETURN, route=4),
+        Tap(11, 2, ALICE, NOW_MS, TapKind.PARKING_EXIT, route=7),
+        Tap(10, 3, ERIN, NOW_MS, TapKind.BIKE_RETURN, route=5),
+    ]
+    expected = original.apply(taps, NOW_MS + 5)
+    assert [o.result for o in expected[0]] == [
+        Result.OK, Result.PASSBACK, Result.OK, Result.OK, Result.NO_OPEN_RENTAL]
+    assert recovered.apply(taps, NOW_MS + 5) == expected
+    assert _state(recovered) == _state(original)
+
+
+def _copy_of(card: CardState) -> CardState:
+    """The card as a recovery rebuilds it from a snapshot: its record plus the encoded state."""
+    copy = CardState(card.card_no, card.status, card.category, 0, credit_good=card.credit_good)
+    restore_card(copy, encode_card(card))
+    return copy
 
 
 def test_replay_without_effect_only_refills_dedupe() -> None:
     original = _ledger()
     taps, rows, _ = _history(original)
-    # a snapshot taken after the rows: the balances already include them
-    snapshot = Ledger(shard_id=0, fares=FareTable())
-    for card_no, balance_fen in original.balances().items():
-        status = original.cards[card_no].status
-        snapshot.add_card(CardState(card_no, status, Category.ADULT, balance_fen))
+    # a snapshot taken after the rows: the card states already include them
+    snapshot = Ledger(shard_id=0, tables=TABLES)
+    for card in original.cards.values():
+        snapshot.add_card(_copy_of(card))
     for row in rows:
         snapshot.replay(row, apply_effect=False)
+    assert _state(snapshot) == _state(original)
     assert snapshot.balances() == original.balances()
     assert snapshot.lsn == original.lsn
     assert snapshot.dedupe_size() == original.dedupe_size()
@@ -437,26 +583,28 @@ def test_replay_without_effect_only_refills_dedupe() -> None:
     assert got == expected
     assert new_rows == []
     assert snapshot.balances() == original.balances()
+    assert _state(snapshot) == _state(original)
 
 
 def test_replay_split_at_a_snapshot() -> None:
     original = _ledger()
     _, rows, _ = _history(original)
-    cut = 4
-    # the snapshot includes rows[:cut]; rows[cut:] come after it
-    mid = _ledger()
-    for row in rows[:cut]:
-        mid.replay(row, apply_effect=True)
-    snapshot = {c: b for c, b in mid.balances().items()}
-    recovered = _ledger()
-    for card_no, balance_fen in snapshot.items():
-        recovered.cards[card_no].balance_fen = balance_fen
-    for row in rows[:cut]:
-        recovered.replay(row, apply_effect=False)
-    for row in rows[cut:]:
-        recovered.replay(row, apply_effect=True)
-    assert recovered.balances() == original.balances()
-    assert recovered.lsn == original.lsn
+    for cut in range(len(rows) + 1):  # a snapshot after any row
+        # the snapshot includes rows[:cut]; rows[cut:] come after it
+        mid = _ledger()
+        for row in rows[:cut]:
+            mid.replay(row, apply_effect=True)
+        snapshot = {c.card_no: encode_card(c) for c in mid.cards.values()}
+        recovered = _ledger()
+        for card_no, state in snapshot.items():
+            restore_card(recovered.cards[card_no], state)
+        for row in rows[:cut]:
+            recovered.replay(row, apply_effect=False)
+        for row in rows[cut:]:
+            recovered.replay(row, apply_effect=True)
+        assert _state(recovered) == _state(original), cut
+        assert recovered.balances() == original.balances()
+        assert recovered.lsn == original.lsn
 
 
 def test_replay_keeps_the_eviction_watermark() -> None:

@@ -184,7 +184,7 @@ CLIENT_SAMPLES: list[tuple[msgspec.Struct, dict[str, object]]] = [
     (Auth(mac=MAC), {"t": "auth", "mac": MAC}),
     (
         Tap(seq=7, card=3_101_000_000_000_017, time_ms=1_700_000_000_000, kind=1, route=42),
-        {"t": "tap", **TAP_FIELDS, "route": 42, "amount_fen": 0},
+        {"t": "tap", **TAP_FIELDS, "route": 42, "amount_fen": 0, "bill_class": 0},
     ),
     (
         TapBatch(
@@ -198,7 +198,8 @@ CLIENT_SAMPLES: list[tuple[msgspec.Struct, dict[str, object]]] = [
             "t": "taps",
             "req": 9,
             "taps": [
-                {"seq": 8, "card": 5, "time_ms": 0, "kind": 8, "route": 0, "amount_fen": 1500},
+                {"seq": 8, "card": 5, "time_ms": 0, "kind": 8, "route": 0, "amount_fen": 1500,
+                 "bill_class": 0},
                 {
                     "seq": 2**32 - 1,
                     "card": 10**18 - 1,
@@ -206,6 +207,7 @@ CLIENT_SAMPLES: list[tuple[msgspec.Struct, dict[str, object]]] = [
                     "kind": 255,
                     "route": 2**31 - 1,
                     "amount_fen": 0,
+                    "bill_class": 0,
                 },
             ],
         },
@@ -353,13 +355,14 @@ def test_largest_batch_fits_the_frame_limit() -> None:
     kind=st.integers(1, 255),
     route=st.integers(0, 2**31 - 1),
     amount_fen=st.integers(0, 2**31 - 1),
+    bill_class=st.integers(0, 255),
 )
 def test_any_valid_tap_round_trips_through_msgpack(
-    seq: int, card: int, time_ms: int, kind: int, route: int, amount_fen: int
+    seq: int, card: int, time_ms: int, kind: int, route: int, amount_fen: int, bill_class: int
 ) -> None:
     fields = {
         "seq": seq, "card": card, "time_ms": time_ms, "kind": kind, "route": route,
-        "amount_fen": amount_fen,
+        "amount_fen": amount_fen, "bill_class": bill_class,
     }
     tap = Tap(**fields)
     assert msgpack.unpackb(encoder.encode(tap)) == {"t": "tap", **fields}

@@ -151,9 +151,9 @@ class Ledger:
     def total_balance_fen(self) -> int:
         return sum(sum(c.purses) for c in self.cards.values())
 
-    def snapshot_rows(self) -> list[tuple[int, bytes]]:
-        """(card_no, encoded card state) for every card, as of ``self.lsn``."""
-        return [(c.card_no, encode_card(c)) for c in self.cards.values()]
+    def snapshot_rows(self) -> list[tuple[int, int, bytes]]:
+        """(card_no, money over all purses, encoded card state) for every card, as of ``self.lsn``."""
+        return [(c.card_no, sum(c.purses), encode_card(c)) for c in self.cards.values()]
 
     def dedupe_size(self) -> int:
         return len(self._seen)

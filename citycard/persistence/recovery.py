@@ -95,13 +95,13 @@ async def load_ledger(conn: asyncpg.Connection, ledger: Ledger) -> RecoveryRepor
 
 
 async def write_snapshot(
-    conn: asyncpg.Connection, shard_id: int, lsn: int, rows: list[tuple[int, bytes]], total_fen: int
+    conn: asyncpg.Connection, shard_id: int, lsn: int, rows: list[tuple[int, int, bytes]], total_fen: int
 ) -> None:
     """Store every card's tap-made state as of ``lsn``; keep only the newest two snapshots."""
     async with conn.transaction():
         await conn.copy_records_to_table(
             "snapshot_cards",
-            records=[(shard_id, lsn, card_no, 0, state) for card_no, state in rows],
+            records=[(shard_id, lsn, card_no, money, state) for card_no, money, state in rows],
             columns=("shard_id", "snapshot_lsn", "card_no", "balance_fen", "state"),
         )
         await conn.execute(

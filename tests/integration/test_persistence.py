@@ -562,9 +562,13 @@ def test_write_snapshot_keeps_the_newest_two(services: ServiceUrls, schema: str)
                 (1, 30, [_snapshot_card(1, 30, 970), _snapshot_card(2, 30, 530)]),
                 (0, 5, [_snapshot_card(3, 5, 7)]),
             ]:
-                rows = [(c.card_no, encode_card(c)) for c in cards]
-                written[(shard, lsn)] = dict(rows)
+                rows = [(c.card_no, c.total_fen(), encode_card(c)) for c in cards]
+                written[(shard, lsn)] = {card_no: state for card_no, _, state in rows}
                 await write_snapshot(admin, shard, lsn, rows, sum(c.total_fen() for c in cards))
+                per_card = dict(await admin.fetch(
+                    "SELECT card_no, balance_fen FROM snapshot_cards WHERE shard_id = $1 AND snapshot_lsn = $2",
+                    shard, lsn))
+                assert per_card == {c.card_no: c.total_fen() for c in cards}  # each card's money, all purses
             snaps = [tuple(r) for r in await admin.fetch(
                 "SELECT shard_id, snapshot_lsn, cards, balance_fen FROM snapshots ORDER BY 1, 2")]
             assert snaps == [(0, 5, 1, 7 + 5 * 10 + 500), (1, 20, 2, 1500 + 2 * 20 * 10 + 1000),

@@ -20,38 +20,37 @@ async def add(
     conn: asyncpg.Connection, redis: aioredis.Redis, prefix: str, card_no: int, reason: str
 ) -> int:
     """List a card; returns the hotlist version. Durable in Postgres before Redis hears of it."""
-    async with conn.transaction():
-        version = await conn.fetchval(
-            "INSERT INTO hotlist_log (card_no, listed, reason) VALUES ($1, true, $2) RETURNING version",
-            card_no, reason,
-        )
-        await conn.execute(
-            "INSERT INTO hotlist (card_no, reason, version) VALUES ($1, $2, $3)"
-            " ON CONFLICT (card_no) DO UPDATE SET reason = $2, version = $3, listed_at = now()",
-            card_no, reason, version,
-        )
-        await conn.execute(
-            "UPDATE cards SET status = $2 WHERE card_no = $1 AND status = $3",
-            card_no, int(CardStatus.BLOCKED), int(CardStatus.ACTIVE),
-        )
-    await _mirror(redis, prefix, card_no, version, listed=True)
-    return int(version)
+    return await _change(conn, redis, prefix, card_no, reason, listed=True)
 
 
 async def remove(
     conn: asyncpg.Connection, redis: aioredis.Redis, prefix: str, card_no: int, reason: str
 ) -> int:
+    """Take a card off the hotlist; returns the hotlist version."""
+    return await _change(conn, redis, prefix, card_no, reason, listed=False)
+
+
+async def _change(
+    conn: asyncpg.Connection, redis: aioredis.Redis, prefix: str, card_no: int, reason: str, listed: bool
+) -> int:
+    before, after = (CardStatus.ACTIVE, CardStatus.BLOCKED) if listed else (CardStatus.BLOCKED, CardStatus.ACTIVE)
     async with conn.transaction():
         version = await conn.fetchval(
-            "INSERT INTO hotlist_log (card_no, listed, reason) VALUES ($1, false, $2) RETURNING version",
-            card_no, reason,
+            "INSERT INTO hotlist_log (card_no, listed, reason) VALUES ($1, $2, $3) RETURNING version",
+            card_no, listed, reason,
         )
-        await conn.execute("DELETE FROM hotlist WHERE card_no = $1", card_no)
-        await conn.execute(
-            "UPDATE cards SET status = $2 WHERE card_no = $1 AND status = $3",
-            card_no, int(CardStatus.ACTIVE), int(CardStatus.BLOCKED),
+        if listed:
+            await conn.execute(
+                "INSERT INTO hotlist (card_no, reason, version) VALUES ($1, $2, $3)"
+                " ON CONFLICT (card_no) DO UPDATE SET reason = $2, version = $3, listed_at = now()",
+                card_no, reason, version,
+            )
+        else:
+            await conn.execute("DELETE FROM hotlist WHERE card_no = $1", card_no)
+        await conn.execute(  # a cancelled card stays cancelled
+            "UPDATE cards SET status = $2 WHERE card_no = $1 AND status = $3", card_no, int(after), int(before)
         )
-    await _mirror(redis, prefix, card_no, version, listed=False)
+    await _mirror(redis, prefix, card_no, version, listed=listed)
     return int(version)
 
 

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 import redis.asyncio as aioredis
 
 from ..persistence.hotlist import keys
+from ..tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +37,7 @@ class HotlistCache:
         self._tasks = [loop.create_task(self._listen()), loop.create_task(self._poll())]
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            try:
-                await t
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
-                pass
+        await cancel_and_wait(self._tasks)
 
     async def reload(self) -> None:
         raw_version = await self._redis.get(self._version_key)

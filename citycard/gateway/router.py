@@ -16,6 +16,7 @@ import msgspec
 from ..domain.results import Result
 from ..domain.shard import shard_of
 from ..domain.taps import Tap
+from ..tasks import cancel_and_wait
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -170,10 +171,4 @@ class Router:
             self._schedule(lane)
 
     async def close(self) -> None:
-        for t in list(self._tasks):
-            t.cancel()
-        for t in list(self._tasks):
-            try:
-                await t
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001
-                pass
+        await cancel_and_wait(list(self._tasks))

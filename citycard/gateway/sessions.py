@@ -9,6 +9,7 @@ from typing import Any
 from ..domain.results import Result
 from ..domain.shard import session_shard_of
 from ..domain.taps import Tap
+from ..tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 _OK = int(Result.OK)
@@ -43,12 +44,7 @@ class SessionReporter:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait([self._task])
         await self.flush()
 
     async def flush(self) -> None:

@@ -14,6 +14,7 @@ import asyncpg
 
 from ..domain.taps import JournalRow
 from ..errors import StoreError
+from ..tasks import cancel_and_wait
 from .migrate import journal_partition
 
 JOURNAL_COLUMNS = JournalRow._fields  # the row's fields are the columns, in order
@@ -38,12 +39,7 @@ class JournalWriter:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait([self._task])
         self._fail_pending(StoreError("journal writer closed"))
 
     @property

@@ -8,12 +8,21 @@ from collections import deque
 from collections.abc import Sequence
 
 from .cards import CardState, CardStatus, encode_card
+from .purses import Purse
 from .results import Result
-from .rules import apply_effects, decide, local_day, passback_mode
+from .rules import RECENT_TERMINALS, apply_effects, decide, local_day, passback_mode
 from .tables import FareTables
-from .taps import MAX_CARD_NO, MAX_SEQ, MAX_TERMINAL_ID, JournalRow, Outcome, Tap, dedupe_key
+from .taps import (
+    MAX_CARD_NO,
+    MAX_SEQ,
+    MAX_TERMINAL_ID,
+    JournalRow,
+    Outcome,
+    Tap,
+    TapKind,
+    dedupe_key,
+)
 
-_new = tuple.__new__  # builds a NamedTuple without its Python-level __new__
 _OK = int(Result.OK)
 _ACTIVE = int(CardStatus.ACTIVE)
 _BLOCKED = int(Result.CARD_BLOCKED)
@@ -21,6 +30,9 @@ _BAD_TAP = int(Result.BAD_TAP)
 _DUPLICATE_SEQ = int(Result.DUPLICATE_SEQ)
 _SEQ_TOO_OLD = int(Result.SEQ_TOO_OLD)
 _CARD_UNKNOWN = int(Result.CARD_UNKNOWN)
+_BUS = int(TapKind.BUS)
+_ALLOWANCE = int(Purse.ALLOWANCE)
+_ISSUER_DIV = 10**11  # cards.issuer_of
 # Any status but ACTIVE refuses; one we do not know refuses as blocked, never charges.
 _STATUS_RESULT = {int(CardStatus.CANCELLED): int(Result.CARD_CANCELLED)}
 
@@ -33,9 +45,12 @@ class Ledger:
     SEQ_TOO_OLD, so an old retry is never charged again.
     """
 
-    def __init__(self, shard_id: int, tables: FareTables, dedupe_limit: int = 1_000_000) -> None:
+    def __init__(self, shard_id: int, tables: FareTables, dedupe_limit: int = 1_000_000,
+                 inline_bus: bool = True) -> None:
         if dedupe_limit < 1:
             raise ValueError("dedupe_limit must be >= 1")
+        # The common bus ride is decided inline (same outcome as rules.decide; a test compares).
+        self.inline_bus = inline_bus
         self.shard_id = shard_id
         self.tables = tables
         self.dedupe_limit = dedupe_limit
@@ -84,25 +99,34 @@ class Ledger:
         watermark = self._watermark
         cards = self.cards
         tables = self.tables
+        inline_bus = self.inline_bus
+        home_lo = tables.home_issuer * _ISSUER_DIV  # home cards: issuer_of(card_no) == home_issuer
+        home_hi = home_lo + _ISSUER_DIV
+        # the fare version of the last inline bus tap, and its lookups as locals
+        ver_from_ms = ver_end_ms = version = default_fare_fen = 0
+        window_ms = -1
+        bus_fares: dict[int, int] = {}
+        plain_categories: frozenset[int] = frozenset()
         lsn = self.lsn
         for tap in taps:
             terminal_id = tap.terminal_id
             seq = tap.seq
             card_no = tap.card_no
+            time_ms = tap.time_ms
             if not (0 < terminal_id <= MAX_TERMINAL_ID and 0 < seq <= MAX_SEQ
-                    and 0 < card_no <= MAX_CARD_NO and tap.time_ms >= 0):
-                out(_new(Outcome, (_BAD_TAP, 0, -1, False)))  # before dedupe: could alias a key
+                    and 0 < card_no <= MAX_CARD_NO and time_ms >= 0):
+                out(Outcome(_BAD_TAP, 0, -1, False))  # before dedupe: could alias a key
                 continue
             key = (terminal_id << 32) | seq
             prior = seen.get(key)
             if prior is not None:
                 if prior[0] == card_no:
-                    out(_new(Outcome, (prior[1], prior[2], prior[3], True)))
+                    out(Outcome(prior[1], prior[2], prior[3], True))
                 else:
-                    out(_new(Outcome, (_DUPLICATE_SEQ, 0, -1, False)))
+                    out(Outcome(_DUPLICATE_SEQ, 0, -1, False))
                 continue
             if watermark and seq <= watermark.get(terminal_id, 0):
-                out(_new(Outcome, (_SEQ_TOO_OLD, 0, -1, False)))
+                out(Outcome(_SEQ_TOO_OLD, 0, -1, False))
                 continue
             card = cards.get(card_no)
             fare_fen = 0
@@ -117,27 +141,65 @@ class Ledger:
                 result = _STATUS_RESULT.get(card.status, _BLOCKED)
                 balance_fen = card.purses[0]
             else:
+                if (inline_bus and tap.kind == _BUS and card.monthly_pass is None
+                        and home_lo <= card_no < home_hi):
+                    if not ver_from_ms <= time_ms < ver_end_ms:
+                        ver = tables.at(time_ms)
+                        if ver is None:
+                            ver_from_ms = ver_end_ms = 0
+                            plain_categories = frozenset()
+                        else:
+                            ver_from_ms, ver_end_ms, version = ver.effective_from_ms, ver.end_ms, ver.version
+                            bus_fares, default_fare_fen = ver.bus_card_fare, ver.bus_default_card_fare
+                            plain_categories, window_ms = ver.bus_plain_categories, ver.bus_passback_ms
+                    route = tap.route
+                    if route > 0 and card.category in plain_categories:
+                        purses = card.purses
+                        fare_fen = bus_fares.get(route, default_fare_fen)
+                        recent = card.recent
+                        last_ms = recent.get(terminal_id) if recent else None
+                        if (not purses[_ALLOWANCE] and purses[0] >= fare_fen
+                                and (last_ms is None or window_ms < 0 or abs(time_ms - last_ms) >= window_ms)):
+                            balance_fen = purses[0] = purses[0] - fare_fen
+                            if window_ms >= 0:
+                                if recent is None:
+                                    recent = card.recent = {}
+                                if last_ms is None:
+                                    recent[terminal_id] = time_ms
+                                    if len(recent) > RECENT_TERMINALS:
+                                        del recent[next(iter(recent))]  # as rules.apply_effects
+                                elif time_ms > last_ms:
+                                    del recent[terminal_id]
+                                    recent[terminal_id] = time_ms
+                            lsn += 1
+                            row(JournalRow(lsn, terminal_id, seq, card_no, _BUS, route, time_ms, now_ms, _OK,
+                                           fare_fen, balance_fen, tap.amount_fen, tap.bill_class, 0, version, -1,
+                                           -fare_fen, 0, 0, 0, 0, 0))
+                            seen[key] = (card_no, _OK, fare_fen, balance_fen)
+                            order.append(key)
+                            out(Outcome(_OK, fare_fen, balance_fen, False))
+                            continue
+                        fare_fen = 0
                 d = decide(tables, card, tap)
                 result = d.result
                 if result == _OK:
                     fare_fen = d.fare_fen
-                    time_ms = tap.time_ms
                     apply_effects(card, tap.kind, tap.route, terminal_id, time_ms, d.deltas, d.concession,
                                   d.day, d.passback)
                 balance_fen = card.purses[0]
             lsn += 1
             if d is None or result != _OK:
-                row(_new(JournalRow, (lsn, terminal_id, seq, card_no, tap.kind, tap.route, tap.time_ms, now_ms,
+                row(JournalRow(lsn, terminal_id, seq, card_no, tap.kind, tap.route, time_ms, now_ms,
                                       result, 0, balance_fen, tap.amount_fen, tap.bill_class, 0,
-                                      0 if d is None else d.version, -1, 0, 0, 0, 0, 0, 0)))
+                                      0 if d is None else d.version, -1, 0, 0, 0, 0, 0, 0))
             else:
                 dl = d.deltas
-                row(_new(JournalRow, (lsn, terminal_id, seq, card_no, tap.kind, tap.route, tap.time_ms, now_ms,
+                row(JournalRow(lsn, terminal_id, seq, card_no, tap.kind, tap.route, time_ms, now_ms,
                                       result, fare_fen, balance_fen, tap.amount_fen, tap.bill_class, d.fund_fen,
-                                      d.version, d.concession, dl[0], dl[1], dl[2], dl[3], dl[4], dl[5])))
+                                      d.version, d.concession, dl[0], dl[1], dl[2], dl[3], dl[4], dl[5]))
             seen[key] = (card_no, result, fare_fen, balance_fen)
             order.append(key)
-            out(_new(Outcome, (result, fare_fen, balance_fen, False)))
+            out(Outcome(result, fare_fen, balance_fen, False))
         self.lsn = lsn
         if len(order) > self.dedupe_limit:
             self._evict()

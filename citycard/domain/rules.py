@@ -358,10 +358,13 @@ def apply_effects(card: CardState, kind: int, route: int, terminal_id: int, time
         recent = card.recent
         if recent is None:
             recent = card.recent = {}
-        if time_ms > recent.get(terminal_id, -1):  # a late tap must not move the memory back
+        last_ms = recent.get(terminal_id, -1)
+        if time_ms > last_ms:  # a late tap must not move the memory back
+            if last_ms >= 0:
+                del recent[terminal_id]  # re-inserted last: the dict stays in charging order
             recent[terminal_id] = time_ms
         if len(recent) > RECENT_TERMINALS:
-            del recent[min(recent, key=recent.__getitem__)]
+            del recent[next(iter(recent))]  # forget the terminal charged at least recently
 
 
 def local_day(tables: FareTables, time_ms: int) -> int:

@@ -175,6 +175,10 @@ class CompiledVersion:
         self.bus_card_fare = {r: (base * pct + 50) // 100 for r, base in self.bus_base.items()}
         self.bus_default_card_fare = (b.default_base_fen * pct + 50) // 100
         self.bus_card_rule = (f"bus.card_percent {pct}%",)
+        # Categories no bus concession can touch: their rides may take the ledger's inline path.
+        self.bus_plain_categories = frozenset(
+            cat for cat in CATEGORY_NAMES.values() if ("bus", cat) not in self.concession_modes)
+        self.bus_passback_ms = v.anti_passback_s * 1000 if "bus" in self.passback_modes else -1
         self.end_ms = 2**63 - 1  # set by FareTables: when the next version takes over
 
     def concession(self, mode: str, zone: str, category: int) -> tuple[int, Concession] | None:

@@ -11,13 +11,15 @@ from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
+import msgspec
 
 from ..domain.taps import JournalRow
 from ..errors import StoreError
 from ..tasks import cancel_and_wait
 from .migrate import journal_partition
 
-JOURNAL_COLUMNS = JournalRow._fields  # the row's fields are the columns, in order
+JOURNAL_COLUMNS = JournalRow.__struct_fields__  # the row's fields are the columns, in order
+_astuple = msgspec.structs.astuple
 
 
 class JournalWriter:
@@ -85,7 +87,7 @@ class JournalWriter:
     async def _commit(self, group: list[tuple[Sequence[Any], "asyncio.Future[None]"]]) -> None:
         records: list[Any] = []
         for rows, _ in group:
-            records.extend(rows)
+            records.extend(map(_astuple, rows))  # COPY takes sequences
         if records:
             started = time.perf_counter()
             last_lsn = records[-1][0]

@@ -8,6 +8,7 @@ import time
 from collections.abc import Sequence
 
 import asyncpg
+import msgspec
 import pytest
 
 from citycard.config.fare_table import shipped_tables
@@ -166,7 +167,7 @@ def test_journal_group_commit_writes_every_row_once_in_lsn_order(services: Servi
             assert writer.committed_lsn == total
             assert writer.idle
 
-            expected = [tuple(r) for b in batches for r in b]
+            expected = [msgspec.structs.astuple(r) for b in batches for r in b]
             stored = [tuple(r) for r in await admin.fetch(f"SELECT {COLS} FROM journal_p1 ORDER BY ctid")]
             assert stored == expected  # physically appended in lsn order, each row once
             assert await admin.fetchval("SELECT count(*) FROM journal WHERE shard_id = 1") == total
@@ -375,7 +376,7 @@ async def _drive(ledger: Ledger, writer: JournalWriter, source: TapSource, decid
         for tap, out in zip(taps, outcomes, strict=True):
             key = (tap.terminal_id, tap.seq)
             if out.replay:
-                assert decided[key][1]._replace(replay=True) == out
+                assert msgspec.structs.replace(decided[key][1], replay=True) == out
             elif out.result == Result.DUPLICATE_SEQ:
                 assert key in decided and decided[key][0].card_no != tap.card_no
             else:
@@ -463,7 +464,7 @@ def test_recovery_rebuilds_the_same_ledger(services: ServiceUrls, schema: str, w
             for key in sample:
                 tap, out = decided[key]
                 again, rows = fresh.apply([tap], source.clock + 99)
-                assert rows == [] and again == [out._replace(replay=True)], (tap, out, again)
+                assert rows == [] and again == [msgspec.structs.replace(out, replay=True)], (tap, out, again)
             assert fresh.balances() == ledger.balances() and fresh.lsn == head
             assert _state(fresh) == live
 

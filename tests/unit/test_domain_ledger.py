@@ -2,6 +2,7 @@
 
 from typing import Any
 
+import msgspec
 import pytest
 
 from citycard.config.fare_table import shipped_tables
@@ -192,7 +193,7 @@ def test_fare_refusals_are_journaled_decisions_without_charge(tap: Tap, result: 
     assert [(r.result, r.amount_fen, r.balance_after_fen) for r in rows] == [(result, 0, 1000)]
     version = 0 if result == Result.NO_FARE_TABLE else 1
     assert [(r.fare_version, r.fund_fen, r.concession) for r in rows] == [(version, 0, -1)]
-    assert rows[0][-6:] == (0,) * 6  # no purse moved
+    assert msgspec.structs.astuple(rows[0])[-6:] == (0,) * 6  # no purse moved
     assert ledger.balances()[ALICE] == 1000
     assert _state(ledger) == before
 
@@ -324,7 +325,7 @@ def test_retry_in_a_later_batch_answers_the_first_outcome() -> None:
     first, _ = ledger.apply([_bus(7, 1, ALICE)], NOW_MS)
     ledger.apply([_bus(7, 2, ALICE)], NOW_MS + 1)  # balance moves on: 636
     again, rows = ledger.apply([_bus(7, 1, ALICE)], NOW_MS + 2)
-    assert again == [first[0]._replace(replay=True)]
+    assert again == [msgspec.structs.replace(first[0], replay=True)]
     assert again == [_ok(BUS_FARE_FEN, 818, replay=True)]  # the balance after the first tap
     assert rows == []
     assert ledger.balances()[ALICE] == 1000 - 2 * BUS_FARE_FEN
@@ -616,3 +617,32 @@ def test_replay_keeps_the_eviction_watermark() -> None:
     old = _bus(7, 1, ALICE)  # evicted long ago
     assert recovered.apply([old], NOW_MS) == original.apply([old], NOW_MS)
     assert recovered.apply([old], NOW_MS)[0] == [Outcome(Result.SEQ_TOO_OLD, 0, -1, False)]
+
+
+def test_inline_bus_rides_keep_the_anti_passback_memory_as_the_rules_do() -> None:
+    """The ledger decides the common bus ride inline; passback, eviction of the memory and late
+    taps must come out exactly as through rules.decide + apply_effects."""
+    t = T0_MS
+    taps = [
+        _bus(1, 1, ERIN, t),
+        _bus(1, 2, ERIN, t + 10_000),  # same terminal within 30 s: PASSBACK
+        _bus(1, 3, ERIN, t - 5_000),  # a late tap timed just before the charged one: PASSBACK
+        _bus(1, 4, ERIN, t + 40_000),  # out of the window: charged
+        *[_bus(10 + i, 1, ERIN, t + 50_000 + i) for i in range(5)],  # memory holds 4 terminals
+        _bus(1, 5, ERIN, t + 60_000),  # terminal 1 was forgotten first: charged again
+        _bus(20, 1, ERIN, t + 200_000),
+        _bus(20, 2, ERIN, t + 100_000),  # late but out of the window: charged, memory stays
+        _bus(20, 3, ERIN, t + 220_000),  # 20 s after the newest ride there: PASSBACK
+        _bus(2, 1, BOB, t),  # one fen short
+    ]
+    runs = []
+    for inline in (True, False):
+        ledger = Ledger(shard_id=0, tables=TABLES, inline_bus=inline)
+        for card in _cards():
+            ledger.add_card(card)
+        outcomes, rows = ledger.apply(taps, NOW_MS)
+        runs.append((outcomes, rows, _state(ledger)))
+    assert runs[0] == runs[1]
+    results = [o.result for o in runs[0][0]]
+    assert results == [Result.OK, Result.PASSBACK, Result.PASSBACK, Result.OK] + [Result.OK] * 5 + [
+        Result.OK, Result.OK, Result.OK, Result.PASSBACK, Result.INSUFFICIENT_FUNDS]

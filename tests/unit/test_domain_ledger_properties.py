@@ -118,8 +118,9 @@ class Scenario:
     batches: tuple[tuple[Tap, ...], ...]
     dedupe_limit: int
 
-    def ledger(self, dedupe_limit: int | None = None) -> Ledger:
-        ledger = Ledger(shard_id=0, tables=TABLES, dedupe_limit=dedupe_limit or self.dedupe_limit)
+    def ledger(self, dedupe_limit: int | None = None, inline_bus: bool = True) -> Ledger:
+        ledger = Ledger(shard_id=0, tables=TABLES, dedupe_limit=dedupe_limit or self.dedupe_limit,
+                        inline_bus=inline_bus)
         for spec in self.cards:
             ledger.add_card(spec.state())
         return ledger
@@ -444,6 +445,17 @@ def test_same_inputs_same_outputs(scenario: Scenario) -> None:
 @PROPERTY
 @given(scenarios())
 @example(DAY_IN_TOWN)
+def test_the_inline_bus_path_decides_as_the_rules_do(scenario: Scenario) -> None:
+    """The ledger's inline common bus ride must equal rules.decide + apply_effects exactly."""
+    inline, general = scenario.ledger(), scenario.ledger(inline_bus=False)
+    assert _run(inline, scenario) == _run(general, scenario)
+    assert _state(inline) == _state(general)
+    assert inline.lsn == general.lsn
+
+
+@PROPERTY
+@given(scenarios())
+@example(DAY_IN_TOWN)
 def test_a_retry_never_charges_twice(scenario: Scenario) -> None:
     ledger = scenario.ledger()
     _, rows = _run(ledger, scenario)
@@ -735,7 +747,7 @@ def _model(scenario: Scenario) -> tuple[list[tuple[Outcome, ...]], list[_ModelRo
         if key in first:
             card_no, outcome = first[key]
             if card_no == tap.card_no:
-                answer = outcome._replace(replay=True)
+                answer = msgspec.structs.replace(outcome, replay=True)
             else:
                 answer = Outcome(Result.DUPLICATE_SEQ, 0, -1, False)
             # a tap with a used (terminal, seq) and another field out of range: either the

@@ -11,15 +11,19 @@ import ray
 from ..config.fare_table import load_fare_tables
 from ..config.settings import settings_from_dict
 from ..domain.ledger import Ledger
+from ..domain.ops import CardOp
+from ..domain.purses import PURSE_NAMES
 from ..domain.tables import FareTables
-from ..domain.taps import Tap
+from ..domain.taps import JournalRow, Tap
 from ..errors import StoreError
 from ..persistence import db, recovery
-from ..persistence.journal import JournalWriter
+from ..persistence.journal import JOURNAL_COLUMNS, JournalWriter
+from ..persistence.migrate import journal_partition
 
 log = logging.getLogger(__name__)
 
 _taps_decoder = msgspec.msgpack.Decoder(list[Tap])
+_ops_decoder = msgspec.msgpack.Decoder(list[CardOp])  # type: ignore[valid-type]
 _encoder = msgspec.msgpack.Encoder()
 READY_TIMEOUT_S = 30.0
 
@@ -36,6 +40,8 @@ class AccountShardCore:
         self.writer: JournalWriter | None = None
         self._conn = None
         self._side_conn = None
+        self._ops_conn = None  # op-key lookups; its own connection so snapshots do not block them
+        self._ops_lock = asyncio.Lock()
         self._ready = asyncio.Event()
         self._loading: asyncio.Task[Any] | None = None
         self._snapshot_task: asyncio.Task[Any] | None = None
@@ -59,12 +65,13 @@ class AccountShardCore:
         self._ready.clear()
         if self.writer is not None:
             await self.writer.close()
-        for c in (self._conn, self._side_conn):
+        for c in (self._conn, self._side_conn, self._ops_conn):
             if c is not None:
                 c.terminate()
         schema = self.settings.database.schema
         self._conn = await db.connect(self.db_url, schema)
         self._side_conn = await db.connect(self.db_url, schema)
+        self._ops_conn = await db.connect(self.db_url, schema)
         ledger = Ledger(self.shard_id, self.tables, self.settings.ledger.dedupe_limit)
         self.recovery = await recovery.load_ledger(self._conn, ledger)
         if self.recovery.mismatches:
@@ -88,6 +95,33 @@ class AccountShardCore:
         await self.writer.submit(rows)
         self._maybe_snapshot()
         return _encoder.encode(outcomes), self.writer.last_commit_ms
+
+    # -- card services -----------------------------------------------------------------
+    async def apply_ops(self, payload: bytes) -> bytes:
+        """Apply packed card-service ops (each at most once per key); answer once durable."""
+        await self.ensure_loaded()
+        assert self.ledger is not None and self.writer is not None and self._ops_conn is not None
+        ops = _ops_decoder.decode(payload)
+        unknown = self.ledger.unknown_op_keys([op.key for op in ops])
+        if unknown:  # keys older than the op memory: the journal knows them
+            async with self._ops_lock:
+                found = await self._ops_conn.fetch(
+                    f"SELECT {', '.join(JOURNAL_COLUMNS)} FROM {journal_partition(self.shard_id)}"
+                    " WHERE op_key = any($1::text[])", unknown,
+                )
+            for rec in found:
+                self.ledger.remember_op(JournalRow(*rec))
+        # no await between the memory check above and apply_ops: one writer per key
+        outcomes, rows = self.ledger.apply_ops(ops, int(time.time() * 1000))
+        await self.writer.submit(rows)
+        self.ledger.evict_ops(self.writer.committed_lsn)
+        return _encoder.encode(outcomes)
+
+    async def card_views(self, card_nos: list[int]) -> list[dict[str, Any] | None]:
+        """What the shard holds for each card (None: not in this shard)."""
+        await self.ensure_loaded()
+        assert self.ledger is not None
+        return [_view(self.ledger.cards.get(c)) for c in card_nos]
 
     # -- snapshots ---------------------------------------------------------------------
     def _maybe_snapshot(self) -> None:
@@ -129,11 +163,12 @@ class AccountShardCore:
     async def add_cards(self, card_nos: list[int]) -> int:
         """Take on cards already written to the cards table (issued since this shard loaded)."""
         await self.ensure_loaded()
-        assert self.ledger is not None and self._side_conn is not None
-        rows = await self._side_conn.fetch(
-            f"SELECT {recovery.CARD_COLUMNS} FROM cards WHERE card_no = any($1::bigint[]) AND shard_id = $2",
-            card_nos, self.shard_id,
-        )
+        assert self.ledger is not None and self._ops_conn is not None
+        async with self._ops_lock:  # not the snapshot connection: a snapshot may be writing
+            rows = await self._ops_conn.fetch(
+                f"SELECT {recovery.CARD_COLUMNS} FROM cards WHERE card_no = any($1::bigint[]) AND shard_id = $2",
+                card_nos, self.shard_id,
+            )
         for rec in rows:
             if rec[0] not in self.ledger.cards:
                 self.ledger.add_card(recovery.card_from_record(rec))
@@ -163,6 +198,19 @@ class AccountShardCore:
         import os
 
         return os.getpid()
+
+
+def _view(card: Any) -> dict[str, Any] | None:
+    if card is None:
+        return None
+    return {
+        "card_no": card.card_no, "status": card.status, "category": card.category, "apps": card.apps,
+        "credit_good": card.credit_good, "insurance": card.insurance, "medical_from_purse": card.medical_from_purse,
+        "purses": dict(zip(PURSE_NAMES, card.purses, strict=True)), "total_fen": sum(card.purses),
+        "monthly_pass": card.monthly_pass, "park_pass": card.park_pass,
+        "voucher_until_ms": card.voucher_until_ms, "voucher_categories": sorted(card.voucher_categories),
+        "allowance_until_ms": card.allowance_until_ms, "rental": card.rental, "parking": card.parking,
+    }
 
 
 @ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=0, max_concurrency=10_000)

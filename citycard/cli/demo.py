@@ -44,7 +44,7 @@ async def run_demo(settings: Settings, services: Services, *, n_taps: int, n_car
 
     platform = Platform(settings, services)
     t0 = time.perf_counter()
-    await platform.start(gateway_port=0, metrics_port=0)
+    await platform.start(gateway_port=0, metrics_port=0, api_port=-1)
     startup_s = time.perf_counter() - t0
     try:
         spec = DriveSpec("127.0.0.1", platform.gateway_port, settings.city.master_key, terminals,

@@ -47,6 +47,34 @@ def cmd_db_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_token_create(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from ..api.auth import Role, create_token
+    from ..persistence import db
+    from .runtime import migrate_db, resolve_services
+
+    settings = _settings(args)
+    services = resolve_services(settings)
+
+    async def run() -> str:
+        await migrate_db(settings, services.db_url)
+        conn = await db.connect(services.db_url, settings.database.schema)
+        try:
+            return await create_token(conn, args.operator, [Role(r) for r in args.role])
+        finally:
+            await conn.close()
+
+    try:
+        token = asyncio.run(run())
+    except ValueError as exc:
+        raise CityCardError(str(exc)) from None
+    finally:
+        services.stop()
+    print(token)
+    return 0
+
+
 def cmd_fares_check(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -159,6 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
     dbsub = dbp.add_subparsers(dest="db_command", required=True)
     mig = dbsub.add_parser("migrate", help="apply pending migrations")
     mig.set_defaults(func=cmd_db_migrate)
+
+    tp = sub.add_parser("token", help="operator API tokens for the card-services HTTP API")
+    tsub = tp.add_subparsers(dest="token_command", required=True)
+    tc = tsub.add_parser("create", help="create a token and print it (it is shown only this once)")
+    tc.add_argument("--operator", required=True, help="who will use it (kept in the audit log)")
+    tc.add_argument("--role", action="append", required=True,
+                    choices=["clerk", "programme_admin", "auditor", "read_only"], help="a role (repeatable)")
+    tc.set_defaults(func=cmd_token_create)
 
     _add_fares(sub)
     return p

@@ -100,8 +100,11 @@ class Platform:
         self.pool: Any = None
         self.gateway_port = 0
         self.metrics_port = 0
+        self.api: Any = None
+        self.api_port = 0
 
-    async def start(self, *, gateway_port: int | None = None, metrics_port: int | None = None) -> None:
+    async def start(self, *, gateway_port: int | None = None, metrics_port: int | None = None,
+                    api_port: int | None = None) -> None:
         s = self.settings
         await migrate_db(s, self.services.db_url)
         init_ray(s)
@@ -132,6 +135,18 @@ class Platform:
         mport = s.metrics.port if metrics_port is None else metrics_port
         if mport or metrics_port == 0:
             self.metrics_port = self.metrics.serve(s.metrics.host, mport)
+        aport = s.api.port if api_port is None else api_port
+        if aport > 0 or api_port == 0:  # settings: 0 disables; argument: 0 any free port, -1 none
+            await self._start_api(aport, fares)
+
+    async def _start_api(self, port: int, fares: Any) -> None:
+        from ..api.context import ApiContext
+        from ..api.server import ApiServer
+
+        categories = frozenset(k for v in fares.versions for k in v.v.medical.fund_percent)
+        ctx = ApiContext(self.settings, self.pool, self.redis, self.shards, insurance_categories=categories)
+        self.api = ApiServer(ctx, self.settings.api.host, port)
+        self.api_port = await self.api.start()
 
     def start_actors(self) -> tuple[list[Any], list[Any]]:
         s = self.settings
@@ -167,6 +182,8 @@ class Platform:
     async def stop(self, *, kill_actors: bool = True) -> None:
         """Each step is bounded, so one stuck part cannot hold the whole shutdown."""
         steps: list[tuple[str, Any]] = []
+        if self.api is not None:
+            steps.append(("http api", self.api.stop))
         if self.gateway is not None:
             steps.append(("gateway", self.gateway.stop))
         if self.router is not None:

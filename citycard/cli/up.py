@@ -14,6 +14,7 @@ async def _run(settings: Settings) -> None:
         await platform.start()
         print(f"citycard up: gateway on {settings.gateway.host}:{platform.gateway_port}, "
               f"metrics on http://{settings.metrics.host}:{platform.metrics_port}/metrics, "
+              f"card services on http://{settings.api.host}:{platform.api_port}/docs, "
               f"database {services.db_url}, redis {services.redis_url}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -79,6 +79,22 @@ class Metrics(_Section):
     port: int = Field(ge=0, le=65535)
 
 
+class Api(_Section):
+    host: str
+    port: int = Field(ge=0, le=65535)  # 0 disables the HTTP API
+    epurse_max_fen: int = Field(ge=1)  # an e-purse top-up may not take the purse above this
+    pin_max_tries: int = Field(ge=1, le=100)  # wrong PINs in a row before the PIN locks
+    pin_kdf_n: int = Field(ge=2, le=2**20)  # scrypt cost (a power of two)
+    disbursement_batch: int = Field(ge=1, le=100_000)  # credits per call to a shard
+
+    @field_validator("pin_kdf_n")
+    @classmethod
+    def _power_of_two(cls, v: int) -> int:
+        if v & (v - 1):
+            raise ValueError("must be a power of two")
+        return v
+
+
 class Database(_Section):
     url: str
     schema_: str = Field(alias="schema", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
@@ -116,6 +132,7 @@ class Settings(_Section):
     gateway: Gateway
     ledger: Ledger
     metrics: Metrics
+    api: Api
     database: Database
     redis: Redis
     ray: Ray

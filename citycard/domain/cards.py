@@ -135,25 +135,41 @@ def issuer_of(card_no: int) -> int:
     return card_no // 10**11
 
 
-# -- snapshot encoding of the state taps change (purses, rental, parking, counters) ------------
+# -- snapshot encoding of everything taps and card services change ---------------------------
 _STATE = msgspec.msgpack.Encoder()
-_STATE_DECODER = msgspec.msgpack.Decoder(
-    tuple[list[int], tuple[int, int, int] | None, tuple[int, int] | None,
-          list[tuple[int, int, int]], list[tuple[int, int]]]
-)
+_TAP_STATE = tuple[list[int], tuple[int, int, int] | None, tuple[int, int] | None,
+                   list[tuple[int, int, int]], list[tuple[int, int]]]
+# status, category, apps, credit_good, insurance, medical_from_purse, monthly_pass, park_pass,
+# voucher_until_ms, voucher_categories, allowance_until_ms: changed by card services
+_PROFILE = tuple[int, int, int, bool, str, bool, tuple[int, int] | None, tuple[int, int] | None, int,
+                 list[str], int]
+_STATE_DECODER = msgspec.msgpack.Decoder(tuple[list[int], tuple[int, int, int] | None, tuple[int, int] | None,
+                                               list[tuple[int, int, int]], list[tuple[int, int]], _PROFILE])
+_OLD_STATE_DECODER = msgspec.msgpack.Decoder(_TAP_STATE)  # snapshots taken before card services
 
 
 def encode_card(card: CardState) -> bytes:
     rides = [(i, day, n) for (i, day), n in card.rides.items()] if card.rides else []
     recent = list(card.recent.items()) if card.recent else []
-    return _STATE.encode((card.purses, card.rental, card.parking, rides, recent))
+    profile = (card.status, card.category, card.apps, card.credit_good, card.insurance, card.medical_from_purse,
+               card.monthly_pass, card.park_pass, card.voucher_until_ms, sorted(card.voucher_categories),
+               card.allowance_until_ms)
+    return _STATE.encode((card.purses, card.rental, card.parking, rides, recent, profile))
 
 
 def restore_card(card: CardState, state: bytes) -> None:
-    """Put the tap-made state of a snapshot back on a card loaded from the cards table."""
-    purses, rental, parking, rides, recent = _STATE_DECODER.decode(state)
+    """Put a snapshot's state back on a card loaded from the cards table."""
+    try:
+        purses, rental, parking, rides, recent, profile = _STATE_DECODER.decode(state)
+    except msgspec.ValidationError:
+        purses, rental, parking, rides, recent = _OLD_STATE_DECODER.decode(state)
+        profile = None
     card.purses = list(purses)
     card.rental = rental
     card.parking = parking
     card.rides = {(i, day): n for i, day, n in rides} or None
     card.recent = dict(recent) or None
+    if profile is not None:
+        (card.status, card.category, card.apps, card.credit_good, card.insurance, card.medical_from_purse,
+         card.monthly_pass, card.park_pass, card.voucher_until_ms, categories, card.allowance_until_ms) = profile
+        card.voucher_categories = frozenset(categories)

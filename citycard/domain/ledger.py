@@ -7,8 +7,24 @@ The caller (an AccountShard actor) makes the rows durable before it answers anyo
 from collections import deque
 from collections.abc import Sequence
 
+import msgspec
+
 from .cards import CardState, CardStatus, encode_card
-from .purses import Purse
+from .ops import (
+    OP_KIND,
+    CardOp,
+    Credit,
+    OpOutcome,
+    Refund,
+    TopUp,
+    TransferOut,
+    apply_op_effects,
+    decide_op,
+    decode_op,
+    encode_op,
+    moved_from,
+)
+from .purses import N_PURSES, Purse
 from .results import Result
 from .rules import RECENT_TERMINALS, apply_effects, decide, local_day, passback_mode
 from .tables import FareTables
@@ -60,6 +76,10 @@ class Ledger:
         self._seen: dict[int, tuple[int, int, int, int]] = {}
         self._seen_order: deque[int] = deque()
         self._watermark: dict[int, int] = {}  # terminal_id -> highest evicted seq
+        # card services: op key -> (lsn, encoded op, outcome), oldest first; older keys are
+        # looked up in the journal by the caller (``unknown_op_keys`` / ``remember_op``)
+        self._ops: dict[str, tuple[int, bytes, OpOutcome]] = {}
+        self.op_memory_limit = dedupe_limit
 
     # -- loading -------------------------------------------------------------------------
     def add_card(self, card: CardState) -> None:
@@ -68,19 +88,25 @@ class Ledger:
     def replay(self, row: JournalRow, apply_effect: bool) -> None:
         """Rebuild from a journal row (in lsn order). ``apply_effect`` is False for rows the
         snapshot already includes: they only refill the dedupe memory."""
-        if apply_effect and row.result == _OK:
+        if row.op is not None:
+            self._replay_op(row, apply_effect)
+        elif apply_effect and row.result == _OK:
             card = self.cards.get(row.card_no)
             if card is not None:
                 deltas = (row.d_epurse, row.d_general, row.d_voucher, row.d_allowance, row.d_medical, row.d_deposit)
                 t = row.tap_time_ms
                 apply_effects(card, row.kind, row.route, row.terminal_id, t, deltas, row.concession,
                               local_day(self.tables, t), passback_mode(self.tables, row.kind, t))
+        if row.op is None:
+            self._remember_tap(row)
+        if row.lsn > self.lsn:
+            self.lsn = row.lsn
+
+    def _remember_tap(self, row: JournalRow) -> None:
         self._remember(
             dedupe_key(row.terminal_id, row.seq),
             (row.card_no, row.result, row.amount_fen, row.balance_after_fen),
         )
-        if row.lsn > self.lsn:
-            self.lsn = row.lsn
 
     def raise_watermark(self, terminal_id: int, seq: int) -> None:
         """Seqs up to ``seq`` of this terminal are older than the dedupe memory (recovery)."""
@@ -205,6 +231,75 @@ class Ledger:
             self._evict()
         return outcomes, rows
 
+    # -- card services -------------------------------------------------------------------
+    def unknown_op_keys(self, keys: Sequence[str]) -> list[str]:
+        """Keys this ledger does not remember: the caller looks them up in the journal."""
+        return [k for k in keys if k not in self._ops]
+
+    def remember_op(self, row: JournalRow) -> None:
+        """An op row found in the journal (older than the op memory): its key answers again."""
+        if row.op_key is not None and row.op is not None and row.op_key not in self._ops:
+            self._ops[row.op_key] = (row.lsn, row.op, self._outcome_of(row, decode_op(row.op)))
+
+    def apply_ops(self, ops: Sequence[CardOp], now_ms: int) -> tuple[list[OpOutcome], list[JournalRow]]:
+        """Apply card-service ops in order, each at most once per key. A key reused for a
+        different op answers DUPLICATE_SEQ and changes nothing."""
+        outcomes: list[OpOutcome] = []
+        rows: list[JournalRow] = []
+        memory = self._ops
+        for op in ops:
+            enc = encode_op(op)
+            prior = memory.get(op.key)
+            if prior is not None:
+                if prior[1] == enc:
+                    outcomes.append(msgspec.structs.replace(prior[2], replay=True))
+                else:
+                    outcomes.append(OpOutcome(_DUPLICATE_SEQ))
+                continue
+            card = self.cards.get(op.card_no)
+            result, deltas, moved = decide_op(card, op)
+            if result == _OK:
+                assert card is not None
+                apply_op_effects(card, op, deltas)
+            else:
+                deltas = (0,) * N_PURSES
+            balance_fen = card.purses[0] if card is not None else -1
+            self.lsn += 1
+            amount = op.amount_fen if isinstance(op, (TopUp, Refund, Credit)) else 0
+            rows.append(JournalRow(self.lsn, 0, 0, op.card_no, OP_KIND[type(op)], 0, now_ms, now_ms, int(result),
+                                   -sum(deltas), balance_fen, amount, 0, 0, 0, -1, deltas[0], deltas[1], deltas[2],
+                                   deltas[3], deltas[4], deltas[5], op.key, enc))
+            outcome = OpOutcome(int(result), deltas, balance_fen, moved)
+            memory[op.key] = (self.lsn, enc, outcome)
+            outcomes.append(outcome)
+        return outcomes, rows
+
+    def evict_ops(self, committed_lsn: int) -> None:
+        """Forget the oldest op keys beyond the limit once their rows are committed (a lookup
+        in the journal then finds them)."""
+        memory = self._ops
+        while len(memory) > self.op_memory_limit:
+            key = next(iter(memory))
+            if memory[key][0] > committed_lsn:
+                break
+            del memory[key]
+
+    def _replay_op(self, row: JournalRow, apply_effect: bool) -> None:
+        assert row.op is not None and row.op_key is not None
+        op = decode_op(row.op)
+        card = self.cards.get(row.card_no)
+        if apply_effect and row.result == _OK and card is not None:
+            apply_op_effects(card, op, _row_deltas(row))
+        self._ops[row.op_key] = (row.lsn, row.op, self._outcome_of(row, op))
+
+    def _outcome_of(self, row: JournalRow, op: CardOp) -> OpOutcome:
+        deltas = _row_deltas(row)
+        moved = None
+        card = self.cards.get(row.card_no)
+        if row.result == _OK and isinstance(op, TransferOut) and card is not None:
+            moved = moved_from(card, tuple(-d for d in deltas))  # a replaced card never changes again
+        return OpOutcome(row.result, deltas, row.balance_after_fen, moved)
+
     # -- views ---------------------------------------------------------------------------
     def balances(self) -> dict[int, int]:
         """Each card's money over all its purses (deposits held included)."""
@@ -231,3 +326,7 @@ class Ledger:
             old = self._seen_order.popleft()
             del self._seen[old]
             self.raise_watermark(old >> 32, old & MAX_SEQ)
+
+
+def _row_deltas(row: JournalRow) -> tuple[int, ...]:
+    return (row.d_epurse, row.d_general, row.d_voucher, row.d_allowance, row.d_medical, row.d_deposit)

@@ -24,6 +24,7 @@ class Result(IntEnum):
     PASS_REQUIRED = 17  # the gate admits valid annual-pass holders only
     ISSUER_NOT_ACCEPTED = 18  # a card of another issuer the table does not accept
     NO_FARE_TABLE = 19  # no fare table version in force at the tap's time
+    PURSE_LIMIT = 20  # a top-up would take the purse over its cap; nothing credited
 
 
 # Outcomes decided by a shard and written to the journal. BUSY and RETRY are gateway answers

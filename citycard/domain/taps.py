@@ -79,6 +79,8 @@ class JournalRow(msgspec.Struct, array_like=True, frozen=True, gc=False):
     d_allowance: int = 0
     d_medical: int = 0
     d_deposit: int = 0
+    op_key: str | None = None  # card services: the op's idempotency key (taps: None)
+    op: bytes | None = None  # card services: the encoded op, for replay
 
 
 def dedupe_key(terminal_id: int, seq: int) -> int:

@@ -47,7 +47,7 @@ async def running_city(urls: ServiceUrls, schema: str, *, n_cards: int = 300, n_
     finally:
         await conn.close()
     platform = Platform(settings, services)
-    await platform.start(gateway_port=0, metrics_port=0)
+    await platform.start(gateway_port=0, metrics_port=0, api_port=0)
     try:
         yield City(platform, settings, cards, terminals)
     finally:

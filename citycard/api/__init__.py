@@ -1,0 +1,1 @@
+"""Card services over HTTP (FastAPI): holders, cards, money, PINs, disbursements, self-service."""

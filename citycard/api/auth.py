@@ -1,0 +1,114 @@
+"""Operators authenticate with API tokens that carry roles; each role grants permissions.
+
+A token is 32 random bytes shown once (``cc_`` + hex); only its SHA-256 is stored. A slow
+KDF is not needed here: unlike a PIN, a token has 256 bits of entropy.
+"""
+
+import hashlib
+import secrets
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+
+import asyncpg
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from .errors import ApiError
+
+TOKEN_PREFIX = "cc_"
+_CACHE_S = 5.0  # a revoked token stops working within this long
+
+
+class Role(StrEnum):
+    CLERK = "clerk"  # counter clerk: cardholders, cards, money, PINs
+    PROGRAMME_ADMIN = "programme_admin"  # disbursement programmes
+    AUDITOR = "auditor"  # reads everything, the audit log included
+    READ_ONLY = "read_only"  # reads cardholders, cards, balances and history
+
+
+class Perm(StrEnum):
+    READ = "read"
+    CARDS = "cards"  # cardholders, cards, applications, loss reports, replacement, PINs
+    MONEY = "money"  # top-ups and refunds
+    PROGRAMMES = "programmes"
+    AUDIT = "audit"
+
+
+GRANTS: dict[Role, frozenset[Perm]] = {
+    Role.CLERK: frozenset({Perm.READ, Perm.CARDS, Perm.MONEY}),
+    Role.PROGRAMME_ADMIN: frozenset({Perm.READ, Perm.PROGRAMMES}),
+    Role.AUDITOR: frozenset({Perm.READ, Perm.AUDIT}),
+    Role.READ_ONLY: frozenset({Perm.READ}),
+}
+
+
+@dataclass(frozen=True)
+class Operator:
+    name: str
+    roles: tuple[Role, ...]
+
+    def can(self, perm: Perm) -> bool:
+        return any(perm in GRANTS[r] for r in self.roles)
+
+    @property
+    def role(self) -> str:
+        return ",".join(self.roles)
+
+
+def hash_token(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+async def create_token(conn: asyncpg.Connection, operator: str, roles: list[Role]) -> str:
+    """A new token for ``operator``; returned once, stored only as its hash."""
+    if not operator.strip():
+        raise ValueError("operator name must not be empty")
+    if not roles:
+        raise ValueError("at least one role")
+    token = TOKEN_PREFIX + secrets.token_hex(32)
+    await conn.execute("INSERT INTO api_tokens (token_hash, operator, roles) VALUES ($1, $2, $3)",
+                       hash_token(token), operator.strip(), [str(r) for r in roles])
+    return token
+
+
+class TokenCache:
+    """token hash -> (Operator or None, expiry): a request costs no query on a warm token."""
+
+    def __init__(self) -> None:
+        self._entries: dict[bytes, tuple[Operator | None, float]] = {}
+
+    async def lookup(self, pool: asyncpg.Pool, token: str) -> Operator | None:
+        h = hash_token(token)
+        hit = self._entries.get(h)
+        now = time.monotonic()
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        row = await pool.fetchrow(
+            "SELECT operator, roles FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL", h)
+        op = None if row is None else Operator(row["operator"], tuple(Role(r) for r in row["roles"]))
+        if len(self._entries) > 10_000:
+            self._entries.clear()
+        self._entries[h] = (op, now + _CACHE_S)
+        return op
+
+
+_bearer = HTTPBearer(auto_error=False, description="An operator's API token: `Authorization: Bearer cc_...`")
+
+
+def require(perm: Perm):  # type: ignore[no-untyped-def]
+    """A dependency: the calling operator, who must hold a role granting ``perm``."""
+
+    async def dep(request: Request,
+                  cred: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> Operator:  # noqa: B008
+        if cred is None or cred.scheme.lower() != "bearer":
+            raise ApiError(401, "an operator token is required (Authorization: Bearer ...)")
+        ctx = request.app.state.ctx
+        op = await request.app.state.tokens.lookup(ctx.pool, cred.credentials)
+        if op is None:
+            raise ApiError(401, "unknown or revoked token")
+        if not op.can(perm):
+            raise ApiError(403, f"operator {op.name} ({op.role}) lacks the {perm} permission")
+        return op
+
+    return dep

@@ -1,0 +1,42 @@
+"""The audit log, for auditors: who did what, when, before and after."""
+
+import json
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel
+
+from ..auth import Operator, Perm, require
+from .common import ctx_of
+
+router = APIRouter(tags=["audit"])
+
+
+class Entry(BaseModel):
+    audit_id: int
+    at: datetime
+    operator: str
+    role: str
+    action: str
+    subject: str
+    before: Any
+    after: Any
+    reason: str
+
+
+@router.get("/audit", response_model=list[Entry])
+async def audit_entries(request: Request,
+                        subject: Annotated[str | None, Query(max_length=100)] = None,
+                        after_id: Annotated[int, Query(ge=0, le=2**62)] = 0,
+                        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+                        op: Operator = Depends(require(Perm.AUDIT))) -> list[Entry]:  # noqa: B008
+    """Entries oldest first after ``after_id``; ``subject`` like ``card:330100...`` or ``holder:7``."""
+    rows = await ctx_of(request).pool.fetch(
+        "SELECT * FROM audit_log WHERE audit_id > $1 AND ($2::text IS NULL OR subject = $2)"
+        " ORDER BY audit_id LIMIT $3", after_id, subject, limit)
+    return [Entry(**{**dict(r), "before": _json(r["before"]), "after": _json(r["after"])}) for r in rows]
+
+
+def _json(v: Any) -> Any:
+    return json.loads(v) if isinstance(v, str) else v

@@ -1,0 +1,46 @@
+"""Runs the HTTP API inside the platform's event loop (uvicorn), beside the gateway."""
+
+import asyncio
+import socket
+
+import uvicorn
+
+from ..tasks import cancel_and_wait
+from .app import create_app
+from .context import ApiContext
+
+
+class ApiServer:
+    def __init__(self, ctx: ApiContext, host: str, port: int) -> None:
+        self.ctx = ctx
+        self.host = host
+        self.port = port
+        self._server: uvicorn.Server | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> int:
+        """Listen (port 0: any free port); returns the port."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self.port))
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(create_app(self.ctx), log_level="warning", access_log=False,
+                                lifespan="off", timeout_graceful_shutdown=5)
+        self._server = uvicorn.Server(config)
+        self._task = asyncio.get_running_loop().create_task(self._server.serve(sockets=[sock]))
+        for _ in range(500):  # bounded: up to 5 s for uvicorn to start listening
+            if self._server.started or self._task.done():
+                break
+            await asyncio.sleep(0.01)
+        if self._task.done():
+            self._task.result()  # raises what stopped it
+        return self.port
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), 6)
+            except TimeoutError:
+                await cancel_and_wait([self._task])

@@ -11,7 +11,7 @@ class Audit:
     cards: int
     opening_fen: int
     balances_fen: int  # current balances from Postgres: opening + every journal movement, all purses
-    charged_fen: int
+    charged_fen: int  # paid by holders, net of money put in (top-ups and credits count negative)
     journal_rows: int
     duplicate_seqs: int  # (terminal, seq) pairs with more than one row: must be 0
     actor_mismatches: int | None  # cards whose in-memory balance differs from Postgres
@@ -61,7 +61,8 @@ async def run_audit(conn: asyncpg.Connection, actor_balances: dict[int, int] | N
     rows, charged, fund = await conn.fetchrow(
         "SELECT count(*), coalesce(sum(amount_fen), 0), coalesce(sum(fund_fen), 0) FROM journal")
     dups = await conn.fetchval(
-        "SELECT count(*) FROM (SELECT 1 FROM journal GROUP BY terminal_id, seq HAVING count(*) > 1) d"
+        "SELECT count(*) FROM (SELECT 1 FROM journal WHERE terminal_id <> 0"  # 0: card services, keyed by op_key
+        " GROUP BY terminal_id, seq HAVING count(*) > 1) d"
     )
     pg = await postgres_balances(conn)
     mismatches = None

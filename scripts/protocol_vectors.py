@@ -24,10 +24,12 @@ from citycard.domain.results import Result as ResultCode
 from citycard.domain.shard import shard_of
 from citycard.domain.taps import Outcome, TapKind
 from citycard.domain.taps import Tap as DomainTap
+from citycard.persistence.hotlist import net_changes
 from citycard.protocols.auth import AUTH_LABEL, KEY_LABEL, auth_mac, terminal_key
 from citycard.protocols.connection import (
     AuthReceived,
     HelloReceived,
+    ParamsRequested,
     ServerConnection,
     TapsReceived,
 )
@@ -37,6 +39,8 @@ from citycard.protocols.messages import (
     Auth,
     AuthOk,
     Hello,
+    Params,
+    ParamsRequest,
     Ping,
     Pong,
     Result,
@@ -61,6 +65,10 @@ CARD = 33_010_000_000_000_173  # make_card_no(17): a Hangzhou card (issuer 33010
 OPENING_BALANCE_FEN = 1_000
 ROUTE = 42
 SHARDS = 16
+LOST_CARD = 33_010_000_000_000_181  # make_card_no(18), on the hotlist since version 1
+STOLEN_CARD = 33_010_000_000_000_199  # make_card_no(19)
+# The hotlist's log after the terminal's version 1: (version, card, listed)
+HOTLIST_LOG = [(2, STOLEN_CARD, True), (3, LOST_CARD, False)]
 
 
 @dataclass(frozen=True)
@@ -167,6 +175,15 @@ def compute() -> Vectors:
     client("ping", Ping(time_ms=SERVER_TIME_MS + 90_000))
     server("pong", conn.send(Pong(time_ms=SERVER_TIME_MS + 90_000, server_time_ms=SERVER_TIME_MS + 90_002)))
 
+    [params] = client("params (terminal holds hotlist version 1)", ParamsRequest(fare_version=1, hotlist_version=1))
+    assert isinstance(params, ParamsRequested) and params.hotlist_version == 1
+    added, removed = net_changes((card, listed) for v, card, listed in HOTLIST_LOG if v > params.hotlist_version)
+    to_version = HOTLIST_LOG[-1][0]
+    server("params_info (hotlist delta from version 1 to 3)", conn.send(Params(
+        fare_version=1, hotlist_version=to_version, hotlist_to=to_version, hotlist_added=added,
+        hotlist_removed=removed,
+    )))
+
     return Vectors(
         key_input=KEY_LABEL + TERMINAL_ID.to_bytes(8, "big"),
         terminal_key=key,
@@ -271,6 +288,8 @@ def render() -> str:
         f"| server time | {SERVER_TIME_MS} ms |",
         f"| card | {CARD}, adult, active, balance {OPENING_BALANCE_FEN} fen |",
         "| fares | bus: base 200 fen at 91 % = 182 fen (default table) |",
+        f"| hotlist | the terminal holds version 1 (card {LOST_CARD} listed); then version 2 lists"
+        f" {STOLEN_CARD}, version 3 takes {LOST_CARD} off |",
         "",
         "### Terminal key",
         "",

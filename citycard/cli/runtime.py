@@ -15,7 +15,7 @@ from ..actors.account_shard import AccountShard
 from ..actors.terminal_session import TerminalSession
 from ..config.fare_table import load_fare_tables
 from ..config.settings import Settings
-from ..gateway.hotlist import HotlistCache
+from ..gateway.hotlist import HotlistCache, HotlistDeltas, max_hotlist_items
 from ..gateway.metrics import Metrics
 from ..gateway.router import Router
 from ..gateway.server import Gateway, GatewayContext
@@ -129,6 +129,8 @@ class Platform:
             max_frame_bytes=g.max_frame_bytes, max_batch_taps=g.max_batch_taps,
             auth_timeout_ms=g.auth_timeout_ms, heartbeat_ms=g.heartbeat_ms,
             fare_version=lambda: fares.version_at(int(time.time() * 1000)), hotlist_version=lambda: self.hotlist.version,  # type: ignore[union-attr]
+            hotlist_delta=HotlistDeltas(self.pool, lambda: self.hotlist.version,  # type: ignore[union-attr]
+                                        max_hotlist_items(g.max_frame_bytes)),
         )
         self.gateway = Gateway(ctx, g.host, g.port if gateway_port is None else gateway_port)
         self.gateway_port = await self.gateway.start()

@@ -1,12 +1,16 @@
-"""The gateway's in-memory hotlist, kept current from Redis (pub/sub plus a version poll)."""
+"""The gateway's in-memory hotlist, kept current from Redis (pub/sub plus a version poll),
+and the hotlist deltas it answers terminals with, from Postgres."""
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
+import asyncpg
 import redis.asyncio as aioredis
 
-from ..persistence.hotlist import keys
+from ..persistence.hotlist import Delta, delta, keys
+from ..protocols.messages import MAX_HOTLIST_ITEMS
 from ..tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -93,3 +97,75 @@ class HotlistCache:
                 raise
             except Exception as exc:  # noqa: BLE001 - keep serving from the copy we have
                 log.warning("hotlist poll failed: %r", exc)
+
+
+# A card number is at most 9 bytes of MessagePack; the rest of params_info fits in this.
+_PARAMS_OVERHEAD_BYTES = 256
+_CARD_MAX_BYTES = 9
+
+
+def max_hotlist_items(max_frame_bytes: int) -> int:
+    """Cards one params_info may carry so that it stays within the frame limit."""
+    return max(1, min(MAX_HOTLIST_ITEMS, (max_frame_bytes - _PARAMS_OVERHEAD_BYTES) // _CARD_MAX_BYTES))
+
+
+class HotlistDeltas:
+    """Answers "what changed since version v" for terminals' parameter requests.
+
+    Postgres's hotlist_log is the source (the cache above keeps no log). Bounded: at most
+    ``max_items`` cards an answer, ``max_queries`` queries at once, each within ``timeout_s``.
+    After a loss report every terminal asks the same question, so an answer is shared by all
+    who ask for the same version until the gateway's version moves or ``memo_s`` passes.
+    """
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        current_version: Callable[[], int],
+        max_items: int,
+        *,
+        max_queries: int = 2,
+        timeout_s: float = 2.0,
+        memo_s: float = 1.0,
+        memo_entries: int = 1024,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._pool = pool
+        self._current_version = current_version
+        self.max_items = max_items
+        self._queries = asyncio.Semaphore(max_queries)
+        self._timeout_s = timeout_s
+        self._memo_s = memo_s
+        self._memo_entries = memo_entries
+        self._clock = clock
+        self._memo: dict[int, tuple[Delta, float]] = {}
+        self._memo_version = -1
+        self.queries = 0
+
+    async def __call__(self, from_version: int) -> Delta:
+        if from_version == self._current_version():
+            return Delta(from_version)  # the common case: nothing new, no query
+        hit = self._cached(from_version)
+        if hit is not None:
+            return hit
+        async with self._queries:
+            hit = self._cached(from_version)  # a query we waited behind may have answered it
+            if hit is not None:
+                return hit
+            self.queries += 1
+            async with self._pool.acquire() as conn:
+                answer = await asyncio.wait_for(delta(conn, from_version, self.max_items), self._timeout_s)
+        if len(self._memo) >= self._memo_entries:
+            self._memo.clear()
+        self._memo[from_version] = (answer, self._clock() + self._memo_s)
+        return answer
+
+    def _cached(self, from_version: int) -> Delta | None:
+        version = self._current_version()
+        if version != self._memo_version:
+            self._memo.clear()
+            self._memo_version = version
+        hit = self._memo.get(from_version)
+        if hit is None or hit[1] <= self._clock():
+            return None
+        return hit[0]

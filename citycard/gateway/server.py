@@ -4,12 +4,13 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from ..domain.results import Result
 from ..domain.shard import session_shard_of
 from ..domain.taps import Tap
+from ..persistence.hotlist import Delta
 from ..protocols import messages as m
 from ..protocols.codes import ErrorCode
 from ..protocols.connection import (
@@ -52,6 +53,7 @@ class GatewayContext:
         heartbeat_ms: int,
         fare_version: Any,
         hotlist_version: Any,
+        hotlist_delta: Callable[[int], Awaitable[Delta]] | None = None,
     ) -> None:
         self.router = router
         self.sessions = sessions
@@ -63,6 +65,7 @@ class GatewayContext:
         self.heartbeat_ms = heartbeat_ms
         self.fare_version = fare_version  # callable -> the version in force now
         self.hotlist_version = hotlist_version  # callable -> int
+        self.hotlist_delta = hotlist_delta  # from version -> Delta (None: answer versions only)
         self.tasks: set[asyncio.Task[Any]] = set()
         self.connections: set[TerminalProtocol] = set()
 
@@ -79,6 +82,7 @@ class TerminalProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._auth_timer: asyncio.TimerHandle | None = None
         self._authenticated = False
+        self._params_pending = False  # one hotlist query per connection at a time
 
     # -- asyncio callbacks ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -111,9 +115,7 @@ class TerminalProtocol(asyncio.Protocol):
             elif t is PingReceived:
                 self._write(self.conn.send(m.Pong(time_ms=event.time_ms, server_time_ms=_now_ms())))  # type: ignore[union-attr]
             elif t is ParamsRequested:
-                self._write(self.conn.send(m.Params(
-                    fare_version=self.ctx.fare_version(), hotlist_version=self.ctx.hotlist_version()
-                )))
+                self._on_params(event)  # type: ignore[arg-type]
 
     # -- events --------------------------------------------------------------------------
     def _on_taps(self, event: TapsReceived) -> None:
@@ -153,6 +155,34 @@ class TerminalProtocol(asyncio.Protocol):
                     for t, o in zip(taps, outcomes, strict=True)
                 ],
             )
+        self._write(self.conn.send(msg))
+
+    def _on_params(self, event: ParamsRequested) -> None:
+        if self.ctx.hotlist_delta is None or self._params_pending:
+            self._send_params(None)  # versions only: the terminal keeps its list and asks later
+            return
+        self._params_pending = True
+        self.ctx.spawn(self._params(event.hotlist_version))
+
+    async def _params(self, from_version: int) -> None:
+        assert self.ctx.hotlist_delta is not None
+        try:
+            answer: Delta | None = await self.ctx.hotlist_delta(from_version)
+        except Exception as exc:  # noqa: BLE001 - Postgres slow or away: versions only, ask later
+            log.warning("hotlist delta from version %s failed: %r", from_version, exc)
+            answer = None
+        finally:
+            self._params_pending = False
+        self._send_params(answer)
+
+    def _send_params(self, d: Delta | None) -> None:
+        if self.transport is None or self.conn.closed:
+            return  # the terminal left, or broke the protocol meanwhile
+        ctx = self.ctx
+        msg = m.Params(fare_version=ctx.fare_version(), hotlist_version=ctx.hotlist_version())
+        if d is not None:
+            msg.hotlist_to, msg.hotlist_reset, msg.hotlist_more = d.to_version, d.reset, d.more
+            msg.hotlist_added, msg.hotlist_removed = d.added, d.removed
         self._write(self.conn.send(msg))
 
     def _on_violation(self, v: Violation) -> None:

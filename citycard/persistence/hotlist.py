@@ -4,7 +4,13 @@ Redis keys (under the deployment's prefix): ``{p}:hotlist`` a set of card number
 ``{p}:hotlist:version`` the highest hotlist_log version mirrored, and the pub/sub channel
 ``{p}:hotlist:events`` carrying "+card_no:version" / "-card_no:version". Redis may lose all of
 it at any time; ``rebuild_redis`` makes it again from Postgres.
+
+Terminals hold a copy too and catch up by version: ``delta`` answers what changed since the
+version a terminal holds, bounded in size.
 """
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -35,6 +41,9 @@ async def _change(
 ) -> int:
     before, after = (CardStatus.ACTIVE, CardStatus.BLOCKED) if listed else (CardStatus.BLOCKED, CardStatus.ACTIVE)
     async with conn.transaction():
+        # Versions commit in their order, so a reader that saw version v has seen every
+        # version below it: a terminal's delta never skips a change that committed late.
+        await conn.execute("LOCK TABLE hotlist_log IN EXCLUSIVE MODE")
         version = await conn.fetchval(
             "INSERT INTO hotlist_log (card_no, listed, reason) VALUES ($1, $2, $3) RETURNING version",
             card_no, listed, reason,
@@ -50,20 +59,29 @@ async def _change(
         await conn.execute(  # a cancelled card stays cancelled
             "UPDATE cards SET status = $2 WHERE card_no = $1 AND status = $3", card_no, int(after), int(before)
         )
-    await _mirror(redis, prefix, card_no, version, listed=listed)
+    if not await _mirror(redis, prefix, card_no, version, listed=listed):
+        await rebuild_redis(conn, redis, prefix)
     return int(version)
 
 
-async def _mirror(redis: aioredis.Redis, prefix: str, card_no: int, version: int, listed: bool) -> None:
+# One change, atomically, onto a copy that exists. Without the version key Redis lost its copy
+# (restart, flush): a lone SADD would make a one-card list that gateways would then trust, so
+# the caller rebuilds the whole copy instead. The version never goes back (mirrors may race).
+_MIRROR_LUA = """
+if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+if ARGV[1] == '+' then redis.call('SADD', KEYS[1], ARGV[2]) else redis.call('SREM', KEYS[1], ARGV[2]) end
+if tonumber(redis.call('GET', KEYS[2])) < tonumber(ARGV[3]) then redis.call('SET', KEYS[2], ARGV[3]) end
+redis.call('PUBLISH', KEYS[3], ARGV[1] .. ARGV[2] .. ':' .. ARGV[3])
+return 1
+"""
+
+
+async def _mirror(redis: aioredis.Redis, prefix: str, card_no: int, version: int, listed: bool) -> bool:
+    """Mirror one change; False when Redis holds no copy to change."""
     set_key, version_key, channel = keys(prefix)
-    async with redis.pipeline(transaction=True) as pipe:
-        if listed:
-            pipe.sadd(set_key, card_no)
-        else:
-            pipe.srem(set_key, card_no)
-        pipe.set(version_key, version)
-        pipe.publish(channel, f"{'+' if listed else '-'}{card_no}:{version}")
-        await pipe.execute()
+    done = await redis.eval(
+        _MIRROR_LUA, 3, set_key, version_key, channel, "+" if listed else "-", card_no, version)
+    return bool(done)
 
 
 async def current_version(conn: asyncpg.Connection) -> int:
@@ -101,3 +119,68 @@ async def _copy_to_redis(conn: asyncpg.Connection, redis: aioredis.Redis, prefix
         pipe.publish(channel, f"*:{version}")
         await pipe.execute()
     return version
+
+
+# -- terminal deltas -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Delta:
+    """What a terminal holding ``from_version`` applies to reach ``to_version``: clear its list
+    first if ``reset``, then add ``added`` and remove ``removed``. ``more``: still behind, ask
+    again from ``to_version``."""
+
+    to_version: int
+    added: list[int] = field(default_factory=list)
+    removed: list[int] = field(default_factory=list)
+    reset: bool = False
+    more: bool = False
+
+
+def net_changes(rows: Iterable[tuple[int, bool]]) -> tuple[list[int], list[int]]:
+    """(added, removed), sorted, from (card_no, listed) changes in version order: a card's last
+    change wins, so a card listed and found again within the range is only removed."""
+    last: dict[int, bool] = {}
+    for card_no, listed in rows:
+        last[card_no] = listed
+    added = sorted(c for c, listed in last.items() if listed)
+    removed = sorted(c for c, listed in last.items() if not listed)
+    return added, removed
+
+
+async def delta(conn: asyncpg.Connection, from_version: int, max_items: int) -> Delta:
+    """The change from the hotlist at ``from_version`` to now, at most ``max_items`` cards.
+
+    - Up to date: nothing.
+    - Behind by at most ``max_items`` changes: their net effect.
+    - Further behind, holding nothing (0), or ahead of the record (a foreign or reset
+      history): the whole list with ``reset`` if it fits; else the log in pages of
+      ``max_items`` changes with ``more`` (from 0 with ``reset`` when the held version is
+      unusable), each page bringing the terminal to the version of its last change.
+    """
+    if max_items < 1:
+        raise ValueError("max_items must be at least 1")
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        current = await current_version(conn)
+        if from_version == current:
+            return Delta(current)
+        usable = 0 < from_version < current
+        if usable:
+            page = await _log_after(conn, from_version, max_items + 1)
+            if len(page) <= max_items:
+                return Delta(current, *net_changes((c, listed) for _, c, listed in page))
+        listed = [r[0] for r in await conn.fetch(
+            "SELECT card_no FROM hotlist ORDER BY card_no LIMIT $1", max_items + 1)]
+        if len(listed) <= max_items:
+            return Delta(current, listed, reset=True)
+        start = from_version if usable else 0
+        page = page[:max_items] if usable else await _log_after(conn, 0, max_items)
+        added, removed = net_changes((c, listed) for _, c, listed in page)
+        to_version = page[-1][0]  # a page of max_items >= 1 rows: the list is longer than that
+        return Delta(to_version, added, [] if start == 0 else removed, reset=start == 0,
+                     more=to_version < current)
+
+
+async def _log_after(conn: asyncpg.Connection, version: int, limit: int) -> list[tuple[int, int, bool]]:
+    rows = await conn.fetch(
+        "SELECT version, card_no, listed FROM hotlist_log WHERE version > $1 ORDER BY version LIMIT $2",
+        version, limit)
+    return [(r[0], r[1], r[2]) for r in rows]

@@ -12,6 +12,7 @@ PROTOCOL_VERSION = 1
 NONCE_BYTES = 16
 MAC_BYTES = 32
 MAX_BATCH_TAPS = 1000
+MAX_HOTLIST_ITEMS = 20_000  # cards in one params_info (added + removed): < 190 KB of a 256 KiB frame
 
 TerminalId = Annotated[int, Meta(ge=1, le=2**31 - 1)]
 Seq = Annotated[int, Meta(ge=1, le=2**32 - 1)]
@@ -119,6 +120,14 @@ class ParamsRequest(Msg, tag="params"):
 class Params(Msg, tag="params_info"):
     fare_version: int
     hotlist_version: int
+    # The hotlist as a delta from the version the terminal sent (docs/protocol.md, 11.1): clear
+    # the list if reset, add, remove, then hold hotlist_to; more: ask again. hotlist_to 0
+    # without reset: no hotlist in this answer, keep what you hold.
+    hotlist_to: int = 0
+    hotlist_reset: bool = False
+    hotlist_added: Annotated[list[CardNo], Meta(max_length=MAX_HOTLIST_ITEMS)] = []
+    hotlist_removed: Annotated[list[CardNo], Meta(max_length=MAX_HOTLIST_ITEMS)] = []
+    hotlist_more: bool = False
 
 
 class Error(Msg, tag="error"):

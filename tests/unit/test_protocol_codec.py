@@ -23,6 +23,7 @@ from citycard.protocols.frames import (
 from citycard.protocols.messages import (
     CLIENT_TAGS,
     MAX_BATCH_TAPS,
+    MAX_HOTLIST_ITEMS,
     SERVER_TAGS,
     Auth,
     AuthOk,
@@ -219,6 +220,8 @@ CLIENT_SAMPLES: list[tuple[msgspec.Struct, dict[str, object]]] = [
     ),
 ]
 
+NO_HOTLIST = {"hotlist_to": 0, "hotlist_reset": False, "hotlist_added": [], "hotlist_removed": [],
+              "hotlist_more": False}
 SERVER_SAMPLES: list[tuple[msgspec.Struct, dict[str, object]]] = [
     (
         Challenge(nonce=NONCE, server_time_ms=1_700_000_000_000),
@@ -259,7 +262,13 @@ SERVER_SAMPLES: list[tuple[msgspec.Struct, dict[str, object]]] = [
     (Pong(time_ms=1, server_time_ms=2), {"t": "pong", "time_ms": 1, "server_time_ms": 2}),
     (
         Params(fare_version=3, hotlist_version=4),
-        {"t": "params_info", "fare_version": 3, "hotlist_version": 4},
+        {"t": "params_info", "fare_version": 3, "hotlist_version": 4, **NO_HOTLIST},
+    ),
+    (
+        Params(fare_version=3, hotlist_version=9, hotlist_to=9, hotlist_added=[5, 10**18 - 1],
+               hotlist_removed=[7]),
+        {"t": "params_info", "fare_version": 3, "hotlist_version": 9, **NO_HOTLIST, "hotlist_to": 9,
+         "hotlist_added": [5, 10**18 - 1], "hotlist_removed": [7]},
     ),
     (
         Error(code=3, message="bad", req=9, seq=0),
@@ -313,6 +322,21 @@ def test_fields_with_defaults_may_be_omitted() -> None:
     assert server_decoder.decode(msgpack.packb({"t": "error", "code": 1, "message": ""})) == Error(
         code=1, message=""
     )
+    # a params_info from a server before hotlist deltas: no hotlist in it
+    old = server_decoder.decode(msgpack.packb({"t": "params_info", "fare_version": 1, "hotlist_version": 2}))
+    assert old == Params(fare_version=1, hotlist_version=2)
+    assert (old.hotlist_to, old.hotlist_reset, old.hotlist_added) == (0, False, [])
+
+
+def test_largest_params_info_fits_the_frame_limit() -> None:
+    worst = Params(fare_version=2**63 - 1, hotlist_version=2**63 - 1, hotlist_to=2**63 - 1, hotlist_reset=True,
+                   hotlist_added=[10**18 - 1] * (MAX_HOTLIST_ITEMS // 2),
+                   hotlist_removed=[10**18 - 1] * (MAX_HOTLIST_ITEMS // 2), hotlist_more=True)
+    assert len(encoder.encode(worst)) <= DEFAULT_MAX_FRAME_BYTES
+    too_many = msgpack.packb({"t": "params_info", "fare_version": 1, "hotlist_version": 1,
+                              "hotlist_added": [1] * (MAX_HOTLIST_ITEMS + 1)})
+    with pytest.raises(msgspec.ValidationError):
+        server_decoder.decode(too_many)
 
 
 def test_any_integer_width_is_accepted() -> None:

@@ -79,7 +79,7 @@ def test_doc_frames_are_plain_msgpack_exchange(doc: str) -> None:
         tags.append(body["t"])
     assert tags == [
         "hello", "challenge", "auth", "auth_ok", "tap", "result", "taps", "results",
-        "tap", "result", "ping", "pong",
+        "tap", "result", "ping", "pong", "params", "params_info",
     ]
     by_tag = {}
     for _, frame in frames:
@@ -100,6 +100,14 @@ def test_doc_frames_are_plain_msgpack_exchange(doc: str) -> None:
     [batch] = by_tag["taps"]
     assert results["req"] == batch["req"]
     assert [r["seq"] for r in results["results"]] == [t["seq"] for t in batch["taps"]]
+    # the hotlist delta: applied to the terminal's copy at its version, it gives the new list
+    [params], [info] = by_tag["params"], by_tag["params_info"]
+    lost, stolen = 33_010_000_000_000_181, 33_010_000_000_000_199
+    held = {lost}  # the list at version 1, as the inputs table says
+    assert params["hotlist_version"] == 1 and not info["hotlist_reset"] and not info["hotlist_more"]
+    assert (held | set(info["hotlist_added"])) - set(info["hotlist_removed"]) == {stolen}
+    assert info["hotlist_to"] == info["hotlist_version"] == 3
+    assert f"| hotlist | the terminal holds version 1 (card {lost} listed)" in doc
 
 
 def test_script_prints_the_section(pv: ModuleType, capsys: pytest.CaptureFixture[str]) -> None:

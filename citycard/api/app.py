@@ -1,9 +1,13 @@
 """The card-services application: one FastAPI app, OpenAPI at /openapi.json, docs at /docs."""
 
+import json
+from typing import Any
+
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 
 from . import errors
-from .auth import TokenCache
+from .auth import BEARER_SCHEME, TokenCache
 from .context import ApiContext
 from .routes import audit_log, cards, holders, money, pins, programmes, replace, selfservice
 
@@ -12,7 +16,8 @@ loss reports, replacement, PINs, top-ups and refunds, history, disbursement prog
 self-service channel. Operators send `Authorization: Bearer <token>`; each token carries roles
 (clerk, programme_admin, auditor, read_only). Money is integer fen. Every write is in the
 audit log. Every money movement takes an idempotency key: a retry with the same key gets the
-first answer and moves nothing again."""
+first answer and moves nothing again. Every error is JSON in one shape,
+`{"error": "a sentence", "field": "the offending field, for bad input"}` (docs/api.md)."""
 
 
 def create_app(ctx: ApiContext) -> FastAPI:
@@ -28,4 +33,57 @@ def create_app(ctx: ApiContext) -> FastAPI:
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            doc = get_openapi(title=app.title, version=app.version, description=app.description,
+                              routes=app.routes)
+            app.openapi_schema = document_errors(doc)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+_HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
+
+
+def document_errors(doc: dict[str, Any]) -> dict[str, Any]:
+    """Declare the error answers each operation can give, all in the one error shape (an
+    operation's own declarations win, except FastAPI's default 422, which is not our shape):
+    401 and 503 where a credential is needed, 403 where roles decide, 404 where the path names
+    a thing, 409 for writes, 422 for input."""
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    body = errors.ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas.update(body.pop("$defs", {}))
+    schemas["ErrorBody"] = body
+    ref = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
+    for item in doc.get("paths", {}).values():
+        for method, op in item.items():
+            if method not in _HTTP_METHODS:
+                continue
+            security = {name for req in op.get("security", []) for name in req}
+            params = op.get("parameters", [])
+            statuses: set[int] = set()
+            if security:
+                statuses |= {401, 503}
+            if BEARER_SCHEME in security:
+                statuses.add(403)
+            if any(p.get("in") == "path" for p in params):
+                statuses.add(404)
+            if method not in ("get", "head"):
+                statuses.add(409)
+            if params or "requestBody" in op:
+                statuses.add(422)
+            responses = op.setdefault("responses", {})
+            default_422 = responses.get("422", {}).get("content", {}).get("application/json", {}).get("schema")
+            if default_422 == {"$ref": "#/components/schemas/HTTPValidationError"}:
+                del responses["422"]
+            for status in sorted(statuses):
+                responses.setdefault(str(status), {"description": errors.ERROR_STATUSES[status]})
+            for status, response in responses.items():
+                if status.startswith(("4", "5")) and "content" not in response:
+                    response.update(ref)
+    if "#/components/schemas/HTTPValidationError" not in json.dumps(doc["paths"]):
+        schemas.pop("HTTPValidationError", None)
+        schemas.pop("ValidationError", None)
+    return doc

@@ -93,14 +93,16 @@ class TokenCache:
         return op
 
 
-_bearer = HTTPBearer(auto_error=False, description="An operator's API token: `Authorization: Bearer cc_...`")
+BEARER_SCHEME = "operator_token"
+bearer = HTTPBearer(auto_error=False, scheme_name=BEARER_SCHEME,
+                    description="An operator's API token: `Authorization: Bearer cc_...`")
 
 
 def require(perm: Perm):  # type: ignore[no-untyped-def]
     """A dependency: the calling operator, who must hold a role granting ``perm``."""
 
     async def dep(request: Request,
-                  cred: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> Operator:  # noqa: B008
+                  cred: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Operator:  # noqa: B008
         if cred is None or cred.scheme.lower() != "bearer":
             raise ApiError(401, "an operator token is required (Authorization: Bearer ...)")
         ctx = request.app.state.ctx

@@ -6,6 +6,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..domain.results import Result
 from ..errors import CityCardError
@@ -25,6 +27,37 @@ class ApiError(CityCardError):
             body["field"] = self.field
         body.update(self.extra)
         return body
+
+
+class FieldProblem(BaseModel):
+    field: str = Field(description="where: body.amount_fen, path.card_no, query.limit")
+    msg: str
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: a sentence, the offending field for bad input, and for a refused
+    card operation the ledger's result code (``CARD_CANCELLED``, ``PURSE_LIMIT``, ...)."""
+
+    model_config = ConfigDict(extra="allow")
+    error: str = Field(description="what is wrong, in a sentence")
+    field: str | None = Field(None, description="422: the offending field, e.g. amount_fen or apps.insurance")
+    result: str | None = Field(None, description="409/422 from a card operation: the result code")
+    errors: list[FieldProblem] | None = Field(None, description="422 from validation: every problem found")
+
+
+ERROR_STATUSES = {
+    401: "no token, or an unknown or revoked one",
+    403: "the token's roles do not grant this",
+    404: "the cardholder, card or other thing named in the path does not exist",
+    409: "a conflict with the current state, with the reason (and the result code)",
+    422: "bad input: the offending field is named",
+    423: "locked: too many wrong PINs",
+    503: "a shard did not answer in time: retry with the same idempotency key",
+}
+
+
+def error_response(status: int) -> dict[str, Any]:
+    return {"model": ErrorBody, "description": ERROR_STATUSES[status]}
 
 
 # Op results that are the caller's conflict with the card's state, not bad input.
@@ -51,19 +84,40 @@ def raise_for_result(result: int, card_no: int) -> None:
     raise ApiError(422, f"refused: {r.name}", result=r.name)
 
 
+def _field_of(error: Any) -> str:
+    """The offending field as a client names it: ``amount_fen``, ``apps.insurance``, ``card_no``;
+    ``body`` for a body that is not JSON at all."""
+    loc = tuple(error.get("loc", ()))
+    if error.get("type") == "json_invalid":
+        return "body"
+    name = ".".join(str(p) for p in loc if p not in ("body", "query", "path", "header"))
+    return name or (str(loc[0]) if loc else "request")
+
+
+def _msg(error: Any) -> str:
+    return str(error["msg"]).removeprefix("Value error, ")  # our validators' own sentences
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Starlette's own 404 (no such path) and 405, in the same shape as every other error;
+        # FastAPI's 400 for a body it cannot parse (not UTF-8, say) is bad input like any other
+        if exc.status_code == 400:
+            return JSONResponse({"error": f"body: {exc.detail}", "field": "body"}, status_code=422)
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = exc.errors()
-        first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-        field = ".".join(str(p) for p in first["loc"] if p not in ("body", "query", "path"))
-        return JSONResponse({"error": f"{field or 'request'}: {first['msg']}", "field": field or None,
-                             "errors": [{"field": ".".join(str(p) for p in e["loc"]), "msg": e["msg"]}
+        errors = exc.errors() or [{"loc": (), "msg": "invalid request"}]
+        field = _field_of(errors[0])
+        return JSONResponse({"error": f"{field}: {_msg(errors[0])}", "field": field,
+                             "errors": [{"field": ".".join(str(p) for p in e["loc"]), "msg": _msg(e)}
                                         for e in errors]}, status_code=422)
 
     @app.exception_handler(TimeoutError)

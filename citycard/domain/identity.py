@@ -13,7 +13,7 @@ def citizen_check_char(first17: str) -> str:
 def citizen_id_problem(citizen_id: str, birth_date: date | None = None) -> str | None:
     """Why ``citizen_id`` is not a valid identity number (None if it is). With ``birth_date``,
     the date inside the number must match it."""
-    if len(citizen_id) != 18 or not citizen_id[:17].isdigit():
+    if len(citizen_id) != 18 or not (citizen_id[:17].isascii() and citizen_id[:17].isdigit()):
         return "must be 17 digits and a check character"
     if citizen_id[17] != citizen_check_char(citizen_id[:17]):
         return "check character does not match"

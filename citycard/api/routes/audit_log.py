@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel
 
 from ..auth import Operator, Perm, require
-from .common import ctx_of
+from .common import Text, ctx_of
 
 router = APIRouter(tags=["audit"])
 
@@ -27,7 +27,7 @@ class Entry(BaseModel):
 
 @router.get("/audit", response_model=list[Entry])
 async def audit_entries(request: Request,
-                        subject: Annotated[str | None, Query(max_length=100)] = None,
+                        subject: Annotated[Text | None, Query(max_length=100)] = None,
                         after_id: Annotated[int, Query(ge=0, le=2**62)] = 0,
                         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
                         op: Operator = Depends(require(Perm.AUDIT))) -> list[Entry]:  # noqa: B008

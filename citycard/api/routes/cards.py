@@ -13,7 +13,16 @@ from ...domain.shard import shard_of
 from .. import audit
 from ..auth import Operator, Perm, require
 from ..errors import ApiError, raise_for_result
-from .common import CATEGORY_NAMES, CardNo, card_or_404, ctx_of, op_key
+from .common import (
+    CATEGORY_NAMES,
+    CardNo,
+    IdempotencyKey,
+    ReasonText,
+    Text,
+    card_or_404,
+    ctx_of,
+    op_key,
+)
 from .holders import HolderId, load_holder
 
 router = APIRouter(tags=["cards"])
@@ -27,7 +36,7 @@ class Apps(BaseModel):
     online: bool = True
     library: bool = False
     medical: bool = False
-    insurance: str = Field("", max_length=40, description="insurance category; required with medical")
+    insurance: Text = Field("", max_length=40, description="insurance category; required with medical")
     medical_from_purse: bool = Field(False, description="self-pay may come from the ordinary purses")
     merchant_member: bool = False
 
@@ -46,11 +55,11 @@ class Validity(BaseModel):
 
 class Reason(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    reason: str = Field(min_length=1, max_length=500)
+    reason: ReasonText = Field(min_length=1, max_length=500)
 
 
 class CancelIn(Reason):
-    idempotency_key: str = Field(min_length=1, max_length=100)
+    idempotency_key: IdempotencyKey
 
 
 class Card(BaseModel):

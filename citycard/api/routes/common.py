@@ -4,6 +4,7 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import Path, Request
+from pydantic import AfterValidator, Field
 
 from ...domain.cards import Category, card_no_valid
 from ..context import ApiContext
@@ -12,7 +13,31 @@ from ..errors import ApiError
 CATEGORY_BY_NAME = {c.name.lower(): int(c) for c in Category}
 CATEGORY_NAMES = {v: k for k, v in CATEGORY_BY_NAME.items()}
 CardNo = Annotated[int, Path(ge=1, le=10**18 - 1, description="card number (issuer prefix, serial, check digit)")]
-IdempotencyKey = Annotated[str, "1 to 100 characters; a retry with the same key moves no money again"]
+
+
+def _plain_text(v: str) -> str:
+    """Text that Postgres (UTF-8, no NUL) and the journal can keep: a NUL or a lone surrogate
+    is bad input (422), not a server error halfway through a write."""
+    if "\x00" in v:
+        raise ValueError("must not contain NUL characters")
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (no lone surrogates)") from None
+    return v
+
+
+def _not_blank(v: str) -> str:
+    if not v.strip():
+        raise ValueError("must not be blank")
+    return v
+
+
+# Every string an operator sends is Text; a reason must also say something.
+Text = Annotated[str, AfterValidator(_plain_text), Field(json_schema_extra={"pattern": "^[^\\x00]*$"})]
+ReasonText = Annotated[Text, AfterValidator(_not_blank)]
+IdempotencyKey = Annotated[Text, Field(min_length=1, max_length=100,
+                                       description="a retry with the same key gets the first answer and moves nothing")]
 
 
 def ctx_of(request: Request) -> ApiContext:

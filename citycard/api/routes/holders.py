@@ -5,50 +5,64 @@ from typing import Annotated, Any, Literal
 
 import asyncpg
 from fastapi import APIRouter, Depends, Path, Query, Request
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from ...domain.identity import citizen_id_problem
 from ...domain.ops import SetProfile
 from .. import audit
 from ..auth import Operator, Perm, require
 from ..errors import ApiError
-from .common import CATEGORY_BY_NAME, CATEGORY_NAMES, ctx_of, op_key
+from .common import CATEGORY_BY_NAME, CATEGORY_NAMES, ReasonText, Text, ctx_of, op_key
 
 router = APIRouter(tags=["cardholders"])
 HolderId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 CategoryName = Literal["adult", "student", "elderly", "disabled"]
+# 17 ASCII digits and a check character (digit or X); HolderIn checks the check character
+CitizenId = Annotated[str, Field(min_length=18, max_length=18, pattern="^[0-9]{17}[0-9X]$",
+                                 description="18-character resident identity number")]
+
+
+def _strip(v: str) -> str:
+    return v.strip()
+
+
+Name = Annotated[ReasonText, AfterValidator(_strip), Field(min_length=1, max_length=100)]
+PhotoRef = Annotated[Text, Field(max_length=200, description="reference to the photo in the photo store")]
 
 
 class HolderIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    citizen_id: str = Field(min_length=18, max_length=18, description="18-character resident identity number")
-    name: str = Field(min_length=1, max_length=100)
+    citizen_id: CitizenId
+    name: Name
     birth_date: date
     category: CategoryName = "adult"
-    photo_ref: str = Field("", max_length=200, description="reference to the photo in the photo store")
+    photo_ref: PhotoRef = ""
 
-    @field_validator("name")
+    @field_validator("citizen_id")
     @classmethod
-    def _name(cls, v: str) -> str:
-        if not v.strip() or "\x00" in v:
-            raise ValueError("must not be blank")
-        return v.strip()
-
-    @model_validator(mode="after")
-    def _citizen_id(self) -> "HolderIn":
-        problem = citizen_id_problem(self.citizen_id, self.birth_date)
+    def _citizen_id(cls, v: str) -> str:
+        problem = citizen_id_problem(v)
         if problem:
             raise ValueError(f"citizen_id {problem}")
-        return self
+        return v
+
+    @field_validator("birth_date")
+    @classmethod
+    def _born_as_the_citizen_id_says(cls, v: date, info: ValidationInfo) -> date:
+        citizen_id = info.data.get("citizen_id")  # absent when it was itself invalid
+        problem = citizen_id and citizen_id_problem(citizen_id, v)
+        if problem:
+            raise ValueError(f"citizen_id {problem}")
+        return v
 
 
 class HolderPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    reason: str = Field(min_length=1, max_length=500, description="why the information is corrected")
-    name: str | None = Field(None, min_length=1, max_length=100)
+    reason: ReasonText = Field(min_length=1, max_length=500, description="why the information is corrected")
+    name: Name | None = None
     birth_date: date | None = None
     category: CategoryName | None = None
-    photo_ref: str | None = Field(None, max_length=200)
+    photo_ref: PhotoRef | None = None
 
 
 class Holder(BaseModel):
@@ -102,9 +116,9 @@ async def get_holder(holder_id: HolderId, request: Request,
     return await load_holder(ctx_of(request).pool, holder_id)
 
 
-@router.get("/holders", response_model=Holder)
+@router.get("/holders", response_model=Holder, responses={404: {"description": "no holder with this citizen_id"}})
 async def find_holder(request: Request,
-                      citizen_id: str = Query(min_length=18, max_length=18),  # noqa: B008
+                      citizen_id: Annotated[CitizenId, Query()],
                       op: Operator = Depends(require(Perm.READ))) -> Holder:  # noqa: B008
     ctx = ctx_of(request)
     holder_id = await ctx.pool.fetchval("SELECT holder_id FROM holders WHERE citizen_id = $1", citizen_id)

@@ -15,7 +15,7 @@ from .. import audit
 from ..auth import Operator, Perm, require
 from ..context import ApiContext
 from ..errors import raise_for_result
-from .common import CardNo, card_or_404, ctx_of, op_key
+from .common import CardNo, IdempotencyKey, ReasonText, card_or_404, ctx_of, op_key
 
 router = APIRouter(tags=["money"])
 PurseName = Literal["epurse", "general"]
@@ -26,12 +26,11 @@ class MoneyIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     purse: PurseName = "epurse"
     amount_fen: int = Field(gt=0, le=MAX_OP_FEN)
-    idempotency_key: str = Field(min_length=1, max_length=100,
-                                 description="a retry with the same key gets the first answer and moves nothing")
+    idempotency_key: IdempotencyKey
 
 
 class RefundIn(MoneyIn):
-    reason: str = Field(min_length=1, max_length=500)
+    reason: ReasonText = Field(min_length=1, max_length=500)
 
 
 class Movement(BaseModel):

@@ -159,3 +159,28 @@ def test_a_card_life_at_the_counter(configured_services, schema):
                 "card.loss", "card.loss_cancel", "card.cancel"]
 
     asyncio.run(scenario())
+
+
+def test_loss_cancel_clears_a_listing_the_shard_never_saw_and_a_pin_follows_a_replacement(configured_services,
+                                                                                           schema):
+    async def scenario() -> None:
+        async with api_city(configured_services, schema, n_cards=20, api={"pin_kdf_n": 1024}) as api:
+            h = api.auth()
+            card = await api.new_card(21)
+            await api.city.platform.hotlist_add(card, "listed by an operator tool")  # shard: still active
+            r = await api.http.post(f"/cards/{card}/loss/cancel", headers=h, json={"reason": "found"})
+            assert r.status_code == 200 and r.json()["status"] == "active", r.text
+            conn = await api.city.conn()
+            try:
+                assert await conn.fetchval("SELECT count(*) FROM hotlist WHERE card_no = $1", card) == 0
+            finally:
+                await conn.close()
+
+            assert (await api.http.put(f"/cards/{card}/pin", headers=h, json={"pin": "314159"})).status_code == 201
+            r = await api.http.post(f"/cards/{card}/replace", headers=h, json={"reason": "worn out"})
+            assert r.status_code == 201, r.text
+            new = r.json()["card_no"]
+            r = await api.http.post(f"/cards/{new}/pin/verify", json={"pin": "314159"})
+            assert r.status_code == 200 and r.json()["ok"] is True, r.text
+
+    asyncio.run(scenario())

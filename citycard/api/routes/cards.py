@@ -227,9 +227,11 @@ async def set_lost(request: Request, who: Operator | str, card_no: int, reason: 
     before = await load_card(request, card_no)
     if before.status == "cancelled":
         raise ApiError(409, "the card is cancelled or replaced", result="CARD_CANCELLED")
-    if before.status == ("blocked" if lost else "active"):
-        return before  # already so: nothing to change, nothing to log
     async with ctx.pool.acquire() as conn:
+        # the hotlist can be ahead of the shard (a card listed by an operator tool), so both count
+        listed = await conn.fetchval("SELECT true FROM hotlist WHERE card_no = $1", card_no) or False
+        if before.status == ("blocked" if lost else "active") and listed == lost:
+            return before  # already so: nothing to change, nothing to log
         # The hotlist first: it is what stops taps at the gateways, within a second.
         if lost:
             await ctx.hotlist_add(conn, card_no, reason)

@@ -170,6 +170,11 @@ async def finish(ctx: ApiContext, op: Operator, rep: Replacement) -> Replacement
             "UPDATE replacements SET state = 'done', moved = NULL, done_at = now()"
             " WHERE old_card_no = $1 AND state <> 'done' RETURNING 1", old)
         if flipped:  # only the request that finished it writes the audit entry
+            # the holder's PIN goes with the card (the hash is not tied to the card number)
+            await conn.execute(
+                "INSERT INTO card_pins (card_no, pin_hash, salt, kdf, failed_tries)"
+                " SELECT $2, pin_hash, salt, kdf, failed_tries FROM card_pins WHERE card_no = $1"
+                " ON CONFLICT (card_no) DO NOTHING", old, new)
             await audit.record(conn, op, "card.replace", f"card:{old}", moved_dict(old, moved),
                                {"new_card_no": new, "purses": after and after["purses"]})
     return Replacement(old, new, "done", None)

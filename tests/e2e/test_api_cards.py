@@ -18,9 +18,11 @@ async def ride(client, seq: int, card: int, route: int = 12) -> m.Result:
     return await client.tap(seq, card, int(time.time() * 1000) + seq * 40_000, int(TapKind.BUS), route)
 
 
-def test_tokens_and_roles(configured_services, schema):
+def test_tokens_and_roles(services, schema):
+    """On the machine's services and on the embedded ones."""
+
     async def scenario() -> None:
-        async with api_city(configured_services, schema, n_cards=20) as api:
+        async with api_city(services, schema, n_cards=20) as api:
             body = {"citizen_id": "11010519491231002X", "name": "Li Lei", "birth_date": "1949-12-31"}
             assert (await api.http.post("/holders", json=body)).status_code == 401
             bad = {"Authorization": "Bearer cc_nope"}

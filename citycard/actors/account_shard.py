@@ -107,7 +107,7 @@ class AccountShardCore:
             async with self._ops_lock:
                 found = await self._ops_conn.fetch(
                     f"SELECT {', '.join(JOURNAL_COLUMNS)} FROM {journal_partition(self.shard_id)}"
-                    " WHERE op_key = any($1::text[])", unknown,
+                    " WHERE shard_id = $2 AND op_key = any($1::text[])", unknown, self.shard_id,  # the index's shape
                 )
             for rec in found:
                 self.ledger.remember_op(JournalRow(*rec))

@@ -2,10 +2,12 @@
 
 import asyncio
 import socket
+from typing import Any
 
 import uvicorn
 
 from ..tasks import cancel_and_wait
+from . import disburse
 from .app import create_app
 from .context import ApiContext
 
@@ -17,6 +19,7 @@ class ApiServer:
         self.port = port
         self._server: uvicorn.Server | None = None
         self._task: asyncio.Task[None] | None = None
+        self.app: Any = None
 
     async def start(self) -> int:
         """Listen (port 0: any free port); returns the port."""
@@ -24,7 +27,8 @@ class ApiServer:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, self.port))
         self.port = sock.getsockname()[1]
-        config = uvicorn.Config(create_app(self.ctx), log_level="warning", access_log=False,
+        self.app = create_app(self.ctx)
+        config = uvicorn.Config(self.app, log_level="warning", access_log=False,
                                 lifespan="off", timeout_graceful_shutdown=5)
         self._server = uvicorn.Server(config)
         self._task = asyncio.get_running_loop().create_task(self._server.serve(sockets=[sock]))
@@ -34,9 +38,12 @@ class ApiServer:
             await asyncio.sleep(0.01)
         if self._task.done():
             self._task.result()  # raises what stopped it
+        await disburse.resume_interrupted(self.app)  # runs a crash or a shutdown left unfinished
         return self.port
 
     async def stop(self) -> None:
+        if self.app is not None:
+            await disburse.runs_of(self.app).close()  # before the pool closes under them
         if self._server is not None:
             self._server.should_exit = True
         if self._task is not None:

@@ -131,7 +131,7 @@ def decode_op(data: bytes) -> CardOp:
     return _decoder.decode(data)
 
 
-class OpOutcome(msgspec.Struct, frozen=True, array_like=True):
+class OpOutcome(msgspec.Struct, frozen=True, array_like=True, gc=False):  # made per op: out of the cyclic GC
     result: int
     deltas: tuple[int, ...] = (0,) * N_PURSES  # per purse, by Purse index
     balance_after_fen: int = -1  # e-purse after the op (-1: card unknown)

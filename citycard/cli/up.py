@@ -12,10 +12,11 @@ async def _run(settings: Settings) -> None:
     platform = Platform(settings, services)
     try:
         await platform.start()
-        print(f"citycard up: gateway on {settings.gateway.host}:{platform.gateway_port}, "
-              f"metrics on http://{settings.metrics.host}:{platform.metrics_port}/metrics, "
-              f"card services on http://{settings.api.host}:{platform.api_port}/docs, "
-              f"database {services.db_url}, redis {services.redis_url}", flush=True)
+        metrics = (f"http://{settings.metrics.host}:{platform.metrics_port}/metrics"
+                   if platform.metrics_port else "off")
+        api = f"http://{settings.api.host}:{platform.api_port}/docs" if platform.api_port else "off"
+        print(f"citycard up: gateway on {settings.gateway.host}:{platform.gateway_port}, metrics {metrics}, "
+              f"card services {api}, database {services.db_url}, redis {services.redis_url}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

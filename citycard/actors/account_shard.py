@@ -102,8 +102,14 @@ class AccountShardCore:
         await self.ensure_loaded()
         assert self.ledger is not None and self.writer is not None and self._ops_conn is not None
         ops = _ops_decoder.decode(payload)
-        unknown = self.ledger.unknown_op_keys([op.key for op in ops])
-        if unknown:  # keys older than the op memory: the journal knows them
+        keys = [op.key for op in ops]
+        absent: set[str] = set()  # looked up in the journal and not there: new keys
+        # Keys older than the op memory are in the journal. While we wait for it another call
+        # may evict keys of this batch, so look again until every key is known or new.
+        for _ in range(10):
+            unknown = [k for k in self.ledger.unknown_op_keys(keys) if k not in absent]
+            if not unknown:
+                break
             async with self._ops_lock:
                 found = await self._ops_conn.fetch(
                     f"SELECT {', '.join(JOURNAL_COLUMNS)} FROM {journal_partition(self.shard_id)}"
@@ -111,7 +117,10 @@ class AccountShardCore:
                 )
             for rec in found:
                 self.ledger.remember_op(JournalRow(*rec))
-        # no await between the memory check above and apply_ops: one writer per key
+            absent.update(set(unknown) - {rec["op_key"] for rec in found})
+        else:
+            raise StoreError(f"shard {self.shard_id}: op memory churned during lookups; retry the call")
+        # no await between the last memory check and apply_ops: one writer per key
         outcomes, rows = self.ledger.apply_ops(ops, int(time.time() * 1000))
         await self.writer.submit(rows)
         self.ledger.evict_ops(self.writer.committed_lsn)

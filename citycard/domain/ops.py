@@ -264,8 +264,15 @@ def apply_op_effects(card: CardState, op: CardOp, deltas: tuple[int, ...] | list
         card.credit_good = m.credit_good
         card.insurance = m.insurance
         card.medical_from_purse = m.medical_from_purse
-        card.monthly_pass = m.monthly_pass
-        card.park_pass = m.park_pass
+        # a pass bought on the new card meanwhile is kept: the window that ends later wins
+        card.monthly_pass = _later(card.monthly_pass, m.monthly_pass)
+        card.park_pass = _later(card.park_pass, m.park_pass)
         card.voucher_until_ms = max(card.voucher_until_ms, m.voucher_until_ms)
         card.voucher_categories = card.voucher_categories | frozenset(m.voucher_categories)
         card.allowance_until_ms = max(card.allowance_until_ms, m.allowance_until_ms)
+
+
+def _later(a: tuple[int, int] | None, b: tuple[int, int] | None) -> tuple[int, int] | None:
+    if a is None or (b is not None and b[1] > a[1]):
+        return b
+    return a

@@ -209,3 +209,13 @@ def test_snapshot_keeps_the_whole_card_and_reads_old_snapshots() -> None:
 def test_ops_round_trip_through_their_encoding() -> None:
     for op in (TopUp("a", A, 0, 1, 2), Cancel("b", B), SetProduct("c", A, "park_pass", 1, 2)):
         assert decode_op(encode_op(op)) == op
+
+
+def test_a_pass_bought_on_the_new_card_survives_a_late_transfer() -> None:
+    ledger = _ledger()
+    out, _ = ledger.apply_ops([TransferOut("r:out", A, B)], NOW_MS)  # A holds no pass
+    ledger.apply_ops([SetProduct("p", B, "monthly_pass", NOW_MS, NOW_MS + 10)], NOW_MS)
+    moved = out[0].moved
+    assert moved is not None and moved.monthly_pass is None
+    ledger.apply_ops([TransferIn("r:in", B, A, moved)], NOW_MS)
+    assert _card(ledger, B).monthly_pass == (NOW_MS, NOW_MS + 10)

@@ -232,14 +232,16 @@ async def set_lost(request: Request, who: Operator | str, card_no: int, reason: 
         listed = await conn.fetchval("SELECT true FROM hotlist WHERE card_no = $1", card_no) or False
         if before.status == ("blocked" if lost else "active") and listed == lost:
             return before  # already so: nothing to change, nothing to log
-        # The hotlist first: it is what stops taps at the gateways, within a second.
+        # A loss: the hotlist first, it stops taps at the gateways within a second. Found
+        # again: the shard first, so a card cancelled or replaced meanwhile stays listed.
         if lost:
             await ctx.hotlist_add(conn, card_no, reason)
-        else:
-            await ctx.hotlist_remove(conn, card_no, reason)
     status = CardStatus.BLOCKED if lost else CardStatus.ACTIVE
     out = await ctx.run_op(SetStatus(op_key("status", card_no), card_no, int(status)))
     raise_for_result(out.result, card_no)
+    if not lost:
+        async with ctx.pool.acquire() as conn:
+            await ctx.hotlist_remove(conn, card_no, reason)
     after = await load_card(request, card_no)
     await audit.record(ctx.pool, who, "card.loss" if lost else "card.loss_cancel", f"card:{card_no}",
                        {"status": before.status}, {"status": after.status}, reason)
@@ -253,11 +255,18 @@ async def cancel_card(card_no: CardNo, body: CancelIn, request: Request,
     card emptied; the refunded amounts are in the audit log and the history)."""
     ctx = ctx_of(request)
     before = await load_card(request, card_no)
+    pending = await ctx.pool.fetchval(
+        "SELECT old_card_no FROM replacements WHERE (new_card_no = $1 OR old_card_no = $1) AND state <> 'done'",
+        card_no)
+    if pending is not None:  # the money of a replacement could be stranded between the cards
+        raise ApiError(409, f"a replacement of card {pending} is not finished: retry the replacement first",
+                       result="REPLACEMENT_PENDING")
     out = await ctx.run_op(Cancel(op_key("cancel", card_no, body.idempotency_key), card_no))
     raise_for_result(out.result, card_no)
     async with ctx.pool.acquire() as conn:
         await conn.execute("UPDATE cards SET status = $2 WHERE card_no = $1", card_no, int(CardStatus.CANCELLED))
-        if not out.replay:
+        # also on a retry: the first attempt may have stopped before listing the card
+        if not await conn.fetchval("SELECT true FROM hotlist WHERE card_no = $1", card_no):
             await ctx.hotlist_add(conn, card_no, f"cancelled: {body.reason}")
     after = await load_card(request, card_no)
     refunded = {name: -d for name, d in zip(PURSE_NAMES, out.deltas, strict=True) if d}

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Path, Request
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from ...domain.cards import App, CardStatus, make_card_no
+from ...domain.cards import DEFAULT_APPS, App, CardStatus, make_card_no
 from ...domain.ops import Cancel, SetApps, SetProduct, SetStatus
 from ...domain.purses import PURSE_NAMES
 from ...domain.shard import shard_of
@@ -14,6 +14,7 @@ from .. import audit
 from ..auth import Operator, Perm, require
 from ..errors import ApiError, raise_for_result
 from .common import (
+    CATEGORY_BY_NAME,
     CATEGORY_NAMES,
     CardNo,
     IdempotencyKey,
@@ -140,20 +141,26 @@ async def issue(holder_id: HolderId, body: IssueIn, request: Request,
         if live is not None:
             raise ApiError(409, f"holder {holder_id} already has live card {live}; replace it instead",
                            card_no=live)
-        card_no = make_card_no(await conn.fetchval("SELECT nextval('card_serial')"))
-        await conn.execute(
-            "INSERT INTO cards (card_no, shard_id, category, status, holder_id, apps, credit_good, insurance,"
-            " medical_from_purse) VALUES ($1, $2, $3, 0, $4, $5, $6, $7, $8)",
-            card_no, shard_of(card_no, len(ctx.shards)), _category(holder.category), holder_id, apps,
-            body.credit_good, body.apps.insurance if body.apps.medical else "", body.apps.medical_from_purse)
+        card_no = await insert_card(conn, len(ctx.shards), holder_id, CATEGORY_BY_NAME[holder.category], apps,
+                                    body.credit_good, body.apps.insurance if body.apps.medical else "",
+                                    body.apps.medical_from_purse)
         await audit.record(conn, op, "card.issue", f"card:{card_no}", None,
                            {"holder_id": holder_id, **body.model_dump()})
     await ctx.add_cards([card_no])
     return await load_card(request, card_no)
 
 
-def _category(name: str) -> int:
-    return {v: k for k, v in CATEGORY_NAMES.items()}[name]
+async def insert_card(conn: Any, n_shards: int, holder_id: int, category: int, apps: int = int(DEFAULT_APPS),
+                      credit_good: bool = True, insurance: str = "", medical_from_purse: bool = False) -> int:
+    """A new active card row for a holder, numbered from the card serial; returns its number.
+    The caller tells the shard (``ctx.add_cards``) once the row is committed."""
+    card_no = make_card_no(await conn.fetchval("SELECT nextval('card_serial')"))
+    await conn.execute(
+        "INSERT INTO cards (card_no, shard_id, category, status, holder_id, apps, credit_good, insurance,"
+        " medical_from_purse) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        card_no, shard_of(card_no, n_shards), category, int(CardStatus.ACTIVE), holder_id, apps, credit_good,
+        insurance, medical_from_purse)
+    return card_no
 
 
 @router.get("/cards/{card_no}", response_model=Card)

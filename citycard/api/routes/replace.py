@@ -28,16 +28,15 @@ import msgspec
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from ...domain.cards import CardStatus, make_card_no
+from ...domain.cards import CardStatus
 from ...domain.ops import CardOp, Moved, OpOutcome, TransferIn, TransferOut
 from ...domain.purses import PURSE_NAMES
 from ...domain.results import Result
-from ...domain.shard import shard_of
 from .. import audit
 from ..auth import Operator, Perm, require
 from ..context import ApiContext
 from ..errors import ApiError, raise_for_result
-from .cards import Card, load_card
+from .cards import Card, insert_card, load_card
 from .common import CardNo, ReasonText, ctx_of
 
 router = APIRouter(tags=["cards"])
@@ -138,11 +137,8 @@ async def start(ctx: ApiContext, op: Operator, old_card_no: int, reason: str) ->
         if pending is not None:
             raise ApiError(409, f"card {old_card_no} is still receiving the replacement of card {pending};"
                                 f" retry that replacement first", replacing=pending)
-        new_card_no = make_card_no(await conn.fetchval("SELECT nextval('card_serial')"))
-        await conn.execute(
-            "INSERT INTO cards (card_no, shard_id, category, status, holder_id) VALUES ($1, $2, $3, $4, $5)",
-            new_card_no, shard_of(new_card_no, len(ctx.shards)), old["category"], int(CardStatus.ACTIVE),
-            old["holder_id"])
+        # apps, passes and money come with TransferIn
+        new_card_no = await insert_card(conn, len(ctx.shards), old["holder_id"], old["category"])
         await conn.execute(
             "INSERT INTO replacements (old_card_no, new_card_no, state, reason) VALUES ($1, $2, 'started', $3)",
             old_card_no, new_card_no, reason)

@@ -26,6 +26,37 @@ def cmd_demo(args: argparse.Namespace) -> int:
                      batch_taps=args.batch, window=args.window, as_json=args.json)
 
 
+def cmd_loadtest(args: argparse.Namespace) -> int:
+    from .loadtest import LOADTEST_SCHEMA, loadtest_main
+
+    for name in ("rate", "duration", "terminals", "senders", "batch", "day_seconds", "step_seconds"):
+        if getattr(args, name) <= 0:
+            raise CityCardError(f"--{name.replace('_', '-')} must be > 0")
+    if args.batch > 1000:
+        raise CityCardError("--batch must be at most 1000 (the protocol's batch limit)")
+    if not 0 < args.scale <= 10:
+        raise CityCardError("--scale must be in (0, 10]: 1 is a megacity of 10 M cards")
+    if args.linger_ms < 0 or args.timeout_ms <= 0 or not 0 <= args.replay_share <= 1:
+        raise CityCardError("--linger-ms must be >= 0, --timeout-ms > 0, --replay-share in [0, 1]")
+    if args.target:
+        host, _, port = args.target.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise CityCardError(f"--target must be host:port, got {args.target!r}")
+        settings = _settings(args)
+    else:  # its own platform, in its own schema, dropped and re-seeded each run
+        schema = args.schema or LOADTEST_SCHEMA
+        settings = _settings(args, database={"schema": schema}, redis={"prefix": schema})
+    return loadtest_main(settings, args)
+
+
+def cmd_city_seed(args: argparse.Namespace) -> int:
+    from .loadtest import city_seed_main
+
+    if not 0 < args.scale <= 10:
+        raise CityCardError("--scale must be in (0, 10]: 1 is a megacity of 10 M cards")
+    return city_seed_main(_settings(args), args.scale, args.seed)
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from .up import up_main
 
@@ -165,6 +196,66 @@ def _add_fares(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
     vis.set_defaults(func=cmd_parks_visitors)
 
 
+def _add_loadtest(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    from .loadtest import LOADTEST_SCHEMA as LOADTEST_SCHEMA_NAME
+    from .loadtest import SCENARIOS
+
+    lt = sub.add_parser(
+        "loadtest", help="drive the platform with a city's traffic, open loop; audit; JSON + HTML report",
+        description="Open-loop load from many virtual terminals over the real protocol. Latency runs from "
+                    "each tap's intended send time. Ends with an audit against Postgres and a report. "
+                    "Without --target it brings up its own platform on the embedded defaults.")
+    lt.add_argument("--target", metavar="HOST:PORT", help="a gateway started with 'citycard up' on the same "
+                    "--config (its city seeded with 'citycard city seed'); default: a platform of its own")
+    lt.add_argument("--scenario", choices=SCENARIOS, default="steady", help="traffic shape (default steady)")
+    lt.add_argument("--day", action="store_true", help="replay a whole city day, compressed into --day-seconds")
+    lt.add_argument("--find-max", action="store_true", help="raise the rate step by step until the accepted "
+                    "rate stops rising or p99 passes --p99-bound-ms; then measure at half the maximum")
+    lt.add_argument("--rate", type=float, default=5000.0, help="offered taps/s (peak of ramp/spike; the "
+                    "first step of --find-max); default 5,000")
+    lt.add_argument("--duration", type=float, default=30.0, help="seconds of load (default 30)")
+    lt.add_argument("--max-taps", type=int, default=0, help="stop after this many taps (default: 1.5x rate x duration)")
+    lt.add_argument("--scale", type=float, default=0.01, help="city size: 1 = 10 M cards, 20 M taps a day "
+                    "(default 0.01); own platform only")
+    lt.add_argument("--terminals", type=int, default=200, help="virtual terminals, one connection each (default 200)")
+    lt.add_argument("--senders", type=int, default=2, help="sender processes (default 2)")
+    lt.add_argument("--linger-ms", type=float, default=5.0, help="a terminal waits this long to batch taps due "
+                    "together (default 5)")
+    lt.add_argument("--batch", type=int, default=200, help="most taps in one batch (default 200)")
+    lt.add_argument("--timeout-ms", type=float, default=10_000.0, help="a tap unanswered this long after its "
+                    "intended time is a timeout (default 10,000)")
+    lt.add_argument("--replay-share", type=float, default=0.01, help="share of answered batches sent again with "
+                    "the same seqs, which must come back as replays (default 0.01)")
+    lt.add_argument("--p99-bound-ms", type=float, default=50.0, help="--find-max stops above this p99 (default 50)")
+    lt.add_argument("--step-seconds", type=float, default=10.0, help="--find-max seconds per step (default 10)")
+    lt.add_argument("--day-seconds", type=float, default=120.0, help="--day: the day replayed in this many "
+                    "seconds (default 120)")
+    lt.add_argument("--hot-share", type=float, default=0.2, help="hot-card: share of taps on the hot card")
+    lt.add_argument("--visitor-share", type=float, default=0.3, help="regional: share of taps by other "
+                    "issuers' cards")
+    lt.add_argument("--storm-rate", type=float, default=20.0, help="hotlist-storm: loss reports per second")
+    lt.add_argument("--api-url", help="with --target: the card-services API, for the hotlist storm")
+    lt.add_argument("--api-token", help="with --target: a clerk's API token, for the hotlist storm")
+    lt.add_argument("--baselines", action="store_true", help="also measure a naive SQL ledger and the raw COPY "
+                    "rate of the same rows, after the load, on the same Postgres")
+    lt.add_argument("--naive-taps", type=int, default=30_000, help="taps for the naive baseline (default 30,000)")
+    lt.add_argument("--naive-connections", type=int, default=8, help="connections for the naive baseline (default 8)")
+    lt.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    lt.add_argument("--schema", help=f"own platform: the Postgres schema it drops and re-seeds each run "
+                    f"(default {LOADTEST_SCHEMA_NAME})")
+    lt.add_argument("--report-dir", help="where report.json and report.html go (default loadtest-reports/<time>-<scenario>)")
+    lt.add_argument("--no-report", action="store_true", help="write no report files")
+    lt.add_argument("--json", action="store_true", help="print the report as JSON")
+    lt.set_defaults(func=cmd_loadtest)
+
+    cp = sub.add_parser("city", help="synthetic cities for the load lab")
+    csub = cp.add_subparsers(dest="city_command", required=True)
+    cs = csub.add_parser("seed", help="seed a city (cards, terminals) into the configured, empty database")
+    cs.add_argument("--scale", type=float, default=0.01, help="1 = 10 M cards (default 0.01)")
+    cs.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    cs.set_defaults(func=cmd_city_seed)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="citycard", description="City citizen-card transaction platform")
     p.add_argument("--config", help="TOML file overriding the defaults (or set CITYCARD_CONFIG)")
@@ -179,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--window", type=int, default=2, help="requests a terminal keeps outstanding (default 2)")
     d.add_argument("--json", action="store_true", help="print the summary as JSON")
     d.set_defaults(func=cmd_demo)
+
+    _add_loadtest(sub)
 
     u = sub.add_parser("up", help="run the platform until interrupted")
     u.set_defaults(func=cmd_up)

@@ -71,3 +71,55 @@ async def run_audit(conn: asyncpg.Connection, actor_balances: dict[int, int] | N
         mismatches += sum(1 for card in actor_balances if card not in pg)
     return Audit(int(cards), int(opening), int(sum(pg.values())), int(charged), int(rows), int(dups), mismatches,
                  int(fund), await epurse_mismatches(conn))
+
+
+# Answers that leave no row (protocol section 7.3): nothing was decided for them.
+UNRECORDED_CODES = (5, 6)  # DUPLICATE_SEQ, SEQ_TOO_OLD
+
+
+@dataclass(frozen=True)
+class AnsweredCheck:
+    """The taps a load run got final answers for, against the journal."""
+
+    checked: int  # answered taps that must have a row
+    missing_rows: int  # answered, no row: an answer that was not durable (must be 0)
+    extra_rows: int  # answered taps with more than one row (must be 0)
+    code_mismatches: int  # row's result differs from the answer (must be 0)
+    fare_mismatches: int  # OK answers whose fare differs from the row's amount (must be 0)
+    charged_fen: int  # sum of fares the terminals were told (OK answers)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing_rows or self.extra_rows or self.code_mismatches or self.fare_mismatches)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ok": self.ok}
+
+
+async def check_answered(conn: asyncpg.Connection, columns: list[tuple[Any, Any, Any, Any]]) -> AnsweredCheck:
+    """``columns``: per sender, (terminal ids, seqs, fares, codes) of its answered taps.
+    Every answered tap must have exactly one journal row with the answer's code and fare."""
+    await conn.execute("CREATE TEMP TABLE IF NOT EXISTS answered (terminal_id bigint, seq bigint,"
+                       " fare_fen bigint, code smallint) ON COMMIT PRESERVE ROWS")
+    await conn.execute("TRUNCATE answered")
+    for terms, seqs, fares, codes in columns:
+        await conn.copy_records_to_table("answered", records=zip(terms, seqs, fares, codes, strict=True),
+                                         columns=("terminal_id", "seq", "fare_fen", "code"))
+    await conn.execute("ANALYZE answered")
+    row = await conn.fetchrow(
+        "WITH a AS (SELECT * FROM answered WHERE code <> ALL($1::smallint[])),"
+        " j AS (SELECT terminal_id, seq, count(*) AS n, min(result) AS result, min(amount_fen) AS amount"
+        "       FROM journal WHERE (terminal_id, seq) IN (SELECT terminal_id, seq FROM a)"
+        "       GROUP BY terminal_id, seq)"
+        " SELECT count(*) AS checked,"
+        "  count(*) FILTER (WHERE j.n IS NULL) AS missing,"
+        "  count(*) FILTER (WHERE j.n > 1) AS extra,"
+        "  count(*) FILTER (WHERE j.n IS NOT NULL AND j.result <> a.code) AS code_mismatch,"
+        "  count(*) FILTER (WHERE j.n IS NOT NULL AND a.code = 0 AND j.amount <> a.fare_fen) AS fare_mismatch,"
+        "  coalesce(sum(a.fare_fen) FILTER (WHERE a.code = 0), 0) AS charged"
+        " FROM a LEFT JOIN j USING (terminal_id, seq)",
+        list(UNRECORDED_CODES),
+    )
+    await conn.execute("DROP TABLE answered")
+    return AnsweredCheck(int(row["checked"]), int(row["missing"]), int(row["extra"]),
+                         int(row["code_mismatch"]), int(row["fare_mismatch"]), int(row["charged"]))

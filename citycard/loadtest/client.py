@@ -69,12 +69,16 @@ class TerminalClient:
         return await fut
 
     def taps_nowait(self, items: Sequence[m.TapItem]) -> "asyncio.Future[m.Results]":
+        return self.send_taps(items)[1]
+
+    def send_taps(self, items: Sequence[m.TapItem]) -> "tuple[int, asyncio.Future[m.Results]]":
+        """Send one ``taps`` batch; its ``req`` and the future of its ``results``."""
         req = self._next_req
-        self._next_req += 1
+        self._next_req = req % 0xFFFF_FFFF + 1  # distinct while outstanding; wraps as section 8 allows
         fut: asyncio.Future[m.Results] = asyncio.get_running_loop().create_future()
         self._by_req[req] = fut
         self.send(m.TapBatch(req=req, taps=list(items)))
-        return fut
+        return req, fut
 
     async def taps(self, items: Sequence[m.TapItem]) -> m.Results:
         return await self.taps_nowait(items)

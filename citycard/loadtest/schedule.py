@@ -182,6 +182,25 @@ class DayCurve:
         return max(_bump(start_h, centre_h, width_h), _bump(start_h + span_h, centre_h, width_h))
 
 
+@dataclass(frozen=True, slots=True)
+class Scaled:
+    """``profile`` times ``share``: one sender's part of the city's rate. Independent Poisson
+    streams add up to a Poisson stream of the summed rate, so senders need no coordination."""
+
+    profile: RateProfile
+    share: float
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.share <= 1:
+            raise ValueError(f"share must be in [0, 1], got {self.share}")
+
+    def rate_per_s(self, t_ms: float) -> float:
+        return self.profile.rate_per_s(t_ms) * self.share
+
+    def max_rate_per_s(self, start_ms: float, end_ms: float) -> float:
+        return self.profile.max_rate_per_s(start_ms, end_ms) * self.share
+
+
 def _bump(hour: float, centre_h: float, width_h: float) -> float:
     gap_h = abs(hour - centre_h) % HOURS_PER_DAY
     gap_h = min(gap_h, HOURS_PER_DAY - gap_h)

@@ -245,3 +245,14 @@ def test_split_among_senders_is_a_partition(n_senders):
 def test_sender_out_of_range_is_refused():
     with pytest.raises(ValueError):
         for_sender([], 3, 3)
+
+
+def test_scaled_profile_splits_the_rate_and_its_bound() -> None:
+    from citycard.loadtest.schedule import Scaled
+
+    part = Scaled(Spike(100.0, 10.0, 1000.0, 500.0), 0.25)
+    assert part.rate_per_s(0.0) == 25.0
+    assert part.rate_per_s(1200.0) == 250.0
+    assert part.max_rate_per_s(0.0, 2000.0) == 250.0
+    with pytest.raises(ValueError):
+        Scaled(Steady(1.0), 1.5)

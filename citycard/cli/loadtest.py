@@ -26,6 +26,7 @@ from ..config.settings import Settings
 from ..domain.cards import HANGZHOU_ISSUER, CardStatus, issuer_of
 from ..errors import CityCardError
 from ..loadtest import audit as audit_mod
+from ..loadtest import procs
 from ..loadtest.city import (
     CityModel,
     TerminalPlan,
@@ -51,7 +52,8 @@ SCENARIOS = ("steady", "ramp", "spike", "soak", "hot-card", "hotlist-storm", "re
 CDF_PERCENTILES = (0.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 100.0)
 FIND_MAX_FACTOR = 1.3
 FIND_MAX_STEPS = 12
-FIND_MAX_RISE = 1.03  # a step must accept 3 % more than the best so far to count as rising
+FIND_MAX_RISE = 1.03
+MEMORY_EVERY_S = 5.0  # a step must accept 3 % more than the best so far to count as rising
 
 
 @dataclass
@@ -169,7 +171,8 @@ async def own_platform(settings: Settings, services: Services, model: CityModel,
     finally:
         await conn.close()
     platform = Platform(settings, services)
-    await platform.start(gateway_port=0, metrics_port=0, api_port=0 if with_api else -1)
+    # metrics on the configured port (default 9108), so an operator can watch the run
+    await platform.start(gateway_port=0, metrics_port=None, api_port=0 if with_api else -1)
     target = Target(
         Endpoint("127.0.0.1", platform.gateway_port, settings.city.master_key), services.db_url, schema,
         settings.city.account_shards, "own platform (embedded defaults)" if services.embedded else "own platform",
@@ -287,15 +290,53 @@ def accepted_in_window(res: PhaseResult) -> float:
 
 async def _phase(phase: Phase, target: Target, view: CityView, show: bool, phases: list[PhaseResult],
                  storm: Storm | None = None) -> PhaseResult:
-    during = None
-    if storm is not None:
-        async def during(origin_unix_s: float) -> None:
-            await run_storm(storm, target, view.home_cards, origin_unix_s, phase.seed)
+    gateway_pid = procs.own_pid() if target.platform is not None else None
+    before: dict[int, procs.Sample] = {}
+    memory: list[dict[str, float]] = []
+
+    async def watch(origin_unix_s: float) -> None:
+        """CPU by process from the origin on, and memory every MEMORY_EVERY_S, while the
+        schedule runs."""
+        await asyncio.sleep(max(0.0, origin_unix_s - time.time()))
+        before.update(await asyncio.to_thread(procs.snapshot, gateway_pid))
+        for k in range(int(phase.duration_s // MEMORY_EVERY_S) + 1):
+            await asyncio.sleep(max(0.0, origin_unix_s + k * MEMORY_EVERY_S - time.time()))
+            snap = await asyncio.to_thread(procs.snapshot, gateway_pid)
+            memory.append({"t_s": k * MEMORY_EVERY_S, **procs.rss_mb_by_role(snap.values())})
+
+    async def during(origin_unix_s: float) -> None:
+        jobs = [watch(origin_unix_s)]
+        if storm is not None:
+            jobs.append(run_storm(storm, target, view.home_cards, origin_unix_s, phase.seed))
+        await asyncio.gather(*jobs)
+
     res = await run_phase(phase, target.endpoint, view.terminals, view.home_cards, view.visitor_cards,
                           view.first_seq, show_live=show, during=during)
+    after = await asyncio.to_thread(procs.snapshot, gateway_pid)
+    cpu = procs.cpu_by_role(before, after) if before else {}
+    cpu["senders (load generator)"] = res.sender_cpu_s
+    res.extra = {"cpu_s": cpu, "memory_mb": memory}
     view.first_seq.update({tid: seq + 1 for tid, seq in res.last_seq.items()})
     phases.append(res)
     return res
+
+
+def processes_report(phases: list[PhaseResult]) -> dict[str, Any]:
+    """CPU seconds by process role over all phases, per answered tap, and memory over time."""
+    cpu: dict[str, float] = {}
+    for p in phases:
+        for role, s in p.extra.get("cpu_s", {}).items():
+            cpu[role] = cpu.get(role, 0.0) + s
+    answered = sum(p.totals.answered for p in phases)
+    memory: list[dict[str, float]] = []
+    offset_s = 0.0
+    for p in phases:
+        memory += [{**m, "t_s": m["t_s"] + offset_s} for m in p.extra.get("memory_mb", [])]
+        offset_s += p.phase.duration_s
+    return {"cpu_s": cpu, "cpu_us_per_tap": {r: s * 1e6 / answered for r, s in cpu.items()} if answered else {},
+            "cpu_us_per_tap_total": sum(cpu.values()) * 1e6 / answered if answered else 0.0,
+            "memory_mb": memory,
+            "note": "processes on this machine; postgres counts every postgres process here"}
 
 
 # -- the run -----------------------------------------------------------------------------
@@ -419,6 +460,7 @@ def build_report(args: Namespace, target: Target, view: CityView, model: CityMod
                                   "p99.9": pct.p999_ms, "max": pct.max_ms, "mean": pct.mean_ms}},
         "timeline": timeline, "cdf": cdf, "codes": dict(sorted(codes.items(), key=lambda kv: -kv[1])),
         "errors": errors, "audit": audit, "baselines": baselines, "find_max": find_max_report,
+        "processes": processes_report(phases),
     }
     if storm is not None:
         report["hotlist_storm"] = {"planned": storm.count, "per_s": storm.per_s, "reported": storm.reported,

@@ -78,6 +78,8 @@ class PhaseResult:
     last_seq: dict[int, int]
     errors: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
+    sender_cpu_s: float = 0.0  # CPU the senders used while sending (their own count)
+    extra: dict[str, Any] = field(default_factory=dict)  # what the caller measured alongside
 
     @property
     def scheduled(self) -> int:
@@ -256,6 +258,7 @@ class _Merge:
         self.last_seq: dict[int, int] = {}
         self.errors: list[str] = []
         self.charged_fen = self.replays_sent = self.replays_matched = 0
+        self.sender_cpu_s = 0.0
 
     def take(self, msg: dict[str, Any]) -> None:
         kind = msg["kind"]
@@ -285,6 +288,7 @@ class _Merge:
             self.charged_fen += msg.get("charged_fen", 0)
             self.replays_sent += msg.get("replays_sent", 0)
             self.replays_matched += msg.get("replays_matched", 0)
+            self.sender_cpu_s += msg.get("cpu_s", 0.0)
 
     def fresh_intervals(self) -> list[IntervalSnapshot]:
         fresh, self._fresh = self._fresh, []
@@ -304,6 +308,7 @@ class _Merge:
             codes=self.codes, retryable=sum(self.retryable.values()), reconnects=sum(self.reconnects.values()),
             charged_fen=self.charged_fen, replays_sent=self.replays_sent, replays_matched=self.replays_matched,
             answered_files=self.files, last_seq=self.last_seq, errors=self.errors, elapsed_s=elapsed_s,
+            sender_cpu_s=self.sender_cpu_s,
         )
 
 

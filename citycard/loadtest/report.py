@@ -61,6 +61,7 @@ def render_html(report: dict[str, Any]) -> str:
     for heading, plot in _plots(report):
         body += [f"<h2>{_esc(heading)}</h2>", _figure_html(heading, plot)]
     body += ["<h2>Find max</h2>", _find_max_html(report.get("find_max"))]
+    body += ["<h2>Where the time goes: CPU by process</h2>", _processes_html(report.get("processes"))]
     body += ["<h2>Errors</h2>", _errors_html(_list(report.get("errors")))]
     return _PAGE.format(title=_esc(title), body="\n".join(body))
 
@@ -86,6 +87,10 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         lines.append(f"baselines: {_baselines_line(report['baselines'])}")
     if isinstance(report.get("find_max"), dict):
         lines.append(f"find-max: {_find_max_line(report['find_max'])}")
+    per_tap = _dict(_dict(report.get("processes")).get("cpu_us_per_tap"))
+    if per_tap:
+        lines.append("CPU us per answered tap: " + ", ".join(
+            f"{role} {_fmt(us, 1)}" for role, us in sorted(per_tap.items(), key=lambda kv: -_number(kv[1]))))
     errors = _list(report.get("errors"))
     if errors:
         lines.append(f"errors: {len(errors)} (first: {errors[0]})")
@@ -203,6 +208,18 @@ def _find_max_html(find_max: object) -> str:
     header = ("rate_per_s", "accepted_per_s", "p99_ms", "timeouts", "stop_reason")
     steps = [[_dict(step).get(key) for key in header] for step in _list(find_max.get("steps"))]
     return _kv_table(summary) + (_grid_table(header, steps) if steps else _no_data("no steps"))
+
+
+def _processes_html(processes: object) -> str:
+    p = _dict(processes)
+    cpu, per_tap = _dict(p.get("cpu_s")), _dict(p.get("cpu_us_per_tap"))
+    if not cpu:
+        return _no_data("not measured")
+    rows = [(role, _fmt(s, 2), _fmt(per_tap.get(role), 1))
+            for role, s in sorted(cpu.items(), key=lambda kv: -_number(kv[1]))]
+    rows.append(("total", _fmt(sum(_number(v) for v in cpu.values()), 2), _fmt(p.get("cpu_us_per_tap_total"), 1)))
+    note = f"<p>{_esc(p.get('note', ''))}</p>" if p.get("note") else ""
+    return _grid_table(("process", "CPU s", "CPU us per answered tap"), rows) + note
 
 
 def _errors_html(errors: list[Any]) -> str:

@@ -146,6 +146,7 @@ class Sender:
                 await asyncio.sleep(0.005)
             origin_unix_s = origin.value
         self._origin_perf = time.perf_counter() - (time.time() - origin_unix_s)
+        cpu_started_s = time.process_time()
         picker = TerminalPicker(len(self.terms), spec.terminal_weights)
         stream = arrivals(spec.profile, random.Random(spec.seed * 31 + spec.index), picker,
                           max_count=spec.max_count, max_duration_ms=spec.duration_ms)
@@ -187,9 +188,10 @@ class Sender:
                 wait_ms = min(wait_ms, nxt.send_at_ms - now)
             await asyncio.sleep(max(wait_ms, 0.0) / 1000.0)
         totals = recorder.finish(self.now_ms())
+        cpu_s = time.process_time() - cpu_started_s
         await self._close_all()
         answered_file = self._write_answered()
-        final = self._send_report("done", totals=totals.to_wire(), answered_file=answered_file)
+        final = self._send_report("done", totals=totals.to_wire(), answered_file=answered_file, cpu_s=cpu_s)
         return final
 
     # -- sending ---------------------------------------------------------------------------
@@ -273,7 +275,9 @@ class Sender:
                        first: list[Any]) -> None:
         by_seq = {r.seq: (r.code, r.fare_fen) for r in first}
         for r in results:
-            if r.replay and by_seq.get(r.seq) == (r.code, r.fare_fen):
+            if r.code in RETRYABLE:
+                self.state.replays_sent -= 1  # not processed (overload): no replay to check
+            elif r.replay and by_seq.get(r.seq) == (r.code, r.fare_fen):
                 self.state.replays_matched += 1
             elif len(self.state.replay_mismatches) < 20:
                 self.state.replay_mismatches.append(

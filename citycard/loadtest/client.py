@@ -47,6 +47,8 @@ class TerminalClient:
 
     def send_raw(self, data: bytes) -> None:
         assert self._writer is not None
+        if self.closed_error is not None or self._writer.is_closing():
+            raise ConnectionError(f"connection lost: {self.closed_error!r}")
         self._writer.write(data)
 
     async def next_control(self, timeout_s: float = 10.0) -> Any:
@@ -76,8 +78,8 @@ class TerminalClient:
         req = self._next_req
         self._next_req = req % 0xFFFF_FFFF + 1  # distinct while outstanding; wraps as section 8 allows
         fut: asyncio.Future[m.Results] = asyncio.get_running_loop().create_future()
+        self.send(m.TapBatch(req=req, taps=list(items)))  # first: a failed send leaves no orphan future
         self._by_req[req] = fut
-        self.send(m.TapBatch(req=req, taps=list(items)))
         return req, fut
 
     async def taps(self, items: Sequence[m.TapItem]) -> m.Results:

@@ -127,6 +127,7 @@ class Sender:
         self._origin_perf = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
         self._replays_in_flight = 0
+        self._closing = False  # the run is over: answers and lost connections are ignored
 
     def now_ms(self) -> float:
         return (time.perf_counter() - self._origin_perf) * 1000.0
@@ -236,7 +237,9 @@ class Sender:
             t.inflight.pop(req, None)
         else:
             self._replays_in_flight -= 1
-        exc = fut.exception()
+        exc = fut.exception()  # retrieved even when closing, so asyncio does not log it
+        if self._closing:
+            return
         if exc is not None:
             if replay_of is None:
                 self._lost(t, items, exc)
@@ -320,6 +323,8 @@ class Sender:
 
     def _lost(self, t: _Terminal, items: list[m.TapItem], exc: BaseException) -> None:
         """A connection broke: its unanswered taps go again, same seqs, on a new connection."""
+        if self._closing:
+            return
         t.resend.extend(items)
         if t.reconnecting or t.dead:
             return
@@ -357,6 +362,7 @@ class Sender:
         t.reconnecting = False
 
     async def _close_all(self) -> None:
+        self._closing = True
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*[t.client.close() for t in self.terms if t.client is not None],

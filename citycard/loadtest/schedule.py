@@ -20,7 +20,7 @@ import math
 import random
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import accumulate
+from itertools import accumulate, islice
 from typing import Protocol
 
 MS_PER_S = 1000.0
@@ -280,6 +280,10 @@ class TerminalPicker:
                 raise ValueError("need one weight >= 0 per terminal, and a positive sum")
             self._cum_weights = list(accumulate(weights))
 
+    @property
+    def cum_weights(self) -> list[float] | None:
+        return self._cum_weights
+
     def pick(self, rng: random.Random) -> int:
         if self._cum_weights is None:
             return min(int(rng.random() * self.n_terminals), self.n_terminals - 1)
@@ -297,6 +301,29 @@ def arrivals(profile: RateProfile, rng: random.Random, picker: TerminalPicker, *
                              max_duration_ms=max_duration_ms, block_ms=block_ms)
     for index, send_at_ms in enumerate(times):
         yield Arrival(index, send_at_ms, picker.pick(terminals_rng))
+
+
+def arrival_chunks(profile: RateProfile, rng: random.Random, picker: TerminalPicker, *, max_count: int,
+                   max_duration_ms: float, chunk: int = 512) -> Iterator[tuple[list[float], list[int]]]:
+    """The stream of ``arrivals`` (same times, same terminals for the same ``rng``) as lists
+    of up to ``chunk`` send times and their terminals: no object per arrival, terminals drawn
+    in bulk (a sender's hot path)."""
+    times_rng = random.Random(rng.getrandbits(64))
+    terminals_rng = random.Random(rng.getrandbits(64))
+    times = arrival_times_ms(profile, times_rng, max_count=max_count, max_duration_ms=max_duration_ms)
+    population = range(picker.n_terminals)
+    cum_weights = picker.cum_weights
+    while True:
+        batch = list(islice(times, chunk))
+        if not batch:
+            return
+        if cum_weights is None:
+            n = picker.n_terminals
+            rnd = terminals_rng.random
+            terminals = [min(int(rnd() * n), n - 1) for _ in batch]
+        else:
+            terminals = terminals_rng.choices(population, cum_weights=cum_weights, k=len(batch))
+        yield batch, terminals
 
 
 def sender_of(terminal: int, n_senders: int) -> int:

@@ -29,12 +29,13 @@ from ..protocols import messages as m
 from .city import TerminalPlan
 from .client import TerminalClient
 from .latency import LatencyRecorder
-from .schedule import RateProfile, TerminalPicker, arrivals
+from .schedule import RateProfile, TerminalPicker, arrival_chunks
 from .tapmix import TapMaker, TapMix
 
 RETRYABLE = frozenset((int(Result.BUSY), int(Result.RETRY)))
 N_CODES = 256
 ORIGIN_WAIT_S = 180.0
+LIST_CARDS_MAX = 2_000_000  # home cards held as a list below this (~16 MB of pointers)
 SEQ_BITS = 32
 
 
@@ -111,7 +112,10 @@ class Sender:
         self.state = SenderState()
         self._sent_codes = [0] * N_CODES
         self._sent_offered: dict[int, int] = {}
-        self.maker = TapMaker(spec.home_cards, spec.visitor_cards, spec.mix,
+        home = spec.home_cards
+        if not isinstance(home, list) and len(home) <= LIST_CARDS_MAX:
+            home = list(home)  # computed once, not per tap
+        self.maker = TapMaker(home, spec.visitor_cards, spec.mix,
                               random.Random(spec.seed * 7919 + spec.index))
         self.rng = random.Random(spec.seed * 104_729 + spec.index)
         self.terms = [_Terminal(i, p, spec.first_seq.get(p.terminal_id, 1) - 1)
@@ -149,44 +153,52 @@ class Sender:
         self._origin_perf = time.perf_counter() - (time.time() - origin_unix_s)
         cpu_started_s = time.process_time()
         picker = TerminalPicker(len(self.terms), spec.terminal_weights)
-        stream = arrivals(spec.profile, random.Random(spec.seed * 31 + spec.index), picker,
-                          max_count=spec.max_count, max_duration_ms=spec.duration_ms)
+        chunks = arrival_chunks(spec.profile, random.Random(spec.seed * 31 + spec.index), picker,
+                                max_count=spec.max_count, max_duration_ms=spec.duration_ms)
         wall_origin_ms = origin_unix_s * 1000.0
         hard_stop_ms = spec.duration_ms + spec.timeout_ms + 30_000.0
         next_report_ms = spec.report_every_ms
-        nxt = next(stream, None)
-        if nxt is not None and nxt.send_at_ms > self.now_ms():
-            await asyncio.sleep((nxt.send_at_ms - self.now_ms()) / 1000.0)
-        recorder, terms, offered = self.recorder, self.terms, self.state.offered
+        times, which = next(chunks, ([], []))
+        pos = 0  # the next arrival is times[pos] at terminal which[pos]; none once times is empty
+        if times and times[0] > self.now_ms():
+            await asyncio.sleep((times[0] - self.now_ms()) / 1000.0)
+        recorder, terms, offered, maker = self.recorder, self.terms, self.state.offered, self.maker
+        scheduled, dirty = recorder.scheduled, self._dirty
         interval_ms = spec.interval_ms
         while True:
             now = self.now_ms()
-            while nxt is not None and nxt.send_at_ms <= now:
-                t = terms[nxt.terminal]
-                t.seq += 1
-                index = int(nxt.send_at_ms // interval_ms)
+            while times:
+                at_ms = times[pos]
+                if at_ms > now:
+                    break
+                i = which[pos]
+                t = terms[i]
+                t.seq = seq = t.seq + 1
+                index = int(at_ms // interval_ms)
                 offered[index] = offered.get(index, 0) + 1
-                if recorder.scheduled(tap_key(t.plan.terminal_id, t.seq), nxt.send_at_ms):
-                    item = self.maker.make(t.plan, t.seq, int(wall_origin_ms + nxt.send_at_ms))
+                if scheduled((t.plan.terminal_id << SEQ_BITS) | seq, at_ms):
                     if not t.queue:
                         t.first_queued_ms = now
-                        self._dirty.add(nxt.terminal)
-                    t.queue.append(item)
-                nxt = next(stream, None)
+                        dirty.add(i)
+                    t.queue.append(maker.make(t.plan, seq, int(wall_origin_ms + at_ms)))
+                pos += 1
+                if pos == len(times):
+                    times, which = next(chunks, ([], []))
+                    pos = 0
             self._due_retries(now)
             self._flush(now)
             if now >= next_report_ms:
                 recorder.expire(now)
                 self._send_report("tick")
                 next_report_ms = now + spec.report_every_ms
-            if (nxt is None and not self._dirty and not self._retries and recorder.outstanding == 0
+            if (not times and not dirty and not self._retries and recorder.outstanding == 0
                     and not self._replays_in_flight):
                 break
-            if now >= hard_stop_ms or (nxt is None and now >= spec.duration_ms + spec.timeout_ms):
+            if now >= hard_stop_ms or (not times and now >= spec.duration_ms + spec.timeout_ms):
                 break
             wait_ms = spec.linger_ms
-            if nxt is not None:
-                wait_ms = min(wait_ms, nxt.send_at_ms - now)
+            if times:
+                wait_ms = min(wait_ms, times[pos] - now)
             await asyncio.sleep(max(wait_ms, 0.0) / 1000.0)
         totals = recorder.finish(self.now_ms())
         cpu_s = time.process_time() - cpu_started_s
@@ -223,10 +235,8 @@ class Sender:
             return
         if replay_of is None:
             t.inflight[req] = items
-            sent = self.recorder.sent
-            tid = t.plan.terminal_id
-            for item in items:
-                sent(tap_key(tid, item.seq), now)
+            base = t.plan.terminal_id << SEQ_BITS
+            self.recorder.sent_many([base | item.seq for item in items], now)
         else:
             self._replays_in_flight += 1
         fut.add_done_callback(partial(self._answered, t, req, items, replay_of))
@@ -250,24 +260,32 @@ class Sender:
             return
         now = self.now_ms()
         tid = t.plan.terminal_id
-        answered = self.recorder.answered
+        base = tid << SEQ_BITS
         codes = self.state.codes
         final: list[Any] = []
+        keys: list[int] = []
+        seqs, fares, answered_codes = self._answered_seq, self._answered_fare, self._answered_code
+        charged = 0
         for item, r in zip(items, results, strict=True):
             code = r.code
             if code in RETRYABLE:
                 self.state.retryable += 1
                 self._retry_later(t, item, now)
                 continue
-            answered(tap_key(tid, r.seq), now)
+            keys.append(base | r.seq)
             codes[code] += 1
-            self._answered_term.append(tid)
-            self._answered_seq.append(r.seq)
-            self._answered_code.append(code)
-            self._answered_fare.append(r.fare_fen if code == 0 else 0)
-            if code == 0 and not r.replay:
-                self.state.charged_fen += r.fare_fen
+            seqs.append(r.seq)
+            answered_codes.append(code)
+            if code == 0:
+                fares.append(r.fare_fen)
+                if not r.replay:
+                    charged += r.fare_fen
+            else:
+                fares.append(0)
             final.append(r)
+        self.recorder.answered_many(keys, now)
+        self._answered_term.extend(array("q", [tid]) * len(keys))
+        self.state.charged_fen += charged
         if final and self.spec.replay_share and self.rng.random() < self.spec.replay_share:
             again = [i for i, r in zip(items, results, strict=True) if r.code not in RETRYABLE]
             if t.client is not None and not t.reconnecting:

@@ -272,3 +272,44 @@ def test_histogram_range_is_as_documented():
     assert histogram.record_value(1)
     assert histogram.record_value(HIGHEST_US)
     assert not histogram.record_value(HIGHEST_US * 2)  # hdrh drops these: timeouts cap first
+
+
+def test_record_many_fills_the_same_buckets_as_record_value():
+    import random as random_mod
+
+    from citycard.loadtest.latency import HIGHEST_US, encode_histogram, new_histogram, record_many
+
+    rng = random_mod.Random(5)
+    values = [rng.choice((0, 1, 7, 1023, 1024, 2047, 2048, HIGHEST_US)) for _ in range(50)]
+    values += [int(rng.lognormvariate(8, 3)) % HIGHEST_US for _ in range(5000)]
+    one_by_one, bulk = new_histogram(), new_histogram()
+    for v in values:
+        one_by_one.record_value(v)
+    record_many(bulk, values[:10])  # small: the loop
+    record_many(bulk, values[10:])  # large: numpy
+    assert encode_histogram(bulk) == encode_histogram(one_by_one)
+    assert bulk.get_total_count() == len(values)
+    assert (bulk.get_min_value(), bulk.get_max_value()) == (one_by_one.get_min_value(), one_by_one.get_max_value())
+    with pytest.raises(AssertionError):
+        record_many(bulk, [HIGHEST_US * 4] * 20)
+
+
+def test_batch_calls_account_like_one_at_a_time():
+    one, many = LatencyRecorder(timeout_ms=100.0), LatencyRecorder(timeout_ms=100.0)
+    keys = list(range(40))
+    for r in (one, many):
+        for k in keys:
+            r.scheduled(k, float(k))
+    for k in keys:
+        one.sent(k, 50.0)
+    one.sent(3, 60.0)  # a retry
+    many.sent_many(keys, 50.0)
+    many.sent_many([3], 60.0)
+    for k in keys[:30]:
+        one.answered(k, 120.0)  # keys 0..19 are late (> 100 ms after their intended time)
+    many.answered_many(keys[:30], 120.0)
+    for r in (one, many):
+        r.answered(999, 121.0)  # unknown
+    a, b = one.finish(200.0), many.finish(200.0)
+    assert a.to_wire() == b.to_wire()
+    assert (b.answered, b.timeouts, b.retries, b.unknown_answers) == (10, 30, 1, 1)

@@ -256,3 +256,16 @@ def test_scaled_profile_splits_the_rate_and_its_bound() -> None:
     assert part.max_rate_per_s(0.0, 2000.0) == 250.0
     with pytest.raises(ValueError):
         Scaled(Steady(1.0), 1.5)
+
+
+@pytest.mark.parametrize("weights", [None, [1.0, 5.0, 0.0, 2.5]])
+def test_arrival_chunks_are_the_arrivals_stream_in_lists(weights) -> None:
+    from citycard.loadtest.schedule import arrival_chunks, arrivals
+
+    picker = TerminalPicker(4, weights)
+    one = [(a.send_at_ms, a.terminal) for a in arrivals(Steady(500.0), random.Random(3), picker,
+                                                          max_count=2000, max_duration_ms=10_000.0)]
+    chunks = list(arrival_chunks(Steady(500.0), random.Random(3), picker, max_count=2000,
+                                 max_duration_ms=10_000.0, chunk=300))
+    assert [len(t) for t, _ in chunks][:-1] == [300] * (len(chunks) - 1)
+    assert [(t, k) for times, terms in chunks for t, k in zip(times, terms, strict=True)] == one

@@ -92,12 +92,19 @@ class JournalWriter:
             started = time.perf_counter()
             last_lsn = records[-1][0]
             async with self._conn.transaction():
+                # Fencing: the head must be where this writer's rows follow on. A shard Ray
+                # gave up on but whose process still runs (a zombie) must not commit after
+                # its successor: its rows would repeat lsns and taps. The row lock also
+                # orders two writers of one shard.
+                status = await self._conn.execute(
+                    "UPDATE shard_heads SET lsn = $1, updated_at = now() WHERE shard_id = $2 AND lsn = $3",
+                    last_lsn, self._shard_id, records[0][0] - 1,
+                )
+                if status != "UPDATE 1":
+                    raise StoreError(f"shard {self._shard_id}: the journal head is not at lsn "
+                                     f"{records[0][0] - 1}: another writer owns this shard")
                 await self._conn.copy_records_to_table(
                     self._table, records=records, columns=JOURNAL_COLUMNS, schema_name=self._schema
-                )
-                await self._conn.execute(
-                    "UPDATE shard_heads SET lsn = $1, updated_at = now() WHERE shard_id = $2",
-                    last_lsn, self._shard_id,
                 )
             self.committed_lsn = last_lsn
             self.last_commit_ms = (time.perf_counter() - started) * 1000.0

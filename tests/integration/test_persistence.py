@@ -221,6 +221,40 @@ def test_journal_group_commit_writes_every_row_once_in_lsn_order(services: Servi
     asyncio.run(run())
 
 
+def test_a_zombie_writer_cannot_commit_after_its_successor(services: ServiceUrls, schema: str) -> None:
+    """A shard Ray restarted while the old process still runs: both hold a writer for the
+    shard. Once the new one has committed, the old one's next commit is refused and writes
+    nothing (found by the seeded simulation, tests/sim, seed 531 --zombie)."""
+    async def run() -> None:
+        admin = await _migrated(services, schema)
+        old_conn, new_conn = await connect(services.db_url, schema), await connect(services.db_url, schema)
+        old, new = (JournalWriter(c, 0, schema, max_rows=50) for c in (old_conn, new_conn))
+        old.start()
+        new.start()
+        try:
+            await asyncio.wait_for(old.submit(_rows(1, 5)), TIMEOUT_S)
+            # The successor loaded head 5 and commits lsns 6..8 ...
+            await asyncio.wait_for(new.submit(_rows(6, 3, terminal_id=2002)), TIMEOUT_S)
+            # ... then the zombie, still at head 5, commits its own 6..7: refused.
+            with pytest.raises(StoreError, match="another writer"):
+                await asyncio.wait_for(old.submit(_rows(6, 2, terminal_id=2003)), TIMEOUT_S)
+            assert old.broken is not None and new.broken is None
+            lsns = [r[0] for r in await admin.fetch("SELECT lsn FROM journal_p0 ORDER BY lsn")]
+            assert lsns == list(range(1, 9))
+            assert await admin.fetchval("SELECT count(*) FROM journal_p0 WHERE terminal_id = 2003") == 0
+            assert (await _heads(admin))[0] == 8
+            await asyncio.wait_for(new.submit(_rows(9, 2)), TIMEOUT_S)  # the successor goes on
+            assert (await _heads(admin))[0] == 10
+        finally:
+            await old.close()
+            await new.close()
+            await old_conn.close()
+            await new_conn.close()
+            await admin.close()
+
+    asyncio.run(run())
+
+
 def test_failed_commit_fails_pending_and_breaks_writer(services: ServiceUrls, schema: str) -> None:
     async def run() -> None:
         admin = await _migrated(services, schema)

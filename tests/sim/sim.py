@@ -53,7 +53,7 @@ class Stats:
 
 
 def simulate(seed: int, *, mutation: str | None = None, verbose: bool = False, zombie: bool = False,
-             fenced: bool = False) -> Stats:
+             fenced: bool = True) -> Stats:
     if mutation is not None and mutation not in MUTATIONS:
         raise ValueError(f"unknown mutation {mutation!r}; known: {', '.join(MUTATIONS)}")
     world = World(seed, verbose=verbose, mutation=mutation, zombie=zombie, fenced=fenced)

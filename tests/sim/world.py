@@ -26,10 +26,10 @@ class SimFailure(AssertionError):
 
 class World:
     def __init__(self, seed: int, *, verbose: bool = False, mutation: str | None = None,
-                 zombie: bool = False, fenced: bool = False) -> None:
+                 zombie: bool = False, fenced: bool = True) -> None:
         self.seed = seed
         self.zombie = zombie  # hazard: a dead actor's last COMMIT may land up to 1 s later
-        self.fenced = fenced  # the suggested fix: commits conditional on the journal head
+        self.fenced = fenced  # as the product: commits conditional on the journal head (False: before the fix)
         self.rng = random.Random(seed)
         self.now_ms = 0
         self.verbose = verbose
@@ -66,5 +66,5 @@ class World:
             print(f"{self.now_ms:>9} ms  {who:<12} {what}")
 
     def fail(self, invariant: str, detail: str) -> NoReturn:
-        flags = (" --zombie" if self.zombie else "") + (" --fenced" if self.fenced else "")
+        flags = (" --zombie" if self.zombie else "") + ("" if self.fenced else " --unfenced")
         raise SimFailure(self.seed, invariant, detail, self.now_ms, self.mutation, flags)

@@ -24,10 +24,19 @@ from .ops import (
     encode_op,
     moved_from,
 )
-from .purses import N_PURSES, Purse
+from .purses import N_PURSES, Purse, funding_order
 from .results import Result
-from .rules import RECENT_TERMINALS, apply_effects, decide, local_day, passback_mode
-from .tables import FareTables
+from .rules import (
+    RECENT_TERMINALS,
+    apply_effects,
+    decide,
+    home_ride_fare,
+    local_day,
+    member_percent,
+    passback_mode,
+    passback_window_ms,
+)
+from .tables import CompiledVersion, FareTables
 from .taps import (
     MAX_CARD_NO,
     MAX_SEQ,
@@ -47,7 +56,29 @@ _DUPLICATE_SEQ = int(Result.DUPLICATE_SEQ)
 _SEQ_TOO_OLD = int(Result.SEQ_TOO_OLD)
 _CARD_UNKNOWN = int(Result.CARD_UNKNOWN)
 _BUS = int(TapKind.BUS)
+_WATER_BUS = int(TapKind.WATER_BUS)
+_TAXI = int(TapKind.TAXI)
+_PETROL = int(TapKind.PETROL)
+_MERCHANT = int(TapKind.MERCHANT)
+_INSUFFICIENT_FUNDS = int(Result.INSUFFICIENT_FUNDS)
 _ALLOWANCE = int(Purse.ALLOWANCE)
+_VOUCHER = int(Purse.VOUCHER)
+# Kinds the ledger decides inline for home cards (see ``Ledger.apply``): each one's payment
+# only moves money between purses (plus the anti-passback memory), in this funding order:
+# [allowance while valid], e-purse, [general]. Merchants: vouchers first, so a card holding
+# any takes the general path. Checked here so a change to the funding orders cannot make the
+# inline path disagree with the rules unnoticed.
+_INLINE_ORDERS = {
+    _BUS: (Purse.ALLOWANCE, Purse.EPURSE), _WATER_BUS: (Purse.ALLOWANCE, Purse.EPURSE),
+    _TAXI: (Purse.ALLOWANCE, Purse.EPURSE), _PETROL: (Purse.ALLOWANCE, Purse.EPURSE, Purse.GENERAL),
+    _MERCHANT: (Purse.VOUCHER, Purse.EPURSE, Purse.GENERAL),
+}
+if any(funding_order(k) != order for k, order in _INLINE_ORDERS.items()):
+    raise RuntimeError("funding orders changed: update Ledger.apply's inline path")
+_INLINE_KINDS = frozenset(_INLINE_ORDERS)
+_FROM_ALLOWANCE = frozenset((_BUS, _WATER_BUS, _TAXI, _PETROL))
+_FROM_GENERAL = frozenset((_PETROL, _MERCHANT))
+_FARE_MEMO_MAX = 100_000  # memoized ride fares per fare version (routes come from terminals)
 _ISSUER_DIV = 10**11  # cards.issuer_of
 # Any status but ACTIVE refuses; one we do not know refuses as blocked, never charges.
 _STATUS_RESULT = {int(CardStatus.CANCELLED): int(Result.CARD_CANCELLED)}
@@ -62,11 +93,12 @@ class Ledger:
     """
 
     def __init__(self, shard_id: int, tables: FareTables, dedupe_limit: int = 1_000_000,
-                 inline_bus: bool = True) -> None:
+                 inline: bool = True) -> None:
         if dedupe_limit < 1:
             raise ValueError("dedupe_limit must be >= 1")
-        # The common bus ride is decided inline (same outcome as rules.decide; a test compares).
-        self.inline_bus = inline_bus
+        # Home cards' rides and amount payments are decided inline (same outcome as
+        # rules.decide + apply_effects; tests compare the two paths).
+        self.inline = inline
         self.shard_id = shard_id
         self.tables = tables
         self.dedupe_limit = dedupe_limit
@@ -125,14 +157,14 @@ class Ledger:
         watermark = self._watermark
         cards = self.cards
         tables = self.tables
-        inline_bus = self.inline_bus
+        inline = self.inline
         home_lo = tables.home_issuer * _ISSUER_DIV  # home cards: issuer_of(card_no) == home_issuer
         home_hi = home_lo + _ISSUER_DIV
-        # the fare version of the last inline bus tap, and its lookups as locals
-        ver_from_ms = ver_end_ms = version = default_fare_fen = 0
-        window_ms = -1
-        bus_fares: dict[int, int] = {}
-        plain_categories: frozenset[int] = frozenset()
+        # the fare version of the last inline tap, and its lookups as locals
+        ver: CompiledVersion | None = None
+        ver_from_ms = ver_end_ms = version = max_amount_fen = 0
+        fares: dict[tuple[int, int, int, bool], int] = {}
+        windows: dict[int, int] = {}
         lsn = self.lsn
         for tap in taps:
             terminal_id = tap.terminal_id
@@ -167,45 +199,89 @@ class Ledger:
                 result = _STATUS_RESULT.get(card.status, _BLOCKED)
                 balance_fen = card.purses[0]
             else:
-                if (inline_bus and tap.kind == _BUS and card.monthly_pass is None
-                        and home_lo <= card_no < home_hi):
+                kind = tap.kind
+                if inline and kind in _INLINE_KINDS and home_lo <= card_no < home_hi:
                     if not ver_from_ms <= time_ms < ver_end_ms:
                         ver = tables.at(time_ms)
                         if ver is None:
                             ver_from_ms = ver_end_ms = 0
-                            plain_categories = frozenset()
                         else:
                             ver_from_ms, ver_end_ms, version = ver.effective_from_ms, ver.end_ms, ver.version
-                            bus_fares, default_fare_fen = ver.bus_card_fare, ver.bus_default_card_fare
-                            plain_categories, window_ms = ver.bus_plain_categories, ver.bus_passback_ms
+                            max_amount_fen = ver.v.max_amount_fen
+                            fares = ver.inline_fares
+                            windows = {k: passback_window_ms(ver, k) for k in _INLINE_KINDS}
+                    # the price: -1 when the general path must decide (refusals, ride limits)
+                    fare_fen = -1
                     route = tap.route
-                    if route > 0 and card.category in plain_categories:
+                    if ver is None or ver_end_ms == 0:
+                        pass
+                    elif kind == _BUS or kind == _WATER_BUS:
+                        if route > 0:
+                            mp = card.monthly_pass
+                            fare_key = (kind, route, card.category, mp is not None and mp[0] <= time_ms < mp[1])
+                            fare_fen = fares.get(fare_key, -2)
+                            if fare_fen == -2:
+                                fare_fen = home_ride_fare(ver, kind, route, fare_key[2], fare_key[3])
+                                if len(fares) >= _FARE_MEMO_MAX:
+                                    fares.clear()
+                                fares[fare_key] = fare_fen
+                    elif 0 < tap.amount_fen <= max_amount_fen:
+                        if kind != _MERCHANT:
+                            fare_fen = tap.amount_fen
+                        elif not card.purses[_VOUCHER]:
+                            pct = member_percent(ver, route, card.apps)
+                            fare_fen = tap.amount_fen if pct == 100 else (tap.amount_fen * pct + 50) // 100
+                    window_ms = windows[kind] if fare_fen >= 0 else -1
+                    recent = card.recent
+                    last_ms = recent.get(terminal_id) if recent and window_ms >= 0 else None
+                    if fare_fen >= 0 and (last_ms is None or abs(time_ms - last_ms) >= window_ms):
+                        # fund it as purses.fund does, in _INLINE_ORDERS
                         purses = card.purses
-                        fare_fen = bus_fares.get(route, default_fare_fen)
-                        recent = card.recent
-                        last_ms = recent.get(terminal_id) if recent else None
-                        if (not purses[_ALLOWANCE] and purses[0] >= fare_fen
-                                and (last_ms is None or window_ms < 0 or abs(time_ms - last_ms) >= window_ms)):
-                            balance_fen = purses[0] = purses[0] - fare_fen
-                            if window_ms >= 0:
-                                if recent is None:
-                                    recent = card.recent = {}
-                                if last_ms is None:
-                                    recent[terminal_id] = time_ms
-                                    if len(recent) > RECENT_TERMINALS:
-                                        del recent[next(iter(recent))]  # as rules.apply_effects
-                                elif time_ms > last_ms:
-                                    del recent[terminal_id]
-                                    recent[terminal_id] = time_ms
-                            lsn += 1
-                            row(JournalRow(lsn, terminal_id, seq, card_no, _BUS, route, time_ms, now_ms, _OK,
-                                           fare_fen, balance_fen, tap.amount_fen, tap.bill_class, 0, version, -1,
-                                           -fare_fen, 0, 0, 0, 0, 0))
-                            seen[key] = (card_no, _OK, fare_fen, balance_fen)
+                        left = fare_fen
+                        from_allowance = from_general = 0
+                        if kind in _FROM_ALLOWANCE and left > 0 and purses[_ALLOWANCE] > 0:
+                            until = card.allowance_until_ms
+                            if until == 0 or time_ms < until:
+                                from_allowance = min(purses[_ALLOWANCE], left)
+                                left -= from_allowance
+                        from_epurse = min(purses[0], left) if purses[0] > 0 else 0
+                        left -= from_epurse
+                        if left > 0 and kind in _FROM_GENERAL and purses[1] > 0:
+                            from_general = min(purses[1], left)
+                            left -= from_general
+                        lsn += 1
+                        if left > 0:
+                            balance_fen = purses[0]
+                            row(JournalRow(lsn, terminal_id, seq, card_no, kind, route, time_ms, now_ms,
+                                           _INSUFFICIENT_FUNDS, 0, balance_fen, tap.amount_fen, tap.bill_class, 0,
+                                           version, -1, 0, 0, 0, 0, 0, 0))
+                            seen[key] = (card_no, _INSUFFICIENT_FUNDS, 0, balance_fen)
                             order.append(key)
-                            out(Outcome(_OK, fare_fen, balance_fen, False))
+                            out(Outcome(_INSUFFICIENT_FUNDS, 0, balance_fen, False))
                             continue
-                        fare_fen = 0
+                        if from_allowance:
+                            purses[_ALLOWANCE] -= from_allowance
+                        if from_general:
+                            purses[1] -= from_general
+                        balance_fen = purses[0] = purses[0] - from_epurse
+                        if window_ms >= 0:  # the anti-passback memory, as rules.apply_effects keeps it
+                            if recent is None:
+                                recent = card.recent = {}
+                            if last_ms is None:
+                                recent[terminal_id] = time_ms
+                                if len(recent) > RECENT_TERMINALS:
+                                    del recent[next(iter(recent))]
+                            elif time_ms > last_ms:
+                                del recent[terminal_id]
+                                recent[terminal_id] = time_ms
+                        row(JournalRow(lsn, terminal_id, seq, card_no, kind, route, time_ms, now_ms, _OK,
+                                       fare_fen, balance_fen, tap.amount_fen, tap.bill_class, 0, version, -1,
+                                       -from_epurse, -from_general, 0, -from_allowance, 0, 0))
+                        seen[key] = (card_no, _OK, fare_fen, balance_fen)
+                        order.append(key)
+                        out(Outcome(_OK, fare_fen, balance_fen, False))
+                        continue
+                    fare_fen = 0
                 d = decide(tables, card, tap)
                 result = d.result
                 if result == _OK:

@@ -40,11 +40,12 @@ _ORDER: dict[int, tuple[Purse, ...]] = {
     TapKind.MEDICAL: (Purse.MEDICAL,),
 }
 _MEDICAL_FALLBACK = (Purse.MEDICAL, Purse.GENERAL, Purse.EPURSE)
+_MEDICAL_KIND = int(TapKind.MEDICAL)
 DEPOSIT_SOURCES = (Purse.EPURSE, Purse.GENERAL)
 
 
 def funding_order(kind: int, *, medical_from_purse: bool = False) -> tuple[Purse, ...]:
-    if kind == TapKind.MEDICAL and medical_from_purse:
+    if medical_from_purse and kind == _MEDICAL_KIND:
         return _MEDICAL_FALLBACK
     return _ORDER.get(kind, ())
 

@@ -10,7 +10,7 @@ from .cards import App, CardState, issuer_of
 from .money import percent_of_fen
 from .purses import DEPOSIT_SOURCES, N_PURSES, Purse, fund, funding_order
 from .results import Result
-from .tables import CompiledVersion, FareTables, Issuer
+from .tables import CompiledVersion, Concession, FareTables, Issuer
 from .taps import BillClass, Tap, TapKind
 
 MS_PER_MINUTE = 60_000
@@ -22,6 +22,8 @@ _MODE: dict[int, str] = {
     TapKind.LIBRARY: "library", TapKind.MEDICAL: "medical",
 }
 _OK = int(Result.OK)
+_INSUFFICIENT_FUNDS = int(Result.INSUFFICIENT_FUNDS)
+_BUS = int(TapKind.BUS)
 _BIKE_RENT, _BIKE_RETURN = int(TapKind.BIKE_RENT), int(TapKind.BIKE_RETURN)
 _PARKING_ENTRY, _PARKING_EXIT = int(TapKind.PARKING_ENTRY), int(TapKind.PARKING_EXIT)
 _TWO_TAP = frozenset((_BIKE_RENT, _BIKE_RETURN, _PARKING_ENTRY, _PARKING_EXIT))
@@ -29,6 +31,15 @@ _DEPOSIT = int(Purse.DEPOSIT)
 _EPURSE = int(Purse.EPURSE)
 _ALLOWANCE = int(Purse.ALLOWANCE)
 _BILL_CLASS_NAMES = {int(c): c.name.lower() for c in BillClass if c != BillClass.NONE}
+_MERCHANT = int(TapKind.MERCHANT)
+_APP_LIBRARY, _APP_MEDICAL, _APP_MEMBER = int(App.LIBRARY), int(App.MEDICAL), int(App.MERCHANT_MEMBER)
+# The purses a payment may use, built once (see ``_usable``): always e-purse, general, medical;
+# the allowance until it expires; vouchers at a merchant of a category they cover.
+_ALWAYS = frozenset((Purse.EPURSE, Purse.GENERAL, Purse.MEDICAL))
+_USABLE = {
+    (False, False): _ALWAYS, (True, False): _ALWAYS | {Purse.ALLOWANCE},
+    (False, True): _ALWAYS | {Purse.VOUCHER}, (True, True): _ALWAYS | {Purse.ALLOWANCE, Purse.VOUCHER},
+}
 LIBRARY_BORROW, LIBRARY_RETURN = 1, 2
 RECENT_TERMINALS = 4  # anti-passback memory per card
 
@@ -66,8 +77,9 @@ def decide(tables: FareTables, card: CardState, tap: Tap) -> Decision:
         return _refuse(Result.BAD_TAP if kind not in TapKind._value2member_map_ else Result.KIND_NOT_SUPPORTED,
                        ver.version)
     issuer_rule: Issuer | None = None
-    if issuer_of(card.card_no) != tables.home_issuer:
-        issuer_rule = ver.issuers.get(issuer_of(card.card_no))
+    issuer = issuer_of(card.card_no)
+    if issuer != tables.home_issuer:
+        issuer_rule = ver.issuers.get(issuer)
         if issuer_rule is None and ver.v.interop.accept_unlisted:
             issuer_rule = Issuer(True, ver.v.interop.unlisted_percent)
         if issuer_rule is None or not issuer_rule.accepted:
@@ -94,6 +106,17 @@ def _best_fare(ver: CompiledVersion, card: CardState, tap: Tap, mode: str, zone:
     """(fare, rules, ride-limited concession index) for a ride whose base price is ``base``."""
     if issuer_rule is not None:
         return percent_of_fen(base, issuer_rule.percent), (f"issuer {issuer_of(card.card_no)} {issuer_rule.percent}%",), -1
+    found = ver.concession(mode, zone, card.category)
+    used = 0
+    if found is not None and found[1].rides_per_day and card.rides:
+        used = card.rides.get((found[0], _day(ver, tap.time_ms)), 0)
+    return _home_fare(ver, mode, base, card_percent, pass_ok, found, used)
+
+
+def _home_fare(ver: CompiledVersion, mode: str, base: int, card_percent: int, pass_ok: bool,
+               found: tuple[int, Concession] | None, used: int) -> tuple[int, tuple[str, ...], int]:
+    """A home card's best fare: card percent, monthly pass, the concession ``found`` for its
+    category (``used``: rides it already took today under that concession)."""
     fare = percent_of_fen(base, card_percent)
     rules: tuple[str, ...] = (f"{mode}.card_percent {card_percent}%",) if card_percent != 100 else (f"{mode}.fare",)
     limited = -1
@@ -102,12 +125,8 @@ def _best_fare(ver: CompiledVersion, card: CardState, tap: Tap, mode: str, zone:
         pass_fare = percent_of_fen(base, pct)
         if pass_fare < fare:
             fare, rules = pass_fare, (f"monthly_pass {pct}%",)
-    found = ver.concession(mode, zone, card.category)
     if found is not None:
         index, c = found
-        used = 0
-        if c.rides_per_day and card.rides:
-            used = card.rides.get((index, _day(ver, tap.time_ms)), 0)
         if c.rides_per_day == 0 or used < c.rides_per_day:
             conc_fare = percent_of_fen(base, c.percent)
             if conc_fare < fare:
@@ -121,23 +140,23 @@ def _best_fare(ver: CompiledVersion, card: CardState, tap: Tap, mode: str, zone:
 
 def _pay(ver: CompiledVersion, card: CardState, tap: Tap, fare: int, base: int, rules: tuple[str, ...],
          concession: int = -1) -> Decision:
+    if not fare:
+        return Decision(_OK, 0, base, rules, [0] * N_PURSES, version=ver.version, concession=concession)
     order = funding_order(tap.kind, medical_from_purse=card.medical_from_purse)
-    deltas = fund(card.purses, fare, order, _usable(card, tap, ver)) if fare else [0] * N_PURSES
+    deltas = fund(card.purses, fare, order, _usable(card, tap, ver))
     if deltas is None:
-        return Decision(int(Result.INSUFFICIENT_FUNDS), 0, base, rules, version=ver.version)
-    return Decision(int(Result.OK), fare, base, rules, deltas, version=ver.version, concession=concession)
+        return Decision(_INSUFFICIENT_FUNDS, 0, base, rules, version=ver.version)
+    return Decision(_OK, fare, base, rules, deltas, version=ver.version, concession=concession)
 
 
 def _usable(card: CardState, tap: Tap, ver: CompiledVersion) -> frozenset[Purse]:
-    usable = {Purse.EPURSE, Purse.GENERAL, Purse.MEDICAL}
     t = tap.time_ms
-    if card.allowance_until_ms == 0 or t < card.allowance_until_ms:
-        usable.add(Purse.ALLOWANCE)
-    if tap.kind == TapKind.MERCHANT and (card.voucher_until_ms == 0 or t < card.voucher_until_ms):
+    until = card.allowance_until_ms
+    voucher = False
+    if tap.kind == _MERCHANT and (card.voucher_until_ms == 0 or t < card.voucher_until_ms):
         merchant = ver.merchants.get(tap.route)
-        if merchant is not None and merchant.category in card.voucher_categories:
-            usable.add(Purse.VOUCHER)
-    return frozenset(usable)
+        voucher = merchant is not None and merchant.category in card.voucher_categories
+    return _USABLE[until == 0 or t < until, voucher]
 
 
 def _valid(window: tuple[int, int] | None, time_ms: int) -> bool:
@@ -173,6 +192,27 @@ def _water_bus(ver: CompiledVersion, card: CardState, tap: Tap, issuer_rule: Iss
     return _pay(ver, card, tap, fare, base, rules, limited)
 
 
+def home_ride_fare(ver: CompiledVersion, kind: int, route: int, category: int, has_pass: bool) -> int:
+    """The fare of a home card's bus or water-bus ride on ``route`` (> 0) when it depends on
+    nothing but the version, the route, the card's category and whether it holds a valid
+    monthly pass: as ``_bus`` / ``_water_bus`` price it. -1 when a ride-limited concession
+    applies (the price then depends on the rides taken today: the general path decides).
+    The ledger's inline path memoizes it per version."""
+    if kind == _BUS:
+        b = ver.v.bus
+        lo, hi, excluded = ver.pass_routes
+        pass_ok = has_pass and lo <= route <= hi and route not in excluded
+        mode, zone, base, card_percent = "bus", ver.bus_zone.get(route, b.default_zone), \
+            ver.bus_base.get(route, b.default_base_fen), b.card_percent
+    else:
+        w = ver.v.water_bus
+        pass_ok, mode, zone, base, card_percent = False, "water_bus", w.zone, ver.water_fen.get(route, w.default_fen), 100
+    found = ver.concession(mode, zone, category)
+    if found is not None and found[1].rides_per_day:
+        return -1
+    return _home_fare(ver, mode, base, card_percent, pass_ok, found, 0)[0]
+
+
 # -- amount-priced: taxi, petrol, merchants ------------------------------------------------
 def _amount_ok(ver: CompiledVersion, tap: Tap) -> bool:
     return 0 < tap.amount_fen <= ver.v.max_amount_fen
@@ -187,12 +227,19 @@ def _taxi_or_petrol(ver: CompiledVersion, card: CardState, tap: Tap, issuer_rule
 def _merchant(ver: CompiledVersion, card: CardState, tap: Tap, issuer_rule: Issuer | None) -> Decision:
     if not _amount_ok(ver, tap):
         return _refuse(Result.BAD_TAP, ver.version)
-    merchant = ver.merchants.get(tap.route)
+    pct = member_percent(ver, tap.route, card.apps)
     fare, rules = tap.amount_fen, ("merchant.amount",)
-    if merchant is not None and merchant.member_discount_percent and card.apps & App.MERCHANT_MEMBER:
-        pct = 100 - merchant.member_discount_percent
+    if pct != 100:
         fare, rules = percent_of_fen(tap.amount_fen, pct), (f"merchant[{tap.route}] member {pct}%",)
     return _pay(ver, card, tap, fare, tap.amount_fen, rules)
+
+
+def member_percent(ver: CompiledVersion, merchant_id: int, apps: int) -> int:
+    """The % of the amount a card with ``apps`` pays at a merchant (100: no member discount)."""
+    merchant = ver.merchants.get(merchant_id)
+    if merchant is not None and merchant.member_discount_percent and apps & _APP_MEMBER:
+        return 100 - merchant.member_discount_percent
+    return 100
 
 
 # -- parks and libraries -------------------------------------------------------------------
@@ -211,7 +258,7 @@ def _park(ver: CompiledVersion, card: CardState, tap: Tap, issuer_rule: Issuer |
 
 
 def _library(ver: CompiledVersion, card: CardState, tap: Tap, issuer_rule: Issuer | None) -> Decision:
-    if not card.apps & App.LIBRARY:
+    if not card.apps & _APP_LIBRARY:
         return _refuse(Result.APP_NOT_ENABLED, ver.version, "library not enabled")
     if tap.route not in (LIBRARY_BORROW, LIBRARY_RETURN):
         return _refuse(Result.BAD_TAP, ver.version)
@@ -307,7 +354,7 @@ def _minutes(start_ms: int, end_ms: int) -> int:
 
 # -- health insurance ------------------------------------------------------------------------
 def _medical(ver: CompiledVersion, card: CardState, tap: Tap, issuer_rule: Issuer | None) -> Decision:
-    if not card.apps & App.MEDICAL or not card.insurance:
+    if not card.apps & _APP_MEDICAL or not card.insurance:
         return _refuse(Result.APP_NOT_ENABLED, ver.version, "health insurance not enabled")
     cls = _BILL_CLASS_NAMES.get(tap.bill_class)
     if cls is None or not _amount_ok(ver, tap):
@@ -375,3 +422,8 @@ def local_day(tables: FareTables, time_ms: int) -> int:
 def passback_mode(tables: FareTables, kind: int, time_ms: int) -> bool:
     ver = tables.at(time_ms)
     return ver is not None and _MODE.get(kind) in ver.passback_modes
+
+
+def passback_window_ms(ver: CompiledVersion, kind: int) -> int:
+    """Anti-passback window of ``kind``'s mode under ``ver`` in ms; -1: the mode keeps no memory."""
+    return ver.v.anti_passback_s * 1000 if _MODE.get(kind) in ver.passback_modes else -1

@@ -180,6 +180,8 @@ class CompiledVersion:
             cat for cat in CATEGORY_NAMES.values() if ("bus", cat) not in self.concession_modes)
         self.bus_passback_ms = v.anti_passback_s * 1000 if "bus" in self.passback_modes else -1
         self.end_ms = 2**63 - 1  # set by FareTables: when the next version takes over
+        # the ledger's memo of rules.home_ride_fare: (kind, route, category, has_pass) -> fare
+        self.inline_fares: dict[tuple[int, int, int, bool], int] = {}
 
     def concession(self, mode: str, zone: str, category: int) -> tuple[int, Concession] | None:
         table = self.concessions

@@ -1,9 +1,42 @@
 """Prometheus metrics of the running platform, in one registry served at /metrics."""
 
+import bisect
+from collections.abc import Iterator, Sequence
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 _LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+
+
+class BatchHistogram(Collector):
+    """A histogram that takes ``n`` equal observations in one call: the taps of one request
+    are answered together, so they share one latency. Plain ints, one bisect per request
+    (``Histogram.observe`` per tap took ~1.3 us of gateway CPU per tap). Exposed exactly as
+    a ``Histogram`` of the same name (``_bucket``, ``_count``, ``_sum``)."""
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float], registry: CollectorRegistry) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._bounds = [*buckets, float("inf")]
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+        registry.register(self)
+
+    def observe(self, value: float, n: int = 1) -> None:
+        self._counts[bisect.bisect_left(self._bounds, value)] += n  # le: value <= bound
+        self._sum += value * n
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        counts, total = list(self._counts), self._sum  # the event loop may add meanwhile
+        cumulative, buckets = 0, []
+        for bound, c in zip(self._bounds, counts, strict=True):
+            cumulative += c
+            buckets.append((floatToGoString(bound), cumulative))  # type: ignore[no-untyped-call]
+        yield HistogramMetricFamily(self._name, self._documentation, buckets=buckets, sum_value=total)
 
 
 class Metrics:
@@ -11,7 +44,7 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.taps = Counter("citycard_taps", "Taps answered, by kind and result", ["kind", "result"], registry=r)
-        self.tap_latency = Histogram(
+        self.tap_latency = BatchHistogram(
             "citycard_tap_latency_seconds", "Tap received to answer sent, at the gateway",
             buckets=_LATENCY_BUCKETS_S, registry=r,
         )

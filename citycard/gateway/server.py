@@ -137,9 +137,7 @@ class TerminalProtocol(asyncio.Protocol):
             counts[key] = counts.get(key, 0) + 1
         for (kind, code), n in counts.items():
             ctx.metrics.taps.labels(str(kind), _RESULT_NAMES.get(code, str(code))).inc(n)
-        hist = ctx.metrics.tap_latency
-        for _ in range(len(taps)):
-            hist.observe(latency_s)
+        ctx.metrics.tap_latency.observe(latency_s, len(taps))
         ctx.reporter.record(taps, outcomes)  # type: ignore[arg-type]
         if self.transport is None or self.transport.is_closing():
             return  # the terminal left; it will retry with the same seqs and get these outcomes

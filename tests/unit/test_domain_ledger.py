@@ -637,7 +637,7 @@ def test_inline_bus_rides_keep_the_anti_passback_memory_as_the_rules_do() -> Non
     ]
     runs = []
     for inline in (True, False):
-        ledger = Ledger(shard_id=0, tables=TABLES, inline_bus=inline)
+        ledger = Ledger(shard_id=0, tables=TABLES, inline=inline)
         for card in _cards():
             ledger.add_card(card)
         outcomes, rows = ledger.apply(taps, NOW_MS)

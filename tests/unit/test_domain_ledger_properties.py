@@ -30,7 +30,7 @@ from citycard.domain.cards import (
 from citycard.domain.ledger import Ledger
 from citycard.domain.purses import Purse
 from citycard.domain.results import DECIDED, Result
-from citycard.domain.tables import parse_tables
+from citycard.domain.tables import FareTables, parse_tables
 from citycard.domain.taps import (
     MAX_CARD_NO,
     MAX_SEQ,
@@ -73,6 +73,42 @@ TABLES = parse_tables({
     ],
 })
 
+# For the inline path against the general one only (the reference model restates TABLES):
+# merchants with member discounts taking vouchers, concessions with and without ride limits on
+# several modes, anti-passback on taxis, a small amount limit, a pass and a window of 0 s.
+RICH_TABLES = parse_tables({
+    "city": "Richville",
+    "home_issuer": HANGZHOU_ISSUER,
+    "versions": [
+        {
+            "version": 1,
+            "effective_from": "2009-01-01T00:00:00+08:00",
+            "max_amount_fen": 2_500,
+            "anti_passback_modes": ["bus", "water_bus", "park", "taxi"],
+            "bus": {"route_base_fen": {"2": 150, "3": 0}, "route_zone": {"3": "suburb"}},
+            "water_bus": {"route_fen": {"2": 500}},
+            "concessions": [
+                {"category": "elderly", "mode": "bus", "zone": "urban", "percent": 0, "rides_per_day": 2},
+                {"category": "elderly", "mode": "bus", "zone": "suburb", "percent": 50},
+                {"category": "disabled", "mode": "water_bus", "percent": 0, "rides_per_day": 1},
+                {"category": "disabled", "mode": "*", "percent": 0},
+                {"category": "student", "mode": "*", "percent": 50},
+            ],
+            "merchants": {"1": {"category": "retail", "member_discount_percent": 5},
+                          "2": {"category": "books", "member_discount_percent": 10},
+                          "3": {"category": "dining"}},
+            "interop": {"issuers": {str(NINGBO): {"percent": 95}}},
+        },
+        {
+            "version": 2,
+            "effective_from": "2020-01-01T00:00:00+08:00",
+            "anti_passback_s": 0,
+            "bus": {"card_percent": 90, "monthly_pass": {"percent": 40, "route_from": 2}},
+            "concessions": [{"category": "student", "mode": "bus", "percent": 45}],
+        },
+    ],
+})
+
 PROPERTY = settings(max_examples=200, deadline=None)
 
 # Card numbers by index: 0 is out of range; 7 is Ningbo's, 8 Shenzhen's; 9 and 10 never exist.
@@ -98,12 +134,18 @@ class CardSpec:
     medical_from_purse: bool
     monthly_pass: tuple[int, int] | None
     allowance_until_ms: int
+    member: bool = False  # merchant-alliance member
+    voucher_categories: frozenset[str] = frozenset()
+    voucher_until_ms: int = 0
 
     def state(self) -> CardState:
         return CardState(
             self.card_no, self.status, self.category, self.purses[Purse.EPURSE],
             purses=list(self.purses),
-            apps=int(DEFAULT_APPS | App.MEDICAL) if self.insured else int(DEFAULT_APPS),
+            apps=(int(DEFAULT_APPS | App.MEDICAL) if self.insured else int(DEFAULT_APPS))
+            | (int(App.MERCHANT_MEMBER) if self.member else 0),
+            voucher_categories=self.voucher_categories,
+            voucher_until_ms=self.voucher_until_ms,
             credit_good=self.credit_good,
             insurance="employee" if self.insured else "",
             medical_from_purse=self.medical_from_purse,
@@ -118,9 +160,9 @@ class Scenario:
     batches: tuple[tuple[Tap, ...], ...]
     dedupe_limit: int
 
-    def ledger(self, dedupe_limit: int | None = None, inline_bus: bool = True) -> Ledger:
-        ledger = Ledger(shard_id=0, tables=TABLES, dedupe_limit=dedupe_limit or self.dedupe_limit,
-                        inline_bus=inline_bus)
+    def ledger(self, dedupe_limit: int | None = None, inline: bool = True, tables: FareTables = TABLES) -> Ledger:
+        ledger = Ledger(shard_id=0, tables=tables, dedupe_limit=dedupe_limit or self.dedupe_limit,
+                        inline=inline)
         for spec in self.cards:
             ledger.add_card(spec.state())
         return ledger
@@ -157,15 +199,22 @@ _KINDS = [*TapKind, TapKind.BUS, TapKind.BIKE_RENT, TapKind.BIKE_RETURN, TapKind
           TapKind.PARKING_EXIT, 0, -1, 13, 255]
 
 
-def _new_tap(card_nos: list[int]) -> st.SearchStrategy[Tap]:
+# The kinds the ledger decides inline, often, for comparing that path with the rules; and
+# times on the edge of the allowance's and vouchers' expiry.
+_INLINE_KINDS = [TapKind.BUS, TapKind.WATER_BUS, TapKind.TAXI, TapKind.PETROL, TapKind.MERCHANT] * 3 + _KINDS
+_EXPIRY_TIME = st.one_of(_TIME, st.sampled_from([NOW_MS - 2 * HOUR_MS - 1, NOW_MS - 2 * HOUR_MS]))
+
+
+def _new_tap(card_nos: list[int], kinds: list[Any] = _KINDS,
+             times: st.SearchStrategy[int] = _TIME) -> st.SearchStrategy[Tap]:
     """A fresh tap, most often by one of the scenario's cards."""
     return st.builds(
         Tap,
         terminal_id=st.sampled_from([1, 2, 3, 1, 2, 3, 0, -1]),
         seq=st.sampled_from([*range(1, 17), *range(1, 17), 0, -1]),
         card_no=st.one_of(st.sampled_from(card_nos), st.sampled_from(card_nos), _CARD),
-        time_ms=_TIME,
-        kind=st.sampled_from(_KINDS),
+        time_ms=times,
+        kind=st.sampled_from(kinds),
         route=st.sampled_from([-1, 0, 1, 2, 3, 1, 2, 3, 315]),
         amount_fen=st.one_of(
             st.integers(-10, 3_000), st.sampled_from([1_000_000, 1_000_001, -(2**40)])
@@ -184,7 +233,7 @@ def card_specs(draw: st.DrawFn, index: int) -> CardSpec:
     purses = (
         draw(st.integers(0, 2_000)),  # e-purse
         draw(_SOME_FEN),  # general
-        draw(st.one_of(st.just(0), st.integers(0, 500))),  # voucher: no merchant here takes it
+        draw(st.one_of(st.just(0), st.integers(0, 500))),  # voucher: only RICH_TABLES' merchants take it
         draw(st.one_of(st.just(0), st.integers(0, 500))),  # allowance
         draw(_SOME_FEN) if insured else 0,  # medical
         0,
@@ -199,14 +248,17 @@ def card_specs(draw: st.DrawFn, index: int) -> CardSpec:
         medical_from_purse=draw(st.booleans()),
         monthly_pass=draw(st.sampled_from([None, (NOW_MS - DAY_MS, NOW_MS + DAY_MS)])),
         allowance_until_ms=draw(st.sampled_from([0, NOW_MS - 2 * HOUR_MS])),
+        member=draw(st.booleans()),
+        voucher_categories=draw(st.sampled_from([frozenset(), frozenset({"retail"}), frozenset({"retail", "books"})])),
+        voucher_until_ms=draw(st.sampled_from([0, NOW_MS - 2 * HOUR_MS])),
     )
 
 
 @st.composite
-def scenarios(draw: st.DrawFn) -> Scenario:
+def scenarios(draw: st.DrawFn, kinds: list[Any] = _KINDS, times: st.SearchStrategy[int] = _TIME) -> Scenario:
     indexes = draw(st.lists(st.integers(1, 8), min_size=1, max_size=6, unique=True))
     cards = tuple(draw(card_specs(i)) for i in indexes)
-    new_tap = _new_tap([spec.card_no for spec in cards])
+    new_tap = _new_tap([spec.card_no for spec in cards], kinds, times)
     sent: list[Tap] = []
     batches = []
     clock = NOW_MS - 12 * HOUR_MS
@@ -222,7 +274,8 @@ def scenarios(draw: st.DrawFn) -> Scenario:
                     tap = msgspec.structs.replace(tap, card_no=card_no, kind=kind)
                 elif tap.kind in _PAIRS:
                     opened.append((tap.card_no, _PAIRS[tap.kind]))
-                if draw(st.integers(0, 3)):  # mostly, terminals' clocks move on together
+                if draw(st.integers(0, 3)) and tap.time_ms not in (NOW_MS - 2 * HOUR_MS - 1, NOW_MS - 2 * HOUR_MS):
+                    # mostly, terminals' clocks move on together
                     clock += draw(st.integers(0, 2 * HOUR_MS))
                     tap = msgspec.structs.replace(tap, time_ms=clock)
             else:
@@ -445,12 +498,81 @@ def test_same_inputs_same_outputs(scenario: Scenario) -> None:
 @PROPERTY
 @given(scenarios())
 @example(DAY_IN_TOWN)
-def test_the_inline_bus_path_decides_as_the_rules_do(scenario: Scenario) -> None:
-    """The ledger's inline common bus ride must equal rules.decide + apply_effects exactly."""
-    inline, general = scenario.ledger(), scenario.ledger(inline_bus=False)
+def test_the_inline_path_decides_as_the_rules_do(scenario: Scenario) -> None:
+    """The ledger's inline rides and amount payments must equal rules.decide + apply_effects
+    exactly: outcomes, journal rows, every card's state."""
+    inline, general = scenario.ledger(), scenario.ledger(inline=False)
     assert _run(inline, scenario) == _run(general, scenario)
     assert _state(inline) == _state(general)
     assert inline.lsn == general.lsn
+
+
+def _rich_day() -> Scenario:
+    """Written out: every branch of the inline path under RICH_TABLES (version 2 at NOW_MS)."""
+    def spec(i: int, category: Category, purses: tuple[int, ...], **kw: Any) -> CardSpec:
+        base: dict[str, Any] = dict(status=CardStatus.ACTIVE, credit_good=True, insured=False,
+                                    medical_from_purse=False, monthly_pass=None, allowance_until_ms=0)
+        return CardSpec(CARD_NO[i], category=category, purses=purses, **{**base, **kw})
+
+    expiry = NOW_MS - 2 * HOUR_MS
+    shopper, commuter, student, disabled, elderly = (CARD_NO[i] for i in (1, 2, 3, 4, 5))
+    cards = (
+        spec(1, Category.ADULT, (1_000, 2_000, 300, 0, 0, 0), member=True,
+             voucher_categories=frozenset({"retail"}), voucher_until_ms=expiry),
+        spec(2, Category.ADULT, (500, 1_000, 0, 150, 0, 0), allowance_until_ms=expiry,
+             monthly_pass=(NOW_MS - DAY_MS, NOW_MS + DAY_MS)),
+        spec(3, Category.STUDENT, (1_000, 0, 0, 0, 0, 0), member=True),
+        spec(4, Category.DISABLED, (100, 0, 0, 0, 0, 0)),
+        spec(5, Category.ELDERLY, (1_000, 0, 0, 0, 0, 0)),
+    )
+    t, v1 = expiry - 1, 1_500_000_000_000  # just before both expire; a time under version 1
+
+    def tap(terminal: int, seq: int, card_no: int, at: int, kind: TapKind, route: int = 0, amount: int = 0) -> Tap:
+        return Tap(terminal, seq, card_no, at, kind, route, amount)
+
+    batches = (
+        (tap(1, 1, shopper, t, TapKind.MERCHANT, 1, 500),  # vouchers first: the general path
+         tap(1, 2, shopper, expiry, TapKind.MERCHANT, 1, 10),  # vouchers expired; member 95 %: 9.5 -> 10
+         tap(1, 3, shopper, expiry, TapKind.MERCHANT, 2, 2_500),  # books: not the vouchers' category
+         tap(1, 4, shopper, expiry, TapKind.MERCHANT, 3, 2_501),  # over the amount limit
+         tap(1, 5, shopper, expiry, TapKind.PETROL, 0, 2_000)),  # e-purse, then general
+        (tap(2, 1, commuter, t, TapKind.TAXI, 0, 100),  # allowance, while valid
+         tap(2, 2, commuter, expiry, TapKind.TAXI, 0, 100),  # allowance expired: e-purse
+         tap(2, 3, commuter, expiry, TapKind.BUS, 2),  # monthly pass 40 % on route 2
+         tap(2, 4, commuter, expiry + 1, TapKind.BUS, 2),  # window 0 s in version 2: charged
+         tap(2, 5, commuter, expiry, TapKind.TAXI, 0, 1_000),  # insufficient: not the general purse
+         tap(3, 1, commuter, v1, TapKind.TAXI, 0, 50),  # version 1: taxi keeps passback memory
+         tap(3, 2, commuter, v1 + 1_000, TapKind.TAXI, 0, 50),  # passback
+         tap(13, 1, commuter, v1 + 2_000, TapKind.BUS, 2)),  # the pass is not valid yet: card fare
+        (tap(4, 1, student, NOW_MS, TapKind.BUS, 3),  # version 2: student bus 45 %
+         tap(4, 2, student, v1, TapKind.WATER_BUS, 2),  # version 1: student 50 % on every mode
+         tap(4, 3, student, v1, TapKind.MERCHANT, 2, 999),  # member 90 %
+         tap(5, 1, disabled, v1, TapKind.WATER_BUS, 1),  # ride-limited: the general path
+         tap(5, 2, disabled, v1 + 60_000, TapKind.WATER_BUS, 1),  # the limit reached: pays
+         tap(5, 3, disabled, v1, TapKind.BUS, 1),  # free, unlimited
+         tap(6, 1, elderly, v1, TapKind.BUS, 3),  # suburb: 50 %, no limit
+         tap(6, 2, elderly, v1 + 60_000, TapKind.BUS, 1)),  # urban: free, limited
+        tuple(tap(7 + i, 1, student, v1 + i, TapKind.BUS, 1) for i in range(6)),  # memory of 4 terminals
+    )
+    return Scenario(cards, batches, UNBOUNDED)
+
+
+RICH_DAY = _rich_day()
+
+
+@settings(PROPERTY, max_examples=600)
+@given(scenarios(_INLINE_KINDS, _EXPIRY_TIME))
+@example(RICH_DAY)
+def test_the_inline_path_decides_as_the_rules_do_under_a_richer_table(scenario: Scenario) -> None:
+    """The same over RICH_TABLES: member discounts, vouchers, concessions on every mode, taxi
+    anti-passback, a zero-second window; and again after a new version's memo is filled."""
+    inline = scenario.ledger(tables=RICH_TABLES)
+    general = scenario.ledger(inline=False, tables=RICH_TABLES)
+    assert _run(inline, scenario) == _run(general, scenario)
+    assert _state(inline) == _state(general)
+    later = [*scenario.all_taps(), *_after_restart(scenario)]
+    assert inline.apply(later, NOW_MS + 100) == general.apply(later, NOW_MS + 100)
+    assert _state(inline) == _state(general)
 
 
 @PROPERTY

@@ -27,6 +27,7 @@ from collections import deque
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
+import numpy as np
 from hdrh.histogram import HdrHistogram
 
 LOWEST_US = 1
@@ -199,8 +200,6 @@ def record_many(histogram: HdrHistogram, values_us: Sequence[int]) -> None:
             if not histogram.record_value(v):
                 raise AssertionError(f"latency {v} us outside the histogram's range")
         return
-    import numpy as np
-
     v = np.asarray(values_us, dtype=np.int64)
     lo, hi = int(v.min()), int(v.max())
     if lo < 0 or hi > histogram.highest_trackable_value:

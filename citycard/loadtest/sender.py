@@ -35,6 +35,7 @@ from .tapmix import TapMaker, TapMix
 RETRYABLE = frozenset((int(Result.BUSY), int(Result.RETRY)))
 N_CODES = 256
 ORIGIN_WAIT_S = 180.0
+MAX_SLEEP_MS = 20.0  # the loop looks round at least this often (reconnected terminals, the end)
 LIST_CARDS_MAX = 2_000_000  # home cards held as a list below this (~16 MB of pointers)
 SEQ_BITS = 32
 
@@ -178,7 +179,7 @@ class Sender:
                 offered[index] = offered.get(index, 0) + 1
                 if scheduled((t.plan.terminal_id << SEQ_BITS) | seq, at_ms):
                     if not t.queue:
-                        t.first_queued_ms = now
+                        t.first_queued_ms = at_ms  # the terminal lingers from when the tap was due
                         dirty.add(i)
                     t.queue.append(maker.make(t.plan, seq, int(wall_origin_ms + at_ms)))
                 pos += 1
@@ -196,10 +197,19 @@ class Sender:
                 break
             if now >= hard_stop_ms or (not times and now >= spec.duration_ms + spec.timeout_ms):
                 break
-            wait_ms = spec.linger_ms
+            # Sleep until something is due: a terminal's linger ends, the next arrival's would
+            # (arrivals are taken lazily, by their intended times), a retry, a report.
+            linger = spec.linger_ms
+            wake_ms = min(next_report_ms, now + MAX_SLEEP_MS)
+            if dirty:  # terminals waiting for a connection do not count: no busy loop meanwhile
+                wake_ms = min(wake_ms, min((t.first_queued_ms for t in map(terms.__getitem__, dirty)
+                                            if t.client is not None and not t.reconnecting),
+                                           default=math.inf) + linger)
             if times:
-                wait_ms = min(wait_ms, times[pos] - now)
-            await asyncio.sleep(max(wait_ms, 0.0) / 1000.0)
+                wake_ms = min(wake_ms, times[pos] + linger)
+            if self._retries:
+                wake_ms = min(wake_ms, self._retries[0][0])
+            await asyncio.sleep(max(wake_ms - self.now_ms(), 0.0) / 1000.0)
         totals = recorder.finish(self.now_ms())
         cpu_s = time.process_time() - cpu_started_s
         await self._close_all()

@@ -1,0 +1,252 @@
+"""Overload against the live gateway (issue 6, part 3): ~3x capacity gets BUSY, queues stay
+bounded, accepted taps keep a bounded p99, memory stays flat, and every accepted tap (and no
+BUSY one) is in the journal.
+
+Capacity is made small and found cheaply: the gateway runs with tiny shard lanes (10 taps per
+shard call, one call in flight, 200 queued taps per shard), and a closed-loop phase measures
+how many taps a second it decides. Then an open-loop phase offers 3x that for a few seconds
+from pre-encoded batches (so the load generator's own CPU does not cap the offered rate).
+tests/e2e/test_tap_path.py checks one BUSY batch and its retry; this is sustained overload.
+"""
+
+import asyncio
+import os
+import time
+import urllib.request
+from array import array
+from typing import Any
+
+import pytest
+
+from citycard.domain.results import Result
+from citycard.protocols import messages as m
+from citycard.protocols.auth import auth_mac, terminal_key
+from tests.robustness import (
+    LiveCity,
+    drop_city_data,
+    encode,
+    mib,
+    new_schema,
+    now_ms,
+    plain_cards,
+    record_results,
+    rss_bytes,
+)
+
+pytestmark = [pytest.mark.services, pytest.mark.usefixtures("ray_cluster")]
+
+QUEUE_MAX = 200
+LANES = {"shard_queue_max_taps": QUEUE_MAX, "shard_inflight_calls": 1, "shard_batch_max_taps": 10}
+N_TERMINALS = 6
+BATCH = 25
+CALIBRATE_S = 4.0
+OVERLOAD_S = 8.0
+FACTOR = 3.0
+MAX_TAPS = 400_000  # hard cap on taps offered in the overload phase
+BUSY = int(Result.BUSY)
+
+
+class LoadConn:
+    """One authenticated terminal connection sending pre-encoded ``taps`` frames; answers are
+    matched by ``req`` in a read loop (msgspec decoding, no per-answer futures)."""
+
+    def __init__(self, terminal_id: int) -> None:
+        self.terminal_id = terminal_id
+        self.sent: dict[int, tuple[float, int]] = {}  # req -> (send time, first seq)
+        self.accepted = array("q")  # seqs answered with anything but BUSY
+        self.lat = array("d")  # one latency per accepted tap (a batch's taps share one)
+        self.busy = 0
+        self.answered = 0
+        self.other: list[Any] = []
+
+    async def connect(self, port: int, master_key: bytes) -> None:
+        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", port)
+        key = terminal_key(master_key, self.terminal_id)
+        nonce = os.urandom(16)
+        self.writer.write(encode(m.Hello(terminal_id=self.terminal_id, nonce=nonce)))
+        ch = m.server_decoder.decode(await self._frame())
+        self.writer.write(encode(m.Auth(mac=auth_mac(key, self.terminal_id, nonce, ch.nonce))))
+        ok = m.server_decoder.decode(await self._frame())
+        assert isinstance(ok, m.AuthOk), ok
+        self.pump = asyncio.get_running_loop().create_task(self._read_loop())
+
+    async def _frame(self) -> bytes:
+        n = int.from_bytes(await self.reader.readexactly(4), "big")
+        return await self.reader.readexactly(n)
+
+    async def _read_loop(self) -> None:
+        decode = m.server_decoder.decode
+        while True:
+            msg = decode(await self._frame())
+            if type(msg) is not m.Results:
+                self.other.append(msg)
+                continue
+            t_sent, _ = self.sent.pop(msg.req)
+            lat = time.perf_counter() - t_sent
+            for r in msg.results:
+                self.answered += 1
+                if r.code == BUSY:
+                    self.busy += 1
+                else:
+                    self.accepted.append(r.seq)
+                    self.lat.append(lat)
+
+    def send(self, req: int, first_seq: int, data: bytes) -> None:
+        self.sent[req] = (time.perf_counter(), first_seq)
+        self.writer.write(data)
+
+    async def close(self) -> None:
+        self.pump.cancel()
+        self.writer.close()
+
+
+def batch_frame(req: int, first_seq: int, cards: list[int], k: int) -> bytes:
+    items = [m.TapItem(seq=first_seq + i, card=cards[(k + i) % len(cards)], time_ms=now_ms(), kind=4, amount_fen=1)
+             for i in range(BATCH)]
+    return encode(m.TapBatch(req=req, taps=items))
+
+
+def p99(values: array) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(len(s) * 0.99))] if s else 0.0
+
+
+def scrape_queue_gauges(port: int) -> list[float]:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return [float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
+            if line.startswith("citycard_shard_queue_taps{")]
+
+
+@pytest.fixture(scope="module")
+def live(configured_services, ray_cluster):
+    schema = new_schema()
+    city = LiveCity(configured_services, schema, n_cards=800, n_terminals=N_TERMINALS, gateway=LANES).start()
+    try:
+        yield city
+    finally:
+        city.stop()
+        drop_city_data(configured_services, schema)
+
+
+def test_three_times_capacity_gets_busy_with_bounded_queues_latency_and_memory(live):
+    c = live.c
+    cards = plain_cards(c) or [row[0] for row in c.cards]
+    conns = [LoadConn(t.terminal_id) for t in c.terminals]
+    fig: dict[str, Any] = {"lanes": LANES, "batch": BATCH}
+
+    async def go() -> None:
+        for conn in conns:
+            await conn.connect(c.port, c.settings.city.master_key)
+        seqs = [1] * len(conns)
+        reqs = [1] * len(conns)
+
+        # 1. Capacity, closed loop: each terminal keeps 4 batches outstanding.
+        t0 = time.perf_counter()
+        outstanding = 4
+        k = 0
+        while time.perf_counter() - t0 < CALIBRATE_S:
+            for i, conn in enumerate(conns):
+                while len(conn.sent) < outstanding:
+                    conn.send(reqs[i], seqs[i], batch_frame(reqs[i], seqs[i], cards, k))
+                    reqs[i] += 1
+                    seqs[i] += BATCH
+                    k += BATCH
+            await asyncio.sleep(0.002)
+        for _ in range(1000):  # bounded wait for the last answers
+            if not any(conn.sent for conn in conns):
+                break
+            await asyncio.sleep(0.01)
+        elapsed = time.perf_counter() - t0
+        decided = sum(len(conn.accepted) for conn in conns)
+        capacity = decided / elapsed
+        fig["capacity_taps_per_s"] = round(capacity)
+        fig["calibration_busy"] = sum(conn.busy for conn in conns)
+        calib_accepted = [len(conn.accepted) for conn in conns]
+        calib_busy = [conn.busy for conn in conns]
+        assert capacity > 100, fig
+
+        # 2. Overload, open loop: FACTOR x capacity from pre-encoded batches.
+        rate = FACTOR * capacity
+        n_batches = min(int(rate * OVERLOAD_S / BATCH), MAX_TAPS // BATCH)
+        plan: list[tuple[int, int, int, bytes]] = []
+        for b in range(n_batches):
+            i = b % len(conns)
+            plan.append((i, reqs[i], seqs[i], batch_frame(reqs[i], seqs[i], cards, k)))
+            reqs[i] += 1
+            seqs[i] += BATCH
+            k += BATCH
+        rss_before = rss_bytes()
+        samples = {"rss": [rss_before], "lanes": [], "gauges": []}
+        stop = asyncio.Event()
+
+        async def sampler() -> None:
+            last_scrape = 0.0
+            for _ in range(2000):  # bounded: ~ 2000 x 20 ms
+                if stop.is_set():
+                    return
+                samples["lanes"].append(max(await asyncio.to_thread(live.lane_queues)))
+                samples["rss"].append(rss_bytes(collect=False))
+                if time.perf_counter() - last_scrape > 1.0:
+                    last_scrape = time.perf_counter()
+                    samples["gauges"].extend(await asyncio.to_thread(scrape_queue_gauges, c.platform.metrics_port))
+                await asyncio.sleep(0.02)
+
+        task = asyncio.get_running_loop().create_task(sampler())
+        answered_before = sum(conn.answered for conn in conns)
+        t0 = time.perf_counter()
+        interval = BATCH / rate
+        for b, (i, req, first, data) in enumerate(plan):
+            due = t0 + b * interval
+            delay = due - time.perf_counter()
+            if delay > 0.001:
+                await asyncio.sleep(delay)
+            conns[i].send(req, first, data)
+        offer_s = time.perf_counter() - t0
+        for _ in range(3000):  # bounded: 30 s for the answers
+            if not any(conn.sent for conn in conns):
+                break
+            await asyncio.sleep(0.01)
+        busy_s = time.perf_counter() - t0
+        stop.set()
+        await task
+        assert not any(conn.sent for conn in conns), "batches left unanswered"
+        rss_after = rss_bytes()
+        offered = n_batches * BATCH
+        accepted = sum(len(conn.accepted) for conn in conns) - sum(calib_accepted)
+        busy = sum(conn.busy for conn in conns) - sum(calib_busy)
+        lat = array("d")
+        for conn, n0 in zip(conns, calib_accepted, strict=True):
+            lat.extend(conn.lat[n0:])
+        fig.update({
+            "offered_taps": offered, "offered_taps_per_s": round(offered / offer_s),
+            "offered_x_capacity": round(offered / offer_s / capacity, 2),
+            "accepted_taps_per_s": round(accepted / busy_s), "busy_share": round(busy / offered, 3),
+            "accepted_p50_ms": round(sorted(lat)[len(lat) // 2] * 1000, 1) if lat else None,
+            "accepted_p99_ms": round(p99(lat) * 1000, 1),
+            "max_lane_queue": max(samples["lanes"] or [0]), "max_queue_gauge": max(samples["gauges"] or [0]),
+            "rss_before_mib": mib(rss_before), "rss_peak_mib": mib(max(samples["rss"])),
+            "rss_after_mib": mib(rss_after), "answered": sum(conn.answered for conn in conns) - answered_before,
+        })
+        assert all(not conn.other for conn in conns), [conn.other[:3] for conn in conns]
+        assert fig["answered"] == offered, fig  # every tap answered, BUSY or decided
+        assert fig["offered_x_capacity"] >= 2.0, fig  # the generator really overloaded it
+        assert busy / offered >= 0.3, fig  # the excess is refused with BUSY ...
+        assert accepted / busy_s >= 0.5 * capacity, fig  # ... and goodput does not collapse
+        assert fig["max_lane_queue"] <= QUEUE_MAX and fig["max_queue_gauge"] <= QUEUE_MAX, fig
+        assert p99(lat) < 2.0, fig
+        assert max(samples["rss"]) - rss_before < 128 * 2**20, fig
+        assert rss_after - rss_before < 64 * 2**20, fig
+
+        # 3. Durable: every accepted tap has exactly its journal row; no BUSY tap has one.
+        for conn in conns:
+            rows = await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(
+                live.journal(conn.terminal_id), live.loop))  # type: ignore[arg-type]
+            assert set(rows) == set(conn.accepted), f"terminal {conn.terminal_id}: journal != accepted taps"
+        for conn in conns:
+            await conn.close()
+
+    asyncio.run(asyncio.wait_for(go(), 120))
+    assert live.loop_errors == [], live.loop_errors[:5]
+    fig["gateway_loop_max_lag_ms"] = round(live.max_lag_s * 1000, 1)
+    record_results("overload", fig)
+

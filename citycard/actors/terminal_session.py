@@ -88,6 +88,9 @@ class TerminalSessionCore:
             t = self.terminals.get(terminal_id)
         if t is None:
             return int(ErrorCode.UNKNOWN_TERMINAL), f"terminal {terminal_id} is not registered", 0
+        enabled = await self._pool.fetchval("SELECT enabled FROM terminals WHERE terminal_id = $1", terminal_id)
+        if enabled is not None:  # the operator may have disabled (or re-enabled) it since we loaded
+            t.enabled = enabled
         if not t.enabled:
             return int(ErrorCode.TERMINAL_DISABLED), f"terminal {terminal_id} is disabled", 0
         if terminal_nonce in t.nonces:

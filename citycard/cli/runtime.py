@@ -131,6 +131,8 @@ class Platform:
             fare_version=lambda: fares.version_at(int(time.time() * 1000)), hotlist_version=lambda: self.hotlist.version,  # type: ignore[union-attr]
             hotlist_delta=HotlistDeltas(self.pool, lambda: self.hotlist.version,  # type: ignore[union-attr]
                                         max_hotlist_items(g.max_frame_bytes)),
+            terminal_max_taps_per_s=g.terminal_max_taps_per_s,
+            terminal_burst_taps=g.terminal_burst_taps,
         )
         self.gateway = Gateway(ctx, g.host, g.port if gateway_port is None else gateway_port)
         self.gateway_port = await self.gateway.start()

@@ -65,6 +65,8 @@ class Gateway(_Section):
     auth_timeout_ms: int = Field(ge=100, le=600_000)
     heartbeat_ms: int = Field(ge=1000, le=3_600_000)
     linger_ms: float = Field(ge=0, le=1000)
+    terminal_max_taps_per_s: float = Field(ge=0)  # 0: no per-terminal limit
+    terminal_burst_taps: int = Field(ge=0, le=10_000_000)
 
 
 class Ledger(_Section):

@@ -90,7 +90,8 @@ class Router:
         h = self._hotlist
         return h() if callable(h) else h
 
-    def submit(self, pending: Pending) -> None:
+    def submit(self, pending: Pending, admit: int | None = None) -> None:
+        """``admit``: only the first ``admit`` taps may queue (a per-terminal limit); the rest BUSY."""
         hot = self.hotlist()
         lanes = self.lanes
         n = self.n_shards
@@ -103,7 +104,7 @@ class Router:
                 tap = Tap(tap.terminal_id, tap.seq, tap.card_no, tap.time_ms, tap.kind, tap.route,
                           tap.amount_fen, True, tap.bill_class)
             lane = lanes[shard_of(tap.card_no, n)]
-            if len(lane.queue) >= self.queue_max_taps:
+            if (admit is not None and i >= admit) or len(lane.queue) >= self.queue_max_taps:
                 self.metrics.busy.inc()
                 pending.settle(i, (_BUSY, 0, -1, False))
                 continue

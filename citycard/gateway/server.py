@@ -30,6 +30,7 @@ from .sessions import SessionReporter
 log = logging.getLogger(__name__)
 
 _encode = m.encoder.encode
+LINGER_S = 1.0  # after a fatal error: how long to drain what the terminal still sends
 _RESULT_NAMES = {int(r): r.name for r in Result}
 
 
@@ -54,6 +55,9 @@ class GatewayContext:
         fare_version: Any,
         hotlist_version: Any,
         hotlist_delta: Callable[[int], Awaitable[Delta]] | None = None,
+        idle_heartbeats: int = 3,
+        terminal_max_taps_per_s: float = 0.0,
+        terminal_burst_taps: int = 0,
     ) -> None:
         self.router = router
         self.sessions = sessions
@@ -66,8 +70,26 @@ class GatewayContext:
         self.fare_version = fare_version  # callable -> the version in force now
         self.hotlist_version = hotlist_version  # callable -> int
         self.hotlist_delta = hotlist_delta  # from version -> Delta (None: answer versions only)
+        self.idle_timeout_s = idle_heartbeats * heartbeat_ms / 1000.0  # protocol 11; 0: never
+        self.terminal_rate = terminal_max_taps_per_s  # 0: no per-terminal limit
+        self.terminal_burst = terminal_burst_taps
+        self.buckets: dict[int, list[float]] = {}  # terminal_id -> [tokens, last refill]
         self.tasks: set[asyncio.Task[Any]] = set()
         self.connections: set[TerminalProtocol] = set()
+
+    def admit(self, terminal_id: int, n: int) -> int:
+        """How many of ``n`` taps this terminal may submit now (token bucket); the rest get BUSY."""
+        if self.terminal_rate <= 0:
+            return n
+        now = time.monotonic()
+        b = self.buckets.get(terminal_id)
+        if b is None:
+            b = self.buckets[terminal_id] = [float(self.terminal_burst), now]
+        b[0] = min(float(self.terminal_burst), b[0] + (now - b[1]) * self.terminal_rate)
+        b[1] = now
+        k = min(n, int(b[0]))
+        b[0] -= k
+        return k
 
     def spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -83,6 +105,9 @@ class TerminalProtocol(asyncio.Protocol):
         self._auth_timer: asyncio.TimerHandle | None = None
         self._authenticated = False
         self._params_pending = False  # one hotlist query per connection at a time
+        self._linger: asyncio.TimerHandle | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._last_frame = 0.0
 
     # -- asyncio callbacks ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -96,13 +121,17 @@ class TerminalProtocol(asyncio.Protocol):
         self.ctx.metrics.connections.dec()
         if self._authenticated:
             self.ctx.metrics.terminals.dec()
-        if self._auth_timer is not None:
-            self._auth_timer.cancel()
+        for timer in (self._auth_timer, self._linger, self._idle_timer):
+            if timer is not None:
+                timer.cancel()
         self.conn.close()
         self.transport = None
 
     def data_received(self, data: bytes) -> None:
-        for event in self.conn.receive_data(data):
+        events = self.conn.receive_data(data)
+        if events:
+            self._last_frame = time.monotonic()  # a whole frame, not a byte, counts as activity
+        for event in events:
             t = type(event)
             if t is TapsReceived:
                 self._on_taps(event)  # type: ignore[arg-type]
@@ -120,11 +149,12 @@ class TerminalProtocol(asyncio.Protocol):
     # -- events --------------------------------------------------------------------------
     def _on_taps(self, event: TapsReceived) -> None:
         terminal_id = self.conn.terminal_id
+        admit = self.ctx.admit(terminal_id, len(event.taps))
         taps = [
             Tap(terminal_id, t.seq, t.card, t.time_ms, t.kind, t.route, t.amount_fen, False, t.bill_class)
             for t in event.taps
         ]
-        self.ctx.router.submit(Pending(self._reply, event.req, event.single, taps))
+        self.ctx.router.submit(Pending(self._reply, event.req, event.single, taps), admit)
 
     def _reply(self, pending: Pending) -> None:
         ctx = self.ctx
@@ -139,7 +169,7 @@ class TerminalProtocol(asyncio.Protocol):
             ctx.metrics.taps.labels(str(kind), _RESULT_NAMES.get(code, str(code))).inc(n)
         ctx.metrics.tap_latency.observe(latency_s, len(taps))
         ctx.reporter.record(taps, outcomes)  # type: ignore[arg-type]
-        if self.transport is None or self.transport.is_closing():
+        if self.transport is None or self.transport.is_closing() or self.conn.closed:
             return  # the terminal left; it will retry with the same seqs and get these outcomes
         if pending.single:
             o = outcomes[0]
@@ -187,7 +217,7 @@ class TerminalProtocol(asyncio.Protocol):
         self.ctx.metrics.protocol_errors.labels(v.code.name).inc()
         self._write(v.reply)
         if v.fatal:
-            self._close()
+            self._close_after_error()
 
     async def _authenticate(self, event: AuthReceived) -> None:
         ctx = self.ctx
@@ -199,12 +229,12 @@ class TerminalProtocol(asyncio.Protocol):
         except Exception as exc:  # noqa: BLE001 - session shard unavailable
             log.warning("authentication of terminal %s failed: %r", event.terminal_id, exc)
             code, message = int(ErrorCode.INTERNAL), "authentication service unavailable, try again"
-        if self.transport is None:
+        if self.transport is None or self.conn.closed:
             return
         if code:
             ctx.metrics.protocol_errors.labels(ErrorCode(code).name).inc()
             self._write(self.conn.reject(ErrorCode(code), message))
-            self._close()
+            self._close_after_error()
             return
         self._write(self.conn.accept(m.AuthOk(
             fare_version=ctx.fare_version(), hotlist_version=ctx.hotlist_version(),
@@ -214,11 +244,25 @@ class TerminalProtocol(asyncio.Protocol):
         ctx.metrics.terminals.inc()
         if self._auth_timer is not None:
             self._auth_timer.cancel()
+        if ctx.idle_timeout_s > 0:
+            self._last_frame = time.monotonic()
+            self._idle_timer = asyncio.get_running_loop().call_later(ctx.idle_timeout_s, self._idle_check)
 
     def _auth_timeout(self) -> None:
-        if self.conn.state is not State.READY and self.transport is not None:
+        if self.conn.state is not State.READY and self.transport is not None and not self.conn.closed:
             self._write(self.conn.reject(ErrorCode.AUTH_TIMEOUT, "authentication not completed in time"))
-            self._close()
+            self._close_after_error()
+
+    def _idle_check(self) -> None:
+        """Close a READY connection that delivered no whole frame for idle_timeout (protocol 11)."""
+        if self.transport is None or self.conn.closed:
+            return
+        idle = time.monotonic() - self._last_frame
+        if idle >= self.ctx.idle_timeout_s:
+            self.conn.close()
+            self._close_after_error()
+        else:
+            self._idle_timer = asyncio.get_running_loop().call_later(self.ctx.idle_timeout_s - idle, self._idle_check)
 
     # -- output --------------------------------------------------------------------------
     def _write(self, data: bytes) -> None:
@@ -228,6 +272,20 @@ class TerminalProtocol(asyncio.Protocol):
     def _close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+    def _close_after_error(self) -> None:
+        """FIN after the error frame, then drain (the CLOSED connection drops input) until the
+        terminal closes or LINGER_S: closing with its bytes unread would make the kernel reset
+        the connection and the terminal lose the error frame."""
+        t = self.transport
+        if t is None or t.is_closing():
+            return
+        try:
+            t.write_eof()
+        except (NotImplementedError, RuntimeError, OSError):
+            t.close()
+            return
+        self._linger = asyncio.get_running_loop().call_later(LINGER_S, t.close)
 
 
 class Gateway:

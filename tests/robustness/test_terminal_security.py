@@ -3,9 +3,8 @@
 Unknown, disabled and wrong-key terminals, a replayed authentication, taps before
 authentication and seqs of another terminal's session are refused, each with its own code
 (docs/protocol.md sections 5, 6, 10), and nothing they send reaches the journal. Findings are
-written as ``xfail(strict=True)`` tests of the expected behaviour: a terminal disabled in
-Postgres is not refused until its TerminalSession reloads, and there is no per-terminal rate
-limit. tests/e2e/test_bad_input.py checks the AUTH_FAILED and UNKNOWN_TERMINAL codes once;
+fixed in the product: a terminal disabled in Postgres is refused at its next authentication
+(the session re-reads it), and a per-terminal rate limit answers BUSY to a flooding terminal. tests/e2e/test_bad_input.py checks the AUTH_FAILED and UNKNOWN_TERMINAL codes once;
 here each refusal also has to close the connection and leave no trace.
 """
 
@@ -38,12 +37,17 @@ pytestmark = [pytest.mark.services, pytest.mark.usefixtures("ray_cluster")]
 
 UNKNOWN_TERMINAL_ID = 99_999
 FINDINGS: dict[str, Any] = {}
+TERMINAL_TAPS_PER_S = 200.0
+TERMINAL_BURST_TAPS = 500
 
 
 @pytest.fixture(scope="module")
 def live(configured_services, ray_cluster):
     schema = new_schema()
-    city = LiveCity(configured_services, schema, n_cards=400, n_terminals=12).start()
+    # A per-terminal limit as production would set it (default.toml: off for the demo and lab).
+    city = LiveCity(configured_services, schema, n_cards=400, n_terminals=12,
+                    gateway={"terminal_max_taps_per_s": TERMINAL_TAPS_PER_S,
+                             "terminal_burst_taps": TERMINAL_BURST_TAPS}).start()
     try:
         yield city
     finally:
@@ -244,10 +248,6 @@ def test_seqs_of_another_terminal_are_that_terminals_own(live, canary):
     asyncio.run(asyncio.wait_for(go(), 60))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finding: TerminalSession reads `terminals.enabled` only when it loads (or for an unknown id); "
-    "a terminal disabled in Postgres keeps authenticating until the actor restarts, and there is "
-    "no operator command that disables a terminal and tells the actor"))
 def test_terminal_disabled_in_postgres_is_refused_at_its_next_authentication(live, canary):
     c = live.c
     t = tid(live, 9)
@@ -267,9 +267,6 @@ def test_terminal_disabled_in_postgres_is_refused_at_its_next_authentication(liv
     assert ans["t"] == "error" and ans["code"] == ErrorCode.TERMINAL_DISABLED, ans
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finding: no per-terminal rate limit; one terminal can fill the shard queues (only the "
-    "per-shard gateway.shard_queue_max_taps answers BUSY, for every terminal alike)"))
 def test_one_terminal_flooding_is_limited_per_terminal(live, canary):
     """Expected: a terminal offering far more than any real terminal (3 batches of 1000 taps at
     once, ~3000 taps/s; a bus validator sees ~1 tap/s) gets BUSY (or an error) for the excess

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import logging
+import os
 import random
 import shlex
 import sys
@@ -44,8 +44,6 @@ from ..loadtest.sender import read_answered
 from ..loadtest.tapmix import TapMix
 from ..persistence import db
 from .runtime import Platform, Services, migrate_db, resolve_services
-
-log = logging.getLogger(__name__)
 
 LOADTEST_SCHEMA = "citycard_loadtest"
 SCENARIOS = ("steady", "ramp", "spike", "soak", "hot-card", "hotlist-storm", "regional")
@@ -290,7 +288,7 @@ def accepted_in_window(res: PhaseResult) -> float:
 
 async def _phase(phase: Phase, target: Target, view: CityView, show: bool, phases: list[PhaseResult],
                  storm: Storm | None = None) -> PhaseResult:
-    gateway_pid = procs.own_pid() if target.platform is not None else None
+    gateway_pid = os.getpid() if target.platform is not None else None
     before: dict[int, procs.Sample] = {}
     memory: list[dict[str, float]] = []
 

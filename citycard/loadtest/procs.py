@@ -8,7 +8,6 @@ including backends serving others (the report says so).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -79,7 +78,3 @@ def rss_mb_by_role(samples: Iterable[Sample]) -> dict[str, float]:
     for s in samples:
         out[s.role] = out.get(s.role, 0.0) + s.rss_bytes / MB
     return out
-
-
-def own_pid() -> int:
-    return os.getpid()

@@ -119,7 +119,7 @@ class Platform:
             self.shards, lambda: self.hotlist.cards, self.metrics,  # type: ignore[union-attr]
             batch_max_taps=g.shard_batch_max_taps, inflight_calls=g.shard_inflight_calls,
             queue_max_taps=g.shard_queue_max_taps, retry_deadline_ms=g.retry_deadline_ms,
-            linger_ms=g.linger_ms,
+            linger_ms=g.linger_ms, call_timeout_ms=g.shard_call_timeout_ms,
         )
         self.reporter = SessionReporter(self.sessions)
         self.reporter.start()

@@ -62,6 +62,7 @@ class Gateway(_Section):
     shard_inflight_calls: int = Field(ge=1, le=64)
     shard_queue_max_taps: int = Field(ge=1, le=10_000_000)
     retry_deadline_ms: int = Field(ge=0, le=600_000)
+    shard_call_timeout_ms: int = Field(ge=100, le=600_000)
     auth_timeout_ms: int = Field(ge=100, le=600_000)
     heartbeat_ms: int = Field(ge=1000, le=3_600_000)
     linger_ms: float = Field(ge=0, le=1000)

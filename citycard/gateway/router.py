@@ -73,6 +73,7 @@ class Router:
         queue_max_taps: int,
         retry_deadline_ms: int,
         linger_ms: float,
+        call_timeout_ms: int = 10_000,
     ) -> None:
         self.lanes = [ShardLane(i, a) for i, a in enumerate(actors)]
         self.n_shards = len(self.lanes)
@@ -83,6 +84,9 @@ class Router:
         self.queue_max_taps = queue_max_taps
         self.retry_deadline_s = retry_deadline_ms / 1000.0
         self.linger_s = linger_ms / 1000.0
+        # A shard call that hangs (a stuck commit) would hold its in-flight slot for good: it is
+        # given up after this and retried like a failed one (the retry is deduplicated).
+        self.call_timeout_s = call_timeout_ms / 1000.0
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop = asyncio.get_running_loop()
 
@@ -95,7 +99,7 @@ class Router:
         hot = self.hotlist()
         lanes = self.lanes
         n = self.n_shards
-        touched: set[ShardLane] = set()
+        touched: dict[ShardLane, None] = {}  # ordered, so a seeded simulation replays exactly
         for i, tap in enumerate(pending.taps):
             if tap.card_no in hot:
                 # Refused without fare rules, but through the shard: a retry of a tap charged
@@ -109,7 +113,7 @@ class Router:
                 pending.settle(i, (_BUSY, 0, -1, False))
                 continue
             lane.queue.append((tap, pending, i))
-            touched.add(lane)
+            touched[lane] = None
         for lane in touched:
             self._schedule(lane)
 
@@ -138,14 +142,15 @@ class Router:
     async def _call(self, lane: ShardLane, batch: list[tuple[Tap, Pending, int]]) -> None:
         payload = _encoder.encode([t for t, _, _ in batch])
         self.metrics.shard_batch.observe(len(batch))
-        deadline = time.monotonic() + self.retry_deadline_s
+        loop = self._loop
+        deadline = loop.time() + self.retry_deadline_s
         attempt = 0
         outcomes: list[tuple[int, int, int, bool]] | None = None
         try:
             while True:
                 started = time.perf_counter()
                 try:
-                    packed, commit_ms = await lane.actor.apply.remote(payload)
+                    packed, commit_ms = await asyncio.wait_for(lane.actor.apply.remote(payload), self.call_timeout_s)
                     outcomes = _outcomes_decoder.decode(packed)
                     self.metrics.shard_call_latency.observe(time.perf_counter() - started)
                     if commit_ms:
@@ -155,7 +160,7 @@ class Router:
                     raise
                 except Exception as exc:  # noqa: BLE001 - a dead actor or a failed store
                     self.metrics.shard_retries.labels(lane.label).inc()
-                    if time.monotonic() >= deadline:
+                    if loop.time() >= deadline:
                         log.warning("shard %s: giving up after %d tries: %r", lane.shard_id, attempt + 1, exc)
                         break
                     await asyncio.sleep(RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)])

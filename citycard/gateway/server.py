@@ -58,6 +58,8 @@ class GatewayContext:
         idle_heartbeats: int = 3,
         terminal_max_taps_per_s: float = 0.0,
         terminal_burst_taps: int = 0,
+        wall_ms: Callable[[], int] = _now_ms,
+        nonce: Callable[[int], bytes] = os.urandom,
     ) -> None:
         self.router = router
         self.sessions = sessions
@@ -74,14 +76,16 @@ class GatewayContext:
         self.terminal_rate = terminal_max_taps_per_s  # 0: no per-terminal limit
         self.terminal_burst = terminal_burst_taps
         self.buckets: dict[int, list[float]] = {}  # terminal_id -> [tokens, last refill]
+        self.wall_ms = wall_ms  # Unix time for the wire; injected so a simulation can fake it
+        self.nonce = nonce
         self.tasks: set[asyncio.Task[Any]] = set()
         self.connections: set[TerminalProtocol] = set()
 
-    def admit(self, terminal_id: int, n: int) -> int:
-        """How many of ``n`` taps this terminal may submit now (token bucket); the rest get BUSY."""
+    def admit(self, terminal_id: int, n: int, now: float) -> int:
+        """How many of ``n`` taps this terminal may submit at loop time ``now`` (token bucket);
+        the rest get BUSY."""
         if self.terminal_rate <= 0:
             return n
-        now = time.monotonic()
         b = self.buckets.get(terminal_id)
         if b is None:
             b = self.buckets[terminal_id] = [float(self.terminal_burst), now]
@@ -108,13 +112,14 @@ class TerminalProtocol(asyncio.Protocol):
         self._linger: asyncio.TimerHandle | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
         self._last_frame = 0.0
+        self._loop = asyncio.get_running_loop()  # its time() is the clock (monotonic; fake in the simulation)
 
     # -- asyncio callbacks ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no asyncio.Transport subclass
         self.ctx.connections.add(self)
         self.ctx.metrics.connections.inc()
-        self._auth_timer = asyncio.get_running_loop().call_later(self.ctx.auth_timeout_s, self._auth_timeout)
+        self._auth_timer = self._loop.call_later(self.ctx.auth_timeout_s, self._auth_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.ctx.connections.discard(self)
@@ -130,7 +135,7 @@ class TerminalProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         events = self.conn.receive_data(data)
         if events:
-            self._last_frame = time.monotonic()  # a whole frame, not a byte, counts as activity
+            self._last_frame = self._loop.time()  # a whole frame, not a byte, counts as activity
         for event in events:
             t = type(event)
             if t is TapsReceived:
@@ -138,18 +143,18 @@ class TerminalProtocol(asyncio.Protocol):
             elif t is Violation:
                 self._on_violation(event)  # type: ignore[arg-type]
             elif t is HelloReceived:
-                self._write(self.conn.challenge(os.urandom(m.NONCE_BYTES), _now_ms()))
+                self._write(self.conn.challenge(self.ctx.nonce(m.NONCE_BYTES), self.ctx.wall_ms()))
             elif t is AuthReceived:
                 self.ctx.spawn(self._authenticate(event))  # type: ignore[arg-type]
             elif t is PingReceived:
-                self._write(self.conn.send(m.Pong(time_ms=event.time_ms, server_time_ms=_now_ms())))  # type: ignore[union-attr]
+                self._write(self.conn.send(m.Pong(time_ms=event.time_ms, server_time_ms=self.ctx.wall_ms())))  # type: ignore[union-attr]
             elif t is ParamsRequested:
                 self._on_params(event)  # type: ignore[arg-type]
 
     # -- events --------------------------------------------------------------------------
     def _on_taps(self, event: TapsReceived) -> None:
         terminal_id = self.conn.terminal_id
-        admit = self.ctx.admit(terminal_id, len(event.taps))
+        admit = self.ctx.admit(terminal_id, len(event.taps), self._loop.time())
         taps = [
             Tap(terminal_id, t.seq, t.card, t.time_ms, t.kind, t.route, t.amount_fen, False, t.bill_class)
             for t in event.taps
@@ -238,15 +243,15 @@ class TerminalProtocol(asyncio.Protocol):
             return
         self._write(self.conn.accept(m.AuthOk(
             fare_version=ctx.fare_version(), hotlist_version=ctx.hotlist_version(),
-            max_batch=ctx.max_batch_taps, heartbeat_ms=ctx.heartbeat_ms, server_time_ms=_now_ms(),
+            max_batch=ctx.max_batch_taps, heartbeat_ms=ctx.heartbeat_ms, server_time_ms=ctx.wall_ms(),
         )))
         self._authenticated = True
         ctx.metrics.terminals.inc()
         if self._auth_timer is not None:
             self._auth_timer.cancel()
         if ctx.idle_timeout_s > 0:
-            self._last_frame = time.monotonic()
-            self._idle_timer = asyncio.get_running_loop().call_later(ctx.idle_timeout_s, self._idle_check)
+            self._last_frame = self._loop.time()
+            self._idle_timer = self._loop.call_later(ctx.idle_timeout_s, self._idle_check)
 
     def _auth_timeout(self) -> None:
         if self.conn.state is not State.READY and self.transport is not None and not self.conn.closed:
@@ -257,12 +262,12 @@ class TerminalProtocol(asyncio.Protocol):
         """Close a READY connection that delivered no whole frame for idle_timeout (protocol 11)."""
         if self.transport is None or self.conn.closed:
             return
-        idle = time.monotonic() - self._last_frame
+        idle = self._loop.time() - self._last_frame
         if idle >= self.ctx.idle_timeout_s:
             self.conn.close()
             self._close_after_error()
         else:
-            self._idle_timer = asyncio.get_running_loop().call_later(self.ctx.idle_timeout_s - idle, self._idle_check)
+            self._idle_timer = self._loop.call_later(self.ctx.idle_timeout_s - idle, self._idle_check)
 
     # -- output --------------------------------------------------------------------------
     def _write(self, data: bytes) -> None:
@@ -285,7 +290,7 @@ class TerminalProtocol(asyncio.Protocol):
         except (NotImplementedError, RuntimeError, OSError):
             t.close()
             return
-        self._linger = asyncio.get_running_loop().call_later(LINGER_S, t.close)
+        self._linger = self._loop.call_later(LINGER_S, t.close)
 
 
 class Gateway:

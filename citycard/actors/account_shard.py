@@ -3,6 +3,7 @@
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -14,11 +15,11 @@ from ..domain.ledger import Ledger
 from ..domain.ops import CardOp
 from ..domain.purses import PURSE_NAMES
 from ..domain.tables import FareTables
-from ..domain.taps import JournalRow, Tap
+from ..domain.taps import Tap
 from ..errors import StoreError
-from ..persistence import db, recovery
-from ..persistence.journal import JOURNAL_COLUMNS, JournalWriter
-from ..persistence.migrate import journal_partition
+from ..persistence import recovery
+from ..persistence.journal import JournalWriter
+from ..persistence.shard_store import PgShardStore, ShardStore
 
 log = logging.getLogger(__name__)
 
@@ -28,25 +29,36 @@ _encoder = msgspec.msgpack.Encoder()
 READY_TIMEOUT_S = 30.0
 
 
-class AccountShardCore:
-    """Everything but the Ray decorator, so tests and tools can run it in-process."""
+def _wall_ms() -> int:
+    return int(time.time() * 1000)
 
-    def __init__(self, shard_id: int, settings: dict[str, Any], db_url: str) -> None:
+
+class AccountShardCore:
+    """Everything but the Ray decorator, so tests, tools and the simulation run it in-process.
+
+    ``store`` is the durable record (Postgres unless given); ``wall_ms`` the Unix time fares
+    are decided at; the event loop's time() is the monotonic clock. Both are injected so
+    tests/sim can run this class under a fake clock over a store that fails.
+    """
+
+    def __init__(self, shard_id: int, settings: dict[str, Any], db_url: str = "", *,
+                 store: ShardStore | None = None, tables: FareTables | None = None,
+                 wall_ms: Callable[[], int] = _wall_ms) -> None:
         self.shard_id = shard_id
         self.settings = settings_from_dict(settings)
         self.db_url = db_url
-        self.tables: FareTables = load_fare_tables(self.settings.fare_table_path())
+        self.tables: FareTables = tables or load_fare_tables(self.settings.fare_table_path())
+        self.store: ShardStore = store or PgShardStore(
+            db_url, self.settings.database.schema, shard_id, self.settings.ledger.commit_timeout_ms / 1000.0
+        )
+        self.wall_ms = wall_ms
         self.ledger: Ledger | None = None
         self.writer: JournalWriter | None = None
-        self._conn = None
-        self._side_conn = None
-        self._ops_conn = None  # op-key lookups; its own connection so snapshots do not block them
-        self._ops_lock = asyncio.Lock()
         self._ready = asyncio.Event()
         self._loading: asyncio.Task[Any] | None = None
         self._snapshot_task: asyncio.Task[Any] | None = None
         self._last_snapshot_lsn = 0
-        self._last_snapshot_s = time.monotonic()
+        self._last_snapshot_s = 0.0  # loop time; set when loaded
         self.recovery: recovery.RecoveryReport | None = None
         self.recoveries = 0
 
@@ -65,21 +77,16 @@ class AccountShardCore:
         self._ready.clear()
         if self.writer is not None:
             await self.writer.close()
-        for c in (self._conn, self._side_conn, self._ops_conn):
-            if c is not None:
-                c.terminate()
-        schema = self.settings.database.schema
-        self._conn = await db.connect(self.db_url, schema)
-        self._side_conn = await db.connect(self.db_url, schema)
-        self._ops_conn = await db.connect(self.db_url, schema)
+        await self.store.open()
         ledger = Ledger(self.shard_id, self.tables, self.settings.ledger.dedupe_limit)
-        self.recovery = await recovery.load_ledger(self._conn, ledger)
+        self.recovery = await self.store.load(ledger)
         if self.recovery.mismatches:
             log.error("shard %s: %s journal rows disagree with the rebuilt balance",
                       self.shard_id, self.recovery.mismatches)
         self.ledger = ledger
         self._last_snapshot_lsn = self.recovery.snapshot_lsn
-        self.writer = JournalWriter(self._conn, self.shard_id, schema, self.settings.ledger.commit_max_rows)
+        self._last_snapshot_s = asyncio.get_running_loop().time()
+        self.writer = JournalWriter(self.store.append(), self.settings.ledger.commit_max_rows)
         self.writer.committed_lsn = ledger.lsn
         self.writer.start()
         self.recoveries += 1
@@ -91,7 +98,7 @@ class AccountShardCore:
         await self.ensure_loaded()
         assert self.ledger is not None and self.writer is not None
         taps = _taps_decoder.decode(payload)
-        outcomes, rows = self.ledger.apply(taps, int(time.time() * 1000))
+        outcomes, rows = self.ledger.apply(taps, self.wall_ms())
         await self.writer.submit(rows)
         self._maybe_snapshot()
         return _encoder.encode(outcomes), self.writer.last_commit_ms
@@ -100,7 +107,7 @@ class AccountShardCore:
     async def apply_ops(self, payload: bytes) -> bytes:
         """Apply packed card-service ops (each at most once per key); answer once durable."""
         await self.ensure_loaded()
-        assert self.ledger is not None and self.writer is not None and self._ops_conn is not None
+        assert self.ledger is not None and self.writer is not None
         ops = _ops_decoder.decode(payload)
         keys = [op.key for op in ops]
         absent: set[str] = set()  # looked up in the journal and not there: new keys
@@ -110,18 +117,14 @@ class AccountShardCore:
             unknown = [k for k in self.ledger.unknown_op_keys(keys) if k not in absent]
             if not unknown:
                 break
-            async with self._ops_lock:
-                found = await self._ops_conn.fetch(
-                    f"SELECT {', '.join(JOURNAL_COLUMNS)} FROM {journal_partition(self.shard_id)}"
-                    " WHERE shard_id = $2 AND op_key = any($1::text[])", unknown, self.shard_id,  # the index's shape
-                )
-            for rec in found:
-                self.ledger.remember_op(JournalRow(*rec))
-            absent.update(set(unknown) - {rec["op_key"] for rec in found})
+            found = await self.store.find_ops(unknown)
+            for row in found:
+                self.ledger.remember_op(row)
+            absent.update(set(unknown) - {row.op_key for row in found})
         else:
             raise StoreError(f"shard {self.shard_id}: op memory churned during lookups; retry the call")
         # no await between the last memory check and apply_ops: one writer per key
-        outcomes, rows = self.ledger.apply_ops(ops, int(time.time() * 1000))
+        outcomes, rows = self.ledger.apply_ops(ops, self.wall_ms())
         await self.writer.submit(rows)
         self.ledger.evict_ops(self.writer.committed_lsn)
         return _encoder.encode(outcomes)
@@ -141,7 +144,8 @@ class AccountShardCore:
             return
         lcfg = self.settings.ledger
         due_rows = ledger.lsn - self._last_snapshot_lsn >= lcfg.snapshot_every_rows
-        due_time = (time.monotonic() - self._last_snapshot_s >= lcfg.snapshot_interval_s
+        now_s = asyncio.get_running_loop().time()
+        due_time = (now_s - self._last_snapshot_s >= lcfg.snapshot_interval_s
                     and ledger.lsn > self._last_snapshot_lsn)
         if due_rows or due_time:
             self._start_snapshot()
@@ -151,10 +155,9 @@ class AccountShardCore:
         assert self.ledger is not None
         lsn, rows, total = self.ledger.lsn, self.ledger.snapshot_rows(), self.ledger.total_balance_fen()
         self._last_snapshot_lsn = lsn
-        self._last_snapshot_s = time.monotonic()
-        self._snapshot_task = asyncio.get_running_loop().create_task(
-            recovery.write_snapshot(self._side_conn, self.shard_id, lsn, rows, total)
-        )
+        loop = asyncio.get_running_loop()
+        self._last_snapshot_s = loop.time()
+        self._snapshot_task = loop.create_task(self.store.write_snapshot(lsn, rows, total))
         return self._snapshot_task
 
     async def snapshot(self) -> int:
@@ -172,15 +175,10 @@ class AccountShardCore:
     async def add_cards(self, card_nos: list[int]) -> int:
         """Take on cards already written to the cards table (issued since this shard loaded)."""
         await self.ensure_loaded()
-        assert self.ledger is not None and self._ops_conn is not None
-        async with self._ops_lock:  # not the snapshot connection: a snapshot may be writing
-            rows = await self._ops_conn.fetch(
-                f"SELECT {recovery.CARD_COLUMNS} FROM cards WHERE card_no = any($1::bigint[]) AND shard_id = $2",
-                card_nos, self.shard_id,
-            )
-        for rec in rows:
-            if rec[0] not in self.ledger.cards:
-                self.ledger.add_card(recovery.card_from_record(rec))
+        assert self.ledger is not None
+        for card in await self.store.fetch_cards(card_nos):
+            if card.card_no not in self.ledger.cards:
+                self.ledger.add_card(card)
         return len(self.ledger.cards)
 
     async def stats(self) -> dict[str, Any]:

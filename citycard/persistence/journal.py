@@ -3,11 +3,14 @@
 ``submit(rows)`` returns a future that resolves once those rows (and all submitted before
 them) are committed. A failed commit fails every pending future and marks the writer broken:
 the shard's memory is ahead of the record and must be rebuilt before it answers again.
+
+The writer is given an ``Append``, which stores one group of records in one transaction or
+raises: ``pg_append`` for Postgres, an in-memory store that fails on purpose in tests/sim.
 """
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import asyncpg
@@ -20,14 +23,37 @@ from .migrate import journal_partition
 
 JOURNAL_COLUMNS = JournalRow.__struct_fields__  # the row's fields are the columns, in order
 _astuple = msgspec.structs.astuple
+Append = Callable[[list[tuple[Any, ...]]], Awaitable[None]]  # rows as tuples, lsn order, one transaction
+
+
+def pg_append(conn: asyncpg.Connection, shard_id: int, schema: str, timeout_s: float | None = None) -> Append:
+    """Commit rows to the shard's journal partition: one COPY and one commit, fenced on the head."""
+    table = journal_partition(shard_id)
+
+    async def append(records: list[tuple[Any, ...]]) -> None:
+        first_lsn, last_lsn = records[0][0], records[-1][0]
+        async with conn.transaction():
+            # Fencing: the head must be where this writer's rows follow on. A shard Ray
+            # gave up on but whose process still runs (a zombie) must not commit after
+            # its successor: its rows would repeat lsns and taps. The row lock also
+            # orders two writers of one shard.
+            status = await conn.execute(
+                "UPDATE shard_heads SET lsn = $1, updated_at = now() WHERE shard_id = $2 AND lsn = $3",
+                last_lsn, shard_id, first_lsn - 1, timeout=timeout_s,
+            )
+            if status != "UPDATE 1":
+                raise StoreError(f"shard {shard_id}: the journal head is not at lsn "
+                                 f"{first_lsn - 1}: another writer owns this shard")
+            await conn.copy_records_to_table(
+                table, records=records, columns=JOURNAL_COLUMNS, schema_name=schema, timeout=timeout_s
+            )
+
+    return append
 
 
 class JournalWriter:
-    def __init__(self, conn: asyncpg.Connection, shard_id: int, schema: str, max_rows: int) -> None:
-        self._conn = conn
-        self._shard_id = shard_id
-        self._schema = schema
-        self._table = journal_partition(shard_id)
+    def __init__(self, append: Append, max_rows: int) -> None:
+        self._append = append
         self._max_rows = max_rows
         self._queue: list[tuple[Sequence[Any], asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
@@ -90,23 +116,8 @@ class JournalWriter:
             records.extend(map(_astuple, rows))  # COPY takes sequences
         if records:
             started = time.perf_counter()
-            last_lsn = records[-1][0]
-            async with self._conn.transaction():
-                # Fencing: the head must be where this writer's rows follow on. A shard Ray
-                # gave up on but whose process still runs (a zombie) must not commit after
-                # its successor: its rows would repeat lsns and taps. The row lock also
-                # orders two writers of one shard.
-                status = await self._conn.execute(
-                    "UPDATE shard_heads SET lsn = $1, updated_at = now() WHERE shard_id = $2 AND lsn = $3",
-                    last_lsn, self._shard_id, records[0][0] - 1,
-                )
-                if status != "UPDATE 1":
-                    raise StoreError(f"shard {self._shard_id}: the journal head is not at lsn "
-                                     f"{records[0][0] - 1}: another writer owns this shard")
-                await self._conn.copy_records_to_table(
-                    self._table, records=records, columns=JOURNAL_COLUMNS, schema_name=self._schema
-                )
-            self.committed_lsn = last_lsn
+            await self._append(records)
+            self.committed_lsn = records[-1][0]
             self.last_commit_ms = (time.perf_counter() - started) * 1000.0
             self.commits += 1
         for _, fut in group:

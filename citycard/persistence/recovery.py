@@ -1,6 +1,6 @@
 """Rebuild a shard's ledger from the record: cards, latest snapshot, then the journal tail."""
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,51 +47,89 @@ class RecoveryReport:
     mismatches: int  # replayed rows whose balance_after disagreed with the rebuilt balance
 
 
+def replay_start(snapshot_lsn: int, head_lsn: int, dedupe_limit: int) -> int:
+    """The journal is read after this lsn: from the snapshot, or earlier to refill the dedupe
+    memory with the newest ``dedupe_limit`` rows. Older rows count only as watermarks."""
+    return max(0, min(snapshot_lsn, head_lsn - dedupe_limit))
+
+
+class Rebuild:
+    """The pure part of recovery, fed the record in this order: cards, the snapshot's card
+    states, the watermarks of rows up to ``start``, then every row after ``start`` by lsn.
+    ``load_ledger`` feeds it from Postgres; the simulation from its in-memory store."""
+
+    def __init__(self, ledger: Ledger, snapshot_lsn: int, head_lsn: int) -> None:
+        self.ledger = ledger
+        self.snapshot_lsn = snapshot_lsn
+        self.head_lsn = head_lsn
+        self.start = replay_start(snapshot_lsn, head_lsn, ledger.dedupe_limit)
+        self.replayed = self.remembered = self.mismatches = 0
+
+    def add_cards(self, cards: Iterable[CardState]) -> None:
+        for card in cards:
+            self.ledger.add_card(card)
+
+    def restore_snapshot(self, states: Iterable[tuple[int, bytes]]) -> None:
+        """Card states as of ``snapshot_lsn`` (none if there is no snapshot)."""
+        if not self.snapshot_lsn:
+            return
+        cards = self.ledger.cards
+        for card_no, state in states:
+            card = cards.get(card_no)
+            if card is not None:
+                restore_card(card, state)
+        self.ledger.lsn = self.snapshot_lsn
+
+    def watermarks(self, highest: Iterable[tuple[int, int]]) -> None:
+        """(terminal_id, max seq) over rows up to ``start``: older than the dedupe memory, their
+        seqs must still never be charged again."""
+        for terminal_id, max_seq in highest:
+            self.ledger.raise_watermark(terminal_id, max_seq)
+
+    def row(self, row: JournalRow) -> None:
+        effect = row.lsn > self.snapshot_lsn
+        self.ledger.replay(row, apply_effect=effect)
+        if effect:
+            self.replayed += 1
+            card = self.ledger.cards.get(row.card_no)
+            if card is not None and card.purses[0] != row.balance_after_fen:
+                self.mismatches += 1
+        else:
+            self.remembered += 1
+
+    def report(self) -> "RecoveryReport":
+        return RecoveryReport(self.ledger.shard_id, len(self.ledger.cards), self.snapshot_lsn, self.head_lsn,
+                              self.replayed, self.remembered, self.mismatches)
+
+
 async def load_ledger(conn: asyncpg.Connection, ledger: Ledger) -> RecoveryReport:
     shard = ledger.shard_id
     snapshot_lsn = await conn.fetchval(
         "SELECT coalesce(max(snapshot_lsn), 0) FROM snapshots WHERE shard_id = $1", shard
     )
     head_lsn = await conn.fetchval("SELECT lsn FROM shard_heads WHERE shard_id = $1", shard) or 0
-    for rec in await conn.fetch(f"SELECT {CARD_COLUMNS} FROM cards WHERE shard_id = $1", shard):
-        ledger.add_card(card_from_record(rec))
+    rebuild = Rebuild(ledger, snapshot_lsn, head_lsn)
+    rebuild.add_cards(card_from_record(rec) for rec in await conn.fetch(
+        f"SELECT {CARD_COLUMNS} FROM cards WHERE shard_id = $1", shard))
     if snapshot_lsn:
-        cards = ledger.cards
-        for card_no, state in await conn.fetch(
+        rebuild.restore_snapshot(await conn.fetch(
             "SELECT card_no, state FROM snapshot_cards WHERE shard_id = $1 AND snapshot_lsn = $2",
             shard, snapshot_lsn,
-        ):
-            card = cards.get(card_no)
-            if card is not None:
-                restore_card(card, state)
-        ledger.lsn = snapshot_lsn
-    start = max(0, min(snapshot_lsn, head_lsn - ledger.dedupe_limit))
-    replayed = remembered = mismatches = 0
+        ))
     cols = ", ".join(JOURNAL_COLUMNS)
     table = journal_partition(shard)
     async with conn.transaction(readonly=True):
-        if start:
-            # Rows older than the dedupe memory: their seqs must still never be charged again.
-            for terminal_id, max_seq in await conn.fetch(
-                f"SELECT terminal_id, max(seq) FROM {table} WHERE lsn <= $1 GROUP BY terminal_id", start
-            ):
-                ledger.raise_watermark(terminal_id, max_seq)
+        if rebuild.start:
+            rebuild.watermarks(await conn.fetch(
+                f"SELECT terminal_id, max(seq) FROM {table} WHERE lsn <= $1 GROUP BY terminal_id", rebuild.start
+            ))
         cursor = conn.cursor(
-            f"SELECT {cols} FROM {table} WHERE lsn > $1 ORDER BY lsn", start,
+            f"SELECT {cols} FROM {table} WHERE lsn > $1 ORDER BY lsn", rebuild.start,
             prefetch=10_000,
         )
         async for rec in cursor:
-            row = JournalRow(*rec)
-            effect = row.lsn > snapshot_lsn
-            ledger.replay(row, apply_effect=effect)
-            if effect:
-                replayed += 1
-                card = ledger.cards.get(row.card_no)
-                if card is not None and card.purses[0] != row.balance_after_fen:
-                    mismatches += 1
-            else:
-                remembered += 1
-    return RecoveryReport(shard, len(ledger.cards), snapshot_lsn, head_lsn, replayed, remembered, mismatches)
+            rebuild.row(JournalRow(*rec))
+    return rebuild.report()
 
 
 async def write_snapshot(

@@ -17,7 +17,7 @@ from citycard.loadtest.baselines import (
     raw_copy_rate,
 )
 from citycard.persistence.db import connect
-from citycard.persistence.journal import JournalWriter
+from citycard.persistence.journal import JournalWriter, pg_append
 from citycard.persistence.migrate import migrate
 
 from ..conftest import ServiceUrls
@@ -121,7 +121,7 @@ async def _source(db_url: str, schema: str, per_shard: int) -> None:
         await admin.close()
     for shard in range(SHARDS):
         wconn = await connect(db_url, schema)
-        writer = JournalWriter(wconn, shard, schema, max_rows=500)
+        writer = JournalWriter(pg_append(wconn, shard, schema), max_rows=500)
         writer.start()
         try:
             rows = _rows(shard, per_shard)

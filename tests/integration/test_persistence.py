@@ -27,7 +27,7 @@ from citycard.domain.taps import JournalRow, Outcome, Tap, TapKind
 from citycard.errors import StoreError
 from citycard.loadtest.city import CARD_SEED_COLUMNS, plan_cards, plan_terminals, seed_city
 from citycard.persistence.db import connect
-from citycard.persistence.journal import JOURNAL_COLUMNS, JournalWriter
+from citycard.persistence.journal import JOURNAL_COLUMNS, JournalWriter, pg_append
 from citycard.persistence.migrate import MigrationError, migrate, migration_files
 from citycard.persistence.recovery import RecoveryReport, load_ledger, write_snapshot
 
@@ -149,7 +149,7 @@ def test_journal_group_commit_writes_every_row_once_in_lsn_order(services: Servi
     async def run() -> None:
         admin = await _migrated(services, schema)
         wconn = await connect(services.db_url, schema)
-        writer = JournalWriter(wconn, 1, schema, max_rows=50)
+        writer = JournalWriter(pg_append(wconn, 1, schema), max_rows=50)
         writer.start()
         try:
             # 1. Many batches submitted without awaiting in between: grouped, bounded by max_rows.
@@ -228,7 +228,7 @@ def test_a_zombie_writer_cannot_commit_after_its_successor(services: ServiceUrls
     async def run() -> None:
         admin = await _migrated(services, schema)
         old_conn, new_conn = await connect(services.db_url, schema), await connect(services.db_url, schema)
-        old, new = (JournalWriter(c, 0, schema, max_rows=50) for c in (old_conn, new_conn))
+        old, new = (JournalWriter(pg_append(c, 0, schema), max_rows=50) for c in (old_conn, new_conn))
         old.start()
         new.start()
         try:
@@ -259,7 +259,7 @@ def test_failed_commit_fails_pending_and_breaks_writer(services: ServiceUrls, sc
     async def run() -> None:
         admin = await _migrated(services, schema)
         wconn = await connect(services.db_url, schema)
-        writer = JournalWriter(wconn, 0, schema, max_rows=5)
+        writer = JournalWriter(pg_append(wconn, 0, schema), max_rows=5)
         writer.start()
         try:
             await asyncio.wait_for(writer.submit(_rows(1, 5)), TIMEOUT_S)
@@ -448,7 +448,7 @@ def test_recovery_rebuilds_the_same_ledger(services: ServiceUrls, schema: str, w
                 c: _opening_purses(row) for c, row in mine.items()}
             assert ledger.balances() == {c: sum(_opening_purses(row)) for c, row in mine.items()}
 
-            writer = JournalWriter(wconn, 0, schema, max_rows=200)
+            writer = JournalWriter(pg_append(wconn, 0, schema), max_rows=200)
             writer.start()
             source = TapSource(random.Random(seed), sorted(mine), others)
             decided: Decided = {}
@@ -536,7 +536,7 @@ def test_recovered_ledger_does_not_charge_an_old_retry_again(
         card_a, card_b = [c for c in (make_card_no(s) for s in range(1, 50)) if shard_of(c, SHARDS) == 0][:2]
         admin = await _migrated(services, schema)
         wconn = await connect(services.db_url, schema)
-        writer = JournalWriter(wconn, 0, schema, max_rows=1000)
+        writer = JournalWriter(pg_append(wconn, 0, schema), max_rows=1000)
         writer.start()
         try:
             await admin.executemany(

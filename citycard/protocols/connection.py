@@ -33,6 +33,10 @@ from .messages import (
 )
 
 MAX_BAD_MESSAGES = 10
+# Frame limit before READY. hello (59 bytes with the longest fields) and auth (46) fit with room
+# for appended fields; an unauthenticated peer cannot make us hold max_frame_bytes until the
+# auth timeout (docs/reliability.md, F5).
+PREAUTH_MAX_FRAME_BYTES = 1024
 
 # What msgspec raises on bad input: DecodeError (ValidationError is one) and, for a str that
 # is not UTF-8, UnicodeDecodeError. Deep nesting raises RecursionError, handled apart.
@@ -93,12 +97,17 @@ Event = HelloReceived | AuthReceived | TapsReceived | PingReceived | ParamsReque
 
 
 class ServerConnection:
-    def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+    def __init__(
+        self,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        preauth_max_frame_bytes: int = PREAUTH_MAX_FRAME_BYTES,
+    ) -> None:
         self.state = State.AWAIT_HELLO
         self.terminal_id = 0
         self._terminal_nonce = b""
         self._server_nonce = b""
-        self._frames = FrameDecoder(max_frame_bytes)
+        self._max_frame_bytes = max_frame_bytes
+        self._frames = FrameDecoder(min(preauth_max_frame_bytes, max_frame_bytes))
         self.bad_messages = 0
 
     # -- input -------------------------------------------------------------------------
@@ -108,7 +117,10 @@ class ServerConnection:
         try:
             bodies = self._frames.feed(data)
         except RemoteProtocolError as exc:
-            return [self._violation(ErrorCode(exc.code), str(exc))]
+            message = str(exc)
+            if exc.code == ErrorCode.FRAME_TOO_LARGE and self.state is not State.READY:
+                message += " before authentication"
+            return [self._violation(ErrorCode(exc.code), message)]
         events: list[Event] = []
         for body in bodies:
             event = self._handle_body(body)
@@ -168,6 +180,9 @@ class ServerConnection:
         if self.state is not State.VERIFYING:
             raise LocalProtocolError("accept only answers an auth", ErrorCode.INTERNAL)
         self.state = State.READY
+        # A terminal sends nothing between auth and auth_ok, so no frame of its own is judged
+        # by the wrong limit when it is raised here.
+        self._frames.max_frame_bytes = self._max_frame_bytes
         return self.send(auth_ok)
 
     def reject(self, code: ErrorCode, message: str) -> bytes:

@@ -15,7 +15,8 @@ class FrameDecoder:
     """Feed bytes in any chunking; get whole frame bodies out.
 
     An oversized or zero length raises at once, from the header alone, so a peer cannot make
-    us buffer more than ``max_frame_bytes`` + one read.
+    us buffer more than ``max_frame_bytes`` + one read; the buffer is dropped when it does.
+    ``max_frame_bytes`` may be changed between feeds (ServerConnection raises it at READY).
     """
 
     __slots__ = ("_buf", "max_frame_bytes")
@@ -33,8 +34,10 @@ class FrameDecoder:
         while end - pos >= HEADER_BYTES:
             size = int.from_bytes(buf[pos : pos + HEADER_BYTES], "big")
             if size == 0:
+                buf.clear()  # out of sync for good: keep nothing while the connection closes
                 raise RemoteProtocolError("zero-length frame", ErrorCode.BAD_FRAME)
             if size > self.max_frame_bytes:
+                buf.clear()
                 raise RemoteProtocolError(
                     f"frame of {size} bytes exceeds the {self.max_frame_bytes}-byte limit",
                     ErrorCode.FRAME_TOO_LARGE,

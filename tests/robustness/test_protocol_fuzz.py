@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 from citycard.protocols import messages as m
 from citycard.protocols.auth import auth_mac, terminal_key
 from citycard.protocols.codes import ErrorCode
-from citycard.protocols.connection import MAX_BAD_MESSAGES
+from citycard.protocols.connection import MAX_BAD_MESSAGES, PREAUTH_MAX_FRAME_BYTES
 from citycard.protocols.frames import DEFAULT_MAX_FRAME_BYTES
 from tests.robustness import (
     FATAL_NAMES,
@@ -105,6 +105,10 @@ class Model:
     terminal_id: int = 0
     nonce: bytes = b""
     server_nonce: bytes = b""
+
+    def too_large(self, body: bytes) -> bool:
+        """Section 2: before READY a frame above the pre-auth limit is FRAME_TOO_LARGE."""
+        return self.state != "ready" and len(body) > PREAUTH_MAX_FRAME_BYTES
 
     def counted(self, code: ErrorCode) -> ErrorCode:
         self.errors += 1
@@ -331,10 +335,15 @@ class Fuzzer:
         elif kind == "malformed":
             body = op[1]
             await self.send_chunked(conn, frame(body), pieces)
+            if model.too_large(body):  # e.g. deeply nested arrays: 500-3000 bytes
+                return await self.expect_error(conn, model, ErrorCode.FRAME_TOO_LARGE)
             await self.expect_error(conn, model, model.counted(expected_for_body(body)))
         elif kind == "burst":
-            await conn.send(b"".join(frame(b) for b in op[1]), frames=len(op[1]))
-            for body in op[1]:
+            # Which frames before a too-large one are answered depends on the server's reads
+            # (section 5), so a burst holds none: the "malformed" op covers those alone.
+            bodies = [b for b in op[1] if not model.too_large(b)]
+            await conn.send(b"".join(frame(b) for b in bodies), frames=len(bodies))
+            for body in bodies:
                 await self.expect_error(conn, model, model.counted(expected_for_body(body)))
                 if model.state == "closed":
                     break
@@ -466,6 +475,39 @@ def test_fatal_error_frame_reaches_a_terminal_that_sent_more(live, canary):
     assert all(g is not None and g["code"] == ErrorCode.FRAME_TOO_LARGE for g in got), got
 
 
+def test_large_frame_before_auth_is_refused_at_once(live, canary):
+    """Section 2 (F5): a header announcing 200 KiB before READY gets FRAME_TOO_LARGE and a
+    close from the header alone, well before the auth timeout: with no hello, after the
+    challenge, and with 150 KB of body in the same write."""
+    tid = live.c.terminals[3].terminal_id
+    header = (200 * 1024).to_bytes(4, "big")
+
+    async def once(how: str) -> tuple[str, float, dict[str, Any] | None, bool]:
+        conn = await RawConn.open(live.c.port)
+        if how == "after_challenge":
+            await conn.send(encode(m.Hello(terminal_id=tid, nonce=os.urandom(16))))
+            ch = await conn.read()
+            assert ch is not None and ch["t"] == "challenge", ch
+        t0 = time.monotonic()
+        await conn.send(header + os.urandom(150_000) if how == "with_body" else header)
+        msg = await conn.read(AUTH_TIMEOUT_MS / 1000)
+        closed = await conn.wait_closed(AUTH_TIMEOUT_MS / 1000)
+        took_s = time.monotonic() - t0
+        STATS["frames_fuzzed"] += conn.frames_sent
+        await conn.close()
+        return how, took_s, msg, closed
+
+    async def go() -> list[tuple[str, float, dict[str, Any] | None, bool]]:
+        return await asyncio.gather(*[once(how) for how in ("no_hello", "after_challenge", "with_body")
+                                      for _ in range(4)])
+
+    out = asyncio.run(asyncio.wait_for(go(), 30))
+    for how, took_s, msg, closed in out:
+        assert msg is not None and msg["code"] == ErrorCode.FRAME_TOO_LARGE, (how, msg)
+        assert closed and took_s < AUTH_TIMEOUT_MS / 1000 / 4, (how, took_s, closed)
+    STATS["preauth_too_large_closed_after_s_max"] = round(max(o[1] for o in out), 3)
+
+
 # -- slow senders ---------------------------------------------------------------------------
 async def slow_sender(port: int, how: str, tid: int, stop_after_s: float) -> tuple[str, float | None, list[int]]:
     """One slow sender; returns (how, seconds until the server closed it or None, error codes)."""
@@ -481,8 +523,9 @@ async def slow_sender(port: int, how: str, tid: int, stop_after_s: float) -> tup
         elif how == "hello_then_nothing":
             await conn.send(hello)
         elif how in ("drip_big_frame", "drip_hello"):
-            data = (200_000).to_bytes(4, "big") if how == "drip_big_frame" else hello
-            step = 1024 if how == "drip_big_frame" else 1
+            # The largest frame allowed before READY, 8 bytes per 50 ms: 6.4 s to complete.
+            data = PREAUTH_MAX_FRAME_BYTES.to_bytes(4, "big") if how == "drip_big_frame" else hello
+            step = 8 if how == "drip_big_frame" else 1
             for i in range(0, 200):  # bounded: at most 200 writes, 50 ms apart
                 if conn.closed or time.monotonic() - t0 > stop_after_s:
                     break
@@ -507,10 +550,10 @@ SLOW = ("silent", "half_header", "hello_then_nothing", "drip_big_frame", "drip_h
 
 
 def test_slow_senders_are_cut_off_by_the_auth_timeout(live, canary):
-    """Before READY, ``gateway.auth_timeout_ms`` (1 s here) bounds every connection however it
-    stalls: silent, half a header, hello and no auth, a 200 KB frame dripped in 1 KiB pieces,
-    a hello dripped a byte at a time. Each gets AUTH_TIMEOUT (the challenge to a completed
-    hello aside) and is closed within the timeout plus a margin."""
+    """Before READY, ``gateway.auth_timeout_ms`` (2 s here) bounds every connection however it
+    stalls: silent, half a header, hello and no auth, a 1 KiB frame (the pre-auth limit)
+    dripped 8 bytes at a time, a hello dripped a byte at a time. Each gets AUTH_TIMEOUT (the
+    challenge to a completed hello aside) and is closed within the timeout plus a margin."""
     tid = live.c.terminals[3].terminal_id
 
     async def go() -> list[tuple[str, float | None, list[int]]]:
@@ -553,9 +596,10 @@ def test_slow_sender_after_auth_is_cut_off(live, canary):
 # -- a connection flood ----------------------------------------------------------------------
 def test_connection_flood(live, canary):
     """FLOOD connections opened at once, twice: a quarter authenticate, tap once and close; the
-    rest stay idle, send half a header, or start a 200 KB frame before authenticating. Every
-    authenticated one is served, every other one gets AUTH_TIMEOUT and is closed, open
-    connections fall back to where they were, and memory does not grow from flood to flood."""
+    rest stay idle, send half a header, or send all but one byte of a frame of the pre-auth
+    limit (1 KiB, the most they may hold). Every authenticated one is served, every other one
+    gets AUTH_TIMEOUT and is closed, open connections fall back to where they were, and memory
+    does not grow from flood to flood."""
     c = live.c
     terms = [t.terminal_id for t in c.terminals[5:]]
     cards = plain_cards(c)
@@ -589,7 +633,8 @@ def test_connection_flood(live, canary):
         if how == 1:
             await conn.send(b"\x00\x00\x01", frames=0)
         elif how == 2:
-            await conn.send((200_000).to_bytes(4, "big") + os.urandom(150_000), frames=1)
+            body = os.urandom(PREAUTH_MAX_FRAME_BYTES - 1)
+            await conn.send(PREAUTH_MAX_FRAME_BYTES.to_bytes(4, "big") + body, frames=1)
         msgs = []
         for _ in range(3):
             msg = await conn.read(AUTH_TIMEOUT_MS / 1000 + 3)

@@ -14,6 +14,7 @@ from citycard.protocols.auth import auth_mac, terminal_key, verify_mac
 from citycard.protocols.codes import FATAL, ErrorCode
 from citycard.protocols.connection import (
     MAX_BAD_MESSAGES,
+    PREAUTH_MAX_FRAME_BYTES,
     AuthReceived,
     HelloReceived,
     ParamsRequested,
@@ -27,6 +28,7 @@ from citycard.protocols.frames import FrameDecoder, encode_frame
 from citycard.protocols.messages import (
     CLIENT_TAGS,
     MAX_BATCH_TAPS,
+    PROTOCOL_VERSION,
     SERVER_TAGS,
     Auth,
     AuthOk,
@@ -392,6 +394,71 @@ def test_configured_frame_limit() -> None:
     conn = ServerConnection(max_frame_bytes=64)
     v = the_violation(conn.receive_data(plain({"t": "hello", "pad": "x" * 100})))
     assert v.code == ErrorCode.FRAME_TOO_LARGE and v.fatal
+
+
+# -- the pre-authentication frame limit (docs/reliability.md, F5) ---------------------------
+LONGEST_HELLO = Hello(terminal_id=2**31 - 1, nonce=b"\xff" * 16, version=PROTOCOL_VERSION)
+LONGEST_AUTH = Auth(mac=b"\xff" * 32)
+
+
+def awaiting_auth() -> ServerConnection:
+    conn = ServerConnection()
+    conn.receive_data(frame(Hello(terminal_id=TID, nonce=T_NONCE)))
+    conn.challenge(S_NONCE, NOW_MS)
+    return conn
+
+
+@pytest.mark.parametrize("make", [ServerConnection, awaiting_auth], ids=["await_hello", "await_auth"])
+def test_large_frame_before_ready_is_refused_from_the_header(make: Any) -> None:
+    conn = make()
+    v = the_violation(conn.receive_data((PREAUTH_MAX_FRAME_BYTES + 1).to_bytes(4, "big")))  # no body yet
+    assert v.code == ErrorCode.FRAME_TOO_LARGE and v.fatal
+    assert "before authentication" in v.message
+    assert conn.state is State.CLOSED
+    assert conn.receive_data(b"\x90" * PREAUTH_MAX_FRAME_BYTES) == []
+
+
+def test_large_frame_in_verifying_is_refused() -> None:
+    conn = awaiting_auth()
+    conn.receive_data(frame(Auth(mac=bytes(32))))
+    assert conn.state is State.VERIFYING
+    v = the_violation(conn.receive_data(plain(batch(50))))
+    assert v.code == ErrorCode.FRAME_TOO_LARGE and v.fatal
+    assert conn.state is State.CLOSED
+
+
+def test_longest_hello_and_auth_fit_the_preauth_limit_with_margin() -> None:
+    for msg in (LONGEST_HELLO, LONGEST_AUTH):
+        assert len(frame(msg)) * 8 < PREAUTH_MAX_FRAME_BYTES, msg  # room for appended fields
+    conn = ServerConnection()
+    assert conn.receive_data(frame(LONGEST_HELLO)) == [HelloReceived(2**31 - 1, b"\xff" * 16)]
+    conn.challenge(S_NONCE, NOW_MS)
+    [auth] = conn.receive_data(frame(LONGEST_AUTH))
+    assert isinstance(auth, AuthReceived) and conn.state is State.VERIFYING
+
+
+def test_hello_of_exactly_the_preauth_limit_is_accepted() -> None:
+    """A newer terminal's hello with appended fields, padded to the limit, still passes."""
+    obj = {"t": "hello", "terminal_id": TID, "nonce": T_NONCE, "pad": ""}
+    obj["pad"] = "x" * (PREAUTH_MAX_FRAME_BYTES - len(pack(obj)) - 2)  # str16 header: 3 bytes, not 1
+    assert len(pack(obj)) == PREAUTH_MAX_FRAME_BYTES
+    assert ServerConnection().receive_data(plain(obj)) == [HelloReceived(TID, T_NONCE)]
+
+
+def test_preauth_limit_never_exceeds_the_configured_limit() -> None:
+    conn = ServerConnection(max_frame_bytes=64, preauth_max_frame_bytes=4096)
+    v = the_violation(conn.receive_data((65).to_bytes(4, "big")))
+    assert v.code == ErrorCode.FRAME_TOO_LARGE
+
+
+def test_after_ready_the_full_limit_applies() -> None:
+    conn = ready()
+    data = plain(batch(50))
+    assert len(data) > PREAUTH_MAX_FRAME_BYTES
+    [event] = conn.receive_data(data)
+    assert isinstance(event, TapsReceived) and len(event.taps) == 50
+    v = the_violation(conn.receive_data((262_145).to_bytes(4, "big")))
+    assert v.code == ErrorCode.FRAME_TOO_LARGE and "before" not in v.message
 
 
 def test_zero_length_frame_is_fatal() -> None:

@@ -159,6 +159,37 @@ def test_terminate_journal_backends(own_services, ray_cluster, results_file):
     asyncio.run(scenario())
 
 
+# -- 4b: Postgres hangs: commits blocked for longer than the commit timeout -----------------------
+
+HANG_S = 4.0
+
+
+def test_journal_commits_hang(configured_services, schema, ray_cluster, results_file):
+    """Every journal commit blocks (the shards' head rows are locked by another transaction) for
+    longer than ledger.commit_timeout_ms: commits fail by timeout and the shards reload instead of
+    holding the gateway's in-flight calls; once the lock goes, every tap gets its final answer."""
+
+    async def scenario() -> None:
+        async with running_city(configured_services, schema, n_cards=N_CARDS, n_terminals=N_TERMINALS,
+                                city={"account_shards": 2}, ledger={"commit_timeout_ms": 1000},
+                                gateway={"shard_call_timeout_ms": 2000}) as city:
+            load = start_load(city)
+            await asyncio.sleep(WARMUP_S)
+            admin = await city.conn()
+            try:
+                load.mark_fault()
+                async with admin.transaction():
+                    locked = await admin.fetch("SELECT shard_id FROM shard_heads FOR UPDATE")
+                    assert len(locked) == 2
+                    await asyncio.sleep(HANG_S)
+            finally:
+                await admin.close()
+            await finish(load, city, f"journal commits hung {HANG_S:.0f} s (head rows locked)", results_file)
+            await assert_shards_reloaded(city)
+
+    asyncio.run(scenario())
+
+
 # -- 5: Postgres stopped and started again (our embedded one only) --------------------------------
 
 def test_postgres_stop_and_start(own_services, ray_cluster, results_file):

@@ -13,7 +13,7 @@ from .scenario import CardSpec
 from .world import World
 
 if TYPE_CHECKING:
-    from .store import Store
+    from .store import Record
 
 _OK = int(Result.OK)
 _NOT_DECIDED = frozenset((int(Result.BUSY), int(Result.RETRY), int(Result.SEQ_TOO_OLD)))
@@ -32,15 +32,21 @@ class Model:
         self.fresh_answer: dict[int, int] = {}  # dedupe key -> id of its one non-replay answer
         self.first_answer: dict[int, tuple[int, int, int]] = {}
         self.answers = self.replays = 0
+        self.ops: dict[str, int] = {}  # op key -> card_no, for every card service the counter made
+        self.committed_ops: dict[str, JournalRow] = {}
+        self.paid_in_fen = 0  # by committed card services: top-ups in, refunds out (negative)
 
     # -- the record ----------------------------------------------------------------------
-    def on_commit(self, store: "Store", rows: list[JournalRow]) -> None:
+    def on_commit(self, store: "Record", rows: list[JournalRow]) -> None:
         fail = self.world.fail
         lsn = store.head_lsn
         for row in rows:
             lsn += 1
             if row.lsn != lsn:
                 fail("journal-contiguous", f"shard {store.shard_id} commits lsn {row.lsn} after {lsn - 1}")
+            if row.op_key is not None:
+                self._on_op_row(row)
+                continue
             key = dedupe_key(row.terminal_id, row.seq)
             if key in self.committed:
                 first = self.committed[key]
@@ -65,9 +71,50 @@ class Model:
                 fail("balance-after-matches-record",
                      f"row lsn {row.lsn} says {row.balance_after_fen}, the record gives {purses[0]}")
             self.revenue_fen += row.amount_fen
-            total = sum(sum(p) for p in self.purses.values())
-            if total + self.revenue_fen != self.opening_fen:
-                fail("money-conserved", f"{total} held + {self.revenue_fen} paid != {self.opening_fen} opening")
+            self._check_conserved()
+
+    def _on_op_row(self, row: JournalRow) -> None:
+        fail = self.world.fail
+        assert row.op_key is not None
+        if row.op_key in self.committed_ops:
+            fail("op-committed-once", f"op {row.op_key} committed again at lsn {row.lsn} "
+                 f"(first at lsn {self.committed_ops[row.op_key].lsn})")
+        if self.ops.get(row.op_key) != row.card_no:
+            fail("no-phantom-rows", f"row {row} is no op the counter made")
+        self.committed_ops[row.op_key] = row
+        deltas = (row.d_epurse, row.d_general, row.d_voucher, row.d_allowance, row.d_medical, row.d_deposit)
+        if row.result != _OK:
+            if any(deltas):
+                fail("refusal-charges-nothing", f"row {row}")
+            return
+        purses = self.purses[row.card_no]
+        for i, d in enumerate(deltas):
+            purses[i] += d
+        if min(purses) < 0:
+            fail("no-overdraft", f"card {row.card_no} purses {purses} after op lsn {row.lsn}")
+        if purses[0] != row.balance_after_fen:
+            fail("balance-after-matches-record", f"op lsn {row.lsn} says {row.balance_after_fen}, record {purses[0]}")
+        self.paid_in_fen += sum(deltas)
+        self._check_conserved()
+
+    def _check_conserved(self) -> None:
+        total = sum(sum(p) for p in self.purses.values())
+        if total + self.revenue_fen != self.opening_fen + self.paid_in_fen:
+            self.world.fail("money-conserved", f"{total} held + {self.revenue_fen} paid != {self.opening_fen} "
+                            f"opening + {self.paid_in_fen} topped up less refunded")
+
+    def on_op_answer(self, key: str, outcome: tuple[int, tuple[int, ...], int, bool], fresh_before: bool) -> None:
+        """The counter got an op's outcome: it is the committed one, a retry's is a replay of it."""
+        result, deltas, balance, replay = outcome
+        row = self.committed_ops.get(key)
+        if row is None:
+            self.world.fail("answer-only-once-durable", f"op {key} answered {outcome} before it was committed")
+        committed = (row.result, (row.d_epurse, row.d_general, row.d_voucher, row.d_allowance, row.d_medical,
+                                  row.d_deposit), row.balance_after_fen)
+        if (result, tuple(deltas), balance) != committed:
+            self.world.fail("answer-is-committed-outcome", f"op {key} answered {outcome}, record has {committed}")
+        if not replay and fresh_before:
+            self.world.fail("retry-answer-is-replay", f"op {key} got a second non-replay answer {outcome}")
 
     # -- answers -------------------------------------------------------------------------
     def check_decided(self, where: str, terminal_id: int, seq: int, answer: Answer) -> None:
@@ -114,7 +161,7 @@ class Model:
                 self.world.fail("memory-equals-record", f"shard {shard_id} {when}: card {card_no} purses "
                                 f"{card.purses} in memory, {self.purses[card_no]} in the record")
 
-    def check_snapshot(self, store: "Store", lsn: int, states: dict[int, bytes]) -> None:
+    def check_snapshot(self, store: "Record", lsn: int, states: dict[int, bytes]) -> None:
         if lsn > store.head_lsn:
             self.world.fail("snapshot-not-ahead-of-journal",
                             f"shard {store.shard_id} snapshot at lsn {lsn}, journal head {store.head_lsn}")

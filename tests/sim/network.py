@@ -27,13 +27,13 @@ class Link:
             self.dropped += 1
             w.log(self.name, "drop")
             return
-        w.at(self._latency(), deliver, *payload)
+        w.at(self.latency_ms(), deliver, *payload)
         if w.chance(f.p_dup):
             self.duplicated += 1
             w.log(self.name, "duplicate")
-            w.at(self._latency(), deliver, *payload)
+            w.at(self.latency_ms(), deliver, *payload)
 
-    def _latency(self) -> int:
+    def latency_ms(self) -> int:
         w, f = self.world, self.faults
         if w.chance(f.p_delay):
             return BASE_LATENCY_MS + w.rng.randint(0, f.max_delay_ms)

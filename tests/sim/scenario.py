@@ -36,6 +36,17 @@ class PlannedTap:
         return EPOCH_MS + self.at_ms
 
 
+@dataclass(frozen=True)
+class PlannedOp:
+    """A card service at the counter (the API's run_op): a top-up or a refund, with its key."""
+
+    at_ms: int
+    key: str
+    card_no: int
+    refund: bool
+    amount_fen: int
+
+
 @dataclass
 class Faults:
     p_drop: float = 0.0  # a terminal<->gateway frame is lost
@@ -47,6 +58,7 @@ class Faults:
     p_commit_ambiguous: float = 0.0  # the commit is stored, but the shard is told it failed
     p_crash_apply: float = 0.0  # the shard dies after apply, before commit
     p_crash_commit: float = 0.0  # the shard dies after the commit, before it answers
+    p_crash_during_call: float = 0.0  # the shard dies 0-30 ms into a call, whatever it is doing
     p_load_fail: float = 0.0  # recovery cannot read the store
     p_snapshot_fail: float = 0.0
     gateway_restarts: list[int] = field(default_factory=list)  # fake times
@@ -59,6 +71,7 @@ class Scenario:
     unknown_card: int  # a card no shard holds (CARD_UNKNOWN, recorded)
     hotlist: dict[int, int]  # card_no -> fake time it is hotlisted at the gateway
     terminals: list[list[PlannedTap]]
+    ops: list[PlannedOp]
     n_shards: int
     faults: Faults
     # gateway (Router) settings
@@ -67,10 +80,12 @@ class Scenario:
     queue_max_taps: int
     retry_deadline_ms: int
     linger_ms: int
+    call_timeout_ms: int
     # shard settings
     dedupe_limit: int
     commit_max_rows: int
     snapshot_every_rows: int
+    snapshot_interval_s: float
     # terminal behaviour
     answer_timeout_ms: int
     p_batch: float  # send unanswered taps as one "taps" batch rather than single "tap"s
@@ -106,6 +121,9 @@ def make_scenario(world: World) -> Scenario:
         taps.sort(key=lambda t: t.at_ms)
         terminals.append(taps)
     hotlist = {c.card_no: rng.randint(0, span_ms) for c in cards if rng.random() < 0.1}
+    ops = sorted((PlannedOp(rng.randint(0, span_ms), f"sim-op-{i}", rng.choice(choices), rng.random() < 0.3,
+                            rng.choice((1, 200, 5_000, 100_000)))
+                  for i in range(rng.choice((0, 0, 1, 3, 6)))), key=lambda o: o.at_ms)
     calm = rng.random() < 0.15
     until = span_ms + rng.randint(0, 10_000)
 
@@ -115,18 +133,18 @@ def make_scenario(world: World) -> Scenario:
     faults = Faults(
         p_drop=p(0.15), p_dup=p(0.1), p_delay=p(0.3), max_delay_ms=rng.choice((50, 500, 3_000)),
         p_call_error=p(0.1), p_commit_fail=p(0.15), p_commit_ambiguous=p(0.1), p_crash_apply=p(0.08),
-        p_crash_commit=p(0.08), p_load_fail=p(0.2), p_snapshot_fail=p(0.3),
+        p_crash_commit=p(0.08), p_crash_during_call=p(0.08), p_load_fail=p(0.2), p_snapshot_fail=p(0.3),
         gateway_restarts=[] if calm else sorted(rng.randint(0, until) for _ in range(rng.choice((0, 0, 1, 2)))),
         until_ms=until,
     )
     return Scenario(
-        cards=cards, unknown_card=unknown, hotlist=hotlist, terminals=terminals,
+        cards=cards, unknown_card=unknown, hotlist=hotlist, terminals=terminals, ops=ops,
         n_shards=rng.choice((1, 2)), faults=faults,
         batch_max_taps=rng.choice((1, 3, 8, 4000)), inflight_calls=rng.choice((1, 2, 3)),
         queue_max_taps=rng.choice((4, 40, 40_000)), retry_deadline_ms=rng.choice((300, 2_000, 20_000)),
-        linger_ms=rng.choice((0, 1, 5)),
+        linger_ms=rng.choice((0, 1, 5)), call_timeout_ms=rng.choice((200, 2_000, 10_000)),
         dedupe_limit=rng.choice((2_000_000, 2_000_000, 4, 12)), commit_max_rows=rng.choice((1, 5, 20_000)),
-        snapshot_every_rows=rng.choice((10**9, 3, 10)),
+        snapshot_every_rows=rng.choice((10**9, 3, 10)), snapshot_interval_s=rng.choice((10**6, 2.0)),
         answer_timeout_ms=rng.choice((300, 1_000, 5_000)), p_batch=rng.choice((0.0, 0.3, 0.8)),
         p_reconnect_on_timeout=rng.uniform(0, 0.5), p_retry_answered=rng.choice((0.0, 0.1, 0.3)),
     )

@@ -1,15 +1,38 @@
-"""The durable record of one shard: committed journal rows (lsn 1, 2, ...) and its snapshot."""
+"""The durable record of one shard (``Record``: committed journal rows and the newest snapshot,
+kept across crashes) and ``SimStore``, the product's ShardStore interface over it for one actor
+incarnation: its commits take time, fail, fail ambiguously, and the actor may die around them.
+Recovery is the product's ``recovery.Rebuild`` fed from the record."""
 
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from citycard.domain.cards import CardState
+from citycard.domain.ledger import Ledger
 from citycard.domain.taps import JournalRow
+from citycard.errors import StoreError
+from citycard.persistence.journal import Append
+from citycard.persistence.recovery import Rebuild, RecoveryReport
 
 from .model import Model
+from .scenario import CardSpec, Faults
+from .world import World
+
+if TYPE_CHECKING:
+    from .shard import SimActor
+
+COMMIT_MS = (1, 15)  # how long a group commit takes
+OPEN_MS = (1, 10)
+LOAD_MS = (5, 40)
+SNAPSHOT_MS = (2, 30)
+ZOMBIE_MS = (0, 1_000)
 
 
-class Store:
-    def __init__(self, shard_id: int, model: Model, *, fenced: bool = False) -> None:
+class Record:
+    def __init__(self, shard_id: int, model: Model, cards: list[CardSpec], *, fenced: bool = True) -> None:
         self.shard_id = shard_id
         self.fenced = fenced
         self.model = model
+        self.cards = cards  # the cards table of this shard
         self.rows: list[JournalRow] = []  # rows[i].lsn == i + 1 (the model checks it)
         self.snapshot_lsn = 0
         self.snapshot: dict[int, bytes] = {}  # card_no -> encoded card state at snapshot_lsn
@@ -20,9 +43,8 @@ class Store:
         return len(self.rows)
 
     def commit(self, rows: list[JournalRow]) -> bool:
-        """One transaction: all rows or none (the caller decides whether it fails). Fenced (the
-        suggested fix, see README): the head update is conditional on the lsn the writer last
-        saw, so a writer that is not the head's owner any more commits nothing."""
+        """One transaction: all rows or none. Fenced, as pg_append is: the head moves only from
+        the lsn the rows follow on, so a writer that is no longer the head's owner commits nothing."""
         if not rows:
             return True
         if self.fenced and rows[0].lsn != self.head_lsn + 1:
@@ -35,3 +57,110 @@ class Store:
     def save_snapshot(self, lsn: int, states: dict[int, bytes]) -> None:
         if lsn > self.snapshot_lsn:  # recovery loads the newest
             self.snapshot_lsn, self.snapshot = lsn, states
+
+    def rebuild(self, ledger: Ledger, *, watermarks: bool = True) -> RecoveryReport:
+        """What recovery.load_ledger's queries return, fed to the product's Rebuild."""
+        rebuild = Rebuild(ledger, self.snapshot_lsn, self.head_lsn)
+        rebuild.add_cards(c.fresh() for c in self.cards)
+        rebuild.restore_snapshot(self.snapshot.items())
+        if rebuild.start and watermarks:
+            high: dict[int, int] = {}
+            for row in self.rows[:rebuild.start]:
+                high[row.terminal_id] = max(high.get(row.terminal_id, 0), row.seq)
+            rebuild.watermarks(high.items())
+        for row in self.rows[rebuild.start:]:
+            rebuild.row(row)
+        return rebuild.report()
+
+
+class SimStore:
+    """The product's ShardStore for one incarnation of a shard actor (its "connections")."""
+
+    def __init__(self, world: World, model: Model, faults: Faults, record: Record, actor: "SimActor") -> None:
+        self.world = world
+        self.model = model
+        self.faults = faults
+        self.record = record
+        self.actor = actor
+        self.name = f"shard{record.shard_id}"
+
+    async def _io(self, span_ms: tuple[int, int]) -> None:
+        await asyncio.sleep(self.world.rng.randint(*span_ms) / 1000.0)
+
+    async def open(self) -> None:
+        await self._io(OPEN_MS)
+        if self.world.chance(self.faults.p_load_fail):
+            self.world.log(self.name, "connect failed: store unavailable")
+            raise StoreError("store unavailable")
+
+    async def load(self, ledger: Ledger) -> RecoveryReport:
+        await self._io(LOAD_MS)
+        if self.world.chance(self.faults.p_load_fail):
+            self.world.log(self.name, "recovery failed: store unavailable")
+            raise StoreError("store unavailable")
+        mutation = self.world.mutation
+        report = self.record.rebuild(ledger, watermarks=mutation != "no_watermark_on_recovery")
+        if mutation == "forget_dedupe_on_recovery":  # mutant: recovery that does not refill the dedupe memory
+            ledger._seen.clear()
+            ledger._seen_order.clear()
+        if report.mismatches:
+            self.world.fail("recovery-balances-match-rows", f"shard {ledger.shard_id}: {report.mismatches} rows disagree")
+        self.world.log(self.name, f"recovered at lsn {ledger.lsn} (snapshot {self.record.snapshot_lsn})")
+        self.model.check_memory(ledger.shard_id, ledger, "after recovery")
+        return report
+
+    def append(self) -> Append:
+        return self._append
+
+    async def _append(self, records: list[tuple[Any, ...]]) -> None:
+        w, f, actor = self.world, self.faults, self.actor
+        rows = [JournalRow(*r) for r in records]
+        if w.chance(f.p_crash_apply):
+            await actor.crash("after apply, before commit")
+        try:
+            await self._io(COMMIT_MS)
+        except asyncio.CancelledError:
+            # the process died during the commit; COMMIT may have reached the store first: it
+            # lands now, or (hazard "zombie": declared dead, still running) some time later
+            if w.rng.random() < 0.5:
+                if w.zombie:
+                    w.at(w.rng.randint(*ZOMBIE_MS), self._zombie_commit, rows)
+                else:
+                    self.record.commit(rows)
+            raise
+        if w.chance(f.p_commit_fail):
+            w.log(self.name, "commit failed")
+            raise StoreError("commit failed")
+        if not self.record.commit(rows):
+            w.log(self.name, "fenced out: the journal head moved")
+            raise StoreError("the journal head is not where these rows follow on: another writer owns this shard")
+        if w.chance(f.p_crash_commit):
+            await actor.crash("after commit, before the answer")
+        if w.chance(f.p_commit_ambiguous):
+            w.log(self.name, "commit stored, but the connection broke before COMMIT's answer")
+            raise StoreError("connection lost during COMMIT")
+
+    def _zombie_commit(self, rows: list[JournalRow]) -> None:
+        landed = self.record.commit(rows)
+        self.world.log(self.name, f"zombie commit of lsn {rows[0].lsn}..: {'landed' if landed else 'fenced out'}")
+
+    async def write_snapshot(self, lsn: int, rows: list[tuple[int, int, bytes]], total_fen: int) -> None:
+        states = {card_no: state for card_no, _money, state in rows}
+        self.model.check_snapshot(self.record, lsn, states)
+        await self._io(SNAPSHOT_MS)
+        if self.world.chance(self.faults.p_snapshot_fail):
+            raise StoreError("snapshot failed")
+        self.record.save_snapshot(lsn, states)
+        self.world.log(self.name, f"snapshot at lsn {lsn}")
+
+    async def find_ops(self, keys: list[str]) -> list[JournalRow]:
+        await self._io(OPEN_MS)
+        if self.world.mutation == "no_op_lookup":  # mutant: op keys older than the op memory are not looked up
+            return []
+        return [r for r in self.record.rows if r.op_key in keys]
+
+    async def fetch_cards(self, card_nos: list[int]) -> list[CardState]:
+        return [c.fresh() for c in self.record.cards if c.card_no in card_nos]
+
+    async def close(self) -> None:
+        pass

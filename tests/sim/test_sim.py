@@ -33,7 +33,7 @@ def test_equal_seeds_give_equal_runs() -> None:
 def test_faults_are_exercised() -> None:
     """The seeds do reach the paths they claim to: crashes, recoveries, restarts, replays."""
     runs = [simulate(seed) for seed in range(200)]
-    for field in ("crashes", "recoveries", "gateway_restarts", "replays", "dropped", "duplicated"):
+    for field in ("crashes", "recoveries", "gateway_restarts", "replays", "dropped", "duplicated", "ops"):
         assert sum(getattr(r, field) for r in runs) > 20, field
 
 
@@ -45,8 +45,9 @@ EXPECTED = {
                                          "snapshot-not-ahead-of-journal", "balance-after-matches-record"},
     "no_watermark_on_recovery": {"tap-committed-once"},
     "snapshot_while_committing": {"snapshot-not-ahead-of-journal"},
+    "no_op_lookup": {"op-committed-once"},
 }
-WITHIN = {"no_watermark_on_recovery": 1000}  # seeds; the others are caught within the first few
+WITHIN = {"no_watermark_on_recovery": 1000, "no_op_lookup": 1000}  # seeds; the others are caught within the first few
 
 
 @pytest.mark.parametrize("mutation", MUTATIONS)
@@ -69,6 +70,7 @@ def test_one_seed_replays_from_the_command_line() -> None:
                         capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0, ok.stderr
     assert "seed 7:" in ok.stdout and "ok Stats(seed=7" in ok.stdout
+    assert f"digest={simulate(7).digest})" in ok.stdout  # another process, the same run
     bad = subprocess.run([sys.executable, "-m", "tests.sim.run", "--seeds", "50", "--mutation",
                           "answer_before_commit"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1

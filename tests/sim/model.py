@@ -55,23 +55,29 @@ class Model:
             if self.taps.get(key) != row.card_no:
                 fail("no-phantom-rows", f"row {row} is no tap a terminal made")
             self.committed[key] = row
-            deltas = (row.d_epurse, row.d_general, row.d_voucher, row.d_allowance, row.d_medical, row.d_deposit)
-            if row.result != _OK:
-                if any(deltas) or row.amount_fen:
-                    fail("refusal-charges-nothing", f"row {row}")
-                continue
-            if -sum(deltas) != row.amount_fen:
-                fail("fare-equals-purse-debits", f"row {row}")
-            purses = self.purses[row.card_no]
-            for i, d in enumerate(deltas):
-                purses[i] += d
-            if min(purses) < 0:
-                fail("no-overdraft", f"card {row.card_no} purses {purses} after lsn {row.lsn}")
-            if purses[0] != row.balance_after_fen:
-                fail("balance-after-matches-record",
-                     f"row lsn {row.lsn} says {row.balance_after_fen}, the record gives {purses[0]}")
-            self.revenue_fen += row.amount_fen
-            self._check_conserved()
+            if self._move(row):
+                self.revenue_fen += row.amount_fen
+                self._check_conserved()
+
+    def _move(self, row: JournalRow) -> bool:
+        """Apply a committed row's purse deltas to the record; False for a refusal."""
+        fail = self.world.fail
+        deltas = (row.d_epurse, row.d_general, row.d_voucher, row.d_allowance, row.d_medical, row.d_deposit)
+        if row.result != _OK:
+            if any(deltas) or row.amount_fen:
+                fail("refusal-charges-nothing", f"row {row}")
+            return False
+        if -sum(deltas) != row.amount_fen:
+            fail("fare-equals-purse-debits", f"row {row}")
+        purses = self.purses[row.card_no]
+        for i, d in enumerate(deltas):
+            purses[i] += d
+        if min(purses) < 0:
+            fail("no-overdraft", f"card {row.card_no} purses {purses} after lsn {row.lsn}")
+        if purses[0] != row.balance_after_fen:
+            fail("balance-after-matches-record",
+                 f"row lsn {row.lsn} says {row.balance_after_fen}, the record gives {purses[0]}")
+        return True
 
     def _on_op_row(self, row: JournalRow) -> None:
         fail = self.world.fail
@@ -82,20 +88,9 @@ class Model:
         if self.ops.get(row.op_key) != row.card_no:
             fail("no-phantom-rows", f"row {row} is no op the counter made")
         self.committed_ops[row.op_key] = row
-        deltas = (row.d_epurse, row.d_general, row.d_voucher, row.d_allowance, row.d_medical, row.d_deposit)
-        if row.result != _OK:
-            if any(deltas):
-                fail("refusal-charges-nothing", f"row {row}")
-            return
-        purses = self.purses[row.card_no]
-        for i, d in enumerate(deltas):
-            purses[i] += d
-        if min(purses) < 0:
-            fail("no-overdraft", f"card {row.card_no} purses {purses} after op lsn {row.lsn}")
-        if purses[0] != row.balance_after_fen:
-            fail("balance-after-matches-record", f"op lsn {row.lsn} says {row.balance_after_fen}, record {purses[0]}")
-        self.paid_in_fen += sum(deltas)
-        self._check_conserved()
+        if self._move(row):
+            self.paid_in_fen -= row.amount_fen  # a top-up's amount is negative: money in
+            self._check_conserved()
 
     def _check_conserved(self) -> None:
         total = sum(sum(p) for p in self.purses.values())

@@ -56,6 +56,7 @@ class Stats:
     answers: int
     replays: int
     ops: int
+    chatter: int  # pongs and parameter answers terminals received
     crashes: int
     recoveries: int
     gateway_restarts: int
@@ -109,7 +110,8 @@ def simulate(seed: int, *, mutation: str | None = None, verbose: bool = False, z
     rows = [r for rec in records for r in rec.rows]
     return Stats(
         seed=seed, events=world.events, end_ms=world.now_ms, taps=len(model.taps), rows=len(rows),
-        answers=model.answers, replays=model.replays, ops=len(model.committed_ops), crashes=sum(a.crashes for a in actors),
+        answers=model.answers, replays=model.replays, ops=len(model.committed_ops),
+        chatter=sum(t.pongs + t.params for t in terminals), crashes=sum(a.crashes for a in actors),
         recoveries=sum(a.total_recoveries for a in actors), gateway_restarts=gateway.restarts,
         dropped=frames.dropped, duplicated=frames.duplicated + calls.duplicated,
         digest=zlib.crc32(repr((rows, [sorted(t.final.items()) for t in terminals],

@@ -13,7 +13,7 @@ from citycard.protocols.frames import FrameDecoder, encode_frame
 from .model import Model
 from .network import Link
 from .scenario import MASTER_KEY, PlannedTap, Scenario
-from .world import World
+from .world import EPOCH_MS, World
 
 if TYPE_CHECKING:
     from .gateway import Conn, SimGateway
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 _NOT_FINAL = frozenset((int(Result.BUSY), int(Result.RETRY)))
 RECONNECT_MS = (50, 1_000)
 RETRY_LATER_MS = (100, 1_000)
+CHATTER_MS = (200, 5_000)  # a ping or a parameter request now and then while READY
 _encode = m.encoder.encode
 
 
@@ -48,6 +49,8 @@ class SimTerminal:
         self.reconnecting = False
         self.strikes = 0  # answer timeouts in a row with no answer at all: reconnect at 2
         self.next_req = 0
+        self.pings: set[int] = set()  # time_ms of pings sent: a pong must echo one
+        self.pongs = self.params = 0
         for tap in plan:
             world.at(tap.at_ms, self._new_tap, tap)
         world.at(world.rng.randint(0, 50), self._connect)
@@ -131,6 +134,13 @@ class SimTerminal:
                 self.ready = True
                 self.world.log(self.name, "ready")
                 self._send_taps(sorted(self.unanswered))
+                self._chatter_later()
+            elif type(msg) is m.Pong:
+                if msg.time_ms not in self.pings:
+                    self.world.fail("pong-echoes-ping", f"{self.name} got a pong for {msg.time_ms}, never sent")
+                self.pongs += 1
+            elif type(msg) is m.Params:
+                self.params += 1
             elif type(msg) is m.Error:
                 self.world.log(self.name, f"error {msg.code}: {msg.message}")
 
@@ -163,6 +173,22 @@ class SimTerminal:
         self.unanswered[seq] = 0
         self._send_taps([seq])
         self._arm_timer()
+
+    # -- pings and parameter requests, between taps ----------------------------------------
+    def _chatter_later(self) -> None:
+        w = self.world
+        w.at(w.rng.randint(*CHATTER_MS), self._chatter, self.conn)
+
+    def _chatter(self, conn: "Conn | None") -> None:
+        if conn is not self.conn or not self.ready or self.done:
+            return
+        if self.world.rng.random() < 0.5:
+            now = EPOCH_MS + self.world.now_ms
+            self.pings.add(now)
+            self._write(m.Ping(time_ms=now))
+        else:
+            self._write(m.ParamsRequest(fare_version=1, hotlist_version=0))
+        self._chatter_later()
 
     # -- connection ----------------------------------------------------------------------
     def _connect(self) -> None:

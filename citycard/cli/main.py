@@ -106,6 +106,12 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_terminal(args: argparse.Namespace) -> int:
+    from .terminals import terminal_main
+
+    return terminal_main(_settings(args), args.terminal_command, args.terminal_id, getattr(args, "reason", ""))
+
+
 def cmd_fares_check(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -135,6 +141,13 @@ def _positive(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
+    return value
+
+
+def _terminal_id(text: str) -> int:
+    value = _positive(text)
+    if value > 2**31 - 1:  # the protocol's and the terminals table's range
+        raise argparse.ArgumentTypeError(f"must be at most {2**31 - 1}: {text!r}")
     return value
 
 
@@ -288,6 +301,19 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--role", action="append", required=True,
                     choices=["clerk", "programme_admin", "auditor", "read_only"], help="a role (repeatable)")
     tc.set_defaults(func=cmd_token_create)
+
+    trm = sub.add_parser("terminal", help="disable, enable or show one terminal")
+    trsub = trm.add_subparsers(dest="terminal_command", required=True)
+    for name, help_text in (
+        ("disable", "refuse the terminal from now on and close its open connections on every gateway"),
+        ("enable", "let a disabled terminal authenticate again"),
+        ("show", "print the terminal's flag and totals from the database"),
+    ):
+        tcmd = trsub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
+        tcmd.add_argument("terminal_id", metavar="TERMINAL_ID", type=_terminal_id, help="the terminal's id")
+        if name != "show":
+            tcmd.add_argument("--reason", default="", metavar="TEXT", help="why (kept in the audit log)")
+        tcmd.set_defaults(func=cmd_terminal)
 
     _add_fares(sub)
     return p

@@ -20,7 +20,8 @@ from ..gateway.metrics import Metrics
 from ..gateway.router import Router
 from ..gateway.server import Gateway, GatewayContext
 from ..gateway.sessions import SessionReporter
-from ..persistence import db, hotlist
+from ..gateway.terminal_control import TerminalControl
+from ..persistence import db, hotlist, terminals
 from ..persistence.migrate import migrate
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ class Platform:
         self.hotlist: HotlistCache | None = None
         self.reporter: SessionReporter | None = None
         self.router: Router | None = None
+        self.terminal_control: TerminalControl | None = None
         self.redis: aioredis.Redis | None = None
         self.pool: Any = None
         self.gateway_port = 0
@@ -136,6 +138,11 @@ class Platform:
         )
         self.gateway = Gateway(ctx, g.host, g.port if gateway_port is None else gateway_port)
         self.gateway_port = await self.gateway.start()
+        self.terminal_control = TerminalControl(
+            ctx, self.redis, s.redis.prefix, self._disabled_terminals, self.metrics,
+            check_interval_s=g.terminal_check_ms / 1000.0,
+        )
+        await self.terminal_control.start()
         mport = s.metrics.port if metrics_port is None else metrics_port
         if mport or metrics_port == 0:
             self.metrics_port = self.metrics.serve(s.metrics.host, mport)
@@ -172,6 +179,9 @@ class Platform:
         async with self.pool.acquire() as conn:
             return await hotlist.rebuild_redis(conn, self.redis, self.settings.redis.prefix)
 
+    async def _disabled_terminals(self, terminal_ids: list[int]) -> list[int]:
+        return await terminals.disabled_among(self.pool, terminal_ids)
+
     async def hotlist_add(self, card_no: int, reason: str) -> int:
         async with self.pool.acquire() as conn:
             return await hotlist.add(conn, self.redis, self.settings.redis.prefix, card_no, reason)
@@ -188,6 +198,8 @@ class Platform:
         steps: list[tuple[str, Any]] = []
         if self.api is not None:
             steps.append(("http api", self.api.stop))
+        if self.terminal_control is not None:
+            steps.append(("terminal control", self.terminal_control.stop))
         if self.gateway is not None:
             steps.append(("gateway", self.gateway.stop))
         if self.router is not None:

@@ -68,6 +68,7 @@ class Gateway(_Section):
     linger_ms: float = Field(ge=0, le=1000)
     terminal_max_taps_per_s: float = Field(ge=0)  # 0: no per-terminal limit
     terminal_burst_taps: int = Field(ge=0, le=10_000_000)
+    terminal_check_ms: int = Field(default=30_000, ge=0, le=3_600_000)  # 0: only Redis messages
 
 
 class Ledger(_Section):

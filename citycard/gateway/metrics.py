@@ -68,6 +68,10 @@ class Metrics:
         self.busy = Counter("citycard_busy_taps", "Taps answered BUSY because a queue was full", registry=r)
         self.hotlist_size = Gauge("citycard_hotlist_cards", "Cards on the gateway's hotlist", registry=r)
         self.hotlist_version = Gauge("citycard_hotlist_version", "Hotlist version held by the gateway", registry=r)
+        self.terminal_cutoffs = Counter(
+            "citycard_terminal_cutoffs", "Connections closed because their terminal was disabled, by how the "
+            "gateway learnt it (event: Redis message; check: its periodic look at Postgres)", ["via"], registry=r,
+        )
 
     def serve(self, host: str, port: int) -> int:
         """Start the /metrics HTTP endpoint; returns the bound port (0 picks a free one)."""

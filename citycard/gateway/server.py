@@ -100,6 +100,21 @@ class GatewayContext:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
+    def disconnect_terminal(self, terminal_id: int, code: ErrorCode, message: str) -> int:
+        """Send ``code`` to every open connection of this terminal and close it; returns how
+        many. Connections still authenticating count too: their check may have read the
+        terminal before it was disabled."""
+        closed = 0
+        for c in list(self.connections):
+            if c.conn.terminal_id != terminal_id or c.conn.closed or c.transport is None:
+                continue
+            c._write(c.conn.reject(code, message))
+            c._close_after_error()
+            closed += 1
+        if closed:
+            self.metrics.protocol_errors.labels(code.name).inc(closed)
+        return closed
+
 
 class TerminalProtocol(asyncio.Protocol):
     def __init__(self, ctx: GatewayContext) -> None:

@@ -1,0 +1,68 @@
+"""A terminal's ``enabled`` flag: Postgres is the record, Redis tells the gateways at once.
+
+A disable commits in Postgres first, so every later authentication is refused (the session
+actor re-reads the flag), and is then published on ``{prefix}:terminals:disabled`` with the
+terminal id, so every gateway closes that terminal's open connections now. Pub/sub is fire
+and forget: a gateway not subscribed at that moment finds the disable at its next check
+(gateway/terminal_control.py). Enabling needs no message: the next authentication reads it.
+"""
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+import asyncpg
+import redis.asyncio as aioredis
+
+CHECK_CHUNK_IDS = 10_000  # terminal ids per query when gateways check their connections
+
+
+def channel(prefix: str) -> str:
+    return f"{prefix}:terminals:disabled"
+
+
+async def get(conn: asyncpg.Connection, terminal_id: int) -> dict[str, Any] | None:
+    """The terminal's row (flag, kind, totals as last flushed by its session), or None."""
+    row = await conn.fetchrow(
+        "SELECT terminal_id, kind, name, route, enabled, last_seq, taps, charged_fen, seq_gaps, updated_at"
+        " FROM terminals WHERE terminal_id = $1", terminal_id)
+    return None if row is None else dict(row)
+
+
+async def set_enabled(
+    conn: asyncpg.Connection, terminal_id: int, enabled: bool, *, operator: str, reason: str
+) -> bool | None:
+    """Set the flag; returns what it was before, None for an unknown terminal. A change is
+    written to the audit log in the same transaction; setting it to what it is changes nothing."""
+    async with conn.transaction():
+        before = await conn.fetchval(
+            "SELECT enabled FROM terminals WHERE terminal_id = $1 FOR UPDATE", terminal_id)
+        if before is None:
+            return None
+        if before == enabled:
+            return enabled
+        # updated_at is left alone: it says when the session last flushed the totals.
+        await conn.execute("UPDATE terminals SET enabled = $2 WHERE terminal_id = $1", terminal_id, enabled)
+        await conn.execute(
+            "INSERT INTO audit_log (operator, role, action, subject, before, after, reason)"
+            " VALUES ($1, 'cli', $2, $3, $4::jsonb, $5::jsonb, $6)",
+            operator, "terminal.enable" if enabled else "terminal.disable", f"terminal:{terminal_id}",
+            json.dumps({"enabled": before}), json.dumps({"enabled": enabled}), reason,
+        )
+    return bool(before)
+
+
+async def publish_disabled(redis: aioredis.Redis, prefix: str, terminal_id: int) -> int:
+    """Tell the gateways; returns how many subscribers (gateways) heard it."""
+    return int(await redis.publish(channel(prefix), str(terminal_id)))
+
+
+async def disabled_among(conn: asyncpg.Connection | asyncpg.Pool, terminal_ids: Iterable[int]) -> list[int]:
+    """Which of these terminals are registered and disabled."""
+    ids = sorted(set(terminal_ids))
+    out: list[int] = []
+    for i in range(0, len(ids), CHECK_CHUNK_IDS):
+        chunk = ids[i : i + CHECK_CHUNK_IDS]
+        out.extend(r[0] for r in await conn.fetch(
+            "SELECT terminal_id FROM terminals WHERE terminal_id = ANY($1::integer[]) AND NOT enabled", chunk))
+    return out

@@ -109,7 +109,8 @@ def cmd_token_create(args: argparse.Namespace) -> int:
 def cmd_terminal(args: argparse.Namespace) -> int:
     from .terminals import terminal_main
 
-    return terminal_main(_settings(args), args.terminal_command, args.terminal_id, getattr(args, "reason", ""))
+    return terminal_main(_settings(args), args.terminal_command, args.terminal_id, getattr(args, "reason", ""),
+                         getattr(args, "exact", False))
 
 
 def cmd_fares_check(args: argparse.Namespace) -> int:
@@ -313,6 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
         tcmd.add_argument("terminal_id", metavar="TERMINAL_ID", type=_terminal_id, help="the terminal's id")
         if name != "show":
             tcmd.add_argument("--reason", default="", metavar="TEXT", help="why (kept in the audit log)")
+        else:
+            tcmd.add_argument("--exact", action="store_true",
+                              help="also count its taps and fen charged from the journal (exact; scans the journal)")
         tcmd.set_defaults(func=cmd_terminal)
 
     _add_fares(sub)

@@ -64,11 +64,13 @@ async def _switch(settings: Settings, services: Services, terminal_id: int, enab
     return 0
 
 
-async def _show(settings: Settings, services: Services, terminal_id: int) -> int:
+async def _show(settings: Settings, services: Services, terminal_id: int, exact: bool) -> int:
     await migrate_db(settings, services.db_url)
     conn = await db.connect(services.db_url, settings.database.schema)
     try:
         row = await terminals.get(conn, terminal_id)
+        if row is not None and exact:
+            row |= await terminals.journal_totals(conn, terminal_id)
     finally:
         await conn.close()
     if row is None:
@@ -76,15 +78,17 @@ async def _show(settings: Settings, services: Services, terminal_id: int) -> int
     row["enabled"] = "yes" if row["enabled"] else "no"
     for key, value in row.items():
         print(f"{key}: {value}")
-    print("(totals as its session last flushed them, about once a second while it taps)")
+    print("(taps, charged_fen, last_seq: running totals as its session last flushed them, about once a second;"
+          " a session actor that dies loses what it had not flushed"
+          + ("; journal_*: counted from the journal, exact)" if exact else "; --exact counts the journal)"))
     return 0
 
 
-def terminal_main(settings: Settings, action: str, terminal_id: int, reason: str = "") -> int:
+def terminal_main(settings: Settings, action: str, terminal_id: int, reason: str = "", exact: bool = False) -> int:
     services = resolve_services(settings)
     try:
         if action == "show":
-            return asyncio.run(_show(settings, services, terminal_id))
+            return asyncio.run(_show(settings, services, terminal_id, exact))
         return asyncio.run(_switch(settings, services, terminal_id, action == "enable", reason))
     finally:
         services.stop()

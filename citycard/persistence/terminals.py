@@ -29,6 +29,19 @@ async def get(conn: asyncpg.Connection, terminal_id: int) -> dict[str, Any] | No
     return None if row is None else dict(row)
 
 
+async def journal_totals(conn: asyncpg.Connection, terminal_id: int) -> dict[str, int]:
+    """The terminal's totals from the journal itself: exact, unlike the session's running
+    counters (which lose what was not flushed when a session actor dies). The journal has no
+    index by terminal (none on the hot path), so this scans it: an operator's query, not a
+    dashboard's."""
+    row = await conn.fetchrow(
+        "SELECT count(*) AS journal_taps, count(*) FILTER (WHERE result = 0) AS journal_ok_taps,"
+        " coalesce(sum(amount_fen) FILTER (WHERE result = 0), 0) AS journal_charged_fen,"
+        " coalesce(max(seq), 0) AS journal_last_seq"
+        " FROM journal WHERE terminal_id = $1 AND op_key IS NULL", terminal_id)
+    return {k: int(v) for k, v in dict(row).items()}
+
+
 async def set_enabled(
     conn: asyncpg.Connection, terminal_id: int, enabled: bool, *, operator: str, reason: str
 ) -> bool | None:

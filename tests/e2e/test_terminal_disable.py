@@ -117,6 +117,8 @@ def test_disable_cuts_the_open_connection_now_and_enable_lets_it_back(configured
                 await conn.close()
             assert [tuple(r) for r in audit] == [("terminal.disable", "stolen from bus 7"), ("terminal.enable", "found")]
             assert [r[0] for r in journal] == [1, 3]  # nothing got through while disabled
+            code, out, err = await citycard(env, "terminal", "show", str(stolen), "--exact")
+            assert code == 0 and "journal_taps: 2" in out and "journal_last_seq: 3" in out, (out, err)
 
     asyncio.run(asyncio.wait_for(go(), 180))
 

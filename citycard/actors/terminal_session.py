@@ -8,12 +8,12 @@ import asyncio
 import os
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import ray
 
 from ..config.settings import settings_from_dict
-from ..persistence import db
+from ..persistence.terminals import PgSessionStore, TerminalRow
 from ..protocols.auth import terminal_key, verify_mac
 from ..protocols.codes import ErrorCode
 
@@ -34,15 +34,25 @@ class TerminalState:
     dirty: bool = False
 
 
+class SessionStore(Protocol):
+    async def open(self) -> None: ...
+    async def load(self, n_shards: int, shard_id: int) -> list[TerminalRow]: ...
+    async def enabled(self, terminal_id: int) -> bool | None: ...
+    async def save_totals(self, rows: list[tuple[int, int, int, int, int]]) -> None: ...
+
+
 class TerminalSessionCore:
-    def __init__(self, shard_id: int, settings: dict[str, Any], db_url: str) -> None:
+    """Everything but the Ray decorator; ``store`` is Postgres unless given (tests/sim)."""
+
+    def __init__(self, shard_id: int, settings: dict[str, Any], db_url: str = "", *,
+                 store: SessionStore | None = None) -> None:
         self.shard_id = shard_id
         self.settings = settings_from_dict(settings)
         self.db_url = db_url
         self.master_key = self.settings.city.master_key
         self.n_shards = self.settings.city.session_shards
         self.terminals: dict[int, TerminalState] = {}
-        self._pool = None
+        self.store: SessionStore = store or PgSessionStore(db_url, self.settings.database.schema)
         self._loaded = asyncio.Event()
         self._loading: asyncio.Task[Any] | None = None
         self._flusher: asyncio.Task[Any] | None = None
@@ -55,26 +65,20 @@ class TerminalSessionCore:
         await asyncio.shield(self._loading)
 
     async def _load(self) -> None:
-        self._pool = await db.create_pool(self.db_url, self.settings.database.schema, 2)
+        await self.store.open()
         await self.reload()
         self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
         self._loaded.set()
 
     async def reload(self) -> int:
         """(Re)read this shard's terminals from Postgres; keeps in-memory counters."""
-        rows = await self._pool.fetch(
-            "SELECT terminal_id, enabled, last_seq, taps, charged_fen, seq_gaps FROM terminals"
-            " WHERE terminal_id % $1 = $2",
-            self.n_shards, self.shard_id,
-        )
-        for r in rows:
-            t = self.terminals.get(r["terminal_id"])
+        for terminal_id, enabled, last_seq, taps, charged_fen, seq_gaps in await self.store.load(
+                self.n_shards, self.shard_id):
+            t = self.terminals.get(terminal_id)
             if t is None:
-                self.terminals[r["terminal_id"]] = TerminalState(
-                    r["terminal_id"], r["enabled"], r["last_seq"], r["taps"], r["charged_fen"], r["seq_gaps"]
-                )
+                self.terminals[terminal_id] = TerminalState(terminal_id, enabled, last_seq, taps, charged_fen, seq_gaps)
             else:
-                t.enabled = r["enabled"]
+                t.enabled = enabled
         return len(self.terminals)
 
     async def authenticate(
@@ -88,7 +92,7 @@ class TerminalSessionCore:
             t = self.terminals.get(terminal_id)
         if t is None:
             return int(ErrorCode.UNKNOWN_TERMINAL), f"terminal {terminal_id} is not registered", 0
-        enabled = await self._pool.fetchval("SELECT enabled FROM terminals WHERE terminal_id = $1", terminal_id)
+        enabled = await self.store.enabled(terminal_id)
         if enabled is not None:  # the operator may have disabled (or re-enabled) it since we loaded
             t.enabled = enabled
         if not t.enabled:
@@ -130,11 +134,7 @@ class TerminalSessionCore:
         dirty = [t for t in self.terminals.values() if t.dirty]
         if not dirty:
             return 0
-        await self._pool.executemany(
-            "UPDATE terminals SET last_seq = $2, taps = $3, charged_fen = $4, seq_gaps = $5,"
-            " updated_at = now() WHERE terminal_id = $1",
-            [(t.terminal_id, t.last_seq, t.taps, t.charged_fen, t.seq_gaps) for t in dirty],
-        )
+        await self.store.save_totals([(t.terminal_id, t.last_seq, t.taps, t.charged_fen, t.seq_gaps) for t in dirty])
         for t in dirty:
             t.dirty = False
         return len(dirty)

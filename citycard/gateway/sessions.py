@@ -13,6 +13,9 @@ from ..tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 _OK = int(Result.OK)
+# Not decisions: nothing journaled, the terminal sends the tap again (SEQ_TOO_OLD: decided long
+# ago and counted then).
+_NOT_COUNTED = frozenset((int(Result.BUSY), int(Result.RETRY), int(Result.SEQ_TOO_OLD)))
 
 
 class SessionReporter:
@@ -26,8 +29,8 @@ class SessionReporter:
     def record(self, taps: Sequence[Tap], outcomes: Sequence[tuple[int, int, int, bool]]) -> None:
         acc = self._acc
         for tap, o in zip(taps, outcomes, strict=True):
-            if o[3]:
-                continue  # a replay was counted the first time
+            if o[3] or o[0] in _NOT_COUNTED:
+                continue  # a replay was counted the first time; BUSY and RETRY are no decision
             a = acc.get(tap.terminal_id)
             if a is None:
                 acc[tap.terminal_id] = [tap.seq, tap.seq, 1, o[1] if o[0] == _OK else 0]

@@ -14,7 +14,11 @@ from typing import Any
 import asyncpg
 import redis.asyncio as aioredis
 
+from . import db
+
 CHECK_CHUNK_IDS = 10_000  # terminal ids per query when gateways check their connections
+# (terminal_id, enabled, last_seq, taps, charged_fen, seq_gaps)
+TerminalRow = tuple[int, bool, int, int, int, int]
 
 
 def channel(prefix: str) -> str:
@@ -79,3 +83,35 @@ async def disabled_among(conn: asyncpg.Connection | asyncpg.Pool, terminal_ids: 
         out.extend(r[0] for r in await conn.fetch(
             "SELECT terminal_id FROM terminals WHERE terminal_id = ANY($1::integer[]) AND NOT enabled", chunk))
     return out
+
+
+class PgSessionStore:
+    """What a TerminalSession actor reads and writes: its shard's terminals, one terminal's
+    flag at authentication, and the running totals it flushes."""
+
+    def __init__(self, db_url: str, schema: str) -> None:
+        self.db_url = db_url
+        self.schema = schema
+        self._pool: asyncpg.Pool | None = None
+
+    async def open(self) -> None:
+        self._pool = await db.create_pool(self.db_url, self.schema, 2)
+
+    async def load(self, n_shards: int, shard_id: int) -> list[TerminalRow]:
+        assert self._pool is not None
+        rows = await self._pool.fetch(
+            "SELECT terminal_id, enabled, last_seq, taps, charged_fen, seq_gaps FROM terminals"
+            " WHERE terminal_id % $1 = $2", n_shards, shard_id)
+        return [tuple(r) for r in rows]
+
+    async def enabled(self, terminal_id: int) -> bool | None:
+        assert self._pool is not None
+        value = await self._pool.fetchval("SELECT enabled FROM terminals WHERE terminal_id = $1", terminal_id)
+        return None if value is None else bool(value)
+
+    async def save_totals(self, rows: list[tuple[int, int, int, int, int]]) -> None:
+        """(terminal_id, last_seq, taps, charged_fen, seq_gaps) of terminals that changed."""
+        assert self._pool is not None
+        await self._pool.executemany(
+            "UPDATE terminals SET last_seq = $2, taps = $3, charged_fen = $4, seq_gaps = $5,"
+            " updated_at = now() WHERE terminal_id = $1", rows)

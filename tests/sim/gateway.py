@@ -3,27 +3,24 @@ ServerConnection) and Router, on in-memory transports. Terminals' frames come ov
 link; shard calls go to SimActor handles. A restart kills the process: connections and every
 answer in flight are lost, and a new Router and context start after a delay."""
 
-import asyncio
 from typing import TYPE_CHECKING, Any
 
 from citycard.gateway.metrics import Metrics
 from citycard.gateway.router import Router
 from citycard.gateway.server import GatewayContext, TerminalProtocol
 from citycard.gateway.sessions import SessionReporter
-from citycard.protocols.auth import terminal_key, verify_mac
-from citycard.protocols.codes import ErrorCode
 
 from .loop import Owner
 from .model import Model
 from .network import Link
-from .scenario import MASTER_KEY, Scenario
+from .scenario import Scenario
+from .session import SimSession
 from .shard import SimActor
 from .world import EPOCH_MS, World
 
 if TYPE_CHECKING:
     from .terminal import SimTerminal
 
-AUTH_MS = (1, 10)  # the TerminalSession actor checking a MAC
 RESTART_MS = (100, 2_000)
 _metrics: Metrics | None = None  # one registry for every seed: metrics never steer the product
 
@@ -33,21 +30,6 @@ def metrics() -> Metrics:
     if _metrics is None:
         _metrics = Metrics()
     return _metrics
-
-
-class _Sessions:
-    """A TerminalSession actor's authenticate (MAC check); terminal state is not simulated."""
-
-    def __init__(self, world: World) -> None:
-        self.world = world
-        self.authenticate = self
-        self.report = self
-
-    async def remote(self, terminal_id: int, terminal_nonce: bytes, server_nonce: bytes, mac: bytes) -> tuple[int, str, int]:
-        await asyncio.sleep(self.world.rng.randint(*AUTH_MS) / 1000.0)
-        if not verify_mac(terminal_key(MASTER_KEY, terminal_id), terminal_id, terminal_nonce, server_nonce, mac):
-            return int(ErrorCode.AUTH_FAILED), "MAC does not verify", 0
-        return 0, "ok", 0
 
 
 class Conn:
@@ -91,13 +73,14 @@ class Conn:
 
 
 class SimGateway:
-    def __init__(self, world: World, model: Model, sc: Scenario, actors: list[SimActor], frames: Link) -> None:
+    def __init__(self, world: World, model: Model, sc: Scenario, actors: list[SimActor], sessions: list[SimSession],
+                 frames: Link) -> None:
         self.world = world
         self.model = model
         self.sc = sc
         self.actors = actors
         self.frames = frames
-        self.sessions = [_Sessions(world)]
+        self.sessions = sessions
         self.restarts = 0
         self.next_answer_id = 0
         self.owner = Owner("gateway#0")
@@ -119,8 +102,10 @@ class SimGateway:
             inflight_calls=sc.inflight_calls, queue_max_taps=sc.queue_max_taps,
             retry_deadline_ms=sc.retry_deadline_ms, linger_ms=sc.linger_ms, call_timeout_ms=sc.call_timeout_ms,
         )
+        reporter = SessionReporter(self.sessions)
+        reporter.start()
         self.ctx = GatewayContext(
-            router, self.sessions, SessionReporter(self.sessions), metrics(),
+            router, self.sessions, reporter, metrics(),
             max_frame_bytes=256 * 1024, max_batch_taps=1000, auth_timeout_ms=10_000, heartbeat_ms=30_000,
             fare_version=lambda: 1, hotlist_version=lambda: 0,
             wall_ms=lambda: EPOCH_MS + w.now_ms, nonce=w.rng.randbytes,

@@ -73,6 +73,7 @@ class Scenario:
     terminals: list[list[PlannedTap]]
     ops: list[PlannedOp]
     n_shards: int
+    n_sessions: int
     faults: Faults
     # gateway (Router) settings
     batch_max_taps: int
@@ -139,7 +140,7 @@ def make_scenario(world: World) -> Scenario:
     )
     return Scenario(
         cards=cards, unknown_card=unknown, hotlist=hotlist, terminals=terminals, ops=ops,
-        n_shards=rng.choice((1, 2)), faults=faults,
+        n_shards=rng.choice((1, 2)), n_sessions=rng.choice((1, 2)), faults=faults,
         batch_max_taps=rng.choice((1, 3, 8, 4000)), inflight_calls=rng.choice((1, 2, 3)),
         queue_max_taps=rng.choice((4, 40, 40_000)), retry_deadline_ms=rng.choice((300, 2_000, 20_000)),
         linger_ms=rng.choice((0, 1, 5)), call_timeout_ms=rng.choice((200, 2_000, 10_000)),

@@ -19,7 +19,8 @@ from .counter import SimCounter
 from .gateway import SimGateway
 from .model import Model
 from .network import Link
-from .scenario import Scenario, make_scenario
+from .scenario import MASTER_KEY, Scenario, make_scenario
+from .session import SimSession, TerminalsTable, check_totals
 from .shard import SimActor
 from .store import Record
 from .terminal import SimTerminal
@@ -58,6 +59,7 @@ class Stats:
     ops: int
     chatter: int  # pongs and parameter answers terminals received
     crashes: int
+    session_crashes: int
     recoveries: int
     gateway_restarts: int
     dropped: int
@@ -73,6 +75,7 @@ def shard_settings(sc: Scenario) -> dict[str, Any]:
     settings = copy.deepcopy(_base_settings)
     settings["ledger"].update(dedupe_limit=sc.dedupe_limit, commit_max_rows=sc.commit_max_rows,
                               snapshot_every_rows=sc.snapshot_every_rows, snapshot_interval_s=sc.snapshot_interval_s)
+    settings["city"].update(master_key_hex=MASTER_KEY.hex(), session_shards=sc.n_sessions)
     return settings
 
 
@@ -90,7 +93,9 @@ def simulate(seed: int, *, mutation: str | None = None, verbose: bool = False, z
     records = [Record(i, model, [c for c in sc.cards if shard_of(c.card_no, sc.n_shards) == i], fenced=fenced)
                for i in range(sc.n_shards)]
     actors = [SimActor(world, model, sc, i, records[i], settings, calls) for i in range(sc.n_shards)]
-    gateway = SimGateway(world, model, sc, actors, frames)
+    table = TerminalsTable([100 + i for i in range(len(sc.terminals))])
+    sessions = [SimSession(world, sc, calls, i, table, settings) for i in range(sc.n_sessions)]
+    gateway = SimGateway(world, model, sc, actors, sessions, frames)
     counter = SimCounter(world, model, sc, actors, settings)
     terminals = [SimTerminal(world, model, sc, 100 + i, plan, gateway, frames) for i, plan in enumerate(sc.terminals)]
     if verbose:
@@ -108,10 +113,11 @@ def simulate(seed: int, *, mutation: str | None = None, verbose: bool = False, z
         quiet.setLevel(level)
     _audit_end(world, model, records, actors, terminals, counter)
     rows = [r for rec in records for r in rec.rows]
+    check_totals(world, sessions, table, rows)
     return Stats(
         seed=seed, events=world.events, end_ms=world.now_ms, taps=len(model.taps), rows=len(rows),
         answers=model.answers, replays=model.replays, ops=len(model.committed_ops),
-        chatter=sum(t.pongs + t.params for t in terminals), crashes=sum(a.crashes for a in actors),
+        chatter=sum(t.pongs + t.params for t in terminals), crashes=sum(a.crashes for a in actors), session_crashes=sum(s.crashes for s in sessions),
         recoveries=sum(a.total_recoveries for a in actors), gateway_restarts=gateway.restarts,
         dropped=frames.dropped, duplicated=frames.duplicated + calls.duplicated,
         digest=zlib.crc32(repr((rows, [sorted(t.final.items()) for t in terminals],

@@ -20,6 +20,7 @@ from ..errors import StoreError
 from ..persistence import recovery
 from ..persistence.journal import JournalWriter
 from ..persistence.shard_store import PgShardStore, ShardStore
+from ..tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +48,11 @@ class AccountShardCore:
         self.shard_id = shard_id
         self.settings = settings_from_dict(settings)
         self.db_url = db_url
-        self.tables: FareTables = tables or load_fare_tables(self.settings.fare_table_path())
-        self.store: ShardStore = store or PgShardStore(
-            db_url, self.settings.database.schema, shard_id, self.settings.ledger.commit_timeout_ms / 1000.0
-        )
+        self.tables: FareTables = load_fare_tables(self.settings.fare_table_path()) if tables is None else tables
+        self.commit_timeout_s = self.settings.ledger.commit_timeout_ms / 1000.0
+        self.store: ShardStore = PgShardStore(
+            db_url, self.settings.database.schema, shard_id, self.commit_timeout_s
+        ) if store is None else store
         self.wall_ms = wall_ms
         self.ledger: Ledger | None = None
         self.writer: JournalWriter | None = None
@@ -77,16 +79,21 @@ class AccountShardCore:
         self._ready.clear()
         if self.writer is not None:
             await self.writer.close()
-        await self.store.open()
-        ledger = Ledger(self.shard_id, self.tables, self.settings.ledger.dedupe_limit)
-        self.recovery = await self.store.load(ledger)
+        # Memory may be ahead of the record now: nothing may read it until rebuilt.
+        self.ledger, self.writer = None, None
+        await cancel_and_wait([self._snapshot_task])  # it writes on a connection open() drops
+        # Bounded, so a hung load ends and the next call starts a new one.
+        async with asyncio.timeout(READY_TIMEOUT_S):
+            await self.store.open()
+            ledger = Ledger(self.shard_id, self.tables, self.settings.ledger.dedupe_limit)
+            self.recovery = await self.store.load(ledger)
         if self.recovery.mismatches:
             log.error("shard %s: %s journal rows disagree with the rebuilt balance",
                       self.shard_id, self.recovery.mismatches)
         self.ledger = ledger
         self._last_snapshot_lsn = self.recovery.snapshot_lsn
         self._last_snapshot_s = asyncio.get_running_loop().time()
-        self.writer = JournalWriter(self.store.append(), self.settings.ledger.commit_max_rows)
+        self.writer = JournalWriter(self.store.append(), self.settings.ledger.commit_max_rows, self.commit_timeout_s)
         self.writer.committed_lsn = ledger.lsn
         self.writer.start()
         self.recoveries += 1
@@ -96,37 +103,41 @@ class AccountShardCore:
     async def apply(self, payload: bytes) -> tuple[bytes, float]:
         """Apply a packed batch of taps; return packed outcomes once they are durable."""
         await self.ensure_loaded()
-        assert self.ledger is not None and self.writer is not None
+        ledger, writer = self.ledger, self.writer  # a reload may replace them while we wait
+        assert ledger is not None and writer is not None
         taps = _taps_decoder.decode(payload)
-        outcomes, rows = self.ledger.apply(taps, self.wall_ms())
-        await self.writer.submit(rows)
+        outcomes, rows = ledger.apply(taps, self.wall_ms())
+        await writer.submit(rows)
         self._maybe_snapshot()
-        return _encoder.encode(outcomes), self.writer.last_commit_ms
+        return _encoder.encode(outcomes), writer.last_commit_ms
 
     # -- card services -----------------------------------------------------------------
     async def apply_ops(self, payload: bytes) -> bytes:
         """Apply packed card-service ops (each at most once per key); answer once durable."""
         await self.ensure_loaded()
-        assert self.ledger is not None and self.writer is not None
+        ledger, writer = self.ledger, self.writer
+        assert ledger is not None and writer is not None
         ops = _ops_decoder.decode(payload)
         keys = [op.key for op in ops]
         absent: set[str] = set()  # looked up in the journal and not there: new keys
         # Keys older than the op memory are in the journal. While we wait for it another call
         # may evict keys of this batch, so look again until every key is known or new.
         for _ in range(10):
-            unknown = [k for k in self.ledger.unknown_op_keys(keys) if k not in absent]
+            unknown = [k for k in ledger.unknown_op_keys(keys) if k not in absent]
             if not unknown:
                 break
             found = await self.store.find_ops(unknown)
+            if self.ledger is not ledger:
+                raise StoreError(f"shard {self.shard_id} reloaded during the call; retry it")
             for row in found:
-                self.ledger.remember_op(row)
+                ledger.remember_op(row)
             absent.update(set(unknown) - {row.op_key for row in found})
         else:
             raise StoreError(f"shard {self.shard_id}: op memory churned during lookups; retry the call")
         # no await between the last memory check and apply_ops: one writer per key
-        outcomes, rows = self.ledger.apply_ops(ops, self.wall_ms())
-        await self.writer.submit(rows)
-        self.ledger.evict_ops(self.writer.committed_lsn)
+        outcomes, rows = ledger.apply_ops(ops, self.wall_ms())
+        await writer.submit(rows)
+        ledger.evict_ops(writer.committed_lsn)
         return _encoder.encode(outcomes)
 
     async def card_views(self, card_nos: list[int]) -> list[dict[str, Any] | None]:
@@ -175,11 +186,15 @@ class AccountShardCore:
     async def add_cards(self, card_nos: list[int]) -> int:
         """Take on cards already written to the cards table (issued since this shard loaded)."""
         await self.ensure_loaded()
-        assert self.ledger is not None
-        for card in await self.store.fetch_cards(card_nos):
-            if card.card_no not in self.ledger.cards:
-                self.ledger.add_card(card)
-        return len(self.ledger.cards)
+        ledger = self.ledger
+        assert ledger is not None
+        cards = await self.store.fetch_cards(card_nos)
+        if self.ledger is not ledger:
+            raise StoreError(f"shard {self.shard_id} reloaded during the call; retry it")  # the reload read them
+        for card in cards:
+            if card.card_no not in ledger.cards:
+                ledger.add_card(card)
+        return len(ledger.cards)
 
     async def stats(self) -> dict[str, Any]:
         await self.ensure_loaded()

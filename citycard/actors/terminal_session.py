@@ -5,6 +5,7 @@ it per-terminal summaries of answered taps in the background (report).
 """
 
 import asyncio
+import logging
 import os
 from collections import deque
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from ..persistence.terminals import PgSessionStore, TerminalRow
 from ..protocols.auth import terminal_key, verify_mac
 from ..protocols.codes import ErrorCode
 
+log = logging.getLogger(__name__)
 NONCE_MEMORY = 64  # recent terminal nonces kept per terminal to refuse a replayed hello
 FLUSH_INTERVAL_S = 1.0
 
@@ -144,8 +146,8 @@ class TerminalSessionCore:
             await asyncio.sleep(FLUSH_INTERVAL_S)
             try:
                 await self.flush()
-            except Exception:  # noqa: BLE001 - totals are advisory; the journal is the record
-                pass
+            except Exception as exc:  # noqa: BLE001 - totals are advisory; the next flush writes them
+                log.warning("session %s: flushing totals failed: %r", self.shard_id, exc)
 
     def pid(self) -> int:
         return os.getpid()

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import ConfigError
 
@@ -142,6 +142,15 @@ class Settings(_Section):
     redis: Redis
     ray: Ray
     state: State
+
+    @model_validator(mode="after")
+    def _timeouts_nest(self) -> "Settings":
+        # A shard call waits for its group commit and maybe the one before it: giving the call
+        # up sooner than two commit timeouts would retry taps the store is still deciding.
+        if self.gateway.shard_call_timeout_ms < 2 * self.ledger.commit_timeout_ms:
+            raise ValueError(f"gateway.shard_call_timeout_ms ({self.gateway.shard_call_timeout_ms}) must be at least"
+                             f" twice ledger.commit_timeout_ms ({self.ledger.commit_timeout_ms})")
+        return self
 
     def fare_table_path(self) -> Path:
         name = self.city.fare_table

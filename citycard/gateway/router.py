@@ -73,7 +73,7 @@ class Router:
         queue_max_taps: int,
         retry_deadline_ms: int,
         linger_ms: float,
-        call_timeout_ms: int = 10_000,
+        call_timeout_ms: int = 30_000,
     ) -> None:
         self.lanes = [ShardLane(i, a) for i, a in enumerate(actors)]
         self.n_shards = len(self.lanes)

@@ -13,8 +13,8 @@ from ..tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 _OK = int(Result.OK)
-# Not decisions: nothing journaled, the terminal sends the tap again (SEQ_TOO_OLD: decided long
-# ago and counted then).
+# No journal row behind them: BUSY and RETRY are sent again; SEQ_TOO_OLD is a seq below the
+# shard's watermark, decided and counted long ago or never (protocol section 9).
 _NOT_COUNTED = frozenset((int(Result.BUSY), int(Result.RETRY), int(Result.SEQ_TOO_OLD)))
 
 

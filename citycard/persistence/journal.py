@@ -27,34 +27,57 @@ Append = Callable[[list[tuple[Any, ...]]], Awaitable[None]]  # rows as tuples, l
 
 
 def pg_append(conn: asyncpg.Connection, shard_id: int, schema: str, timeout_s: float | None = None) -> Append:
-    """Commit rows to the shard's journal partition: one COPY and one commit, fenced on the head."""
+    """Commit rows to the shard's journal partition: one COPY and one commit, fenced on the head.
+
+    ``timeout_s`` bounds the whole transaction, COMMIT included: when it passes, the connection
+    is dropped (a hung ROLLBACK could wait as long as the COMMIT did) and StoreError raised. The
+    rows may or may not be committed; the shard reloads from the record either way.
+    """
     table = journal_partition(shard_id)
 
     async def append(records: list[tuple[Any, ...]]) -> None:
         first_lsn, last_lsn = records[0][0], records[-1][0]
-        async with conn.transaction():
-            # Fencing: the head must be where this writer's rows follow on. A shard Ray
-            # gave up on but whose process still runs (a zombie) must not commit after
-            # its successor: its rows would repeat lsns and taps. The row lock also
-            # orders two writers of one shard.
-            status = await conn.execute(
-                "UPDATE shard_heads SET lsn = $1, updated_at = now() WHERE shard_id = $2 AND lsn = $3",
-                last_lsn, shard_id, first_lsn - 1, timeout=timeout_s,
-            )
-            if status != "UPDATE 1":
-                raise StoreError(f"shard {shard_id}: the journal head is not at lsn "
-                                 f"{first_lsn - 1}: another writer owns this shard")
-            await conn.copy_records_to_table(
-                table, records=records, columns=JOURNAL_COLUMNS, schema_name=schema, timeout=timeout_s
-            )
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            conn.terminate()
+
+        watchdog = None if timeout_s is None else asyncio.get_running_loop().call_later(timeout_s, expire)
+        try:
+            async with conn.transaction():
+                # Fencing: the head must be where this writer's rows follow on. A shard Ray
+                # gave up on but whose process still runs (a zombie) must not commit after
+                # its successor: its rows would repeat lsns and taps. The row lock also
+                # orders two writers of one shard.
+                status = await conn.execute(
+                    "UPDATE shard_heads SET lsn = $1, updated_at = now() WHERE shard_id = $2 AND lsn = $3",
+                    last_lsn, shard_id, first_lsn - 1,
+                )
+                if status != "UPDATE 1":
+                    raise StoreError(f"shard {shard_id}: the journal head is not at lsn "
+                                     f"{first_lsn - 1}: another writer owns this shard")
+                await conn.copy_records_to_table(table, records=records, columns=JOURNAL_COLUMNS, schema_name=schema)
+        except Exception as exc:
+            if expired:
+                raise StoreError(f"shard {shard_id}: commit of lsn {first_lsn}..{last_lsn} took over {timeout_s} s;"
+                                 " connection dropped, outcome unknown") from exc
+            raise
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
 
     return append
 
 
 class JournalWriter:
-    def __init__(self, append: Append, max_rows: int) -> None:
+    def __init__(self, append: Append, max_rows: int, commit_timeout_s: float | None = None) -> None:
         self._append = append
         self._max_rows = max_rows
+        # Whatever the store: a group commit that takes longer fails (outcome unknown), the writer
+        # breaks and the shard reloads, instead of holding every tap behind it.
+        self._commit_timeout_s = commit_timeout_s
         self._queue: list[tuple[Sequence[Any], asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -116,7 +139,12 @@ class JournalWriter:
             records.extend(map(_astuple, rows))  # COPY takes sequences
         if records:
             started = time.perf_counter()
-            await self._append(records)
+            try:
+                async with asyncio.timeout(self._commit_timeout_s):
+                    await self._append(records)
+            except TimeoutError:
+                raise StoreError(f"commit of lsn {records[0][0]}..{records[-1][0]} took over "
+                                 f"{self._commit_timeout_s} s; outcome unknown") from None
             self.committed_lsn = records[-1][0]
             self.last_commit_ms = (time.perf_counter() - started) * 1000.0
             self.commits += 1

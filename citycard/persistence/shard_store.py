@@ -13,6 +13,7 @@ import asyncpg
 from ..domain.cards import CardState
 from ..domain.ledger import Ledger
 from ..domain.taps import JournalRow
+from ..errors import StoreError
 from . import db, recovery
 from .journal import JOURNAL_COLUMNS, Append, pg_append
 from .migrate import journal_partition
@@ -44,8 +45,8 @@ class PgShardStore:
         self.db_url = db_url
         self.schema = schema
         self.shard_id = shard_id
-        # A hung statement fails the commit (the writer breaks, the shard reloads) instead of
-        # holding every waiting tap for good.
+        # A hung commit fails (the writer breaks, the shard reloads) instead of holding every
+        # waiting tap for good; pg_append drops the connection when it passes.
         self.command_timeout_s = command_timeout_s
         self._conn: asyncpg.Connection | None = None  # journal writer and recovery
         self._side_conn: asyncpg.Connection | None = None  # snapshots
@@ -53,36 +54,38 @@ class PgShardStore:
         self._ops_lock = asyncio.Lock()
 
     async def open(self) -> None:
+        # New connections first: a lookup running meanwhile uses the old ones, never none.
+        fresh = [await db.connect(self.db_url, self.schema) for _ in range(3)]
         await self.close()
-        self._conn = await db.connect(self.db_url, self.schema)
-        self._side_conn = await db.connect(self.db_url, self.schema)
-        self._ops_conn = await db.connect(self.db_url, self.schema)
+        self._conn, self._side_conn, self._ops_conn = fresh
+
+    def _open(self, conn: asyncpg.Connection | None) -> asyncpg.Connection:
+        if conn is None:
+            raise StoreError(f"shard {self.shard_id}: the store is not open")
+        return conn
 
     async def load(self, ledger: Ledger) -> recovery.RecoveryReport:
-        assert self._conn is not None
-        return await recovery.load_ledger(self._conn, ledger)
+        return await recovery.load_ledger(self._open(self._conn), ledger)
 
     def append(self) -> Append:
-        assert self._conn is not None
-        return pg_append(self._conn, self.shard_id, self.schema, self.command_timeout_s)
+        return pg_append(self._open(self._conn), self.shard_id, self.schema, self.command_timeout_s)
 
     async def write_snapshot(self, lsn: int, rows: list[tuple[int, int, bytes]], total_fen: int) -> None:
-        assert self._side_conn is not None
-        await recovery.write_snapshot(self._side_conn, self.shard_id, lsn, rows, total_fen)
+        await recovery.write_snapshot(self._open(self._side_conn), self.shard_id, lsn, rows, total_fen)
 
     async def find_ops(self, keys: list[str]) -> list[JournalRow]:
-        assert self._ops_conn is not None
+        conn = self._open(self._ops_conn)
         async with self._ops_lock:
-            found = await self._ops_conn.fetch(
+            found = await conn.fetch(
                 f"SELECT {', '.join(JOURNAL_COLUMNS)} FROM {journal_partition(self.shard_id)}"
                 " WHERE shard_id = $2 AND op_key = any($1::text[])", keys, self.shard_id,  # the index's shape
             )
         return [JournalRow(*rec) for rec in found]
 
     async def fetch_cards(self, card_nos: list[int]) -> list[CardState]:
-        assert self._ops_conn is not None
+        conn = self._open(self._ops_conn)
         async with self._ops_lock:  # not the snapshot connection: a snapshot may be writing
-            rows = await self._ops_conn.fetch(
+            rows = await conn.fetch(
                 f"SELECT {recovery.CARD_COLUMNS} FROM cards WHERE card_no = any($1::bigint[]) AND shard_id = $2",
                 card_nos, self.shard_id,
             )

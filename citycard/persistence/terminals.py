@@ -95,7 +95,9 @@ class PgSessionStore:
         self._pool: asyncpg.Pool | None = None
 
     async def open(self) -> None:
-        self._pool = await db.create_pool(self.db_url, self.schema, 2)
+        old, self._pool = self._pool, await db.create_pool(self.db_url, self.schema, 2)
+        if old is not None:
+            old.terminate()
 
     async def load(self, n_shards: int, shard_id: int) -> list[TerminalRow]:
         assert self._pool is not None

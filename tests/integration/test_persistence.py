@@ -255,6 +255,41 @@ def test_a_zombie_writer_cannot_commit_after_its_successor(services: ServiceUrls
     asyncio.run(run())
 
 
+def test_a_hung_commit_fails_after_its_timeout_and_drops_its_connection(services: ServiceUrls, schema: str) -> None:
+    """A commit that cannot finish (here the head row is locked by another transaction) fails
+    after the commit timeout, whatever statement it hangs in: the connection is dropped, the
+    writer breaks, nothing of it is stored, and a new writer commits once the lock goes."""
+    async def run() -> None:
+        admin = await _migrated(services, schema)
+        locker = await connect(services.db_url, schema)
+        wconn = await connect(services.db_url, schema)
+        writer = JournalWriter(pg_append(wconn, 0, schema, timeout_s=0.5), max_rows=50)  # the watchdog alone
+        writer.start()
+        try:
+            async with locker.transaction():
+                await locker.execute("SELECT lsn FROM shard_heads WHERE shard_id = 0 FOR UPDATE")
+                started = time.monotonic()
+                with pytest.raises(StoreError, match="outcome unknown"):
+                    await asyncio.wait_for(writer.submit(_rows(1, 3)), TIMEOUT_S)
+                assert time.monotonic() - started < 3.0
+                assert writer.broken is not None and wconn.is_closed()
+            fresh = await connect(services.db_url, schema)
+            try:
+                again = JournalWriter(pg_append(fresh, 0, schema, timeout_s=5.0), max_rows=50)
+                again.start()
+                await asyncio.wait_for(again.submit(_rows(1, 3)), TIMEOUT_S)
+                await again.close()
+            finally:
+                await fresh.close()
+            assert [r[0] for r in await admin.fetch("SELECT lsn FROM journal_p0 ORDER BY lsn")] == [1, 2, 3]
+        finally:
+            await writer.close()
+            await locker.close()
+            await admin.close()
+
+    asyncio.run(run())
+
+
 def test_failed_commit_fails_pending_and_breaks_writer(services: ServiceUrls, schema: str) -> None:
     async def run() -> None:
         admin = await _migrated(services, schema)

@@ -32,6 +32,8 @@ class SimRayActor:
         self.name = name
         self.incarnation = 0
         self.crashes = 0
+        self.abandoned = 0  # calls their caller stopped waiting for while the actor ran them
+        self.unawaited = 0  # calls whose caller had given up before they arrived
         self.owner = Owner(f"{name}#0")
         self.core: Any = self._new_core()
 
@@ -42,14 +44,34 @@ class SimRayActor:
         """Keep what the dead core counted."""
 
     async def _remote(self, run: Any, *args: Any) -> Any:
+        """The call as the caller awaits it. Once sent it reaches the actor even if the caller
+        stops waiting (a timeout, the gateway killed), as with Ray; only the reply is lost."""
+        delivered = self.world.loop.create_future()
+        self.world.at(self.link.latency_ms(), self._deliver, delivered, run, args)
+        answer = await delivered
+        return await self._reply(answer)
+
+    def _deliver(self, delivered: "asyncio.Future[Any]", run: Any, args: tuple[Any, ...]) -> None:
         w, f = self.world, self.sc.faults
-        await asyncio.sleep(self.link.latency_ms() / 1000.0)
         if self.duplicate_calls and w.chance(f.p_dup):
             self.link.duplicated += 1
             self._start(run, *args)  # the same call delivered twice; its reply goes nowhere
         if w.chance(f.p_crash_during_call):  # at any point of the call
             w.at(w.rng.randint(0, 30), self.kill, "during a call", self.incarnation)
-        result = await self._start(run, *args)
+        answer = self._start(run, *args)
+        if delivered.cancelled():
+            self.unawaited += 1  # the caller gave up before it arrived; the actor runs it anyway
+        else:
+            delivered.set_result(answer)
+
+    async def _reply(self, answer: "asyncio.Future[Any]") -> Any:
+        w, f = self.world, self.sc.faults
+        try:
+            result = await asyncio.shield(answer)  # the caller giving up does not stop the actor
+        except asyncio.CancelledError:
+            if not answer.done():
+                self.abandoned += 1  # a caller's timeout (or death) while the actor still works
+            raise
         await asyncio.sleep(self.link.latency_ms() / 1000.0)
         if w.chance(f.p_call_error):
             w.log("ray", f"reply from {self.name} lost")

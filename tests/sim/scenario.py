@@ -59,6 +59,7 @@ class Faults:
     p_crash_apply: float = 0.0  # the shard dies after apply, before commit
     p_crash_commit: float = 0.0  # the shard dies after the commit, before it answers
     p_crash_during_call: float = 0.0  # the shard dies 0-30 ms into a call, whatever it is doing
+    p_commit_hang: float = 0.0  # a group commit hangs 1-3 commit timeouts, a recovery 1-40 s (a lock, a stalled disk)
     p_load_fail: float = 0.0  # recovery cannot read the store
     p_snapshot_fail: float = 0.0
     gateway_restarts: list[int] = field(default_factory=list)  # fake times
@@ -82,6 +83,7 @@ class Scenario:
     retry_deadline_ms: int
     linger_ms: int
     call_timeout_ms: int
+    commit_timeout_ms: int
     # shard settings
     dedupe_limit: int
     commit_max_rows: int
@@ -134,16 +136,18 @@ def make_scenario(world: World) -> Scenario:
     faults = Faults(
         p_drop=p(0.15), p_dup=p(0.1), p_delay=p(0.3), max_delay_ms=rng.choice((50, 500, 3_000)),
         p_call_error=p(0.1), p_commit_fail=p(0.15), p_commit_ambiguous=p(0.1), p_crash_apply=p(0.08),
-        p_crash_commit=p(0.08), p_crash_during_call=p(0.08), p_load_fail=p(0.2), p_snapshot_fail=p(0.3),
+        p_crash_commit=p(0.08), p_crash_during_call=p(0.08), p_commit_hang=p(0.05), p_load_fail=p(0.2), p_snapshot_fail=p(0.3),
         gateway_restarts=[] if calm else sorted(rng.randint(0, until) for _ in range(rng.choice((0, 0, 1, 2)))),
         until_ms=until,
     )
+    commit_timeout_ms = rng.choice((100, 1_000, 5_000))
     return Scenario(
         cards=cards, unknown_card=unknown, hotlist=hotlist, terminals=terminals, ops=ops,
         n_shards=rng.choice((1, 2)), n_sessions=rng.choice((1, 2)), faults=faults,
         batch_max_taps=rng.choice((1, 3, 8, 4000)), inflight_calls=rng.choice((1, 2, 3)),
         queue_max_taps=rng.choice((4, 40, 40_000)), retry_deadline_ms=rng.choice((300, 2_000, 20_000)),
-        linger_ms=rng.choice((0, 1, 5)), call_timeout_ms=rng.choice((200, 2_000, 10_000)),
+        linger_ms=rng.choice((0, 1, 5)), call_timeout_ms=commit_timeout_ms * rng.choice((2, 3, 6)),
+        commit_timeout_ms=commit_timeout_ms,
         dedupe_limit=rng.choice((2_000_000, 2_000_000, 4, 12)), commit_max_rows=rng.choice((1, 5, 20_000)),
         snapshot_every_rows=rng.choice((10**9, 3, 10)), snapshot_interval_s=rng.choice((10**6, 2.0)),
         answer_timeout_ms=rng.choice((300, 1_000, 5_000)), p_batch=rng.choice((0.0, 0.3, 0.8)),

@@ -91,6 +91,10 @@ class SimActor(SimRayActor):
         self.recoveries += core.recoveries
 
     @property
+    def commit_timeout_s(self) -> float:
+        return float(self.settings["ledger"]["commit_timeout_ms"]) / 1000.0
+
+    @property
     def total_recoveries(self) -> int:
         return self.recoveries + (self.core.recoveries if self.core is not None else 0)
 

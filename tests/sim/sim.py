@@ -60,6 +60,7 @@ class Stats:
     chatter: int  # pongs and parameter answers terminals received
     crashes: int
     session_crashes: int
+    abandoned: int  # calls the caller stopped waiting for (timeout, gateway killed) while they ran
     recoveries: int
     gateway_restarts: int
     dropped: int
@@ -74,7 +75,8 @@ def shard_settings(sc: Scenario) -> dict[str, Any]:
         _base_settings = load_settings(env={}).as_dict()
     settings = copy.deepcopy(_base_settings)
     settings["ledger"].update(dedupe_limit=sc.dedupe_limit, commit_max_rows=sc.commit_max_rows,
-                              snapshot_every_rows=sc.snapshot_every_rows, snapshot_interval_s=sc.snapshot_interval_s)
+                              snapshot_every_rows=sc.snapshot_every_rows, snapshot_interval_s=sc.snapshot_interval_s,
+                              commit_timeout_ms=sc.commit_timeout_ms)
     settings["city"].update(master_key_hex=MASTER_KEY.hex(), session_shards=sc.n_sessions)
     return settings
 
@@ -118,6 +120,7 @@ def simulate(seed: int, *, mutation: str | None = None, verbose: bool = False, z
         seed=seed, events=world.events, end_ms=world.now_ms, taps=len(model.taps), rows=len(rows),
         answers=model.answers, replays=model.replays, ops=len(model.committed_ops),
         chatter=sum(t.pongs + t.params for t in terminals), crashes=sum(a.crashes for a in actors), session_crashes=sum(s.crashes for s in sessions),
+        abandoned=sum(a.abandoned for a in [*actors, *sessions]),
         recoveries=sum(a.total_recoveries for a in actors), gateway_restarts=gateway.restarts,
         dropped=frames.dropped, duplicated=frames.duplicated + calls.duplicated,
         digest=zlib.crc32(repr((rows, [sorted(t.final.items()) for t in terminals],

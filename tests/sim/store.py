@@ -94,6 +94,9 @@ class SimStore:
             raise StoreError("store unavailable")
 
     async def load(self, ledger: Ledger) -> RecoveryReport:
+        if self.world.chance(self.faults.p_commit_hang):  # the recovery's reads stall; the shard's load timeout ends it
+            self.world.log(self.name, "recovery hangs")
+            await asyncio.sleep(self.world.rng.randint(1, 40))
         await self._io(LOAD_MS)
         if self.world.chance(self.faults.p_load_fail):
             self.world.log(self.name, "recovery failed: store unavailable")
@@ -118,11 +121,14 @@ class SimStore:
         if w.chance(f.p_crash_apply):
             await actor.crash("after apply, before commit")
         try:
+            if w.chance(f.p_commit_hang):  # a stalled disk or lock: the writer's commit timeout ends it
+                w.log(self.name, "commit hangs")
+                await asyncio.sleep(w.rng.randint(1, 3) * actor.commit_timeout_s)
             await self._io(COMMIT_MS)
         except asyncio.CancelledError:
-            # the process died during the commit; COMMIT may have reached the store first: it
-            # lands now, or (hazard "zombie": declared dead, still running) some time later
-            if w.rng.random() < 0.5:
+            # the process died or the commit timed out; COMMIT may have reached the store first:
+            # it lands now, or (hazard "zombie": declared dead, still running) some time later
+            if not w.ended and w.rng.random() < 0.5:
                 if w.zombie:
                     w.at(w.rng.randint(*ZOMBIE_MS), self._zombie_commit, rows)
                 else:

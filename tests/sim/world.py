@@ -84,7 +84,7 @@ class World:
 
     def chance(self, p: float) -> bool:
         """True with probability ``p`` while faults are on; always False once healed."""
-        return p > 0 and self.now_ms < self.faults_until_ms and self.rng.random() < p
+        return p > 0 and not self.ended and self.now_ms < self.faults_until_ms and self.rng.random() < p
 
     def at(self, delay_ms: int, fn: Callable[..., None], *args: Any) -> None:
         if self.ended:

@@ -65,3 +65,12 @@ def test_bad_toml_names_the_file_and_line(tmp_path: Path):
 def test_missing_file_is_a_clear_error(tmp_path: Path):
     with pytest.raises(ConfigError, match="not found"):
         load_settings(tmp_path / "nope.toml", env={})
+
+
+def test_shard_call_timeout_must_cover_two_commits():
+    with pytest.raises(ConfigError, match=r"gateway.shard_call_timeout_ms \(9000\) must be at least twice"):
+        load_settings(env={}, overrides={"gateway": {"shard_call_timeout_ms": 9000},
+                                         "ledger": {"commit_timeout_ms": 5000}})
+    ok = load_settings(env={}, overrides={"gateway": {"shard_call_timeout_ms": 10_000},
+                                          "ledger": {"commit_timeout_ms": 5000}})
+    assert ok.gateway.shard_call_timeout_ms == 10_000

@@ -71,7 +71,10 @@ class AccountShardCore:
         if self._loading is None or self._loading.done():
             self._loading = asyncio.get_running_loop().create_task(self._load())
         try:
-            await asyncio.wait_for(asyncio.shield(self._loading), READY_TIMEOUT_S)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+            # lands as the load finishes (found by the simulation), and the call runs on.
+            async with asyncio.timeout(READY_TIMEOUT_S):
+                await asyncio.shield(self._loading)
         except TimeoutError:
             raise StoreError(f"shard {self.shard_id} not ready after {READY_TIMEOUT_S} s") from None
 

@@ -50,7 +50,8 @@ class ApiContext:
 
         async def call(shard: int, idx: list[int]) -> None:
             payload = _encoder.encode([ops[i] for i in idx])
-            packed = await asyncio.wait_for(self.shards[shard].apply_ops.remote(payload), SHARD_CALL_TIMEOUT_S)
+            async with asyncio.timeout(SHARD_CALL_TIMEOUT_S):  # wait_for can swallow a cancellation on 3.11
+                packed = await self.shards[shard].apply_ops.remote(payload)
             for i, o in zip(idx, _outcomes_decoder.decode(packed), strict=True):
                 out[i] = o
 

@@ -150,7 +150,8 @@ class Router:
             while True:
                 started = time.perf_counter()
                 try:
-                    packed, commit_ms = await asyncio.wait_for(lane.actor.apply.remote(payload), self.call_timeout_s)
+                    async with asyncio.timeout(self.call_timeout_s):  # not wait_for: see AccountShardCore
+                        packed, commit_ms = await lane.actor.apply.remote(payload)
                     outcomes = _outcomes_decoder.decode(packed)
                     self.metrics.shard_call_latency.observe(time.perf_counter() - started)
                     if commit_ms:

@@ -41,13 +41,15 @@ class SimCounter:
 
     async def _run(self, op: CardOp, again: bool = False) -> None:
         w = self.world
-        while True:
+        while not w.ended:
             try:
                 out = await self.api.run_op(op)
                 break
             except EXPECTED_ERRORS as exc:
                 w.log("counter", f"op {op.key}: {exc!r}; retry with the same key")
                 await asyncio.sleep(w.rng.randint(*RETRY_MS) / 1000.0)
+        else:
+            return
         outcome = (out.result, tuple(out.deltas), out.balance_after_fen, out.replay)
         w.log("counter", f"op {op.key} -> {outcome}")
         self.model.on_op_answer(op.key, outcome, op.key in self.fresh)

@@ -112,13 +112,13 @@ class World:
                 raise
         finally:
             self.ended = True
-            for _ in range(10):  # cancelled tasks may settle others; bounded
+            for _ in range(10):  # cancelled tasks may settle others; bounded in rounds and fake time
                 tasks = asyncio.all_tasks(loop)
                 if not tasks:
                     break
                 for task in tasks:
                     task.cancel()
-                loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+                loop.run_until_complete(asyncio.wait(tasks, timeout=1.0))
             loop.close()
         if self.failure is not None:
             raise self.failure
@@ -148,7 +148,8 @@ class World:
         if isinstance(exc, EXPECTED_ERRORS) and "never retrieved" in context.get("message", ""):
             return
         if exc is None:
-            exc = RuntimeError(context.get("message"))
+            what = context.get("task") or context.get("future") or context.get("handle")
+            exc = RuntimeError(f"{context.get('message')} {what!r}"[:600])
         self._unexpected(exc)
 
     def _unexpected(self, exc: BaseException) -> None:

@@ -1,6 +1,7 @@
 """The simulated world: one seeded RNG and a deterministic asyncio loop on a fake clock."""
 
 import asyncio
+import contextlib
 import random
 import traceback
 from collections.abc import Callable
@@ -119,6 +120,9 @@ class World:
                 for task in tasks:
                     task.cancel()
                 loop.run_until_complete(asyncio.wait(tasks, timeout=1.0))
+            for task in asyncio.all_tasks(loop):  # still pending: run their finally blocks now, not at GC
+                with contextlib.suppress(BaseException):
+                    task.get_coro().close()  # type: ignore[union-attr]
             loop.close()
         if self.failure is not None:
             raise self.failure

@@ -85,8 +85,9 @@ class AccountShardCore:
         # Memory may be ahead of the record now: nothing may read it until rebuilt.
         self.ledger, self.writer = None, None
         await cancel_and_wait([self._snapshot_task])  # it writes on a connection open() drops
-        # Bounded, so a hung load ends and the next call starts a new one.
-        async with asyncio.timeout(READY_TIMEOUT_S):
+        # Bounded, so a hung load ends and the next call starts a new one; generous, since a
+        # shard of millions of cards takes a while (callers stop waiting after READY_TIMEOUT_S).
+        async with asyncio.timeout(self.settings.ledger.load_timeout_ms / 1000.0):
             await self.store.open()
             ledger = Ledger(self.shard_id, self.tables, self.settings.ledger.dedupe_limit)
             self.recovery = await self.store.load(ledger)

@@ -75,6 +75,7 @@ class Ledger(_Section):
     dedupe_limit: int = Field(ge=1, le=100_000_000)
     commit_max_rows: int = Field(ge=1, le=1_000_000)
     commit_timeout_ms: int = Field(ge=100, le=600_000)
+    load_timeout_ms: int = Field(ge=1000, le=86_400_000)
     snapshot_every_rows: int = Field(ge=1)
     snapshot_interval_s: float = Field(gt=0)
 

@@ -15,6 +15,7 @@ Every loop is bounded in count and in time; all traffic goes to 127.0.0.1.
 """
 
 import asyncio
+import contextlib
 import gc
 import json
 import os
@@ -23,7 +24,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -201,6 +202,18 @@ def drop_city_data(urls: ServiceUrls, schema: str) -> None:
     asyncio.run(drop_redis_prefix(urls.redis_url, schema))
 
 
+@contextlib.contextmanager
+def live_city(urls: ServiceUrls, **kwargs: Any) -> Iterator[LiveCity]:
+    """A LiveCity in a fresh schema, stopped and its data dropped afterwards (module fixtures)."""
+    schema = new_schema()
+    city = LiveCity(urls, schema, **kwargs).start()
+    try:
+        yield city
+    finally:
+        city.stop()
+        drop_city_data(urls, schema)
+
+
 # -- a well-behaved terminal, tapping throughout -------------------------------------------
 @dataclass
 class CanaryTap:
@@ -335,34 +348,30 @@ class RawConn:
             if self.closed:
                 return None
             left = deadline - time.monotonic()
-            if left <= 0:
+            if left <= 0 or not await self._fill(left):
                 return None
-            try:
-                chunk = await asyncio.wait_for(self.reader.read(65536), left)
-            except TimeoutError:
-                return None
-            except (ConnectionError, OSError):
-                chunk = b""
-            if chunk:
-                self.buf += chunk
-            else:
-                self.closed = True
 
     async def wait_closed(self, timeout_s: float = 3.0) -> bool:
         """Read (and return whether) EOF arrives within ``timeout_s``; frames meanwhile are kept."""
         deadline = time.monotonic() + timeout_s
         while not self.closed and time.monotonic() < deadline:
-            try:
-                chunk = await asyncio.wait_for(self.reader.read(65536), deadline - time.monotonic())
-            except TimeoutError:
+            if not await self._fill(deadline - time.monotonic()):
                 break
-            except (ConnectionError, OSError):
-                chunk = b""
-            if chunk:
-                self.buf += chunk
-            else:
-                self.closed = True
         return self.closed
+
+    async def _fill(self, timeout_s: float) -> bool:
+        """One read into the buffer (EOF or a reset marks the connection closed); False on timeout."""
+        try:
+            chunk = await asyncio.wait_for(self.reader.read(65536), timeout_s)
+        except TimeoutError:
+            return False
+        except (ConnectionError, OSError):
+            chunk = b""
+        if chunk:
+            self.buf += chunk
+        else:
+            self.closed = True
+        return True
 
     async def close(self) -> None:
         self.writer.close()

@@ -22,11 +22,9 @@ from citycard.domain.results import Result
 from citycard.protocols import messages as m
 from citycard.protocols.auth import auth_mac, terminal_key
 from tests.robustness import (
-    LiveCity,
-    drop_city_data,
     encode,
+    live_city,
     mib,
-    new_schema,
     now_ms,
     plain_cards,
     record_results,
@@ -119,13 +117,8 @@ def scrape_queue_gauges(port: int) -> list[float]:
 
 @pytest.fixture(scope="module")
 def live(configured_services, ray_cluster):
-    schema = new_schema()
-    city = LiveCity(configured_services, schema, n_cards=800, n_terminals=N_TERMINALS, gateway=LANES).start()
-    try:
+    with live_city(configured_services, n_cards=800, n_terminals=N_TERMINALS, gateway=LANES) as city:
         yield city
-    finally:
-        city.stop()
-        drop_city_data(configured_services, schema)
 
 
 def test_three_times_capacity_gets_busy_with_bounded_queues_latency_and_memory(live):

@@ -38,11 +38,10 @@ from tests.robustness import (
     LiveCity,
     RawConn,
     assert_documented_error,
-    drop_city_data,
     encode,
     frame,
+    live_city,
     mib,
-    new_schema,
     now_ms,
     plain_cards,
     record_results,
@@ -68,14 +67,9 @@ STATS: dict[str, Any] = {"frames_fuzzed": 0, "connections": 0, "errors_by_code":
 
 @pytest.fixture(scope="module")
 def live(configured_services, ray_cluster):
-    schema = new_schema()
-    city = LiveCity(configured_services, schema, n_cards=600, n_terminals=30,
-                    gateway={"auth_timeout_ms": AUTH_TIMEOUT_MS, "heartbeat_ms": HEARTBEAT_MS}).start()
-    try:
+    with live_city(configured_services, n_cards=600, n_terminals=30,
+                   gateway={"auth_timeout_ms": AUTH_TIMEOUT_MS, "heartbeat_ms": HEARTBEAT_MS}) as city:
         yield city
-    finally:
-        city.stop()
-        drop_city_data(configured_services, schema)
 
 
 @pytest.fixture(scope="module")

@@ -25,9 +25,8 @@ from tests.robustness import (
     LiveCity,
     RawConn,
     assert_documented_error,
-    drop_city_data,
     encode,
-    new_schema,
+    live_city,
     now_ms,
     plain_cards,
     record_results,
@@ -43,16 +42,11 @@ TERMINAL_BURST_TAPS = 500
 
 @pytest.fixture(scope="module")
 def live(configured_services, ray_cluster):
-    schema = new_schema()
     # A per-terminal limit as production would set it (default.toml: off for the demo and lab).
-    city = LiveCity(configured_services, schema, n_cards=400, n_terminals=12,
-                    gateway={"terminal_max_taps_per_s": TERMINAL_TAPS_PER_S,
-                             "terminal_burst_taps": TERMINAL_BURST_TAPS}).start()
-    try:
+    with live_city(configured_services, n_cards=400, n_terminals=12,
+                   gateway={"terminal_max_taps_per_s": TERMINAL_TAPS_PER_S,
+                            "terminal_burst_taps": TERMINAL_BURST_TAPS}) as city:
         yield city
-    finally:
-        city.stop()
-        drop_city_data(configured_services, schema)
 
 
 @pytest.fixture(scope="module")

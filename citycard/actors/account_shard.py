@@ -13,9 +13,9 @@ from ..config.fare_table import load_fare_tables
 from ..config.settings import settings_from_dict
 from ..domain.ledger import Ledger
 from ..domain.ops import CardOp
-from ..domain.purses import PURSE_NAMES
 from ..domain.tables import FareTables
 from ..domain.taps import Tap
+from ..domain.views import view_of
 from ..errors import StoreError
 from ..persistence import recovery
 from ..persistence.journal import JournalWriter
@@ -116,8 +116,10 @@ class AccountShardCore:
         return _encoder.encode(outcomes), writer.last_commit_ms
 
     # -- card services -----------------------------------------------------------------
-    async def apply_ops(self, payload: bytes) -> bytes:
-        """Apply packed card-service ops (each at most once per key); answer once durable."""
+    async def apply_ops(self, payload: bytes, with_views: bool = True) -> bytes:
+        """Apply packed card-service ops (each at most once per key); answer once durable.
+        ``with_views``: each outcome carries its card's view after the batch (a disbursement
+        run, which shows no card, leaves them out)."""
         await self.ensure_loaded()
         ledger, writer = self.ledger, self.writer
         assert ledger is not None and writer is not None
@@ -140,15 +142,20 @@ class AccountShardCore:
             raise StoreError(f"shard {self.shard_id}: op memory churned during lookups; retry the call")
         # no await between the last memory check and apply_ops: one writer per key
         outcomes, rows = ledger.apply_ops(ops, self.wall_ms())
+        if with_views:
+            cards = ledger.cards
+            outcomes = [msgspec.structs.replace(o, view=view_of(cards.get(op.card_no)))
+                        for op, o in zip(ops, outcomes, strict=True)]
         await writer.submit(rows)
         ledger.evict_ops(writer.committed_lsn)
         return _encoder.encode(outcomes)
 
-    async def card_views(self, card_nos: list[int]) -> list[dict[str, Any] | None]:
-        """What the shard holds for each card (None: not in this shard)."""
+    async def card_views(self, card_nos: list[int]) -> bytes:
+        """What the shard holds for each card (None: not in this shard), packed."""
         await self.ensure_loaded()
         assert self.ledger is not None
-        return [_view(self.ledger.cards.get(c)) for c in card_nos]
+        cards = self.ledger.cards
+        return _encoder.encode([view_of(cards.get(c)) for c in card_nos])
 
     # -- snapshots ---------------------------------------------------------------------
     def _maybe_snapshot(self) -> None:
@@ -224,19 +231,6 @@ class AccountShardCore:
         import os
 
         return os.getpid()
-
-
-def _view(card: Any) -> dict[str, Any] | None:
-    if card is None:
-        return None
-    return {
-        "card_no": card.card_no, "status": card.status, "category": card.category, "apps": card.apps,
-        "credit_good": card.credit_good, "insurance": card.insurance, "medical_from_purse": card.medical_from_purse,
-        "purses": dict(zip(PURSE_NAMES, card.purses, strict=True)), "total_fen": sum(card.purses),
-        "monthly_pass": card.monthly_pass, "park_pass": card.park_pass,
-        "voucher_until_ms": card.voucher_until_ms, "voucher_categories": sorted(card.voucher_categories),
-        "allowance_until_ms": card.allowance_until_ms, "rental": card.rental, "parking": card.parking,
-    }
 
 
 @ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=0, max_concurrency=10_000)

@@ -223,7 +223,7 @@ class Runner:
     async def _stream(self, conn: asyncpg.Connection) -> None:
         """Reader -> a queue of batches per shard -> a few senders per shard -> recorder. Each
         queue is bounded, so a slow shard or a slow Postgres holds the others back."""
-        n_shards = len(self.ctx.shards)
+        n_shards = self.ctx.shards.n_shards
         ready: list[asyncio.Queue[Chunk | None]] = [asyncio.Queue(BATCHES_AHEAD) for _ in range(n_shards)]
         answered: asyncio.Queue[tuple[list[int], list[int]] | None] = asyncio.Queue(RECORD_QUEUE_BATCHES)
         async with asyncio.TaskGroup() as tg:
@@ -279,7 +279,7 @@ class Runner:
         """The shard's answers; a failed call is sent again (same keys: never a second credit)."""
         for delay_s in (*SEND_RETRY_DELAYS_S, None):
             try:
-                return await self.ctx.run_ops(ops)
+                return await self.ctx.run_ops(ops, with_views=False)
             except Exception as exc:  # noqa: BLE001 - timeouts, a dead or restarting actor
                 if delay_s is None:
                     raise

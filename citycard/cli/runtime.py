@@ -12,6 +12,7 @@ import ray
 import redis.asyncio as aioredis
 
 from ..actors.account_shard import AccountShard
+from ..actors.shard_client import CallPolicy, ShardClient
 from ..actors.terminal_session import TerminalSession
 from ..config.fare_table import load_fare_tables
 from ..config.settings import Settings
@@ -91,6 +92,7 @@ class Platform:
         self.settings = settings
         self.services = services
         self.shards: list[Any] = []
+        self.shard_client: ShardClient | None = None
         self.sessions: list[Any] = []
         self.metrics = Metrics()
         self.gateway: Gateway | None = None
@@ -117,11 +119,13 @@ class Platform:
         self.hotlist = HotlistCache(self.redis, s.redis.prefix, rebuild=self._rebuild_hotlist)
         await self.hotlist.start()
         g = s.gateway
+        retries = self.metrics.shard_retries
+        self.shard_client = ShardClient(self.shards, CallPolicy.from_settings(s),
+                                        on_retry=lambda shard, _exc: retries.labels(str(shard)).inc())
         self.router = Router(
-            self.shards, lambda: self.hotlist.cards, self.metrics,  # type: ignore[union-attr]
+            self.shard_client, lambda: self.hotlist.cards, self.metrics,  # type: ignore[union-attr]
             batch_max_taps=g.shard_batch_max_taps, inflight_calls=g.shard_inflight_calls,
-            queue_max_taps=g.shard_queue_max_taps, retry_deadline_ms=g.retry_deadline_ms,
-            linger_ms=g.linger_ms, call_timeout_ms=g.shard_call_timeout_ms,
+            queue_max_taps=g.shard_queue_max_taps, linger_ms=g.linger_ms,
         )
         self.reporter = SessionReporter(self.sessions)
         self.reporter.start()
@@ -155,7 +159,7 @@ class Platform:
         from ..api.server import ApiServer
 
         categories = frozenset(k for v in fares.versions for k in v.v.medical.fund_percent)
-        ctx = ApiContext(self.settings, self.pool, self.redis, self.shards, insurance_categories=categories)
+        ctx = ApiContext(self.settings, self.pool, self.redis, self.shard_client, insurance_categories=categories)
         self.api = ApiServer(ctx, self.settings.api.host, port)
         self.api_port = await self.api.start()
 

@@ -12,6 +12,7 @@ import msgspec
 from .cards import App, CardState, CardStatus, Category
 from .purses import N_PURSES, Purse
 from .results import Result
+from .views import CardView
 
 MAX_KEY_CHARS = 200
 MAX_OP_FEN = 10**11  # one op moves at most 1 billion yuan: anything more is a typo
@@ -137,6 +138,9 @@ class OpOutcome(msgspec.Struct, frozen=True, array_like=True, gc=False):  # made
     balance_after_fen: int = -1  # e-purse after the op (-1: card unknown)
     moved: Moved | None = None  # TransferOut: what the new card must receive
     replay: bool = False  # a retry answered with the first outcome
+    # The card after the op, as its shard answers it (None in the op memory and the journal,
+    # and for an unknown card): a caller needs no second call to show the result.
+    view: CardView | None = None
 
 
 _TOP_UP_PURSES = frozenset((Purse.EPURSE, Purse.GENERAL))

@@ -1,31 +1,24 @@
 """Groups taps by account shard and makes one Ray call per group, never one per tap.
 
 Each shard has a bounded queue and a bounded number of calls in flight; a full queue answers
-BUSY at once. A failed call (shard crashed, store failed) is retried with the same taps until
-``retry_deadline_ms``; then its taps are answered RETRY (outcome unknown, retry same seq).
+BUSY at once. The ShardClient retries a failed call (shard crashed, store failed) with the
+same taps until its deadline; then the taps are answered RETRY (outcome unknown, retry the
+same seq).
 """
 
 import asyncio
-import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
-import msgspec
-
+from ..actors.shard_client import ShardClient, ShardUnavailable
 from ..domain.results import Result
 from ..domain.shard import shard_of
-from ..domain.taps import Tap
+from ..domain.taps import Outcome, Tap
 from ..tasks import cancel_and_wait
 from .metrics import Metrics
 
-log = logging.getLogger(__name__)
-
-_encoder = msgspec.msgpack.Encoder()
-_outcomes_decoder = msgspec.msgpack.Decoder(list[tuple[int, int, int, bool]])
-_BUSY = int(Result.BUSY)
-_RETRY = int(Result.RETRY)
-RETRY_BACKOFF_S = (0.05, 0.1, 0.2, 0.5, 1.0)
+BUSY = Outcome(int(Result.BUSY), 0, -1, False)
+RETRY = Outcome(int(Result.RETRY), 0, -1, False)
 
 
 class Pending:
@@ -38,11 +31,11 @@ class Pending:
         self.req = req
         self.single = single
         self.taps = taps
-        self.outcomes: list[tuple[int, int, int, bool] | None] = [None] * len(taps)
+        self.outcomes: list[Outcome | None] = [None] * len(taps)
         self.remaining = len(taps)
         self.started_s = time.perf_counter()
 
-    def settle(self, index: int, outcome: tuple[int, int, int, bool]) -> None:
+    def settle(self, index: int, outcome: Outcome) -> None:
         self.outcomes[index] = outcome
         self.remaining -= 1
         if self.remaining == 0:
@@ -50,11 +43,10 @@ class Pending:
 
 
 class ShardLane:
-    __slots__ = ("shard_id", "actor", "queue", "inflight", "scheduled", "label")
+    __slots__ = ("shard_id", "queue", "inflight", "scheduled", "label")
 
-    def __init__(self, shard_id: int, actor: Any) -> None:
+    def __init__(self, shard_id: int) -> None:
         self.shard_id = shard_id
-        self.actor = actor
         self.queue: list[tuple[Tap, Pending, int]] = []
         self.inflight = 0
         self.scheduled = False
@@ -64,29 +56,24 @@ class ShardLane:
 class Router:
     def __init__(
         self,
-        actors: Sequence[Any],
+        client: ShardClient,
         hotlist: set[int] | Callable[[], set[int]],
         metrics: Metrics,
         *,
         batch_max_taps: int,
         inflight_calls: int,
         queue_max_taps: int,
-        retry_deadline_ms: int,
         linger_ms: float,
-        call_timeout_ms: int = 30_000,
     ) -> None:
-        self.lanes = [ShardLane(i, a) for i, a in enumerate(actors)]
+        self.client = client
+        self.lanes = [ShardLane(i) for i in range(client.n_shards)]
         self.n_shards = len(self.lanes)
         self._hotlist = hotlist
         self.metrics = metrics
         self.batch_max_taps = batch_max_taps
         self.inflight_calls = inflight_calls
         self.queue_max_taps = queue_max_taps
-        self.retry_deadline_s = retry_deadline_ms / 1000.0
         self.linger_s = linger_ms / 1000.0
-        # A shard call that hangs (a stuck commit) would hold its in-flight slot for good: it is
-        # given up after this and retried like a failed one (the retry is deduplicated).
-        self.call_timeout_s = call_timeout_ms / 1000.0
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop = asyncio.get_running_loop()
 
@@ -110,7 +97,7 @@ class Router:
             lane = lanes[shard_of(tap.card_no, n)]
             if (admit is not None and i >= admit) or len(lane.queue) >= self.queue_max_taps:
                 self.metrics.busy.inc()
-                pending.settle(i, (_BUSY, 0, -1, False))
+                pending.settle(i, BUSY)
                 continue
             lane.queue.append((tap, pending, i))
             touched[lane] = None
@@ -140,38 +127,21 @@ class Router:
         self.metrics.shard_inflight.labels(lane.label).set(lane.inflight)
 
     async def _call(self, lane: ShardLane, batch: list[tuple[Tap, Pending, int]]) -> None:
-        payload = _encoder.encode([t for t, _, _ in batch])
         self.metrics.shard_batch.observe(len(batch))
-        loop = self._loop
-        deadline = loop.time() + self.retry_deadline_s
-        attempt = 0
-        outcomes: list[tuple[int, int, int, bool]] | None = None
+        outcomes: Sequence[Outcome] | None = None
         try:
-            while True:
-                started = time.perf_counter()
-                try:
-                    async with asyncio.timeout(self.call_timeout_s):  # not wait_for: see AccountShardCore
-                        packed, commit_ms = await lane.actor.apply.remote(payload)
-                    outcomes = _outcomes_decoder.decode(packed)
-                    self.metrics.shard_call_latency.observe(time.perf_counter() - started)
-                    if commit_ms:
-                        self.metrics.commit_latency.observe(commit_ms / 1000.0)
-                    break
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - a dead actor or a failed store
-                    self.metrics.shard_retries.labels(lane.label).inc()
-                    if loop.time() >= deadline:
-                        log.warning("shard %s: giving up after %d tries: %r", lane.shard_id, attempt + 1, exc)
-                        break
-                    await asyncio.sleep(RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)])
-                    attempt += 1
+            answer = await self.client.apply_taps(lane.shard_id, [t for t, _, _ in batch])
+            outcomes = answer.outcomes
+            self.metrics.shard_call_latency.observe(answer.call_s)
+            if answer.commit_ms:
+                self.metrics.commit_latency.observe(answer.commit_ms / 1000.0)
+        except ShardUnavailable:
+            pass  # logged by the client; the taps are answered RETRY below
         finally:
             lane.inflight -= 1
             if outcomes is None:
-                retry = (_RETRY, 0, -1, False)
                 for _, pending, index in batch:
-                    pending.settle(index, retry)
+                    pending.settle(index, RETRY)
             else:
                 for (_, pending, index), outcome in zip(batch, outcomes, strict=True):
                     pending.settle(index, outcome)

@@ -5,7 +5,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from ..domain.results import Result
 from ..domain.shard import session_shard_of
@@ -131,7 +131,7 @@ class TerminalProtocol(asyncio.Protocol):
 
     # -- asyncio callbacks ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's is no asyncio.Transport subclass
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no asyncio.Transport subclass
         self.ctx.connections.add(self)
         self.ctx.metrics.connections.inc()
         self._auth_timer = self._loop.call_later(self.ctx.auth_timeout_s, self._auth_timeout)
@@ -152,19 +152,18 @@ class TerminalProtocol(asyncio.Protocol):
         if events:
             self._last_frame = self._loop.time()  # a whole frame, not a byte, counts as activity
         for event in events:
-            t = type(event)
-            if t is TapsReceived:
-                self._on_taps(event)  # type: ignore[arg-type]
-            elif t is Violation:
-                self._on_violation(event)  # type: ignore[arg-type]
-            elif t is HelloReceived:
+            if isinstance(event, TapsReceived):  # the hot case first
+                self._on_taps(event)
+            elif isinstance(event, Violation):
+                self._on_violation(event)
+            elif isinstance(event, HelloReceived):
                 self._write(self.conn.challenge(self.ctx.nonce(m.NONCE_BYTES), self.ctx.wall_ms()))
-            elif t is AuthReceived:
-                self.ctx.spawn(self._authenticate(event))  # type: ignore[arg-type]
-            elif t is PingReceived:
-                self._write(self.conn.send(m.Pong(time_ms=event.time_ms, server_time_ms=self.ctx.wall_ms())))  # type: ignore[union-attr]
-            elif t is ParamsRequested:
-                self._on_params(event)  # type: ignore[arg-type]
+            elif isinstance(event, AuthReceived):
+                self.ctx.spawn(self._authenticate(event))
+            elif isinstance(event, PingReceived):
+                self._write(self.conn.send(m.Pong(time_ms=event.time_ms, server_time_ms=self.ctx.wall_ms())))
+            elif isinstance(event, ParamsRequested):
+                self._on_params(event)
 
     # -- events --------------------------------------------------------------------------
     def _on_taps(self, event: TapsReceived) -> None:
@@ -183,24 +182,26 @@ class TerminalProtocol(asyncio.Protocol):
         taps = pending.taps
         counts: dict[tuple[int, int], int] = {}
         for tap, o in zip(taps, outcomes, strict=True):
-            key = (tap.kind, o[0])  # type: ignore[index]
+            assert o is not None  # a Pending replies once all its taps are settled
+            key = (tap.kind, o.result)
             counts[key] = counts.get(key, 0) + 1
         for (kind, code), n in counts.items():
             ctx.metrics.taps.labels(str(kind), _RESULT_NAMES.get(code, str(code))).inc(n)
         ctx.metrics.tap_latency.observe(latency_s, len(taps))
-        ctx.reporter.record(taps, outcomes)  # type: ignore[arg-type]
+        ctx.reporter.record(taps, outcomes)
         if self.transport is None or self.transport.is_closing() or self.conn.closed:
             return  # the terminal left; it will retry with the same seqs and get these outcomes
         if pending.single:
             o = outcomes[0]
             assert o is not None
-            msg: m.Msg = m.Result(seq=taps[0].seq, code=o[0], fare_fen=o[1], balance_fen=o[2], replay=o[3])
+            msg: m.Msg = m.Result(seq=taps[0].seq, code=o.result, fare_fen=o.fare_fen, balance_fen=o.balance_fen,
+                                  replay=o.replay)
         else:
             msg = m.Results(
                 req=pending.req,
                 results=[
-                    m.ResultItem(t.seq, o[0], o[1], o[2], o[3])  # type: ignore[index]
-                    for t, o in zip(taps, outcomes, strict=True)
+                    m.ResultItem(t.seq, o.result, o.fare_fen, o.balance_fen, o.replay)
+                    for t, o in zip(taps, outcomes, strict=True) if o is not None
                 ],
             )
         self._write(self.conn.send(msg))

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..domain.results import Result
 from ..domain.shard import session_shard_of
-from ..domain.taps import Tap
+from ..domain.taps import Outcome, Tap
 from ..tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -26,22 +26,22 @@ class SessionReporter:
         self._acc: dict[int, list[int]] = {}
         self._task: asyncio.Task[None] | None = None
 
-    def record(self, taps: Sequence[Tap], outcomes: Sequence[tuple[int, int, int, bool]]) -> None:
+    def record(self, taps: Sequence[Tap], outcomes: Sequence[Outcome | None]) -> None:
         acc = self._acc
         for tap, o in zip(taps, outcomes, strict=True):
-            if o[3] or o[0] in _NOT_COUNTED:
+            if o is None or o.replay or o.result in _NOT_COUNTED:
                 continue  # a replay was counted the first time; BUSY and RETRY are no decision
             a = acc.get(tap.terminal_id)
             if a is None:
-                acc[tap.terminal_id] = [tap.seq, tap.seq, 1, o[1] if o[0] == _OK else 0]
+                acc[tap.terminal_id] = [tap.seq, tap.seq, 1, o.fare_fen if o.result == _OK else 0]
             else:
                 if tap.seq < a[0]:
                     a[0] = tap.seq
                 if tap.seq > a[1]:
                     a[1] = tap.seq
                 a[2] += 1
-                if o[0] == _OK:
-                    a[3] += o[1]
+                if o.result == _OK:
+                    a[3] += o.fare_fen
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())

@@ -15,6 +15,7 @@ from citycard.domain.ops import Credit, TransferIn, TransferOut
 from citycard.domain.purses import PURSE_NAMES, Purse
 from citycard.domain.results import Result
 from citycard.domain.taps import TapKind
+from citycard.domain.views import CardView
 from tests.e2e.api_helpers import ApiCity, api_city
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -55,7 +56,7 @@ async def loaded_card(api: ApiCity, serial: int, tag: str) -> tuple[int, int]:
     finally:
         await client.close()
     view = await ctx.card_view(card)
-    assert view["purses"]["deposit"] == 10_000, view
+    assert view is not None and view.purses["deposit"] == 10_000, view
     return card, 60_000 + 30_000 + 2_000 + 100_000 + 4_000
 
 
@@ -95,8 +96,9 @@ async def post_replace(api: ApiCity, card: int, reason: str = "lost on bus 12") 
     return await api.http.post(f"/cards/{card}/replace", headers=api.auth(), json={"reason": reason})
 
 
-def purses(view: dict[str, Any]) -> dict[str, int]:
-    return dict(view["purses"])
+def purses(view: CardView | None) -> dict[str, int]:
+    assert view is not None
+    return dict(view.purses)
 
 
 def test_replace_moves_everything_once_under_taps_and_concurrent_retries(configured_services, schema):
@@ -149,7 +151,7 @@ def test_replace_moves_everything_once_under_taps_and_concurrent_retries(configu
             assert purses(new_view) == expected
             assert all(v > 0 for k, v in expected.items() if k != "deposit"), expected
             old_view = await ctx.card_view(old)
-            assert old_view["status"] == 2 and old_view["total_fen"] == 0
+            assert old_view is not None and old_view.status == 2 and old_view.total_fen == 0
             got = answers[0].json()
             for field in ("apps", "category", "monthly_pass", "park_pass", "voucher_categories",
                           "voucher_until_ms", "allowance_until_ms", "credit_good"):
@@ -232,7 +234,8 @@ def test_a_replacement_stopped_between_steps_completes_exactly_once(configured_s
                 assert r.json()["purses"] == expected, name
                 rows = [x for x in await journal(api, new) if x["op_key"]]
                 assert [(x["op_key"], x["result"]) for x in rows] == [(f"replace:{old}:in", Result.OK)], name
-                assert (await ctx.card_view(old))["total_fen"] == 0
+                old_view = await ctx.card_view(old)
+                assert old_view is not None and old_view.total_fen == 0
                 stored = await replace.find(ctx.pool, old)
                 assert stored is not None and stored.state == "done", name
                 r = await post_replace(api, old)  # and again: nothing moves

@@ -25,6 +25,7 @@ from citycard.domain.purses import Purse
 from citycard.domain.results import Result
 from citycard.domain.shard import shard_of
 from citycard.domain.taps import Tap, TapKind
+from citycard.domain.views import CardView
 from citycard.loadtest.city import CARD_SEED_COLUMNS, plan_cards
 from citycard.persistence.db import connect
 
@@ -32,6 +33,7 @@ from ..conftest import ServiceUrls, make_settings
 
 _enc = msgspec.msgpack.Encoder()
 _outcomes = msgspec.msgpack.Decoder(list[OpOutcome])
+_views = msgspec.msgpack.Decoder(list[CardView | None])
 
 
 async def _ops(core: AccountShardCore, ops: list[CardOp]) -> list[OpOutcome]:
@@ -101,11 +103,11 @@ def test_the_same_key_sent_concurrently_credits_once(configured_services: Servic
         finally:
             await conn.close()
         core = AccountShardCore(0, settings.as_dict(), configured_services.db_url)
-        before = (await core.card_views([card[0]]))[0]["purses"]["general"]
+        before = _views.decode(await core.card_views([card[0]]))[0].purses["general"]
         outs = await asyncio.gather(*[_ops(core, [Credit("welfare:2026-11:1", card[0], Purse.GENERAL, 500)])
                                       for _ in range(n_concurrent)])
         assert sorted(o[0].replay for o in outs) == [False] + [True] * (n_concurrent - 1)
-        assert (await core.card_views([card[0]]))[0]["purses"]["general"] == before + 500
+        assert _views.decode(await core.card_views([card[0]]))[0].purses["general"] == before + 500
         if core.writer is not None:
             await core.writer.close()
 

@@ -3,7 +3,7 @@
 The product's own code runs here, not copies: AccountShardCore (ledger, journal writer, group
 commit, recovery's Rebuild, snapshots, card-service op lookups), TerminalSessionCore, the
 gateway's Router, SessionReporter and TerminalProtocol over the sans-I/O ServerConnection, and
-ApiContext.run_op for card services.
+the ShardClient for card services.
 They run on an asyncio loop with a fake clock (loop.py), over a faulty in-memory network, a
 store that fails, delays and fails ambiguously (store.py), and processes that die (shard
 actors, the gateway). A reference model audits every commit and every answer. One seed

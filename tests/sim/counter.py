@@ -1,12 +1,12 @@
-"""The counter: card services (top-ups, refunds) through the product's ApiContext.run_op, which
-calls the card's shard actor. A failed call (actor died, store error, reply lost, timeout) is
-retried with the same idempotency key, as an HTTP client retries a 503; now and then an
-answered op is sent again on purpose and must come back a replay of its first outcome."""
+"""The counter: card services (top-ups, refunds) through the product's ShardClient, as the
+card services call it, with its retry policy. A call that still fails (past the retry
+deadline) is retried with the same idempotency key, as an HTTP client retries a 503; now and
+then an answered op is sent again on purpose and must come back a replay of its first outcome."""
 
 import asyncio
 from typing import Any
 
-from citycard.api.context import ApiContext
+from citycard.actors.shard_client import CallPolicy, ShardClient
 from citycard.config.settings import settings_from_dict
 from citycard.domain.ops import CardOp, Refund, TopUp
 from citycard.domain.purses import Purse
@@ -27,7 +27,7 @@ class SimCounter:
         self.model = model
         self.sc = sc
         self.owner = Owner("counter")
-        self.api = ApiContext(settings_from_dict(settings), None, None, actors)  # type: ignore[arg-type]
+        self.client = ShardClient(actors, CallPolicy.from_settings(settings_from_dict(settings)))
         self.final: dict[str, tuple[int, tuple[int, ...], int, bool]] = {}
         self.fresh: set[str] = set()  # keys that got their one non-replay answer
         for op in sc.ops:
@@ -43,7 +43,7 @@ class SimCounter:
         w = self.world
         while not w.ended:
             try:
-                out = await self.api.run_op(op)
+                out = await self.client.apply_op(op)
                 break
             except EXPECTED_ERRORS as exc:
                 w.log("counter", f"op {op.key}: {exc!r}; retry with the same key")

@@ -5,6 +5,7 @@ answer in flight are lost, and a new Router and context start after a delay."""
 
 from typing import TYPE_CHECKING, Any
 
+from citycard.actors.shard_client import CallPolicy, ShardClient
 from citycard.gateway.metrics import Metrics
 from citycard.gateway.router import Router
 from citycard.gateway.server import GatewayContext, TerminalProtocol
@@ -97,10 +98,10 @@ class SimGateway:
 
     def _build(self) -> None:
         sc, w = self.sc, self.world
+        client = ShardClient(self.actors, CallPolicy(sc.call_timeout_ms / 1000.0, sc.retry_deadline_ms / 1000.0))
         router = Router(
-            self.actors, self._hotlist, metrics(), batch_max_taps=sc.batch_max_taps,
-            inflight_calls=sc.inflight_calls, queue_max_taps=sc.queue_max_taps,
-            retry_deadline_ms=sc.retry_deadline_ms, linger_ms=sc.linger_ms, call_timeout_ms=sc.call_timeout_ms,
+            client, self._hotlist, metrics(), batch_max_taps=sc.batch_max_taps,
+            inflight_calls=sc.inflight_calls, queue_max_taps=sc.queue_max_taps, linger_ms=sc.linger_ms,
         )
         reporter = SessionReporter(self.sessions)
         reporter.start()

@@ -38,7 +38,7 @@ class PlannedTap:
 
 @dataclass(frozen=True)
 class PlannedOp:
-    """A card service at the counter (the API's run_op): a top-up or a refund, with its key."""
+    """A card service at the counter (the card services' ShardClient.apply_op): a top-up or a refund, with its key."""
 
     at_ms: int
     key: str

@@ -1,6 +1,6 @@
 """A shard actor as Ray runs it: the product's AccountShardCore (its ledger, journal writer,
 recovery and snapshots) inside a process that can die (ray.py). The product's Router and
-ApiContext call it unchanged; a new core reloads from the record on its first call. Broken
+ShardClient call it unchanged; a new core reloads from the record on its first call. Broken
 variants of the core (``MUTANTS``) prove the checks catch what they claim to."""
 
 from typing import Any

@@ -7,6 +7,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+from citycard.actors.shard_client import ShardUnavailable
 from citycard.errors import StoreError
 
 from .loop import Owner, SimLoop
@@ -23,7 +24,7 @@ class CallFailed(Exception):
 
 
 # Failures the product is built to meet; anything else raised in a task is a bug.
-EXPECTED_ERRORS = (StoreError, ActorDied, CallFailed, TimeoutError)
+EXPECTED_ERRORS = (StoreError, ActorDied, CallFailed, TimeoutError, ShardUnavailable)
 
 
 class SimFailure(AssertionError):

@@ -1,7 +1,7 @@
 """SessionReporter: what reaches the TerminalSession's running totals."""
 
 from citycard.domain.results import Result
-from citycard.domain.taps import Tap, TapKind
+from citycard.domain.taps import Outcome, Tap, TapKind
 from citycard.gateway.sessions import SessionReporter
 
 
@@ -15,12 +15,12 @@ def test_only_first_decisions_count() -> None:
     r = SessionReporter([])
     taps = [_tap(s) for s in (1, 2, 3, 4, 5, 6)]
     outcomes = [
-        (int(Result.OK), 200, 800, False),
-        (int(Result.BUSY), 0, -1, False),
-        (int(Result.RETRY), 0, -1, False),
-        (int(Result.OK), 200, 600, True),  # a replay: counted the first time
-        (int(Result.INSUFFICIENT_FUNDS), 0, 600, False),  # decided and journaled: a tap, no fen
-        (int(Result.SEQ_TOO_OLD), 0, -1, False),
+        Outcome(int(Result.OK), 200, 800, False),
+        Outcome(int(Result.BUSY), 0, -1, False),
+        Outcome(int(Result.RETRY), 0, -1, False),
+        Outcome(int(Result.OK), 200, 600, True),  # a replay: counted the first time
+        Outcome(int(Result.INSUFFICIENT_FUNDS), 0, 600, False),  # decided and journaled: a tap, no fen
+        Outcome(int(Result.SEQ_TOO_OLD), 0, -1, False),
     ]
     r.record(taps, outcomes)
     assert r._acc == {7: [1, 5, 2, 200]}  # min seq, max seq, taps, charged fen

@@ -10,6 +10,7 @@ from ...domain.cards import DEFAULT_APPS, App, CardStatus, make_card_no
 from ...domain.ops import Cancel, SetApps, SetProduct, SetStatus
 from ...domain.purses import PURSE_NAMES
 from ...domain.shard import shard_of
+from ...domain.views import CardView
 from .. import audit
 from ..auth import Operator, Perm, require
 from ..errors import ApiError, raise_for_result
@@ -97,18 +98,18 @@ def _validity(window: Any) -> Validity | None:
                     valid_until=datetime.fromtimestamp(window[1] / 1000).astimezone())
 
 
-def card_model(view: dict[str, Any], holder_id: int | None) -> Card:
-    flags = view["apps"]
+def card_model(view: CardView, holder_id: int | None) -> Card:
+    flags = view.apps
     apps = Apps(epurse=bool(flags & App.EPURSE), online=bool(flags & App.ONLINE),
                 library=bool(flags & App.LIBRARY), medical=bool(flags & App.MEDICAL),
-                insurance=view["insurance"], medical_from_purse=view["medical_from_purse"],
+                insurance=view.insurance, medical_from_purse=view.medical_from_purse,
                 merchant_member=bool(flags & App.MERCHANT_MEMBER))
-    return Card(card_no=view["card_no"], holder_id=holder_id, status=STATUS_NAMES.get(view["status"], "blocked"),
-                category=CATEGORY_NAMES.get(view["category"], "adult"), apps=apps, credit_good=view["credit_good"],
-                purses=view["purses"], total_fen=view["total_fen"], monthly_pass=_validity(view["monthly_pass"]),
-                park_pass=_validity(view["park_pass"]), voucher_until_ms=view["voucher_until_ms"],
-                voucher_categories=view["voucher_categories"], allowance_until_ms=view["allowance_until_ms"],
-                bike_rental_open=view["rental"] is not None, parking_open=view["parking"] is not None)
+    return Card(card_no=view.card_no, holder_id=holder_id, status=STATUS_NAMES.get(view.status, "blocked"),
+                category=CATEGORY_NAMES.get(view.category, "adult"), apps=apps, credit_good=view.credit_good,
+                purses=view.purses, total_fen=view.total_fen, monthly_pass=_validity(view.monthly_pass),
+                park_pass=_validity(view.park_pass), voucher_until_ms=view.voucher_until_ms,
+                voucher_categories=list(view.voucher_categories), allowance_until_ms=view.allowance_until_ms,
+                bike_rental_open=view.rental_open, parking_open=view.parking_open)
 
 
 async def load_card(request: Request, card_no: int) -> Card:
@@ -141,7 +142,7 @@ async def issue(holder_id: HolderId, body: IssueIn, request: Request,
         if live is not None:
             raise ApiError(409, f"holder {holder_id} already has live card {live}; replace it instead",
                            card_no=live)
-        card_no = await insert_card(conn, len(ctx.shards), holder_id, CATEGORY_BY_NAME[holder.category], apps,
+        card_no = await insert_card(conn, ctx.shards.n_shards, holder_id, CATEGORY_BY_NAME[holder.category], apps,
                                     body.credit_good, body.apps.insurance if body.apps.medical else "",
                                     body.apps.medical_from_purse)
         await audit.record(conn, op, "card.issue", f"card:{card_no}", None,

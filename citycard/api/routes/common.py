@@ -1,12 +1,13 @@
 """Shapes and helpers shared by the routes."""
 
 import uuid
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Path, Request
 from pydantic import AfterValidator, Field
 
 from ...domain.cards import Category, card_no_valid
+from ...domain.views import CardView
 from ..context import ApiContext
 from ..errors import ApiError
 
@@ -50,7 +51,7 @@ def check_card_no(card_no: int) -> None:
         raise ApiError(422, "card_no: check digit does not match", field="card_no")
 
 
-async def card_or_404(ctx: ApiContext, card_no: int) -> dict[str, Any]:
+async def card_or_404(ctx: ApiContext, card_no: int) -> CardView:
     check_card_no(card_no)
     view = await ctx.card_view(card_no)
     if view is None:

@@ -155,8 +155,8 @@ async def correct(holder_id: HolderId, body: HolderPatch, request: Request,
                            after.model_dump(), body.reason)
     if "category" in changes:
         views = [await ctx.card_view(c) for c in after.cards]
-        ops = [SetProfile(op_key("profile", v["card_no"]), v["card_no"], sets["category"], v["credit_good"])
-               for v in views if v is not None and v["status"] != 2]
+        ops = [SetProfile(op_key("profile", v.card_no), v.card_no, sets["category"], v.credit_good)
+               for v in views if v is not None and v.status != 2]
         if ops:
             await ctx.run_ops(ops)
     return after

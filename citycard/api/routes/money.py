@@ -70,7 +70,7 @@ async def movement(ctx: ApiContext, card_no: int, out: OpOutcome) -> Movement:
     view = await card_or_404(ctx, card_no)
     return Movement(card_no=card_no, result=Result(out.result).name, replay=out.replay,
                     purses_fen={n: d for n, d in zip(PURSE_NAMES, out.deltas, strict=True) if d},
-                    balance=view["purses"])
+                    balance=view.purses)
 
 
 @router.post("/cards/{card_no}/topups", response_model=Movement)
@@ -112,8 +112,8 @@ async def balance_of(ctx: ApiContext, card_no: int) -> Balance:
     from .cards import STATUS_NAMES
 
     view = await card_or_404(ctx, card_no)
-    return Balance(card_no=card_no, status=STATUS_NAMES.get(view["status"], "blocked"),
-                   purses=view["purses"], total_fen=view["total_fen"])
+    return Balance(card_no=card_no, status=STATUS_NAMES.get(view.status, "blocked"),
+                   purses=view.purses, total_fen=view.total_fen)
 
 
 @router.get("/cards/{card_no}/transactions", response_model=Page)

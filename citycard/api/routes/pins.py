@@ -167,7 +167,7 @@ def _state(card_no: int, row: asyncpg.Record | None, max_tries: int) -> PinState
 async def live_card(ctx: ApiContext, card_no: int, cancelled_status: int) -> None:
     """404 unknown, 422 bad check digit; a cancelled (or replaced) card's PIN is of no use."""
     view = await card_or_404(ctx, card_no)
-    if view["status"] == CardStatus.CANCELLED:
+    if view.status == CardStatus.CANCELLED:
         raise ApiError(cancelled_status, "the card is cancelled or replaced", result="CARD_CANCELLED")
 
 

@@ -138,7 +138,7 @@ async def start(ctx: ApiContext, op: Operator, old_card_no: int, reason: str) ->
             raise ApiError(409, f"card {old_card_no} is still receiving the replacement of card {pending};"
                                 f" retry that replacement first", replacing=pending)
         # apps, passes and money come with TransferIn
-        new_card_no = await insert_card(conn, len(ctx.shards), old["holder_id"], old["category"])
+        new_card_no = await insert_card(conn, ctx.shards.n_shards, old["holder_id"], old["category"])
         await conn.execute(
             "INSERT INTO replacements (old_card_no, new_card_no, state, reason) VALUES ($1, $2, 'started', $3)",
             old_card_no, new_card_no, reason)
@@ -172,7 +172,7 @@ async def finish(ctx: ApiContext, op: Operator, rep: Replacement) -> Replacement
                 " SELECT $2, pin_hash, salt, kdf, failed_tries FROM card_pins WHERE card_no = $1"
                 " ON CONFLICT (card_no) DO NOTHING", old, new)
             await audit.record(conn, op, "card.replace", f"card:{old}", moved_dict(old, moved),
-                               {"new_card_no": new, "purses": after and after["purses"]})
+                               {"new_card_no": new, "purses": after and after.purses})
     return Replacement(old, new, "done", None)
 
 
@@ -182,7 +182,7 @@ async def move_out(ctx: ApiContext, rep: Replacement) -> Moved:
 
     async def cleared() -> bool:
         view = await ctx.card_view(old)
-        return view is not None and view["rental"] is None and view["parking"] is None
+        return view is not None and not view.rental_open and not view.parking_open
 
     out = await _apply_step(ctx, old, "out", lambda key: TransferOut(key, old, new), cleared)
     raise_for_result(out.result, old)
@@ -209,7 +209,7 @@ async def move_in(ctx: ApiContext, rep: Replacement, moved: Moved) -> None:
 
     async def cleared() -> bool:
         view = await ctx.card_view(new)
-        return view is not None and view["status"] == CardStatus.ACTIVE
+        return view is not None and view.status == CardStatus.ACTIVE
 
     out = await _apply_step(ctx, old, "in", lambda key: TransferIn(key, new, old, moved), cleared)
     try:

@@ -7,7 +7,8 @@ A call that fails (a dead or restarting actor, a failed commit) or hangs past
 ``call_timeout_s`` is sent again with the same payload until ``retry_deadline_s``: taps are
 deduplicated by (terminal, seq) and ops by their keys, so a retry never applies twice. Past
 the deadline the caller gets ShardUnavailable: the outcome is unknown, retry with the same
-ids.
+ids. A bug (a wrong argument, an undecodable answer) is raised at once, never retried: Ray
+re-raises an actor's exception as a subclass of its cause, so these are caught the same way.
 """
 
 import asyncio
@@ -32,6 +33,7 @@ _encoder = msgspec.msgpack.Encoder()
 _tap_outcomes = msgspec.msgpack.Decoder(list[Outcome])
 _op_outcomes = msgspec.msgpack.Decoder(list[OpOutcome])
 _views = msgspec.msgpack.Decoder(list[CardView | None])
+_BUGS = (TypeError, AttributeError, AssertionError, msgspec.DecodeError)
 T = TypeVar("T")
 
 
@@ -194,7 +196,7 @@ class ShardClient:
         while True:
             try:
                 return await attempt()
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, *_BUGS):
                 raise
             except Exception as exc:  # noqa: BLE001 - a dead actor, a failed store, a timeout
                 if self.on_retry is not None:

@@ -102,9 +102,9 @@ class SimActor(SimRayActor):
         """The gateway's ``actor.apply.remote(payload)``."""
         return await self._remote(self._run_apply, payload)  # type: ignore[no-any-return]
 
-    async def _apply_ops_remote(self, payload: bytes) -> bytes:
-        """The API's ``actor.apply_ops.remote(payload)``."""
-        return await self._remote(self._run_apply_ops, payload)  # type: ignore[no-any-return]
+    async def _apply_ops_remote(self, payload: bytes, with_views: bool = True) -> bytes:
+        """The card services' ``actor.apply_ops.remote(payload, with_views)``."""
+        return await self._remote(self._run_apply_ops, payload, with_views)  # type: ignore[no-any-return]
 
     async def _run_apply(self, core: AccountShardCore, payload: bytes) -> tuple[bytes, float]:
         packed, commit_ms = await core.apply(payload)
@@ -116,8 +116,8 @@ class SimActor(SimRayActor):
             self.model.check_memory(self.shard_id, core.ledger, "after a commit")
         return packed, commit_ms
 
-    async def _run_apply_ops(self, core: AccountShardCore, payload: bytes) -> bytes:
-        packed = await core.apply_ops(payload)
+    async def _run_apply_ops(self, core: AccountShardCore, payload: bytes, with_views: bool) -> bytes:
+        packed = await core.apply_ops(payload, with_views)
         writer = core.writer
         if writer is not None and writer.idle and writer.broken is None and core.ledger is not None:
             self.model.check_memory(self.shard_id, core.ledger, "after a commit")

@@ -29,7 +29,7 @@ from citycard.loadtest.tapmix import TapMix  # noqa: E402
 def _gateway(port_out: object, stop: object) -> None:
     import uvloop
 
-    from tests.unit.test_loadtest_sender import FakeGateway
+    from citycard.loadtest.fake_gateway import FakeGateway
 
     async def run() -> None:
         gw = FakeGateway()

@@ -2,38 +2,11 @@
 restart; never the machine's), and the results file."""
 
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.conftest import ServiceUrls
-
-
-@dataclass
-class OwnServices:
-    state: Path
-    pg: Any  # EmbeddedService
-    rd: Any
-
-    @property
-    def urls(self) -> ServiceUrls:
-        return ServiceUrls("embedded", self.pg.url, self.rd.url)
-
-    def restart_postgres(self) -> None:
-        from citycard.persistence.embedded import start_embedded_postgres
-
-        url = self.pg.url
-        self.pg = start_embedded_postgres(self.state)
-        assert self.pg.url == url and self.pg.pid is not None
-
-    def restart_redis(self) -> None:
-        from citycard.persistence.embedded import start_embedded_redis
-
-        url = self.rd.url
-        self.rd = start_embedded_redis(self.state)
-        assert self.rd.url == url and self.rd.pid is not None
+from tests.support.results import ResultsFile
+from tests.support.services import OwnServices
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +24,8 @@ def own_services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnServic
 
 
 @pytest.fixture(scope="session")
-def results_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def results_file(tmp_path_factory: pytest.TempPathFactory) -> ResultsFile:
     path = tmp_path_factory.getbasetemp() / "chaos" / "last_results.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     print(f"\nchaos results: {path}")
-    return path
+    return ResultsFile(path, "chaos")

@@ -21,15 +21,17 @@ import psutil
 import pytest
 import redis.asyncio as aioredis
 
-from citycard.config.settings import load_settings
 from citycard.domain.results import Result
 from citycard.domain.taps import TapKind
-from citycard.loadtest.city import plan_cards, plan_terminals, seed_city
 from citycard.loadtest.client import TerminalClient
 from citycard.persistence import db
-from tests.chaos.load import ChaosLoad, now_ms, record, verify
-from tests.conftest import drop_redis_prefix
-from tests.e2e.helpers import City, running_city
+from tests.support.chaos_load import ChaosLoad, chaos_summary, verify
+from tests.support.city import City, running_city
+from tests.support.cli import citycard_env, gateway_port, migrated_city
+from tests.support.clock import now_ms
+from tests.support.results import ResultsFile
+from tests.support.services import drop_redis_prefix
+from tests.support.waiting import until_available
 
 pytestmark = pytest.mark.services
 
@@ -47,17 +49,6 @@ async def actor_balances(city: City) -> dict[int, int]:
     return out
 
 
-async def until_available(call: Any, timeout_s: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            return await call()
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.2)
-
-
 def start_load(city: City) -> ChaosLoad:
     load = ChaosLoad([t.terminal_id for t in city.terminals], city.settings.city.master_key,
                      [c[0] for c in city.cards], lambda: city.port)
@@ -65,7 +56,7 @@ def start_load(city: City) -> ChaosLoad:
     return load
 
 
-async def finish(load: ChaosLoad, city: City, fault: str, results_file: Path, *,
+async def finish(load: ChaosLoad, city: City, fault: str, results_file: ResultsFile, *,
                  write: bool = True) -> dict[str, Any]:
     served = await load.wait_all_served(RECOVER_TIMEOUT_S)
     await asyncio.sleep(AFTER_RECOVERY_S)
@@ -78,7 +69,7 @@ async def finish(load: ChaosLoad, city: City, fault: str, results_file: Path, *,
     finally:
         await conn.close()
     if write:
-        record(results_file, fault, figures)
+        results_file.record(fault, figures, chaos_summary(figures))
     return figures
 
 
@@ -120,7 +111,7 @@ def test_kill_actor_process(role, configured_services, schema, ray_cluster, resu
                 await conn.close()
             figures["session_totals_taps_drift"] = sum(abs(t["taps"] - rows.get(t["terminal_id"], 0))
                                                        for t in totals)
-            record(results_file, f"kill -9 {role}", figures)
+            results_file.record(f"kill -9 {role}", figures, chaos_summary(figures))
 
     asyncio.run(scenario())
 
@@ -260,7 +251,7 @@ def test_redis_lost(how, own_services, ray_cluster, results_file):
             took = await blocked_within(city, checker, 100, lost_after, 10.0)
             assert took is not None, "a card reported lost after the Redis fault is still accepted"
             figures["hotlist_add_effective_s"] = round(took, 3)
-            record(results_file, f"redis {how}", figures)
+            results_file.record(f"redis {how}", figures, chaos_summary(figures))
             r = aioredis.from_url(own_services.urls.redis_url)
             try:
                 assert await r.ping()
@@ -272,24 +263,6 @@ def test_redis_lost(how, own_services, ray_cluster, results_file):
 
 
 # -- 3: kill -9 of the gateway process (`citycard up`) --------------------------------------------
-
-def _env(urls: Any, schema: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update({
-        "CITYCARD_DATABASE_URL": urls.db_url,
-        "CITYCARD_REDIS_URL": urls.redis_url,
-        "CITYCARD_DATABASE__SCHEMA": schema,
-        "CITYCARD_REDIS__PREFIX": schema,
-        "CITYCARD_GATEWAY__PORT": "0",
-        "CITYCARD_METRICS__PORT": "0",
-        "CITYCARD_API__PORT": "0",
-        "CITYCARD_RAY__NAMESPACE": f"chaos-{schema}",
-        "CITYCARD_RAY__NUM_CPUS": "2",
-        "CITYCARD_CITY__ACCOUNT_SHARDS": "2",
-        "RAY_ADDRESS": "local",  # its own Ray, never one this test process or anyone else runs
-    })
-    return env
-
 
 def _ours(schema: str) -> list[psutil.Process]:
     """Live processes started for this schema (the `citycard up` tree and its Ray inherit the env)."""
@@ -318,7 +291,7 @@ class Up:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             if "gateway on" in line and self.port is None:
-                self.port = int(line.split("gateway on ")[1].split(",")[0].rsplit(":", 1)[1])
+                self.port = gateway_port(line)
                 self.ready.set()
 
     def wait_ready(self, timeout_s: float = 120.0) -> int:
@@ -350,21 +323,10 @@ class Up:
 
 
 def test_kill_gateway_process(configured_services, schema, results_file, tmp_path):
-    env = _env(configured_services, schema)
-    subprocess.run([sys.executable, "-m", "citycard.cli.main", "db", "migrate"], env=env, check=True,
-                   capture_output=True, timeout=120)
-    settings = load_settings(env={}, overrides={"database": {"schema": schema}})
-    cards = plan_cards(N_CARDS, 2, seed=5)
-    terminals = plan_terminals(N_TERMINALS, seed=5)
-
-    async def seed() -> None:
-        conn = await db.connect(configured_services.db_url, schema)
-        try:
-            await seed_city(conn, cards, terminals)
-        finally:
-            await conn.close()
-
-    asyncio.run(seed())
+    env = citycard_env(configured_services, schema, "chaos", CITYCARD_API__PORT="0", CITYCARD_RAY__NUM_CPUS="2",
+                       CITYCARD_CITY__ACCOUNT_SHARDS="2",
+                       RAY_ADDRESS="local")  # its own Ray, never one this test process or anyone else runs
+    settings, cards, terminals = migrated_city(env, configured_services, schema, N_CARDS, N_TERMINALS, shards=2)
     assert not _ours(schema)
     ups: list[Up] = []
     try:
@@ -399,7 +361,7 @@ def test_kill_gateway_process(configured_services, schema, results_file, tmp_pat
             return {**figures, "first_start_ready_s": first_ready_s, "restart_ready_s": restart_ready_s}
 
         figures = asyncio.run(scenario())
-        record(results_file, "kill -9 gateway (citycard up)", figures)
+        results_file.record("kill -9 gateway (citycard up)", figures, chaos_summary(figures))
     finally:
         for up in ups:
             up.kill_group()

@@ -1,21 +1,14 @@
 """Card services end to end through HTTP, on real Postgres, Redis and Ray."""
 
 import asyncio
-import time
 
 import pytest
 
 from citycard.domain.results import Result
-from citycard.domain.taps import TapKind
-from citycard.protocols import messages as m
-from tests.e2e.api_helpers import api_city
+from tests.support.city import api_city
+from tests.support.terminal import ride
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
-
-
-async def ride(client, seq: int, card: int, route: int = 12) -> m.Result:
-    # 40 s apart per seq, out of the anti-passback window of the same terminal
-    return await client.tap(seq, card, int(time.time() * 1000) + seq * 40_000, int(TapKind.BUS), route)
 
 
 def test_tokens_and_roles(services, schema):

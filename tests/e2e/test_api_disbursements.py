@@ -17,7 +17,7 @@ from citycard.domain.ops import OpKind
 from citycard.domain.results import Result
 from citycard.domain.shard import shard_of
 from citycard.domain.taps import TapKind
-from tests.e2e.api_helpers import ApiCity, api_city
+from tests.support.city import ApiCity, api_city
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 PERIOD = "2026-11"

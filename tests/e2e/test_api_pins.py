@@ -14,8 +14,8 @@ import pytest
 
 from citycard.api.pins import KdfParams, hash_pin, new_salt
 from citycard.domain.results import Result
-from citycard.domain.taps import TapKind
-from tests.e2e.api_helpers import ApiCity, api_city
+from tests.support.city import ApiCity, api_city
+from tests.support.terminal import ride
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -221,10 +221,6 @@ def test_a_stored_lower_cost_is_verified_then_raised(configured_services, schema
             assert [e["action"] for e in await audit(api, card)][-1] == "pin.rehash"
 
     asyncio.run(scenario())
-
-
-async def ride(client, seq: int, card: int):  # noqa: ANN001, ANN201 - citycard.protocols.messages.Result
-    return await client.tap(seq, card, int(time.time() * 1000) + seq * 40_000, int(TapKind.BUS), 12)
 
 
 def test_self_service_balance_history_and_loss(configured_services, schema):

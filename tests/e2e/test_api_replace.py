@@ -16,7 +16,7 @@ from citycard.domain.purses import PURSE_NAMES, Purse
 from citycard.domain.results import Result
 from citycard.domain.taps import TapKind
 from citycard.domain.views import CardView
-from tests.e2e.api_helpers import ApiCity, api_city
+from tests.support.city import ApiCity, api_city
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 

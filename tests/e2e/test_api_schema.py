@@ -41,7 +41,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from citycard.domain.identity import make_citizen_id
-from tests.e2e.api_helpers import api_city
+from tests.support.city import api_city
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 

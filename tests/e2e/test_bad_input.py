@@ -14,37 +14,10 @@ from citycard.loadtest.client import ServerError, TerminalClient
 from citycard.protocols import messages as m
 from citycard.protocols.codes import ErrorCode
 from citycard.protocols.frames import encode_frame
-from tests.e2e.helpers import City, running_city
+from tests.support.city import running_city
+from tests.support.terminal import raw_exchange
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
-
-
-async def raw_exchange(city: City, payload: bytes, read_timeout_s: float = 5.0) -> tuple[list[dict], bool]:
-    """Send raw bytes on a fresh connection; return the decoded frames and whether it closed."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", city.port)
-    writer.write(payload)
-    await writer.drain()
-    data = b""
-    closed = False
-    deadline = time.monotonic() + read_timeout_s
-    while time.monotonic() < deadline:
-        try:
-            chunk = await asyncio.wait_for(reader.read(65536), 0.5)
-        except TimeoutError:
-            if data:
-                break
-            continue
-        if not chunk:
-            closed = True
-            break
-        data += chunk
-    writer.close()
-    frames = []
-    while len(data) >= 4:
-        n = int.from_bytes(data[:4], "big")
-        frames.append(msgpack.unpackb(data[4 : 4 + n]))
-        data = data[4 + n :]
-    return frames, closed
 
 
 def hello(terminal_id: int) -> bytes:
@@ -72,30 +45,30 @@ def test_bad_input_gets_errors_and_others_are_still_served(configured_services, 
             await stranger.close()
 
             # Oversized frame: refused from the header alone, connection closed.
-            frames, closed = await raw_exchange(city, (10**9).to_bytes(4, "big") + b"x" * 10)
+            frames, closed = await raw_exchange(city.port, (10**9).to_bytes(4, "big") + b"x" * 10)
             assert frames[0]["t"] == "error" and frames[0]["code"] == ErrorCode.FRAME_TOO_LARGE
             assert closed
 
             # Garbage bytes in a frame: BAD_MESSAGE, connection stays open.
-            frames, closed = await raw_exchange(city, encode_frame(b"\xc1\xff\x00garbage"))
+            frames, closed = await raw_exchange(city.port, encode_frame(b"\xc1\xff\x00garbage"))
             assert frames[0]["code"] == ErrorCode.BAD_MESSAGE and not closed
 
             # An unknown message type.
-            frames, closed = await raw_exchange(city, encode_frame(msgpack.packb({"t": "teleport"})))
+            frames, closed = await raw_exchange(city.port, encode_frame(msgpack.packb({"t": "teleport"})))
             assert frames[0]["code"] == ErrorCode.UNKNOWN_MESSAGE and not closed
 
             # A tap before authentication.
             tap = m.Tap(seq=1, card=card, time_ms=1, kind=int(TapKind.BUS), route=1)
-            frames, _ = await raw_exchange(city, encode_frame(m.encoder.encode(tap)))
+            frames, _ = await raw_exchange(city.port, encode_frame(m.encoder.encode(tap)))
             assert frames[0]["code"] == ErrorCode.NOT_AUTHENTICATED
 
             # A hello with a wrong-length nonce breaks the schema.
             body = msgpack.packb({"t": "hello", "terminal_id": 5, "nonce": b"short", "version": 1})
-            frames, _ = await raw_exchange(city, encode_frame(body))
+            frames, _ = await raw_exchange(city.port, encode_frame(body))
             assert frames[0]["code"] == ErrorCode.BAD_MESSAGE
 
             # Pure noise with no sane length prefix.
-            frames, closed = await raw_exchange(city, os.urandom(64) + b"\xff\xff\xff\xff")
+            frames, closed = await raw_exchange(city.port, os.urandom(64) + b"\xff\xff\xff\xff")
             assert closed or frames
 
             # Through all of that, an authenticated terminal keeps being served.

@@ -6,7 +6,7 @@ import pytest
 
 from citycard.cli.demo import run_demo
 from citycard.cli.runtime import Services
-from tests.conftest import make_settings
+from tests.support.services import make_settings
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 

@@ -5,7 +5,6 @@ their next parameters request."""
 
 import asyncio
 import time
-from collections.abc import Callable
 
 import pytest
 import redis.asyncio as aioredis
@@ -16,7 +15,8 @@ from citycard.gateway.hotlist import HotlistCache, HotlistDeltas
 from citycard.persistence import hotlist
 from citycard.protocols import messages as m
 from citycard.protocols.frames import encode_frame
-from tests.e2e.api_helpers import ApiCity, api_city
+from tests.support.city import ApiCity, api_city
+from tests.support.waiting import within
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -37,16 +37,6 @@ async def second_gateway_cache(api: ApiCity) -> tuple[HotlistCache, aioredis.Red
     cache = HotlistCache(r, prefix, rebuild)
     await cache.start()
     return cache, r
-
-
-async def when(predicate: Callable[[], bool], started: float) -> float:
-    """Seconds from ``started`` until predicate() holds, checked every millisecond."""
-    deadline = time.perf_counter() + WAIT_S
-    while not predicate():
-        if time.perf_counter() > deadline:
-            pytest.fail(f"not within {WAIT_S} s")
-        await asyncio.sleep(0.001)
-    return time.perf_counter() - started
 
 
 class Rider:
@@ -90,8 +80,9 @@ async def measure_loss(api: ApiCity, rider: Rider, card: int, other: HotlistCach
     started = time.perf_counter()
     post = asyncio.create_task(report_loss(api, card))
     (refused_s, charged), gateway_s, other_s = await asyncio.gather(
-        rider.until_refused(card, started), when(lambda: card in gateway.cards, started),
-        when(lambda: card in other.cards, started))
+        rider.until_refused(card, started),
+        within(lambda: card in gateway.cards, WAIT_S, started=started, poll_s=0.001),
+        within(lambda: card in other.cards, WAIT_S, started=started, poll_s=0.001))
     return {"http_s": await post - started, "refused_tap_s": refused_s, "gateway_cache_s": gateway_s,
             "second_cache_s": other_s, "taps_charged_meanwhile": charged}
 

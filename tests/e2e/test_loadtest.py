@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.e2e.test_cli import _env
+from tests.support.cli import citycard_env, gateway_port
 
 pytestmark = pytest.mark.services
 
@@ -30,7 +30,7 @@ def _loadtest(env: dict[str, str], tmp_path, *args: str, timeout_s: float = 300)
 
 
 def test_small_city_steady_run_answers_durably_and_audits(configured_services, schema, tmp_path):
-    env = _env(configured_services, schema)
+    env = citycard_env(configured_services, schema)
     report = _loadtest(env, tmp_path, *SMALL, "--schema", schema, "--rate", "800", "--duration", "6",
                        "--replay-share", "0.05")
     assert report["ok"], report["errors"] or report["audit"]
@@ -52,7 +52,7 @@ def test_small_city_steady_run_answers_durably_and_audits(configured_services, s
 
 
 def test_hotlist_storm_blocks_cards_during_load(configured_services, schema, tmp_path):
-    env = _env(configured_services, schema)
+    env = citycard_env(configured_services, schema)
     report = _loadtest(env, tmp_path, *SMALL, "--schema", schema, "--scenario", "hotlist-storm",
                        "--rate", "600", "--duration", "8", "--storm-rate", "10")
     assert report["ok"], report["errors"] or report["audit"] or report.get("hotlist_storm")
@@ -62,7 +62,7 @@ def test_hotlist_storm_blocks_cards_during_load(configured_services, schema, tmp
 
 
 def test_find_max_steps_up_and_measures_half_the_maximum(configured_services, schema, tmp_path):
-    env = _env(configured_services, schema)
+    env = citycard_env(configured_services, schema)
     report = _loadtest(env, tmp_path, *SMALL, "--schema", schema, "--find-max", "--rate", "500",
                        "--step-seconds", "3", "--p99-bound-ms", "5000", timeout_s=600)
     fm = report["find_max"]
@@ -75,7 +75,7 @@ def test_find_max_steps_up_and_measures_half_the_maximum(configured_services, sc
 def test_against_a_running_platform(configured_services, schema, tmp_path):
     """citycard city seed, citycard up, then citycard loadtest --target: the city comes from
     the platform's database, seqs continue after what its journal holds."""
-    env = _env(configured_services, schema)
+    env = citycard_env(configured_services, schema)
     seed = subprocess.run([sys.executable, "-m", "citycard.cli.main", "city", "seed", "--scale", "0.0005"],
                           env=env, capture_output=True, text=True, timeout=120)
     assert seed.returncode == 0, seed.stderr
@@ -84,7 +84,7 @@ def test_against_a_running_platform(configured_services, schema, tmp_path):
     try:
         line = up.stdout.readline()  # "citycard up: gateway on 127.0.0.1:PORT, ..."
         assert "gateway on" in line, up.stderr.read() if up.poll() is not None else line
-        port = line.split("gateway on ")[1].split(",")[0].rsplit(":", 1)[1]
+        port = gateway_port(line)
         first = _loadtest(env, tmp_path, "--target", f"127.0.0.1:{port}", "--terminals", "12",
                           "--rate", "500", "--duration", "4")
         second = _loadtest(env, tmp_path, "--target", f"127.0.0.1:{port}", "--terminals", "12",

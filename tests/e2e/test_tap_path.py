@@ -12,46 +12,16 @@ from citycard.domain.cards import Category
 from citycard.domain.results import Result
 from citycard.domain.taps import TapKind
 from citycard.loadtest.audit import run_audit
-from citycard.loadtest.city import CARD_SEED_COLUMNS
 from citycard.protocols import messages as m
-from tests.e2e.helpers import City, running_city
+from tests.support.city import COL, City, journal_rows, running_city
+from tests.support.clock import now_ms
+from tests.support.waiting import until_available
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 def bus(seq: int, card: int, route: int = 12) -> m.TapItem:
     return m.TapItem(seq=seq, card=card, time_ms=now_ms(), kind=int(TapKind.BUS), route=route)
-
-
-async def until_available(call, timeout_s: float = 30.0):
-    """Call a Ray actor method until the (restarting) actor answers."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            return await call()
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.2)
-
-
-async def journal_rows(city: City, terminal_id: int) -> list[tuple[int, int, int, int]]:
-    conn = await city.conn()
-    try:
-        rows = await conn.fetch(
-            "SELECT seq, card_no, result, amount_fen FROM journal WHERE terminal_id = $1 ORDER BY seq",
-            terminal_id,
-        )
-        return [tuple(r) for r in rows]
-    finally:
-        await conn.close()
-
-
-COL = {name: i for i, name in enumerate(CARD_SEED_COLUMNS)}
 
 
 def plain_fare_cards(city: City, shard_id: int = 0) -> list[tuple[int, int]]:

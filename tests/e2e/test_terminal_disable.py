@@ -19,9 +19,9 @@ from citycard.domain.taps import TapKind
 from citycard.loadtest.client import ServerError, TerminalClient
 from citycard.protocols import messages as m
 from citycard.protocols.codes import ErrorCode
-from tests.e2e.helpers import City, running_city
-from tests.e2e.test_cli import _env
-from tests.robustness import now_ms, plain_cards
+from tests.support.city import City, plain_cards, running_city
+from tests.support.cli import citycard_env
+from tests.support.clock import now_ms
 
 pytestmark = pytest.mark.services
 
@@ -67,7 +67,7 @@ def cutoffs(city: City, via: str) -> float:
 
 
 def test_disable_cuts_the_open_connection_now_and_enable_lets_it_back(configured_services, schema, ray_cluster):
-    env = _env(configured_services, schema)
+    env = citycard_env(configured_services, schema)
 
     async def go() -> None:
         async with running_city(configured_services, schema, n_cards=200, n_terminals=3) as city:
@@ -124,7 +124,7 @@ def test_disable_cuts_the_open_connection_now_and_enable_lets_it_back(configured
 
 
 def test_with_redis_unreachable_the_disable_holds_and_the_check_cuts_off(configured_services, schema, ray_cluster):
-    env = _env(configured_services, schema) | {"CITYCARD_REDIS_URL": UNREACHABLE_REDIS_URL}
+    env = citycard_env(configured_services, schema) | {"CITYCARD_REDIS_URL": UNREACHABLE_REDIS_URL}
 
     async def go() -> None:
         async with running_city(configured_services, schema, n_cards=100, n_terminals=2,
@@ -150,7 +150,7 @@ def test_with_redis_unreachable_the_disable_holds_and_the_check_cuts_off(configu
 @pytest.mark.parametrize("action", ["disable", "enable", "show"])
 def test_unknown_terminal_is_a_clear_error_exit_2(configured_services, schema, action):
     async def go() -> tuple[int, str, str]:
-        return await citycard(_env(configured_services, schema), "terminal", action, "99999")
+        return await citycard(citycard_env(configured_services, schema), "terminal", action, "99999")
 
     code, out, err = asyncio.run(go())
     assert code == 2, (code, out, err)

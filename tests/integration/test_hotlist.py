@@ -3,7 +3,7 @@ Redis a copy that can be rebuilt, and the gateway's cache follows both within a 
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 
 import asyncpg
 import pytest
@@ -14,8 +14,8 @@ from citycard.gateway.hotlist import HotlistCache
 from citycard.persistence import hotlist
 from citycard.persistence.db import connect
 from citycard.persistence.migrate import migrate
-
-from ..conftest import ServiceUrls
+from tests.support.services import ServiceUrls
+from tests.support.waiting import within
 
 pytestmark = pytest.mark.services
 
@@ -44,16 +44,6 @@ async def _members(r: aioredis.Redis, prefix: str) -> set[int]:
 async def _redis_version(r: aioredis.Redis, prefix: str) -> int | None:
     raw = await r.get(hotlist.keys(prefix)[1])
     return None if raw is None else int(raw)
-
-
-async def _within(predicate: Callable[[], bool], timeout_s: float) -> float:
-    """Seconds until predicate() held; fails after timeout_s."""
-    started = time.perf_counter()
-    while not predicate():
-        if time.perf_counter() - started > timeout_s:
-            pytest.fail(f"not within {timeout_s} s")
-        await asyncio.sleep(0.005)
-    return time.perf_counter() - started
 
 
 def test_add_remove_and_rebuild(services: ServiceUrls, schema: str) -> None:
@@ -143,16 +133,16 @@ def test_cache_follows_changes_and_survives_an_empty_redis(services: ServiceUrls
             # An add from another connection reaches the cache within a second.
             started = time.perf_counter()
             v = await hotlist.add(admin, admin_redis, schema, CARDS[2], "stolen")
-            await _within(lambda: CARDS[2] in cache.cards, 2.0)
+            await within(lambda: CARDS[2] in cache.cards, 2.0)
             elapsed = time.perf_counter() - started
             assert elapsed < 1.0, f"hotlist add took {elapsed:.3f} s to reach the cache"
             listed.add(CARDS[2])
             assert cache.cards == listed
-            await _within(lambda: cache.version == v, 1.0)
+            await within(lambda: cache.version == v, 1.0)
 
             started = time.perf_counter()
             await hotlist.remove(admin, admin_redis, schema, CARDS[0], "found")
-            await _within(lambda: CARDS[0] not in cache.cards, 2.0)
+            await within(lambda: CARDS[0] not in cache.cards, 2.0)
             assert time.perf_counter() - started < 1.0
             listed.discard(CARDS[0])
             assert cache.cards == listed
@@ -160,7 +150,7 @@ def test_cache_follows_changes_and_survives_an_empty_redis(services: ServiceUrls
             # Redis restarts empty: the cache rebuilds it from Postgres and keeps every card.
             reloads = cache.reloads
             await admin_redis.delete(set_key, version_key)
-            await _within(lambda: cache.reloads > reloads, 2.0)
+            await within(lambda: cache.reloads > reloads, 2.0)
             assert rebuilds >= 1
             assert cache.cards == listed
             assert await _members(admin_redis, schema) == listed
@@ -170,7 +160,7 @@ def test_cache_follows_changes_and_survives_an_empty_redis(services: ServiceUrls
             # And it still follows changes after the rebuild.
             started = time.perf_counter()
             await hotlist.add(admin, admin_redis, schema, CARDS[3], "lost")
-            await _within(lambda: CARDS[3] in cache.cards, 2.0)
+            await within(lambda: CARDS[3] in cache.cards, 2.0)
             assert time.perf_counter() - started < 1.0
             assert cache.cards == listed | {CARDS[3]}
         finally:
@@ -200,7 +190,7 @@ def test_cache_catches_up_on_a_change_it_did_not_hear(services: ServiceUrls, sch
             await admin.execute("INSERT INTO hotlist (card_no, reason, version) VALUES ($1, 'x', 1)", CARDS[4])
             await r.sadd(set_key, CARDS[4])
             await r.set(version_key, 1)
-            waited = await _within(lambda: CARDS[4] in cache.cards, 2.0)
+            waited = await within(lambda: CARDS[4] in cache.cards, 2.0)
             assert waited < 1.0
             assert cache.version == 1
         finally:

@@ -19,8 +19,7 @@ from citycard.loadtest.baselines import (
 from citycard.persistence.db import connect
 from citycard.persistence.journal import JournalWriter, pg_append
 from citycard.persistence.migrate import migrate
-
-from ..conftest import ServiceUrls
+from tests.support.services import ServiceUrls
 
 pytestmark = pytest.mark.services
 

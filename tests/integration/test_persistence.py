@@ -30,8 +30,8 @@ from citycard.persistence.db import connect
 from citycard.persistence.journal import JOURNAL_COLUMNS, JournalWriter, pg_append
 from citycard.persistence.migrate import MigrationError, migrate, migration_files
 from citycard.persistence.recovery import RecoveryReport, load_ledger, write_snapshot
-
-from ..conftest import ServiceUrls
+from tests.support.ledger import card_states
+from tests.support.services import ServiceUrls
 
 pytestmark = pytest.mark.services
 
@@ -356,12 +356,6 @@ def _opening_purses(row: tuple) -> list[int]:
     return [row[COL[name]] for name in OPENING_PURSES] + [0]
 
 
-def _state(ledger: Ledger) -> dict[int, tuple]:
-    """Every card's full state as taps leave it: purses, open rental and parking, and the
-    encoded state a snapshot stores (ride counters, anti-passback memory)."""
-    return {c.card_no: (list(c.purses), c.rental, c.parking, encode_card(c)) for c in ledger.cards.values()}
-
-
 class TapSource:
     """Random taps for shard 0: every kind (bus, water bus, amounts, bikes and parking in pairs,
     parks, library, medical bills), bad taps, unknown cards, retries."""
@@ -511,7 +505,7 @@ def test_recovery_rebuilds_the_same_ledger(services: ServiceUrls, schema: str, w
             assert ledger.total_balance_fen() == opening_total - charged
             assert await admin.fetchval("SELECT count(*) FROM journal_p0") == head == len(decided)
             # the taps left state to recover: deposits held, rentals and sessions open, counters
-            live = _state(ledger)
+            live = card_states(ledger)
             cards = ledger.cards.values()
             assert any(c.purses[5] for c in cards) and any(c.rental for c in cards)
             assert any(c.parking for c in cards) and any(c.recent for c in cards)
@@ -523,7 +517,7 @@ def test_recovery_rebuilds_the_same_ledger(services: ServiceUrls, schema: str, w
             report = await load_ledger(admin, fresh)
             assert report == RecoveryReport(0, len(mine), snapshot_lsn, head, head - snapshot_lsn, snapshot_lsn, 0)
             assert [c.purses for c in fresh.cards.values()] == [c.purses for c in ledger.cards.values()]
-            assert _state(fresh) == live
+            assert card_states(fresh) == live
             assert fresh.balances() == ledger.balances()
             assert fresh.lsn == head
             assert fresh.dedupe_size() == ledger.dedupe_size() == head
@@ -535,7 +529,7 @@ def test_recovery_rebuilds_the_same_ledger(services: ServiceUrls, schema: str, w
                 again, rows = fresh.apply([tap], source.clock + 99)
                 assert rows == [] and again == [msgspec.structs.replace(out, replay=True)], (tap, out, again)
             assert fresh.balances() == ledger.balances() and fresh.lsn == head
-            assert _state(fresh) == live
+            assert card_states(fresh) == live
 
             # A ledger with a small dedupe memory still rebuilds the same cards.
             small = Ledger(0, TABLES, dedupe_limit=50)
@@ -546,12 +540,12 @@ def test_recovery_rebuilds_the_same_ledger(services: ServiceUrls, schema: str, w
             )
             assert small.lsn == head and small.dedupe_size() == 50
             assert small.balances() == fresh.balances()
-            assert _state(small) == live
+            assert card_states(small) == live
 
             # From here on both ledgers decide the same.
             more = source.batch(60)
             assert fresh.apply(more, source.clock + 100) == ledger.apply(more, source.clock + 100)
-            assert _state(fresh) == _state(ledger)
+            assert card_states(fresh) == card_states(ledger)
         finally:
             await wconn.close()
             await admin.close()
@@ -596,7 +590,7 @@ def test_recovered_ledger_does_not_charge_an_old_retry_again(
             recovered = Ledger(0, TABLES, dedupe_limit=limit)
             await load_ledger(admin, recovered)
             assert recovered.balances() == live.balances() == {card_a: 100_000 - 5 * 182, card_b: 100_000 - 100 * 182}
-            assert _state(recovered) == _state(live)
+            assert card_states(recovered) == card_states(live)
             before = recovered.balances()[card_a]
             [answer], rows = recovered.apply([retry], T0_MS + 20_000)
             assert rows == [], f"an old retry was journaled again: {rows}"

@@ -28,8 +28,7 @@ from citycard.domain.taps import Tap, TapKind
 from citycard.domain.views import CardView
 from citycard.loadtest.city import CARD_SEED_COLUMNS, plan_cards
 from citycard.persistence.db import connect
-
-from ..conftest import ServiceUrls, make_settings
+from tests.support.services import ServiceUrls, make_settings
 
 _enc = msgspec.msgpack.Encoder()
 _outcomes = msgspec.msgpack.Decoder(list[OpOutcome])

@@ -10,7 +10,6 @@ tests/e2e/test_tap_path.py checks one BUSY batch and its retry; this is sustaine
 """
 
 import asyncio
-import os
 import time
 import urllib.request
 from array import array
@@ -18,18 +17,12 @@ from typing import Any
 
 import pytest
 
-from citycard.domain.results import Result
 from citycard.protocols import messages as m
-from citycard.protocols.auth import auth_mac, terminal_key
-from tests.robustness import (
-    encode,
-    live_city,
-    mib,
-    now_ms,
-    plain_cards,
-    record_results,
-    rss_bytes,
-)
+from tests.support.city import plain_cards
+from tests.support.clock import now_ms
+from tests.support.live import live_city, mib, rss_bytes
+from tests.support.results import ROBUSTNESS_RESULTS
+from tests.support.terminal import LoadConn, encode
 
 pytestmark = [pytest.mark.services, pytest.mark.usefixtures("ray_cluster")]
 
@@ -41,61 +34,6 @@ CALIBRATE_S = 4.0
 OVERLOAD_S = 8.0
 FACTOR = 3.0
 MAX_TAPS = 400_000  # hard cap on taps offered in the overload phase
-BUSY = int(Result.BUSY)
-
-
-class LoadConn:
-    """One authenticated terminal connection sending pre-encoded ``taps`` frames; answers are
-    matched by ``req`` in a read loop (msgspec decoding, no per-answer futures)."""
-
-    def __init__(self, terminal_id: int) -> None:
-        self.terminal_id = terminal_id
-        self.sent: dict[int, tuple[float, int]] = {}  # req -> (send time, first seq)
-        self.accepted = array("q")  # seqs answered with anything but BUSY
-        self.lat = array("d")  # one latency per accepted tap (a batch's taps share one)
-        self.busy = 0
-        self.answered = 0
-        self.other: list[Any] = []
-
-    async def connect(self, port: int, master_key: bytes) -> None:
-        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", port)
-        key = terminal_key(master_key, self.terminal_id)
-        nonce = os.urandom(16)
-        self.writer.write(encode(m.Hello(terminal_id=self.terminal_id, nonce=nonce)))
-        ch = m.server_decoder.decode(await self._frame())
-        self.writer.write(encode(m.Auth(mac=auth_mac(key, self.terminal_id, nonce, ch.nonce))))
-        ok = m.server_decoder.decode(await self._frame())
-        assert isinstance(ok, m.AuthOk), ok
-        self.pump = asyncio.get_running_loop().create_task(self._read_loop())
-
-    async def _frame(self) -> bytes:
-        n = int.from_bytes(await self.reader.readexactly(4), "big")
-        return await self.reader.readexactly(n)
-
-    async def _read_loop(self) -> None:
-        decode = m.server_decoder.decode
-        while True:
-            msg = decode(await self._frame())
-            if type(msg) is not m.Results:
-                self.other.append(msg)
-                continue
-            t_sent, _ = self.sent.pop(msg.req)
-            lat = time.perf_counter() - t_sent
-            for r in msg.results:
-                self.answered += 1
-                if r.code == BUSY:
-                    self.busy += 1
-                else:
-                    self.accepted.append(r.seq)
-                    self.lat.append(lat)
-
-    def send(self, req: int, first_seq: int, data: bytes) -> None:
-        self.sent[req] = (time.perf_counter(), first_seq)
-        self.writer.write(data)
-
-    async def close(self) -> None:
-        self.pump.cancel()
-        self.writer.close()
 
 
 def batch_frame(req: int, first_seq: int, cards: list[int], k: int) -> bytes:
@@ -241,5 +179,5 @@ def test_three_times_capacity_gets_busy_with_bounded_queues_latency_and_memory(l
     asyncio.run(asyncio.wait_for(go(), 120))
     assert live.loop_errors == [], live.loop_errors[:5]
     fig["gateway_loop_max_lag_ms"] = round(live.max_lag_s * 1000, 1)
-    record_results("overload", fig)
+    ROBUSTNESS_RESULTS.record("overload", fig)
 

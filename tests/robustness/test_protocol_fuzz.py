@@ -32,21 +32,11 @@ from citycard.protocols.auth import auth_mac, terminal_key
 from citycard.protocols.codes import ErrorCode
 from citycard.protocols.connection import MAX_BAD_MESSAGES, PREAUTH_MAX_FRAME_BYTES
 from citycard.protocols.frames import DEFAULT_MAX_FRAME_BYTES
-from tests.robustness import (
-    FATAL_NAMES,
-    Canary,
-    LiveCity,
-    RawConn,
-    assert_documented_error,
-    encode,
-    frame,
-    live_city,
-    mib,
-    now_ms,
-    plain_cards,
-    record_results,
-    rss_bytes,
-)
+from tests.support.city import plain_cards
+from tests.support.clock import now_ms
+from tests.support.live import LiveCity, live_city, mib, rss_bytes, start_canary
+from tests.support.results import ROBUSTNESS_RESULTS
+from tests.support.terminal import FATAL_NAMES, RawConn, assert_documented_error, encode, frame
 
 pytestmark = [pytest.mark.services, pytest.mark.usefixtures("ray_cluster")]
 
@@ -74,9 +64,7 @@ def live(configured_services, ray_cluster):
 
 @pytest.fixture(scope="module")
 def canary(live: LiveCity):
-    c = live.c
-    can = Canary(c.port, c.terminals[0].terminal_id, c.settings.city.master_key, plain_cards(c),
-                 pace_s=0.1, max_taps=1500).start()
+    can = start_canary(live, max_taps=1500)
     deadline = time.monotonic() + 10
     while not can.answered and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -677,7 +665,7 @@ def test_zz_canary_served_throughout_and_memory_bounded(live, canary):
     summary = canary.check(live, max_latency_s=3.0)
     rss_end = rss_bytes()
     grew = rss_end - canary.rss_start
-    record_results("protocol_fuzz", {
+    ROBUSTNESS_RESULTS.record("protocol_fuzz", {
         **{k: v for k, v in STATS.items()}, "canary": summary, "examples_per_test": MAX_EXAMPLES,
         "gateway_loop_max_lag_ms": round(live.max_lag_s * 1000, 1),
         "rss_module_start_mib": mib(canary.rss_start), "rss_module_end_mib": mib(rss_end)})

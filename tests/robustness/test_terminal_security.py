@@ -20,17 +20,11 @@ from citycard.domain.shard import session_shard_of
 from citycard.protocols import messages as m
 from citycard.protocols.auth import auth_mac, terminal_key
 from citycard.protocols.codes import ErrorCode
-from tests.robustness import (
-    Canary,
-    LiveCity,
-    RawConn,
-    assert_documented_error,
-    encode,
-    live_city,
-    now_ms,
-    plain_cards,
-    record_results,
-)
+from tests.support.city import plain_cards
+from tests.support.clock import now_ms
+from tests.support.live import LiveCity, live_city, start_canary
+from tests.support.results import ROBUSTNESS_RESULTS
+from tests.support.terminal import RawConn, assert_documented_error, encode
 
 pytestmark = [pytest.mark.services, pytest.mark.usefixtures("ray_cluster")]
 
@@ -51,9 +45,7 @@ def live(configured_services, ray_cluster):
 
 @pytest.fixture(scope="module")
 def canary(live: LiveCity):
-    c = live.c
-    can = Canary(c.port, c.terminals[0].terminal_id, c.settings.city.master_key, plain_cards(c),
-                 pace_s=0.1, max_taps=600).start()
+    can = start_canary(live, max_taps=600)
     yield can
     can.stop()
 
@@ -296,4 +288,4 @@ def test_zz_good_terminal_served_throughout(live, canary):
     canary.stop()
     summary = canary.check(live)
     assert live.loop_errors == [], live.loop_errors[:5]
-    record_results("terminal_security", {**FINDINGS, "canary": summary})
+    ROBUSTNESS_RESULTS.record("terminal_security", {**FINDINGS, "canary": summary})

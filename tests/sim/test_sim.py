@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.support.paths import ROOT
 
 from .sim import MUTATIONS, simulate
 from .world import SimFailure

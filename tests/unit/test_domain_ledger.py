@@ -1,6 +1,5 @@
 """The shard's ledger state machine, by example: one result per tap, dedupe, journal, replay."""
 
-from typing import Any
 
 import msgspec
 import pytest
@@ -19,6 +18,7 @@ from citycard.domain.purses import Purse
 from citycard.domain.results import DECIDED, Result
 from citycard.domain.tables import parse_tables
 from citycard.domain.taps import MAX_SEQ, JournalRow, Outcome, Tap, TapKind
+from tests.support.ledger import card_states
 
 NOW_MS = 1_700_000_000_000
 DAY_MS = 86_400_000
@@ -53,15 +53,6 @@ def _ledger(dedupe_limit: int = 1_000_000) -> Ledger:
     for card in _cards():
         ledger.add_card(card)
     return ledger
-
-
-def _state(ledger: Ledger) -> dict[int, tuple[Any, ...]]:
-    """Everything taps change on each card: purses, open rental and parking, and the encoded
-    state a snapshot stores (ride counters and anti-passback memory included)."""
-    return {
-        c.card_no: (list(c.purses), c.rental, c.parking, encode_card(c))
-        for c in ledger.cards.values()
-    }
 
 
 def _bus(terminal_id: int, seq: int, card_no: int, time_ms: int | None = None) -> Tap:
@@ -187,7 +178,7 @@ BEFORE_ANY_TABLE_MS = 1_000_000_000_000  # 2001: before the shipped table's firs
 )
 def test_fare_refusals_are_journaled_decisions_without_charge(tap: Tap, result: Result) -> None:
     ledger = _ledger()
-    before = _state(ledger)
+    before = card_states(ledger)
     outcomes, rows = ledger.apply([tap], NOW_MS)
     assert outcomes == [Outcome(result, 0, 1000, False)]
     assert [(r.result, r.amount_fen, r.balance_after_fen) for r in rows] == [(result, 0, 1000)]
@@ -195,7 +186,7 @@ def test_fare_refusals_are_journaled_decisions_without_charge(tap: Tap, result: 
     assert [(r.fare_version, r.fund_fen, r.concession) for r in rows] == [(version, 0, -1)]
     assert msgspec.structs.astuple(rows[0])[16:22] == (0,) * 6  # no purse moved
     assert ledger.balances()[ALICE] == 1000
-    assert _state(ledger) == before
+    assert card_states(ledger) == before
 
 
 def test_other_issuers_card_not_in_the_table_is_refused() -> None:
@@ -524,7 +515,7 @@ def test_replay_with_effect_rebuilds_balances_lsn_and_dedupe() -> None:
     recovered = _ledger()
     for row in rows:
         recovered.replay(row, apply_effect=True)
-    assert _state(recovered) == _state(original)
+    assert card_states(recovered) == card_states(original)
     assert recovered.balances() == original.balances()
     assert recovered.lsn == original.lsn == len(rows)
     assert recovered.dedupe_size() == original.dedupe_size()
@@ -535,7 +526,7 @@ def test_replay_with_effect_rebuilds_balances_lsn_and_dedupe() -> None:
     assert all(o.replay for o in got)
     assert new_rows == []
     assert recovered.balances() == original.balances()
-    assert _state(recovered) == _state(original)
+    assert card_states(recovered) == card_states(original)
 
 
 def test_replay_then_new_taps_continue_the_lsn() -> None:
@@ -556,7 +547,7 @@ def test_replay_then_new_taps_continue_the_lsn() -> None:
     assert [o.result for o in expected[0]] == [
         Result.OK, Result.PASSBACK, Result.OK, Result.OK, Result.NO_OPEN_RENTAL]
     assert recovered.apply(taps, NOW_MS + 5) == expected
-    assert _state(recovered) == _state(original)
+    assert card_states(recovered) == card_states(original)
 
 
 def _copy_of(card: CardState) -> CardState:
@@ -575,7 +566,7 @@ def test_replay_without_effect_only_refills_dedupe() -> None:
         snapshot.add_card(_copy_of(card))
     for row in rows:
         snapshot.replay(row, apply_effect=False)
-    assert _state(snapshot) == _state(original)
+    assert card_states(snapshot) == card_states(original)
     assert snapshot.balances() == original.balances()
     assert snapshot.lsn == original.lsn
     assert snapshot.dedupe_size() == original.dedupe_size()
@@ -584,7 +575,7 @@ def test_replay_without_effect_only_refills_dedupe() -> None:
     assert got == expected
     assert new_rows == []
     assert snapshot.balances() == original.balances()
-    assert _state(snapshot) == _state(original)
+    assert card_states(snapshot) == card_states(original)
 
 
 def test_replay_split_at_a_snapshot() -> None:
@@ -603,7 +594,7 @@ def test_replay_split_at_a_snapshot() -> None:
             recovered.replay(row, apply_effect=False)
         for row in rows[cut:]:
             recovered.replay(row, apply_effect=True)
-        assert _state(recovered) == _state(original), cut
+        assert card_states(recovered) == card_states(original), cut
         assert recovered.balances() == original.balances()
         assert recovered.lsn == original.lsn
 
@@ -641,7 +632,7 @@ def test_inline_bus_rides_keep_the_anti_passback_memory_as_the_rules_do() -> Non
         for card in _cards():
             ledger.add_card(card)
         outcomes, rows = ledger.apply(taps, NOW_MS)
-        runs.append((outcomes, rows, _state(ledger)))
+        runs.append((outcomes, rows, card_states(ledger)))
     assert runs[0] == runs[1]
     results = [o.result for o in runs[0][0]]
     assert results == [Result.OK, Result.PASSBACK, Result.PASSBACK, Result.OK] + [Result.OK] * 5 + [

@@ -40,6 +40,7 @@ from citycard.domain.taps import (
     Tap,
     TapKind,
 )
+from tests.support.ledger import card_states
 
 NOW_MS = 1_700_000_000_000
 HOUR_MS = 3_600_000
@@ -174,15 +175,6 @@ class Scenario:
     def all_taps(self) -> list[Tap]:
         """Every distinct tap sent, in first-sent order."""
         return list(dict.fromkeys(tap for batch in self.batches for tap in batch))
-
-
-def _state(ledger: Ledger) -> dict[int, tuple[Any, ...]]:
-    """Everything taps change on each card: all purses, the open rental and parking session,
-    and the encoded state a snapshot stores (ride counters and anti-passback memory too)."""
-    return {
-        c.card_no: (list(c.purses), c.rental, c.parking, encode_card(c))
-        for c in ledger.cards.values()
-    }
 
 
 _CARD = st.integers(0, 10).map(CARD_NO.__getitem__)
@@ -489,7 +481,7 @@ def test_journal_rows_are_first_decisions_in_lsn_order(scenario: Scenario) -> No
 def test_same_inputs_same_outputs(scenario: Scenario) -> None:
     first, second = scenario.ledger(), scenario.ledger()
     assert _run(first, scenario) == _run(second, scenario)
-    assert _state(first) == _state(second)
+    assert card_states(first) == card_states(second)
     assert first.balances() == second.balances()
     assert first.lsn == second.lsn
     assert first.dedupe_size() == second.dedupe_size()
@@ -503,7 +495,7 @@ def test_the_inline_path_decides_as_the_rules_do(scenario: Scenario) -> None:
     exactly: outcomes, journal rows, every card's state."""
     inline, general = scenario.ledger(), scenario.ledger(inline=False)
     assert _run(inline, scenario) == _run(general, scenario)
-    assert _state(inline) == _state(general)
+    assert card_states(inline) == card_states(general)
     assert inline.lsn == general.lsn
 
 
@@ -569,10 +561,10 @@ def test_the_inline_path_decides_as_the_rules_do_under_a_richer_table(scenario: 
     inline = scenario.ledger(tables=RICH_TABLES)
     general = scenario.ledger(inline=False, tables=RICH_TABLES)
     assert _run(inline, scenario) == _run(general, scenario)
-    assert _state(inline) == _state(general)
+    assert card_states(inline) == card_states(general)
     later = [*scenario.all_taps(), *_after_restart(scenario)]
     assert inline.apply(later, NOW_MS + 100) == general.apply(later, NOW_MS + 100)
-    assert _state(inline) == _state(general)
+    assert card_states(inline) == card_states(general)
 
 
 @PROPERTY
@@ -582,13 +574,13 @@ def test_a_retry_never_charges_twice(scenario: Scenario) -> None:
     ledger = scenario.ledger()
     _, rows = _run(ledger, scenario)
     first_row = {(r.terminal_id, r.seq): r for r in rows}
-    balances, state, lsn = ledger.balances(), _state(ledger), ledger.lsn
+    balances, state, lsn = ledger.balances(), card_states(ledger), ledger.lsn
 
     retries = scenario.all_taps()
     outcomes, new_rows = ledger.apply(retries, NOW_MS + 100)
     assert new_rows == []
     assert ledger.balances() == balances
-    assert _state(ledger) == state  # no purse, rental, parking or counter moved either
+    assert card_states(ledger) == state  # no purse, rental, parking or counter moved either
     assert ledger.lsn == lsn
     too_old = Outcome(Result.SEQ_TOO_OLD, 0, -1, False)
     for tap, outcome in zip(retries, outcomes, strict=True):
@@ -619,14 +611,14 @@ def test_replaying_the_journal_rebuilds_the_shard(scenario: Scenario) -> None:
     for row in rows:
         recovered.replay(row, apply_effect=True)
     assert [c.purses for c in recovered.cards.values()] == [c.purses for c in original.cards.values()]
-    assert _state(recovered) == _state(original)
+    assert card_states(recovered) == card_states(original)
     assert recovered.balances() == original.balances()
     assert recovered.lsn == original.lsn
     assert recovered.dedupe_size() == original.dedupe_size()
     # both answer retries and the taps after the restart the same way
     after = [*scenario.all_taps(), *_after_restart(scenario)]
     assert recovered.apply(after, NOW_MS + 100) == original.apply(after, NOW_MS + 100)
-    assert _state(recovered) == _state(original)
+    assert card_states(recovered) == card_states(original)
 
 
 def _after_restart(scenario: Scenario) -> list[Tap]:
@@ -663,12 +655,12 @@ def test_replay_without_effect_over_a_snapshot(scenario: Scenario, data: st.Data
         snapshot.replay(row, apply_effect=False)
     for row in rows[cut:]:
         snapshot.replay(row, apply_effect=True)
-    assert _state(snapshot) == _state(original)
+    assert card_states(snapshot) == card_states(original)
     assert snapshot.balances() == original.balances()
     assert snapshot.lsn == original.lsn
     retries = [*scenario.all_taps(), *_after_restart(scenario)]
     assert snapshot.apply(retries, NOW_MS + 100) == original.apply(retries, NOW_MS + 100)
-    assert _state(snapshot) == _state(original)
+    assert card_states(snapshot) == card_states(original)
 
 
 # -- against a reference model -----------------------------------------------------------

@@ -9,6 +9,7 @@ import pytest
 from citycard.cli.main import main
 from citycard.config.fare_table import shipped_tables
 from citycard.config.settings import FARES_DIR
+from tests.support.paths import ROOT
 
 SHIPPED = FARES_DIR / "hangzhou.toml"
 AT = "2009-03-02T08:15:00+08:00"
@@ -222,7 +223,7 @@ def test_quote_prices_by_the_version_in_force_at_the_tap(tmp_path, capsys):
 
 
 def _doc_examples() -> list[tuple[str, str]]:
-    doc = (Path(__file__).resolve().parents[2] / "docs" / "fares.md").read_text()
+    doc = (ROOT / "docs" / "fares.md").read_text()
     pairs = []
     for block in re.findall(r"```console\n(.*?)```", doc, flags=re.S):
         lines = block.splitlines()

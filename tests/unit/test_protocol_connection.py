@@ -42,9 +42,10 @@ from citycard.protocols.messages import (
     Tap,
     TapBatch,
     TapItem,
-    encoder,
     server_decoder,
 )
+from tests.support.terminal import encode as frame  # a message, as the product encodes it
+from tests.support.terminal import frame as plain  # an object, packed by the independent msgpack
 
 MASTER = bytes(range(32))
 TID = 1001
@@ -53,15 +54,6 @@ S_NONCE = bytes(range(0xB0, 0xC0))
 NOW_MS = 1_700_000_000_000
 AUTH_OK = AuthOk(fare_version=1, hotlist_version=1, max_batch=1000, heartbeat_ms=30_000, server_time_ms=NOW_MS)
 TAP = {"seq": 1, "card": 3_101_000_000_000_017, "time_ms": NOW_MS, "kind": 1, "route": 42}
-
-
-def frame(msg: msgspec.Struct) -> bytes:
-    return encode_frame(encoder.encode(msg))
-
-
-def plain(obj: Any) -> bytes:
-    """A frame packed by the independent msgpack package."""
-    return encode_frame(msgpack.packb(obj, use_bin_type=True))
 
 
 def decode_server(data: bytes) -> list[Any]:

@@ -5,13 +5,13 @@ import hmac
 import importlib.util
 import re
 import sys
-from pathlib import Path
 from types import ModuleType
 
 import msgpack
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.paths import ROOT
+
 DOC = ROOT / "docs" / "protocol.md"
 SCRIPT = ROOT / "scripts" / "protocol_vectors.py"
 

@@ -6,7 +6,6 @@ connection, and records the first final answer of every seq. Every loop is bound
 """
 
 import asyncio
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,15 +16,12 @@ from citycard.domain.taps import TapKind
 from citycard.loadtest.audit import UNRECORDED_CODES, check_answered, run_audit
 from citycard.loadtest.client import TerminalClient
 from citycard.protocols import messages as m
+from tests.support.clock import now_ms
 
 NOT_FINAL = (int(Result.BUSY), int(Result.RETRY))
 ANSWER_TIMEOUT_S = 30.0  # longer than the gateway's retry deadline (20 s): silence beyond it is a hang
 CONNECT_TIMEOUT_S = 5.0
 BACKOFF_S = 0.2
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 @dataclass
@@ -261,10 +257,8 @@ async def verify(load: ChaosLoad, conn: Any, actor_balances: dict[int, int] | No
             "errors": dict(sorted(load.errors.items())), **load.recovery()}
 
 
-def record(results_file: Any, fault: str, figures: dict[str, Any]) -> None:
-    data = json.loads(results_file.read_text()) if results_file.exists() else {}
-    data[fault] = figures
-    results_file.write_text(json.dumps(data, indent=2, sort_keys=True))
-    print(f"\nCHAOS {fault}: first final answer {figures['first_final_answer_s']} s after the fault,"
-          f" all terminals served {figures['all_terminals_served_s']} s, last disruption"
-          f" {figures['last_disruption_s']} s; {figures['answered']} taps answered, errors {figures['errors']}")
+def chaos_summary(figures: dict[str, Any]) -> str:
+    """The printed line of one fault's figures."""
+    return (f"first final answer {figures['first_final_answer_s']} s after the fault,"
+            f" all terminals served {figures['all_terminals_served_s']} s, last disruption"
+            f" {figures['last_disruption_s']} s; {figures['answered']} taps answered, errors {figures['errors']}")

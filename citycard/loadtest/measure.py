@@ -1,0 +1,118 @@
+"""One measured phase of the load lab (the schedule run, CPU by process and memory over time
+while it runs, a storm beside it), and the find-max search built on it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from argparse import Namespace
+from typing import Any
+
+from . import procs
+from .lab import Phase, PhaseResult, run_phase
+from .scenarios import Storm, run_storm
+from .schedule import Steady
+from .targets import CityView, Target
+
+FIND_MAX_FACTOR = 1.3
+FIND_MAX_STEPS = 12
+FIND_MAX_RISE = 1.03  # a step must accept 3 % more than the best so far to count as rising
+MEMORY_EVERY_S = 5.0
+
+
+async def run_measured(phase: Phase, target: Target, view: CityView, show: bool, phases: list[PhaseResult],
+                 storm: Storm | None = None) -> PhaseResult:
+    gateway_pid = os.getpid() if target.platform is not None else None
+    before: dict[int, procs.Sample] = {}
+    memory: list[dict[str, float]] = []
+
+    async def watch(origin_unix_s: float) -> None:
+        """CPU by process from the origin on, and memory every MEMORY_EVERY_S, while the
+        schedule runs."""
+        await asyncio.sleep(max(0.0, origin_unix_s - time.time()))
+        before.update(await asyncio.to_thread(procs.snapshot, gateway_pid))
+        for k in range(int(phase.duration_s // MEMORY_EVERY_S) + 1):
+            await asyncio.sleep(max(0.0, origin_unix_s + k * MEMORY_EVERY_S - time.time()))
+            snap = await asyncio.to_thread(procs.snapshot, gateway_pid)
+            memory.append({"t_s": k * MEMORY_EVERY_S, **procs.rss_mb_by_role(snap.values())})
+
+    async def during(origin_unix_s: float) -> None:
+        jobs = [watch(origin_unix_s)]
+        if storm is not None:
+            assert target.api_url and target.api_token
+            jobs.append(run_storm(storm, target.api_url, target.api_token, view.home_cards, origin_unix_s, phase.seed))
+        await asyncio.gather(*jobs)
+
+    res = await run_phase(phase, target.endpoint, view.terminals, view.home_cards, view.visitor_cards,
+                          view.first_seq, show_live=show, during=during)
+    after = await asyncio.to_thread(procs.snapshot, gateway_pid)
+    cpu = procs.cpu_by_role(before, after) if before else {}
+    cpu["senders (load generator)"] = res.sender_cpu_s
+    res.extra = {"cpu_s": cpu, "memory_mb": memory}
+    view.first_seq.update({tid: seq + 1 for tid, seq in res.last_seq.items()})
+    phases.append(res)
+    return res
+
+
+def processes_report(phases: list[PhaseResult]) -> dict[str, Any]:
+    """CPU seconds by process role over all phases, per answered tap, and memory over time."""
+    cpu: dict[str, float] = {}
+    for p in phases:
+        for role, s in p.extra.get("cpu_s", {}).items():
+            cpu[role] = cpu.get(role, 0.0) + s
+    answered = sum(p.totals.answered for p in phases)
+    memory: list[dict[str, float]] = []
+    offset_s = 0.0
+    for p in phases:
+        memory += [{**m, "t_s": m["t_s"] + offset_s} for m in p.extra.get("memory_mb", [])]
+        offset_s += p.phase.duration_s
+    return {"cpu_s": cpu, "cpu_us_per_tap": {r: s * 1e6 / answered for r, s in cpu.items()} if answered else {},
+            "cpu_us_per_tap_total": sum(cpu.values()) * 1e6 / answered if answered else 0.0,
+            "memory_mb": memory,
+            "note": "processes on this machine; postgres counts every postgres process here"}
+
+
+async def find_max(args: Namespace, target: Target, view: CityView, show: bool,
+                   phases: list[PhaseResult]) -> dict[str, Any]:
+    rate, step_s, bound = float(args.rate), float(args.step_seconds), float(args.p99_bound_ms)
+    steps: list[dict[str, Any]] = []
+    best = 0.0
+    for k in range(FIND_MAX_STEPS):
+        phase = Phase(f"find-max {rate:,.0f}/s", Steady(rate), step_s, int(rate * step_s * 1.2) + 1000,
+                      senders=args.senders, linger_ms=args.linger_ms, max_batch=args.batch,
+                      timeout_ms=args.timeout_ms, replay_share=args.replay_share, seed=args.seed + k)
+        res = await run_measured(phase, target, view, show, phases)
+        accepted, p99 = accepted_in_window(res), res.totals.percentiles().p99_ms
+        stop = None
+        if res.errors:
+            stop = "sender errors"
+        elif p99 > bound:
+            stop = f"p99 {p99:.1f} ms above the bound {bound:g} ms"
+        elif res.totals.timeouts > 0.01 * max(res.scheduled, 1):
+            stop = f"{res.totals.timeouts:,} timeouts"
+        elif accepted < best * FIND_MAX_RISE:
+            stop = "accepted rate stopped rising"
+        steps.append({"rate_per_s": rate, "accepted_per_s": accepted, "p99_ms": p99,
+                      "timeouts": res.totals.timeouts, "stop_reason": stop})
+        best = max(best, accepted)
+        if stop:
+            break
+        rate *= FIND_MAX_FACTOR
+    half_rate = best / 2
+    half = await run_measured(Phase(f"half of max {half_rate:,.0f}/s", Steady(half_rate), step_s,
+                              int(half_rate * step_s * 1.2) + 1000, senders=args.senders,
+                              linger_ms=args.linger_ms, max_batch=args.batch, timeout_ms=args.timeout_ms,
+                              replay_share=args.replay_share, seed=args.seed + 100),
+                        target, view, show, phases)
+    return {"steps": steps, "max_accepted_per_s": best, "p99_bound_ms": bound,
+            "half_max": {"rate_per_s": half_rate, "accepted_per_s": accepted_in_window(half),
+                         "p99_ms": half.totals.percentiles().p99_ms}}
+
+
+def accepted_in_window(res: PhaseResult) -> float:
+    """Final answers per second that came while the schedule ran: a server's throughput,
+    without the backlog it drains after the offered load stopped."""
+    window_ms = res.phase.duration_s * 1000.0
+    answered = sum(s.answered for s in res.intervals if s.start_ms < window_ms)
+    return answered / res.phase.duration_s if res.phase.duration_s else 0.0

@@ -1,0 +1,105 @@
+"""The load lab's report as data: totals, the latency timeline and CDF, results by code,
+the audit, find-max, baselines and processes (``report.py`` draws it)."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from argparse import Namespace
+from typing import Any
+
+from . import audit as audit_mod
+from .city import CityModel
+from .lab import PhaseResult
+from .latency import LatencyTotals, merge_intervals
+from .measure import accepted_in_window
+from .scenarios import Storm
+from .targets import CityView, Target
+
+CDF_PERCENTILES = (0.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 100.0)
+
+
+def processes_report(phases: list[PhaseResult]) -> dict[str, Any]:
+    """CPU seconds by process role over all phases, per answered tap, and memory over time."""
+    cpu: dict[str, float] = {}
+    for p in phases:
+        for role, s in p.extra.get("cpu_s", {}).items():
+            cpu[role] = cpu.get(role, 0.0) + s
+    answered = sum(p.totals.answered for p in phases)
+    memory: list[dict[str, float]] = []
+    offset_s = 0.0
+    for p in phases:
+        memory += [{**m, "t_s": m["t_s"] + offset_s} for m in p.extra.get("memory_mb", [])]
+        offset_s += p.phase.duration_s
+    return {"cpu_s": cpu, "cpu_us_per_tap": {r: s * 1e6 / answered for r, s in cpu.items()} if answered else {},
+            "cpu_us_per_tap_total": sum(cpu.values()) * 1e6 / answered if answered else 0.0,
+            "memory_mb": memory,
+            "note": "processes on this machine; postgres counts every postgres process here"}
+
+
+def build_report(args: Namespace, target: Target, view: CityView, model: CityModel, phases: list[PhaseResult],
+                 description: str, started_at: str, answered: audit_mod.AnsweredCheck, ledger: audit_mod.Audit,
+                 find_max_report: dict[str, Any] | None, baselines: dict[str, Any] | None,
+                 storm: Storm | None) -> dict[str, Any]:
+    totals = LatencyTotals.merge([p.totals for p in phases])
+    pct = totals.percentiles()
+    duration_s = sum(p.phase.duration_s for p in phases)
+    scheduled = sum(p.scheduled for p in phases)
+    timeline: list[dict[str, Any]] = []
+    offset_s = 0.0
+    for p in phases:  # phases one after another on one time axis
+        intervals = {s.index: s for s in merge_intervals(p.intervals)}
+        for index in sorted(set(intervals) | set(p.offered)):
+            snap = intervals.get(index)
+            q = snap.percentiles() if snap is not None and snap.answered else None
+            timeline.append({"t_s": offset_s + index, "offered": p.offered.get(index, 0),
+                             "answered": snap.answered if snap else 0, "timeouts": snap.timeouts if snap else 0,
+                             "p50_ms": q.p50_ms if q else 0.0, "p90_ms": q.p90_ms if q else 0.0,
+                             "p99_ms": q.p99_ms if q else 0.0, "max_ms": q.max_ms if q else 0.0})
+        offset_s += max((s.end_ms for s in p.intervals), default=p.phase.duration_s * 1000.0) / 1000.0
+    histogram = totals.histogram()
+    cdf = [[p_, histogram.get_value_at_percentile(p_) / 1000.0] for p_ in CDF_PERCENTILES] if totals.answered else []
+    codes: dict[str, int] = {}
+    for p in phases:
+        for k, v in p.codes.items():
+            codes[k] = codes.get(k, 0) + v
+    errors = [e for p in phases for e in p.errors]
+    replays_sent = sum(p.replays_sent for p in phases)
+    replays_matched = sum(p.replays_matched for p in phases)
+    charged_seen = sum(p.charged_fen for p in phases)
+    audit = {**ledger.as_dict(), "answered_checked": answered.checked,
+             "answered_missing_rows": answered.missing_rows, "answered_extra_rows": answered.extra_rows,
+             "answered_code_mismatches": answered.code_mismatches,
+             "answered_fare_mismatches": answered.fare_mismatches,
+             "replays_sent": replays_sent, "replays_matched": replays_matched,
+             "charged_fen_told_to_terminals": charged_seen,
+             "ok": ledger.ok and answered.ok and replays_matched == replays_sent}
+    accepted = max((accepted_in_window(p) for p in phases), default=0.0) if args.find_max else (
+        accepted_in_window(phases[0]) if phases else 0.0)
+    report: dict[str, Any] = {
+        "run": {"scenario": "find-max" if args.find_max else phases[0].phase.name if phases else args.scenario,
+                "target": target.description, "started_at": started_at, "duration_s": duration_s,
+                "profile": description, "senders": args.senders, "terminals": len(view.terminals),
+                "cards": len(view.home_cards) + len(view.visitor_cards), "city_scale": model.scale,
+                "account_shards": target.account_shards, "seed": args.seed,
+                "command": "citycard " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 1 else "",
+                "linger_ms": args.linger_ms, "timeout_ms": args.timeout_ms, "batch_max": args.batch},
+        "totals": {"scheduled": scheduled, "answered": totals.answered, "timeouts": totals.timeouts,
+                   "shed": totals.shed, "retries": totals.retries, "late_answers": totals.late_answers,
+                   "unknown_answers": totals.unknown_answers, "busy_or_retry_answers": sum(p.retryable for p in phases),
+                   "reconnects": sum(p.reconnects for p in phases),
+                   "offered_per_s": scheduled / duration_s if duration_s else 0.0, "accepted_per_s": accepted,
+                   "max_send_lag_ms": totals.max_send_lag_ms,
+                   "latency_ms": {"p50": pct.p50_ms, "p90": pct.p90_ms, "p99": pct.p99_ms,
+                                  "p99.9": pct.p999_ms, "max": pct.max_ms, "mean": pct.mean_ms}},
+        "timeline": timeline, "cdf": cdf, "codes": dict(sorted(codes.items(), key=lambda kv: -kv[1])),
+        "errors": errors, "audit": audit, "baselines": baselines, "find_max": find_max_report,
+        "processes": processes_report(phases),
+    }
+    if storm is not None:
+        report["hotlist_storm"] = {"planned": storm.count, "per_s": storm.per_s, "reported": storm.reported,
+                                   "failed": storm.failed, "errors": storm.errors}
+        errors += storm.errors
+    report["ok"] = bool(audit["ok"] and not errors and totals.answered > 0
+                        and (storm is None or storm.failed == 0))
+    return report

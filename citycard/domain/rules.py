@@ -1,6 +1,9 @@
 """The city's fare rules: one decision per tap, driven by the fare table in force at the tap's
 own time. ``decide`` reads the card and never changes it; ``apply_effects`` changes it, and is
 the same code the journal replay uses, so a rebuilt shard equals the live one.
+
+One concept, kept in one module on purpose (over 400 lines): every fare rule of the city,
+so a reader checks the whole table of rules against docs/fares.md in one place.
 """
 
 from collections.abc import Callable, Sequence

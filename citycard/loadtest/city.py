@@ -29,6 +29,9 @@ Proportions at scale 1.0 (SEED-NOTES.md is the 2009 city: 2.01 M cards issued):
 
 Every id a terminal sends is one the default fare table prices: water-bus routes 1 and 2,
 parks 1 to 3, merchants 9001 to 9003, parking lots 1.. (lot 7 has its own tariff).
+
+One concept, kept in one module on purpose (over 400 lines): the synthetic city, its
+proportions and the plans drawn from them belong together.
 """
 
 import math

@@ -8,7 +8,7 @@ import asyncio
 import random
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from hdrh.histogram import HdrHistogram
@@ -92,66 +92,10 @@ async def drive(spec: DriveSpec, progress: Callable[[int], None] | None = None) 
     for i in range(spec.n_taps % len(spec.terminals)):
         per_terminal[i] += 1
     deadline = time.monotonic() + spec.time_limit_s
-
-    async def run_terminal(index: int, plan: TerminalPlan, n_taps: int) -> None:
-        rng = random.Random(spec.seed * 100_003 + plan.terminal_id)
-        client = TerminalClient(plan.terminal_id, spec.master_key)
-        await client.connect(spec.host, spec.port)
-        window = asyncio.Semaphore(spec.window)
-        pending: set[asyncio.Task[None]] = set()
-        open_pairs: set[int] = set()
-        seq = 0
-
-        async def one(items: list[m.TapItem], retry: bool) -> None:
-            try:
-                sent = time.perf_counter()
-                answer = await client.taps(items)
-                latency_us = max(1, int((time.perf_counter() - sent) * 1e6))
-                hist.record_value(latency_us, len(items))
-                first: dict[int, tuple[int, int]] = {}
-                for r in answer.results:
-                    result.by_code[Result(r.code).name] += 1
-                    if r.replay:
-                        continue
-                    result.first_answers += 1
-                    first[r.seq] = (r.code, r.fare_fen)
-                    if r.code == Result.OK:
-                        result.charged_fen += r.fare_fen
-                result.taps_answered += len(items)
-                if progress is not None:
-                    progress(len(items))
-                if retry:  # the same seqs again: must come back as replays, never charged twice
-                    again = await client.taps(items)
-                    result.replays_sent += len(items)
-                    for r in again.results:
-                        if r.replay and first.get(r.seq) == (r.code, r.fare_fen):
-                            result.replays_matched += 1
-            finally:
-                window.release()
-
-        try:
-            while n_taps > 0 and time.monotonic() < deadline:
-                size = min(spec.batch_taps, n_taps)
-                items = []
-                for _ in range(size):
-                    seq += 1
-                    items.append(_item(rng, plan, seq, cards, spec.unknown_card_share, open_pairs))
-                n_taps -= size
-                result.taps_sent += size
-                await window.acquire()
-                task = asyncio.get_running_loop().create_task(one(items, rng.random() < spec.retry_share))
-                pending.add(task)
-                task.add_done_callback(pending.discard)
-            if pending:
-                await asyncio.gather(*pending)
-            if n_taps > 0:
-                result.timed_out = True
-        finally:
-            await client.close()
-
+    answers = _Answers(result, hist, progress)
     started = time.perf_counter()
     outcomes = await asyncio.gather(
-        *[run_terminal(i, p, n) for i, (p, n) in enumerate(zip(spec.terminals, per_terminal, strict=True))],
+        *[_run_terminal(spec, p, n, cards, deadline, answers) for p, n in zip(spec.terminals, per_terminal, strict=True)],
         return_exceptions=True,
     )
     result.elapsed_s = time.perf_counter() - started
@@ -161,6 +105,76 @@ async def drive(spec: DriveSpec, progress: Callable[[int], None] | None = None) 
             f"p{p:g}": hist.get_value_at_percentile(p) / 1000.0 for p in (50, 90, 99, 99.9)
         } | {"max": hist.get_max_value() / 1000.0, "mean": hist.get_mean_value() / 1000.0}
     return result
+
+
+async def _run_terminal(spec: DriveSpec, plan: TerminalPlan, n_taps: int, cards: Sequence[int],
+                        deadline: float, answers: "_Answers") -> None:
+    """One terminal: up to ``spec.window`` batches in flight until its taps are sent."""
+    rng = random.Random(spec.seed * 100_003 + plan.terminal_id)
+    client = TerminalClient(plan.terminal_id, spec.master_key)
+    await client.connect(spec.host, spec.port)
+    window = asyncio.Semaphore(spec.window)
+    pending: set[asyncio.Task[None]] = set()
+    open_pairs: set[int] = set()
+    seq = 0
+    result = answers.result
+    try:
+        while n_taps > 0 and time.monotonic() < deadline:
+            size = min(spec.batch_taps, n_taps)
+            items = []
+            for _ in range(size):
+                seq += 1
+                items.append(_item(rng, plan, seq, cards, spec.unknown_card_share, open_pairs))
+            n_taps -= size
+            result.taps_sent += size
+            await window.acquire()
+            task = asyncio.get_running_loop().create_task(
+                answers.one(client, items, rng.random() < spec.retry_share, window))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+        if pending:
+            await asyncio.gather(*pending)
+        if n_taps > 0:
+            result.timed_out = True
+    finally:
+        await client.close()
+
+
+class _Answers:
+    """Counts what the terminals are told, into one DriveResult and one histogram."""
+
+    def __init__(self, result: DriveResult, hist: HdrHistogram, progress: Callable[[int], None] | None) -> None:
+        self.result = result
+        self.hist = hist
+        self.progress = progress
+
+    async def one(self, client: TerminalClient, items: list[m.TapItem], retry: bool,
+                  window: asyncio.Semaphore) -> None:
+        result = self.result
+        try:
+            sent = time.perf_counter()
+            answer = await client.taps(items)
+            self.hist.record_value(max(1, int((time.perf_counter() - sent) * 1e6)), len(items))
+            first: dict[int, tuple[int, int]] = {}
+            for r in answer.results:
+                result.by_code[Result(r.code).name] += 1
+                if r.replay:
+                    continue
+                result.first_answers += 1
+                first[r.seq] = (r.code, r.fare_fen)
+                if r.code == Result.OK:
+                    result.charged_fen += r.fare_fen
+            result.taps_answered += len(items)
+            if self.progress is not None:
+                self.progress(len(items))
+            if retry:  # the same seqs again: must come back as replays, never charged twice
+                again = await client.taps(items)
+                result.replays_sent += len(items)
+                for r in again.results:
+                    if r.replay and first.get(r.seq) == (r.code, r.fare_fen):
+                        result.replays_matched += 1
+        finally:
+            window.release()
 
 
 def drive_in_process(spec: DriveSpec, counter: "object | None" = None) -> DriveResult:

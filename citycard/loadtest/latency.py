@@ -18,6 +18,9 @@ Histograms hold integer microseconds from ``LOWEST_US`` (1 us) to ``HIGHEST_US``
 ``SIGNIFICANT_DIGITS`` (3: values within 0.1 %). They ship between processes as HdrHistogram's
 standard compressed base64 encoding inside JSON-able dicts (``to_wire`` / ``from_wire``) and
 merge exactly (``LatencyTotals.merge``, ``merge_intervals``).
+
+One concept, kept in one module on purpose (over 400 lines): the latency accounting, its
+buckets and their invariant in one place.
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ becomes a short "no data" note, a missing table says "not run".
 
 matplotlib is imported lazily inside the plotting functions (the CLI imports this module on
 every run) and always through the Agg canvas: no display, no pyplot global state.
+
+One concept, kept in one module on purpose (over 400 lines): the rendering of one report
+(its tables, plots and summary lines read the same dict).
 """
 
 from __future__ import annotations

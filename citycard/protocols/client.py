@@ -9,6 +9,7 @@ connection: a ``result`` by seq, a ``results`` by req, a ``pong`` by its echoed 
 """
 
 from collections.abc import Sequence
+from operator import attrgetter
 
 import msgspec
 
@@ -61,6 +62,7 @@ MAX_PENDING_REQUESTS = 65_536
 MAX_REQ = 2**32 - 1
 _BAD_INPUT = (msgspec.DecodeError, UnicodeDecodeError)
 _KNOWN_ERRORS = frozenset(int(code) for code in ErrorCode)
+_seq = attrgetter("seq")
 
 __all__ = [
     "MAX_PENDING_REQUESTS", "Authenticated", "BatchAnswered", "Challenged", "ClientConnection",
@@ -89,7 +91,7 @@ class ClientConnection:
         self._max_pending = max_pending
         self._frames = FrameDecoder(max_frame_bytes)
         self._raw_frames: FrameDecoder | None = None  # what send_raw sent, to track its requests
-        self._batches: dict[int, Sequence[TapItem]] = {}  # req -> the batch's taps
+        self._batches: dict[int, list[int]] = {}  # req -> the seqs of the batch's taps
         self._taps: dict[int, int] = {}  # seq -> single taps outstanding with it
         self._pings: dict[int, int] = {}  # time_ms -> pings outstanding with it
         self._params = 0  # params requests outstanding
@@ -144,13 +146,13 @@ class ClientConnection:
         return frame
 
     def taps(self, items: Sequence[TapItem], req: int | None = None) -> tuple[int, bytes]:
-        """One ``taps`` batch; its req (the next free one unless given) and its bytes. The
-        connection keeps ``items`` to match the answer: do not change it until answered."""
+        """One ``taps`` batch; its req (the next free one unless given) and its bytes."""
         # The load lab's sender calls this per batch: the common case takes the fewest steps.
         if self.state is not ClientState.READY or self._pending >= self._max_pending:
             self._check_ready()
         n = len(items)
-        if not 0 < n <= self.max_batch or (n > 1 and len({item.seq for item in items}) != n):
+        seqs = list(map(_seq, items))
+        if not 0 < n <= self._max_batch or len(set(seqs)) != n:
             raise LocalProtocolError(
                 f"a batch holds 1 to {self.max_batch} taps with distinct seqs", ErrorCode.BAD_MESSAGE)
         if req is None:
@@ -165,7 +167,7 @@ class ClientConnection:
             raise LocalProtocolError(
                 f"a frame of {len(body)} bytes exceeds the {self._max_frame_bytes}-byte limit",
                 ErrorCode.FRAME_TOO_LARGE)
-        self._batches[req] = items
+        self._batches[req] = seqs
         self._pending += 1
         return req, encode_frame(body)
 
@@ -267,17 +269,12 @@ class ClientConnection:
 
     # -- answers ---------------------------------------------------------------------------
     def _results(self, msg: Results) -> Event:
-        items = self._batches.pop(msg.req, None)
-        if items is None:
+        seqs = self._batches.pop(msg.req, None)
+        if seqs is None:
             return self._unexpected(msg, f"results for req {msg.req}, not outstanding")
         self._pending -= 1
-        results = msg.results
-        if len(results) == len(items):
-            for r, i in zip(results, items, strict=True):
-                if r.seq != i.seq:
-                    break
-            else:
-                return BatchAnswered(msg)
+        if list(map(_seq, msg.results)) == seqs:
+            return BatchAnswered(msg)
         return self._violation(
             ErrorCode.BAD_MESSAGE, f"results for req {msg.req} do not answer its taps in order",
             fatal=True, msg=msg)
@@ -327,7 +324,7 @@ class ClientConnection:
         if isinstance(msg, Tap):
             self._taps[msg.seq] = self._taps.get(msg.seq, 0) + 1
         elif isinstance(msg, TapBatch):
-            self._batches[msg.req] = msg.taps
+            self._batches[msg.req] = list(map(_seq, msg.taps))
         elif isinstance(msg, Ping):
             self._pings[msg.time_ms] = self._pings.get(msg.time_ms, 0) + 1
         elif isinstance(msg, ParamsRequest):

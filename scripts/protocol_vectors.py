@@ -100,9 +100,7 @@ def _result(seq: int, outcome: Outcome) -> Result:
 
 
 def _domain(tap: Tap | TapItem) -> DomainTap:
-    return DomainTap(
-        TERMINAL_ID, tap.seq, tap.card, tap.time_ms, tap.kind, tap.route, tap.amount_fen
-    )
+    return DomainTap(TERMINAL_ID, tap.seq, tap.card, tap.time_ms, tap.kind, tap.route, tap.amount_fen)
 
 
 class Exchange:
@@ -153,13 +151,8 @@ def _authenticate(ex: Exchange, mac: bytes) -> None:
     ex.answer("challenge", ex.server.challenge(SERVER_NONCE, SERVER_TIME_MS), Challenged)
     [auth] = ex.terminal("auth", ex.client.auth())
     assert isinstance(auth, AuthReceived) and auth.mac == mac
-    auth_ok = AuthOk(
-        fare_version=1,
-        hotlist_version=1,
-        max_batch=MAX_BATCH_TAPS,
-        heartbeat_ms=30_000,
-        server_time_ms=SERVER_TIME_MS + 5,
-    )
+    auth_ok = AuthOk(fare_version=1, hotlist_version=1, max_batch=MAX_BATCH_TAPS, heartbeat_ms=30_000,
+                     server_time_ms=SERVER_TIME_MS + 5)
     ex.answer("auth_ok", ex.server.accept(auth_ok), Authenticated)
 
 
@@ -172,23 +165,15 @@ def _taps(ex: Exchange, ledger: Ledger) -> None:
 
     items = [
         TapItem(seq=2, card=CARD, time_ms=SERVER_TIME_MS + 61_000, kind=TapKind.BUS, route=ROUTE),
-        TapItem(
-            seq=3, card=CARD, time_ms=SERVER_TIME_MS + 62_000, kind=TapKind.MERCHANT,
-            amount_fen=5_000,
-        ),
+        TapItem(seq=3, card=CARD, time_ms=SERVER_TIME_MS + 62_000, kind=TapKind.MERCHANT, amount_fen=5_000),
     ]
     [many] = ex.terminal(
         "taps (req 7: seq 2 bus, seq 3 merchant 50.00 yuan)", ex.client.taps(items, req=7)[1]
     )
     assert isinstance(many, TapsReceived) and many.req == 7
     outcomes, _ = ledger.apply([_domain(t) for t in many.taps], SERVER_TIME_MS + 62_010)
-    answered = [
-        ResultItem(
-            seq=t.seq, code=int(o.result), fare_fen=o.fare_fen, balance_fen=o.balance_fen,
-            replay=o.replay,
-        )
-        for t, o in zip(many.taps, outcomes, strict=True)
-    ]
+    answered = [ResultItem(seq=t.seq, code=int(o.result), fare_fen=o.fare_fen, balance_fen=o.balance_fen,
+                           replay=o.replay) for t, o in zip(many.taps, outcomes, strict=True)]
     ex.answer("results (req 7)", ex.server.send(Results(req=7, results=answered)), BatchAnswered)
 
     [retry] = ex.terminal("tap (seq 1 again: a retry)", ex.client.tap(tap))

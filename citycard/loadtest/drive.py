@@ -16,8 +16,8 @@ from hdrh.histogram import HdrHistogram
 from ..domain.results import Result
 from ..domain.taps import TapKind
 from ..protocols import messages as m
+from ..terminal.client import TerminalClient
 from .city import TerminalPlan, card_numbers
-from .client import TerminalClient
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,8 @@ from typing import Any
 
 from ..domain.results import Result
 from ..protocols import messages as m
+from ..terminal.client import TerminalClient
 from .city import TerminalPlan
-from .client import TerminalClient
 from .latency import LatencyRecorder
 from .schedule import RateProfile, TerminalPicker, arrival_chunks
 from .tapmix import TapMaker, TapMix

@@ -7,8 +7,20 @@ from typing import TYPE_CHECKING
 
 from citycard.domain.results import Result
 from citycard.protocols import messages as m
-from citycard.protocols.auth import auth_mac, terminal_key
-from citycard.protocols.frames import FrameDecoder, encode_frame
+from citycard.protocols.auth import terminal_key
+from citycard.protocols.client import (
+    Authenticated,
+    BatchAnswered,
+    Challenged,
+    ClientConnection,
+    ClientState,
+    ErrorReceived,
+    Event,
+    ParamsReceived,
+    PongReceived,
+    TapAnswered,
+    Violation,
+)
 
 from .model import Model
 from .network import Link
@@ -22,7 +34,6 @@ _NOT_FINAL = frozenset((int(Result.BUSY), int(Result.RETRY)))
 RECONNECT_MS = (50, 1_000)
 RETRY_LATER_MS = (100, 1_000)
 CHATTER_MS = (200, 5_000)  # a ping or a parameter request now and then while READY
-_encode = m.encoder.encode
 
 
 class SimTerminal:
@@ -42,9 +53,7 @@ class SimTerminal:
         self.unanswered: dict[int, int] = {}  # seq -> fake time last sent (0: not sent on this connection)
         self.final: dict[int, tuple[int, int, int, bool]] = {}
         self.conn: Conn | None = None
-        self.decoder = FrameDecoder()
-        self.ready = False
-        self.nonce = b""
+        self.client: ClientConnection | None = None  # the protocol's state on self.conn
         self.timer_armed = False
         self.reconnecting = False
         self.strikes = 0  # answer timeouts in a row with no answer at all: reconnect at 2
@@ -54,6 +63,10 @@ class SimTerminal:
         for tap in plan:
             world.at(tap.at_ms, self._new_tap, tap)
         world.at(world.rng.randint(0, 50), self._connect)
+
+    @property
+    def ready(self) -> bool:
+        return self.client is not None and self.client.state is ClientState.READY
 
     @property
     def done(self) -> bool:
@@ -74,25 +87,23 @@ class SimTerminal:
         self._arm_timer()
 
     def _send_taps(self, seqs: list[int]) -> None:
-        conn = self.conn
-        if conn is None or not self.ready or not seqs:
+        client = self.client
+        if self.conn is None or client is None or not self.ready or not seqs:
             return
         now = self.world.now_ms
         for seq in seqs:
             if seq in self.unanswered:
                 self.unanswered[seq] = now
         if len(seqs) > 1 and self.world.rng.random() < self.sc.p_batch:
-            self.next_req += 1
-            self._write(m.TapBatch(req=self.next_req, taps=[self.taps[s] for s in seqs]))
+            self.next_req += 1  # distinct for the terminal's whole life: a stray answer names no live batch
+            self._write(client.taps([self.taps[s] for s in seqs], req=self.next_req)[1])
             return
         for seq in seqs:
-            t = self.taps[seq]
-            self._write(m.Tap(seq=t.seq, card=t.card, time_ms=t.time_ms, kind=t.kind, route=t.route,
-                              amount_fen=t.amount_fen))
+            self._write(client.tap(self.taps[seq]))
 
-    def _write(self, msg: m.Msg) -> None:
+    def _write(self, data: bytes) -> None:
         if self.conn is not None:
-            self.frames.send(self.gateway.on_frame, self.conn, encode_frame(_encode(msg)))
+            self.frames.send(self.gateway.on_frame, self.conn, data)
 
     def _arm_timer(self) -> None:
         if not self.timer_armed and self.unanswered:
@@ -117,32 +128,60 @@ class SimTerminal:
 
     # -- answers -------------------------------------------------------------------------
     def on_frame(self, conn: "Conn", data: bytes, answer_id: int) -> None:
-        if conn is not self.conn:
+        if conn is not self.conn or self.client is None:
             return  # an old connection: the bytes never reach this one
         self.strikes = 0
-        for body in self.decoder.feed(data):
-            msg = m.server_decoder.decode(body)
-            if type(msg) is m.Result:
-                self._answer(msg.seq, (msg.code, msg.fare_fen, msg.balance_fen, msg.replay), answer_id)
-            elif type(msg) is m.Results:
-                for r in msg.results:
-                    self._answer(r.seq, (r.code, r.fare_fen, r.balance_fen, r.replay), answer_id)
-            elif type(msg) is m.Challenge:
-                mac = auth_mac(self.key, self.terminal_id, self.nonce, msg.nonce)
-                self._write(m.Auth(mac=mac))
-            elif type(msg) is m.AuthOk:
-                self.ready = True
-                self.world.log(self.name, "ready")
-                self._send_taps(sorted(self.unanswered))
-                self._chatter_later()
-            elif type(msg) is m.Pong:
-                if msg.time_ms not in self.pings:
-                    self.world.fail("pong-echoes-ping", f"{self.name} got a pong for {msg.time_ms}, never sent")
-                self.pongs += 1
-            elif type(msg) is m.Params:
-                self.params += 1
-            elif type(msg) is m.Error:
-                self.world.log(self.name, f"error {msg.code}: {msg.message}")
+        for event in self.client.receive_data(data):
+            self._on_event(event, answer_id)
+
+    def _on_event(self, event: Event, answer_id: int) -> None:
+        if isinstance(event, TapAnswered):
+            self._result(event.result, answer_id)
+        elif isinstance(event, BatchAnswered):
+            for r in event.results.results:
+                self._result(r, answer_id)
+        elif isinstance(event, Challenged):
+            assert self.client is not None
+            self._write(self.client.auth())
+        elif isinstance(event, Authenticated):
+            self.world.log(self.name, "ready")
+            self._send_taps(sorted(self.unanswered))
+            self._chatter_later()
+        elif isinstance(event, PongReceived):
+            self._pong(event.pong)
+        elif isinstance(event, ParamsReceived):
+            self.params += 1
+        elif isinstance(event, ErrorReceived):
+            self.world.log(self.name, f"error {event.error.code}: {event.error.message}"
+                           + (" (fatal)" if event.fatal else ""))
+        else:
+            self._stray(event, answer_id)
+
+    def _stray(self, v: Violation, answer_id: int) -> None:
+        """The frame network duplicates frames (TCP would not): an answer again, after the one
+        the client connection matched, is still checked; anything else breaks the protocol."""
+        msg = v.msg
+        if not v.fatal and isinstance(msg, m.Result):
+            self._result(msg, answer_id)
+        elif not v.fatal and isinstance(msg, m.Results):
+            for r in msg.results:
+                self._result(r, answer_id)
+        elif not v.fatal and isinstance(msg, m.Pong):
+            self._pong(msg)
+        elif not v.fatal and isinstance(msg, m.Params):
+            self.params += 1
+        elif not v.fatal and isinstance(msg, (m.Challenge, m.AuthOk)):
+            self.world.log(self.name, f"ignored: {v.message}")
+        else:
+            self.world.fail("gateway-speaks-the-protocol", f"{self.name}: {v.message}")
+
+    def _result(self, r: m.Result | m.ResultItem, answer_id: int) -> None:
+        self._answer(r.seq, (r.code, r.fare_fen, r.balance_fen, r.replay), answer_id)
+
+    def _pong(self, pong: m.Pong) -> None:
+        if pong.time_ms not in self.pings:
+            self.world.fail("pong-echoes-ping", f"{self.name} got a pong for {pong.time_ms}, never sent")
+        self.pongs += 1
 
     def _answer(self, seq: int, answer: tuple[int, int, int, bool], answer_id: int) -> None:
         if seq not in self.taps:
@@ -180,14 +219,14 @@ class SimTerminal:
         w.at(w.rng.randint(*CHATTER_MS), self._chatter, self.conn)
 
     def _chatter(self, conn: "Conn | None") -> None:
-        if conn is not self.conn or not self.ready or self.done:
+        if conn is not self.conn or self.client is None or not self.ready or self.done:
             return
         if self.world.rng.random() < 0.5:
             now = EPOCH_MS + self.world.now_ms
             self.pings.add(now)
-            self._write(m.Ping(time_ms=now))
+            self._write(self.client.ping(now))
         else:
-            self._write(m.ParamsRequest(fare_version=1, hotlist_version=0))
+            self._write(self.client.params(fare_version=1, hotlist_version=0))
         self._chatter_later()
 
     # -- connection ----------------------------------------------------------------------
@@ -199,9 +238,8 @@ class SimTerminal:
         if conn is None:
             self._reconnect_later()
             return
-        self.conn, self.ready, self.decoder = conn, False, FrameDecoder()
-        self.nonce = self.world.rng.randbytes(m.NONCE_BYTES)
-        self._write(m.Hello(terminal_id=self.terminal_id, nonce=self.nonce))
+        self.conn, self.client = conn, ClientConnection(self.terminal_id, self.key)
+        self._write(self.client.hello(self.world.rng.randbytes(m.NONCE_BYTES)))
         for seq in self.unanswered:
             self.unanswered[seq] = 0
         self._arm_timer()
@@ -209,13 +247,13 @@ class SimTerminal:
     def on_closed(self, conn: "Conn") -> None:
         if conn is self.conn:
             self.world.log(self.name, "connection closed by the gateway")
-            self.conn, self.ready = None, False
+            self.conn, self.client = None, None
             self._reconnect_later()
 
     def _drop_connection(self) -> None:
         if self.conn is not None:
             self.gateway.close(self.conn)
-            self.conn, self.ready = None, False
+            self.conn, self.client = None, None
         self._reconnect_later()
 
     def _reconnect_later(self) -> None:

@@ -5,7 +5,6 @@ import importlib.util
 import re
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -21,8 +20,7 @@ from citycard.protocols.client import (
     PongReceived,
     TapAnswered,
 )
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.paths import ROOT
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """The asyncio TerminalClient against ServerConnection served on 127.0.0.1 (the in-memory shell
-of test_protocol_client): every answer reaches the future of what it answers."""
+of tests/support/protocol_pair.py): every answer reaches the future of what it answers."""
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -11,8 +11,15 @@ from citycard.protocols import messages as m
 from citycard.protocols.codes import ErrorCode
 from citycard.protocols.connection import State, TapsReceived
 from citycard.terminal.client import ServerError, TerminalClient
-
-from .test_protocol_client import AUTH_OK, MASTER_KEY, NOW_MS, TERMINAL_ID, Server, frame, item
+from tests.support.protocol_pair import (
+    AUTH_OK,
+    MASTER_KEY,
+    NOW_MS,
+    TERMINAL_ID,
+    Server,
+    frame,
+    item,
+)
 
 pytestmark = pytest.mark.timeout(30)
 BOUND_S = 5.0

@@ -116,7 +116,7 @@ class Platform:
         await asyncio.gather(*[a.ensure_loaded.remote() for a in self.shards + self.sessions])
         self.pool = await db.create_pool(self.services.db_url, s.database.schema, s.database.pool_size)
         self.redis = aioredis.from_url(self.services.redis_url)
-        self.hotlist = HotlistCache(self.redis, s.redis.prefix, rebuild=self._rebuild_hotlist)
+        self.hotlist = HotlistCache(self.redis, s.redis.prefix, rebuild=self._rebuild_hotlist, metrics=self.metrics)
         await self.hotlist.start()
         g = s.gateway
         retries = self.metrics.shard_retries

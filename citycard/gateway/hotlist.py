@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 from ..persistence.hotlist import Delta, delta, keys
 from ..protocols.messages import MAX_HOTLIST_ITEMS
 from ..tasks import cancel_and_wait
+from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +26,10 @@ class HotlistCache:
         prefix: str,
         rebuild: Callable[[], Awaitable[int]],
         poll_interval_s: float = 0.25,
+        metrics: Metrics | None = None,
     ) -> None:
         self.cards: set[int] = set()
+        self._metrics = metrics
         self.version = 0
         self._redis = redis
         self._set_key, self._version_key, self._channel = keys(prefix)
@@ -55,6 +58,13 @@ class HotlistCache:
         self.cards = {int(m) for m in members}
         self.version = int(raw_version or 0)
         self.reloads += 1
+        self._report()
+
+    def _report(self) -> None:
+        """citycard_hotlist_cards and citycard_hotlist_version: what this gateway holds now."""
+        if self._metrics is not None:
+            self._metrics.hotlist_size.set(len(self.cards))
+            self._metrics.hotlist_version.set(self.version)
 
     async def _listen(self) -> None:
         while True:
@@ -85,6 +95,7 @@ class HotlistCache:
         else:
             self.cards.discard(card_no)
         self.version = max(self.version, version)
+        self._report()
 
     async def _poll(self) -> None:
         while True:

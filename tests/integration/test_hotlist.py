@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 
 from citycard.domain.cards import CardStatus, make_card_no
 from citycard.gateway.hotlist import HotlistCache
+from citycard.gateway.metrics import Metrics
 from citycard.persistence import hotlist
 from citycard.persistence.db import connect
 from citycard.persistence.migrate import migrate
@@ -119,7 +120,13 @@ def test_cache_follows_changes_and_survives_an_empty_redis(services: ServiceUrls
             rebuilds += 1
             return hotlist.rebuild_redis(gw_conn, gw_redis, schema)
 
-        cache = HotlistCache(gw_redis, schema, rebuild)
+        metrics = Metrics()
+
+        def gauges() -> tuple[float | None, float | None]:
+            get = metrics.registry.get_sample_value
+            return get("citycard_hotlist_cards"), get("citycard_hotlist_version")
+
+        cache = HotlistCache(gw_redis, schema, rebuild, metrics=metrics)
         try:
             listed = {CARDS[0], CARDS[1]}
             for c in sorted(listed):
@@ -127,6 +134,7 @@ def test_cache_follows_changes_and_survives_an_empty_redis(services: ServiceUrls
             await cache.start()
             assert cache.cards == listed
             assert cache.version == await hotlist.current_version(admin)
+            assert gauges() == (2, cache.version)
             assert rebuilds == 0
             await asyncio.sleep(0.1)  # let the subscription settle
 
@@ -139,6 +147,7 @@ def test_cache_follows_changes_and_survives_an_empty_redis(services: ServiceUrls
             listed.add(CARDS[2])
             assert cache.cards == listed
             await within(lambda: cache.version == v, 1.0)
+            assert gauges() == (3, v)
 
             started = time.perf_counter()
             await hotlist.remove(admin, admin_redis, schema, CARDS[0], "found")
@@ -146,6 +155,7 @@ def test_cache_follows_changes_and_survives_an_empty_redis(services: ServiceUrls
             assert time.perf_counter() - started < 1.0
             listed.discard(CARDS[0])
             assert cache.cards == listed
+            assert gauges() == (2, cache.version)
 
             # Redis restarts empty: the cache rebuilds it from Postgres and keeps every card.
             reloads = cache.reloads
@@ -156,6 +166,7 @@ def test_cache_follows_changes_and_survives_an_empty_redis(services: ServiceUrls
             assert await _members(admin_redis, schema) == listed
             current = await hotlist.current_version(admin)
             assert cache.version == current == await _redis_version(admin_redis, schema)
+            assert gauges() == (2, current)
 
             # And it still follows changes after the rebuild.
             started = time.perf_counter()

@@ -19,12 +19,12 @@ import msgspec
 
 from citycard.config.fare_table import shipped_tables
 from citycard.domain.cards import CardState, CardStatus, Category
+from citycard.domain.hotlist import net_changes
 from citycard.domain.ledger import Ledger
 from citycard.domain.results import Result as ResultCode
 from citycard.domain.shard import shard_of
 from citycard.domain.taps import Outcome, TapKind
 from citycard.domain.taps import Tap as DomainTap
-from citycard.persistence.hotlist import net_changes
 from citycard.protocols.auth import AUTH_LABEL, KEY_LABEL, auth_mac, terminal_key
 from citycard.protocols.client import (
     Authenticated,

@@ -13,14 +13,14 @@ from ..config.fare_table import load_fare_tables
 from ..config.settings import settings_from_dict
 from ..domain.ledger import Ledger
 from ..domain.ops import CardOp
+from ..domain.recovery import RecoveryReport
 from ..domain.tables import FareTables
 from ..domain.taps import Tap
 from ..domain.views import view_of
 from ..errors import StoreError
-from ..persistence import recovery
-from ..persistence.journal import JournalWriter
 from ..persistence.shard_store import PgShardStore, ShardStore
 from ..tasks import cancel_and_wait
+from .journal_writer import JournalWriter
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class AccountShardCore:
         self._snapshot_task: asyncio.Task[Any] | None = None
         self._last_snapshot_lsn = 0
         self._last_snapshot_s = 0.0  # loop time; set when loaded
-        self.recovery: recovery.RecoveryReport | None = None
+        self.recovery: RecoveryReport | None = None
         self.recoveries = 0
 
     # -- lifecycle ---------------------------------------------------------------------

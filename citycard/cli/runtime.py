@@ -6,6 +6,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import ray
@@ -135,7 +136,7 @@ class Platform:
             max_frame_bytes=g.max_frame_bytes, max_batch_taps=g.max_batch_taps,
             auth_timeout_ms=g.auth_timeout_ms, heartbeat_ms=g.heartbeat_ms,
             fare_version=lambda: fares.version_at(int(time.time() * 1000)), hotlist_version=lambda: self.hotlist.version,  # type: ignore[union-attr]
-            hotlist_delta=HotlistDeltas(self.pool, lambda: self.hotlist.version,  # type: ignore[union-attr]
+            hotlist_delta=HotlistDeltas(partial(hotlist.pool_delta, self.pool), lambda: self.hotlist.version,  # type: ignore[union-attr]
                                         max_hotlist_items(g.max_frame_bytes)),
             terminal_max_taps_per_s=g.terminal_max_taps_per_s,
             terminal_burst_taps=g.terminal_burst_taps,

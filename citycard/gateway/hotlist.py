@@ -1,15 +1,16 @@
 """The gateway's in-memory hotlist, kept current from Redis (pub/sub plus a version poll),
-and the hotlist deltas it answers terminals with, from Postgres."""
+and the hotlist deltas it answers terminals with, from Postgres through a query the platform
+passes in (the gateway imports no persistence)."""
 
 import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
 
-import asyncpg
 import redis.asyncio as aioredis
 
-from ..persistence.hotlist import Delta, delta, keys
+from ..domain.hotlist import Delta
+from ..keys import hotlist_keys as keys
 from ..protocols.messages import MAX_HOTLIST_ITEMS
 from ..tasks import cancel_and_wait
 from .metrics import Metrics
@@ -131,7 +132,7 @@ class HotlistDeltas:
 
     def __init__(
         self,
-        pool: asyncpg.Pool,
+        query: Callable[[int, int], Awaitable[Delta]],
         current_version: Callable[[], int],
         max_items: int,
         *,
@@ -141,7 +142,7 @@ class HotlistDeltas:
         memo_entries: int = 1024,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._pool = pool
+        self._query = query  # (from_version, max_items) -> Delta, from Postgres
         self._current_version = current_version
         self.max_items = max_items
         self._queries = asyncio.Semaphore(max_queries)
@@ -164,8 +165,8 @@ class HotlistDeltas:
             if hit is not None:
                 return hit
             self.queries += 1
-            async with self._pool.acquire() as conn:
-                answer = await asyncio.wait_for(delta(conn, from_version, self.max_items), self._timeout_s)
+            async with asyncio.timeout(self._timeout_s):  # not wait_for: see AccountShardCore
+                answer = await self._query(from_version, self.max_items)
         if len(self._memo) >= self._memo_entries:
             self._memo.clear()
         self._memo[from_version] = (answer, self._clock() + self._memo_s)

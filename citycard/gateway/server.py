@@ -7,10 +7,10 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
+from ..domain.hotlist import Delta
 from ..domain.results import Result
 from ..domain.shard import session_shard_of
 from ..domain.taps import Tap
-from ..persistence.hotlist import Delta
 from ..protocols import messages as m
 from ..protocols.codes import ErrorCode
 from ..protocols.connection import (

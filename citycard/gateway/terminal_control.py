@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
 
-from ..persistence.terminals import channel
+from ..keys import disabled_terminals_channel as channel
 from ..protocols.codes import ErrorCode
 from ..tasks import cancel_and_wait
 from .metrics import Metrics

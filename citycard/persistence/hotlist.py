@@ -9,17 +9,15 @@ Terminals hold a copy too and catch up by version: ``delta`` answers what change
 version a terminal holds, bounded in size.
 """
 
-from collections.abc import Iterable
-from dataclasses import dataclass, field
 
 import asyncpg
 import redis.asyncio as aioredis
 
 from ..domain.cards import CardStatus
+from ..domain.hotlist import Delta, net_changes
+from ..keys import hotlist_keys
 
-
-def keys(prefix: str) -> tuple[str, str, str]:
-    return f"{prefix}:hotlist", f"{prefix}:hotlist:version", f"{prefix}:hotlist:events"
+keys = hotlist_keys  # the names are shared with the gateway's cache: citycard/keys.py
 
 
 async def add(
@@ -121,31 +119,7 @@ async def _copy_to_redis(conn: asyncpg.Connection, redis: aioredis.Redis, prefix
     return version
 
 
-# -- terminal deltas -----------------------------------------------------------------------
-@dataclass(frozen=True)
-class Delta:
-    """What a terminal holding ``from_version`` applies to reach ``to_version``: clear its list
-    first if ``reset``, then add ``added`` and remove ``removed``. ``more``: still behind, ask
-    again from ``to_version``."""
-
-    to_version: int
-    added: list[int] = field(default_factory=list)
-    removed: list[int] = field(default_factory=list)
-    reset: bool = False
-    more: bool = False
-
-
-def net_changes(rows: Iterable[tuple[int, bool]]) -> tuple[list[int], list[int]]:
-    """(added, removed), sorted, from (card_no, listed) changes in version order: a card's last
-    change wins, so a card listed and found again within the range is only removed."""
-    last: dict[int, bool] = {}
-    for card_no, listed in rows:
-        last[card_no] = listed
-    added = sorted(c for c, listed in last.items() if listed)
-    removed = sorted(c for c, listed in last.items() if not listed)
-    return added, removed
-
-
+# -- terminal deltas (Delta and net_changes are pure: domain/hotlist.py) -------------------
 async def delta(conn: asyncpg.Connection, from_version: int, max_items: int) -> Delta:
     """The change from the hotlist at ``from_version`` to now, at most ``max_items`` cards.
 
@@ -184,3 +158,9 @@ async def _log_after(conn: asyncpg.Connection, version: int, limit: int) -> list
         "SELECT version, card_no, listed FROM hotlist_log WHERE version > $1 ORDER BY version LIMIT $2",
         version, limit)
     return [(r[0], r[1], r[2]) for r in rows]
+
+
+async def pool_delta(pool: asyncpg.Pool, from_version: int, max_items: int) -> Delta:
+    """``delta`` on a connection of ``pool``: the query the gateway's HotlistDeltas is given."""
+    async with pool.acquire() as conn:
+        return await delta(conn, from_version, max_items)

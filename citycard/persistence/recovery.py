@@ -1,13 +1,13 @@
 """Rebuild a shard's ledger from the record: cards, latest snapshot, then the journal tail."""
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
 
-from ..domain.cards import CardState, restore_card
+from ..domain.cards import CardState
 from ..domain.ledger import Ledger
+from ..domain.recovery import Rebuild, RecoveryReport
 from ..domain.taps import JournalRow
 from .journal import JOURNAL_COLUMNS
 from .migrate import journal_partition
@@ -34,72 +34,6 @@ def card_from_record(r: Sequence[Any]) -> CardState:
         voucher_until_ms=voucher_until, voucher_categories=frozenset(voucher_cats or ()),
         allowance_until_ms=allowance_until,
     )
-
-
-@dataclass(frozen=True)
-class RecoveryReport:
-    shard_id: int
-    cards: int
-    snapshot_lsn: int
-    head_lsn: int
-    rows_replayed: int  # rows whose effect was applied on top of the snapshot
-    rows_remembered: int  # rows read only to refill the dedupe memory
-    mismatches: int  # replayed rows whose balance_after disagreed with the rebuilt balance
-
-
-def replay_start(snapshot_lsn: int, head_lsn: int, dedupe_limit: int) -> int:
-    """The journal is read after this lsn: from the snapshot, or earlier to refill the dedupe
-    memory with the newest ``dedupe_limit`` rows. Older rows count only as watermarks."""
-    return max(0, min(snapshot_lsn, head_lsn - dedupe_limit))
-
-
-class Rebuild:
-    """The pure part of recovery, fed the record in this order: cards, the snapshot's card
-    states, the watermarks of rows up to ``start``, then every row after ``start`` by lsn.
-    ``load_ledger`` feeds it from Postgres; the simulation from its in-memory store."""
-
-    def __init__(self, ledger: Ledger, snapshot_lsn: int, head_lsn: int) -> None:
-        self.ledger = ledger
-        self.snapshot_lsn = snapshot_lsn
-        self.head_lsn = head_lsn
-        self.start = replay_start(snapshot_lsn, head_lsn, ledger.dedupe_limit)
-        self.replayed = self.remembered = self.mismatches = 0
-
-    def add_cards(self, cards: Iterable[CardState]) -> None:
-        for card in cards:
-            self.ledger.add_card(card)
-
-    def restore_snapshot(self, states: Iterable[tuple[int, bytes]]) -> None:
-        """Card states as of ``snapshot_lsn`` (none if there is no snapshot)."""
-        if not self.snapshot_lsn:
-            return
-        cards = self.ledger.cards
-        for card_no, state in states:
-            card = cards.get(card_no)
-            if card is not None:
-                restore_card(card, state)
-        self.ledger.lsn = self.snapshot_lsn
-
-    def watermarks(self, highest: Iterable[tuple[int, int]]) -> None:
-        """(terminal_id, max seq) over rows up to ``start``: older than the dedupe memory, their
-        seqs must still never be charged again."""
-        for terminal_id, max_seq in highest:
-            self.ledger.raise_watermark(terminal_id, max_seq)
-
-    def row(self, row: JournalRow) -> None:
-        effect = row.lsn > self.snapshot_lsn
-        self.ledger.replay(row, apply_effect=effect)
-        if effect:
-            self.replayed += 1
-            card = self.ledger.cards.get(row.card_no)
-            if card is not None and card.purses[0] != row.balance_after_fen:
-                self.mismatches += 1
-        else:
-            self.remembered += 1
-
-    def report(self) -> "RecoveryReport":
-        return RecoveryReport(self.ledger.shard_id, len(self.ledger.cards), self.snapshot_lsn, self.head_lsn,
-                              self.replayed, self.remembered, self.mismatches)
 
 
 async def load_ledger(conn: asyncpg.Connection, ledger: Ledger) -> RecoveryReport:

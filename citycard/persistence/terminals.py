@@ -14,6 +14,7 @@ from typing import Any
 import asyncpg
 import redis.asyncio as aioredis
 
+from ..keys import disabled_terminals_channel
 from . import db
 
 CHECK_CHUNK_IDS = 10_000  # terminal ids per query when gateways check their connections
@@ -21,8 +22,7 @@ CHECK_CHUNK_IDS = 10_000  # terminal ids per query when gateways check their con
 TerminalRow = tuple[int, bool, int, int, int, int]
 
 
-def channel(prefix: str) -> str:
-    return f"{prefix}:terminals:disabled"
+channel = disabled_terminals_channel  # named in citycard/keys.py, shared with the gateway
 
 
 async def get(conn: asyncpg.Connection, terminal_id: int) -> dict[str, Any] | None:

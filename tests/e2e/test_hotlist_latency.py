@@ -5,6 +5,7 @@ their next parameters request."""
 
 import asyncio
 import time
+from functools import partial
 
 import pytest
 import redis.asyncio as aioredis
@@ -217,7 +218,8 @@ def test_terminals_learn_the_hotlist_as_a_versioned_delta(configured_services, s
         async with api_city(configured_services, schema, n_cards=200, n_terminals=2) as api:
             platform = api.city.platform
             # What cli/runtime.py should pass to GatewayContext (see the report); wired here.
-            deltas = HotlistDeltas(platform.pool, lambda: platform.hotlist.version, max_items=50)
+            deltas = HotlistDeltas(partial(hotlist.pool_delta, platform.pool), lambda: platform.hotlist.version,
+                                   max_items=50)
             platform.gateway.ctx.hotlist_delta = deltas
             seeded = [row[0] for row in api.city.cards]
             for card in seeded[:30]:

@@ -6,6 +6,7 @@ import asyncio
 import asyncpg
 import pytest
 
+from citycard.actors.journal_writer import JournalWriter
 from citycard.domain.cards import make_card_no
 from citycard.domain.results import Result
 from citycard.domain.taps import JournalRow, TapKind
@@ -17,7 +18,7 @@ from citycard.loadtest.baselines import (
     raw_copy_rate,
 )
 from citycard.persistence.db import connect
-from citycard.persistence.journal import JournalWriter, pg_append
+from citycard.persistence.journal import pg_append
 from citycard.persistence.migrate import migrate
 from tests.support.services import ServiceUrls
 

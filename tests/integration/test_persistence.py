@@ -11,6 +11,7 @@ import asyncpg
 import msgspec
 import pytest
 
+from citycard.actors.journal_writer import JournalWriter
 from citycard.config.fare_table import shipped_tables
 from citycard.domain.cards import (
     CardState,
@@ -27,7 +28,7 @@ from citycard.domain.taps import JournalRow, Outcome, Tap, TapKind
 from citycard.errors import StoreError
 from citycard.loadtest.city import CARD_SEED_COLUMNS, plan_cards, plan_terminals, seed_city
 from citycard.persistence.db import connect
-from citycard.persistence.journal import JOURNAL_COLUMNS, JournalWriter, pg_append
+from citycard.persistence.journal import JOURNAL_COLUMNS, pg_append
 from citycard.persistence.migrate import MigrationError, migrate, migration_files
 from citycard.persistence.recovery import RecoveryReport, load_ledger, write_snapshot
 from tests.support.ledger import card_states

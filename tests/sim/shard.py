@@ -8,8 +8,8 @@ from typing import Any
 import msgspec
 
 from citycard.actors.account_shard import AccountShardCore
+from citycard.actors.journal_writer import JournalWriter
 from citycard.domain.taps import Outcome, Tap
-from citycard.persistence.journal import JournalWriter
 
 from .model import Model
 from .network import Link

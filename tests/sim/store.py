@@ -6,12 +6,12 @@ Recovery is the product's ``recovery.Rebuild`` fed from the record."""
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+from citycard.actors.journal_writer import Append
 from citycard.domain.cards import CardState
 from citycard.domain.ledger import Ledger
+from citycard.domain.recovery import Rebuild, RecoveryReport
 from citycard.domain.taps import JournalRow
 from citycard.errors import StoreError
-from citycard.persistence.journal import Append
-from citycard.persistence.recovery import Rebuild, RecoveryReport
 
 from .model import Model
 from .scenario import CardSpec, Faults

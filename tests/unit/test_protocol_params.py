@@ -2,14 +2,12 @@
 bounds, and the gateway's sharing of answers (no services: a fake pool and a fake query)."""
 
 import asyncio
-from typing import Any
 
 import msgpack
 import pytest
 
-from citycard.gateway import hotlist as gw_hotlist
+from citycard.domain.hotlist import Delta, net_changes
 from citycard.gateway.hotlist import HotlistDeltas, max_hotlist_items
-from citycard.persistence.hotlist import Delta, net_changes
 from citycard.protocols.connection import ParamsRequested, ServerConnection
 from citycard.protocols.frames import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, encode_frame
 from citycard.protocols.messages import (
@@ -96,32 +94,20 @@ def test_terminal_rules() -> None:
     assert (t.cards, t.version) == (set(), 0)  # the server's record is empty
 
 
-class FakePool:
-    def acquire(self) -> "FakePool":
-        return self
-
-    async def __aenter__(self) -> object:
-        return object()
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
-
-
-def test_gateway_shares_answers_and_skips_the_query_when_current(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gateway_shares_answers_and_skips_the_query_when_current() -> None:
     calls: list[int] = []
     gate = asyncio.Event()
 
-    async def fake_delta(conn: Any, from_version: int, max_items: int) -> Delta:
+    async def fake_delta(from_version: int, max_items: int) -> Delta:
         calls.append(from_version)
         await gate.wait()
         return Delta(10, [from_version])
 
-    monkeypatch.setattr(gw_hotlist, "delta", fake_delta)
     now = [0.0]
     version = [10]
 
     async def run() -> None:
-        deltas = HotlistDeltas(FakePool(), lambda: version[0], 100, max_queries=1, memo_s=1.0,  # type: ignore[arg-type]
+        deltas = HotlistDeltas(fake_delta, lambda: version[0], 100, max_queries=1, memo_s=1.0,
                                clock=lambda: now[0])
         assert await deltas(10) == Delta(10)  # current: no query at all
         waiting = [asyncio.ensure_future(deltas(9)) for _ in range(50)]  # a loss report: all ask at once

@@ -46,25 +46,26 @@ def _pure_files() -> list[Path]:
     return sorted(p for pkg in PURE_PACKAGES for p in (PACKAGE_DIR / pkg).rglob("*.py"))
 
 
-def _module_name(path: Path) -> str:
-    parts = path.relative_to(PACKAGE_DIR.parent).with_suffix("").parts
+def _module_name(path: Path, root: Path = PACKAGE_DIR.parent) -> str:
+    parts = path.relative_to(root).with_suffix("").parts
     if parts[-1] == "__init__":
         parts = parts[:-1]
     return ".".join(parts)
 
 
-def _absolute(module: str | None, level: int, path: Path) -> str:
+def _absolute(module: str | None, level: int, path: Path, root: Path = PACKAGE_DIR.parent) -> str:
     """The absolute name an ImportFrom refers to (relative imports resolved)."""
     if level == 0:
         return module or ""
-    package = _module_name(path).split(".")
+    package = _module_name(path, root).split(".")
     if path.name != "__init__.py":
         package = package[:-1]
     base = package[: len(package) - (level - 1)]
     return ".".join([*base, module] if module else base)
 
 
-def _imported_modules(path: Path, source: str | None = None) -> list[tuple[int, str]]:
+def _imported_modules(path: Path, source: str | None = None,
+                      root: Path = PACKAGE_DIR.parent) -> list[tuple[int, str]]:
     """(line, absolute module name) for every import in the file, at any depth, including
     ``__import__("x")`` and ``importlib.import_module("x")`` with a literal name."""
     if source is None:
@@ -75,7 +76,7 @@ def _imported_modules(path: Path, source: str | None = None) -> list[tuple[int, 
         if isinstance(node, ast.Import):
             found += [(node.lineno, alias.name) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
-            found.append((node.lineno, _absolute(node.module, node.level, path)))
+            found.append((node.lineno, _absolute(node.module, node.level, path, root)))
         elif (
             isinstance(node, ast.Call)
             and isinstance(node.func, ast.Name | ast.Attribute)
@@ -167,3 +168,41 @@ def test_importing_pure_module_loads_no_io_library(module: str) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == [], f"importing {module} loads {proc.stdout.strip()}"
+
+
+# -- the layer rules (docs/architecture.md) -----------------------------------------------
+REPO = PACKAGE_DIR.parent
+# (files, a package they must not import, why)
+LAYER_RULES = (
+    ("citycard/gateway", "citycard.persistence",
+     "the gateway gets what it needs from Postgres or Redis as callables from cli/runtime.py"),
+    ("tests/sim", "citycard.persistence",
+     "the simulation runs the product's pure pieces and seams, never its Postgres code"),
+    ("citycard/domain", "citycard.persistence", "the domain is pure"),
+    ("citycard/protocols", "citycard.persistence", "the protocols are pure"),
+)
+
+
+def _layer_violations(root: Path, folder: str, banned: str) -> list[str]:
+    bad = []
+    for path in sorted((root / folder).rglob("*.py")):
+        for line, name in _imported_modules(path, root=root):
+            if name == banned or name.startswith(banned + "."):
+                bad.append(f"{path.relative_to(root)}:{line}: imports {name}")
+    return bad
+
+
+@pytest.mark.parametrize(("folder", "banned", "why"), LAYER_RULES, ids=[r[0] for r in LAYER_RULES])
+def test_layer_rule(folder: str, banned: str, why: str) -> None:
+    assert _layer_violations(REPO, folder, banned) == [], why
+
+
+def test_the_layer_rule_catches_a_gateway_importing_persistence(tmp_path: Path) -> None:
+    gateway = tmp_path / "citycard" / "gateway"
+    gateway.mkdir(parents=True)
+    (gateway / "server.py").write_text("from ..persistence.hotlist import Delta\nimport citycard.persistence.db\n")
+    sim = tmp_path / "tests" / "sim"
+    sim.mkdir(parents=True)
+    (sim / "store.py").write_text("from citycard.persistence.recovery import Rebuild\n")
+    assert len(_layer_violations(tmp_path, "citycard/gateway", "citycard.persistence")) == 2
+    assert len(_layer_violations(tmp_path, "tests/sim", "citycard.persistence")) == 1

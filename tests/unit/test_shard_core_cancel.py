@@ -7,8 +7,8 @@ from citycard.actors.account_shard import AccountShardCore
 from citycard.config.fare_table import shipped_tables
 from citycard.config.settings import load_settings
 from citycard.domain.ledger import Ledger
+from citycard.domain.recovery import Rebuild, RecoveryReport
 from citycard.persistence.journal import Append
-from citycard.persistence.recovery import Rebuild, RecoveryReport
 
 
 class GatedStore:

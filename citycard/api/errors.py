@@ -9,7 +9,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..domain.results import Result
+from ..actors.shard_client import ShardUnavailable
+from ..cards.errors import CardServiceError, Invalid, NotFound, Refused, check_result
 from ..errors import CityCardError
 
 
@@ -60,28 +61,21 @@ def error_response(status: int) -> dict[str, Any]:
     return {"model": ErrorBody, "description": ERROR_STATUSES[status]}
 
 
-# Op results that are the caller's conflict with the card's state, not bad input.
-_CONFLICT = {
-    Result.CARD_CANCELLED: "the card is cancelled or replaced",
-    Result.CARD_BLOCKED: "the card is blocked (reported lost)",
-    Result.INSUFFICIENT_FUNDS: "the purse holds less than the amount",
-    Result.PURSE_LIMIT: "the top-up would take the purse over its cap",
-    Result.RENTAL_OPEN: "a bike rental is open on the card: return the bike first",
-    Result.PARKING_SESSION_OPEN: "a parking session is open on the card: exit first",
-    Result.DUPLICATE_SEQ: "the idempotency key was already used for a different request",
-}
-
-
 def raise_for_result(result: int, card_no: int) -> None:
-    """Map a refused op to its HTTP error; OK returns."""
-    if result == Result.OK:
-        return
-    r = Result(result)
-    if r == Result.CARD_UNKNOWN:
-        raise ApiError(404, f"card {card_no} not found")
-    if r in _CONFLICT:
-        raise ApiError(409, _CONFLICT[r], result=r.name)
-    raise ApiError(422, f"refused: {r.name}", result=r.name)
+    """Map a refused op to its HTTP error (through the card services' errors); OK returns."""
+    check_result(result, card_no)
+
+
+def card_service_error(exc: CardServiceError) -> JSONResponse:
+    """404 for nothing found, 422 for bad input (with its field) or an op the card cannot take,
+    409 for a conflict with the card's state (with the result code)."""
+    if isinstance(exc, NotFound):
+        return JSONResponse({"error": str(exc)}, status_code=404)
+    if isinstance(exc, Invalid):
+        return JSONResponse({"error": str(exc), "field": exc.field}, status_code=422)
+    if isinstance(exc, Refused):
+        return JSONResponse({"error": str(exc), "result": exc.result.name}, status_code=409 if exc.conflict else 422)
+    return JSONResponse({"error": str(exc)}, status_code=409)
 
 
 def _field_of(error: Any) -> str:
@@ -119,6 +113,15 @@ def install(app: FastAPI) -> None:
         return JSONResponse({"error": f"{field}: {_msg(errors[0])}", "field": field,
                              "errors": [{"field": ".".join(str(p) for p in e["loc"]), "msg": _msg(e)}
                                         for e in errors]}, status_code=422)
+
+    @app.exception_handler(CardServiceError)
+    async def _card_service(request: Request, exc: CardServiceError) -> JSONResponse:
+        return card_service_error(exc)
+
+    @app.exception_handler(ShardUnavailable)
+    async def _shard_unavailable(request: Request, exc: ShardUnavailable) -> JSONResponse:
+        return JSONResponse({"error": "a shard did not answer in time; retry with the same idempotency key"},
+                            status_code=503)
 
     @app.exception_handler(TimeoutError)
     async def _timeout(request: Request, exc: TimeoutError) -> JSONResponse:

@@ -107,7 +107,7 @@ class Database(_Section):
     pool_size: int = Field(ge=1, le=100)
 
     @property
-    def schema(self) -> str:
+    def schema(self) -> str:  # type: ignore[override]  # shadows pydantic's deprecated schema()
         return self.schema_
 
 

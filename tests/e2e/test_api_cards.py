@@ -4,6 +4,7 @@ import asyncio
 
 import pytest
 
+from citycard.domain.cards import make_card_no
 from citycard.domain.results import Result
 from tests.support.city import api_city
 from tests.support.terminal import ride
@@ -177,5 +178,46 @@ def test_loss_cancel_clears_a_listing_the_shard_never_saw_and_a_pin_follows_a_re
             new = r.json()["card_no"]
             r = await api.http.post(f"/cards/{new}/pin/verify", json={"pin": "314159"})
             assert r.status_code == 200 and r.json()["ok"] is True, r.text
+
+    asyncio.run(scenario())
+
+
+def test_a_top_up_is_one_shard_call_and_one_audit_row(configured_services, schema):
+    """A top-up (and a refund) over HTTP makes exactly one call to the card's shard: the op,
+    whose outcome carries the card's view; the answer shows the balance from it."""
+
+    async def scenario() -> None:
+        async with api_city(configured_services, schema, n_cards=20) as api:
+            card = await api.new_card(7)
+            client = api.city.platform.shard_client
+            conn = await api.city.conn()
+            try:
+                async def one(request) -> tuple[dict, int, int]:  # the answer, shard calls, audit rows
+                    calls, audits = sum(client.calls.values()), await conn.fetchval("SELECT count(*) FROM audit_log")
+                    r = await request
+                    assert r.status_code == 200, r.text
+                    assert client.calls["apply_ops"] >= 1
+                    return (r.json(), sum(client.calls.values()) - calls,
+                            await conn.fetchval("SELECT count(*) FROM audit_log") - audits)
+
+                before = dict(client.calls)
+                body, n_calls, n_audit = await one(api.top_up(card, 5000, "counter-7:1"))
+                assert (n_calls, n_audit) == (1, 1)
+                assert client.calls["apply_ops"] == before.get("apply_ops", 0) + 1
+                assert body["balance"]["epurse"] == 5000 and body["purses_fen"] == {"epurse": 5000}, body
+                body, n_calls, n_audit = await one(api.top_up(card, 5000, "counter-7:1"))  # a retry
+                assert (n_calls, n_audit) == (1, 0) and body["replay"] is True, body
+                body, n_calls, n_audit = await one(api.http.post(
+                    f"/cards/{card}/refunds", headers=api.auth(),
+                    json={"amount_fen": 1200, "idempotency_key": "counter-7:2", "reason": "asked for it back"}))
+                assert (n_calls, n_audit) == (1, 1) and body["balance"]["epurse"] == 3800, body
+                calls = sum(client.calls.values())
+                assert (await api.top_up(card + 1, 100, "k")).status_code == 422  # check digit: no call
+                assert sum(client.calls.values()) == calls
+                unknown = make_card_no(10**10 - 1)  # a valid number no card has
+                r = await api.top_up(unknown, 100, "k")
+                assert r.status_code == 404 and sum(client.calls.values()) == calls + 1, r.text
+            finally:
+                await conn.close()
 
     asyncio.run(scenario())

@@ -6,10 +6,10 @@ from typing import Annotated
 from fastapi import Path, Request
 from pydantic import AfterValidator, Field
 
-from ...domain.cards import Category, card_no_valid
+from ...cards import lookup
+from ...domain.cards import Category
 from ...domain.views import CardView
 from ..context import ApiContext
-from ..errors import ApiError
 
 CATEGORY_BY_NAME = {c.name.lower(): int(c) for c in Category}
 CATEGORY_NAMES = {v: k for k, v in CATEGORY_BY_NAME.items()}
@@ -46,17 +46,11 @@ def ctx_of(request: Request) -> ApiContext:
     return ctx
 
 
-def check_card_no(card_no: int) -> None:
-    if not card_no_valid(card_no):
-        raise ApiError(422, "card_no: check digit does not match", field="card_no")
+check_card_no = lookup.check_card_no
 
 
 async def card_or_404(ctx: ApiContext, card_no: int) -> CardView:
-    check_card_no(card_no)
-    view = await ctx.card_view(card_no)
-    if view is None:
-        raise ApiError(404, f"card {card_no} not found")
-    return view
+    return await lookup.card(ctx.shards, card_no)
 
 
 def op_key(scope: str, card_no: int, client_key: str | None = None) -> str:

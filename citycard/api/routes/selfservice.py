@@ -12,12 +12,13 @@ from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from pydantic import BaseModel, ConfigDict
 from starlette.requests import HTTPConnection
 
+from ...cards import money
 from ...domain.cards import card_no_valid
 from ..errors import ApiError
+from ..models import Balance, Page, page_of
 from ..pins import pin_well_formed
 from .cards import Card, set_lost
 from .common import ctx_of
-from .money import Balance, Page, balance_of, history
 from .pins import HOLDER, Reason, Responses, check_pin, error_response
 
 router = APIRouter(prefix="/self", tags=["self-service"])
@@ -68,7 +69,7 @@ class LossIn(BaseModel):
 
 @router.get("/balance", response_model=Balance, responses=LOGIN)
 async def self_balance(card_no: Holder, request: Request) -> Balance:
-    return await balance_of(ctx_of(request), card_no)
+    return Balance(**(await money.balance(ctx_of(request).shards, card_no)).__dict__)
 
 
 @router.get("/transactions", response_model=Page, responses=LOGIN)
@@ -76,7 +77,8 @@ async def self_transactions(card_no: Holder, request: Request,
                             limit: Annotated[int, Query(ge=1, le=500)] = 50,
                             before_lsn: Annotated[int | None, Query(ge=1, le=2**62)] = None) -> Page:
     """Taps and card services on the card, newest first; pass ``next_before_lsn`` for older ones."""
-    return await history(ctx_of(request), card_no, limit, before_lsn)
+    ctx = ctx_of(request)
+    return page_of(await money.transactions(ctx.shards, ctx.pool, card_no, limit, before_lsn))
 
 
 @router.post("/loss", response_model=Card, responses=LOGIN)

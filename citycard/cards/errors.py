@@ -1,0 +1,55 @@
+"""What a card service refuses, as values the API maps to its JSON error shape (404, 409,
+422). Broken infrastructure (a shard past its deadline, Postgres away) is not here."""
+
+from ..domain.results import Result
+from ..errors import CityCardError
+
+# Op results that are the caller's conflict with the card's state, not bad input.
+CONFLICTS = {
+    Result.CARD_CANCELLED: "the card is cancelled or replaced",
+    Result.CARD_BLOCKED: "the card is blocked (reported lost)",
+    Result.INSUFFICIENT_FUNDS: "the purse holds less than the amount",
+    Result.PURSE_LIMIT: "the top-up would take the purse over its cap",
+    Result.RENTAL_OPEN: "a bike rental is open on the card: return the bike first",
+    Result.PARKING_SESSION_OPEN: "a parking session is open on the card: exit first",
+    Result.DUPLICATE_SEQ: "the idempotency key was already used for a different request",
+}
+
+
+class CardServiceError(CityCardError):
+    """A card service refused the request; the message says why, in a sentence."""
+
+
+class NotFound(CardServiceError):
+    """The card (or other thing) named does not exist."""
+
+
+class Invalid(CardServiceError):
+    """Bad input that the request's types could not catch; ``field`` names it."""
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class Refused(CardServiceError):
+    """The card's shard refused the op with ``result``: a conflict with the card's state
+    (CONFLICTS) or an op it cannot apply."""
+
+    def __init__(self, result: Result) -> None:
+        super().__init__(CONFLICTS.get(result, f"refused: {result.name}"))
+        self.result = result
+
+    @property
+    def conflict(self) -> bool:
+        return self.result in CONFLICTS
+
+
+def check_result(result: int, card_no: int) -> None:
+    """Raise for a refused op; OK returns."""
+    if result == Result.OK:
+        return
+    r = Result(result)
+    if r == Result.CARD_UNKNOWN:
+        raise NotFound(f"card {card_no} not found")
+    raise Refused(r)

@@ -7,11 +7,13 @@ counter top-up and a tap on the same card are ordered by the one writer of that 
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import asyncpg
 import redis.asyncio as aioredis
 
 from ..actors.shard_client import ShardClient
+from ..cards.services import Services
 from ..config.settings import Settings
 from ..domain.ops import CardOp, OpOutcome
 from ..domain.views import CardView
@@ -30,6 +32,12 @@ class ApiContext:
     @property
     def prefix(self) -> str:
         return self.settings.redis.prefix
+
+    @cached_property
+    def services(self) -> Services:
+        """What the card-services layer is given."""
+        return Services(self.shards, self.pool, self.redis, self.prefix, self.insurance_categories,
+                        self.settings.api.epurse_max_fen)
 
     def shard_of(self, card_no: int) -> int:
         return self.shards.shard_of(card_no)

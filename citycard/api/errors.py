@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..actors.shard_client import ShardUnavailable
-from ..cards.errors import CardServiceError, Invalid, NotFound, Refused, check_result
+from ..cards.errors import CardServiceError, Conflict, Invalid, NotFound, Refused, check_result
 from ..errors import CityCardError
 
 
@@ -73,6 +73,9 @@ def card_service_error(exc: CardServiceError) -> JSONResponse:
         return JSONResponse({"error": str(exc)}, status_code=404)
     if isinstance(exc, Invalid):
         return JSONResponse({"error": str(exc), "field": exc.field}, status_code=422)
+    if isinstance(exc, Conflict):
+        body = {"error": str(exc), **({"result": exc.result} if exc.result else {}), **exc.extra}
+        return JSONResponse(body, status_code=409)
     if isinstance(exc, Refused):
         return JSONResponse({"error": str(exc), "result": exc.result.name}, status_code=409 if exc.conflict else 422)
     return JSONResponse({"error": str(exc)}, status_code=409)

@@ -1,13 +1,17 @@
 """HTTP shapes shared by route modules (money answers are also self-service answers), so no
 route module imports another."""
 
+from dataclasses import asdict
+from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from ..cards import money
+from ..cards import applications, money
+from ..cards.lookup import STATUS_NAMES
+from ..cards.services import CardInfo
 from ..domain.ops import MAX_OP_FEN
-from .routes.common import IdempotencyKey, ReasonText
+from .routes.common import CATEGORY_NAMES, IdempotencyKey, ReasonText, Text
 
 PurseName = Literal["epurse", "general"]
 
@@ -58,3 +62,61 @@ class Page(BaseModel):
 def page_of(page: money.Page) -> Page:
     return Page(card_no=page.card_no, items=[Txn(**t.__dict__) for t in page.items],
                 next_before_lsn=page.next_before_lsn)
+
+
+# -- cards ---------------------------------------------------------------------------------
+class Apps(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    epurse: bool = True
+    online: bool = True
+    library: bool = False
+    medical: bool = False
+    insurance: Text = Field("", max_length=40, description="insurance category; required with medical")
+    medical_from_purse: bool = Field(False, description="self-pay may come from the ordinary purses")
+    merchant_member: bool = False
+
+
+class Validity(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    valid_from: AwareDatetime
+    valid_until: AwareDatetime
+
+
+class Card(BaseModel):
+    card_no: int
+    holder_id: int | None
+    status: str
+    category: str
+    apps: Apps
+    credit_good: bool
+    purses: dict[str, int]
+    total_fen: int
+    monthly_pass: Validity | None
+    park_pass: Validity | None
+    voucher_until_ms: int
+    voucher_categories: list[str]
+    allowance_until_ms: int
+    bike_rental_open: bool
+    parking_open: bool
+
+
+def _validity(window: tuple[int, int] | None) -> Validity | None:
+    if window is None:
+        return None
+    return Validity(valid_from=datetime.fromtimestamp(window[0] / 1000).astimezone(),
+                    valid_until=datetime.fromtimestamp(window[1] / 1000).astimezone())
+
+
+def apps_choice(a: Apps) -> applications.Apps:
+    return applications.Apps(**a.model_dump())
+
+
+def card_model(info: CardInfo) -> Card:
+    view = info.view
+    return Card(card_no=view.card_no, holder_id=info.holder_id, status=STATUS_NAMES.get(view.status, "blocked"),
+                category=CATEGORY_NAMES.get(view.category, "adult"),
+                apps=Apps(**asdict(applications.apps_of(view))), credit_good=view.credit_good,
+                purses=view.purses, total_fen=view.total_fen, monthly_pass=_validity(view.monthly_pass),
+                park_pass=_validity(view.park_pass), voucher_until_ms=view.voucher_until_ms,
+                voucher_categories=list(view.voucher_categories), allowance_until_ms=view.allowance_until_ms,
+                bike_rental_open=view.rental_open, parking_open=view.parking_open)

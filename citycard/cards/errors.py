@@ -32,6 +32,16 @@ class Invalid(CardServiceError):
         self.field = field
 
 
+class Conflict(CardServiceError):
+    """The request conflicts with the record (a live card already, a replacement still open);
+    ``result`` names the case for a client, ``extra`` carries what it needs to act."""
+
+    def __init__(self, message: str, result: str | None = None, **extra: object) -> None:
+        super().__init__(message)
+        self.result = result
+        self.extra = extra
+
+
 class Refused(CardServiceError):
     """The card's shard refused the op with ``result``: a conflict with the card's state
     (CONFLICTS) or an op it cannot apply."""

@@ -4,7 +4,7 @@ from datetime import date
 from typing import Annotated, Any, Literal
 
 import asyncpg
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from ...domain.identity import citizen_id_problem
@@ -12,10 +12,9 @@ from ...domain.ops import SetProfile
 from .. import audit
 from ..auth import Operator, Perm, require
 from ..errors import ApiError
-from .common import CATEGORY_BY_NAME, CATEGORY_NAMES, ReasonText, Text, ctx_of, op_key
+from .common import CATEGORY_BY_NAME, CATEGORY_NAMES, HolderId, ReasonText, Text, ctx_of, op_key
 
 router = APIRouter(tags=["cardholders"])
-HolderId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 CategoryName = Literal["adult", "student", "elderly", "disabled"]
 # 17 ASCII digits and a check character (digit or X); HolderIn checks the check character
 CitizenId = Annotated[str, Field(min_length=18, max_length=18, pattern="^[0-9]{17}[0-9X]$",

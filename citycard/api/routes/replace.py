@@ -28,15 +28,17 @@ import msgspec
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from ...cards.services import card_info
 from ...domain.cards import CardStatus
 from ...domain.ops import CardOp, Moved, OpOutcome, TransferIn, TransferOut
 from ...domain.purses import PURSE_NAMES
 from ...domain.results import Result
+from ...persistence import card_rows
 from .. import audit
 from ..auth import Operator, Perm, require
 from ..context import ApiContext
 from ..errors import ApiError, raise_for_result
-from .cards import Card, insert_card, load_card
+from ..models import Card, card_model
 from .common import CardNo, ReasonText, ctx_of
 
 router = APIRouter(tags=["cards"])
@@ -87,13 +89,13 @@ async def replace_card(card_no: CardNo, body: ReplaceIn, request: Request,
     for good. Safe to retry: a repeated request (even a concurrent one) resumes the same
     replacement and answers the same new card."""
     ctx = ctx_of(request)
-    before = await load_card(request, card_no)  # 422 bad check digit, 404 unknown
+    before = card_model(await card_info(ctx_of(request).services, card_no))  # 422 bad check digit, 404 unknown
     rep = await find(ctx.pool, card_no)
     if rep is None:
         _check_replaceable(before)
         rep = await start(ctx, op, card_no, body.reason)
     await finish(ctx, op, rep)
-    return await load_card(request, rep.new_card_no)
+    return card_model(await card_info(ctx_of(request).services, rep.new_card_no))
 
 
 def _check_replaceable(card: Card) -> None:
@@ -138,7 +140,7 @@ async def start(ctx: ApiContext, op: Operator, old_card_no: int, reason: str) ->
             raise ApiError(409, f"card {old_card_no} is still receiving the replacement of card {pending};"
                                 f" retry that replacement first", replacing=pending)
         # apps, passes and money come with TransferIn
-        new_card_no = await insert_card(conn, ctx.shards.n_shards, old["holder_id"], old["category"])
+        new_card_no = await card_rows.insert_card(conn, ctx.shards.n_shards, old["holder_id"], old["category"])
         await conn.execute(
             "INSERT INTO replacements (old_card_no, new_card_no, state, reason) VALUES ($1, $2, 'started', $3)",
             old_card_no, new_card_no, reason)

@@ -12,12 +12,12 @@ from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from pydantic import BaseModel, ConfigDict
 from starlette.requests import HTTPConnection
 
-from ...cards import money
+from ...cards import lifecycle, money
+from ...cards.who import Holder as HolderLogin
 from ...domain.cards import card_no_valid
 from ..errors import ApiError
-from ..models import Balance, Page, page_of
+from ..models import Balance, Card, Page, card_model, page_of
 from ..pins import pin_well_formed
-from .cards import Card, set_lost
 from .common import ctx_of
 from .pins import HOLDER, Reason, Responses, check_pin, error_response
 
@@ -86,4 +86,5 @@ async def self_loss(card_no: Holder, request: Request, body: LossIn | None = Non
     """Report the card lost: refused at every gateway within a second. A found card is
     unblocked at a counter."""
     reason = body.reason if body is not None else DEFAULT_LOSS_REASON
-    return await set_lost(request, f"self:{card_no}", card_no, reason, lost=True)
+    svc = ctx_of(request).services
+    return card_model(await lifecycle.set_lost(svc, HolderLogin(card_no), card_no, reason, lost=True))

@@ -8,10 +8,11 @@ from typing import Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from ..cards import applications, money
+from ..cards.holders import CATEGORY_NAMES
 from ..cards.lookup import STATUS_NAMES
 from ..cards.services import CardInfo
 from ..domain.ops import MAX_OP_FEN
-from .routes.common import CATEGORY_NAMES, IdempotencyKey, ReasonText, Text
+from .routes.common import IdempotencyKey, ReasonText, Text
 
 PurseName = Literal["epurse", "general"]
 

@@ -7,12 +7,9 @@ from fastapi import Path, Request
 from pydantic import AfterValidator, Field
 
 from ...cards import lookup
-from ...domain.cards import Category
 from ...domain.views import CardView
 from ..context import ApiContext
 
-CATEGORY_BY_NAME = {c.name.lower(): int(c) for c in Category}
-CATEGORY_NAMES = {v: k for k, v in CATEGORY_BY_NAME.items()}
 CardNo = Annotated[int, Path(ge=1, le=10**18 - 1, description="card number (issuer prefix, serial, check digit)")]
 HolderId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 

@@ -1,18 +1,17 @@
-"""Cardholders: apply, query, correct information (before/after kept in the audit log)."""
+"""Cardholders over HTTP: apply, query, correct information; the card-services layer
+(cards/holders.py) does the work, before and after kept in the audit log."""
 
+from dataclasses import asdict
 from datetime import date
 from typing import Annotated, Any, Literal
 
-import asyncpg
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from ...cards import holders
 from ...domain.identity import citizen_id_problem
-from ...domain.ops import SetProfile
-from .. import audit
 from ..auth import Operator, Perm, require
-from ..errors import ApiError
-from .common import CATEGORY_BY_NAME, CATEGORY_NAMES, HolderId, ReasonText, Text, ctx_of, op_key
+from .common import HolderId, ReasonText, Text, ctx_of
 
 router = APIRouter(tags=["cardholders"])
 CategoryName = Literal["adult", "student", "elderly", "disabled"]
@@ -74,56 +73,29 @@ class Holder(BaseModel):
     cards: list[int]
 
 
-_COLUMNS = "holder_id, citizen_id, name, birth_date, category, photo_ref"
-
-
-def _holder(row: asyncpg.Record, cards: list[int]) -> Holder:
-    return Holder(holder_id=row["holder_id"], citizen_id=row["citizen_id"], name=row["name"],
-                  birth_date=row["birth_date"], category=CATEGORY_NAMES[row["category"]],  # type: ignore[arg-type]
-                  photo_ref=row["photo_ref"], cards=cards)
-
-
-async def load_holder(conn: asyncpg.Connection | asyncpg.Pool, holder_id: int) -> Holder:
-    row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM holders WHERE holder_id = $1", holder_id)
-    if row is None:
-        raise ApiError(404, f"holder {holder_id} not found")
-    cards = [r[0] for r in await conn.fetch(
-        "SELECT card_no FROM cards WHERE holder_id = $1 ORDER BY issued_at", holder_id)]
-    return _holder(row, cards)
+def _answer(h: holders.Holder) -> Holder:
+    return Holder(**asdict(h))
 
 
 @router.post("/holders", status_code=201, response_model=Holder)
 async def apply(body: HolderIn, request: Request, op: Operator = Depends(require(Perm.CARDS))) -> Holder:  # noqa: B008
     """A resident applies: the identity number's check character and birth date are checked."""
-    ctx = ctx_of(request)
-    async with ctx.pool.acquire() as conn, conn.transaction():
-        try:
-            row = await conn.fetchrow(
-                f"INSERT INTO holders (citizen_id, name, birth_date, category, photo_ref)"
-                f" VALUES ($1, $2, $3, $4, $5) RETURNING {_COLUMNS}",
-                body.citizen_id, body.name, body.birth_date, CATEGORY_BY_NAME[body.category], body.photo_ref)
-        except asyncpg.UniqueViolationError:
-            raise ApiError(409, "a holder with this citizen_id exists", field="citizen_id") from None
-        holder = _holder(row, [])
-        await audit.record(conn, op, "holder.apply", f"holder:{holder.holder_id}", None, holder.model_dump())
-    return holder
+    svc = ctx_of(request).services
+    return _answer(await holders.apply(svc, op, body.citizen_id, body.name, body.birth_date, body.category,
+                                       body.photo_ref))
 
 
 @router.get("/holders/{holder_id}", response_model=Holder)
 async def get_holder(holder_id: HolderId, request: Request,
                      op: Operator = Depends(require(Perm.READ))) -> Holder:  # noqa: B008
-    return await load_holder(ctx_of(request).pool, holder_id)
+    return _answer(await holders.get(ctx_of(request).pool, holder_id))
 
 
 @router.get("/holders", response_model=Holder, responses={404: {"description": "no holder with this citizen_id"}})
 async def find_holder(request: Request,
                       citizen_id: Annotated[CitizenId, Query()],
                       op: Operator = Depends(require(Perm.READ))) -> Holder:  # noqa: B008
-    ctx = ctx_of(request)
-    holder_id = await ctx.pool.fetchval("SELECT holder_id FROM holders WHERE citizen_id = $1", citizen_id)
-    if holder_id is None:
-        raise ApiError(404, "no holder with this citizen_id")
-    return await load_holder(ctx.pool, holder_id)
+    return _answer(await holders.find(ctx_of(request).services, citizen_id))
 
 
 @router.patch("/holders/{holder_id}", response_model=Holder)
@@ -131,31 +103,6 @@ async def correct(holder_id: HolderId, body: HolderPatch, request: Request,
                   op: Operator = Depends(require(Perm.CARDS))) -> Holder:  # noqa: B008
     """Correct a holder's information, with a reason. A new category reaches the holder's
     cards through their shards (it decides concessions)."""
-    ctx = ctx_of(request)
     changes: dict[str, Any] = body.model_dump(exclude_unset=True, exclude={"reason"})
     changes = {k: v for k, v in changes.items() if v is not None}
-    if not changes:
-        raise ApiError(422, "nothing to correct: give at least one field", field="body")
-    async with ctx.pool.acquire() as conn, conn.transaction():
-        before = await load_holder(conn, holder_id)
-        await conn.execute("SELECT 1 FROM holders WHERE holder_id = $1 FOR UPDATE", holder_id)
-        birth = changes.get("birth_date", before.birth_date)
-        problem = citizen_id_problem(before.citizen_id, birth)
-        if problem:
-            raise ApiError(422, f"birth_date: the citizen_id {problem}", field="birth_date")
-        sets = {**changes}
-        if "category" in sets:
-            sets["category"] = CATEGORY_BY_NAME[sets["category"]]
-        assignments = ", ".join(f"{k} = ${i + 2}" for i, k in enumerate(sets))
-        await conn.execute(f"UPDATE holders SET {assignments}, updated_at = now() WHERE holder_id = $1",
-                           holder_id, *sets.values())
-        after = await load_holder(conn, holder_id)
-        await audit.record(conn, op, "holder.correct", f"holder:{holder_id}", before.model_dump(),
-                           after.model_dump(), body.reason)
-    if "category" in changes:
-        views = [await ctx.card_view(c) for c in after.cards]
-        ops = [SetProfile(op_key("profile", v.card_no), v.card_no, sets["category"], v.credit_good)
-               for v in views if v is not None and v.status != 2]
-        if ops:
-            await ctx.run_ops(ops)
-    return after
+    return _answer(await holders.correct(ctx_of(request).services, op, holder_id, changes, body.reason))

@@ -5,6 +5,8 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -17,10 +19,11 @@ from ..actors.shard_client import CallPolicy, ShardClient
 from ..actors.terminal_session import TerminalSession
 from ..config.fare_table import load_fare_tables
 from ..config.settings import Settings
+from ..gateway.build import GatewayLimits, build_gateway
 from ..gateway.hotlist import HotlistCache, HotlistDeltas, max_hotlist_items
 from ..gateway.metrics import Metrics
 from ..gateway.router import Router
-from ..gateway.server import Gateway, GatewayContext
+from ..gateway.server import Gateway
 from ..gateway.sessions import SessionReporter
 from ..gateway.terminal_control import TerminalControl
 from ..persistence import db, hotlist, terminals
@@ -107,53 +110,76 @@ class Platform:
         self.metrics_port = 0
         self.api: Any = None
         self.api_port = 0
+        self._stack = AsyncExitStack()
+        self._kill_on_stop = True
 
     async def start(self, *, gateway_port: int | None = None, metrics_port: int | None = None,
                     api_port: int | None = None) -> None:
-        s = self.settings
+        """Start every service in the one declared order; each registers its stop on the exit
+        stack as it starts, so ``stop`` undoes exactly what started, in reverse. A start that
+        fails part way stops what it had started before raising."""
+        self._stack = AsyncExitStack()
+        try:
+            await self._start_services(gateway_port, metrics_port, api_port)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start_services(self, gateway_port: int | None, metrics_port: int | None,
+                              api_port: int | None) -> None:
+        s, g = self.settings, self.settings.gateway
         await migrate_db(s, self.services.db_url)
         init_ray(s)
         self.shards, self.sessions = self.start_actors()
+        self._on_stop("ray actors", self._kill_actors)
         await asyncio.gather(*[a.ensure_loaded.remote() for a in self.shards + self.sessions])
+        self._on_stop("session flush", self._flush_sessions)  # after the gateway and reporter stopped
         self.pool = await db.create_pool(self.services.db_url, s.database.schema, s.database.pool_size)
-        self.redis = aioredis.from_url(self.services.redis_url)
-        self.hotlist = HotlistCache(self.redis, s.redis.prefix, rebuild=self._rebuild_hotlist, metrics=self.metrics)
-        await self.hotlist.start()
-        g = s.gateway
+        self._on_stop("postgres pool", self._close_pool)
+        self.redis = redis = aioredis.from_url(self.services.redis_url)
+        self._on_stop("redis", redis.aclose)
+        self.hotlist = cache = HotlistCache(redis, s.redis.prefix, rebuild=self._rebuild_hotlist, metrics=self.metrics)
+        await cache.start()
+        self._on_stop("hotlist", cache.stop)
         retries = self.metrics.shard_retries
         self.shard_client = ShardClient(self.shards, CallPolicy.from_settings(s),
                                         on_retry=lambda shard, _exc: retries.labels(str(shard)).inc())
-        self.router = Router(
-            self.shard_client, lambda: self.hotlist.cards, self.metrics,  # type: ignore[union-attr]
-            batch_max_taps=g.shard_batch_max_taps, inflight_calls=g.shard_inflight_calls,
-            queue_max_taps=g.shard_queue_max_taps, linger_ms=g.linger_ms,
-        )
-        self.reporter = SessionReporter(self.sessions)
-        self.reporter.start()
         fares = load_fare_tables(s.fare_table_path())
-        ctx = GatewayContext(
-            self.router, self.sessions, self.reporter, self.metrics,
-            max_frame_bytes=g.max_frame_bytes, max_batch_taps=g.max_batch_taps,
-            auth_timeout_ms=g.auth_timeout_ms, heartbeat_ms=g.heartbeat_ms,
-            fare_version=lambda: fares.version_at(int(time.time() * 1000)), hotlist_version=lambda: self.hotlist.version,  # type: ignore[union-attr]
-            hotlist_delta=HotlistDeltas(partial(hotlist.pool_delta, self.pool), lambda: self.hotlist.version,  # type: ignore[union-attr]
-                                        max_hotlist_items(g.max_frame_bytes)),
-            terminal_max_taps_per_s=g.terminal_max_taps_per_s,
-            terminal_burst_taps=g.terminal_burst_taps,
-        )
-        self.gateway = Gateway(ctx, g.host, g.port if gateway_port is None else gateway_port)
+        parts = build_gateway(
+            self.shard_client, self.sessions, lambda: cache.cards, self.metrics, GatewayLimits.from_settings(g),
+            fare_version=lambda: fares.version_at(int(time.time() * 1000)), hotlist_version=lambda: cache.version,
+            hotlist_delta=HotlistDeltas(partial(hotlist.pool_delta, self.pool), lambda: cache.version,
+                                        max_hotlist_items(g.max_frame_bytes)))
+        self.router, self.reporter = parts.router, parts.reporter
+        parts.reporter.start()
+        self._on_stop("session reports", parts.reporter.stop)
+        self._on_stop("router", parts.router.close)  # stops before the reporter: its last answers count
+        self.gateway = Gateway(parts.ctx, g.host, g.port if gateway_port is None else gateway_port)
         self.gateway_port = await self.gateway.start()
-        self.terminal_control = TerminalControl(
-            ctx, self.redis, s.redis.prefix, self._disabled_terminals, self.metrics,
-            check_interval_s=g.terminal_check_ms / 1000.0,
-        )
+        self._on_stop("gateway", self.gateway.stop)
+        self.terminal_control = TerminalControl(parts.ctx, redis, s.redis.prefix, self._disabled_terminals,
+                                                self.metrics, check_interval_s=g.terminal_check_ms / 1000.0)
         await self.terminal_control.start()
+        self._on_stop("terminal control", self.terminal_control.stop)
         mport = s.metrics.port if metrics_port is None else metrics_port
         if mport or metrics_port == 0:
             self.metrics_port = self.metrics.serve(s.metrics.host, mport)
         aport = s.api.port if api_port is None else api_port
         if aport > 0 or api_port == 0:  # settings: 0 disables; argument: 0 any free port, -1 none
             await self._start_api(aport, fares)
+            self._on_stop("http api", self.api.stop)
+
+    def _on_stop(self, name: str, stop: Callable[[], Awaitable[Any]]) -> None:
+        """Register a started service's stop, bounded, so one stuck part cannot hold the rest."""
+
+        async def bounded() -> None:
+            try:
+                async with asyncio.timeout(STOP_STEP_TIMEOUT_S):
+                    await stop()
+            except Exception as exc:  # noqa: BLE001 - keep going; report what did not stop cleanly
+                log.warning("stopping %s: %r", name, exc)
+
+        self._stack.push_async_callback(bounded)
 
     async def _start_api(self, port: int, fares: Any) -> None:
         from ..api.context import ApiContext
@@ -199,40 +225,30 @@ class Platform:
         return list(await asyncio.gather(*[a.stats.remote() for a in self.shards]))
 
     async def stop(self, *, kill_actors: bool = True) -> None:
-        """Each step is bounded, so one stuck part cannot hold the whole shutdown."""
-        steps: list[tuple[str, Any]] = []
-        if self.api is not None:
-            steps.append(("http api", self.api.stop))
-        if self.terminal_control is not None:
-            steps.append(("terminal control", self.terminal_control.stop))
-        if self.gateway is not None:
-            steps.append(("gateway", self.gateway.stop))
-        if self.router is not None:
-            steps.append(("router", self.router.close))
-        if self.reporter is not None:
-            steps.append(("session reports", self.reporter.stop))
-        if self.hotlist is not None:
-            steps.append(("hotlist", self.hotlist.stop))
-        for a in self.sessions:
-            steps.append(("session flush", a.flush.remote))
-        if self.redis is not None:
-            steps.append(("redis", self.redis.aclose))
-        if self.pool is not None:
-            steps.append(("postgres pool", self.pool.close))
-        for name, step in steps:
-            try:
-                await asyncio.wait_for(_awaitable(step()), STOP_STEP_TIMEOUT_S)
-            except Exception as exc:  # noqa: BLE001 - keep going; report what did not stop cleanly
-                log.warning("stopping %s: %r", name, exc)
-        if self.pool is not None:
+        """Stop what started, in reverse order (``kill_actors=False`` leaves the Ray actors
+        running, for a test that restarts the platform on them)."""
+        self._kill_on_stop = kill_actors
+        await self._stack.aclose()
+
+    async def __aenter__(self) -> "Platform":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def _flush_sessions(self) -> None:
+        await asyncio.gather(*[a.flush.remote() for a in self.sessions])
+
+    async def _close_pool(self) -> None:
+        try:
+            await self.pool.close()
+        finally:
             self.pool.terminate()  # a no-op once close() finished
-        if kill_actors:
+
+    async def _kill_actors(self) -> None:
+        if self._kill_on_stop:
             for a in self.shards + self.sessions:
                 ray.kill(a, no_restart=True)
 
 
 STOP_STEP_TIMEOUT_S = 10.0
-
-
-async def _awaitable(x: Any) -> Any:
-    return await x

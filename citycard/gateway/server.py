@@ -23,6 +23,7 @@ from ..protocols.connection import (
     TapsReceived,
     Violation,
 )
+from ..tasks import cancel_and_wait
 from .metrics import Metrics
 from .router import Pending, Router
 from .sessions import SessionReporter
@@ -325,10 +326,11 @@ class Gateway:
         return self.port
 
     async def stop(self) -> None:
+        """Stop listening, close every connection, and cancel and await the connections'
+        tasks (authentications, parameter queries)."""
         if self._server is not None:
             self._server.close()
             for c in list(self.ctx.connections):
                 c._close()
             await self._server.wait_closed()
-        for t in list(self.ctx.tasks):
-            t.cancel()
+        await cancel_and_wait(list(self.ctx.tasks))

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from citycard.api.auth import Operator, Role
-from citycard.api.routes import replace
+from citycard.cards import replacement as replace
 from citycard.domain.cards import make_card_no
 from citycard.domain.ops import Credit, TransferIn, TransferOut
 from citycard.domain.purses import PURSE_NAMES, Purse
@@ -210,14 +210,14 @@ def test_a_replacement_stopped_between_steps_completes_exactly_once(configured_s
                 old, put_fen = await loaded_card(api, serial, name)
                 cards[name] = (old, put_fen, purses(await ctx.card_view(old)))
 
-            reps = {name: await replace.start(ctx, CLERK, old, "damaged") for name, (old, _, _) in cards.items()}
+            reps = {name: await replace.start(ctx.services, CLERK, old, "damaged") for name, (old, _, _) in cards.items()}
             for name in ("out_applied", "moved_out", "in_applied"):  # the op ran; the row never heard
                 rep = reps[name]
                 out = await ctx.run_op(TransferOut(replace.step_key(rep.old_card_no, "out"), rep.old_card_no,
                                                    rep.new_card_no))
                 assert out.result == Result.OK
             for name in ("moved_out", "in_applied"):
-                await replace.move_out(ctx, reps[name])  # a replay: stores moved
+                await replace.move_out(ctx.services, reps[name])  # a replay: stores moved
             rep = reps["in_applied"]
             stored = await replace.find(ctx.pool, rep.old_card_no)
             assert stored is not None and stored.state == "moved_out" and stored.moved is not None
@@ -299,7 +299,7 @@ def test_replace_refuses_without_writing_anything(configured_services, schema):
                 # the move out is refused, nothing is hotlisted; once the bike is back, a retry
                 # finishes on a fresh key.
                 assert (await client.tap(3, biker, now_ms + 600_000, int(TapKind.BIKE_RETURN), 3)).code == Result.OK
-                rep = await replace.start(ctx, CLERK, biker, "worn out")
+                rep = await replace.start(ctx.services, CLERK, biker, "worn out")
                 assert (await client.tap(4, biker, now_ms + 700_000, int(TapKind.BIKE_RENT), 3)).code == Result.OK
                 for _ in range(2):  # the second answer comes from the remembered refusal
                     r = await post_replace(api, biker)
@@ -320,7 +320,7 @@ def test_replace_refuses_without_writing_anything(configured_services, schema):
 
             # A card still receiving a replacement cannot itself be replaced yet.
             first = await api.new_card(34)
-            rep = await replace.start(ctx, CLERK, first, "lost")
+            rep = await replace.start(ctx.services, CLERK, first, "lost")
             r = await post_replace(api, rep.new_card_no)
             assert r.status_code == 409 and r.json()["replacing"] == first, r.text
             assert (await post_replace(api, first)).status_code == 201

@@ -6,10 +6,9 @@ answer in flight are lost, and a new Router and context start after a delay."""
 from typing import TYPE_CHECKING, Any
 
 from citycard.actors.shard_client import CallPolicy, ShardClient
+from citycard.gateway.build import GatewayLimits, build_gateway
 from citycard.gateway.metrics import Metrics
-from citycard.gateway.router import Router
 from citycard.gateway.server import GatewayContext, TerminalProtocol
-from citycard.gateway.sessions import SessionReporter
 
 from .loop import Owner
 from .model import Model
@@ -99,18 +98,15 @@ class SimGateway:
     def _build(self) -> None:
         sc, w = self.sc, self.world
         client = ShardClient(self.actors, CallPolicy(sc.call_timeout_ms / 1000.0, sc.retry_deadline_ms / 1000.0))
-        router = Router(
-            client, self._hotlist, metrics(), batch_max_taps=sc.batch_max_taps,
-            inflight_calls=sc.inflight_calls, queue_max_taps=sc.queue_max_taps, linger_ms=sc.linger_ms,
-        )
-        reporter = SessionReporter(self.sessions)
-        reporter.start()
-        self.ctx = GatewayContext(
-            router, self.sessions, reporter, metrics(),
-            max_frame_bytes=256 * 1024, max_batch_taps=1000, auth_timeout_ms=10_000, heartbeat_ms=30_000,
-            fare_version=lambda: 1, hotlist_version=lambda: 0,
-            wall_ms=lambda: EPOCH_MS + w.now_ms, nonce=w.rng.randbytes,
-        )
+        limits = GatewayLimits(shard_batch_max_taps=sc.batch_max_taps, shard_inflight_calls=sc.inflight_calls,
+                               shard_queue_max_taps=sc.queue_max_taps, linger_ms=sc.linger_ms,
+                               max_frame_bytes=256 * 1024, max_batch_taps=1000, auth_timeout_ms=10_000,
+                               heartbeat_ms=30_000)
+        parts = build_gateway(client, self.sessions, self._hotlist, metrics(), limits,
+                              fare_version=lambda: 1, hotlist_version=lambda: 0,
+                              wall_ms=lambda: EPOCH_MS + w.now_ms, nonce=w.rng.randbytes)
+        parts.reporter.start()
+        self.ctx = parts.ctx
 
     def _hotlist(self) -> set[int]:
         now = self.world.now_ms

@@ -1,0 +1,80 @@
+"""The one way to build a gateway's parts (Router, SessionReporter, GatewayContext): the
+platform (cli/runtime.py) and the simulation (tests/sim/gateway.py) both call build_gateway,
+so the simulation runs the gateway exactly as wired in production."""
+
+import os
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..actors.shard_client import ShardClient
+from ..config.settings import Gateway as GatewaySettings
+from ..domain.hotlist import Delta
+from .metrics import Metrics
+from .router import Router
+from .server import GatewayContext
+from .sessions import SessionReporter
+
+
+@dataclass(frozen=True)
+class GatewayLimits:
+    """The bounds of one gateway (settings' gateway section; the simulation picks its own)."""
+
+    shard_batch_max_taps: int
+    shard_inflight_calls: int
+    shard_queue_max_taps: int
+    linger_ms: float
+    max_frame_bytes: int
+    max_batch_taps: int
+    auth_timeout_ms: int
+    heartbeat_ms: int
+    terminal_max_taps_per_s: float = 0.0
+    terminal_burst_taps: int = 0
+
+    @classmethod
+    def from_settings(cls, g: GatewaySettings) -> "GatewayLimits":
+        return cls(g.shard_batch_max_taps, g.shard_inflight_calls, g.shard_queue_max_taps, g.linger_ms,
+                   g.max_frame_bytes, g.max_batch_taps, g.auth_timeout_ms, g.heartbeat_ms,
+                   g.terminal_max_taps_per_s, g.terminal_burst_taps)
+
+
+@dataclass(frozen=True)
+class GatewayParts:
+    router: Router
+    reporter: SessionReporter
+    ctx: GatewayContext
+
+
+def _wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def build_gateway(
+    client: ShardClient,
+    sessions: Sequence[Any],
+    hotlist: Callable[[], set[int]],
+    metrics: Metrics,
+    limits: GatewayLimits,
+    *,
+    fare_version: Callable[[], int],
+    hotlist_version: Callable[[], int],
+    hotlist_delta: Callable[[int], Awaitable[Delta]] | None = None,
+    wall_ms: Callable[[], int] = _wall_ms,
+    nonce: Callable[[int], bytes] = os.urandom,
+) -> GatewayParts:
+    """Router, session reporter and connection context; the caller starts the reporter (and
+    stops the three: reporter, router, gateway) as part of its own lifecycle."""
+    router = Router(client, hotlist, metrics, batch_max_taps=limits.shard_batch_max_taps,
+                    inflight_calls=limits.shard_inflight_calls, queue_max_taps=limits.shard_queue_max_taps,
+                    linger_ms=limits.linger_ms)
+    reporter = SessionReporter(sessions)
+    ctx = GatewayContext(
+        router, sessions, reporter, metrics,
+        max_frame_bytes=limits.max_frame_bytes, max_batch_taps=limits.max_batch_taps,
+        auth_timeout_ms=limits.auth_timeout_ms, heartbeat_ms=limits.heartbeat_ms,
+        fare_version=fare_version, hotlist_version=hotlist_version, hotlist_delta=hotlist_delta,
+        terminal_max_taps_per_s=limits.terminal_max_taps_per_s, terminal_burst_taps=limits.terminal_burst_taps,
+        wall_ms=wall_ms, nonce=nonce,
+    )
+    return GatewayParts(router, reporter, ctx)

@@ -4,6 +4,7 @@ Every change to a card goes through its AccountShard (``run_ops``), never by dir
 counter top-up and a tap on the same card are ordered by the one writer of that card.
 """
 
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -13,11 +14,16 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from ..actors.shard_client import ShardClient
+from ..cards.pin_kdf import KdfGate
 from ..cards.services import Services
 from ..config.settings import Settings
 from ..domain.ops import CardOp, OpOutcome
 from ..domain.views import CardView
 from ..persistence import hotlist
+
+# Half the cores for PIN checks (each ~0.1 s of CPU), the rest for the loop and the gateway.
+KDF_WORKERS = max(1, (os.cpu_count() or 2) // 2)
+KDF_CAPACITY = 64  # PIN checks in progress or waiting; beyond that 503, no try counted
 
 
 @dataclass
@@ -36,8 +42,10 @@ class ApiContext:
     @cached_property
     def services(self) -> Services:
         """What the card-services layer is given."""
+        api = self.settings.api
         return Services(self.shards, self.pool, self.redis, self.prefix, self.insurance_categories,
-                        self.settings.api.epurse_max_fen)
+                        api.epurse_max_fen, api.pin_max_tries, api.pin_kdf_n,
+                        KdfGate(KDF_WORKERS, KDF_CAPACITY))
 
     def shard_of(self, card_no: int) -> int:
         return self.shards.shard_of(card_no)

@@ -11,6 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..actors.shard_client import ShardUnavailable
 from ..cards.errors import CardServiceError, Conflict, Invalid, NotFound, Refused, check_result
+from ..cards.pins import Busy, PinLocked, WrongPin
 from ..errors import CityCardError
 
 
@@ -71,6 +72,13 @@ def card_service_error(exc: CardServiceError) -> JSONResponse:
     409 for a conflict with the card's state (with the result code)."""
     if isinstance(exc, NotFound):
         return JSONResponse({"error": str(exc)}, status_code=404)
+    if isinstance(exc, WrongPin):
+        return JSONResponse({"error": str(exc), "tries_left": exc.tries_left}, status_code=401,
+                            headers={"WWW-Authenticate": "Bearer"})
+    if isinstance(exc, PinLocked):
+        return JSONResponse({"error": str(exc), "tries_left": 0}, status_code=423)
+    if isinstance(exc, Busy):
+        return JSONResponse({"error": str(exc)}, status_code=503)
     if isinstance(exc, Invalid):
         return JSONResponse({"error": str(exc), "field": exc.field}, status_code=422)
     if isinstance(exc, Conflict):

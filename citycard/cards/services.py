@@ -9,6 +9,7 @@ from ..actors.shard_client import ShardClient
 from ..domain.views import CardView
 from ..persistence import card_rows
 from .lookup import card
+from .pin_kdf import KdfGate
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,9 @@ class Services:
     redis_prefix: str
     insurance_categories: frozenset[str]  # as the fare table names them
     epurse_max_fen: int
+    pin_max_tries: int
+    pin_kdf_n: int  # scrypt cost of new PIN hashes
+    kdf_gate: KdfGate  # one per app, made inside its event loop
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from citycard.api.pins import KdfParams, hash_pin, new_salt
+from citycard.cards.pin_kdf import KdfParams, hash_pin, new_salt
 from citycard.domain.results import Result
 from tests.support.city import ApiCity, api_city
 from tests.support.terminal import ride

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from citycard.api.pins import (
+from citycard.cards.pin_kdf import (
     DKLEN_BYTES,
     SALT_BYTES,
     KdfBusy,

@@ -12,14 +12,16 @@ from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from pydantic import BaseModel, ConfigDict
 from starlette.requests import HTTPConnection
 
-from ...cards import lifecycle, money
+from ...cards import lifecycle, money, pins
+from ...cards.errors import Refused
+from ...cards.pin_kdf import pin_well_formed
 from ...cards.who import Holder as HolderLogin
 from ...domain.cards import card_no_valid
+from ...domain.results import Result
 from ..errors import ApiError
 from ..models import Balance, Card, Page, card_model, page_of
-from ..pins import pin_well_formed
+from ..pin_models import HOLDER, Reason, Responses, error_response
 from .common import ctx_of
-from .pins import HOLDER, Reason, Responses, check_pin, error_response
 
 router = APIRouter(prefix="/self", tags=["self-service"])
 _CARD_NO_MAX_DIGITS = 18
@@ -53,7 +55,12 @@ async def holder_card(request: Request,
     if not pin_well_formed(cred.password):
         raise ApiError(422, "password: a PIN is 6 digits 0-9", field="password")
     card_no = int(user)
-    await check_pin(request, card_no, cred.password, channel="self", cancelled_status=403)
+    try:
+        await pins.check(ctx_of(request).services, card_no, cred.password, channel="self")
+    except Refused as exc:
+        if exc.result != Result.CARD_CANCELLED:
+            raise
+        raise ApiError(403, str(exc), result=exc.result.name) from None  # a cancelled card cannot log in
     return card_no
 
 

@@ -1,0 +1,194 @@
+"""PINs: set at a counter, reset by a clerk who identified the holder, changed and verified
+by the holder. Every check counts a try first (atomically, in Postgres), so concurrent guesses
+cannot exceed the lockout; the KDF runs in a bounded gate so a flood cannot take every core."""
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from ..domain.cards import CardStatus
+from ..domain.results import Result
+from ..persistence import audit
+from ..persistence import pins as rows
+from .errors import CardServiceError, Conflict, Refused
+from .lookup import card
+from .pin_kdf import KdfBusy, KdfParams, hash_pin, new_salt, pin_matches
+from .services import Services
+from .who import Holder, Who
+
+
+class WrongPin(CardServiceError):
+    def __init__(self, message: str, tries_left: int) -> None:
+        super().__init__(message)
+        self.tries_left = tries_left
+
+
+class PinLocked(CardServiceError):
+    """Too many wrong PINs: only a counter reset unlocks."""
+
+
+class Busy(CardServiceError):
+    """Too many PIN checks at once; no try was counted."""
+
+
+@dataclass(frozen=True)
+class PinState:
+    card_no: int
+    pin_set: bool
+    locked: bool
+    failed_tries: int
+    tries_left: int
+    kdf: str | None
+    updated_at: datetime | None
+
+
+@dataclass(frozen=True)
+class StoredPin:
+    pin_hash: bytes
+    kdf: str
+
+
+def _state(card_no: int, row: asyncpg.Record | None, max_tries: int) -> PinState:
+    if row is None:
+        return PinState(card_no, False, False, 0, max_tries, None, None)
+    tries = row["failed_tries"]
+    return PinState(card_no, True, tries >= max_tries, tries, max(max_tries - tries, 0), row["kdf"],
+                    rows.updated_at(row))
+
+
+def _params(svc: Services) -> KdfParams:
+    return KdfParams(svc.pin_kdf_n)
+
+
+async def _live_card(svc: Services, card_no: int) -> None:
+    """Invalid / NotFound for no card; a cancelled (or replaced) card's PIN is of no use."""
+    view = await card(svc.shards, card_no)
+    if view.status == CardStatus.CANCELLED:
+        raise Refused(Result.CARD_CANCELLED)
+
+
+def _no_pin(card_no: int) -> Conflict:
+    return Conflict(f"no PIN is set on card {card_no}; a counter sets the first one")
+
+
+def _locked(max_tries: int) -> PinLocked:
+    return PinLocked(f"the PIN is locked after {max_tries} wrong tries; a reset at a service counter unlocks it")
+
+
+async def _hash(svc: Services, pin: str) -> tuple[bytes, bytes, str]:
+    salt = new_salt()
+    try:
+        with svc.kdf_gate.ticket():
+            pin_hash, kdf = await svc.kdf_gate.run(hash_pin, pin, salt, _params(svc))
+    except KdfBusy:
+        raise Busy("too many PIN checks at once; retry shortly") from None
+    return pin_hash, salt, kdf
+
+
+async def check(svc: Services, card_no: int, pin: str, *, channel: str, rehash: bool = True) -> StoredPin:
+    """Count a try and check ``pin``: the stored PIN when right; WrongPin, PinLocked, a
+    Conflict (no PIN) or Refused (cancelled card) otherwise. ``channel`` goes into the
+    lockout's audit entry."""
+    await _live_card(svc, card_no)
+    max_tries = svc.pin_max_tries
+    try:
+        with svc.kdf_gate.ticket():
+            return await _check_in_gate(svc, card_no, pin, channel, max_tries, rehash)
+    except KdfBusy:
+        raise Busy("too many PIN checks at once; retry shortly") from None
+
+
+async def _check_in_gate(svc: Services, card_no: int, pin: str, channel: str, max_tries: int,
+                         rehash: bool) -> StoredPin:
+    gate = svc.kdf_gate
+    row = await rows.reserve_try(svc.pool, card_no, max_tries)
+    if row is None:
+        raise _locked(max_tries) if await rows.exists(svc.pool, card_no) else _no_pin(card_no)
+    tries = row["failed_tries"]  # this try included
+    if not await gate.run(pin_matches, pin, row["salt"], row["pin_hash"], row["kdf"]):
+        left = max_tries - tries
+        if left > 0:
+            raise WrongPin("wrong PIN", tries_left=left)
+        # exactly one request reaches the limit: the reservation above is atomic
+        holder = Holder(card_no)
+        await audit.record(svc.pool, holder.name, holder.role, "pin.lockout", f"card:{card_no}",
+                           {"failed_tries": tries - 1}, {"failed_tries": tries, "locked": True}, channel)
+        raise WrongPin("wrong PIN; the PIN is now locked until a reset at a service counter", tries_left=0)
+    await rows.give_back(svc.pool, card_no, row["pin_hash"], tries)
+    stored = StoredPin(row["pin_hash"], row["kdf"])
+    if rehash and stored.kdf != _params(svc).text():
+        stored = await _rehash(svc, card_no, pin, stored)
+    return stored
+
+
+async def _rehash(svc: Services, card_no: int, pin: str, old: StoredPin) -> StoredPin:
+    """The stored parameters are not the current ones (the cost was raised): store the PIN anew."""
+    salt = new_salt()
+    pin_hash, kdf = await svc.kdf_gate.run(hash_pin, pin, salt, _params(svc))
+    async with svc.pool.acquire() as conn, conn.transaction():
+        if not await rows.rehash(conn, card_no, pin_hash, salt, kdf, old.pin_hash):
+            return old
+        holder = Holder(card_no)
+        await audit.record(conn, holder.name, holder.role, "pin.rehash", f"card:{card_no}", {"kdf": old.kdf},
+                           {"kdf": kdf})
+    return StoredPin(pin_hash, kdf)
+
+
+async def state(svc: Services, card_no: int) -> PinState:
+    """Whether a PIN is set and whether it is locked (never the PIN or its hash)."""
+    await card(svc.shards, card_no)
+    return _state(card_no, await rows.state(svc.pool, card_no), svc.pin_max_tries)
+
+
+def _already_set(card_no: int) -> Conflict:
+    return Conflict(f"card {card_no} already has a PIN: reset it at a counter or change it with the old PIN")
+
+
+async def set_first(svc: Services, who: Who, card_no: int, pin: str) -> PinState:
+    """A card's first PIN, at a counter; an existing PIN is reset or changed instead."""
+    await _live_card(svc, card_no)
+    if await rows.exists(svc.pool, card_no):
+        raise _already_set(card_no)  # early, before spending a KDF on it
+    pin_hash, salt, kdf = await _hash(svc, pin)
+    async with svc.pool.acquire() as conn, conn.transaction():
+        row = await rows.insert(conn, card_no, pin_hash, salt, kdf)
+        if row is None:
+            raise _already_set(card_no)  # set concurrently
+        await audit.record(conn, who.name, who.role, "pin.set", f"card:{card_no}", None, {"kdf": kdf})
+    return _state(card_no, row, svc.pin_max_tries)
+
+
+def _audit_view(row: asyncpg.Record, max_tries: int) -> dict[str, Any]:
+    return {"failed_tries": row["failed_tries"], "locked": row["failed_tries"] >= max_tries, "kdf": row["kdf"]}
+
+
+async def reset(svc: Services, who: Who, card_no: int, new_pin: str, reason: str) -> PinState:
+    """A clerk who has identified the holder replaces the PIN; this also lifts a lockout."""
+    await _live_card(svc, card_no)
+    if not await rows.exists(svc.pool, card_no):
+        raise _no_pin(card_no)
+    pin_hash, salt, kdf = await _hash(svc, new_pin)
+    max_tries = svc.pin_max_tries
+    async with svc.pool.acquire() as conn, conn.transaction():
+        before = await rows.state(conn, card_no, lock=True)
+        if before is None:
+            raise _no_pin(card_no)
+        row = await rows.replace(conn, card_no, pin_hash, salt, kdf, before["pin_hash"])
+        assert row is not None  # the row is locked: nothing changed it meanwhile
+        await audit.record(conn, who.name, who.role, "pin.reset", f"card:{card_no}", _audit_view(before, max_tries),
+                           _audit_view(row, max_tries), reason)
+    return _state(card_no, row, max_tries)
+
+
+async def change(svc: Services, card_no: int, old_pin: str, new_pin: str) -> None:
+    """The holder changes the PIN with the old one; a wrong old PIN counts as a failed try."""
+    old = await check(svc, card_no, old_pin, channel="pin/change", rehash=False)
+    pin_hash, salt, kdf = await _hash(svc, new_pin)
+    async with svc.pool.acquire() as conn, conn.transaction():
+        if await rows.replace(conn, card_no, pin_hash, salt, kdf, old.pin_hash) is None:
+            raise Conflict("the PIN was changed or reset meanwhile; nothing changed")
+        holder = Holder(card_no)
+        await audit.record(conn, holder.name, holder.role, "pin.change", f"card:{card_no}", {"kdf": old.kdf},
+                           {"kdf": kdf})

@@ -14,6 +14,7 @@ import asyncpg
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from ..persistence import tokens
 from .errors import ApiError
 
 TOKEN_PREFIX = "cc_"
@@ -67,8 +68,7 @@ async def create_token(conn: asyncpg.Connection, operator: str, roles: list[Role
     if not roles:
         raise ValueError("at least one role")
     token = TOKEN_PREFIX + secrets.token_hex(32)
-    await conn.execute("INSERT INTO api_tokens (token_hash, operator, roles) VALUES ($1, $2, $3)",
-                       hash_token(token), operator.strip(), [str(r) for r in roles])
+    await tokens.insert(conn, hash_token(token), operator.strip(), [str(r) for r in roles])
     return token
 
 
@@ -84,9 +84,8 @@ class TokenCache:
         now = time.monotonic()
         if hit is not None and hit[1] > now:
             return hit[0]
-        row = await pool.fetchrow(
-            "SELECT operator, roles FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL", h)
-        op = None if row is None else Operator(row["operator"], tuple(Role(r) for r in row["roles"]))
+        found = await tokens.active(pool, h)
+        op = None if found is None else Operator(found[0], tuple(Role(r) for r in found[1]))
         if len(self._entries) > 10_000:
             self._entries.clear()
         self._entries[h] = (op, now + _CACHE_S)

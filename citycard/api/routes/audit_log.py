@@ -1,12 +1,12 @@
 """The audit log, for auditors: who did what, when, before and after."""
 
-import json
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel
 
+from ...persistence import audit
 from ..auth import Operator, Perm, require
 from .common import Text, ctx_of
 
@@ -32,11 +32,4 @@ async def audit_entries(request: Request,
                         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
                         op: Operator = Depends(require(Perm.AUDIT))) -> list[Entry]:  # noqa: B008
     """Entries oldest first after ``after_id``; ``subject`` like ``card:330100...`` or ``holder:7``."""
-    rows = await ctx_of(request).pool.fetch(
-        "SELECT * FROM audit_log WHERE audit_id > $1 AND ($2::text IS NULL OR subject = $2)"
-        " ORDER BY audit_id LIMIT $3", after_id, subject, limit)
-    return [Entry(**{**dict(r), "before": _json(r["before"]), "after": _json(r["after"])}) for r in rows]
-
-
-def _json(v: Any) -> Any:
-    return json.loads(v) if isinstance(v, str) else v
+    return [Entry(**e) for e in await audit.entries(ctx_of(request).pool, subject, after_id, limit)]

@@ -160,7 +160,7 @@ def main() -> int:
     p.add_argument("--keep", action="store_true", help="keep the schema afterwards")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger("citycard.api.disburse").setLevel(logging.INFO)  # the runner's own timings
+    logging.getLogger("citycard.cards.disburse").setLevel(logging.INFO)  # the runner's own timings
     import ray
     import uvloop
 

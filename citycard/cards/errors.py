@@ -55,6 +55,20 @@ class Refused(CardServiceError):
         return self.result in CONFLICTS
 
 
+
+class TooLarge(CardServiceError):
+    """The request is more than the service takes at once (a list too long): split it.
+    ``field`` names the part."""
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class Busy(CardServiceError):
+    """The service is doing as much as it is allowed to at once (runs in progress): retry later."""
+
+
 def check_result(result: int, card_no: int) -> None:
     """Raise for a refused op; OK returns."""
     if result == Result.OK:

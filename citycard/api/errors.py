@@ -10,8 +10,17 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..actors.shard_client import ShardUnavailable
-from ..cards.errors import CardServiceError, Conflict, Invalid, NotFound, Refused, check_result
-from ..cards.pins import Busy, PinLocked, WrongPin
+from ..cards.errors import (
+    Busy,
+    CardServiceError,
+    Conflict,
+    Invalid,
+    NotFound,
+    Refused,
+    TooLarge,
+    check_result,
+)
+from ..cards.pins import PinLocked, WrongPin
 from ..errors import CityCardError
 
 
@@ -79,6 +88,8 @@ def card_service_error(exc: CardServiceError) -> JSONResponse:
         return JSONResponse({"error": str(exc), "tries_left": 0}, status_code=423)
     if isinstance(exc, Busy):
         return JSONResponse({"error": str(exc)}, status_code=503)
+    if isinstance(exc, TooLarge):
+        return JSONResponse({"error": str(exc), "field": exc.field}, status_code=413)
     if isinstance(exc, Invalid):
         return JSONResponse({"error": str(exc), "field": exc.field}, status_code=422)
     if isinstance(exc, Conflict):

@@ -12,7 +12,7 @@ from ..domain.cards import CardStatus
 from ..domain.results import Result
 from ..persistence import audit
 from ..persistence import pins as rows
-from .errors import CardServiceError, Conflict, Refused
+from .errors import Busy, CardServiceError, Conflict, Refused
 from .lookup import card
 from .pin_kdf import KdfBusy, KdfParams, hash_pin, new_salt, pin_matches
 from .services import Services
@@ -27,10 +27,6 @@ class WrongPin(CardServiceError):
 
 class PinLocked(CardServiceError):
     """Too many wrong PINs: only a counter reset unlocks."""
-
-
-class Busy(CardServiceError):
-    """Too many PIN checks at once; no try was counted."""
 
 
 @dataclass(frozen=True)

@@ -3,14 +3,11 @@ per period with progress and a report. The card-services layer does the work
 (``cards/programmes.py``, ``cards/programme_uploads.py``, ``cards/programme_runs.py``); the
 credits go through the shards (``cards/disburse.py``): at most one per (programme, period, holder)."""
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 
 from ...cards import programme_runs, programme_uploads, programmes
-from ...cards.errors import Busy, TooLarge
 from ...cards.programme_uploads import MAX_UPLOAD_BYTES
 from ..auth import Operator, Perm, require
 from ..disburse import runs_of
@@ -32,18 +29,6 @@ router = APIRouter(tags=["disbursements"])
 ProgrammeId = Annotated[int, Path(ge=1, le=2**62)]
 RunId = Annotated[int, Path(ge=1, le=2**62)]
 UploadId = Annotated[int, Path(ge=1, le=2**62)]
-
-
-@contextmanager
-def _http_errors() -> Iterator[None]:
-    """The layer's refusals that the API's error handlers do not map: a list too large (413),
-    the runs at their limit (503)."""
-    try:
-        yield
-    except TooLarge as exc:
-        raise ApiError(413, str(exc), field=exc.field) from None
-    except Busy as exc:
-        raise ApiError(503, str(exc)) from None
 
 
 # -- programmes ------------------------------------------------------------------------------
@@ -100,8 +85,7 @@ async def upload_beneficiaries(programme_id: ProgrammeId, request: Request,
         raise ApiError(415, "content-type: send text/csv or application/json", field="content-type")
     body = await _read_body(request)
     fmt: Literal["csv", "json"] = "csv" if media == "text/csv" else "json"
-    with _http_errors():
-        done = await programme_uploads.upload(ctx_of(request).pool, op, programme_id, fmt, body)
+    done = await programme_uploads.upload(ctx_of(request).pool, op, programme_id, fmt, body)
     return UploadResult.model_validate(done, from_attributes=True)
 
 
@@ -124,8 +108,7 @@ async def start_run(programme_id: ProgrammeId, body: RunIn, request: Request,
     """Start the run of a period in the background, or resume it if the period exists (stopped,
     failed, interrupted, or done and the list has grown since). Each beneficiary is credited
     at most once per period, however often this is called."""
-    with _http_errors():
-        run = await programme_runs.start(runs_of(request.app), op, programme_id, body.period)
+    run = await programme_runs.start(runs_of(request.app), op, programme_id, body.period)
     return Run.model_validate(run, from_attributes=True)
 
 

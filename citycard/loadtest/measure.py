@@ -55,24 +55,6 @@ async def run_measured(phase: Phase, target: Target, view: CityView, show: bool,
     return res
 
 
-def processes_report(phases: list[PhaseResult]) -> dict[str, Any]:
-    """CPU seconds by process role over all phases, per answered tap, and memory over time."""
-    cpu: dict[str, float] = {}
-    for p in phases:
-        for role, s in p.extra.get("cpu_s", {}).items():
-            cpu[role] = cpu.get(role, 0.0) + s
-    answered = sum(p.totals.answered for p in phases)
-    memory: list[dict[str, float]] = []
-    offset_s = 0.0
-    for p in phases:
-        memory += [{**m, "t_s": m["t_s"] + offset_s} for m in p.extra.get("memory_mb", [])]
-        offset_s += p.phase.duration_s
-    return {"cpu_s": cpu, "cpu_us_per_tap": {r: s * 1e6 / answered for r, s in cpu.items()} if answered else {},
-            "cpu_us_per_tap_total": sum(cpu.values()) * 1e6 / answered if answered else 0.0,
-            "memory_mb": memory,
-            "note": "processes on this machine; postgres counts every postgres process here"}
-
-
 async def find_max(args: Namespace, target: Target, view: CityView, show: bool,
                    phases: list[PhaseResult]) -> dict[str, Any]:
     rate, step_s, bound = float(args.rate), float(args.step_seconds), float(args.p99_bound_ms)

@@ -48,6 +48,7 @@ class ApiServer:
             self._server.should_exit = True
         if self._task is not None:
             try:
-                await asyncio.wait_for(asyncio.shield(self._task), 6)
+                async with asyncio.timeout(6):
+                    await asyncio.shield(self._task)
             except TimeoutError:
                 await cancel_and_wait([self._task])

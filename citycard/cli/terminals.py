@@ -28,7 +28,8 @@ def _operator() -> str:
 async def _publish(redis_url: str, prefix: str, terminal_id: int) -> int:
     redis = aioredis.from_url(redis_url, socket_connect_timeout=REDIS_TIMEOUT_S, socket_timeout=REDIS_TIMEOUT_S)
     try:
-        return await asyncio.wait_for(terminals.publish_disabled(redis, prefix, terminal_id), REDIS_TIMEOUT_S)
+        async with asyncio.timeout(REDIS_TIMEOUT_S):
+            return await terminals.publish_disabled(redis, prefix, terminal_id)
     finally:
         await redis.aclose()
 

@@ -70,7 +70,8 @@ class TerminalControl:
         if self._check_interval_s > 0:
             self._tasks.append(loop.create_task(self._check_loop()))
         try:
-            await asyncio.wait_for(self.listening.wait(), START_WAIT_S)
+            async with asyncio.timeout(START_WAIT_S):
+                await self.listening.wait()
         except TimeoutError:
             log.warning("terminal control: not subscribed after %.0f s; still trying", START_WAIT_S)
 
@@ -91,7 +92,8 @@ class TerminalControl:
         ids = {c.conn.terminal_id for c in self._ctx.connections if c.conn.terminal_id and not c.conn.closed}
         if not ids:
             return 0
-        disabled = await asyncio.wait_for(self._disabled_among(sorted(ids)), CHECK_TIMEOUT_S)
+        async with asyncio.timeout(CHECK_TIMEOUT_S):
+            disabled = await self._disabled_among(sorted(ids))
         return sum(self.cut_off(t, "check") for t in disabled)
 
     async def _check_logged(self) -> None:
@@ -131,6 +133,7 @@ class TerminalControl:
             finally:
                 self.listening.clear()
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(pubsub.aclose(), BACKOFF_MAX_S)
+                    async with asyncio.timeout(BACKOFF_MAX_S):
+                        await pubsub.aclose()
             await asyncio.sleep(delay_s)
             delay_s = next_backoff_s(delay_s)

@@ -164,6 +164,7 @@ class Platform:
         mport = s.metrics.port if metrics_port is None else metrics_port
         if mport or metrics_port == 0:
             self.metrics_port = self.metrics.serve(s.metrics.host, mport)
+            self._on_stop("metrics server", self.metrics.stop_serving)
         aport = s.api.port if api_port is None else api_port
         if aport > 0 or api_port == 0:  # settings: 0 disables; argument: 0 any free port, -1 none
             await self._start_api(aport, fares)

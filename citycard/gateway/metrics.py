@@ -1,7 +1,10 @@
 """Prometheus metrics of the running platform, in one registry served at /metrics."""
 
+import asyncio
 import bisect
+import threading
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import HistogramMetricFamily
@@ -42,6 +45,7 @@ class BatchHistogram(Collector):
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        self._served: list[tuple[Any, threading.Thread]] = []
         r = self.registry
         self.taps = Counter("citycard_taps", "Taps answered, by kind and result", ["kind", "result"], registry=r)
         self.tap_latency = BatchHistogram(
@@ -74,6 +78,16 @@ class Metrics:
         )
 
     def serve(self, host: str, port: int) -> int:
-        """Start the /metrics HTTP endpoint; returns the bound port (0 picks a free one)."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        """Start the /metrics HTTP endpoint (a thread of its own); returns the bound port (0
+        picks a free one). ``stop_serving`` stops it."""
+        server, thread = start_http_server(port, addr=host, registry=self.registry)
+        self._served.append((server, thread))
         return int(server.server_address[1])
+
+    async def stop_serving(self) -> None:
+        """Stop every /metrics endpoint started here and wait for its thread to end."""
+        served, self._served = self._served, []
+        for server, thread in served:
+            await asyncio.to_thread(server.shutdown)  # returns once serve_forever has returned
+            server.server_close()
+            await asyncio.to_thread(thread.join)

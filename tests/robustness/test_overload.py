@@ -5,7 +5,7 @@ BUSY one) is in the journal.
 Capacity is made small and found cheaply: the gateway runs with tiny shard lanes (10 taps per
 shard call, one call in flight, 200 queued taps per shard), and a closed-loop phase measures
 how many taps a second it decides. Then an open-loop phase offers 3x that for a few seconds
-from pre-encoded batches (so the load generator's own CPU does not cap the offered rate).
+from batches encoded ahead of time (so the load generator's own CPU does not cap the offered rate).
 tests/e2e/test_tap_path.py checks one BUSY batch and its retry; this is sustained overload.
 """
 
@@ -22,7 +22,7 @@ from tests.support.city import plain_cards
 from tests.support.clock import now_ms
 from tests.support.live import live_city, mib, rss_bytes
 from tests.support.results import ROBUSTNESS_RESULTS
-from tests.support.terminal import LoadConn, encode
+from tests.support.terminal import LoadConn
 
 pytestmark = [pytest.mark.services, pytest.mark.usefixtures("ray_cluster")]
 
@@ -36,10 +36,10 @@ FACTOR = 3.0
 MAX_TAPS = 400_000  # hard cap on taps offered in the overload phase
 
 
-def batch_frame(req: int, first_seq: int, cards: list[int], k: int) -> bytes:
+def batch_frame(conn: LoadConn, req: int, first_seq: int, cards: list[int], k: int) -> bytes:
     items = [m.TapItem(seq=first_seq + i, card=cards[(k + i) % len(cards)], time_ms=now_ms(), kind=4, amount_fen=1)
              for i in range(BATCH)]
-    return encode(m.TapBatch(req=req, taps=items))
+    return conn.batch(req, items)
 
 
 def p99(values: array) -> float:
@@ -78,7 +78,7 @@ def test_three_times_capacity_gets_busy_with_bounded_queues_latency_and_memory(l
         while time.perf_counter() - t0 < CALIBRATE_S:
             for i, conn in enumerate(conns):
                 while len(conn.sent) < outstanding:
-                    conn.send(reqs[i], seqs[i], batch_frame(reqs[i], seqs[i], cards, k))
+                    conn.send(reqs[i], seqs[i], batch_frame(conn, reqs[i], seqs[i], cards, k))
                     reqs[i] += 1
                     seqs[i] += BATCH
                     k += BATCH
@@ -102,7 +102,7 @@ def test_three_times_capacity_gets_busy_with_bounded_queues_latency_and_memory(l
         plan: list[tuple[int, int, int, bytes]] = []
         for b in range(n_batches):
             i = b % len(conns)
-            plan.append((i, reqs[i], seqs[i], batch_frame(reqs[i], seqs[i], cards, k)))
+            plan.append((i, reqs[i], seqs[i], batch_frame(conns[i], reqs[i], seqs[i], cards, k)))
             reqs[i] += 1
             seqs[i] += BATCH
             k += BATCH

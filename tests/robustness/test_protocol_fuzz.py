@@ -264,66 +264,82 @@ class Fuzzer:
     async def step(self, conn: RawConn, model: Model, op: tuple, pieces: int) -> None:
         kind = op[0]
         if kind == "hello":
-            _, version, known = op
-            tid = self.terminal_id if known else UNKNOWN_TERMINAL_ID
-            nonce = os.urandom(16)
-            if model.state != "hello" or model.terminal_id:
-                # Out of order on purpose (a client connection refuses to send it): by hand.
-                await self.send_chunked(conn, encode(m.Hello(terminal_id=tid, nonce=nonce, version=version)), pieces)
-                return await self.expect_error(conn, model, model.counted(ErrorCode.UNEXPECTED_MESSAGE))
-            conn.client = ClientConnection(tid, self.key)
-            await self.send_chunked(conn, conn.client.hello(nonce, version), pieces)
-            if version != m.PROTOCOL_VERSION:
-                return await self.expect_error(conn, model, ErrorCode.UNSUPPORTED_VERSION)
-            msg = await self.read(conn, model, 5.0)
-            assert msg is not None and msg["t"] == "challenge" and len(msg["nonce"]) == 16, msg
-            model.state, model.terminal_id, model.nonce, model.server_nonce = "auth", tid, nonce, msg["nonce"]
+            await self.hello(conn, model, op, pieces)
         elif kind == "auth":
-            good = op[1]
-            if model.state != "auth":
-                # Out of order on purpose (a client connection refuses to send it): by hand.
-                mac = auth_mac(self.key, model.terminal_id or self.terminal_id, model.nonce, model.server_nonce) \
-                    if good else os.urandom(32)
-                await self.send_chunked(conn, encode(m.Auth(mac=mac)), pieces)
-                return await self.expect_error(conn, model, model.counted(ErrorCode.UNEXPECTED_MESSAGE))
-            await self.send_chunked(conn, conn.client.auth(None if good else os.urandom(32)), pieces)
-            if model.terminal_id == UNKNOWN_TERMINAL_ID:
-                return await self.expect_error(conn, model, ErrorCode.UNKNOWN_TERMINAL)
-            if not good:
-                return await self.expect_error(conn, model, ErrorCode.AUTH_FAILED)
-            msg = await self.read(conn, model, 5.0)
-            assert msg is not None and msg["t"] == "auth_ok", msg
-            model.state = "ready"
+            await self.auth(conn, model, op, pieces)
         elif kind in ("tap", "taps", "ping", "params"):
-            if kind == "tap":
-                seq = next(self.seq)
-                msg_out: m.Msg = m.Tap(seq=seq, card=random.choice(self.cards), time_ms=now_ms(), kind=1, route=3)
-            elif kind == "taps":
-                req = next(self.req)
-                items = [m.TapItem(seq=next(self.seq), card=random.choice(self.cards), time_ms=now_ms(), kind=1,
-                                   route=3) for _ in range(op[1])]
-                msg_out = m.TapBatch(req=req, taps=items)
-            elif kind == "ping":
-                msg_out = m.Ping(time_ms=12345)
-            else:
-                msg_out = m.ParamsRequest(fare_version=0, hotlist_version=0)
-            if model.state != "ready":
-                # Before READY on purpose (a client connection refuses to send it): by hand.
-                await self.send_chunked(conn, encode(msg_out), pieces)
-                return await self.expect_error(conn, model, model.counted(ErrorCode.NOT_AUTHENTICATED))
-            await self.send_chunked(conn, conn.client.send(msg_out), pieces)
-            msg = await conn.read(10.0)
-            assert msg is not None, f"no answer to {kind}"
-            if kind == "tap":
-                assert msg["t"] == "result" and msg["seq"] == seq and msg["code"] not in (9, 10), msg
-            elif kind == "taps":
-                assert msg["t"] == "results" and msg["req"] == req, msg
-                assert [r["seq"] for r in msg["results"]] == [t.seq for t in items]
-            elif kind == "ping":
-                assert msg["t"] == "pong" and msg["time_ms"] == 12345, msg
-            else:
-                assert msg["t"] == "params_info", msg
-        elif kind == "malformed":
+            await self.request(conn, model, op, pieces)
+        else:
+            await self.bad_frames(conn, model, op, pieces)
+
+    async def hello(self, conn: RawConn, model: Model, op: tuple, pieces: int) -> None:
+        _, version, known = op
+        tid = self.terminal_id if known else UNKNOWN_TERMINAL_ID
+        nonce = os.urandom(16)
+        if model.state != "hello" or model.terminal_id:
+            # Out of order on purpose (a client connection refuses to send it): by hand.
+            await self.send_chunked(conn, encode(m.Hello(terminal_id=tid, nonce=nonce, version=version)), pieces)
+            return await self.expect_error(conn, model, model.counted(ErrorCode.UNEXPECTED_MESSAGE))
+        conn.client = ClientConnection(tid, self.key)
+        await self.send_chunked(conn, conn.client.hello(nonce, version), pieces)
+        if version != m.PROTOCOL_VERSION:
+            return await self.expect_error(conn, model, ErrorCode.UNSUPPORTED_VERSION)
+        msg = await self.read(conn, model, 5.0)
+        assert msg is not None and msg["t"] == "challenge" and len(msg["nonce"]) == 16, msg
+        model.state, model.terminal_id, model.nonce, model.server_nonce = "auth", tid, nonce, msg["nonce"]
+
+    async def auth(self, conn: RawConn, model: Model, op: tuple, pieces: int) -> None:
+        good = op[1]
+        if model.state != "auth":
+            # Out of order on purpose (a client connection refuses to send it): by hand.
+            mac = auth_mac(self.key, model.terminal_id or self.terminal_id, model.nonce, model.server_nonce) \
+                if good else os.urandom(32)
+            await self.send_chunked(conn, encode(m.Auth(mac=mac)), pieces)
+            return await self.expect_error(conn, model, model.counted(ErrorCode.UNEXPECTED_MESSAGE))
+        await self.send_chunked(conn, conn.client.auth(None if good else os.urandom(32)), pieces)
+        if model.terminal_id == UNKNOWN_TERMINAL_ID:
+            return await self.expect_error(conn, model, ErrorCode.UNKNOWN_TERMINAL)
+        if not good:
+            return await self.expect_error(conn, model, ErrorCode.AUTH_FAILED)
+        msg = await self.read(conn, model, 5.0)
+        assert msg is not None and msg["t"] == "auth_ok", msg
+        model.state = "ready"
+
+    async def request(self, conn: RawConn, model: Model, op: tuple, pieces: int) -> None:
+        kind = op[0]
+        if kind == "tap":
+            seq = next(self.seq)
+            msg_out: m.Msg = m.Tap(seq=seq, card=random.choice(self.cards), time_ms=now_ms(), kind=1, route=3)
+        elif kind == "taps":
+            req = next(self.req)
+            items = [m.TapItem(seq=next(self.seq), card=random.choice(self.cards), time_ms=now_ms(), kind=1,
+                               route=3) for _ in range(op[1])]
+            msg_out = m.TapBatch(req=req, taps=items)
+        elif kind == "ping":
+            msg_out = m.Ping(time_ms=12345)
+        else:
+            msg_out = m.ParamsRequest(fare_version=0, hotlist_version=0)
+        if model.state != "ready":
+            # Before READY on purpose (a client connection refuses to send it): by hand.
+            await self.send_chunked(conn, encode(msg_out), pieces)
+            return await self.expect_error(conn, model, model.counted(ErrorCode.NOT_AUTHENTICATED))
+        await self.send_chunked(conn, conn.client.send(msg_out), pieces)
+        msg = await conn.read(10.0)
+        assert msg is not None, f"no answer to {kind}"
+        if kind == "tap":
+            assert msg["t"] == "result" and msg["seq"] == seq and msg["code"] not in (9, 10), msg
+        elif kind == "taps":
+            assert msg["t"] == "results" and msg["req"] == req, msg
+            assert [r["seq"] for r in msg["results"]] == [t.seq for t in items]
+        elif kind == "ping":
+            assert msg["t"] == "pong" and msg["time_ms"] == 12345, msg
+        else:
+            assert msg["t"] == "params_info", msg
+
+    async def bad_frames(self, conn: RawConn, model: Model, op: tuple, pieces: int) -> None:
+        """Malformed, zero-length, too large and truncated frames: all built by hand on purpose."""
+        kind = op[0]
+        if kind == "malformed":
             body = op[1]
             await self.send_chunked(conn, frame(body), pieces)
             if model.too_large(body):  # e.g. deeply nested arrays: 500-3000 bytes
@@ -580,6 +596,29 @@ def test_slow_sender_after_auth_is_cut_off(live, canary):
 
 
 # -- a connection flood ----------------------------------------------------------------------
+async def flood_unauthenticated(port: int, i: int) -> str:
+    """A flood connection that never authenticates: idle, half a header, or all but one byte
+    of a frame of the pre-auth limit; it must get AUTH_TIMEOUT and a close."""
+    conn = await RawConn.open(port, 15)
+    how = i % 3
+    if how == 1:
+        await conn.send(b"\x00\x00\x01", frames=0)
+    elif how == 2:
+        body = os.urandom(PREAUTH_MAX_FRAME_BYTES - 1)
+        await conn.send(PREAUTH_MAX_FRAME_BYTES.to_bytes(4, "big") + body, frames=1)
+    msgs = []
+    for _ in range(3):
+        msg = await conn.read(AUTH_TIMEOUT_MS / 1000 + 3)
+        if msg is None:
+            break
+        msgs.append(msg)
+    closed = await conn.wait_closed(1.0)
+    STATS["frames_fuzzed"] += conn.frames_sent
+    await conn.close()
+    assert closed and [x.get("code") for x in msgs] == [ErrorCode.AUTH_TIMEOUT], (how, msgs)
+    return "timed_out"
+
+
 def test_connection_flood(live, canary):
     """FLOOD connections opened at once, twice: a quarter authenticate, tap once and close; the
     rest stay idle, send half a header, or send all but one byte of a frame of the pre-auth
@@ -605,26 +644,6 @@ def test_connection_flood(live, canary):
         await conn.close()
         return "served"
 
-    async def unauthed(i: int) -> str:
-        conn = await RawConn.open(c.port, 15)
-        how = i % 3
-        if how == 1:
-            await conn.send(b"\x00\x00\x01", frames=0)
-        elif how == 2:
-            body = os.urandom(PREAUTH_MAX_FRAME_BYTES - 1)
-            await conn.send(PREAUTH_MAX_FRAME_BYTES.to_bytes(4, "big") + body, frames=1)
-        msgs = []
-        for _ in range(3):
-            msg = await conn.read(AUTH_TIMEOUT_MS / 1000 + 3)
-            if msg is None:
-                break
-            msgs.append(msg)
-        closed = await conn.wait_closed(1.0)
-        STATS["frames_fuzzed"] += conn.frames_sent
-        await conn.close()
-        assert closed and [x.get("code") for x in msgs] == [ErrorCode.AUTH_TIMEOUT], (how, msgs)
-        return "timed_out"
-
     async def sample() -> None:
         for _ in range(100):  # bounded: 10 s
             await asyncio.sleep(0.1)
@@ -633,7 +652,8 @@ def test_connection_flood(live, canary):
     async def go(round_no: int) -> list[str]:
         sampler = asyncio.get_running_loop().create_task(sample())
         t0 = time.monotonic()
-        results = await asyncio.gather(*[authed(i, round_no) if i % 4 == 0 else unauthed(i) for i in range(FLOOD)])
+        results = await asyncio.gather(*[authed(i, round_no) if i % 4 == 0 else flood_unauthenticated(c.port, i)
+                                         for i in range(FLOOD)])
         STATS["flood_s"] = round(time.monotonic() - t0, 2)
         sampler.cancel()
         return results

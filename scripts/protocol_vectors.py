@@ -282,8 +282,12 @@ def _annotated(frame: bytes) -> str:
 
 def render() -> str:
     v = compute()
-    p: list[str] = [BEGIN, ""]
-    p += [
+    p = [BEGIN, "", *_render_inputs(), *_render_key_and_mac(v), *_render_frames(v), *_render_shards()]
+    return "\n".join([*p, "", END]) + "\n"
+
+
+def _render_inputs() -> list[str]:
+    return [
         "All values below were produced by the project's own code: the terminal's frames by",
         "`citycard.protocols.client.ClientConnection`, the server's by `ServerConnection`, each",
         "fed to the other, and the results by the ledger. `tests/unit/test_protocol_vectors.py`",
@@ -304,6 +308,11 @@ def render() -> str:
         f"| hotlist | the terminal holds version 1 (card {LOST_CARD} listed); then version 2 lists"
         f" {STOLEN_CARD}, version 3 takes {LOST_CARD} off |",
         "",
+    ]
+
+
+def _render_key_and_mac(v: Vectors) -> list[str]:
+    return [
         "### Terminal key",
         "",
         f"`KEY_LABEL` = ASCII `{KEY_LABEL.decode()}` ({len(KEY_LABEL)} bytes).",
@@ -327,35 +336,25 @@ def render() -> str:
         "",
         hex_block(v.mac),
         "",
-        "### Frames",
-        "",
-        "`T->S`: terminal to server; `S->T`: server to terminal. Each block is one whole frame,",
-        "length prefix included.",
-        "",
     ]
+
+
+def _render_frames(v: Vectors) -> list[str]:
+    p = ["### Frames", "",
+         "`T->S`: terminal to server; `S->T`: server to terminal. Each block is one whole frame,",
+         "length prefix included.", ""]
     for n, step in enumerate(v.steps, 1):
         body = step.frame[4:]
-        p += [
-            f"#### {n}. {step.direction} {step.title}",
-            "",
-            f"Map: `{_value(msgspec.msgpack.decode(body))}`",
-            "",
-            hex_block(step.frame),
-            "",
-        ]
+        p += [f"#### {n}. {step.direction} {step.title}", "",
+              f"Map: `{_value(msgspec.msgpack.decode(body))}`", "", hex_block(step.frame), ""]
     hello = next(s.frame for s in v.steps if s.title == "hello")
     tap = next(s.frame for s in v.steps if s.title.startswith("tap (seq 1,"))
-    p += [
-        "### Two frames byte by byte",
-        "",
-        "hello:",
-        "",
-        _annotated(hello),
-        "",
-        "tap:",
-        "",
-        _annotated(tap),
-        "",
+    return [*p, "### Two frames byte by byte", "", "hello:", "", _annotated(hello), "",
+            "tap:", "", _annotated(tap), ""]
+
+
+def _render_shards() -> list[str]:
+    p = [
         "### shard_of",
         "",
         "`shard_of(card, n) = (((card * 0x9E3779B97F4A7C15) mod 2^64) >> 32) mod n`:",
@@ -366,8 +365,7 @@ def render() -> str:
     for card in (1, 2, 3, 1_000_000, CARD, 10**18 - 1):
         product = (card * 0x9E3779B97F4A7C15) & ((1 << 64) - 1)
         p.append(f"| {card} | `{product:016x}` | {product >> 32} | {shard_of(card, SHARDS)} |")
-    p += ["", END]
-    return "\n".join(p) + "\n"
+    return p
 
 
 def replace_section(doc: str, section: str) -> str:

@@ -18,90 +18,33 @@ import os
 import random
 import time
 from array import array
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from ..domain.results import Result
 from ..protocols import messages as m
 from ..terminal.client import TerminalClient
-from .city import TerminalPlan
 from .latency import LatencyRecorder
-from .schedule import RateProfile, TerminalPicker, arrival_chunks
-from .tapmix import TapMaker, TapMix
+from .schedule import TerminalPicker, arrival_chunks
+from .sender_state import (
+    RETRYABLE,
+    SEQ_BITS,
+    AnsweredColumns,
+    SenderSpec,
+    SenderState,
+    SenderTerminal,
+    read_answered,
+    tap_key,
+)
+from .tapmix import TapMaker
 
-RETRYABLE = frozenset((int(Result.BUSY), int(Result.RETRY)))
-N_CODES = 256
+__all__ = ["RETRYABLE", "SEQ_BITS", "Sender", "SenderSpec", "SenderState", "read_answered", "sender_main",
+           "tap_key"]
+
 ORIGIN_WAIT_S = 180.0
 MAX_SLEEP_MS = 20.0  # the loop looks round at least this often (reconnected terminals, the end)
 LIST_CARDS_MAX = 2_000_000  # home cards held as a list below this (~16 MB of pointers)
-SEQ_BITS = 32
-
-
-def tap_key(terminal_id: int, seq: int) -> int:
-    """One int per (terminal, seq): cheaper to hash than a tuple, on the per-tap path."""
-    return (terminal_id << SEQ_BITS) | seq
-
-
-@dataclass(frozen=True)
-class SenderSpec:
-    index: int
-    host: str
-    port: int
-    master_key: bytes
-    terminals: list[TerminalPlan]  # this sender's terminals
-    first_seq: dict[int, int]  # terminal id -> first seq to use (after what the record holds)
-    terminal_weights: list[float]  # relative tap rate of each terminal
-    home_cards: Sequence[int]
-    visitor_cards: Sequence[int]
-    mix: TapMix
-    profile: RateProfile  # this sender's share of the rate
-    max_count: int
-    duration_ms: float
-    seed: int
-    origin_unix_s: float  # the run's t = 0 on the wall clock, shared by every sender
-    out_dir: str  # answered keys are written here for the audit
-    linger_ms: float = 2.0
-    max_batch: int = 200
-    timeout_ms: float = 10_000.0
-    retry_after_ms: float = 1000.0
-    max_attempts: int = 5
-    replay_share: float = 0.0  # share of answered batches sent again on purpose (idempotency)
-    max_outstanding: int = 500_000
-    connect_concurrency: int = 32
-    report_every_ms: float = 1000.0
-    interval_ms: float = 1000.0
-
-
-@dataclass
-class _Terminal:
-    index: int
-    plan: TerminalPlan
-    seq: int
-    client: TerminalClient | None = None
-    queue: list[m.TapItem] = field(default_factory=list)
-    first_queued_ms: float = math.inf
-    inflight: dict[int, list[m.TapItem]] = field(default_factory=dict)
-    resend: list[m.TapItem] = field(default_factory=list)
-    reconnecting: bool = False
-    dead: bool = False
-
-
-@dataclass
-class SenderState:
-    """Counters shipped to the parent: deltas in ``tick`` reports, all of it at the end."""
-
-    offered: dict[int, int] = field(default_factory=dict)  # interval index -> taps scheduled
-    codes: list[int] = field(default_factory=lambda: [0] * N_CODES)  # final answers by code
-    retryable: int = 0  # BUSY / RETRY answers (sent again)
-    charged_fen: int = 0
-    replays_sent: int = 0
-    replays_matched: int = 0
-    reconnects: int = 0
-    errors: list[str] = field(default_factory=list)
-    replay_mismatches: list[str] = field(default_factory=list)
 
 
 class Sender:
@@ -111,28 +54,28 @@ class Sender:
         self.recorder = LatencyRecorder(interval_ms=spec.interval_ms, timeout_ms=spec.timeout_ms,
                                         max_outstanding=spec.max_outstanding)
         self.state = SenderState()
-        self._sent_codes = [0] * N_CODES
-        self._sent_offered: dict[int, int] = {}
         home = spec.home_cards
         if not isinstance(home, list) and len(home) <= LIST_CARDS_MAX:
             home = list(home)  # computed once, not per tap
         self.maker = TapMaker(home, spec.visitor_cards, spec.mix,
                               random.Random(spec.seed * 7919 + spec.index))
         self.rng = random.Random(spec.seed * 104_729 + spec.index)
-        self.terms = [_Terminal(i, p, spec.first_seq.get(p.terminal_id, 1) - 1)
+        self.terms = [SenderTerminal(i, p, spec.first_seq.get(p.terminal_id, 1) - 1)
                       for i, p in enumerate(spec.terminals)]
         self._dirty: set[int] = set()  # terminals with queued taps
         self._retries: list[tuple[float, int, int, m.TapItem]] = []  # (due_ms, n, term, item)
         self._retry_n = itertools.count()
         self._attempts: dict[int, int] = {}
-        self._answered_term = array("q")
-        self._answered_seq = array("q")
-        self._answered_code = array("b")
-        self._answered_fare = array("q")
+        self._answers = AnsweredColumns()
         self._origin_perf = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
         self._replays_in_flight = 0
         self._closing = False  # the run is over: answers and lost connections are ignored
+        self._chunks: Iterator[tuple[list[float], list[int]]] = iter(())
+        self._times: list[float] = []
+        self._which: list[int] = []
+        self._pos = 0
+        self._wall_origin_ms = 0.0
 
     def now_ms(self) -> float:
         return (time.perf_counter() - self._origin_perf) * 1000.0
@@ -142,80 +85,102 @@ class Sender:
         every sender is connected; None to use ``spec.origin_unix_s``."""
         spec = self.spec
         await self._connect_all()
-        origin_unix_s = spec.origin_unix_s
-        if origin is not None:
-            self.report({"kind": "ready", "sender": spec.index})
-            deadline = time.monotonic() + ORIGIN_WAIT_S
-            while not origin.value:
-                if time.monotonic() > deadline:
-                    raise TimeoutError("the parent never set the run's origin")
-                await asyncio.sleep(0.005)
-            origin_unix_s = origin.value
+        origin_unix_s = await self._wait_origin(origin)
         self._origin_perf = time.perf_counter() - (time.time() - origin_unix_s)
         cpu_started_s = time.process_time()
-        picker = TerminalPicker(len(self.terms), spec.terminal_weights)
-        chunks = arrival_chunks(spec.profile, random.Random(spec.seed * 31 + spec.index), picker,
-                                max_count=spec.max_count, max_duration_ms=spec.duration_ms)
-        wall_origin_ms = origin_unix_s * 1000.0
+        self._start_arrivals(origin_unix_s * 1000.0)
         hard_stop_ms = spec.duration_ms + spec.timeout_ms + 30_000.0
         next_report_ms = spec.report_every_ms
-        times, which = next(chunks, ([], []))
-        pos = 0  # the next arrival is times[pos] at terminal which[pos]; none once times is empty
-        if times and times[0] > self.now_ms():
-            await asyncio.sleep((times[0] - self.now_ms()) / 1000.0)
-        recorder, terms, offered, maker = self.recorder, self.terms, self.state.offered, self.maker
-        scheduled, dirty = recorder.scheduled, self._dirty
-        interval_ms = spec.interval_ms
+        if self._times and self._times[0] > self.now_ms():
+            await asyncio.sleep((self._times[0] - self.now_ms()) / 1000.0)
+        recorder = self.recorder
         while True:
             now = self.now_ms()
-            while times:
-                at_ms = times[pos]
-                if at_ms > now:
-                    break
-                i = which[pos]
-                t = terms[i]
-                t.seq = seq = t.seq + 1
-                index = int(at_ms // interval_ms)
-                offered[index] = offered.get(index, 0) + 1
-                if scheduled((t.plan.terminal_id << SEQ_BITS) | seq, at_ms):
-                    if not t.queue:
-                        t.first_queued_ms = at_ms  # the terminal lingers from when the tap was due
-                        dirty.add(i)
-                    t.queue.append(maker.make(t.plan, seq, int(wall_origin_ms + at_ms)))
-                pos += 1
-                if pos == len(times):
-                    times, which = next(chunks, ([], []))
-                    pos = 0
+            self._admit(now)
             self._due_retries(now)
             self._flush(now)
             if now >= next_report_ms:
                 recorder.expire(now)
                 self._send_report("tick")
                 next_report_ms = now + spec.report_every_ms
-            if (not times and not dirty and not self._retries and recorder.outstanding == 0
+            if (not self._times and not self._dirty and not self._retries and recorder.outstanding == 0
                     and not self._replays_in_flight):
                 break
-            if now >= hard_stop_ms or (not times and now >= spec.duration_ms + spec.timeout_ms):
+            if now >= hard_stop_ms or (not self._times and now >= spec.duration_ms + spec.timeout_ms):
                 break
-            # Sleep until something is due: a terminal's linger ends, the next arrival's would
-            # (arrivals are taken lazily, by their intended times), a retry, a report.
-            linger = spec.linger_ms
-            wake_ms = min(next_report_ms, now + MAX_SLEEP_MS)
-            if dirty:  # terminals waiting for a connection do not count: no busy loop meanwhile
-                wake_ms = min(wake_ms, min((t.first_queued_ms for t in map(terms.__getitem__, dirty)
-                                            if t.client is not None and not t.reconnecting),
-                                           default=math.inf) + linger)
-            if times:
-                wake_ms = min(wake_ms, times[pos] + linger)
-            if self._retries:
-                wake_ms = min(wake_ms, self._retries[0][0])
-            await asyncio.sleep(max(wake_ms - self.now_ms(), 0.0) / 1000.0)
+            await asyncio.sleep(max(self._wake_ms(now, next_report_ms) - self.now_ms(), 0.0) / 1000.0)
         totals = recorder.finish(self.now_ms())
         cpu_s = time.process_time() - cpu_started_s
         await self._close_all()
-        answered_file = self._write_answered()
-        final = self._send_report("done", totals=totals.to_wire(), answered_file=answered_file, cpu_s=cpu_s)
-        return final
+        answered_file = self._answers.write(Path(spec.out_dir) / f"answered-{spec.index}.bin")
+        return self._send_report("done", totals=totals.to_wire(), answered_file=answered_file, cpu_s=cpu_s)
+
+    async def _wait_origin(self, origin: Any) -> float:
+        """The run's t = 0 in unix seconds: the parent's, once it sets it, or the spec's."""
+        if origin is None:
+            return self.spec.origin_unix_s
+        self.report({"kind": "ready", "sender": self.spec.index})
+        deadline = time.monotonic() + ORIGIN_WAIT_S
+        while not origin.value:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the parent never set the run's origin")
+            await asyncio.sleep(0.005)
+        return float(origin.value)
+
+    # -- arrivals ----------------------------------------------------------------------------
+    def _start_arrivals(self, wall_origin_ms: float) -> None:
+        spec = self.spec
+        picker = TerminalPicker(len(self.terms), spec.terminal_weights)
+        self._chunks = arrival_chunks(spec.profile, random.Random(spec.seed * 31 + spec.index), picker,
+                                      max_count=spec.max_count, max_duration_ms=spec.duration_ms)
+        self._wall_origin_ms = wall_origin_ms
+        self._times, self._which = next(self._chunks, ([], []))
+        self._pos = 0  # the next arrival is times[pos] at terminal which[pos]; none once times is empty
+
+    def _admit(self, now: float) -> None:
+        """Queue every arrival due by ``now`` at its terminal. The per-tap path: locals only,
+        and the chunk's position written back once."""
+        times, which, pos = self._times, self._which, self._pos
+        if not times or times[pos] > now:
+            return
+        terms, offered, maker = self.terms, self.state.offered, self.maker
+        scheduled, dirty = self.recorder.scheduled, self._dirty
+        interval_ms, wall_origin_ms = self.spec.interval_ms, self._wall_origin_ms
+        while times:
+            at_ms = times[pos]
+            if at_ms > now:
+                break
+            i = which[pos]
+            t = terms[i]
+            t.seq = seq = t.seq + 1
+            index = int(at_ms // interval_ms)
+            offered[index] = offered.get(index, 0) + 1
+            if scheduled((t.plan.terminal_id << SEQ_BITS) | seq, at_ms):
+                if not t.queue:
+                    t.first_queued_ms = at_ms  # the terminal lingers from when the tap was due
+                    dirty.add(i)
+                t.queue.append(maker.make(t.plan, seq, int(wall_origin_ms + at_ms)))
+            pos += 1
+            if pos == len(times):
+                times, which = next(self._chunks, ([], []))
+                pos = 0
+        self._times, self._which, self._pos = times, which, pos
+
+    def _wake_ms(self, now: float, next_report_ms: float) -> float:
+        """When something is next due: a terminal's linger ends, the next arrival's would
+        (arrivals are taken lazily, by their intended times), a retry, a report."""
+        linger = self.spec.linger_ms
+        wake_ms = min(next_report_ms, now + MAX_SLEEP_MS)
+        if self._dirty:  # terminals waiting for a connection do not count: no busy loop meanwhile
+            terms = self.terms
+            wake_ms = min(wake_ms, min((t.first_queued_ms for t in map(terms.__getitem__, self._dirty)
+                                        if t.client is not None and not t.reconnecting),
+                                       default=math.inf) + linger)
+        if self._times:
+            wake_ms = min(wake_ms, self._times[self._pos] + linger)
+        if self._retries:
+            wake_ms = min(wake_ms, self._retries[0][0])
+        return wake_ms
 
     # -- sending ---------------------------------------------------------------------------
     def _flush(self, now: float) -> None:
@@ -236,7 +201,7 @@ class Sender:
         for i in done:
             self._dirty.discard(i)
 
-    def _send(self, t: _Terminal, items: list[m.TapItem], now: float, replay_of: list[Any] | None = None) -> None:
+    def _send(self, t: SenderTerminal, items: list[m.TapItem], now: float, replay_of: list[Any] | None = None) -> None:
         assert t.client is not None
         try:
             req, fut = t.client.send_taps(items)
@@ -251,7 +216,7 @@ class Sender:
             self._replays_in_flight += 1
         fut.add_done_callback(partial(self._answered, t, req, items, replay_of))
 
-    def _answered(self, t: _Terminal, req: int, items: list[m.TapItem], replay_of: list[Any] | None,
+    def _answered(self, t: SenderTerminal, req: int, items: list[m.TapItem], replay_of: list[Any] | None,
                   fut: asyncio.Future[m.Results]) -> None:
         if replay_of is None:
             t.inflight.pop(req, None)
@@ -266,7 +231,7 @@ class Sender:
             return
         results = fut.result().results
         if replay_of is not None:
-            self._check_replays(items, results, replay_of)
+            self.state.check_replays(results, replay_of)
             return
         now = self.now_ms()
         tid = t.plan.terminal_id
@@ -274,7 +239,8 @@ class Sender:
         codes = self.state.codes
         final: list[Any] = []
         keys: list[int] = []
-        seqs, fares, answered_codes = self._answered_seq, self._answered_fare, self._answered_code
+        answered = self._answers
+        seqs, fares, answered_codes = answered.seq, answered.fare, answered.code
         charged = 0
         for item, r in zip(items, results, strict=True):
             code = r.code
@@ -294,7 +260,7 @@ class Sender:
                 fares.append(0)
             final.append(r)
         self.recorder.answered_many(keys, now)
-        self._answered_term.extend(array("q", [tid]) * len(keys))
+        answered.terminal.extend(array("q", [tid]) * len(keys))
         self.state.charged_fen += charged
         if final and self.spec.replay_share and self.rng.random() < self.spec.replay_share:
             again = [i for i, r in zip(items, results, strict=True) if r.code not in RETRYABLE]
@@ -302,20 +268,7 @@ class Sender:
                 self.state.replays_sent += len(again)
                 self._send(t, again, now, replay_of=final)
 
-    def _check_replays(self, items: list[m.TapItem], results: list[m.ResultItem],
-                       first: list[Any]) -> None:
-        by_seq = {r.seq: (r.code, r.fare_fen) for r in first}
-        for r in results:
-            if r.code in RETRYABLE:
-                self.state.replays_sent -= 1  # not processed (overload): no replay to check
-            elif r.replay and by_seq.get(r.seq) == (r.code, r.fare_fen):
-                self.state.replays_matched += 1
-            elif len(self.state.replay_mismatches) < 20:
-                self.state.replay_mismatches.append(
-                    f"seq {r.seq}: first {by_seq.get(r.seq)}, again code {r.code} fare {r.fare_fen} "
-                    f"replay {r.replay}")
-
-    def _retry_later(self, t: _Terminal, item: m.TapItem, now: float) -> None:
+    def _retry_later(self, t: SenderTerminal, item: m.TapItem, now: float) -> None:
         key = tap_key(t.plan.terminal_id, item.seq)
         attempt = self._attempts.get(key, 1) + 1
         if attempt > self.spec.max_attempts:
@@ -338,7 +291,7 @@ class Sender:
     async def _connect_all(self) -> None:
         gate = asyncio.Semaphore(self.spec.connect_concurrency)
 
-        async def one(t: _Terminal) -> None:
+        async def one(t: SenderTerminal) -> None:
             async with gate:
                 t.client = await self._connect(t.plan.terminal_id)
 
@@ -349,7 +302,7 @@ class Sender:
         await client.connect(self.spec.host, self.spec.port)
         return client
 
-    def _lost(self, t: _Terminal, items: list[m.TapItem], exc: BaseException) -> None:
+    def _lost(self, t: SenderTerminal, items: list[m.TapItem], exc: BaseException) -> None:
         """A connection broke: its unanswered taps go again, same seqs, on a new connection."""
         if self._closing:
             return
@@ -363,7 +316,7 @@ class Sender:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _reconnect(self, t: _Terminal) -> None:
+    async def _reconnect(self, t: SenderTerminal) -> None:
         old, t.client = t.client, None
         if old is not None:
             await old.close()
@@ -399,11 +352,7 @@ class Sender:
     # -- reporting -------------------------------------------------------------------------
     def _send_report(self, kind: str, **extra: Any) -> dict[str, Any]:
         st = self.state
-        codes = {c: n - self._sent_codes[c] for c, n in enumerate(st.codes) if n != self._sent_codes[c]}
-        self._sent_codes = list(st.codes)
-        offered = {i: n - self._sent_offered.get(i, 0) for i, n in st.offered.items()
-                   if n != self._sent_offered.get(i, 0)}
-        self._sent_offered = dict(st.offered)
+        codes, offered = st.take_deltas()
         msg: dict[str, Any] = {
             "kind": kind, "sender": self.spec.index,
             "intervals": [s.to_wire() for s in self.recorder.take_intervals()],
@@ -419,31 +368,6 @@ class Sender:
         msg |= extra
         self.report(msg)
         return msg
-
-    def _write_answered(self) -> str:
-        path = Path(self.spec.out_dir) / f"answered-{self.spec.index}.bin"
-        with path.open("wb") as f:
-            n = array("q", [len(self._answered_term)])
-            n.tofile(f)
-            self._answered_term.tofile(f)
-            self._answered_seq.tofile(f)
-            self._answered_fare.tofile(f)
-            self._answered_code.tofile(f)
-        return str(path)
-
-
-def read_answered(path: str) -> tuple[array[int], array[int], array[int], array[int]]:
-    """(terminal ids, seqs, fares, codes) of the first final answers a sender received."""
-    with open(path, "rb") as f:
-        n_arr = array("q")
-        n_arr.fromfile(f, 1)
-        n = n_arr[0]
-        cols = []
-        for typecode in ("q", "q", "q", "b"):
-            col = array(typecode)
-            col.fromfile(f, n)
-            cols.append(col)
-    return cols[0], cols[1], cols[2], cols[3]
 
 
 def sender_main(spec: SenderSpec, queue: Any, origin: Any = None) -> None:

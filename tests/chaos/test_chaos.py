@@ -23,8 +23,8 @@ import redis.asyncio as aioredis
 
 from citycard.domain.results import Result
 from citycard.domain.taps import TapKind
-from citycard.loadtest.client import TerminalClient
 from citycard.persistence import db
+from citycard.terminal.client import TerminalClient
 from tests.support.chaos_load import ChaosLoad, chaos_summary, verify
 from tests.support.city import City, running_city
 from tests.support.cli import citycard_env, gateway_port, migrated_city

@@ -10,18 +10,14 @@ import pytest
 
 from citycard.domain.results import Result
 from citycard.domain.taps import TapKind
-from citycard.loadtest.client import ServerError, TerminalClient
 from citycard.protocols import messages as m
 from citycard.protocols.codes import ErrorCode
 from citycard.protocols.frames import encode_frame
+from citycard.terminal.client import ServerError, TerminalClient
 from tests.support.city import running_city
 from tests.support.terminal import raw_exchange
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
-
-
-def hello(terminal_id: int) -> bytes:
-    return encode_frame(m.encoder.encode(m.Hello(terminal_id=terminal_id, nonce=os.urandom(16))))
 
 
 def test_bad_input_gets_errors_and_others_are_still_served(configured_services, schema):
@@ -30,6 +26,7 @@ def test_bad_input_gets_errors_and_others_are_still_served(configured_services, 
             good = await city.client(city.terminals[1].terminal_id)
             card = city.cards[0][0]
 
+            # Each bad input below is built by hand on purpose; the good terminals use the client.
             # Wrong MAC: AUTH_FAILED, then the server closes.
             bad = TerminalClient(city.terminals[0].terminal_id, b"\x99" * 32)
             with pytest.raises(ServerError) as err:
@@ -57,7 +54,7 @@ def test_bad_input_gets_errors_and_others_are_still_served(configured_services, 
             frames, closed = await raw_exchange(city.port, encode_frame(msgpack.packb({"t": "teleport"})))
             assert frames[0]["code"] == ErrorCode.UNKNOWN_MESSAGE and not closed
 
-            # A tap before authentication.
+            # A tap before authentication (by hand: a client connection refuses to send it).
             tap = m.Tap(seq=1, card=card, time_ms=1, kind=int(TapKind.BUS), route=1)
             frames, _ = await raw_exchange(city.port, encode_frame(m.encoder.encode(tap)))
             assert frames[0]["code"] == ErrorCode.NOT_AUTHENTICATED

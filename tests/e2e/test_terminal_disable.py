@@ -16,9 +16,9 @@ import pytest
 
 from citycard.domain.results import Result
 from citycard.domain.taps import TapKind
-from citycard.loadtest.client import ServerError, TerminalClient
 from citycard.protocols import messages as m
 from citycard.protocols.codes import ErrorCode
+from citycard.terminal.client import ServerError, TerminalClient
 from tests.support.city import City, plain_cards, running_city
 from tests.support.cli import citycard_env
 from tests.support.clock import now_ms

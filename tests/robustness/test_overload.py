@@ -5,7 +5,7 @@ BUSY one) is in the journal.
 Capacity is made small and found cheaply: the gateway runs with tiny shard lanes (10 taps per
 shard call, one call in flight, 200 queued taps per shard), and a closed-loop phase measures
 how many taps a second it decides. Then an open-loop phase offers 3x that for a few seconds
-from pre-encoded batches (so the load generator's own CPU does not cap the offered rate).
+from batches encoded ahead of time (so the load generator's own CPU does not cap the offered rate).
 tests/e2e/test_tap_path.py checks one BUSY batch and its retry; this is sustained overload.
 """
 
@@ -20,9 +20,9 @@ import pytest
 from citycard.protocols import messages as m
 from tests.support.city import plain_cards
 from tests.support.clock import now_ms
-from tests.support.live import live_city, mib, rss_bytes
+from tests.support.live import LiveCity, live_city, mib, rss_bytes
 from tests.support.results import ROBUSTNESS_RESULTS
-from tests.support.terminal import LoadConn, encode
+from tests.support.terminal import LoadConn
 
 pytestmark = [pytest.mark.services, pytest.mark.usefixtures("ray_cluster")]
 
@@ -36,10 +36,26 @@ FACTOR = 3.0
 MAX_TAPS = 400_000  # hard cap on taps offered in the overload phase
 
 
-def batch_frame(req: int, first_seq: int, cards: list[int], k: int) -> bytes:
-    items = [m.TapItem(seq=first_seq + i, card=cards[(k + i) % len(cards)], time_ms=now_ms(), kind=4, amount_fen=1)
-             for i in range(BATCH)]
-    return encode(m.TapBatch(req=req, taps=items))
+class Offer:
+    """Batches for the terminals: each with its terminal's next req and seqs, cards in turn,
+    encoded ahead of sending by the terminal's client connection."""
+
+    def __init__(self, conns: list[LoadConn], cards: list[int]) -> None:
+        self.conns = conns
+        self.cards = cards
+        self.seqs = [1] * len(conns)
+        self.reqs = [1] * len(conns)
+        self.k = 0
+
+    def next(self, i: int) -> tuple[int, int, bytes]:
+        """(req, first seq, frame) of terminal i's next batch."""
+        req, first = self.reqs[i], self.seqs[i]
+        items = [m.TapItem(seq=first + j, card=self.cards[(self.k + j) % len(self.cards)], time_ms=now_ms(),
+                           kind=4, amount_fen=1) for j in range(BATCH)]
+        self.reqs[i] += 1
+        self.seqs[i] += BATCH
+        self.k += BATCH
+        return req, first, self.conns[i].batch(req, items)
 
 
 def p99(values: array) -> float:
@@ -59,6 +75,93 @@ def live(configured_services, ray_cluster):
         yield city
 
 
+async def until_answered(conns: list[LoadConn], tries: int) -> None:
+    for _ in range(tries):  # bounded: 10 ms a try
+        if not any(conn.sent for conn in conns):
+            return
+        await asyncio.sleep(0.01)
+
+
+async def calibrate(offer: Offer, fig: dict[str, Any]) -> float:
+    """Capacity, closed loop: each terminal keeps 4 batches outstanding; taps decided a second."""
+    conns = offer.conns
+    t0 = time.perf_counter()
+    outstanding = 4
+    while time.perf_counter() - t0 < CALIBRATE_S:
+        for i, conn in enumerate(conns):
+            while len(conn.sent) < outstanding:
+                conn.send(*offer.next(i))
+        await asyncio.sleep(0.002)
+    await until_answered(conns, 1000)  # the last answers
+    capacity = sum(len(conn.accepted) for conn in conns) / (time.perf_counter() - t0)
+    fig["capacity_taps_per_s"] = round(capacity)
+    fig["calibration_busy"] = sum(conn.busy for conn in conns)
+    assert capacity > 100, fig
+    return capacity
+
+
+async def sample(live: LiveCity, stop: asyncio.Event, samples: dict[str, list[float]]) -> None:
+    """RSS and the largest lane queue every 20 ms, the queue gauges every second, until ``stop``."""
+    last_scrape = 0.0
+    for _ in range(2000):  # bounded: ~ 2000 x 20 ms
+        if stop.is_set():
+            return
+        samples["lanes"].append(max(await asyncio.to_thread(live.lane_queues)))
+        samples["rss"].append(rss_bytes(collect=False))
+        if time.perf_counter() - last_scrape > 1.0:
+            last_scrape = time.perf_counter()
+            samples["gauges"].extend(await asyncio.to_thread(scrape_queue_gauges, live.c.platform.metrics_port))
+        await asyncio.sleep(0.02)
+
+
+async def overload(live: LiveCity, offer: Offer, capacity: float, fig: dict[str, Any]) -> dict[str, Any]:
+    """Open loop: FACTOR x capacity from batches encoded ahead (the generator's CPU does not cap
+    it); the phase's figures in ``fig``, and what the checks need."""
+    conns = offer.conns
+    calib_accepted = [len(conn.accepted) for conn in conns]
+    calib_busy = sum(conn.busy for conn in conns)
+    rate = FACTOR * capacity
+    n_batches = min(int(rate * OVERLOAD_S / BATCH), MAX_TAPS // BATCH)
+    plan = [(b % len(conns), *offer.next(b % len(conns))) for b in range(n_batches)]
+    rss_before = rss_bytes()
+    samples: dict[str, list[float]] = {"rss": [rss_before], "lanes": [], "gauges": []}
+    stop = asyncio.Event()
+    task = asyncio.get_running_loop().create_task(sample(live, stop, samples))
+    answered_before = sum(conn.answered for conn in conns)
+    t0 = time.perf_counter()
+    interval = BATCH / rate
+    for b, (i, req, first, data) in enumerate(plan):
+        delay = t0 + b * interval - time.perf_counter()
+        if delay > 0.001:
+            await asyncio.sleep(delay)
+        conns[i].send(req, first, data)
+    offer_s = time.perf_counter() - t0
+    await until_answered(conns, 3000)  # bounded: 30 s for the answers
+    busy_s = time.perf_counter() - t0
+    stop.set()
+    await task
+    assert not any(conn.sent for conn in conns), "batches left unanswered"
+    rss_after = rss_bytes()
+    offered = n_batches * BATCH
+    accepted = sum(len(conn.accepted) for conn in conns) - sum(calib_accepted)
+    busy = sum(conn.busy for conn in conns) - calib_busy
+    lat = array("d")
+    for conn, n0 in zip(conns, calib_accepted, strict=True):
+        lat.extend(conn.lat[n0:])
+    fig.update({
+        "offered_taps": offered, "offered_taps_per_s": round(offered / offer_s),
+        "offered_x_capacity": round(offered / offer_s / capacity, 2),
+        "accepted_taps_per_s": round(accepted / busy_s), "busy_share": round(busy / offered, 3),
+        "accepted_p50_ms": round(sorted(lat)[len(lat) // 2] * 1000, 1) if lat else None,
+        "accepted_p99_ms": round(p99(lat) * 1000, 1),
+        "max_lane_queue": max(samples["lanes"] or [0]), "max_queue_gauge": max(samples["gauges"] or [0]),
+        "rss_before_mib": mib(rss_before), "rss_peak_mib": mib(max(samples["rss"])),
+        "rss_after_mib": mib(rss_after), "answered": sum(conn.answered for conn in conns) - answered_before,
+    })
+    return {"offered": offered, "accepted": accepted, "busy": busy, "busy_s": busy_s, "lat": lat,
+            "rss_before": rss_before, "rss_peak": max(samples["rss"]), "rss_after": rss_after}
+
+
 def test_three_times_capacity_gets_busy_with_bounded_queues_latency_and_memory(live):
     c = live.c
     cards = plain_cards(c) or [row[0] for row in c.cards]
@@ -68,107 +171,21 @@ def test_three_times_capacity_gets_busy_with_bounded_queues_latency_and_memory(l
     async def go() -> None:
         for conn in conns:
             await conn.connect(c.port, c.settings.city.master_key)
-        seqs = [1] * len(conns)
-        reqs = [1] * len(conns)
-
-        # 1. Capacity, closed loop: each terminal keeps 4 batches outstanding.
-        t0 = time.perf_counter()
-        outstanding = 4
-        k = 0
-        while time.perf_counter() - t0 < CALIBRATE_S:
-            for i, conn in enumerate(conns):
-                while len(conn.sent) < outstanding:
-                    conn.send(reqs[i], seqs[i], batch_frame(reqs[i], seqs[i], cards, k))
-                    reqs[i] += 1
-                    seqs[i] += BATCH
-                    k += BATCH
-            await asyncio.sleep(0.002)
-        for _ in range(1000):  # bounded wait for the last answers
-            if not any(conn.sent for conn in conns):
-                break
-            await asyncio.sleep(0.01)
-        elapsed = time.perf_counter() - t0
-        decided = sum(len(conn.accepted) for conn in conns)
-        capacity = decided / elapsed
-        fig["capacity_taps_per_s"] = round(capacity)
-        fig["calibration_busy"] = sum(conn.busy for conn in conns)
-        calib_accepted = [len(conn.accepted) for conn in conns]
-        calib_busy = [conn.busy for conn in conns]
-        assert capacity > 100, fig
-
-        # 2. Overload, open loop: FACTOR x capacity from pre-encoded batches.
-        rate = FACTOR * capacity
-        n_batches = min(int(rate * OVERLOAD_S / BATCH), MAX_TAPS // BATCH)
-        plan: list[tuple[int, int, int, bytes]] = []
-        for b in range(n_batches):
-            i = b % len(conns)
-            plan.append((i, reqs[i], seqs[i], batch_frame(reqs[i], seqs[i], cards, k)))
-            reqs[i] += 1
-            seqs[i] += BATCH
-            k += BATCH
-        rss_before = rss_bytes()
-        samples = {"rss": [rss_before], "lanes": [], "gauges": []}
-        stop = asyncio.Event()
-
-        async def sampler() -> None:
-            last_scrape = 0.0
-            for _ in range(2000):  # bounded: ~ 2000 x 20 ms
-                if stop.is_set():
-                    return
-                samples["lanes"].append(max(await asyncio.to_thread(live.lane_queues)))
-                samples["rss"].append(rss_bytes(collect=False))
-                if time.perf_counter() - last_scrape > 1.0:
-                    last_scrape = time.perf_counter()
-                    samples["gauges"].extend(await asyncio.to_thread(scrape_queue_gauges, c.platform.metrics_port))
-                await asyncio.sleep(0.02)
-
-        task = asyncio.get_running_loop().create_task(sampler())
-        answered_before = sum(conn.answered for conn in conns)
-        t0 = time.perf_counter()
-        interval = BATCH / rate
-        for b, (i, req, first, data) in enumerate(plan):
-            due = t0 + b * interval
-            delay = due - time.perf_counter()
-            if delay > 0.001:
-                await asyncio.sleep(delay)
-            conns[i].send(req, first, data)
-        offer_s = time.perf_counter() - t0
-        for _ in range(3000):  # bounded: 30 s for the answers
-            if not any(conn.sent for conn in conns):
-                break
-            await asyncio.sleep(0.01)
-        busy_s = time.perf_counter() - t0
-        stop.set()
-        await task
-        assert not any(conn.sent for conn in conns), "batches left unanswered"
-        rss_after = rss_bytes()
-        offered = n_batches * BATCH
-        accepted = sum(len(conn.accepted) for conn in conns) - sum(calib_accepted)
-        busy = sum(conn.busy for conn in conns) - sum(calib_busy)
-        lat = array("d")
-        for conn, n0 in zip(conns, calib_accepted, strict=True):
-            lat.extend(conn.lat[n0:])
-        fig.update({
-            "offered_taps": offered, "offered_taps_per_s": round(offered / offer_s),
-            "offered_x_capacity": round(offered / offer_s / capacity, 2),
-            "accepted_taps_per_s": round(accepted / busy_s), "busy_share": round(busy / offered, 3),
-            "accepted_p50_ms": round(sorted(lat)[len(lat) // 2] * 1000, 1) if lat else None,
-            "accepted_p99_ms": round(p99(lat) * 1000, 1),
-            "max_lane_queue": max(samples["lanes"] or [0]), "max_queue_gauge": max(samples["gauges"] or [0]),
-            "rss_before_mib": mib(rss_before), "rss_peak_mib": mib(max(samples["rss"])),
-            "rss_after_mib": mib(rss_after), "answered": sum(conn.answered for conn in conns) - answered_before,
-        })
+        offer = Offer(conns, cards)
+        capacity = await calibrate(offer, fig)
+        o = await overload(live, offer, capacity, fig)
+        offered, busy = o["offered"], o["busy"]
         assert all(not conn.other for conn in conns), [conn.other[:3] for conn in conns]
         assert fig["answered"] == offered, fig  # every tap answered, BUSY or decided
         assert fig["offered_x_capacity"] >= 2.0, fig  # the generator really overloaded it
         assert busy / offered >= 0.3, fig  # the excess is refused with BUSY ...
-        assert accepted / busy_s >= 0.5 * capacity, fig  # ... and goodput does not collapse
+        assert o["accepted"] / o["busy_s"] >= 0.5 * capacity, fig  # ... and goodput does not collapse
         assert fig["max_lane_queue"] <= QUEUE_MAX and fig["max_queue_gauge"] <= QUEUE_MAX, fig
-        assert p99(lat) < 2.0, fig
-        assert max(samples["rss"]) - rss_before < 128 * 2**20, fig
-        assert rss_after - rss_before < 64 * 2**20, fig
+        assert p99(o["lat"]) < 2.0, fig
+        assert o["rss_peak"] - o["rss_before"] < 128 * 2**20, fig
+        assert o["rss_after"] - o["rss_before"] < 64 * 2**20, fig
 
-        # 3. Durable: every accepted tap has exactly its journal row; no BUSY tap has one.
+        # Durable: every accepted tap has exactly its journal row; no BUSY tap has one.
         for conn in conns:
             rows = await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(
                 live.journal(conn.terminal_id), live.loop))  # type: ignore[arg-type]
@@ -180,4 +197,3 @@ def test_three_times_capacity_gets_busy_with_bounded_queues_latency_and_memory(l
     assert live.loop_errors == [], live.loop_errors[:5]
     fig["gateway_loop_max_lag_ms"] = round(live.max_lag_s * 1000, 1)
     ROBUSTNESS_RESULTS.record("overload", fig)
-

@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 
 from citycard.protocols import messages as m
 from citycard.protocols.auth import auth_mac, terminal_key
+from citycard.protocols.client import ClientConnection
 from citycard.protocols.codes import ErrorCode
 from citycard.protocols.connection import MAX_BAD_MESSAGES, PREAUTH_MAX_FRAME_BYTES
 from citycard.protocols.frames import DEFAULT_MAX_FRAME_BYTES
@@ -241,7 +242,8 @@ class Fuzzer:
                 pieces = chunking[i] if i < len(chunking) else 1
                 await self.step(conn, model, op, pieces)
             if model.state != "closed":
-                # Whatever came before, the connection still answers in its state.
+                # Whatever came before, the connection still answers in its state (by hand:
+                # it is sent in every state, READY or not).
                 await conn.send(encode(m.Ping(time_ms=7)))
                 msg = await self.read(conn, model, 5.0)
                 assert msg is not None
@@ -262,59 +264,82 @@ class Fuzzer:
     async def step(self, conn: RawConn, model: Model, op: tuple, pieces: int) -> None:
         kind = op[0]
         if kind == "hello":
-            _, version, known = op
-            tid = self.terminal_id if known else UNKNOWN_TERMINAL_ID
-            nonce = os.urandom(16)
-            await self.send_chunked(conn, encode(m.Hello(terminal_id=tid, nonce=nonce, version=version)), pieces)
-            if model.state != "hello" or model.terminal_id:
-                return await self.expect_error(conn, model, model.counted(ErrorCode.UNEXPECTED_MESSAGE))
-            if version != m.PROTOCOL_VERSION:
-                return await self.expect_error(conn, model, ErrorCode.UNSUPPORTED_VERSION)
-            msg = await self.read(conn, model, 5.0)
-            assert msg is not None and msg["t"] == "challenge" and len(msg["nonce"]) == 16, msg
-            model.state, model.terminal_id, model.nonce, model.server_nonce = "auth", tid, nonce, msg["nonce"]
+            await self.hello(conn, model, op, pieces)
         elif kind == "auth":
-            good = op[1]
+            await self.auth(conn, model, op, pieces)
+        elif kind in ("tap", "taps", "ping", "params"):
+            await self.request(conn, model, op, pieces)
+        else:
+            await self.bad_frames(conn, model, op, pieces)
+
+    async def hello(self, conn: RawConn, model: Model, op: tuple, pieces: int) -> None:
+        _, version, known = op
+        tid = self.terminal_id if known else UNKNOWN_TERMINAL_ID
+        nonce = os.urandom(16)
+        if model.state != "hello" or model.terminal_id:
+            # Out of order on purpose (a client connection refuses to send it): by hand.
+            await self.send_chunked(conn, encode(m.Hello(terminal_id=tid, nonce=nonce, version=version)), pieces)
+            return await self.expect_error(conn, model, model.counted(ErrorCode.UNEXPECTED_MESSAGE))
+        conn.client = ClientConnection(tid, self.key)
+        await self.send_chunked(conn, conn.client.hello(nonce, version), pieces)
+        if version != m.PROTOCOL_VERSION:
+            return await self.expect_error(conn, model, ErrorCode.UNSUPPORTED_VERSION)
+        msg = await self.read(conn, model, 5.0)
+        assert msg is not None and msg["t"] == "challenge" and len(msg["nonce"]) == 16, msg
+        model.state, model.terminal_id, model.nonce, model.server_nonce = "auth", tid, nonce, msg["nonce"]
+
+    async def auth(self, conn: RawConn, model: Model, op: tuple, pieces: int) -> None:
+        good = op[1]
+        if model.state != "auth":
+            # Out of order on purpose (a client connection refuses to send it): by hand.
             mac = auth_mac(self.key, model.terminal_id or self.terminal_id, model.nonce, model.server_nonce) \
                 if good else os.urandom(32)
             await self.send_chunked(conn, encode(m.Auth(mac=mac)), pieces)
-            if model.state != "auth":
-                return await self.expect_error(conn, model, model.counted(ErrorCode.UNEXPECTED_MESSAGE))
-            if model.terminal_id == UNKNOWN_TERMINAL_ID:
-                return await self.expect_error(conn, model, ErrorCode.UNKNOWN_TERMINAL)
-            if not good:
-                return await self.expect_error(conn, model, ErrorCode.AUTH_FAILED)
-            msg = await self.read(conn, model, 5.0)
-            assert msg is not None and msg["t"] == "auth_ok", msg
-            model.state = "ready"
-        elif kind in ("tap", "taps", "ping", "params"):
-            if kind == "tap":
-                seq = next(self.seq)
-                msg_out: m.Msg = m.Tap(seq=seq, card=random.choice(self.cards), time_ms=now_ms(), kind=1, route=3)
-            elif kind == "taps":
-                req = next(self.req)
-                items = [m.TapItem(seq=next(self.seq), card=random.choice(self.cards), time_ms=now_ms(), kind=1,
-                                   route=3) for _ in range(op[1])]
-                msg_out = m.TapBatch(req=req, taps=items)
-            elif kind == "ping":
-                msg_out = m.Ping(time_ms=12345)
-            else:
-                msg_out = m.ParamsRequest(fare_version=0, hotlist_version=0)
+            return await self.expect_error(conn, model, model.counted(ErrorCode.UNEXPECTED_MESSAGE))
+        await self.send_chunked(conn, conn.client.auth(None if good else os.urandom(32)), pieces)
+        if model.terminal_id == UNKNOWN_TERMINAL_ID:
+            return await self.expect_error(conn, model, ErrorCode.UNKNOWN_TERMINAL)
+        if not good:
+            return await self.expect_error(conn, model, ErrorCode.AUTH_FAILED)
+        msg = await self.read(conn, model, 5.0)
+        assert msg is not None and msg["t"] == "auth_ok", msg
+        model.state = "ready"
+
+    async def request(self, conn: RawConn, model: Model, op: tuple, pieces: int) -> None:
+        kind = op[0]
+        if kind == "tap":
+            seq = next(self.seq)
+            msg_out: m.Msg = m.Tap(seq=seq, card=random.choice(self.cards), time_ms=now_ms(), kind=1, route=3)
+        elif kind == "taps":
+            req = next(self.req)
+            items = [m.TapItem(seq=next(self.seq), card=random.choice(self.cards), time_ms=now_ms(), kind=1,
+                               route=3) for _ in range(op[1])]
+            msg_out = m.TapBatch(req=req, taps=items)
+        elif kind == "ping":
+            msg_out = m.Ping(time_ms=12345)
+        else:
+            msg_out = m.ParamsRequest(fare_version=0, hotlist_version=0)
+        if model.state != "ready":
+            # Before READY on purpose (a client connection refuses to send it): by hand.
             await self.send_chunked(conn, encode(msg_out), pieces)
-            if model.state != "ready":
-                return await self.expect_error(conn, model, model.counted(ErrorCode.NOT_AUTHENTICATED))
-            msg = await conn.read(10.0)
-            assert msg is not None, f"no answer to {kind}"
-            if kind == "tap":
-                assert msg["t"] == "result" and msg["seq"] == seq and msg["code"] not in (9, 10), msg
-            elif kind == "taps":
-                assert msg["t"] == "results" and msg["req"] == req, msg
-                assert [r["seq"] for r in msg["results"]] == [t.seq for t in items]
-            elif kind == "ping":
-                assert msg["t"] == "pong" and msg["time_ms"] == 12345, msg
-            else:
-                assert msg["t"] == "params_info", msg
-        elif kind == "malformed":
+            return await self.expect_error(conn, model, model.counted(ErrorCode.NOT_AUTHENTICATED))
+        await self.send_chunked(conn, conn.client.send(msg_out), pieces)
+        msg = await conn.read(10.0)
+        assert msg is not None, f"no answer to {kind}"
+        if kind == "tap":
+            assert msg["t"] == "result" and msg["seq"] == seq and msg["code"] not in (9, 10), msg
+        elif kind == "taps":
+            assert msg["t"] == "results" and msg["req"] == req, msg
+            assert [r["seq"] for r in msg["results"]] == [t.seq for t in items]
+        elif kind == "ping":
+            assert msg["t"] == "pong" and msg["time_ms"] == 12345, msg
+        else:
+            assert msg["t"] == "params_info", msg
+
+    async def bad_frames(self, conn: RawConn, model: Model, op: tuple, pieces: int) -> None:
+        """Malformed, zero-length, too large and truncated frames: all built by hand on purpose."""
+        kind = op[0]
+        if kind == "malformed":
             body = op[1]
             await self.send_chunked(conn, frame(body), pieces)
             if model.too_large(body):  # e.g. deeply nested arrays: 500-3000 bytes
@@ -371,6 +396,7 @@ def test_fuzzed_frames_get_the_models_answer(live, canary):
     malformed_body.map(frame),
     st.binary(min_size=1, max_size=64),  # raw bytes: random length prefixes, absurd or partial
     st.sampled_from([b"\xff\xff\xff\xff", b"\x00\x00\x00\x00", b"\x7f\xff\xff\xff\x00"]),
+    # A fixed hello, by hand: a piece of a random stream, repeated and out of order on purpose.
     st.just(encode(m.Hello(terminal_id=UNKNOWN_TERMINAL_ID, nonce=b"\x05" * 16))),
 ), min_size=1, max_size=12), pieces=st.integers(1, 8))
 def test_random_byte_streams_get_documented_errors_or_a_close(live, canary, stream, pieces):
@@ -414,17 +440,17 @@ def test_taps_between_auth_and_auth_ok_are_not_processed(live, canary):
     key = terminal_key(c.settings.city.master_key, tid)
 
     async def go() -> None:
-        conn = await RawConn.open(c.port)
-        nonce = os.urandom(16)
-        await conn.send(encode(m.Hello(terminal_id=tid, nonce=nonce)))
+        conn = await RawConn.open(c.port, client=ClientConnection(tid, key))
+        await conn.hello()
         ch = await conn.read()
         assert ch is not None and ch["t"] == "challenge"
+        # The tap is early on purpose (a client connection refuses to send it): by hand.
         tap = m.Tap(seq=777_000, card=plain_cards(c)[0], time_ms=now_ms(), kind=1, route=3)
-        await conn.send(encode(m.Auth(mac=auth_mac(key, tid, nonce, ch["nonce"]))) + encode(tap), frames=2)
+        await conn.auth(then=encode(tap), frames=2)
         first, second = await conn.read(), await conn.read()
         assert first is not None and first["t"] == "error" and first["code"] == ErrorCode.NOT_AUTHENTICATED, first
         assert second is not None and second["t"] == "auth_ok", second
-        # hello and auth once READY: UNEXPECTED_MESSAGE, not fatal
+        # hello and auth once READY: UNEXPECTED_MESSAGE, not fatal (out of order on purpose: by hand)
         await conn.send(encode(m.Hello(terminal_id=tid, nonce=os.urandom(16))) + encode(m.Auth(mac=b"\0" * 32)), 2)
         for _ in range(2):
             msg = await conn.read()
@@ -462,12 +488,13 @@ def test_large_frame_before_auth_is_refused_at_once(live, canary):
     close from the header alone, well before the auth timeout: with no hello, after the
     challenge, and with 150 KB of body in the same write."""
     tid = live.c.terminals[3].terminal_id
+    key = terminal_key(live.c.settings.city.master_key, tid)
     header = (200 * 1024).to_bytes(4, "big")
 
     async def once(how: str) -> tuple[str, float, dict[str, Any] | None, bool]:
-        conn = await RawConn.open(live.c.port)
+        conn = await RawConn.open(live.c.port, client=ClientConnection(tid, key))
         if how == "after_challenge":
-            await conn.send(encode(m.Hello(terminal_id=tid, nonce=os.urandom(16))))
+            await conn.hello()
             ch = await conn.read()
             assert ch is not None and ch["t"] == "challenge", ch
         t0 = time.monotonic()
@@ -496,7 +523,7 @@ async def slow_sender(port: int, how: str, tid: int, stop_after_s: float) -> tup
     conn = await RawConn.open(port)
     t0 = time.monotonic()
     codes: list[int] = []
-    hello = encode(m.Hello(terminal_id=tid, nonce=os.urandom(16)))
+    hello = ClientConnection(tid, b"").hello(os.urandom(16))  # no auth follows: no key needed
     try:
         if how == "silent":
             pass
@@ -558,14 +585,7 @@ def test_slow_sender_after_auth_is_cut_off(live, canary):
     async def go() -> bool:
         client_tid = c.terminals[4].terminal_id
         key = terminal_key(c.settings.city.master_key, client_tid)
-        conn = await RawConn.open(c.port)
-        nonce = os.urandom(16)
-        await conn.send(encode(m.Hello(terminal_id=client_tid, nonce=nonce)))
-        ch = await conn.read()
-        assert ch is not None
-        await conn.send(encode(m.Auth(mac=auth_mac(key, client_tid, nonce, ch["nonce"]))))
-        ok = await conn.read()
-        assert ok is not None and ok["t"] == "auth_ok"
+        conn = await RawConn.authenticated(c.port, client_tid, key)
         await conn.send((100).to_bytes(4, "big") + b"\x82\xa1t", frames=1)  # 7 of 104 bytes
         closed = await conn.wait_closed(4 * HEARTBEAT_MS / 1000 + 0.5)
         STATS["frames_fuzzed"] += conn.frames_sent
@@ -576,6 +596,29 @@ def test_slow_sender_after_auth_is_cut_off(live, canary):
 
 
 # -- a connection flood ----------------------------------------------------------------------
+async def flood_unauthenticated(port: int, i: int) -> str:
+    """A flood connection that never authenticates: idle, half a header, or all but one byte
+    of a frame of the pre-auth limit; it must get AUTH_TIMEOUT and a close."""
+    conn = await RawConn.open(port, 15)
+    how = i % 3
+    if how == 1:
+        await conn.send(b"\x00\x00\x01", frames=0)
+    elif how == 2:
+        body = os.urandom(PREAUTH_MAX_FRAME_BYTES - 1)
+        await conn.send(PREAUTH_MAX_FRAME_BYTES.to_bytes(4, "big") + body, frames=1)
+    msgs = []
+    for _ in range(3):
+        msg = await conn.read(AUTH_TIMEOUT_MS / 1000 + 3)
+        if msg is None:
+            break
+        msgs.append(msg)
+    closed = await conn.wait_closed(1.0)
+    STATS["frames_fuzzed"] += conn.frames_sent
+    await conn.close()
+    assert closed and [x.get("code") for x in msgs] == [ErrorCode.AUTH_TIMEOUT], (how, msgs)
+    return "timed_out"
+
+
 def test_connection_flood(live, canary):
     """FLOOD connections opened at once, twice: a quarter authenticate, tap once and close; the
     rest stay idle, send half a header, or send all but one byte of a frame of the pre-auth
@@ -592,42 +635,14 @@ def test_connection_flood(live, canary):
     async def authed(i: int, round_no: int) -> str:
         tid = terms[i % len(terms)]
         client_seq = 1_000_000 + round_no * FLOOD + i  # far above the other tests' seqs of these terminals
-        conn = await RawConn.open(c.port, 15)
-        key = terminal_key(c.settings.city.master_key, tid)
-        nonce = os.urandom(16)
-        await conn.send(encode(m.Hello(terminal_id=tid, nonce=nonce)))
-        ch = await conn.read(15)
-        assert ch is not None and ch["t"] == "challenge", ch
-        await conn.send(encode(m.Auth(mac=auth_mac(key, tid, nonce, ch["nonce"]))))
-        ok = await conn.read(15)
-        assert ok is not None and ok["t"] == "auth_ok", ok
-        await conn.send(encode(m.Tap(seq=client_seq, card=cards[i % len(cards)], time_ms=now_ms(), kind=4,
-                                     amount_fen=1)))
+        conn = await RawConn.authenticated(c.port, tid, terminal_key(c.settings.city.master_key, tid), 15)
+        await conn.send(conn.client.tap(m.Tap(seq=client_seq, card=cards[i % len(cards)], time_ms=now_ms(), kind=4,
+                                              amount_fen=1)))
         res = await conn.read(15)
         assert res is not None and res["t"] == "result" and res["seq"] == client_seq, res
         STATS["frames_fuzzed"] += conn.frames_sent
         await conn.close()
         return "served"
-
-    async def unauthed(i: int) -> str:
-        conn = await RawConn.open(c.port, 15)
-        how = i % 3
-        if how == 1:
-            await conn.send(b"\x00\x00\x01", frames=0)
-        elif how == 2:
-            body = os.urandom(PREAUTH_MAX_FRAME_BYTES - 1)
-            await conn.send(PREAUTH_MAX_FRAME_BYTES.to_bytes(4, "big") + body, frames=1)
-        msgs = []
-        for _ in range(3):
-            msg = await conn.read(AUTH_TIMEOUT_MS / 1000 + 3)
-            if msg is None:
-                break
-            msgs.append(msg)
-        closed = await conn.wait_closed(1.0)
-        STATS["frames_fuzzed"] += conn.frames_sent
-        await conn.close()
-        assert closed and [x.get("code") for x in msgs] == [ErrorCode.AUTH_TIMEOUT], (how, msgs)
-        return "timed_out"
 
     async def sample() -> None:
         for _ in range(100):  # bounded: 10 s
@@ -637,7 +652,8 @@ def test_connection_flood(live, canary):
     async def go(round_no: int) -> list[str]:
         sampler = asyncio.get_running_loop().create_task(sample())
         t0 = time.monotonic()
-        results = await asyncio.gather(*[authed(i, round_no) if i % 4 == 0 else unauthed(i) for i in range(FLOOD)])
+        results = await asyncio.gather(*[authed(i, round_no) if i % 4 == 0 else flood_unauthenticated(c.port, i)
+                                         for i in range(FLOOD)])
         STATS["flood_s"] = round(time.monotonic() - t0, 2)
         sampler.cancel()
         return results

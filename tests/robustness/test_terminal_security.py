@@ -18,7 +18,8 @@ from citycard.actors.terminal_session import NONCE_MEMORY
 from citycard.domain.results import Result
 from citycard.domain.shard import session_shard_of
 from citycard.protocols import messages as m
-from citycard.protocols.auth import auth_mac, terminal_key
+from citycard.protocols.auth import terminal_key
+from citycard.protocols.client import ClientConnection
 from citycard.protocols.codes import ErrorCode
 from tests.support.city import plain_cards
 from tests.support.clock import now_ms
@@ -60,22 +61,22 @@ def key_of(live: LiveCity, terminal_id: int) -> bytes:
 
 async def handshake(port: int, terminal_id: int, key: bytes | None, nonce: bytes | None = None,
                     mac: bytes | None = None, then: bytes = b"") -> tuple[RawConn, dict[str, Any], bytes, bytes]:
-    """hello, challenge, auth (``then`` appended to the auth write); (conn, answer to auth,
+    """hello, challenge, auth (``then`` appended to the auth write) by a client connection with
+    ``key`` (None: a random MAC) or the recorded ``nonce`` and ``mac``; (conn, answer to auth,
     nonce, mac sent)."""
-    conn = await RawConn.open(port)
-    nonce = nonce or os.urandom(16)
-    await conn.send(encode(m.Hello(terminal_id=terminal_id, nonce=nonce)))
+    conn = await RawConn.open(port, client=ClientConnection(terminal_id, key or b""))
+    nonce = await conn.hello(nonce)
     ch = await conn.read(5)
     assert ch is not None and ch["t"] == "challenge", ch
-    if mac is None:
-        mac = auth_mac(key, terminal_id, nonce, ch["nonce"]) if key is not None else os.urandom(32)
-    await conn.send(encode(m.Auth(mac=mac)) + then)
+    if mac is None and key is None:
+        mac = os.urandom(32)
+    sent = await conn.auth(mac, then)
     if then:  # a tap right behind auth arrives in VERIFYING: refused first, not processed
         early = await conn.read(5)
         assert early is not None and early.get("code") == ErrorCode.NOT_AUTHENTICATED, early
     answer = await conn.read(5)
     assert answer is not None, "no answer to auth"
-    return conn, answer, nonce, mac
+    return conn, answer, nonce, m.client_decoder.decode(sent[4:]).mac  # recorded, to replay
 
 
 async def refused(conn: RawConn, answer: dict[str, Any], code: ErrorCode) -> int:
@@ -87,8 +88,13 @@ async def refused(conn: RawConn, answer: dict[str, Any], code: ErrorCode) -> int
     return got
 
 
+def bus_tap(seq: int, card: int) -> m.Tap:
+    return m.Tap(seq=seq, card=card, time_ms=now_ms(), kind=1, route=3)
+
+
 def tap_frame(seq: int, card: int) -> bytes:
-    return encode(m.Tap(seq=seq, card=card, time_ms=now_ms(), kind=1, route=3))
+    """A tap built by hand: sent before authentication on purpose, which a client refuses."""
+    return encode(bus_tap(seq, card))
 
 
 def test_each_refusal_has_its_own_code_and_leaves_no_trace(live, canary):
@@ -128,7 +134,7 @@ def test_each_refusal_has_its_own_code_and_leaves_no_trace(live, canary):
         assert first is not None
         codes["tap before authentication"] = assert_documented_error(first)
         assert codes["tap before authentication"] == ErrorCode.NOT_AUTHENTICATED
-        await conn.send(encode(m.Hello(terminal_id=early, nonce=os.urandom(16))))
+        await conn.send(ClientConnection(early, key_of(live, early)).hello(os.urandom(16)))
         ch = await conn.read(5)
         assert ch is not None and ch["t"] == "challenge"  # still open, handshake still possible
         for i in range(9):
@@ -210,19 +216,19 @@ def test_seqs_of_another_terminal_are_that_terminals_own(live, canary):
         assert ans["t"] == "auth_ok"
         first: dict[int, dict[str, Any]] = {}
         for seq in (1, 2):
-            await a.send(tap_frame(seq, cards[seq - 1]))
+            await a.send(a.client.tap(bus_tap(seq, cards[seq - 1])))
             r = await a.read(10)
             assert r is not None and r["t"] == "result" and r["code"] == Result.OK, r
             first[seq] = r
         # B: A's seq 1 with A's card, A's seq 2 with another card.
         for seq, card in ((1, cards[0]), (2, cards[3])):
-            await b.send(tap_frame(seq, card))
+            await b.send(b.client.tap(bus_tap(seq, card)))
             r = await b.read(10)
             assert r is not None and r["t"] == "result", r
             assert r["code"] not in (Result.DUPLICATE_SEQ, Result.SEQ_TOO_OLD), r
             assert not r.get("replay", False), f"B got A's outcome as a replay: {r}"
         # A's retry of seq 1: A's first outcome, as a replay.
-        await a.send(tap_frame(1, cards[0]))
+        await a.send(a.client.tap(bus_tap(1, cards[0])))
         r = await a.read(10)
         assert r is not None and r.get("replay") is True and r["balance_fen"] == first[1]["balance_fen"], r
         await a.close()
@@ -266,7 +272,7 @@ def test_one_terminal_flooding_is_limited_per_terminal(live, canary):
         batches = [m.TapBatch(req=r + 1, taps=[
             m.TapItem(seq=r * 1000 + i + 1, card=10**15 + r * 1000 + i, time_ms=now_ms(), kind=4, amount_fen=1)
             for i in range(1000)]) for r in range(3)]
-        await conn.send(b"".join(encode(b) for b in batches), frames=3)
+        await conn.send(b"".join(conn.client.taps(b.taps, b.req)[1] for b in batches), frames=3)
         codes: list[int] = []
         for _ in range(3):
             msg = await conn.read(30)

@@ -14,8 +14,8 @@ from typing import Any
 from citycard.domain.results import Result
 from citycard.domain.taps import TapKind
 from citycard.loadtest.audit import UNRECORDED_CODES, check_answered, run_audit
-from citycard.loadtest.client import TerminalClient
 from citycard.protocols import messages as m
+from citycard.terminal.client import TerminalClient
 from tests.support.clock import now_ms
 
 NOT_FINAL = (int(Result.BUSY), int(Result.RETRY))

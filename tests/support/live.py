@@ -24,7 +24,7 @@ import uvloop
 
 from citycard.domain.results import Result
 from citycard.domain.taps import TapKind
-from citycard.loadtest.client import TerminalClient
+from citycard.terminal.client import TerminalClient
 from tests.support.city import City, journal_rows, plain_cards, running_city
 from tests.support.clock import now_ms
 from tests.support.services import ServiceUrls, drop_city_data, new_schema

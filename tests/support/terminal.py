@@ -1,8 +1,8 @@
 """The test side of the terminal protocol: raw connections, hand-made frames, a fast
 pre-encoded load connection, and the error codes docs/protocol.md documents.
 
-One place for the raw-socket pieces, so that moving them onto the sans-I/O client connection
-later touches this module only.
+A well-behaved terminal's bytes (hello, auth, requests) come from the sans-I/O
+``ClientConnection``; only the malformed and out-of-order cases of the tests are built by hand.
 """
 
 import asyncio
@@ -16,11 +16,18 @@ import msgpack
 
 from citycard.domain.results import Result
 from citycard.domain.taps import TapKind
-from citycard.loadtest.client import TerminalClient
 from citycard.protocols import messages as m
-from citycard.protocols.auth import auth_mac, terminal_key
+from citycard.protocols.auth import terminal_key
+from citycard.protocols.client import (
+    Authenticated,
+    BatchAnswered,
+    Challenged,
+    ClientConnection,
+    Event,
+)
 from citycard.protocols.codes import ErrorCode
 from citycard.protocols.frames import encode_frame
+from citycard.terminal.client import TerminalClient
 from tests.support.paths import ROOT
 
 HOST = "127.0.0.1"
@@ -73,19 +80,61 @@ def assert_documented_error(msg: dict[str, Any]) -> int:
 
 # -- raw connections ------------------------------------------------------------------------
 class RawConn:
-    """One raw TCP connection: send bytes, read whole frames (decoded with msgpack) or EOF."""
+    """One raw TCP connection: send bytes, read whole frames (decoded with msgpack) or EOF.
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    With a ``client`` every whole frame read is fed to it too, so it follows the handshake and
+    ``client.hello()``/``client.auth()`` give a well-behaved terminal's bytes to ``send``."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 client: ClientConnection | None = None) -> None:
         self.reader = reader
         self.writer = writer
+        self._client = client
+        self.events: list[Event] = []  # what the client made of the frames read
         self.buf = b""
         self.closed = False
         self.frames_sent = 0
 
     @classmethod
-    async def open(cls, port: int, timeout_s: float = 5.0) -> "RawConn":
+    async def open(cls, port: int, timeout_s: float = 5.0, client: ClientConnection | None = None) -> "RawConn":
         r, w = await asyncio.wait_for(asyncio.open_connection(HOST, port), timeout_s)
-        return cls(r, w)
+        return cls(r, w, client)
+
+    @classmethod
+    async def authenticated(cls, port: int, terminal_id: int, key: bytes, timeout_s: float = 5.0) -> "RawConn":
+        """A connection past hello, challenge, auth and auth_ok, by the client connection."""
+        conn = await cls.open(port, timeout_s, ClientConnection(terminal_id, key))
+        await conn.hello()
+        ch = await conn.read(timeout_s)
+        assert ch is not None and ch["t"] == "challenge", ch
+        await conn.auth()
+        ok = await conn.read(timeout_s)
+        assert ok is not None and ok["t"] == "auth_ok", ok
+        return conn
+
+    @property
+    def client(self) -> ClientConnection:
+        assert self._client is not None, "a raw connection opened without a client connection"
+        return self._client
+
+    @client.setter
+    def client(self, client: ClientConnection) -> None:
+        """A client connection from here on (before the hello it sends)."""
+        self._client = client
+
+    async def hello(self, nonce: bytes | None = None) -> bytes:
+        """The client's hello (a fresh nonce unless given); returns the nonce."""
+        nonce = nonce or os.urandom(m.NONCE_BYTES)
+        await self.send(self.client.hello(nonce))
+        return nonce
+
+    async def auth(self, mac: bytes | None = None, then: bytes = b"", frames: int = 1) -> bytes:
+        """The client's answer to the challenge read (``mac``: a wrong one on purpose), with
+        ``then`` appended in the same write (``frames``: how many frames that makes). Returns
+        the auth frame sent."""
+        frame = self.client.auth(mac)
+        await self.send(frame + then, frames)
+        return frame
 
     async def send(self, data: bytes, frames: int = 1) -> None:
         self.frames_sent += frames
@@ -103,6 +152,8 @@ class RawConn:
         n = int.from_bytes(self.buf[:4], "big")
         if len(self.buf) < 4 + n:
             return None
+        if self._client is not None:
+            self.events += self._client.receive_data(self.buf[: 4 + n])
         body, self.buf = self.buf[4 : 4 + n], self.buf[4 + n :]
         msg = msgpack.unpackb(body, raw=False, strict_map_key=False)
         assert isinstance(msg, dict) and isinstance(msg.get("t"), str), msg
@@ -176,8 +227,9 @@ async def raw_exchange(port: int, payload: bytes, read_timeout_s: float = 5.0) -
 
 # -- load from pre-encoded frames -----------------------------------------------------------
 class LoadConn:
-    """One authenticated terminal connection sending pre-encoded ``taps`` frames; answers are
-    matched by ``req`` in a read loop (msgspec decoding, no per-answer futures)."""
+    """One authenticated terminal connection sending ``taps`` frames encoded ahead of time by
+    its client connection (``batch``); a read loop matches answers by ``req`` through the
+    client's events (no per-answer futures)."""
 
     def __init__(self, terminal_id: int) -> None:
         self.terminal_id = terminal_id
@@ -186,39 +238,52 @@ class LoadConn:
         self.lat = array("d")  # one latency per accepted tap (a batch's taps share one)
         self.busy = 0
         self.answered = 0
-        self.other: list[Any] = []
+        self.other: list[Any] = []  # every event but a batch's answer
 
     async def connect(self, port: int, master_key: bytes) -> None:
         self.reader, self.writer = await asyncio.open_connection(HOST, port)
-        key = terminal_key(master_key, self.terminal_id)
-        nonce = os.urandom(16)
-        self.writer.write(encode(m.Hello(terminal_id=self.terminal_id, nonce=nonce)))
-        ch = m.server_decoder.decode(await self._frame())
-        self.writer.write(encode(m.Auth(mac=auth_mac(key, self.terminal_id, nonce, ch.nonce))))
-        ok = m.server_decoder.decode(await self._frame())
-        assert isinstance(ok, m.AuthOk), ok
+        self.conn = ClientConnection(self.terminal_id, terminal_key(master_key, self.terminal_id))
+        self.writer.write(self.conn.hello(os.urandom(m.NONCE_BYTES)))
+        await self._until(Challenged)
+        self.writer.write(self.conn.auth())
+        await self._until(Authenticated)
         self.pump = asyncio.get_running_loop().create_task(self._read_loop())
 
-    async def _frame(self) -> bytes:
-        n = int.from_bytes(await self.reader.readexactly(4), "big")
-        return await self.reader.readexactly(n)
+    async def _until(self, kind: type) -> None:
+        while True:
+            data = await self.reader.read(65536)
+            assert data, "closed during the handshake"
+            events = self.conn.receive_data(data)
+            assert all(isinstance(e, (Challenged, Authenticated)) for e in events), events
+            if any(isinstance(e, kind) for e in events):
+                return
+
+    def batch(self, req: int, items: list[m.TapItem]) -> bytes:
+        """The frame of a ``taps`` batch, tracked by the client until its answer is read."""
+        return self.conn.taps(items, req)[1]
 
     async def _read_loop(self) -> None:
-        decode = m.server_decoder.decode
         while True:
-            msg = decode(await self._frame())
-            if type(msg) is not m.Results:
-                self.other.append(msg)
-                continue
-            t_sent, _ = self.sent.pop(msg.req)
-            lat = time.perf_counter() - t_sent
-            for r in msg.results:
-                self.answered += 1
-                if r.code == BUSY:
-                    self.busy += 1
+            data = await self.reader.read(65536)
+            if not data:
+                self.other.append("closed by the server")
+                return
+            for event in self.conn.receive_data(data):
+                if type(event) is BatchAnswered:
+                    self._answered(event.results)
                 else:
-                    self.accepted.append(r.seq)
-                    self.lat.append(lat)
+                    self.other.append(event)
+
+    def _answered(self, msg: m.Results) -> None:
+        t_sent, _ = self.sent.pop(msg.req)
+        lat = time.perf_counter() - t_sent
+        for r in msg.results:
+            self.answered += 1
+            if r.code == BUSY:
+                self.busy += 1
+            else:
+                self.accepted.append(r.seq)
+                self.lat.append(lat)
 
     def send(self, req: int, first_seq: int, data: bytes) -> None:
         self.sent[req] = (time.perf_counter(), first_seq)

@@ -1,7 +1,10 @@
-"""What every endpoint needs: the database pool, Redis, the shard actors and the settings.
+"""What every endpoint needs: the settings, the database pool, Redis and the shard client;
+``services`` is what the card-services layer is given.
 
-Every change to a card goes through its AccountShard (``run_ops``), never by direct SQL, so a
-counter top-up and a tap on the same card are ordered by the one writer of that card.
+Every change to a card goes through its AccountShard (the ShardClient), never by direct SQL, so
+a counter top-up and a tap on the same card are ordered by the one writer of that card.
+``run_ops``, ``run_op`` and ``card_view`` are for tools and tests that drive the shards
+directly.
 """
 
 import os
@@ -19,7 +22,6 @@ from ..cards.services import Services
 from ..config.settings import Settings
 from ..domain.ops import CardOp, OpOutcome
 from ..domain.views import CardView
-from ..persistence import hotlist
 
 # Half the cores for PIN checks (each ~0.1 s of CPU), the rest for the loop and the gateway.
 KDF_WORKERS = max(1, (os.cpu_count() or 2) // 2)
@@ -47,9 +49,6 @@ class ApiContext:
                         api.epurse_max_fen, api.pin_max_tries, api.pin_kdf_n,
                         KdfGate(KDF_WORKERS, KDF_CAPACITY))
 
-    def shard_of(self, card_no: int) -> int:
-        return self.shards.shard_of(card_no)
-
     async def run_ops(self, ops: Sequence[CardOp], *, with_views: bool = True) -> list[OpOutcome]:
         """Apply ops on their cards' shards (one call per shard); outcomes in the ops' order.
         Each op is durable in the journal when this returns."""
@@ -60,12 +59,3 @@ class ApiContext:
 
     async def card_view(self, card_no: int) -> CardView | None:
         return await self.shards.card_view(card_no)
-
-    async def add_cards(self, card_nos: list[int]) -> None:
-        """Tell the owning shards about cards just written to the cards table."""
-        await self.shards.add_cards(card_nos)
-    async def hotlist_add(self, conn: asyncpg.Connection, card_no: int, reason: str) -> int:
-        return await hotlist.add(conn, self.redis, self.prefix, card_no, reason)
-
-    async def hotlist_remove(self, conn: asyncpg.Connection, card_no: int, reason: str) -> int:
-        return await hotlist.remove(conn, self.redis, self.prefix, card_no, reason)

@@ -1,13 +1,10 @@
 """Shapes and helpers shared by the routes."""
 
-import uuid
 from typing import Annotated
 
 from fastapi import Path, Request
 from pydantic import AfterValidator, Field
 
-from ...cards import lookup
-from ...domain.views import CardView
 from ..context import ApiContext
 
 CardNo = Annotated[int, Path(ge=1, le=10**18 - 1, description="card number (issuer prefix, serial, check digit)")]
@@ -42,16 +39,3 @@ IdempotencyKey = Annotated[Text, Field(min_length=1, max_length=100,
 def ctx_of(request: Request) -> ApiContext:
     ctx: ApiContext = request.app.state.ctx
     return ctx
-
-
-check_card_no = lookup.check_card_no
-
-
-async def card_or_404(ctx: ApiContext, card_no: int) -> CardView:
-    return await lookup.card(ctx.shards, card_no)
-
-
-def op_key(scope: str, card_no: int, client_key: str | None = None) -> str:
-    """An op's idempotency key: the client's (scoped to the card and the service), or a fresh
-    one for ops that are idempotent by nature (setting a status or a product)."""
-    return f"{scope}:{card_no}:{client_key if client_key is not None else uuid.uuid4().hex}"

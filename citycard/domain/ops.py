@@ -147,6 +147,10 @@ _TOP_UP_PURSES = frozenset((Purse.EPURSE, Purse.GENERAL))
 _CREDIT_PURSES = frozenset((Purse.EPURSE, Purse.GENERAL, Purse.VOUCHER, Purse.ALLOWANCE, Purse.MEDICAL))
 _REFUND_PURSES = frozenset((Purse.EPURSE, Purse.GENERAL))
 _NO_CHANGE = (0,) * N_PURSES
+# A lost card takes no money in or out at a counter and no new product: whoever holds it
+# cannot spend, and the holder's money leaves by a replacement or a cancellation. Credits
+# (benefits) still arrive and move on with a replacement; docs/api.md has the whole table.
+_REFUSED_WHEN_BLOCKED = (TopUp, Refund, SetProduct)
 
 
 def _bad_amount(amount_fen: int) -> bool:
@@ -161,6 +165,8 @@ def decide_op(card: CardState | None, op: CardOp) -> tuple[int, tuple[int, ...],
         return Result.BAD_TAP, _NO_CHANGE, None
     if card.status == CardStatus.CANCELLED:
         return Result.CARD_CANCELLED, _NO_CHANGE, None
+    if card.status == CardStatus.BLOCKED and isinstance(op, _REFUSED_WHEN_BLOCKED):
+        return Result.CARD_BLOCKED, _NO_CHANGE, None
     if isinstance(op, TopUp):
         if op.purse not in _TOP_UP_PURSES or _bad_amount(op.amount_fen):
             return Result.BAD_TAP, _NO_CHANGE, None

@@ -219,3 +219,18 @@ def test_a_pass_bought_on_the_new_card_survives_a_late_transfer() -> None:
     assert moved is not None and moved.monthly_pass is None
     ledger.apply_ops([TransferIn("r:in", B, A, moved)], NOW_MS)
     assert _card(ledger, B).monthly_pass == (NOW_MS, NOW_MS + 10)
+
+
+def test_a_lost_card_takes_no_counter_money_and_no_product_but_keeps_its_benefits() -> None:
+    ledger = _ledger()
+    ledger.apply_ops([SetStatus("lost", A, CardStatus.BLOCKED)], NOW_MS)
+    refused = [TopUp("t", A, Purse.EPURSE, 500), Refund("r", A, Purse.EPURSE, 100),
+               SetProduct("p", A, "monthly_pass", NOW_MS, NOW_MS + 1000)]
+    outcomes, rows = ledger.apply_ops(refused, NOW_MS)
+    assert [o.result for o in outcomes] == [Result.CARD_BLOCKED] * 3
+    assert all(r.amount_fen == 0 and r.result == Result.CARD_BLOCKED for r in rows)
+    assert _card(ledger, A).purses[Purse.EPURSE] == 1000
+    allowed, _ = ledger.apply_ops([Credit("c", A, Purse.ALLOWANCE, 300, 0), SetApps("a", A, int(App.EPURSE)),
+                                   Cancel("x", A)], NOW_MS)
+    assert [o.result for o in allowed] == [Result.OK] * 3
+    assert _card(ledger, A).status == CardStatus.CANCELLED

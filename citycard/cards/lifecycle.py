@@ -73,7 +73,8 @@ async def cancel(svc: Services, who: Who, card_no: int, key: str, reason: str) -
     if pending is not None:  # the money of a replacement could be stranded between the cards
         raise Conflict(f"a replacement of card {pending} is not finished: retry the replacement first",
                        result="REPLACEMENT_PENDING")
-    out = await svc.shards.apply_op(Cancel(op_key("cancel", card_no, key), card_no))
+    op = Cancel(op_key("cancel", card_no, key), card_no)
+    out = await svc.shards.apply_op(op)
     check_result(out.result, card_no)
     async with svc.pool.acquire() as conn:
         await card_rows.mark_cancelled(conn, card_no)
@@ -85,5 +86,5 @@ async def cancel(svc: Services, who: Who, card_no: int, key: str, reason: str) -
     refunded = {name: -d for name, d in zip(PURSE_NAMES, out.deltas, strict=True) if d}
     await audit.record(svc.pool, who.name, who.role, "card.cancel", f"card:{card_no}",
                        msgspec.to_builtins(before.view), {**msgspec.to_builtins(after.view), "refunded_fen": refunded},
-                       reason)
+                       reason, op_key=op.key)  # once per key: a retry claims no second payout
     return after

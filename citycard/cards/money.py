@@ -71,28 +71,34 @@ def _movement(card_no: int, out: OpOutcome) -> Movement:
 async def top_up(shards: ShardClient, pool: asyncpg.Pool, who: Who, card_no: int, purse: str, amount_fen: int,
                  key: str, epurse_max_fen: int) -> Movement:
     """Money onto the e-purse (up to ``epurse_max_fen``) or the account's general purse: one
-    shard call, then its audit row the first time."""
+    shard call, then its one audit entry."""
     check_card_no(card_no)
     cap = epurse_max_fen if purse == "epurse" else 0
-    out = await shards.apply_op(TopUp(op_key("topup", card_no, key), card_no, int(MONEY_PURSES[purse]),
-                                      amount_fen, cap))
-    result = _movement(card_no, out)
-    if not out.replay:
-        await audit.record(pool, who.name, who.role, "money.top_up", f"card:{card_no}", None, result.__dict__)
-    return result
+    op = TopUp(op_key("topup", card_no, key), card_no, int(MONEY_PURSES[purse]), amount_fen, cap)
+    return await _once(pool, who, "money.top_up", op, await shards.apply_op(op), "")
 
 
 async def refund(shards: ShardClient, pool: asyncpg.Pool, who: Who, card_no: int, purse: str, amount_fen: int,
                  key: str, reason: str) -> Movement:
-    """Money paid back to the holder out of a purse: one shard call, then its audit row."""
+    """Money paid back to the holder out of a purse: one shard call, then its one audit entry."""
     check_card_no(card_no)
-    out = await shards.apply_op(Refund(op_key("refund", card_no, key), card_no, int(MONEY_PURSES[purse]),
-                                       amount_fen))
-    result = _movement(card_no, out)
-    if not out.replay:
-        await audit.record(pool, who.name, who.role, "money.refund", f"card:{card_no}", None, result.__dict__,
-                           reason)
-    return result
+    op = Refund(op_key("refund", card_no, key), card_no, int(MONEY_PURSES[purse]), amount_fen)
+    return await _once(pool, who, "money.refund", op, await shards.apply_op(op), reason)
+
+
+async def _once(pool: asyncpg.Pool, who: Who, action: str, op: TopUp | Refund, out: OpOutcome,
+                reason: str) -> Movement:
+    """The op's audit entry, written once per key, and the answer: a retry gets the first
+    answer as the entry holds it (the balance then, not now). A retry that finds no entry
+    follows a first attempt that stopped before writing it: it writes it now."""
+    movement = _movement(op.card_no, out)
+    if out.replay:
+        first = await audit.of_op(pool, op.key)
+        if first is not None and "balance" in first["after"]:  # not a reconciled entry
+            return Movement(**{**first["after"], "replay": True})
+    await audit.record(pool, who.name, who.role, action, f"card:{op.card_no}", None,
+                       {**movement.__dict__, "replay": False}, reason, op_key=op.key)
+    return movement
 
 
 async def balance(shards: ShardClient, card_no: int) -> Balance:

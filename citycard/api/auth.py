@@ -26,6 +26,7 @@ class Role(StrEnum):
     PROGRAMME_ADMIN = "programme_admin"  # disbursement programmes
     AUDITOR = "auditor"  # reads everything, the audit log included
     READ_ONLY = "read_only"  # reads cardholders, cards, balances and history
+    PAYMENT = "payment"  # an online-payment channel: checks a holder's PIN for a payment
 
 
 class Perm(StrEnum):
@@ -34,13 +35,15 @@ class Perm(StrEnum):
     MONEY = "money"  # top-ups and refunds
     PROGRAMMES = "programmes"
     AUDIT = "audit"
+    VERIFY_PIN = "verify_pin"  # check a holder's PIN (wrong ones count towards the lockout)
 
 
 GRANTS: dict[Role, frozenset[Perm]] = {
-    Role.CLERK: frozenset({Perm.READ, Perm.CARDS, Perm.MONEY}),
+    Role.CLERK: frozenset({Perm.READ, Perm.CARDS, Perm.MONEY, Perm.VERIFY_PIN}),
     Role.PROGRAMME_ADMIN: frozenset({Perm.READ, Perm.PROGRAMMES}),
     Role.AUDITOR: frozenset({Perm.READ, Perm.AUDIT}),
     Role.READ_ONLY: frozenset({Perm.READ}),
+    Role.PAYMENT: frozenset({Perm.VERIFY_PIN}),
 }
 
 
@@ -48,6 +51,7 @@ GRANTS: dict[Role, frozenset[Perm]] = {
 class Operator:
     name: str
     roles: tuple[Role, ...]
+    token_id: str = ""  # the start of the token's hash: names the token in limits and lists
 
     def can(self, perm: Perm) -> bool:
         return any(perm in GRANTS[r] for r in self.roles)
@@ -59,6 +63,10 @@ class Operator:
 
 def hash_token(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
+
+
+def token_id(token_hash: bytes) -> str:
+    return token_hash.hex()[:12]
 
 
 async def create_token(conn: asyncpg.Connection, operator: str, roles: list[Role]) -> str:
@@ -85,7 +93,7 @@ class TokenCache:
         if hit is not None and hit[1] > now:
             return hit[0]
         found = await tokens.active(pool, h)
-        op = None if found is None else Operator(found[0], tuple(Role(r) for r in found[1]))
+        op = None if found is None else Operator(found[0], tuple(Role(r) for r in found[1]), token_id(h))
         if len(self._entries) > 10_000:
             self._entries.clear()
         self._entries[h] = (op, now + _CACHE_S)

@@ -19,13 +19,14 @@ import redis.asyncio as aioredis
 from ..actors.shard_client import ShardClient
 from ..cards.pin_kdf import KdfGate
 from ..cards.services import Services
+from ..cards.throttle import Scope, Throttle
 from ..config.settings import Settings
 from ..domain.ops import CardOp, OpOutcome
 from ..domain.views import CardView
 
 # Half the cores for PIN checks (each ~0.1 s of CPU), the rest for the loop and the gateway.
 KDF_WORKERS = max(1, (os.cpu_count() or 2) // 2)
-KDF_CAPACITY = 64  # PIN checks in progress or waiting; beyond that 503, no try counted
+KDF_CAPACITY = 64  # PIN checks in progress or waiting; beyond that 503, no try counted (per source: settings)
 
 
 @dataclass
@@ -45,9 +46,13 @@ class ApiContext:
     def services(self) -> Services:
         """What the card-services layer is given."""
         api = self.settings.api
+        throttle = Throttle(self.redis, self.prefix, {Scope.LOGIN_SOURCE: api.login_failures_per_source,
+                                                      Scope.LOGIN_CARD: api.login_failures_per_card,
+                                                      Scope.PIN_TOKEN: api.pin_failures_per_token})
         return Services(self.shards, self.pool, self.redis, self.prefix, self.insurance_categories,
                         api.epurse_max_fen, api.pin_max_tries, api.pin_kdf_n,
-                        KdfGate(KDF_WORKERS, KDF_CAPACITY))
+                        KdfGate(KDF_WORKERS, KDF_CAPACITY, api.kdf_in_flight_per_source), throttle,
+                        api.self_session_ttl_s)
 
     async def run_ops(self, ops: Sequence[CardOp], *, with_views: bool = True) -> list[OpOutcome]:
         """Apply ops on their cards' shards (one call per shard); outcomes in the ops' order.

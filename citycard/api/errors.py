@@ -15,7 +15,9 @@ from ..cards.errors import (
     CardServiceError,
     Conflict,
     Invalid,
+    NotAuthenticated,
     NotFound,
+    RateLimited,
     Refused,
     TooLarge,
     check_result,
@@ -63,6 +65,7 @@ ERROR_STATUSES = {
     409: "a conflict with the current state, with the reason (and the result code)",
     422: "bad input: the offending field is named",
     423: "locked: too many wrong PINs",
+    429: "too many failed tries from this source, to this card or with this token: retry after `Retry-After` seconds",
     503: "a shard did not answer in time: retry with the same idempotency key",
 }
 
@@ -84,10 +87,15 @@ def card_service_error(exc: CardServiceError) -> JSONResponse:
     if isinstance(exc, WrongPin):
         return JSONResponse({"error": str(exc), "tries_left": exc.tries_left}, status_code=401,
                             headers={"WWW-Authenticate": "Bearer"})
+    if isinstance(exc, NotAuthenticated):
+        return JSONResponse({"error": str(exc)}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
     if isinstance(exc, PinLocked):
         return JSONResponse({"error": str(exc), "tries_left": 0}, status_code=423)
+    if isinstance(exc, RateLimited):
+        return JSONResponse({"error": str(exc), "retry_after_s": exc.retry_after_s}, status_code=429,
+                            headers={"Retry-After": str(exc.retry_after_s)})
     if isinstance(exc, Busy):
-        return JSONResponse({"error": str(exc)}, status_code=503)
+        return JSONResponse({"error": str(exc)}, status_code=503, headers={"Retry-After": str(exc.retry_after_s)})
     if isinstance(exc, TooLarge):
         return JSONResponse({"error": str(exc), "field": exc.field}, status_code=413)
     if isinstance(exc, Invalid):

@@ -47,6 +47,22 @@ class ChangeIn(BaseModel):
     new_pin: Pin
 
 
+class LoginIn(BaseModel):
+    """All three: a stranger who knows card numbers knows nothing else."""
+
+    model_config = ConfigDict(extra="forbid")
+    card_no: int = Field(strict=True, ge=1, le=10**18 - 1, description="the card number printed on the card")
+    citizen_id: str = Field(min_length=18, max_length=18, pattern="^[0-9]{17}[0-9Xx]$",
+                            description="the holder's 18-character resident identity number")
+    pin: Pin
+
+
+class SessionOut(BaseModel):
+    session_token: str = Field(description="send as `Authorization: Bearer ss_...` to the /self endpoints")
+    card_no: int
+    expires_in_s: int
+
+
 class Verified(BaseModel):
     ok: Literal[True] = True
 
@@ -66,6 +82,7 @@ class ErrorOut(BaseModel):
     field: str | None = Field(None, description="the offending input (422)")
     result: str | None = Field(None, description="the card's conflicting state, e.g. CARD_CANCELLED")
     tries_left: int | None = Field(None, description="wrong PIN (401) and locked (423) answers")
+    retry_after_s: int | None = Field(None, description="429: seconds until a try frees up (also `Retry-After`)")
     errors: list[dict[str, str]] | None = Field(None, description="422 from validation: every problem found")
 
 
@@ -82,4 +99,10 @@ LOCKED = error_response("the PIN is locked after too many wrong tries; a reset a
 COUNTER: Responses = {401: error_response("no or unknown operator token"),
                       403: error_response("the operator's role lacks the permission"),
                       404: UNKNOWN, 422: BAD_INPUT}
-HOLDER: Responses = {401: WRONG, 404: UNKNOWN, 422: BAD_INPUT, 423: LOCKED, 503: BUSY}
+LIMITED = error_response("too many failed tries from this source, to this card or with this token, or this "
+                         "source has its share of PIN checks in progress: retry after `Retry-After` seconds")
+VERIFY: Responses = {**COUNTER, 401: error_response("no or unknown operator token, or a wrong PIN (`tries_left`)"),
+                     409: error_response("no PIN is set, or the card is lost (CARD_BLOCKED) or cancelled"),
+                     423: LOCKED, 429: LIMITED, 503: BUSY}
+SESSION: Responses = {401: error_response("no session, or an unknown or expired one: log in again"),
+                      403: error_response("the card is cancelled or replaced"), 422: BAD_INPUT}

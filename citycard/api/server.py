@@ -7,7 +7,7 @@ from typing import Any
 import uvicorn
 
 from ..tasks import cancel_and_wait
-from . import disburse
+from . import disburse, reconciler
 from .app import create_app
 from .context import ApiContext
 
@@ -19,6 +19,7 @@ class ApiServer:
         self.port = port
         self._server: uvicorn.Server | None = None
         self._task: asyncio.Task[None] | None = None
+        self._reconciler: asyncio.Task[None] | None = None
         self.app: Any = None
 
     async def start(self) -> int:
@@ -39,9 +40,12 @@ class ApiServer:
         if self._task.done():
             self._task.result()  # raises what stopped it
         await disburse.resume_interrupted(self.app)  # runs a crash or a shutdown left unfinished
+        self._reconciler = asyncio.get_running_loop().create_task(reconciler.run_forever(self.ctx))
         return self.port
 
     async def stop(self) -> None:
+        if self._reconciler is not None:
+            await cancel_and_wait([self._reconciler])
         if self.app is not None:
             await disburse.runs_of(self.app).close()  # before the pool closes under them
         if self._server is not None:

@@ -68,6 +68,20 @@ class TooLarge(CardServiceError):
 class Busy(CardServiceError):
     """The service is doing as much as it is allowed to at once (runs in progress): retry later."""
 
+    retry_after_s = 1
+
+
+class NotAuthenticated(CardServiceError):
+    """No credential, or not a valid one (401); the message never says which part was wrong."""
+
+
+class RateLimited(CardServiceError):
+    """The caller (a source, a card, a token) used up an allowance: retry after ``retry_after_s``."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = max(1, retry_after_s)
+
 
 def check_result(result: int, card_no: int) -> None:
     """Raise for a refused op; OK returns."""

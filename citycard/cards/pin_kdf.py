@@ -96,31 +96,49 @@ def new_salt() -> bytes:
 
 
 class KdfBusy(Exception):
-    """Too many PIN checks in progress; the caller answers 503 and counts no try."""
+    """No place for another PIN check: ``per_source`` when the asking source has its share in
+    progress (429 for it alone), else the whole gate is full (503). No try is counted."""
+
+    def __init__(self, per_source: bool) -> None:
+        super().__init__("this source has its share of PIN checks in progress" if per_source
+                         else "too many PIN checks in progress")
+        self.per_source = per_source
 
 
 class KdfGate:
     """Runs KDF calls in threads (scrypt releases the GIL), at most ``workers`` at once so PIN
     checks cannot take every core from the gateway, with at most ``capacity`` requests inside
-    (running or waiting) so a flood of guesses gets 503 instead of an unbounded queue."""
+    (running or waiting) so a flood gets refused instead of an unbounded queue, and at most
+    ``per_source`` of them from one source, so one client cannot fill the gate for everyone."""
 
-    def __init__(self, workers: int, capacity: int) -> None:
-        if not 1 <= workers <= capacity:
-            raise ValueError("need 1 <= workers <= capacity")
+    def __init__(self, workers: int, capacity: int, per_source: int) -> None:
+        if not 1 <= workers <= capacity or not 1 <= per_source <= capacity:
+            raise ValueError("need 1 <= workers <= capacity and 1 <= per_source <= capacity")
         self.capacity = capacity
+        self.per_source = per_source
         self._sem = asyncio.Semaphore(workers)
         self._inside = 0
+        self._by_source: dict[str, int] = {}  # only sources with a check inside: bounded by capacity
 
     @contextmanager
-    def ticket(self) -> Iterator[None]:
-        """Hold a place for one request's whole check; KdfBusy when full."""
+    def ticket(self, source: str) -> Iterator[None]:
+        """Hold a place for one request's whole check; KdfBusy when there is none."""
+        held = self._by_source.get(source, 0)
+        if held >= self.per_source:
+            raise KdfBusy(per_source=True)
         if self._inside >= self.capacity:
-            raise KdfBusy()
+            raise KdfBusy(per_source=False)
         self._inside += 1
+        self._by_source[source] = held + 1
         try:
             yield
         finally:
             self._inside -= 1
+            left = self._by_source[source] - 1
+            if left:
+                self._by_source[source] = left
+            else:
+                del self._by_source[source]
 
     @property
     def inside(self) -> int:

@@ -10,6 +10,7 @@ from ..domain.views import CardView
 from ..persistence import card_rows
 from .lookup import card
 from .pin_kdf import KdfGate
+from .throttle import Throttle
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,8 @@ class Services:
     pin_max_tries: int
     pin_kdf_n: int  # scrypt cost of new PIN hashes
     kdf_gate: KdfGate  # one per app, made inside its event loop
+    throttle: Throttle  # failures allowed per source, card and token
+    self_session_ttl_s: int
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+import limits
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    IPvAnyNetwork,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ..errors import ConfigError
 
@@ -92,6 +101,24 @@ class Api(_Section):
     pin_max_tries: int = Field(ge=1, le=100)  # wrong PINs in a row before the PIN locks
     pin_kdf_n: int = Field(ge=2, le=2**20)  # scrypt cost (a power of two)
     disbursement_batch: int = Field(ge=1, le=100_000)  # credits per call to a shard
+    audit_reconcile_s: float = Field(ge=0.1, le=86_400)  # how often the journal is checked for unaudited ops
+    audit_reconcile_grace_ms: int = Field(ge=0, le=3_600_000)  # ops younger than this are their request's
+    self_session_ttl_s: int = Field(ge=30, le=86_400)  # a self-service login lasts this long
+    # failed checks allowed, as "N/period" tiers ("5/minute;20/hour": back-off by the longer window)
+    login_failures_per_source: str
+    login_failures_per_card: str
+    pin_failures_per_token: str
+    kdf_in_flight_per_source: int = Field(ge=1, le=64)  # PIN checks one source may have in progress
+    trusted_proxies: list[IPvAnyNetwork]  # peers whose X-Forwarded-For names the real source
+
+    @field_validator("login_failures_per_source", "login_failures_per_card", "pin_failures_per_token")
+    @classmethod
+    def _rate_limits(cls, v: str) -> str:
+        try:
+            limits.parse_many(v)
+        except ValueError as exc:
+            raise ValueError(f'not a list of limits like "5/minute;20/hour": {exc}') from None
+        return v
 
     @field_validator("pin_kdf_n")
     @classmethod

@@ -49,3 +49,10 @@ async def update(conn: asyncpg.Connection, holder_id: int, changes: dict[str, An
     assignments = ", ".join(f"{k} = ${i + 2}" for i, k in enumerate(changes))
     await conn.execute(f"UPDATE holders SET {assignments}, updated_at = now() WHERE holder_id = $1",
                        holder_id, *changes.values())
+
+
+async def identity_of_card(conn: Conn, card_no: int) -> tuple[str, date] | None:
+    """(citizen_id, birth_date) of the card's holder; None for a card with no holder on file."""
+    row = await conn.fetchrow("SELECT h.citizen_id, h.birth_date FROM cards c JOIN holders h USING (holder_id)"
+                              " WHERE c.card_no = $1", card_no)
+    return None if row is None else (row["citizen_id"], row["birth_date"])

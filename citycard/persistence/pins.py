@@ -7,13 +7,21 @@ import asyncpg
 
 Conn: TypeAlias = "asyncpg.Connection | asyncpg.Pool"
 STATE_COLUMNS = "failed_tries, kdf, updated_at"
-# Reserve a try: the one atomic step that bounds evaluated guesses under concurrency.
-_RESERVE = ("UPDATE card_pins SET failed_tries = failed_tries + 1 WHERE card_no = $1 AND failed_tries < $2"
+# Reserve a try: the one atomic step that bounds evaluated guesses under concurrency. A
+# reservation older than _STALE (its process died mid-check) no longer holds the card.
+_STALE = "interval '30 seconds'"
+_PENDING = f"(CASE WHEN pending_at IS NULL OR pending_at < now() - {_STALE} THEN 0 ELSE pending_tries END)"
+_RESERVE = (f"UPDATE card_pins SET pending_tries = {_PENDING} + 1, pending_at = now()"
+            f" WHERE card_no = $1 AND failed_tries + {_PENDING} < $2"
             " RETURNING failed_tries, pin_hash, salt, kdf")
-# A right PIN: its own try and the wrong ones before it are gone; tries reserved since stay.
-_GIVE_BACK = ("UPDATE card_pins SET failed_tries = GREATEST(failed_tries - $3, 0)"
-              " WHERE card_no = $1 AND pin_hash = $2")
-_REPLACE = ("UPDATE card_pins SET pin_hash = $2, salt = $3, kdf = $4, failed_tries = 0, updated_at = now()"
+# A wrong PIN: its reservation becomes a failure.
+_FAILED = ("UPDATE card_pins SET failed_tries = failed_tries + 1, pending_tries = GREATEST(pending_tries - 1, 0)"
+           " WHERE card_no = $1 AND pin_hash = $2 RETURNING failed_tries")
+# A right PIN: the failures before it are forgiven; reservations of checks still running stay.
+_RIGHT = ("UPDATE card_pins SET failed_tries = 0, pending_tries = GREATEST(pending_tries - 1, 0)"
+          " WHERE card_no = $1 AND pin_hash = $2")
+_REPLACE = ("UPDATE card_pins SET pin_hash = $2, salt = $3, kdf = $4, failed_tries = 0, pending_tries = 0,"
+            " pending_at = NULL, updated_at = now()"
             " WHERE card_no = $1 AND pin_hash = $5 RETURNING " + STATE_COLUMNS)
 
 
@@ -30,14 +38,20 @@ async def state(conn: Conn, card_no: int, *, lock: bool = False) -> asyncpg.Reco
 
 
 async def reserve_try(conn: Conn, card_no: int, max_tries: int) -> asyncpg.Record | None:
-    """Count a try before the PIN is checked: (failed_tries, pin_hash, salt, kdf), or None when
-    there is no PIN or no try left."""
+    """Reserve a try before the PIN is checked: (failed_tries, pin_hash, salt, kdf), or None
+    when there is no PIN, or the failures and the checks in progress leave no try."""
     row: asyncpg.Record | None = await conn.fetchrow(_RESERVE, card_no, max_tries)
     return row
 
 
-async def give_back(conn: Conn, card_no: int, pin_hash: bytes, tries: int) -> None:
-    await conn.execute(_GIVE_BACK, card_no, pin_hash, tries)
+async def settle_wrong(conn: Conn, card_no: int, pin_hash: bytes) -> int | None:
+    """The failures after this wrong try; None when the PIN was replaced meanwhile."""
+    tries = await conn.fetchval(_FAILED, card_no, pin_hash)
+    return None if tries is None else int(tries)
+
+
+async def settle_right(conn: Conn, card_no: int, pin_hash: bytes) -> None:
+    await conn.execute(_RIGHT, card_no, pin_hash)
 
 
 async def insert(conn: Conn, card_no: int, pin_hash: bytes, salt: bytes, kdf: str) -> asyncpg.Record | None:

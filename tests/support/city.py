@@ -3,7 +3,7 @@ and views of it that tests share."""
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 
 import httpx
@@ -95,9 +95,22 @@ class ApiCity:
     city: City
     http: httpx.AsyncClient
     tokens: dict[str, str]  # role -> token
+    citizen_ids: dict[int, str] = field(default_factory=dict)  # card_no -> its holder's, for self-service
 
     def auth(self, role: str = "clerk") -> dict[str, str]:
         return {"Authorization": f"Bearer {self.tokens[role]}"}
+
+    async def log_in(self, card_no: int, pin: str, citizen_id: str | None = None,
+                     headers: dict[str, str] | None = None) -> httpx.Response:
+        """POST /self/session with the card's own holder's identity number unless one is given."""
+        return await self.http.post("/self/session", headers=headers, json={
+            "card_no": card_no, "citizen_id": citizen_id or self.citizen_ids[card_no], "pin": pin})
+
+    async def session(self, card_no: int, pin: str) -> dict[str, str]:
+        """Headers of a fresh self-service session for the card."""
+        r = await self.log_in(card_no, pin)
+        assert r.status_code == 201, r.text
+        return {"Authorization": f"Bearer {r.json()['session_token']}"}
 
     async def new_holder(self, serial: int, category: str = "adult", born: date = date(1990, 5, 17)) -> dict:
         r = await self.http.post("/holders", headers=self.auth(), json={
@@ -110,7 +123,9 @@ class ApiCity:
         holder = await self.new_holder(serial)
         r = await self.http.post(f"/holders/{holder['holder_id']}/cards", headers=self.auth(), json=issue)
         assert r.status_code == 201, r.text
-        return int(r.json()["card_no"])
+        card_no = int(r.json()["card_no"])
+        self.citizen_ids[card_no] = holder["citizen_id"]
+        return card_no
 
     async def top_up(self, card_no: int, amount_fen: int, key: str, purse: str = "epurse") -> httpx.Response:
         return await self.http.post(f"/cards/{card_no}/topups", headers=self.auth(),

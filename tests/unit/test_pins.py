@@ -98,19 +98,36 @@ def test_verification_uses_the_stored_parameters() -> None:
 
 
 def test_gate_refuses_beyond_its_capacity() -> None:
-    gate = KdfGate(workers=1, capacity=2)
-    with gate.ticket(), gate.ticket():
+    gate = KdfGate(workers=1, capacity=2, per_source=2)
+    with gate.ticket("a"), gate.ticket("b"):
         assert gate.inside == 2
-        with pytest.raises(KdfBusy), gate.ticket():
+        with pytest.raises(KdfBusy) as busy, gate.ticket("c"):
             pass
+        assert busy.value.per_source is False
     assert gate.inside == 0
-    with gate.ticket():  # places come back, also after an error inside
+    with gate.ticket("a"):  # places come back, also after an error inside
         pass
-    with pytest.raises(RuntimeError), gate.ticket():
+    with pytest.raises(RuntimeError), gate.ticket("a"):
         raise RuntimeError("boom")
     assert gate.inside == 0
     with pytest.raises(ValueError):
-        KdfGate(workers=3, capacity=2)
+        KdfGate(workers=3, capacity=2, per_source=1)
+    with pytest.raises(ValueError):
+        KdfGate(workers=1, capacity=2, per_source=3)
+
+
+def test_one_source_gets_only_its_share_and_others_still_get_in() -> None:
+    gate = KdfGate(workers=1, capacity=64, per_source=2)
+    with gate.ticket("flood"), gate.ticket("flood"):
+        for _ in range(70):  # the 70-client flood of the review: all refused for this source alone
+            with pytest.raises(KdfBusy) as busy, gate.ticket("flood"):
+                pass
+            assert busy.value.per_source is True
+        with gate.ticket("holder"):
+            assert gate.inside == 3
+    assert gate.inside == 0
+    with gate.ticket("flood"), gate.ticket("flood"):  # its places came back
+        pass
 
 
 def test_gate_runs_at_most_workers_at_once_off_the_loop() -> None:
@@ -128,7 +145,7 @@ def test_gate_runs_at_most_workers_at_once_off_the_loop() -> None:
         return x * 2
 
     async def scenario() -> list[int]:
-        gate = KdfGate(workers=2, capacity=10)
+        gate = KdfGate(workers=2, capacity=10, per_source=10)
         loop_ticks = 0
 
         async def ticker() -> None:

@@ -1,22 +1,23 @@
-"""PINs: set and reset at a counter, change and verify on the holder's channels, with a lockout.
+"""PINs: set and reset at a counter, verified by a payment channel (and changed by the holder
+in self-service: selfservice.py), with a lockout.
 
-A check first reserves a try with one atomic UPDATE (``failed_tries + 1`` while below the
-limit) and only then runs the KDF, so however many guesses arrive at once, at most
-``pin_max_tries`` of them are ever evaluated. A right PIN gives back its reservation and the
-wrong tries before it; a wrong one keeps it. The PIN itself is never logged, audited or echoed.
+A check first reserves a try with one atomic UPDATE (while the failures and the checks in
+progress are below the limit) and only then runs the KDF, so however many guesses arrive at
+once, at most ``pin_max_tries`` of them are ever evaluated. A wrong PIN turns its reservation
+into a failure; a right one forgives the failures before it. The PIN itself is never logged,
+audited or echoed.
 """
 
 
 from fastapi import APIRouter, Depends, Request
 
 from ...cards import pins
+from ...cards.throttle import Scope
 from ..auth import Operator, Perm, require
-from ..errors import ApiError
 from ..pin_models import (
     BUSY,
     COUNTER,
-    HOLDER,
-    ChangeIn,
+    VERIFY,
     PinIn,
     PinState,
     ResetIn,
@@ -24,6 +25,7 @@ from ..pin_models import (
     error_response,
 )
 from .common import CardNo, ctx_of
+from .selfservice import client_source
 
 router = APIRouter(tags=["pins"])
 
@@ -44,7 +46,7 @@ async def pin_state(card_no: CardNo, request: Request,
 async def set_pin(card_no: CardNo, body: PinIn, request: Request,
                   op: Operator = Depends(require(Perm.CARDS))) -> PinState:  # noqa: B008
     """Set a card's first PIN at a counter. An existing PIN is reset or changed instead."""
-    return _answer(await pins.set_first(ctx_of(request).services, op, card_no, body.pin))
+    return _answer(await pins.set_first(ctx_of(request).services, op, card_no, body.pin, client_source(request)))
 
 
 @router.post("/cards/{card_no}/pin/reset", response_model=PinState,
@@ -52,26 +54,22 @@ async def set_pin(card_no: CardNo, body: PinIn, request: Request,
 async def reset_pin(card_no: CardNo, body: ResetIn, request: Request,
                     op: Operator = Depends(require(Perm.CARDS))) -> PinState:  # noqa: B008
     """A clerk who has identified the holder replaces the PIN; this also lifts a lockout."""
-    return _answer(await pins.reset(ctx_of(request).services, op, card_no, body.new_pin, body.reason))
+    return _answer(await pins.reset(ctx_of(request).services, op, card_no, body.new_pin, body.reason,
+                                    client_source(request)))
 
 
-@router.post("/cards/{card_no}/pin/change", response_model=Verified,
-             responses={**HOLDER, 409: error_response(
-                 "no PIN is set, the card is cancelled, or the PIN was changed meanwhile")})
-async def change_pin(card_no: CardNo, body: ChangeIn, request: Request) -> Verified:
-    """The holder changes the PIN with the old one (no operator token). A wrong old PIN counts
-    as a failed try."""
-    if body.new_pin == body.old_pin:
-        raise ApiError(422, "new_pin: must differ from old_pin", field="new_pin")
-    await pins.change(ctx_of(request).services, card_no, body.old_pin, body.new_pin)
-    return Verified()
-
-
-@router.post("/cards/{card_no}/pin/verify", response_model=Verified,
-             responses={**HOLDER, 409: error_response("no PIN is set, or the card is cancelled")})
-async def verify_pin(card_no: CardNo, body: PinIn, request: Request) -> Verified:
-    """Check a PIN for an online payment: ``{"ok": true}``, or 401 with the tries left. After
-    ``pin_max_tries`` wrong PINs in a row every answer is 423 until a counter reset. Only the
-    PIN is checked: a payment on a card reported lost is refused by the card's shard."""
-    await pins.check(ctx_of(request).services, card_no, body.pin, channel="pin/verify")
+@router.post("/cards/{card_no}/pin/verify", response_model=Verified, responses=VERIFY)
+async def verify_pin(card_no: CardNo, body: PinIn, request: Request,
+                     op: Operator = Depends(require(Perm.VERIFY_PIN))) -> Verified:  # noqa: B008
+    """An online-payment channel (role `payment`) or a clerk checks the PIN the holder typed:
+    ``{"ok": true}``, or 401 with the tries left. After ``pin_max_tries`` wrong PINs in a row
+    every answer is 423 until a counter reset. A lost card's PIN is refused (409
+    CARD_BLOCKED): it pays for nothing. Wrong PINs per token are limited (429)."""
+    svc = ctx_of(request).services
+    await svc.throttle.check(Scope.PIN_TOKEN, op.token_id)
+    try:
+        await pins.check(svc, card_no, body.pin, channel=pins.VERIFY, source=client_source(request))
+    except pins.WrongPin:
+        await svc.throttle.failed(Scope.PIN_TOKEN, op.token_id)
+        raise
     return Verified()

@@ -1,72 +1,72 @@
-"""Self-service for the hotline and the website: a holder logs in with the card number and PIN
-(HTTP Basic) to see the balance and history and to report the card lost.
-
-Every request checks the PIN like /pin/verify: a wrong one counts towards the lockout, a
-locked PIN is refused with 423, and a cancelled card cannot log in.
+"""Self-service for the hotline and the website. A holder logs in with the card number, the
+holder's identity number and the PIN (``POST /self/session``) and gets a session token that
+stands for the card for ``api.self_session_ttl_s``; the other /self endpoints take that token
+(``Authorization: Bearer ss_...``) and check no PIN. How a stranger is kept out:
+cards/self_login.py; the limits: docs/api.md.
 """
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from fastapi.security import HTTPBasic, HTTPBasicCredentials
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict
-from starlette.requests import HTTPConnection
 
-from ...cards import lifecycle, money, pins
-from ...cards.errors import Refused
-from ...cards.pin_kdf import pin_well_formed
+from ...cards import lifecycle, money, pins, self_login, self_sessions
+from ...cards.errors import NotAuthenticated, Refused
+from ...cards.lookup import check_card_no
 from ...cards.who import Holder as HolderLogin
-from ...domain.cards import card_no_valid
-from ...domain.results import Result
 from ..errors import ApiError
 from ..models import Balance, Card, Page, card_model, page_of
-from ..pin_models import HOLDER, Reason, Responses, error_response
+from ..pin_models import (
+    BAD_INPUT,
+    BUSY,
+    LIMITED,
+    LOCKED,
+    SESSION,
+    WRONG,
+    ChangeIn,
+    LoginIn,
+    Reason,
+    Responses,
+    SessionOut,
+    Verified,
+    error_response,
+)
+from ..source import source_of
 from .common import ctx_of
 
 router = APIRouter(prefix="/self", tags=["self-service"])
-_CARD_NO_MAX_DIGITS = 18
 DEFAULT_LOSS_REASON = "reported lost by the holder"
+SESSION_SCHEME = "holder_session"
+_session = HTTPBearer(auto_error=False, scheme_name=SESSION_SCHEME,
+                      description="a self-service session: `Authorization: Bearer ss_...` from POST /self/session")
 
 
-class _Basic(HTTPBasic):
-    """HTTPBasic answering malformed credentials in the API's error shape."""
-
-    async def __call__(self, request: HTTPConnection) -> HTTPBasicCredentials | None:  # type: ignore[override]
-        try:
-            return await super().__call__(request)
-        except HTTPException:
-            raise ApiError(401, "malformed Basic credentials") from None
+def client_source(request: Request) -> str:
+    return source_of(request, ctx_of(request).settings.api.trusted_proxies)
 
 
-_basic = _Basic(auto_error=False, scheme_name="holder_pin", realm="citycard self-service",
-                description="username: the card number; password: the card's 6-digit PIN")
+async def _cancelled_is_403(coro):  # type: ignore[no-untyped-def]  # noqa: ANN001, ANN202
+    try:
+        return await coro
+    except Refused as exc:
+        raise ApiError(403, str(exc), result=exc.result.name) from None  # the holder knows it is theirs
 
 
 async def holder_card(request: Request,
-                      cred: HTTPBasicCredentials | None = Depends(_basic)) -> int:  # noqa: B008
-    """The card number of a holder whose PIN is right. Well-formed credentials count a try like
-    /pin/verify; malformed ones (422) never reach the PIN."""
-    if cred is None:
-        raise ApiError(401, "log in with HTTP Basic: username = card number, password = PIN")
-    user = cred.username
-    digits = user.isascii() and user.isdigit() and len(user) <= _CARD_NO_MAX_DIGITS
-    if not (digits and card_no_valid(int(user))):
-        raise ApiError(422, "username: not a card number", field="username")
-    if not pin_well_formed(cred.password):
-        raise ApiError(422, "password: a PIN is 6 digits 0-9", field="password")
-    card_no = int(user)
-    try:
-        await pins.check(ctx_of(request).services, card_no, cred.password, channel="self")
-    except Refused as exc:
-        if exc.result != Result.CARD_CANCELLED:
-            raise
-        raise ApiError(403, str(exc), result=exc.result.name) from None  # a cancelled card cannot log in
+                      cred: HTTPAuthorizationCredentials | None = Depends(_session)) -> int:  # noqa: B008
+    """The card of the session named by the bearer token."""
+    if cred is None or cred.scheme.lower() != "bearer":
+        raise NotAuthenticated("log in at POST /self/session and send the session token as a bearer token")
+    card_no: int = await _cancelled_is_403(self_login.holder_card(ctx_of(request).services, cred.credentials))
     return card_no
 
 
 Holder = Annotated[int, Depends(holder_card)]
-LOGIN: Responses = {**HOLDER, 403: error_response("the card is cancelled or replaced: it cannot log in"),
-                    409: error_response("no PIN is set on the card")}
+LOGIN: Responses = {401: error_response(f"{self_login.WRONG}; `tries_left` only once the identity matched"),
+                    403: error_response("the card is cancelled or replaced: log in with the new card"),
+                    409: error_response("no PIN is set on the card: a counter sets the first one"),
+                    422: BAD_INPUT, 423: LOCKED, 429: LIMITED, 503: BUSY}
 
 
 class LossIn(BaseModel):
@@ -74,12 +74,29 @@ class LossIn(BaseModel):
     reason: Reason = DEFAULT_LOSS_REASON
 
 
-@router.get("/balance", response_model=Balance, responses=LOGIN)
+@router.post("/session", status_code=201, response_model=SessionOut, responses=LOGIN)
+async def log_in(body: LoginIn, request: Request) -> SessionOut:
+    """Log in: card number, identity number and PIN. A wrong PIN counts towards the lockout
+    only when the identity number is the holder's."""
+    check_card_no(body.card_no)
+    svc = ctx_of(request).services
+    session = await _cancelled_is_403(
+        self_login.login(svc, body.card_no, body.citizen_id, body.pin, client_source(request)))
+    return SessionOut(session_token=session.token, card_no=session.card_no, expires_in_s=session.expires_in_s)
+
+
+@router.delete("/session", status_code=204, responses=SESSION)
+async def log_out(card_no: Holder, request: Request,
+                  cred: HTTPAuthorizationCredentials = Depends(_session)) -> None:  # noqa: B008
+    await self_sessions.end(ctx_of(request).services, cred.credentials)
+
+
+@router.get("/balance", response_model=Balance, responses=SESSION)
 async def self_balance(card_no: Holder, request: Request) -> Balance:
     return Balance(**(await money.balance(ctx_of(request).shards, card_no)).__dict__)
 
 
-@router.get("/transactions", response_model=Page, responses=LOGIN)
+@router.get("/transactions", response_model=Page, responses=SESSION)
 async def self_transactions(card_no: Holder, request: Request,
                             limit: Annotated[int, Query(ge=1, le=500)] = 50,
                             before_lsn: Annotated[int | None, Query(ge=1, le=2**62)] = None) -> Page:
@@ -88,10 +105,20 @@ async def self_transactions(card_no: Holder, request: Request,
     return page_of(await money.transactions(ctx.shards, ctx.pool, card_no, limit, before_lsn))
 
 
-@router.post("/loss", response_model=Card, responses=LOGIN)
+@router.post("/loss", response_model=Card, responses=SESSION)
 async def self_loss(card_no: Holder, request: Request, body: LossIn | None = None) -> Card:
     """Report the card lost: refused at every gateway within a second. A found card is
     unblocked at a counter."""
     reason = body.reason if body is not None else DEFAULT_LOSS_REASON
     svc = ctx_of(request).services
     return card_model(await lifecycle.set_lost(svc, HolderLogin(card_no), card_no, reason, lost=True))
+
+
+@router.post("/pin/change", response_model=Verified,
+             responses={**SESSION, 401: WRONG, 409: error_response("the PIN was changed or reset meanwhile"),
+                        423: LOCKED, 429: LIMITED, 503: BUSY})
+async def change_pin(card_no: Holder, body: ChangeIn, request: Request) -> Verified:
+    """Change the PIN with the old one; a wrong old PIN counts as a failed try. Easy PINs
+    (repeated or consecutive digits, the holder's birthday or identity number) are refused."""
+    await pins.change(ctx_of(request).services, card_no, body.old_pin, body.new_pin, client_source(request))
+    return Verified()

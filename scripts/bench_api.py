@@ -215,15 +215,15 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         services.stop()
 
 
-async def _drop(db_url: str, redis_url: str) -> None:
+async def _drop(db_url: str, redis_url: str, schema: str = SCHEMA) -> None:
     import redis.asyncio as aioredis
 
     from citycard.cli.demo import reset_schema
 
-    await reset_schema(db_url, SCHEMA)
+    await reset_schema(db_url, schema)
     r = aioredis.from_url(redis_url)
     try:
-        keys = [k async for k in r.scan_iter(match=f"{SCHEMA}:*")]
+        keys = [k async for k in r.scan_iter(match=f"{schema}:*")]
         if keys:
             await r.delete(*keys)
     finally:

@@ -176,7 +176,7 @@ def test_loss_cancel_clears_a_listing_the_shard_never_saw_and_a_pin_follows_a_re
             r = await api.http.post(f"/cards/{card}/replace", headers=h, json={"reason": "worn out"})
             assert r.status_code == 201, r.text
             new = r.json()["card_no"]
-            r = await api.http.post(f"/cards/{new}/pin/verify", json={"pin": "314159"})
+            r = await api.http.post(f"/cards/{new}/pin/verify", headers=api.auth("payment"), json={"pin": "314159"})
             assert r.status_code == 200 and r.json()["ok"] is True, r.text
 
     asyncio.run(scenario())

@@ -121,14 +121,22 @@ class KdfGate:
         self._by_source: dict[str, int] = {}  # only sources with a check inside: bounded by capacity
 
     @contextmanager
-    def ticket(self, source: str) -> Iterator[None]:
-        """Hold a place for one request's whole check; KdfBusy when there is none."""
-        held = self._by_source.get(source, 0)
-        if held >= self.per_source:
+    def ticket(self, source: str | None) -> Iterator[None]:
+        """Hold a place for one request's whole check; KdfBusy when there is none. ``source``
+        None: an operator token's request (a counter, a payment system), held to the whole
+        gate only: their tokens are few, known and limited per token."""
+        held = self._by_source.get(source, 0) if source is not None else 0
+        if source is not None and held >= self.per_source:
             raise KdfBusy(per_source=True)
         if self._inside >= self.capacity:
             raise KdfBusy(per_source=False)
         self._inside += 1
+        if source is None:
+            try:
+                yield
+            finally:
+                self._inside -= 1
+            return
         self._by_source[source] = held + 1
         try:
             yield

@@ -82,7 +82,7 @@ def _locked(max_tries: int) -> PinLocked:
 
 
 @contextmanager
-def _place(gate: KdfGate, source: str) -> Iterator[None]:
+def _place(gate: KdfGate, source: str | None) -> Iterator[None]:
     try:
         with gate.ticket(source):
             yield
@@ -92,7 +92,7 @@ def _place(gate: KdfGate, source: str) -> Iterator[None]:
         raise Busy("too many PIN checks at once; retry shortly") from None
 
 
-async def _hash(svc: Services, pin: str, source: str) -> tuple[bytes, bytes, str]:
+async def _hash(svc: Services, pin: str, source: str | None) -> tuple[bytes, bytes, str]:
     salt = new_salt()
     with _place(svc.kdf_gate, source):
         pin_hash, kdf = await svc.kdf_gate.run(hash_pin, pin, salt, _params(svc))
@@ -107,7 +107,7 @@ async def _refuse_weak(svc: Services, card_no: int, pin: str, field: str) -> Non
         raise Invalid(f"{field}: {reason}; choose another", field=field)
 
 
-async def check(svc: Services, card_no: int, pin: str, *, channel: str, source: str, rehash: bool = True) -> StoredPin:
+async def check(svc: Services, card_no: int, pin: str, *, channel: str, source: str | None, rehash: bool = True) -> StoredPin:
     """Count a try and check ``pin`` on a live card: the stored PIN when right; WrongPin,
     PinLocked, a Conflict (no PIN), Refused (cancelled or lost card) otherwise."""
     view = await card(svc.shards, card_no)
@@ -118,14 +118,14 @@ async def check(svc: Services, card_no: int, pin: str, *, channel: str, source: 
     return await check_pin(svc, card_no, pin, channel=channel, source=source, rehash=rehash)
 
 
-async def check_pin(svc: Services, card_no: int, pin: str, *, channel: str, source: str,
+async def check_pin(svc: Services, card_no: int, pin: str, *, channel: str, source: str | None,
                     rehash: bool = True) -> StoredPin:
     """``check`` without looking at the card's status (the caller does, after)."""
     with _place(svc.kdf_gate, source):
         return await _check_in_gate(svc, card_no, pin, channel, svc.pin_max_tries, rehash)
 
 
-async def burn_like_a_check(svc: Services, source: str) -> None:
+async def burn_like_a_check(svc: Services, source: str | None) -> None:
     """The KDF work of one PIN check, for an answer that must take as long as one would."""
     with _place(svc.kdf_gate, source):
         await svc.kdf_gate.run(derive, "000000", _DUMMY_SALT, _params(svc))
@@ -185,7 +185,7 @@ def _already_set(card_no: int) -> Conflict:
     return Conflict(f"card {card_no} already has a PIN: reset it at a counter or change it with the old PIN")
 
 
-async def set_first(svc: Services, who: Who, card_no: int, pin: str, source: str) -> PinState:
+async def set_first(svc: Services, who: Who, card_no: int, pin: str, source: str | None) -> PinState:
     """A card's first PIN, at a counter; an existing PIN is reset or changed instead."""
     await _live_card(svc, card_no)
     if await rows.exists(svc.pool, card_no):
@@ -204,7 +204,7 @@ def _audit_view(row: asyncpg.Record, max_tries: int) -> dict[str, Any]:
     return {"failed_tries": row["failed_tries"], "locked": row["failed_tries"] >= max_tries, "kdf": row["kdf"]}
 
 
-async def reset(svc: Services, who: Who, card_no: int, new_pin: str, reason: str, source: str) -> PinState:
+async def reset(svc: Services, who: Who, card_no: int, new_pin: str, reason: str, source: str | None) -> PinState:
     """A clerk who has identified the holder replaces the PIN; this also lifts a lockout and
     ends the card's self-service sessions (whoever knew the old PIN is logged out)."""
     await _live_card(svc, card_no)
@@ -225,7 +225,7 @@ async def reset(svc: Services, who: Who, card_no: int, new_pin: str, reason: str
     return _state(card_no, row, max_tries)
 
 
-async def change(svc: Services, card_no: int, old_pin: str, new_pin: str, source: str) -> None:
+async def change(svc: Services, card_no: int, old_pin: str, new_pin: str, source: str | None) -> None:
     """The holder changes the PIN with the old one; a wrong old PIN counts as a failed try."""
     if new_pin == old_pin:
         raise Invalid("new_pin: must differ from old_pin", field="new_pin")

@@ -162,3 +162,13 @@ def test_gate_runs_at_most_workers_at_once_off_the_loop() -> None:
 
     assert asyncio.run(scenario()) == [i * 2 for i in range(8)]
     assert peak == 2
+
+
+def test_operator_checks_are_held_to_the_whole_gate_only() -> None:
+    gate = KdfGate(workers=1, capacity=3, per_source=1)
+    with gate.ticket(None), gate.ticket(None), gate.ticket("198.51.100.1"):
+        assert gate.inside == 3
+        with pytest.raises(KdfBusy) as busy, gate.ticket(None):
+            pass
+        assert busy.value.per_source is False
+    assert gate.inside == 0

@@ -82,15 +82,14 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     import asyncio
 
     from ..api.auth import Role, create_token
-    from ..persistence import db
-    from .runtime import migrate_db, resolve_services
+    from .runtime import connect_app, migrate_db, resolve_services
 
     settings = _settings(args)
     services = resolve_services(settings)
 
     async def run() -> str:
         await migrate_db(settings, services.db_url)
-        conn = await db.connect(services.db_url, settings.database.schema)
+        conn = await connect_app(settings, services)
         try:
             return await create_token(conn, args.operator, [Role(r) for r in args.role])
         finally:

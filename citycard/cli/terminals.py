@@ -12,8 +12,8 @@ import redis.asyncio as aioredis
 
 from ..config.settings import Settings
 from ..errors import CityCardError
-from ..persistence import db, terminals
-from .runtime import Services, migrate_db, resolve_services
+from ..persistence import terminals
+from .runtime import Services, connect_app, migrate_db, resolve_services
 
 REDIS_TIMEOUT_S = 3.0  # connect and publish; an unreachable Redis must not hang the operator
 
@@ -36,7 +36,7 @@ async def _publish(redis_url: str, prefix: str, terminal_id: int) -> int:
 
 async def _switch(settings: Settings, services: Services, terminal_id: int, enabled: bool, reason: str) -> int:
     await migrate_db(settings, services.db_url)
-    conn = await db.connect(services.db_url, settings.database.schema)
+    conn = await connect_app(settings, services)
     try:
         before = await terminals.set_enabled(conn, terminal_id, enabled, operator=_operator(), reason=reason)
     finally:
@@ -67,7 +67,7 @@ async def _switch(settings: Settings, services: Services, terminal_id: int, enab
 
 async def _show(settings: Settings, services: Services, terminal_id: int, exact: bool) -> int:
     await migrate_db(settings, services.db_url)
-    conn = await db.connect(services.db_url, settings.database.schema)
+    conn = await connect_app(settings, services)
     try:
         row = await terminals.get(conn, terminal_id)
         if row is not None and exact:

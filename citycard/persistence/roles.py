@@ -94,7 +94,7 @@ async def adopt(conn: asyncpg.Connection, schema: str, owner: str) -> None:
     for kinds in (("r", "p", "v", "m", "f"), ("S",)):
         rows = await conn.fetch(
             "SELECT c.relname, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-            " WHERE n.nspname = $1 AND c.relkind = any($2::\"char\"[])"
+            " WHERE n.nspname = $1 AND c.relkind::text = any($2::text[])"
             " AND c.relowner <> (SELECT oid FROM pg_roles WHERE rolname = $3)", schema, list(kinds), owner)
         for r in rows:
             what = "SEQUENCE" if r["relkind"] == "S" else "TABLE"

@@ -2,6 +2,7 @@
 
 import asyncio
 
+import asyncpg
 import pytest
 
 from citycard.domain.cards import make_card_no
@@ -38,6 +39,12 @@ def test_tokens_and_roles(services, schema):
                     await conn.execute("UPDATE audit_log SET operator = 'x'")
             finally:
                 await conn.close()
+            # and the API's own login may not even try, nor empty it
+            async with api.city.platform.pool.acquire() as conn:
+                assert await conn.fetchval("SELECT current_user") == "citycard_app"
+                for sql in ("UPDATE audit_log SET operator = 'x'", "TRUNCATE audit_log"):
+                    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                        await conn.execute(sql)
 
     asyncio.run(scenario())
 

@@ -28,7 +28,7 @@ from ..gateway.sessions import SessionReporter
 from ..gateway.terminal_control import TerminalControl
 from ..persistence import db, hotlist, terminals
 from ..persistence.migrate import migrate
-from ..persistence.roles import app_login_url, check_app_login
+from ..persistence.roles import DbRoles, app_login_url, check_app_login
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,8 @@ def actor_name(settings: Settings, role: str, index: int) -> str:
 async def migrate_db(settings: Settings, db_url: str) -> list[str]:
     conn = await db.connect(db_url, settings.database.schema)
     try:
-        return await migrate(conn, settings.database.schema, settings.city.account_shards, settings.database.roles)
+        return await migrate(conn, settings.database.schema, settings.city.account_shards,
+                             DbRoles(settings.database.owner_role, settings.database.app_role))
     finally:
         await conn.close()
 

@@ -21,12 +21,11 @@ from pydantic import (
 )
 
 from ..errors import ConfigError
-from ..persistence.roles import ROLE_NAME, DbRoles
 
 _HERE = Path(__file__).parent
 DEFAULT_TOML = _HERE / "default.toml"
 FARES_DIR = _HERE / "fares"
-_ROLE = ROLE_NAME.pattern
+_ROLE = r"^[a-z_][a-z0-9_]{0,62}$"  # a Postgres role name that needs no quoting
 
 # Environment variables with names of their own (the rest: CITYCARD_SECTION__KEY).
 _NAMED_ENV = {
@@ -146,10 +145,6 @@ class Database(_Section):
         if self.app_url and not self.url:
             raise ValueError("app_url needs url too (the embedded Postgres makes its own logins)")
         return self
-
-    @property
-    def roles(self) -> DbRoles:
-        return DbRoles(self.owner_role, self.app_role)
 
     @property
     def schema(self) -> str:  # type: ignore[override]  # shadows pydantic's deprecated schema()

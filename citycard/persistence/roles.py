@@ -15,7 +15,7 @@ import asyncpg
 
 from ..errors import CityCardError
 
-ROLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+ROLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")  # as config/settings.py checks it
 APPEND_ONLY_TABLES = ("audit_log",)  # the app may SELECT and INSERT these, nothing else
 
 

@@ -81,7 +81,7 @@ def test_database_roles_and_the_app_login():
                            "CITYCARD_DATABASE_APP_URL": "postgresql://city_app:pw@db/city",
                            "CITYCARD_DATABASE__APP_ROLE": "city_app"})
     assert s.database.app_url == "postgresql://city_app:pw@db/city"
-    assert (s.database.roles.owner, s.database.roles.app) == ("citycard_owner", "city_app")
+    assert (s.database.owner_role, s.database.app_role) == ("citycard_owner", "city_app")
 
 
 @pytest.mark.parametrize(("env", "words"), [

@@ -2,6 +2,7 @@
 hotlist cache, gateway and metrics; and takes it down again."""
 
 import asyncio
+import getpass
 import logging
 import os
 import time
@@ -96,6 +97,14 @@ async def migrate_db(settings: Settings, db_url: str) -> list[str]:
                              DbRoles(settings.database.owner_role, settings.database.app_role))
     finally:
         await conn.close()
+
+
+def cli_operator() -> str:
+    """Who a CLI command's audit entries name."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # no user name in this environment (some containers)
+        return "cli"
 
 
 async def connect_app(settings: Settings, services: Services) -> Any:

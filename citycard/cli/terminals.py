@@ -5,7 +5,6 @@ makes the running gateways close the terminal's open connections at once.
 """
 
 import asyncio
-import getpass
 import sys
 
 import redis.asyncio as aioredis
@@ -13,16 +12,9 @@ import redis.asyncio as aioredis
 from ..config.settings import Settings
 from ..errors import CityCardError
 from ..persistence import terminals
-from .runtime import Services, connect_app, migrate_db, resolve_services
+from .runtime import Services, cli_operator, connect_app, migrate_db, resolve_services
 
 REDIS_TIMEOUT_S = 3.0  # connect and publish; an unreachable Redis must not hang the operator
-
-
-def _operator() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):  # no user name in this environment (some containers)
-        return "cli"
 
 
 async def _publish(redis_url: str, prefix: str, terminal_id: int) -> int:
@@ -38,7 +30,7 @@ async def _switch(settings: Settings, services: Services, terminal_id: int, enab
     await migrate_db(settings, services.db_url)
     conn = await connect_app(settings, services)
     try:
-        before = await terminals.set_enabled(conn, terminal_id, enabled, operator=_operator(), reason=reason)
+        before = await terminals.set_enabled(conn, terminal_id, enabled, operator=cli_operator(), reason=reason)
     finally:
         await conn.close()
     if before is None:

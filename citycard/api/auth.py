@@ -66,7 +66,7 @@ def hash_token(token: str) -> bytes:
 
 
 def token_id(token_hash: bytes) -> str:
-    return token_hash.hex()[:12]
+    return token_hash.hex()[: tokens.TOKEN_ID_HEX]
 
 
 async def create_token(conn: asyncpg.Connection, operator: str, roles: list[Role]) -> str:

@@ -16,7 +16,7 @@ from ..loadtest import audit as audit_mod
 from ..loadtest.city import plan_cards, plan_terminals, seed_city
 from ..loadtest.drive import DriveResult, DriveSpec, drive_in_process
 from ..persistence import db
-from .runtime import Platform, Services, migrate_db, resolve_services
+from .runtime import Platform, Services, connect_app, migrate_db, resolve_services
 
 DEMO_SCHEMA = "citycard_demo"
 
@@ -35,7 +35,7 @@ async def run_demo(settings: Settings, services: Services, *, n_taps: int, n_car
     schema = settings.database.schema
     await reset_schema(services.db_url, schema)
     await migrate_db(settings, services.db_url)
-    conn = await db.connect(services.db_url, schema)
+    conn = await connect_app(settings, services)
     try:
         terminals = plan_terminals(n_terminals, seed=1)
         await seed_city(conn, plan_cards(n_cards, settings.city.account_shards, seed=1), terminals)
@@ -54,7 +54,7 @@ async def run_demo(settings: Settings, services: Services, *, n_taps: int, n_car
         actor_balances: dict[int, int] = {}
         for part in await asyncio.gather(*[a.balances.remote() for a in platform.shards]):
             actor_balances.update(part)
-        conn = await db.connect(services.db_url, schema)
+        conn = await connect_app(settings, services)
         try:
             audit = await audit_mod.run_audit(conn, actor_balances)
         finally:

@@ -288,19 +288,23 @@ def visitors_report(settings: Any, day: date | None) -> list[dict[str, Any]]:
     tables = load_fare_tables(settings.fare_table_path())
     offset = tables.versions[0].utc_offset_ms
 
+    unmigrated = CityCardError(f"no journal in schema {settings.database.schema!r}: run `citycard db migrate` first")
+
     async def fetch(url: str) -> list[Any]:
-        conn = await db.connect(url, settings.database.schema)
+        try:  # as the app role, which the first migration creates
+            conn = await db.connect(url, settings.database.schema)
+        except asyncpg.InvalidAuthorizationSpecificationError:
+            raise unmigrated from None
         try:
             return await park_visitors(conn, offset, day)
         except asyncpg.UndefinedTableError:
-            raise CityCardError(f"no journal in schema {settings.database.schema!r}: "
-                                "run `citycard db migrate` first") from None
+            raise unmigrated from None
         finally:
             await conn.close()
 
     services = resolve_services(settings)
     try:
-        rows = asyncio.run(fetch(services.db_url))
+        rows = asyncio.run(fetch(services.app_url(settings)))
     finally:
         services.stop()
     out = []

@@ -28,7 +28,7 @@ from ..loadtest.sender import read_answered
 from ..loadtest.summary import build_report
 from ..loadtest.targets import Target, own_platform, remote_target, seed_model
 from ..persistence import db
-from .runtime import Services, migrate_db, resolve_services
+from .runtime import Services, connect_app, migrate_db, resolve_services
 
 LOADTEST_SCHEMA = "citycard_loadtest"
 __all__ = ["LOADTEST_SCHEMA", "SCENARIOS", "city_seed_main", "loadtest_main"]
@@ -133,7 +133,7 @@ def city_seed_main(settings: Settings, scale: float, seed: int) -> int:
 
     async def run(services: Services) -> int:
         await migrate_db(settings, services.db_url)
-        conn = await db.connect(services.db_url, settings.database.schema)
+        conn = await connect_app(settings, services)
         try:
             if await conn.fetchval("SELECT count(*) FROM terminals"):
                 raise CityCardError(f"schema {settings.database.schema!r} already has terminals: "

@@ -82,15 +82,14 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     import asyncio
 
     from ..api.auth import Role, create_token
-    from ..persistence import db
-    from .runtime import migrate_db, resolve_services
+    from .runtime import connect_app, migrate_db, resolve_services
 
     settings = _settings(args)
     services = resolve_services(settings)
 
     async def run() -> str:
         await migrate_db(settings, services.db_url)
-        conn = await db.connect(services.db_url, settings.database.schema)
+        conn = await connect_app(settings, services)
         try:
             return await create_token(conn, args.operator, [Role(r) for r in args.role])
         finally:
@@ -104,6 +103,18 @@ def cmd_token_create(args: argparse.Namespace) -> int:
         services.stop()
     print(token)
     return 0
+
+
+def cmd_token_list(args: argparse.Namespace) -> int:
+    from .tokens import list_main
+
+    return list_main(_settings(args))
+
+
+def cmd_token_revoke(args: argparse.Namespace) -> int:
+    from .tokens import revoke_main
+
+    return revoke_main(_settings(args), args.token_id, args.reason)
 
 
 def cmd_terminal(args: argparse.Namespace) -> int:
@@ -149,6 +160,13 @@ def _terminal_id(text: str) -> int:
     value = _positive(text)
     if value > 2**31 - 1:  # the protocol's and the terminals table's range
         raise argparse.ArgumentTypeError(f"must be at most {2**31 - 1}: {text!r}")
+    return value
+
+
+def _token_id(text: str) -> str:
+    value = text.strip().lower()
+    if not 4 <= len(value) <= 64 or any(c not in "0123456789abcdef" for c in value):
+        raise argparse.ArgumentTypeError(f"a token id is 4 to 64 hex digits: {text!r}")
     return value
 
 
@@ -300,8 +318,14 @@ def build_parser() -> argparse.ArgumentParser:
     tc = tsub.add_parser("create", help="create a token and print it (it is shown only this once)")
     tc.add_argument("--operator", required=True, help="who will use it (kept in the audit log)")
     tc.add_argument("--role", action="append", required=True,
-                    choices=["clerk", "programme_admin", "auditor", "read_only"], help="a role (repeatable)")
+                    choices=["clerk", "programme_admin", "auditor", "read_only", "payment"], help="a role (repeatable)")
     tc.set_defaults(func=cmd_token_create)
+    tl = tsub.add_parser("list", help="every token: id, operator, roles, created, revoked")
+    tl.set_defaults(func=cmd_token_list)
+    tr = tsub.add_parser("revoke", help="revoke a token by its id (or the start of it); the API refuses it from then on")
+    tr.add_argument("token_id", metavar="TOKEN_ID", type=_token_id, help="as `citycard token list` shows it")
+    tr.add_argument("--reason", default="", metavar="TEXT", help="why (kept in the audit log)")
+    tr.set_defaults(func=cmd_token_revoke)
 
     trm = sub.add_parser("terminal", help="disable, enable or show one terminal")
     trsub = trm.add_subparsers(dest="terminal_command", required=True)

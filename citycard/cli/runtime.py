@@ -2,6 +2,7 @@
 hotlist cache, gateway and metrics; and takes it down again."""
 
 import asyncio
+import getpass
 import logging
 import os
 import time
@@ -28,15 +29,21 @@ from ..gateway.sessions import SessionReporter
 from ..gateway.terminal_control import TerminalControl
 from ..persistence import db, hotlist, terminals
 from ..persistence.migrate import migrate
+from ..persistence.roles import DbRoles, app_login_url, check_app_login
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Services:
-    db_url: str
+    db_url: str  # the migrations' login (owner or admin): schema changes only
     redis_url: str
     embedded: list[Any] = field(default_factory=list)
+    app_db_url: str = ""  # the platform's own login; empty: db_url's server as the app role
+
+    def app_url(self, settings: Settings) -> str:
+        """Where the running platform connects: as the app role, never as the owner."""
+        return self.app_db_url or app_login_url(self.db_url, settings.database.app_role)
 
     def stop(self) -> None:
         for svc in reversed(self.embedded):
@@ -61,7 +68,7 @@ def resolve_services(settings: Settings) -> Services:
             svc = start_embedded_redis(state)
             embedded.append(svc)
             redis_url = svc.url
-    return Services(db_url, redis_url, embedded)
+    return Services(db_url, redis_url, embedded, app_db_url=settings.database.app_url)
 
 
 def init_ray(settings: Settings) -> None:
@@ -86,9 +93,29 @@ def actor_name(settings: Settings, role: str, index: int) -> str:
 async def migrate_db(settings: Settings, db_url: str) -> list[str]:
     conn = await db.connect(db_url, settings.database.schema)
     try:
-        return await migrate(conn, settings.database.schema, settings.city.account_shards)
+        return await migrate(conn, settings.database.schema, settings.city.account_shards,
+                             DbRoles(settings.database.owner_role, settings.database.app_role))
     finally:
         await conn.close()
+
+
+def cli_operator() -> str:
+    """Who a CLI command's audit entries name."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # no user name in this environment (some containers)
+        return "cli"
+
+
+async def connect_app(settings: Settings, services: Services) -> Any:
+    """A connection as the app role (after ``migrate_db`` made the role and its grants)."""
+    conn = await db.connect(services.app_url(settings), settings.database.schema)
+    try:
+        await check_app_login(conn)
+    except BaseException:
+        await conn.close()
+        raise
+    return conn
 
 
 class Platform:
@@ -129,12 +156,13 @@ class Platform:
                               api_port: int | None) -> None:
         s, g = self.settings, self.settings.gateway
         await migrate_db(s, self.services.db_url)
+        await (await connect_app(s, self.services)).close()  # refuse a superuser before any actor starts
         init_ray(s)
         self.shards, self.sessions = self.start_actors()
         self._on_stop("ray actors", self._kill_actors)
         await asyncio.gather(*[a.ensure_loaded.remote() for a in self.shards + self.sessions])
         self._on_stop("session flush", self._flush_sessions)  # after the gateway and reporter stopped
-        self.pool = await db.create_pool(self.services.db_url, s.database.schema, s.database.pool_size)
+        self.pool = await db.create_pool(self.services.app_url(s), s.database.schema, s.database.pool_size)
         self._on_stop("postgres pool", self._close_pool)
         self.redis = redis = aioredis.from_url(self.services.redis_url)
         self._on_stop("redis", redis.aclose)
@@ -195,14 +223,15 @@ class Platform:
         s = self.settings
         cfg = s.as_dict()
         ns = s.ray.namespace
+        url = self.services.app_url(s)
         shards = [
             AccountShard.options(name=actor_name(s, "account", i), namespace=ns, get_if_exists=True)
-            .remote(i, cfg, self.services.db_url)
+            .remote(i, cfg, url)
             for i in range(s.city.account_shards)
         ]
         sessions = [
             TerminalSession.options(name=actor_name(s, "session", i), namespace=ns, get_if_exists=True)
-            .remote(i, cfg, self.services.db_url)
+            .remote(i, cfg, url)
             for i in range(s.city.session_shards)
         ]
         return shards, sessions

@@ -5,24 +5,16 @@ makes the running gateways close the terminal's open connections at once.
 """
 
 import asyncio
-import getpass
 import sys
 
 import redis.asyncio as aioredis
 
 from ..config.settings import Settings
 from ..errors import CityCardError
-from ..persistence import db, terminals
-from .runtime import Services, migrate_db, resolve_services
+from ..persistence import terminals
+from .runtime import Services, cli_operator, connect_app, migrate_db, resolve_services
 
 REDIS_TIMEOUT_S = 3.0  # connect and publish; an unreachable Redis must not hang the operator
-
-
-def _operator() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):  # no user name in this environment (some containers)
-        return "cli"
 
 
 async def _publish(redis_url: str, prefix: str, terminal_id: int) -> int:
@@ -36,9 +28,9 @@ async def _publish(redis_url: str, prefix: str, terminal_id: int) -> int:
 
 async def _switch(settings: Settings, services: Services, terminal_id: int, enabled: bool, reason: str) -> int:
     await migrate_db(settings, services.db_url)
-    conn = await db.connect(services.db_url, settings.database.schema)
+    conn = await connect_app(settings, services)
     try:
-        before = await terminals.set_enabled(conn, terminal_id, enabled, operator=_operator(), reason=reason)
+        before = await terminals.set_enabled(conn, terminal_id, enabled, operator=cli_operator(), reason=reason)
     finally:
         await conn.close()
     if before is None:
@@ -67,7 +59,7 @@ async def _switch(settings: Settings, services: Services, terminal_id: int, enab
 
 async def _show(settings: Settings, services: Services, terminal_id: int, exact: bool) -> int:
     await migrate_db(settings, services.db_url)
-    conn = await db.connect(services.db_url, settings.database.schema)
+    conn = await connect_app(settings, services)
     try:
         row = await terminals.get(conn, terminal_id)
         if row is not None and exact:

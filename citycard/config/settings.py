@@ -25,10 +25,12 @@ from ..errors import ConfigError
 _HERE = Path(__file__).parent
 DEFAULT_TOML = _HERE / "default.toml"
 FARES_DIR = _HERE / "fares"
+_ROLE = r"^[a-z_][a-z0-9_]{0,62}$"  # a Postgres role name that needs no quoting
 
 # Environment variables with names of their own (the rest: CITYCARD_SECTION__KEY).
 _NAMED_ENV = {
     "CITYCARD_DATABASE_URL": ("database", "url"),
+    "CITYCARD_DATABASE_APP_URL": ("database", "app_url"),
     "CITYCARD_REDIS_URL": ("redis", "url"),
     "RAY_ADDRESS": ("ray", "address"),
     "CITYCARD_STATE_DIR": ("state", "dir"),
@@ -129,9 +131,20 @@ class Api(_Section):
 
 
 class Database(_Section):
-    url: str
+    url: str  # the migrations' login: the owner role, or one that may SET ROLE to it
+    app_url: str = ""  # the platform's own login; empty: url's server as app_role
+    owner_role: str = Field(default="citycard_owner", pattern=_ROLE)
+    app_role: str = Field(default="citycard_app", pattern=_ROLE)
     schema_: str = Field(alias="schema", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     pool_size: int = Field(ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _roles(self) -> "Database":
+        if self.owner_role == self.app_role:
+            raise ValueError("owner_role and app_role must differ: the app must not own the tables")
+        if self.app_url and not self.url:
+            raise ValueError("app_url needs url too (the embedded Postgres makes its own logins)")
+        return self
 
     @property
     def schema(self) -> str:  # type: ignore[override]  # shadows pydantic's deprecated schema()

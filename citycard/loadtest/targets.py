@@ -7,11 +7,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..cli.runtime import Platform, Services, migrate_db
+from ..cli.runtime import Platform, Services, connect_app, migrate_db
 from ..config.settings import Settings
 from ..domain.cards import HANGZHOU_ISSUER, CardStatus, issuer_of
 from ..errors import CityCardError
-from ..persistence import db
 from .city import (
     CityModel,
     TerminalPlan,
@@ -60,7 +59,7 @@ async def own_platform(settings: Settings, services: Services, model: CityModel,
     schema = settings.database.schema
     await reset_schema(services.db_url, schema)
     await migrate_db(settings, services.db_url)
-    conn = await db.connect(services.db_url, schema)
+    conn = await connect_app(settings, services)
     try:
         terminals = await seed_model(conn, model, settings.city.account_shards, seed)
         token = None
@@ -86,7 +85,7 @@ async def remote_target(settings: Settings, services: Services, host: str, port:
                         api_url: str | None, api_token: str | None) -> tuple[Target, CityView]:
     """A running platform: its city is read from its database (the same configuration)."""
     schema = settings.database.schema
-    conn = await db.connect(services.db_url, schema)
+    conn = await connect_app(settings, services)
     try:
         rows = await conn.fetch("SELECT terminal_id, kind, route FROM terminals WHERE enabled ORDER BY terminal_id")
         if not rows:

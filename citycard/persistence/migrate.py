@@ -6,6 +6,7 @@ from importlib import resources
 import asyncpg
 
 from ..errors import CityCardError
+from .roles import DbRoles, adopt, ensure_roles, grant_app, ident
 
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 _LOCK_ID = 0x0C17_CA4D  # pg_advisory_xact_lock key: one migrator at a time
@@ -26,16 +27,22 @@ def migration_files() -> list[tuple[int, str, str]]:
     return out
 
 
-async def migrate(conn: asyncpg.Connection, schema: str, account_shards: int) -> list[str]:
-    """Apply pending migrations in ``schema`` and make the journal partitions for the shards.
+async def migrate(conn: asyncpg.Connection, schema: str, account_shards: int,
+                  roles: DbRoles = DbRoles()) -> list[str]:  # noqa: B008 - frozen, so a safe default
+    """Apply pending migrations in ``schema`` as the owner role, make the journal partitions for
+    the shards and grant the app role what it needs.
 
     Returns the names applied. Refuses a shard count other than the one the data was made with.
     """
     applied: list[str] = []
+    await ensure_roles(conn, roles)
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_ID)
-        await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-        await conn.execute(f'SET LOCAL search_path TO "{schema}"')
+        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {ident(schema)} AUTHORIZATION {ident(roles.owner)}")
+        await conn.execute(f"SET LOCAL search_path TO {ident(schema)}")
+        if await _needs_adoption(conn, schema, roles.owner):
+            await adopt(conn, schema, roles.owner)
+        await conn.execute(f"SET LOCAL ROLE {ident(roles.owner)}")  # what is created below is the owner's
         await conn.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations ("
             " version integer PRIMARY KEY, name text NOT NULL,"
@@ -51,7 +58,29 @@ async def migrate(conn: asyncpg.Connection, schema: str, account_shards: int) ->
             )
             applied.append(name)
         await _ensure_shards(conn, account_shards)
+        await _ensure_grants(conn, schema, roles)
     return applied
+
+
+async def _needs_adoption(conn: asyncpg.Connection, schema: str, owner: str) -> bool:
+    return bool(await conn.fetchval(
+        "SELECT n.nspowner <> r.oid OR EXISTS (SELECT 1 FROM pg_class c WHERE c.relnamespace = n.oid"
+        " AND c.relkind = any('{r,p,v,m,f,S}') AND c.relowner <> r.oid)"
+        " FROM pg_namespace n, pg_roles r WHERE n.nspname = $1 AND r.rolname = $2", schema, owner))
+
+
+async def _ensure_grants(conn: asyncpg.Connection, schema: str, roles: DbRoles) -> None:
+    # Granted again when a migration or a partition may have added a table, or the roles changed;
+    # otherwise left alone (a GRANT rewrites catalog rows of every table).
+    tables = await conn.fetchval(
+        "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = $1 AND c.relkind IN ('r', 'p', 'S')", schema)
+    mark = f"{roles.owner}:{roles.app}:{tables}"
+    if await conn.fetchval("SELECT value FROM meta WHERE key = 'grants'") == mark:
+        return
+    await grant_app(conn, schema, roles.app)
+    await conn.execute("INSERT INTO meta (key, value) VALUES ('grants', $1)"
+                       " ON CONFLICT (key) DO UPDATE SET value = excluded.value", mark)
 
 
 async def _ensure_shards(conn: asyncpg.Connection, account_shards: int) -> None:

@@ -1,12 +1,17 @@
 """Card services end to end through HTTP, on real Postgres, Redis and Ray."""
 
 import asyncio
+import subprocess
+import time
 
+import asyncpg
 import pytest
 
+from citycard.api.auth import hash_token, token_id
 from citycard.domain.cards import make_card_no
 from citycard.domain.results import Result
 from tests.support.city import api_city
+from tests.support.cli import CITYCARD, citycard_env
 from tests.support.terminal import ride
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -38,6 +43,12 @@ def test_tokens_and_roles(services, schema):
                     await conn.execute("UPDATE audit_log SET operator = 'x'")
             finally:
                 await conn.close()
+            # and the API's own login may not even try, nor empty it
+            async with api.city.platform.pool.acquire() as conn:
+                assert await conn.fetchval("SELECT current_user") == "citycard_app"
+                for sql in ("UPDATE audit_log SET operator = 'x'", "TRUNCATE audit_log"):
+                    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                        await conn.execute(sql)
 
     asyncio.run(scenario())
 
@@ -219,5 +230,27 @@ def test_a_top_up_is_one_shard_call_and_one_audit_row(configured_services, schem
                 assert r.status_code == 404 and sum(client.calls.values()) == calls + 1, r.text
             finally:
                 await conn.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_revoked_token_gets_401(configured_services, schema):
+    """Revoked with ``citycard token revoke`` while the API runs; other tokens keep working."""
+
+    async def scenario() -> None:
+        async with api_city(configured_services, schema, n_cards=20) as api:
+            reader = api.auth("read_only")
+            assert (await api.http.get("/holders/999999", headers=reader)).status_code == 404
+            ident = token_id(hash_token(api.tokens["read_only"]))
+            out = await asyncio.to_thread(
+                subprocess.run, [*CITYCARD, "token", "revoke", ident, "--reason", "test"],
+                env=citycard_env(configured_services, schema), capture_output=True, text=True, timeout=120)
+            assert out.returncode == 0, out.stderr
+            deadline = time.monotonic() + 10  # the API caches a token's lookup for 5 s
+            while (r := await api.http.get("/holders/999999", headers=reader)).status_code != 401:
+                assert time.monotonic() < deadline, r.text
+                await asyncio.sleep(0.5)
+            assert "revoked" in r.json()["error"]
+            assert (await api.http.get("/holders/999999", headers=api.auth("clerk"))).status_code == 404
 
     asyncio.run(scenario())

@@ -8,9 +8,11 @@ import time
 
 import pytest
 
+from citycard.api.auth import hash_token, token_id
 from citycard.domain.results import Result
 from citycard.domain.taps import TapKind
 from citycard.loadtest.client import TerminalClient
+from citycard.persistence import db, tokens
 from tests.support.cli import citycard_env, gateway_port, migrated_city
 from tests.support.clock import now_ms
 
@@ -67,3 +69,66 @@ def test_demo_refuses_bad_arguments_before_starting_anything(args):
     out = subprocess.run([sys.executable, "-m", "citycard.cli.main", "demo", *args],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "--" in out.stderr and "Traceback" not in out.stderr
+
+
+def _citycard(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "citycard.cli.main", *args], env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_token_list_and_revoke_by_id(configured_services, schema):
+    env = citycard_env(configured_services, schema)
+    created = _citycard(env, "token", "create", "--operator", "alice", "--role", "clerk", "--role", "payment")
+    assert created.returncode == 0, created.stderr
+    alice = token_id(hash_token(created.stdout.strip()))
+    assert _citycard(env, "token", "create", "--operator", "bob", "--role", "auditor").returncode == 0
+
+    listed = _citycard(env, "token", "list")
+    assert listed.returncode == 0, listed.stderr
+    header, *rows = listed.stdout.splitlines()
+    assert header.split() == ["ID", "OPERATOR", "ROLES", "CREATED", "REVOKED"]
+    assert [r.split()[:3] for r in rows][0] == [alice, "alice", "clerk,payment"]
+    assert [r.split()[-1] for r in rows] == ["-", "-"]
+
+    revoked = _citycard(env, "token", "revoke", alice[:6], "--reason", "left the counter")
+    assert revoked.returncode == 0, revoked.stderr
+    assert f"token {alice} of alice" in revoked.stdout and ": revoked at" in revoked.stdout
+    again = _citycard(env, "token", "revoke", alice)
+    assert again.returncode == 0 and "already revoked" in again.stdout, again.stderr
+    rows = _citycard(env, "token", "list").stdout.splitlines()[1:]
+    assert rows[0].split()[-1] != "-" and rows[1].split()[-1] == "-"  # bob's token untouched
+
+    async def audit() -> list[tuple[str, str, str]]:
+        conn = await db.connect(configured_services.db_url, schema)
+        try:
+            return [tuple(r) for r in await conn.fetch(
+                "SELECT action, subject, reason FROM audit_log WHERE action LIKE 'token.%'")]
+        finally:
+            await conn.close()
+
+    assert asyncio.run(audit()) == [("token.revoke", f"token:{alice}", "left the counter")]  # once
+
+
+def test_token_revoke_refuses_unknown_and_ambiguous_ids(configured_services, schema):
+    env = citycard_env(configured_services, schema)
+    assert _citycard(env, "db", "migrate").returncode == 0
+
+    async def two_alike() -> None:  # two tokens whose ids share their first four digits
+        conn = await db.connect(configured_services.db_url, schema)
+        try:
+            await tokens.insert(conn, bytes.fromhex("abcd01") + bytes(29), "carol", ["clerk"])
+            await tokens.insert(conn, bytes.fromhex("abcd02") + bytes(29), "dave", ["clerk"])
+        finally:
+            await conn.close()
+
+    asyncio.run(two_alike())
+    ambiguous = _citycard(env, "token", "revoke", "abcd")
+    assert ambiguous.returncode == 2 and "more than one token" in ambiguous.stderr, ambiguous.stderr
+    assert "abcd01000000 (carol)" in ambiguous.stderr and "abcd02000000 (dave)" in ambiguous.stderr
+    unknown = _citycard(env, "token", "revoke", "0123456789ab")
+    assert unknown.returncode == 2 and "no token has an id starting with '0123456789ab'" in unknown.stderr
+    not_hex = _citycard(env, "token", "revoke", "cc_nothex")
+    assert not_hex.returncode == 2 and "hex digits" in not_hex.stderr
+    assert "Traceback" not in ambiguous.stderr + unknown.stderr + not_hex.stderr
+    rows = _citycard(env, "token", "list").stdout.splitlines()[1:]
+    assert [r.split()[-1] for r in rows] == ["-", "-"]  # nothing revoked

@@ -74,3 +74,30 @@ def test_shard_call_timeout_must_cover_two_commits():
     ok = load_settings(env={}, overrides={"gateway": {"shard_call_timeout_ms": 10_000},
                                           "ledger": {"commit_timeout_ms": 5000}})
     assert ok.gateway.shard_call_timeout_ms == 10_000
+
+
+def test_database_roles_and_the_app_login():
+    s = load_settings(env={"CITYCARD_DATABASE_URL": "postgresql://admin@db/city",
+                           "CITYCARD_DATABASE_APP_URL": "postgresql://city_app:pw@db/city",
+                           "CITYCARD_DATABASE__APP_ROLE": "city_app"})
+    assert s.database.app_url == "postgresql://city_app:pw@db/city"
+    assert (s.database.owner_role, s.database.app_role) == ("citycard_owner", "city_app")
+
+
+@pytest.mark.parametrize(("env", "words"), [
+    ({"CITYCARD_DATABASE__APP_ROLE": "citycard_owner"}, "must differ"),
+    ({"CITYCARD_DATABASE__OWNER_ROLE": "Robert'); DROP"}, "database.owner_role"),
+    ({"CITYCARD_DATABASE_APP_URL": "postgresql://app@db/city"}, "app_url needs url"),
+])
+def test_bad_database_roles_stop_start_up(env, words):
+    with pytest.raises(ConfigError, match=words):
+        load_settings(env=env)
+
+
+def test_the_app_login_defaults_to_the_server_of_the_migrations_login():
+    from citycard.persistence.roles import app_login_url
+
+    assert app_login_url("postgresql://postgres:secret@127.0.0.1:5432/test", "citycard_app") == \
+        "postgresql://citycard_app@127.0.0.1:5432/test"
+    assert app_login_url("postgresql://postgres@/citycard?host=/run/pg&port=5433", "citycard_app") == \
+        "postgresql://citycard_app@/citycard?host=/run/pg&port=5433"

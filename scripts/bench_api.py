@@ -93,17 +93,19 @@ async def _load(spec: dict[str, Any]) -> dict[str, Any]:
             "topped": {str(k): v for k, v in topped.items()}}
 
 
-def client_main() -> int:
+def client_main(load: Any = None) -> int:
+    """The load process: a spec in on stdin, the figures out as JSON."""
     import uvloop
 
     spec = json.loads(sys.stdin.read())
-    print(json.dumps(uvloop.run(_load(spec))))
+    print(json.dumps(uvloop.run((load or _load)(spec))))
     return 0
 
 
-def measure(spec: dict[str, Any]) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, __file__, "--client"], input=json.dumps(spec), capture_output=True,
-                         text=True, timeout=spec["seconds"] + 120)
+def measure(spec: dict[str, Any], script: str = __file__, slack_s: float = 120) -> dict[str, Any]:
+    """One measurement by ``script --client`` in a process of its own."""
+    out = subprocess.run([sys.executable, script, "--client"], input=json.dumps(spec), capture_output=True,
+                         text=True, timeout=spec["seconds"] + slack_s)
     if out.returncode != 0:
         raise RuntimeError(f"load client failed: {out.stderr[-2000:]}")
     return json.loads(out.stdout)  # type: ignore[no-any-return]

@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import json
 import statistics
-import subprocess
 import sys
 import time
 from datetime import date, timedelta
@@ -102,20 +101,10 @@ async def _load(spec: dict[str, Any]) -> dict[str, Any]:
             "p50_ms": _pct(honest_ms, 0.50), "p99_ms": _pct(honest_ms, 0.99), "max_ms": max(honest_ms, default=0.0)}
 
 
-def client_main() -> int:
-    import uvloop
-
-    spec = json.loads(sys.stdin.read())
-    print(json.dumps(uvloop.run(_load(spec))))
-    return 0
-
-
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, __file__, "--client"], input=json.dumps(spec), capture_output=True,
-                         text=True, timeout=spec["seconds"] + 180)
-    if out.returncode != 0:
-        raise RuntimeError(f"load client failed: {out.stderr[-2000:]}")
-    return json.loads(out.stdout)  # type: ignore[no-any-return]
+    from bench_api import measure as measure_in_process
+
+    return measure_in_process(spec, __file__, slack_s=180)
 
 
 # -- the platform ------------------------------------------------------------------------------
@@ -200,7 +189,9 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> int:
     if "--client" in sys.argv:
-        return client_main()
+        from bench_api import client_main
+
+        return client_main(_load)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--seconds", type=float, default=10.0, help="time bound of one measurement")

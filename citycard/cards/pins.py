@@ -3,7 +3,7 @@ by the holder. Every check counts a try first (atomically, in Postgres), so conc
 cannot exceed the lockout; the KDF runs in a bounded gate so a flood cannot take every core."""
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -115,20 +115,27 @@ async def check(svc: Services, card_no: int, pin: str, *, channel: str, source: 
         raise Refused(Result.CARD_CANCELLED)
     if view.status == CardStatus.BLOCKED and channel == VERIFY:
         raise Refused(Result.CARD_BLOCKED)  # a lost card pays for nothing: its PIN proves nothing
-    return await check_pin(svc, card_no, pin, channel=channel, source=source, rehash=rehash)
+    with place(svc, source):
+        return await check_placed(svc, card_no, pin, channel=channel, rehash=rehash)
 
 
-async def check_pin(svc: Services, card_no: int, pin: str, *, channel: str, source: str | None,
-                    rehash: bool = True) -> StoredPin:
-    """``check`` without looking at the card's status (the caller does, after)."""
-    with _place(svc.kdf_gate, source):
-        return await _check_in_gate(svc, card_no, pin, channel, svc.pin_max_tries, rehash)
+def place(svc: Services, source: str | None) -> AbstractContextManager[None]:
+    """A place in the KDF gate for a whole request that checks a PIN (the source's share of
+    it); RateLimited (429) or Busy (503) when there is none. Taken first, so that a flooding
+    source's surplus costs no lookup at all."""
+    return _place(svc.kdf_gate, source)
 
 
-async def burn_like_a_check(svc: Services, source: str | None) -> None:
-    """The KDF work of one PIN check, for an answer that must take as long as one would."""
-    with _place(svc.kdf_gate, source):
-        await svc.kdf_gate.run(derive, "000000", _DUMMY_SALT, _params(svc))
+async def check_placed(svc: Services, card_no: int, pin: str, *, channel: str, rehash: bool = True) -> StoredPin:
+    """``check`` without looking at the card's status (the caller does, after), in a place
+    the caller holds."""
+    return await _check_in_gate(svc, card_no, pin, channel, svc.pin_max_tries, rehash)
+
+
+async def burn_like_a_check(svc: Services) -> None:
+    """The KDF work of one PIN check, for an answer that must take as long as one would; in a
+    place the caller holds."""
+    await svc.kdf_gate.run(derive, "000000", _DUMMY_SALT, _params(svc))
 
 
 async def _check_in_gate(svc: Services, card_no: int, pin: str, channel: str, max_tries: int,

@@ -37,18 +37,19 @@ async def _failed(svc: Services, card_no: int, source: str, *, identity_wrong: b
 
 
 async def login(svc: Services, card_no: int, citizen_id: str, pin: str, source: str) -> self_sessions.Session:
-    await svc.throttle.check(Scope.LOGIN_SOURCE, source)
-    await svc.throttle.check(Scope.LOGIN_CARD, str(card_no))
-    identity = await holders.identity_of_card(svc.pool, card_no)
-    if identity is None or not _same_identity(identity[0], citizen_id):
-        await pins.burn_like_a_check(svc, source)
-        await _failed(svc, card_no, source, identity_wrong=True)
-        raise NotAuthenticated(WRONG)
-    try:
-        await pins.check_pin(svc, card_no, pin, channel=CHANNEL, source=source)
-    except pins.WrongPin:
-        await _failed(svc, card_no, source, identity_wrong=False)
-        raise
+    with pins.place(svc, source):  # first: a flooding source's surplus costs nothing more
+        await svc.throttle.check(Scope.LOGIN_SOURCE, source)
+        await svc.throttle.check(Scope.LOGIN_CARD, str(card_no))
+        identity = await holders.identity_of_card(svc.pool, card_no)
+        if identity is None or not _same_identity(identity[0], citizen_id):
+            await pins.burn_like_a_check(svc)
+            await _failed(svc, card_no, source, identity_wrong=True)
+            raise NotAuthenticated(WRONG)
+        try:
+            await pins.check_placed(svc, card_no, pin, channel=CHANNEL)
+        except pins.WrongPin:
+            await _failed(svc, card_no, source, identity_wrong=False)
+            raise
     if (await card(svc.shards, card_no)).status == CardStatus.CANCELLED:
         raise Refused(Result.CARD_CANCELLED)  # the holder, told after proving it: use the new card
     return await self_sessions.start(svc, card_no)

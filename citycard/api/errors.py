@@ -59,10 +59,12 @@ class ErrorBody(BaseModel):
 
 
 ERROR_STATUSES = {
+    400: "a body that cannot be taken at all: JSON nested deeper than 32 levels",
     401: "no token, or an unknown or revoked one",
     403: "the token's roles do not grant this",
     404: "the cardholder, card or other thing named in the path does not exist",
     409: "a conflict with the current state, with the reason (and the result code)",
+    413: "the body is larger than its limit (`api.max_body_bytes`, uploads `api.max_upload_bytes`)",
     422: "bad input: the offending field is named",
     423: "locked: too many wrong PINs",
     429: "too many failed tries from this source, to this card or with this token: retry after `Retry-After` seconds",

@@ -11,9 +11,10 @@ from ...cards.services import card_info
 from ..auth import Operator, Perm, require
 from ..errors import ApiError
 from ..models import Apps, Card, Validity, apps_choice, card_model
+from ..strict_route import StrictRoute
 from .common import CardNo, HolderId, IdempotencyKey, ReasonText, ctx_of
 
-router = APIRouter(tags=["cards"])
+router = APIRouter(tags=["cards"], route_class=StrictRoute)
 Product = Annotated[Literal["monthly_pass", "park_pass"], Path(description="monthly bus pass or park annual pass")]
 
 

@@ -24,10 +24,11 @@ from ..pin_models import (
     Verified,
     error_response,
 )
+from ..strict_route import StrictRoute
 from .common import CardNo, ctx_of
 from .selfservice import client_source
 
-router = APIRouter(tags=["pins"])
+router = APIRouter(tags=["pins"], route_class=StrictRoute)
 
 def _answer(st: pins.PinState) -> PinState:
     return PinState(**st.__dict__)

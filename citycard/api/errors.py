@@ -1,6 +1,7 @@
 """HTTP errors: 401/403 for who, 404 unknown, 409 conflict with the reason, 422 bad input
 (with the offending field), 503 when a shard does not answer in time."""
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -24,6 +25,8 @@ from ..cards.errors import (
 )
 from ..cards.pins import PinLocked, WrongPin
 from ..errors import CityCardError
+
+log = logging.getLogger(__name__)
 
 
 class ApiError(CityCardError):
@@ -159,3 +162,14 @@ def install(app: FastAPI) -> None:
     async def _timeout(request: Request, exc: TimeoutError) -> JSONResponse:
         return JSONResponse({"error": "a shard did not answer in time; retry with the same idempotency key"},
                             status_code=503)
+
+
+def install_last_resort(app: FastAPI) -> None:
+    """Any exception no handler above knows: a JSON 500 that says nothing of the code (the
+    traceback goes to the server's log, never to the client)."""
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+        return JSONResponse({"error": "internal error; it is logged, and retrying may not help"},
+                            status_code=500)

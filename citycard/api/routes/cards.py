@@ -4,7 +4,7 @@ cancellation; the card-services layer (cards/lifecycle.py, cards/applications.py
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Path, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from ...cards import applications, lifecycle
 from ...cards.services import card_info
@@ -21,7 +21,7 @@ Product = Annotated[Literal["monthly_pass", "park_pass"], Path(description="mont
 class IssueIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     apps: Apps = Apps()
-    credit_good: bool = True
+    credit_good: StrictBool = True
 
 
 class Reason(BaseModel):

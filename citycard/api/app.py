@@ -30,6 +30,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     api = ctx.settings.api
     app.state.input_limits = InputLimits(max_body_bytes=api.max_body_bytes, max_upload_bytes=api.max_upload_bytes)
     errors.install(app)
+    errors.install_upload_errors(app)
     errors.install_last_resort(app)
     for module in (holders, cards, replace, money, pins, selfservice, programmes, audit_log):
         _check_strict(module.router)

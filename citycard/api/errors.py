@@ -25,6 +25,7 @@ from ..cards.errors import (
 )
 from ..cards.pins import PinLocked, WrongPin
 from ..errors import CityCardError
+from ..persistence.programme_uploads import UploadUnreadable
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +163,12 @@ def install(app: FastAPI) -> None:
     async def _timeout(request: Request, exc: TimeoutError) -> JSONResponse:
         return JSONResponse({"error": "a shard did not answer in time; retry with the same idempotency key"},
                             status_code=503)
+
+
+def install_upload_errors(app: FastAPI) -> None:
+    @app.exception_handler(UploadUnreadable)
+    async def _unreadable(request: Request, exc: UploadUnreadable) -> JSONResponse:
+        return JSONResponse({"error": str(exc), "field": exc.field}, status_code=exc.status)
 
 
 def install_last_resort(app: FastAPI) -> None:

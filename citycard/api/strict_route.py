@@ -1,8 +1,9 @@
-"""Every route of the API in one order: who is asking (401/403), then how much is sent (413),
-then how deep its JSON nests (400), then what it says (422). FastAPI on its own parses a JSON
-body before any dependency runs, so a body that is not JSON got a 422 before the token was
-looked at; and it reads a body of any size."""
+"""Every route of the API answers in one order: who is asking (401/403), then how much is sent
+(413), then how deep its JSON nests (400), then what it says (422). FastAPI on its own parses a
+JSON body before any dependency runs, so a body that was not JSON got a 422 before the token
+was looked at; and it read a body of any size."""
 
+import json
 from collections.abc import Callable, Coroutine
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -78,23 +79,46 @@ def _replaying(request: Request, body: bytes) -> Request:
     return Request(request.scope, receive)
 
 
+class _NotJson(Exception):
+    """A JSON body that does not parse: FastAPI answers it (422) before any dependency runs."""
+
+
+def _check_parses(request: Request, body: bytes) -> None:
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if not body or not (media == "application/json" or media.endswith("+json")):
+        return  # FastAPI parses only these; anything else is a 422 after the dependencies
+    try:
+        json.loads(body)
+    except ValueError:  # JSONDecodeError, and UnicodeDecodeError for bytes that are not text
+        raise _NotJson from None
+
+
 class StrictRoute(APIRoute):
-    """The route class of every router (``APIRouter(route_class=StrictRoute)``)."""
+    """The route class of every router (``APIRouter(route_class=StrictRoute)``). FastAPI already
+    runs dependencies (the caller's check among them) before it raises a validation error; what
+    it does first is read and parse the body. So the body is read here, bounded and judged, and
+    only if it is refused does the caller's check run ahead of the refusal: a good request
+    checks its caller once."""
 
     def get_route_handler(self) -> Handler:
         handler = super().get_route_handler()
+        if self.body_field is None:
+            return handler  # nothing read before the dependencies (an upload reads its own)
         credential_checks = [d for d in self.dependant.dependencies if _checks_a_credential(d)]
-        reads_body = self.body_field is not None
 
         async def strict_handler(request: Request) -> Response:
-            for dep in credential_checks:
-                await _run_alone(request, dep)  # raises 401/403; the route runs it again after
-            if reads_body:
-                limits = limits_of(request)
+            limits = limits_of(request)
+            body = b""
+            try:
                 body = await read_bounded(request, limits.max_body_bytes)
                 check_depth(body, limits)
-                request = _replaying(request, body)
-            return await handler(request)
+                _check_parses(request, body)
+            except (ApiError, _NotJson) as refusal:
+                for dep in credential_checks:
+                    await _run_alone(request, dep)  # 401/403 win over what is wrong with the body
+                if isinstance(refusal, ApiError):
+                    raise
+            return await handler(_replaying(request, body))  # a _NotJson: FastAPI's own 422
 
         return strict_handler
 

@@ -3,13 +3,15 @@
 import json
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
 
 from . import errors
 from .auth import BEARER_SCHEME, TokenCache
 from .context import ApiContext
 from .routes import audit_log, cards, holders, money, pins, programmes, replace, selfservice
+from .strict_route import InputLimits, StrictRoute
 
 DESCRIPTION = """Card services of the citizen card: cardholders, cards and their applications,
 loss reports, replacement, PINs, top-ups and refunds, history, disbursement programmes and a
@@ -25,8 +27,13 @@ def create_app(ctx: ApiContext) -> FastAPI:
     app.state.ctx = ctx
     app.state.tokens = TokenCache()
     app.state.insurance_categories = ctx.insurance_categories
+    api = ctx.settings.api
+    app.state.input_limits = InputLimits(max_body_bytes=api.max_body_bytes, max_upload_bytes=api.max_upload_bytes)
     errors.install(app)
+    errors.install_upload_errors(app)
+    errors.install_last_resort(app)
     for module in (holders, cards, replace, money, pins, selfservice, programmes, audit_log):
+        _check_strict(module.router)
         app.include_router(module.router)
 
     @app.get("/health", tags=["operations"])
@@ -42,6 +49,14 @@ def create_app(ctx: ApiContext) -> FastAPI:
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def _check_strict(router: APIRouter) -> None:
+    """Every route checks the caller before the body, and bounds the body: a router made
+    without ``route_class=StrictRoute`` would silently lose both."""
+    loose = [r.path for r in router.routes if isinstance(r, APIRoute) and not isinstance(r, StrictRoute)]
+    if loose:
+        raise TypeError(f"routes not made with route_class=StrictRoute: {loose}")
 
 
 _HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
@@ -74,6 +89,8 @@ def document_errors(doc: dict[str, Any]) -> dict[str, Any]:
                 statuses.add(409)
             if params or "requestBody" in op:
                 statuses.add(422)
+            if "requestBody" in op:
+                statuses |= {400, 413}  # JSON nested too deep; a body over its size limit
             responses = op.setdefault("responses", {})
             default_422 = responses.get("422", {}).get("content", {}).get("application/json", {}).get("schema")
             if default_422 == {"$ref": "#/components/schemas/HTTPValidationError"}:

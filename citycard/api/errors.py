@@ -1,6 +1,7 @@
 """HTTP errors: 401/403 for who, 404 unknown, 409 conflict with the reason, 422 bad input
 (with the offending field), 503 when a shard does not answer in time."""
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -24,6 +25,9 @@ from ..cards.errors import (
 )
 from ..cards.pins import PinLocked, WrongPin
 from ..errors import CityCardError
+from ..persistence.programme_uploads import UploadUnreadable
+
+log = logging.getLogger(__name__)
 
 
 class ApiError(CityCardError):
@@ -59,10 +63,12 @@ class ErrorBody(BaseModel):
 
 
 ERROR_STATUSES = {
+    400: "a body that cannot be taken at all: JSON nested deeper than 32 levels",
     401: "no token, or an unknown or revoked one",
     403: "the token's roles do not grant this",
     404: "the cardholder, card or other thing named in the path does not exist",
     409: "a conflict with the current state, with the reason (and the result code)",
+    413: "the body is larger than its limit (`api.max_body_bytes`, uploads `api.max_upload_bytes`)",
     422: "bad input: the offending field is named",
     423: "locked: too many wrong PINs",
     429: "too many failed tries from this source, to this card or with this token: retry after `Retry-After` seconds",
@@ -157,3 +163,20 @@ def install(app: FastAPI) -> None:
     async def _timeout(request: Request, exc: TimeoutError) -> JSONResponse:
         return JSONResponse({"error": "a shard did not answer in time; retry with the same idempotency key"},
                             status_code=503)
+
+
+def install_upload_errors(app: FastAPI) -> None:
+    @app.exception_handler(UploadUnreadable)
+    async def _unreadable(request: Request, exc: UploadUnreadable) -> JSONResponse:
+        return JSONResponse({"error": str(exc), "field": exc.field}, status_code=exc.status)
+
+
+def install_last_resort(app: FastAPI) -> None:
+    """Any exception no handler above knows: a JSON 500 that says nothing of the code (the
+    traceback goes to the server's log, never to the client)."""
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+        return JSONResponse({"error": "internal error; it is logged, and retrying may not help"},
+                            status_code=500)

@@ -5,7 +5,7 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool
 
 from ..cards import applications, money
 from ..cards.holders import CATEGORY_NAMES
@@ -20,7 +20,7 @@ PurseName = Literal["epurse", "general"]
 class MoneyIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     purse: PurseName = "epurse"
-    amount_fen: int = Field(gt=0, le=MAX_OP_FEN)
+    amount_fen: int = Field(strict=True, gt=0, le=MAX_OP_FEN)  # strict: not true, "250" or 250.0
     idempotency_key: IdempotencyKey
 
 
@@ -68,13 +68,13 @@ def page_of(page: money.Page) -> Page:
 # -- cards ---------------------------------------------------------------------------------
 class Apps(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    epurse: bool = True
-    online: bool = True
-    library: bool = False
-    medical: bool = False
+    epurse: StrictBool = True
+    online: StrictBool = True
+    library: StrictBool = False
+    medical: StrictBool = False
     insurance: Text = Field("", max_length=40, description="insurance category; required with medical")
-    medical_from_purse: bool = Field(False, description="self-pay may come from the ordinary purses")
-    merchant_member: bool = False
+    medical_from_purse: StrictBool = Field(False, description="self-pay may come from the ordinary purses")
+    merchant_member: StrictBool = False
 
 
 class Validity(BaseModel):

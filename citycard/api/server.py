@@ -10,6 +10,7 @@ from ..tasks import cancel_and_wait
 from . import disburse, reconciler
 from .app import create_app
 from .context import ApiContext
+from .http_protocol import JsonErrorH11Protocol
 
 
 class ApiServer:
@@ -30,7 +31,8 @@ class ApiServer:
         self.port = sock.getsockname()[1]
         self.app = create_app(self.ctx)
         config = uvicorn.Config(self.app, log_level="warning", access_log=False,
-                                lifespan="off", timeout_graceful_shutdown=5)
+                                lifespan="off", timeout_graceful_shutdown=5, http=JsonErrorH11Protocol,
+                                h11_max_incomplete_event_size=self.ctx.settings.api.max_head_bytes)
         self._server = uvicorn.Server(config)
         self._task = asyncio.get_running_loop().create_task(self._server.serve(sockets=[sock]))
         for _ in range(500):  # bounded: up to 5 s for uvicorn to start listening

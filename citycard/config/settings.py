@@ -112,6 +112,11 @@ class Api(_Section):
     pin_failures_per_token: str
     kdf_in_flight_per_source: int = Field(ge=1, le=64)  # PIN checks one source may have in progress
     trusted_proxies: list[IPvAnyNetwork]  # peers whose X-Forwarded-For names the real source
+    # Bounds on what a client may send (docs/api.md, "Input rules and errors"): a JSON body,
+    # a beneficiary upload (a million lines), and the request line with its headers.
+    max_body_bytes: int = Field(65_536, ge=1024, le=16 * 2**20)
+    max_upload_bytes: int = Field(80 * 2**20, ge=1024, le=1024 * 2**20)
+    max_head_bytes: int = Field(16_384, ge=4096, le=1024 * 1024)
 
     @field_validator("login_failures_per_source", "login_failures_per_card", "pin_failures_per_token")
     @classmethod

@@ -2,10 +2,13 @@
 into temporary tables (a CSV body by COPY, in chunks; a JSON body parsed by Postgres once),
 judged line by line, the good ones listed and the rest kept as rejects with their reasons."""
 
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 
 import asyncpg
 
+from ..errors import CityCardError
 from .programmes import ANALYZE_AFTER_ROWS, Conn
 
 COPY_CHUNK_BYTES = 1 << 20
@@ -41,7 +44,7 @@ SELECT n,
             WHEN jsonb_typeof(v -> 'amount_fen') NOT IN ('number', 'null') THEN 'amount_fen: not a number'
        END
 FROM d CROSS JOIN LATERAL jsonb_array_elements(d.doc) WITH ORDINALITY AS e(v, n)
-WHERE jsonb_typeof(d.doc) = 'array' AND jsonb_array_length(d.doc) <= $2
+WHERE CASE WHEN jsonb_typeof(d.doc) = 'array' THEN jsonb_array_length(d.doc) <= $2 ELSE false END
 """
 
 # Why each line is refused (NULL: accepted), in two steps with statistics between them, so the
@@ -87,6 +90,50 @@ FROM r
 """
 
 
+class UploadUnreadable(CityCardError):
+    """A body Postgres could not load, said in our words (never Postgres's: its wording
+    names our tables and statements); ``field`` is ``body`` or ``line N``, ``status`` the
+    HTTP status to answer with (422 bad input, 413 too big for one upload)."""
+
+    def __init__(self, message: str, field: str, status: int = 422) -> None:
+        super().__init__(message)
+        self.field = field
+        self.status = status
+
+
+# What a refused load means, by SQLSTATE (the class of the error, not its wording).
+_WHY = {
+    "22021": "not UTF-8",  # character_not_in_repertoire
+    "22P04": "a stray carriage return; end lines with \\n or \\r\\n",  # bad_copy_file_format
+    "22P05": "a string holds \\u0000, which cannot be stored",  # untranslatable_character
+    "22P02": "not valid JSON",  # invalid_text_representation
+}
+_COPY_LINE = re.compile(r"^COPY \w+, line (\d+)")
+_JSON_LINE = re.compile(r"^JSON data, line (\d+)")
+
+
+def _unreadable(exc: asyncpg.PostgresError, fmt: str) -> UploadUnreadable:
+    if isinstance(exc, asyncpg.ProgramLimitExceededError):
+        return UploadUnreadable("body: too large or too deeply nested to load at once; split the list",
+                                field="body", status=413)
+    why = _WHY.get(exc.sqlstate or "", f"cannot be read as {fmt}")
+    context = str(exc.as_dict().get("context", ""))
+    if m := _COPY_LINE.match(context):  # COPY counts the lines after the header
+        line = int(m.group(1)) + 1
+        return UploadUnreadable(f"line {line}: {why}", field=f"line {line}")
+    if m := _JSON_LINE.match(context):  # a line of the text, not an item of the array
+        return UploadUnreadable(f"body: {why} (at line {m.group(1)} of the text)", field="body")
+    return UploadUnreadable(f"body: {why}", field="body")
+
+
+@contextmanager
+def _in_our_words(fmt: str) -> Iterator[None]:
+    """A load that Postgres refused, as UploadUnreadable; the transaction rolls back whole."""
+    try:
+        yield
+    except (asyncpg.DataError, asyncpg.ProgramLimitExceededError) as exc:
+        raise _unreadable(exc, fmt) from None
+
 
 async def lock_programme(conn: asyncpg.Connection, programme_id: int) -> bool:
     """Lock the programme's row till the transaction ends (False: no such programme); the lock
@@ -112,24 +159,27 @@ async def load_csv(conn: asyncpg.Connection, lines: bytes, n_cols: int) -> None:
     await _create_lines(conn)
     await conn.execute("CREATE TEMP TABLE up_csv (line_no bigint GENERATED ALWAYS AS IDENTITY,"
                        " line text) ON COMMIT DROP")
-    await conn.copy_to_table("up_csv", source=_chunks(lines), columns=["line"], format="csv",
-                             delimiter=COPY_DELIMITER, quote=COPY_QUOTE)
-    await conn.execute(_CSV_LINES, n_cols)
+    with _in_our_words("csv"):
+        await conn.copy_to_table("up_csv", source=_chunks(lines), columns=["line"], format="csv",
+                                 delimiter=COPY_DELIMITER, quote=COPY_QUOTE)
+        await conn.execute(_CSV_LINES, n_cols)
 
 
 async def load_json(conn: asyncpg.Connection, text: str, max_items: int) -> int:
     """The JSON array's items into up_lines; how many (0 as well for a body that is not an
     array or has more than ``max_items``: see ``json_shape``)."""
     await _create_lines(conn)
-    status = await conn.execute(_JSON_LINES, text, max_items)
+    with _in_our_words("json"):
+        status = await conn.execute(_JSON_LINES, text, max_items)
     return int(status.split()[-1])
 
 
 async def json_shape(conn: asyncpg.Connection, text: str) -> tuple[str, int | None]:
     """The JSON body's type, and its length if it is an array."""
-    kind, n_items = await conn.fetchrow(
-        "SELECT jsonb_typeof(d), CASE WHEN jsonb_typeof(d) = 'array' THEN jsonb_array_length(d) END"
-        " FROM (SELECT $1::jsonb AS d) x", text)
+    with _in_our_words("json"):
+        kind, n_items = await conn.fetchrow(
+            "SELECT jsonb_typeof(d), CASE WHEN jsonb_typeof(d) = 'array' THEN jsonb_array_length(d) END"
+            " FROM (SELECT $1::jsonb AS d) x", text)
     return str(kind), n_items
 
 

@@ -8,9 +8,10 @@ from pydantic import BaseModel
 
 from ...persistence import audit
 from ..auth import Operator, Perm, require
+from ..strict_route import StrictRoute
 from .common import Text, ctx_of
 
-router = APIRouter(tags=["audit"])
+router = APIRouter(tags=["audit"], route_class=StrictRoute)
 
 
 class Entry(BaseModel):

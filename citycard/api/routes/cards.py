@@ -4,23 +4,24 @@ cancellation; the card-services layer (cards/lifecycle.py, cards/applications.py
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Path, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from ...cards import applications, lifecycle
 from ...cards.services import card_info
 from ..auth import Operator, Perm, require
 from ..errors import ApiError
 from ..models import Apps, Card, Validity, apps_choice, card_model
+from ..strict_route import StrictRoute
 from .common import CardNo, HolderId, IdempotencyKey, ReasonText, ctx_of
 
-router = APIRouter(tags=["cards"])
+router = APIRouter(tags=["cards"], route_class=StrictRoute)
 Product = Annotated[Literal["monthly_pass", "park_pass"], Path(description="monthly bus pass or park annual pass")]
 
 
 class IssueIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     apps: Apps = Apps()
-    credit_good: bool = True
+    credit_good: StrictBool = True
 
 
 class Reason(BaseModel):

@@ -11,9 +11,10 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInf
 from ...cards import holders
 from ...domain.identity import citizen_id_problem
 from ..auth import Operator, Perm, require
+from ..strict_route import StrictRoute
 from .common import HolderId, ReasonText, Text, ctx_of
 
-router = APIRouter(tags=["cardholders"])
+router = APIRouter(tags=["cardholders"], route_class=StrictRoute)
 CategoryName = Literal["adult", "student", "elderly", "disabled"]
 # 17 ASCII digits and a check character (digit or X); HolderIn checks the check character
 CitizenId = Annotated[str, Field(min_length=18, max_length=18, pattern="^[0-9]{17}[0-9X]$",

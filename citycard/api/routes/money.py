@@ -8,9 +8,10 @@ from fastapi import APIRouter, Depends, Query, Request
 from ...cards import money
 from ..auth import Operator, Perm, require
 from ..models import Balance, MoneyIn, Movement, Page, RefundIn, page_of
+from ..strict_route import StrictRoute
 from .common import CardNo, ctx_of
 
-router = APIRouter(tags=["money"])
+router = APIRouter(tags=["money"], route_class=StrictRoute)
 
 
 @router.post("/cards/{card_no}/topups", response_model=Movement)

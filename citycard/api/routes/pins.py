@@ -24,11 +24,12 @@ from ..pin_models import (
     Verified,
     error_response,
 )
+from ..strict_route import StrictRoute
 from .common import CardNo, ctx_of
 
 OPERATOR = None  # an operator's PIN work shares the whole KDF gate, not a source's part of it
 
-router = APIRouter(tags=["pins"])
+router = APIRouter(tags=["pins"], route_class=StrictRoute)
 
 def _answer(st: pins.PinState) -> PinState:
     return PinState(**st.__dict__)

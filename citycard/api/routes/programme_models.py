@@ -34,7 +34,7 @@ class ProgrammeIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=200)
     kind: Kind
-    amount_fen: int = Field(gt=0, le=MAX_OP_FEN, description="per beneficiary, unless the list gives one")
+    amount_fen: int = Field(strict=True, gt=0, le=MAX_OP_FEN, description="per beneficiary, unless the list gives one")
     expiry: AwareDatetime | None = Field(
         None, description="consumer vouchers and transport allowance: when the credited money expires")
     merchant_categories: list[str] = Field(

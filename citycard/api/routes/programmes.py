@@ -8,10 +8,10 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Path, Query, Request
 
 from ...cards import programme_runs, programme_uploads, programmes
-from ...cards.programme_uploads import MAX_UPLOAD_BYTES
 from ..auth import Operator, Perm, require
 from ..disburse import runs_of
 from ..errors import ApiError
+from ..strict_route import StrictRoute, check_depth, limits_of, read_bounded
 from .common import ctx_of
 from .programme_models import (
     UPLOAD_BODY,
@@ -24,7 +24,7 @@ from .programme_models import (
     UploadResult,
 )
 
-router = APIRouter(tags=["disbursements"])
+router = APIRouter(tags=["disbursements"], route_class=StrictRoute)
 
 ProgrammeId = Annotated[int, Path(ge=1, le=2**62)]
 RunId = Annotated[int, Path(ge=1, le=2**62)]
@@ -54,20 +54,6 @@ async def get_programme(programme_id: ProgrammeId, request: Request,
 
 # -- beneficiary lists -----------------------------------------------------------------------
 
-async def _read_body(request: Request) -> bytes:
-    """The request's body, read in the chunks it arrives in and refused (413) as soon as it
-    is larger than an upload may be."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_UPLOAD_BYTES:
-        raise ApiError(413, f"body: larger than {MAX_UPLOAD_BYTES} bytes; split the list", field="body")
-    buf = bytearray()
-    async for chunk in request.stream():
-        buf += chunk
-        if len(buf) > MAX_UPLOAD_BYTES:
-            raise ApiError(413, f"body: larger than {MAX_UPLOAD_BYTES} bytes; split the list", field="body")
-    return bytes(buf)
-
-
 @router.post("/programmes/{programme_id}/beneficiaries", response_model=UploadResult,
              openapi_extra={"requestBody": UPLOAD_BODY},
              responses={413: {"description": "the list is too large: split it"},
@@ -83,8 +69,11 @@ async def upload_beneficiaries(programme_id: ProgrammeId, request: Request,
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media not in ("text/csv", "application/json"):
         raise ApiError(415, "content-type: send text/csv or application/json", field="content-type")
-    body = await _read_body(request)
+    limits = limits_of(request)  # a million lines: a bigger limit than an ordinary body's
+    body = await read_bounded(request, limits.max_upload_bytes, "; split the list")
     fmt: Literal["csv", "json"] = "csv" if media == "text/csv" else "json"
+    if fmt == "json":
+        check_depth(body, limits)  # Postgres parses it, and recursion has its limits there too
     done = await programme_uploads.upload(ctx_of(request).pool, op, programme_id, fmt, body)
     return UploadResult.model_validate(done, from_attributes=True)
 

@@ -9,9 +9,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from ...cards import replacement
 from ..auth import Operator, Perm, require
 from ..models import Card, card_model
+from ..strict_route import StrictRoute
 from .common import CardNo, ReasonText, ctx_of
 
-router = APIRouter(tags=["cards"])
+router = APIRouter(tags=["cards"], route_class=StrictRoute)
 
 
 class ReplaceIn(BaseModel):

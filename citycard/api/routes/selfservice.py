@@ -33,9 +33,10 @@ from ..pin_models import (
     error_response,
 )
 from ..source import source_of
+from ..strict_route import StrictRoute
 from .common import ctx_of
 
-router = APIRouter(prefix="/self", tags=["self-service"])
+router = APIRouter(prefix="/self", tags=["self-service"], route_class=StrictRoute)
 DEFAULT_LOSS_REASON = "reported lost by the holder"
 SESSION_SCHEME = "holder_session"
 _session = HTTPBearer(auto_error=False, scheme_name=SESSION_SCHEME,

@@ -113,8 +113,9 @@ async def upload(pool: asyncpg.Pool, who: Who, programme_id: int, fmt: Format, b
             after = {k: v for k, v in jsonable(result).items() if k != "rejected_lines"}
             await audit.record(conn, who.name, who.role, "programme.upload", f"programme:{programme_id}", None,
                                after)
-    except asyncpg.DataError as exc:  # not UTF-8, not JSON, not an array, a stray carriage return
-        raise Invalid(f"body: cannot be read as {fmt}: {exc}", field="body") from None
+    except asyncpg.DataError:  # a later statement's refusal: said in our words, never Postgres's
+        raise Invalid(f"body: cannot be read as {fmt}: a value in it is not what its column takes",
+                      field="body") from None
     return result
 
 

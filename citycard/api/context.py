@@ -23,6 +23,7 @@ from ..cards.throttle import Scope, Throttle
 from ..config.settings import Settings
 from ..domain.ops import CardOp, OpOutcome
 from ..domain.views import CardView
+from ..gateway.metrics import Metrics
 
 # Half the cores for PIN checks (each ~0.1 s of CPU), the rest for the loop and the gateway.
 KDF_WORKERS = max(1, (os.cpu_count() or 2) // 2)
@@ -36,6 +37,7 @@ class ApiContext:
     redis: aioredis.Redis
     shards: ShardClient
     insurance_categories: frozenset[str] = frozenset()  # as the fare table names them
+    metrics: Metrics | None = None  # the platform's Prometheus metrics (None: tools and tests that need none)
     now_ms: Callable[[], int] = field(default=lambda: int(time.time() * 1000))
 
     @property

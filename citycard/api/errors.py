@@ -114,6 +114,22 @@ def card_service_error(exc: CardServiceError) -> JSONResponse:
     return JSONResponse({"error": str(exc)}, status_code=409)
 
 
+def _refusal(request: Request, exc: CardServiceError) -> tuple[str, str] | None:
+    """(status, why) of an answer that refuses a caller, for the operators' metrics: a flood,
+    a guessing run or a full gate shows there first."""
+    if isinstance(exc, RateLimited):
+        return "429", exc.reason
+    if isinstance(exc, Busy):
+        return "503", "busy"
+    if isinstance(exc, PinLocked):
+        return "423", "pin_locked"
+    if isinstance(exc, WrongPin):
+        return "401", "wrong_pin"
+    if isinstance(exc, NotAuthenticated):
+        return "401", "wrong_login" if request.url.path == "/self/session" else "no_session"
+    return None
+
+
 def _field_of(error: Any) -> str:
     """The offending field as a client names it: ``amount_fen``, ``apps.insurance``, ``card_no``;
     ``body`` for a body that is not JSON at all."""
@@ -152,6 +168,10 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(CardServiceError)
     async def _card_service(request: Request, exc: CardServiceError) -> JSONResponse:
+        refusal = _refusal(request, exc)
+        metrics = getattr(request.app.state.ctx, "metrics", None)
+        if refusal is not None and metrics is not None:
+            metrics.api_refusals.labels(*refusal).inc()
         return card_service_error(exc)
 
     @app.exception_handler(ShardUnavailable)

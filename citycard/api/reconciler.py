@@ -15,6 +15,8 @@ async def reconcile_once(ctx: ApiContext) -> Reconciled:
     api = ctx.settings.api
     got = await reconcile(ctx.pool, ctx.shards.n_shards, ctx.now_ms(), api.audit_reconcile_grace_ms)
     if got.written:
+        if ctx.metrics is not None:
+            ctx.metrics.audit_reconciled.inc(got.written)
         log.warning("audit: wrote %d entries missing for ops in the journal", got.written)
     return got
 

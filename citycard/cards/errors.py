@@ -78,9 +78,10 @@ class NotAuthenticated(CardServiceError):
 class RateLimited(CardServiceError):
     """The caller (a source, a card, a token) used up an allowance: retry after ``retry_after_s``."""
 
-    def __init__(self, message: str, retry_after_s: int) -> None:
+    def __init__(self, message: str, retry_after_s: int, reason: str = "limit") -> None:
         super().__init__(message)
         self.retry_after_s = max(1, retry_after_s)
+        self.reason = reason  # which allowance, for the operators' metrics
 
 
 def check_result(result: int, card_no: int) -> None:

@@ -88,7 +88,8 @@ def _place(gate: KdfGate, source: str | None) -> Iterator[None]:
             yield
     except KdfBusy as exc:
         if exc.per_source:
-            raise RateLimited("this address has PIN checks in progress already; retry in a second", 1) from None
+            raise RateLimited("this address has PIN checks in progress already; retry in a second", 1,
+                              reason="kdf_source") from None
         raise Busy("too many PIN checks at once; retry shortly") from None
 
 
@@ -149,7 +150,7 @@ async def _check_in_gate(svc: Services, card_no: int, pin: str, channel: str, ma
         if st["failed_tries"] >= max_tries:
             raise _locked(max_tries)
         # the failures and the checks in progress fill the allowance, but nothing is locked
-        raise RateLimited("other checks of this PIN are in progress; retry in a second", 1)
+        raise RateLimited("other checks of this PIN are in progress; retry in a second", 1, reason="pin_in_progress")
     if not await gate.run(pin_matches, pin, row["salt"], row["pin_hash"], row["kdf"]):
         tries = await rows.settle_wrong(svc.pool, card_no, row["pin_hash"])
         if tries is None:

@@ -49,7 +49,7 @@ class Throttle:
 
     def _refusal(self, scope: Scope, until_s: float) -> RateLimited:
         wait_s = max(1, math.ceil(until_s - time.time()))
-        return RateLimited(f"{REFUSALS[scope]}: retry in {wait_s} s", wait_s)
+        return RateLimited(f"{REFUSALS[scope]}: retry in {wait_s} s", wait_s, reason=scope.value)
 
     async def check(self, scope: Scope, key: str) -> None:
         """RateLimited when ``key`` has no failure left in some tier of ``scope``."""

@@ -215,7 +215,8 @@ class Platform:
         from ..api.server import ApiServer
 
         categories = frozenset(k for v in fares.versions for k in v.v.medical.fund_percent)
-        ctx = ApiContext(self.settings, self.pool, self.redis, self.shard_client, insurance_categories=categories)
+        ctx = ApiContext(self.settings, self.pool, self.redis, self.shard_client, insurance_categories=categories,
+                         metrics=self.metrics)
         self.api = ApiServer(ctx, self.settings.api.host, port)
         self.api_port = await self.api.start()
 

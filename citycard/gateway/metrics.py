@@ -72,6 +72,16 @@ class Metrics:
         self.busy = Counter("citycard_busy_taps", "Taps answered BUSY because a queue was full", registry=r)
         self.hotlist_size = Gauge("citycard_hotlist_cards", "Cards on the gateway's hotlist", registry=r)
         self.hotlist_version = Gauge("citycard_hotlist_version", "Hotlist version held by the gateway", registry=r)
+        self.api_refusals = Counter(
+            "citycard_api_refusals", "Card-services answers that refuse a caller, by status and why: 401 "
+            "(wrong_login, wrong_pin, no_session), 423 pin_locked, 429 (login_source, login_card, pin_token, "
+            "kdf_source, pin_in_progress), 503 busy", ["status", "reason"], registry=r,
+        )
+        self.self_logins = Counter("citycard_self_logins", "Self-service logins that opened a session", registry=r)
+        self.audit_reconciled = Counter(
+            "citycard_audit_reconciled_entries", "Audit entries the reconciler wrote for journal ops that had none",
+            registry=r,
+        )
         self.terminal_cutoffs = Counter(
             "citycard_terminal_cutoffs", "Connections closed because their terminal was disabled, by how the "
             "gateway learnt it (event: Redis message; check: its periodic look at Postgres)", ["via"], registry=r,

@@ -12,28 +12,16 @@ import ray
 
 from citycard.cli.runtime import Platform
 from citycard.domain.cards import make_card_no
-from citycard.domain.identity import make_citizen_id
 from citycard.domain.ops import OpKind
 from citycard.domain.results import Result
 from citycard.domain.shard import shard_of
 from citycard.domain.taps import TapKind
-from tests.support.city import ApiCity, api_city
+from tests.support.city import ApiCity, api_city, cid, programme
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 PERIOD = "2026-11"
 FUTURE = "2099-01-01T00:00:00+08:00"
 FUTURE_MS = int(datetime.fromisoformat(FUTURE).timestamp() * 1000)
-
-
-def cid(serial: int, born: date = date(1990, 5, 17)) -> str:
-    return make_citizen_id(330106, born, serial)
-
-
-async def programme(api: ApiCity, kind: str = "welfare", amount_fen: int = 1000, **extra: object) -> int:
-    r = await api.http.post("/programmes", headers=api.auth("programme_admin"),
-                            json={"name": f"{kind} test", "kind": kind, "amount_fen": amount_fen, **extra})
-    assert r.status_code == 201, r.text
-    return int(r.json()["programme_id"])
 
 
 async def upload_csv(api: ApiCity, pid: int, text: str) -> httpx.Response:

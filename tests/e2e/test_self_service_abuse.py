@@ -11,6 +11,7 @@ import asyncio
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from citycard.domain.cards import make_card_no
 from tests.support.city import ApiCity, api_city
@@ -117,7 +118,21 @@ def test_failures_are_limited_per_source_per_card_and_per_token(configured_servi
                     "card_no": cards[0], "citizen_id": api.citizen_ids[cards[0]], "pin": PIN})
                 assert r.status_code == 429 and "address" in r.json()["error"], r.text
 
+            # the on-call engineer sees it all on /metrics
+            metrics = await scrape(api)
+            assert metrics[("429", "login_source")] == 2 and metrics[("429", "login_card")] == 1, metrics
+            assert metrics[("429", "pin_token")] == 1 and metrics[("401", "wrong_login")] == 10, metrics
+            assert metrics[("401", "wrong_pin")] == 2, metrics
+
     asyncio.run(scenario())
+
+
+async def scrape(api: ApiCity) -> dict[tuple[str, str], float]:
+    """citycard_api_refusals_total by (status, reason), from the platform's /metrics."""
+    async with httpx.AsyncClient(timeout=10) as http:
+        text = (await http.get(f"http://127.0.0.1:{api.city.platform.metrics_port}/metrics")).text
+    return {(s.labels["status"], s.labels["reason"]): s.value for family in text_string_to_metric_families(text)
+            if family.name == "citycard_api_refusals" for s in family.samples if s.name.endswith("_total")}
 
 
 def peer(api: ApiCity, local_address: str) -> httpx.AsyncClient:

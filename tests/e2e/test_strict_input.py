@@ -10,8 +10,7 @@ import logging
 import httpx
 import pytest
 
-from tests.e2e.test_api_disbursements import cid, programme
-from tests.support.city import api_city
+from tests.support.city import api_city, cid, programme
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 

@@ -132,6 +132,19 @@ class ApiCity:
                                     json={"purse": purse, "amount_fen": amount_fen, "idempotency_key": key})
 
 
+def cid(serial: int, born: date = date(1990, 5, 17)) -> str:
+    """A valid citizen id of the test city's district."""
+    return make_citizen_id(330106, born, serial)
+
+
+async def programme(api: ApiCity, kind: str = "welfare", amount_fen: int = 1000, **extra: object) -> int:
+    """A new disbursement programme, by the programme admin."""
+    r = await api.http.post("/programmes", headers=api.auth("programme_admin"),
+                            json={"name": f"{kind} test", "kind": kind, "amount_fen": amount_fen, **extra})
+    assert r.status_code == 201, r.text
+    return int(r.json()["programme_id"])
+
+
 @asynccontextmanager
 async def api_city(urls: ServiceUrls, schema: str, **kw: object) -> AsyncIterator[ApiCity]:
     async with running_city(urls, schema, **kw) as city:  # type: ignore[arg-type]

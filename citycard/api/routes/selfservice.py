@@ -80,9 +80,11 @@ async def log_in(body: LoginIn, request: Request) -> SessionOut:
     """Log in: card number, identity number and PIN. A wrong PIN counts towards the lockout
     only when the identity number is the holder's."""
     check_card_no(body.card_no)
-    svc = ctx_of(request).services
+    ctx = ctx_of(request)
     session = await _cancelled_is_403(
-        self_login.login(svc, body.card_no, body.citizen_id, body.pin, client_source(request)))
+        self_login.login(ctx.services, body.card_no, body.citizen_id, body.pin, client_source(request)))
+    if ctx.metrics is not None:
+        ctx.metrics.self_logins.inc()
     return SessionOut(session_token=session.token, card_no=session.card_no, expires_in_s=session.expires_in_s)
 
 

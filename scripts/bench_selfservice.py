@@ -92,11 +92,12 @@ async def _load(spec: dict[str, Any]) -> dict[str, Any]:
                 if r.status_code == 429:  # a real flooder would not wait: neither does this one
                     await asyncio.sleep(0)
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     await asyncio.gather(*(holder(w) for w in range(spec["holders"])),
                          *(flooder(w) for w in range(spec["flood"])))
     elapsed = time.perf_counter() - t0
     return {"elapsed_s": elapsed, "honest": honest, "flood": flood,
+            "client_cpu_share": (time.process_time() - cpu0) / elapsed,  # of one core
             "logins_per_s": honest.get(201, 0) / elapsed,
             "p50_ms": _pct(honest_ms, 0.50), "p99_ms": _pct(honest_ms, 0.99), "max_ms": max(honest_ms, default=0.0)}
 
@@ -168,7 +169,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 return await asyncio.to_thread(measure, spec(args.holders, 0, seconds))
             held, flooded = await asyncio.gather(asyncio.to_thread(measure, spec(args.holders, 0, seconds)),
                                                  asyncio.to_thread(measure, spec(0, flood, seconds)))
-            return {**held, "flood": flooded["flood"]}
+            return {**held, "flood": flooded["flood"], "flood_cpu_share": flooded["client_cpu_share"]}
 
         await measure_both(0, 1.0)  # warm-up: connections, code paths
         results: dict[str, list[dict[str, Any]]] = {"alone": [], "flood": []}
@@ -181,7 +182,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 r["api_cpu_ms_per_login"] = (time.process_time() - cpu0) * 1000 / max(1, r["honest"].get("201", 1))
                 results[mode].append(r)
                 print(f"run {run} {mode:5s}: {r['logins_per_s']:6.1f} logins/s  p50 {r['p50_ms']:7.1f} ms  "
-                      f"p99 {r['p99_ms']:7.1f} ms  holders {r['honest']}  flood {r['flood']}",
+                      f"p99 {r['p99_ms']:7.1f} ms  holders {r['honest']}  flood {r['flood']}  "
+                      f"API CPU {r['api_cpu_ms']:.2f} ms/answer  flood client {r.get('flood_cpu_share', 0):.0%} of a core",
                       file=sys.stderr, flush=True)
         return {"results": results, "kdf_threads": KDF_WORKERS, "holders": args.holders, "flood": args.flood,
                 "seconds": args.seconds, "lifted": args.lift_failure_limits,

@@ -344,6 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
         tcmd.set_defaults(func=cmd_terminal)
 
     _add_fares(sub)
+    from .readers import add_parser as add_readers
+
+    add_readers(sub)
     return p
 
 

@@ -1,6 +1,7 @@
 """The vpcd link through the real PC/SC stack: a virtual card plugged into pcscd's vpcd reader
 is seen by pyscard as a card in a reader (its ATR, its answers), and pulling it is seen too."""
 
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -72,3 +73,24 @@ def test_a_virtual_card_is_a_card_in_a_real_reader(pcscd: None) -> None:
             break
         assert time.monotonic() < end, "pcscd still sees the card 10 s after it was pulled"
         time.sleep(0.2)
+
+
+def test_readers_list_shows_every_reader_its_card_and_the_answer_to_a_select(pcscd: None, capsys) -> None:
+    from citycard.cli.main import main
+
+    card = VirtualCard(ATR, answer)
+    try:
+        connect_when_present().disconnect()  # pcscd has seen the card
+        assert main(["readers", "list", "--json", "--select", "A000000632010105"]) == 0
+        looks = {look["reader"]: look for look in json.loads(capsys.readouterr().out)}
+        assert looks[READER] == {"reader": READER, "card_present": True, "atr_hex": ATR.hex().upper(),
+                                 "select_sw": "6A82", "error": None}
+        assert looks["Virtual PCD 00 01"]["card_present"] is False  # vpcd's second reader: empty
+        assert card.apdus[-1] == bytes.fromhex("00A4040008A00000063201010500")
+        assert main(["readers", "list"]) == 0
+        assert f"{READER}: card, ATR {ATR.hex().upper()}" in capsys.readouterr().out
+    finally:
+        card.remove()
+    with pytest.raises(SystemExit):  # an AID of one byte: argparse names it
+        main(["readers", "list", "--select", "A0"])
+    assert "an AID has 5 to 16 bytes" in capsys.readouterr().err

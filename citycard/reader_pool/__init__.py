@@ -1,0 +1,1 @@
+"""Attached PC/SC card readers through pyscard and the system's pcscd."""

@@ -1,0 +1,96 @@
+"""One look at every attached reader: its name, whether a card is in it, the card's ATR and,
+if asked, the status word the card answers to a SELECT. Works with any ISO 7816 card.
+
+pyscard blocks, and a reader or card may hang: each reader is looked at in a thread of its
+own, and a look that takes longer than ``timeout_s`` is reported as such (its thread is left
+to finish on its own; the command does not wait for it).
+"""
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+
+from ..errors import CityCardError
+
+MAX_READERS = 64  # more than any validator or counter has; bounds the threads
+
+
+class PcscUnavailable(CityCardError):
+    """No PC/SC service to ask (pcscd not running or not installed)."""
+
+
+@dataclass(frozen=True)
+class ReaderLook:
+    reader: str
+    card_present: bool
+    atr_hex: str | None = None
+    select_sw: str | None = None  # e.g. "9000", "6A82"
+    error: str | None = None  # what went wrong with this reader, in a sentence
+
+
+def select_by_aid(aid: bytes) -> bytes:
+    """SELECT by DF name, first or only occurrence, FCI wanted (ISO 7816-4: 00 A4 04 00)."""
+    if not 5 <= len(aid) <= 16:
+        raise CityCardError(f"an AID has 5 to 16 bytes, not {len(aid)}")
+    return bytes([0x00, 0xA4, 0x04, 0x00, len(aid)]) + aid + b"\x00"
+
+
+def reader_names() -> list[str]:
+    from smartcard.pcsc.PCSCExceptions import BaseSCardException
+    from smartcard.System import readers
+
+    try:
+        return [str(r) for r in readers()][:MAX_READERS]
+    except BaseSCardException as exc:
+        raise PcscUnavailable(f"no PC/SC service: {exc} (is pcscd running?)") from None
+
+
+def _look(name: str, select: bytes | None) -> ReaderLook:
+    from smartcard.Exceptions import CardConnectionException, NoCardException
+    from smartcard.System import readers
+
+    reader = next((r for r in readers() if str(r) == name), None)
+    if reader is None:
+        return ReaderLook(name, False, error="the reader went away")
+    conn = reader.createConnection()
+    try:
+        conn.connect()
+    except NoCardException:
+        return ReaderLook(name, False)
+    except CardConnectionException as exc:
+        return ReaderLook(name, False, error=f"cannot connect to the card: {exc}")
+    try:
+        atr_hex = bytes(conn.getATR()).hex().upper()
+        if select is None:
+            return ReaderLook(name, True, atr_hex)
+        _, sw1, sw2 = conn.transmit(list(select))
+        return ReaderLook(name, True, atr_hex, f"{sw1:02X}{sw2:02X}")
+    except CardConnectionException as exc:
+        return ReaderLook(name, True, error=f"the card stopped answering: {exc}")
+    finally:
+        try:
+            conn.disconnect()
+        except CardConnectionException:
+            pass  # pulled meanwhile
+
+
+def look_all(select_aid: bytes | None = None, timeout_s: float = 5.0) -> list[ReaderLook]:
+    """Every reader, in pcscd's order; PcscUnavailable when there is no PC/SC service."""
+    names = reader_names()
+    select = select_by_aid(select_aid) if select_aid is not None else None
+    if not names:
+        return []
+    pool = ThreadPoolExecutor(max_workers=len(names), thread_name_prefix="reader-look")
+    try:
+        futures = [pool.submit(_look, n, select) for n in names]
+        deadline = time.monotonic() + timeout_s  # one deadline for all: the readers are looked at at once
+        out = []
+        for name, fut in zip(names, futures, strict=True):
+            try:
+                out.append(fut.result(timeout=max(0.0, deadline - time.monotonic())))
+            except FutureTimeout:
+                out.append(ReaderLook(name, False, error=f"no answer within {timeout_s:g} s"))
+        return out
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)

@@ -105,14 +105,14 @@ class _Parser:
         self.items = 0
 
     def parse(self, data: bytes, depth: int) -> tuple[Tlv, ...]:
-        if depth > self.max_depth:
-            raise TlvError(f"nested deeper than {self.max_depth} levels")
         out: list[Tlv] = []
         pos, end = 0, len(data)
         while pos < end:
             if data[pos] in PADDING:
                 pos += 1
                 continue
+            if depth > self.max_depth:  # an object here, not an empty template, is too deep
+                raise TlvError(f"nested deeper than {self.max_depth} levels")
             tag, pos = _read_tag(data, pos)
             length, pos = _read_length(data, pos, tag)
             if end - pos < length:

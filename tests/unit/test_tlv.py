@@ -195,3 +195,10 @@ def test_fci_built_with_the_builders_matches_the_vector() -> None:
 def test_bad_fci_is_named(hex_: str, fault: str) -> None:
     with pytest.raises(TlvError, match=fault):
         parse_fci(bytes.fromhex(hex_))
+
+
+def test_an_empty_template_at_the_last_level_is_not_too_deep() -> None:
+    raw = encode(Tlv(0x70, b""))
+    for _ in range(MAX_DEPTH - 1):
+        raw = encode(Tlv(0x70, raw))
+    assert parse(raw)

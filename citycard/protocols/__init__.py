@@ -1,1 +1,2 @@
-"""Pure codecs: the terminal wire protocol (sans-I/O). See docs/protocol.md."""
+"""Pure codecs (sans-I/O): the terminal wire protocol (docs/protocol.md), and the card's APDUs
+and BER-TLV (apdu.py, tlv.py; docs/card.md)."""

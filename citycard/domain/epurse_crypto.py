@@ -199,6 +199,20 @@ class When:
         return self.date + self.time
 
 
+def _need_transaction(kind: str, amount_fen: int, terminal_id: bytes, when: When,
+                      card_random: bytes, transaction_type: int, types: frozenset[int]) -> None:
+    """The fields a purchase and a load share."""
+    _need_int("amount_fen", amount_fen, MAX_AMOUNT_FEN)
+    _need("terminal id", terminal_id, 6)
+    if not isinstance(when, When):
+        raise ValueError("when must be a When")
+    _need("card random", card_random, 4)
+    if transaction_type not in types:
+        allowed = " or ".join(f"{t:02X}" for t in sorted(types))
+        got = f"{transaction_type:02X}" if isinstance(transaction_type, int) else repr(transaction_type)
+        raise ValueError(f"{kind} transaction type must be {allowed}, got {got}")
+
+
 @dataclass(frozen=True, slots=True)
 class PurchaseInput:
     """What DEBIT FOR PURCHASE's MACs cover: INITIALIZE FOR PURCHASE's answer (card random,
@@ -213,15 +227,10 @@ class PurchaseInput:
     transaction_type: int = PURCHASE_EP
 
     def __post_init__(self) -> None:
-        _need_int("amount_fen", self.amount_fen, MAX_AMOUNT_FEN)
-        _need("terminal id", self.terminal_id, 6)
+        _need_transaction("purchase", self.amount_fen, self.terminal_id, self.when,
+                          self.card_random, self.transaction_type, PURCHASE_TYPES)
         _need_int("terminal seq", self.terminal_seq, 0xFFFFFFFF)
-        if not isinstance(self.when, When):
-            raise ValueError("when must be a When")
-        _need("card random", self.card_random, 4)
         _need_int("offline counter", self.offline_counter, 0xFFFF)
-        if self.transaction_type not in PURCHASE_TYPES:
-            raise ValueError(f"purchase transaction type must be 06 or 09, got {self.transaction_type:02X}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,15 +246,10 @@ class LoadInput:
     transaction_type: int = LOAD_EP
 
     def __post_init__(self) -> None:
-        _need_int("amount_fen", self.amount_fen, MAX_AMOUNT_FEN)
+        _need_transaction("load", self.amount_fen, self.terminal_id, self.when,
+                          self.card_random, self.transaction_type, LOAD_TYPES)
         _need_int("balance_before_fen", self.balance_before_fen, MAX_AMOUNT_FEN)
-        _need("terminal id", self.terminal_id, 6)
-        if not isinstance(self.when, When):
-            raise ValueError("when must be a When")
-        _need("card random", self.card_random, 4)
         _need_int("online counter", self.online_counter, 0xFFFF)
-        if self.transaction_type not in LOAD_TYPES:
-            raise ValueError(f"load transaction type must be 01 or 02, got {self.transaction_type:02X}")
 
 
 def _amount(fen: int) -> bytes:

@@ -173,13 +173,18 @@ def _purchase(card: Card, **changes: object) -> PurchaseInput:
     return PurchaseInput(**fields)  # type: ignore[arg-type]
 
 
-def test_a_whole_purchase_verifies_on_every_side() -> None:
-    card = Card(SERIAL, balance_fen=1000)
+def _completed(card: Card) -> tuple[PurchaseInput, bytes, bytes, bytes]:
+    """A purchase the SAM started and the card accepted: (input, SESPK, MAC2, TAC)."""
     p = _purchase(card)
     sespk = sam_session_key(card.serial, p)
     answer = card.debit(p, purchase_mac1(sespk, p))
     assert answer is not None
-    mac2, tac = answer
+    return p, sespk, *answer
+
+
+def test_a_whole_purchase_verifies_on_every_side() -> None:
+    card = Card(SERIAL, balance_fen=1000)
+    p, sespk, mac2, tac = _completed(card)
     assert same_mac(mac2, purchase_mac2(sespk, p.amount_fen))  # the SAM believes the debit
     assert issuer_checks_tac(card.serial, p, tac)  # the issuer believes the transaction
     assert (card.balance_fen, card.offline_counter) == (750, 8)
@@ -203,11 +208,7 @@ def test_one_changed_bit_breaks_mac1(change: dict[str, object]) -> None:
 
 def test_one_changed_bit_breaks_mac2_and_tac() -> None:
     card = Card(SERIAL, balance_fen=1000)
-    p = _purchase(card)
-    sespk = sam_session_key(card.serial, p)
-    answer = card.debit(p, purchase_mac1(sespk, p))
-    assert answer is not None
-    mac2, tac = answer
+    p, sespk, mac2, tac = _completed(card)
     assert not same_mac(mac2, purchase_mac2(sespk, p.amount_fen ^ 1))
     for change in ({"amount_fen": 251}, {"terminal_id": H("310000000043")},
                    {"terminal_seq": 0x00012344}, {"when": When.of("20261207", "081500")}):
@@ -266,6 +267,7 @@ def test_purchase_input_is_validated() -> None:
         ({"terminal_seq": 2**32}, "terminal seq must be in 0..4294967295"),
         ({"card_random": "A1B2C3D4"}, "card random must be bytes, not str"),
         ({"transaction_type": 0x02}, "purchase transaction type must be 06 or 09, got 02"),
+        ({"transaction_type": "06"}, "purchase transaction type must be 06 or 09, got '06'"),
         ({"when": "20261206081500"}, "when must be a When"),
     ):
         with pytest.raises(ValueError, match=message):

@@ -42,7 +42,7 @@ def cmd_readers_list(args: argparse.Namespace) -> int:
         return 0
     for look in looks:
         card = f"card, ATR {look.atr_hex}" if look.card_present else "no card"
-        sw = f", SELECT -> {look.select_sw}" if look.select_sw else ""
+        sw = f", SELECT -> {look.select_sw} ({look.select_meaning})" if look.select_sw else ""
         err = f" ({look.error})" if look.error else ""
         print(f"{look.reader}: {card}{sw}{err}")
     return 0

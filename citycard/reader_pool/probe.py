@@ -12,6 +12,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
 from ..errors import CityCardError
+from ..protocols.apdu import describe, select_by_aid
 
 MAX_READERS = 64  # more than any validator or counter has; bounds the threads
 
@@ -26,14 +27,8 @@ class ReaderLook:
     card_present: bool
     atr_hex: str | None = None
     select_sw: str | None = None  # e.g. "9000", "6A82"
+    select_meaning: str | None = None  # the status word in words
     error: str | None = None  # what went wrong with this reader, in a sentence
-
-
-def select_by_aid(aid: bytes) -> bytes:
-    """SELECT by DF name, first or only occurrence, FCI wanted (ISO 7816-4: 00 A4 04 00)."""
-    if not 5 <= len(aid) <= 16:
-        raise CityCardError(f"an AID has 5 to 16 bytes, not {len(aid)}")
-    return bytes([0x00, 0xA4, 0x04, 0x00, len(aid)]) + aid + b"\x00"
 
 
 def reader_names() -> list[str]:
@@ -65,7 +60,7 @@ def _look(name: str, select: bytes | None) -> ReaderLook:
         if select is None:
             return ReaderLook(name, True, atr_hex)
         _, sw1, sw2 = conn.transmit(list(select))
-        return ReaderLook(name, True, atr_hex, f"{sw1:02X}{sw2:02X}")
+        return ReaderLook(name, True, atr_hex, f"{sw1:02X}{sw2:02X}", describe(sw1 << 8 | sw2))
     except CardConnectionException as exc:
         return ReaderLook(name, True, error=f"the card stopped answering: {exc}")
     finally:
@@ -78,7 +73,7 @@ def _look(name: str, select: bytes | None) -> ReaderLook:
 def look_all(select_aid: bytes | None = None, timeout_s: float = 5.0) -> list[ReaderLook]:
     """Every reader, in pcscd's order; PcscUnavailable when there is no PC/SC service."""
     names = reader_names()
-    select = select_by_aid(select_aid) if select_aid is not None else None
+    select = select_by_aid(select_aid).encode() if select_aid is not None else None
     if not names:
         return []
     pool = ThreadPoolExecutor(max_workers=len(names), thread_name_prefix="reader-look")

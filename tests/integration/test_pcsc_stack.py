@@ -84,7 +84,9 @@ def test_readers_list_shows_every_reader_its_card_and_the_answer_to_a_select(pcs
         assert main(["readers", "list", "--json", "--select", "A000000632010105"]) == 0
         looks = {look["reader"]: look for look in json.loads(capsys.readouterr().out)}
         assert looks[READER] == {"reader": READER, "card_present": True, "atr_hex": ATR.hex().upper(),
-                                 "select_sw": "6A82", "error": None}
+                                 "select_sw": "6A82", "select_meaning": looks[READER]["select_meaning"],
+                                 "error": None}
+        assert "not found" in looks[READER]["select_meaning"], looks[READER]
         assert looks["Virtual PCD 00 01"]["card_present"] is False  # vpcd's second reader: empty
         assert card.apdus[-1] == bytes.fromhex("00A4040008A00000063201010500")
         assert main(["readers", "list"]) == 0

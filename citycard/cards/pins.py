@@ -3,7 +3,7 @@ by the holder. Every check counts a try first (atomically, in Postgres), so conc
 cannot exceed the lockout; the KDF runs in a bounded gate so a flood cannot take every core."""
 
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -12,12 +12,13 @@ import asyncpg
 
 from ..domain.cards import CardStatus
 from ..domain.results import Result
+from ..domain.views import CardView
 from ..persistence import audit, holders
 from ..persistence import pins as rows
 from . import self_sessions
 from .errors import Busy, CardServiceError, Conflict, Invalid, RateLimited, Refused
 from .lookup import card
-from .pin_kdf import KdfBusy, KdfGate, KdfParams, derive, hash_pin, new_salt, pin_matches
+from .pin_kdf import KdfBusy, KdfParams, derive, hash_pin, new_salt, pin_matches
 from .pin_policy import weak_reason
 from .services import Services
 from .who import Holder, Who
@@ -66,11 +67,12 @@ VERIFY = "pin/verify"  # the payment channel's check
 _DUMMY_SALT = bytes(16)
 
 
-async def _live_card(svc: Services, card_no: int) -> None:
+async def _live_card(svc: Services, card_no: int) -> CardView:
     """Invalid / NotFound for no card; a cancelled (or replaced) card's PIN is of no use."""
     view = await card(svc.shards, card_no)
     if view.status == CardStatus.CANCELLED:
         raise Refused(Result.CARD_CANCELLED)
+    return view
 
 
 def _no_pin(card_no: int) -> Conflict:
@@ -82,9 +84,12 @@ def _locked(max_tries: int) -> PinLocked:
 
 
 @contextmanager
-def _place(gate: KdfGate, source: str | None) -> Iterator[None]:
+def place(svc: Services, source: str | None) -> Iterator[None]:
+    """A place in the KDF gate for a whole request that checks a PIN (``source``'s share of
+    it; None: an operator's); RateLimited (429) or Busy (503) when there is none. Self-service
+    takes it first, so that a flooding source's surplus costs no lookup at all."""
     try:
-        with gate.ticket(source):
+        with svc.kdf_gate.ticket(source):
             yield
     except KdfBusy as exc:
         if exc.per_source:
@@ -95,7 +100,7 @@ def _place(gate: KdfGate, source: str | None) -> Iterator[None]:
 
 async def _hash(svc: Services, pin: str, source: str | None) -> tuple[bytes, bytes, str]:
     salt = new_salt()
-    with _place(svc.kdf_gate, source):
+    with place(svc, source):
         pin_hash, kdf = await svc.kdf_gate.run(hash_pin, pin, salt, _params(svc))
     return pin_hash, salt, kdf
 
@@ -111,26 +116,11 @@ async def _refuse_weak(svc: Services, card_no: int, pin: str, field: str) -> Non
 async def check(svc: Services, card_no: int, pin: str, *, channel: str, source: str | None, rehash: bool = True) -> StoredPin:
     """Count a try and check ``pin`` on a live card: the stored PIN when right; WrongPin,
     PinLocked, a Conflict (no PIN), Refused (cancelled or lost card) otherwise."""
-    view = await card(svc.shards, card_no)
-    if view.status == CardStatus.CANCELLED:
-        raise Refused(Result.CARD_CANCELLED)
+    view = await _live_card(svc, card_no)
     if view.status == CardStatus.BLOCKED and channel == VERIFY:
         raise Refused(Result.CARD_BLOCKED)  # a lost card pays for nothing: its PIN proves nothing
     with place(svc, source):
         return await check_placed(svc, card_no, pin, channel=channel, rehash=rehash)
-
-
-def place(svc: Services, source: str | None) -> AbstractContextManager[None]:
-    """A place in the KDF gate for a whole request that checks a PIN (the source's share of
-    it); RateLimited (429) or Busy (503) when there is none. Taken first, so that a flooding
-    source's surplus costs no lookup at all."""
-    return _place(svc.kdf_gate, source)
-
-
-async def check_placed(svc: Services, card_no: int, pin: str, *, channel: str, rehash: bool = True) -> StoredPin:
-    """``check`` without looking at the card's status (the caller does, after), in a place
-    the caller holds."""
-    return await _check_in_gate(svc, card_no, pin, channel, svc.pin_max_tries, rehash)
 
 
 async def burn_like_a_check(svc: Services) -> None:
@@ -139,9 +129,10 @@ async def burn_like_a_check(svc: Services) -> None:
     await svc.kdf_gate.run(derive, "000000", _DUMMY_SALT, _params(svc))
 
 
-async def _check_in_gate(svc: Services, card_no: int, pin: str, channel: str, max_tries: int,
-                         rehash: bool) -> StoredPin:
-    gate = svc.kdf_gate
+async def check_placed(svc: Services, card_no: int, pin: str, *, channel: str, rehash: bool = True) -> StoredPin:
+    """``check`` without looking at the card's status (the caller does, after), in a place
+    the caller holds."""
+    gate, max_tries = svc.kdf_gate, svc.pin_max_tries
     row = await rows.reserve_try(svc.pool, card_no, max_tries)
     if row is None:
         st = await rows.state(svc.pool, card_no)

@@ -100,8 +100,10 @@ class EpurseCard:
         return Response(self.state.balance_fen.to_bytes(4, "big"), 0x9000).encode()
 
     def _init_purchase(self, cmd: Command) -> bytes:
-        if (cmd.p1, cmd.p2) != (0x01, 0x02) or len(cmd.data) != 11:
-            return _sw(StatusWord.WRONG_LENGTH if len(cmd.data) != 11 else StatusWord.INCORRECT_P1P2)
+        if (cmd.p1, cmd.p2) != (0x01, 0x02):
+            return _sw(StatusWord.INCORRECT_P1P2)
+        if len(cmd.data) != 11:
+            return _sw(StatusWord.WRONG_LENGTH)
         if cmd.data[0] != PURCHASE_KEY_INDEX:
             return _sw(StatusWord.KEY_INDEX_NOT_SUPPORTED)
         amount_fen = int.from_bytes(cmd.data[1:5], "big")
@@ -138,8 +140,10 @@ class EpurseCard:
         return Response(tac + mac2, 0x9000).encode()
 
     def _proof(self, cmd: Command) -> bytes:
-        if cmd.p2 != PURCHASE_EP or len(cmd.data) != 2:
-            return _sw(StatusWord.INCORRECT_P1P2 if cmd.p2 != PURCHASE_EP else StatusWord.WRONG_LENGTH)
+        if cmd.p2 != PURCHASE_EP:
+            return _sw(StatusWord.INCORRECT_P1P2)
+        if len(cmd.data) != 2:
+            return _sw(StatusWord.WRONG_LENGTH)
         counter = int.from_bytes(cmd.data, "big")
         proof = self.state.last_proof
         if proof is None or proof[0] != counter:

@@ -27,6 +27,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -151,29 +154,54 @@ async def _balances(base_url: str, token: str, cards: list[int]) -> dict[int, in
         return out
 
 
-async def bench(args: argparse.Namespace) -> dict[str, Any]:
+@dataclass(frozen=True)
+class BenchPlatform:
+    settings: Any
+    services: str  # "embedded" or "configured"
+    token: str
+    base_url: str
+
+
+@asynccontextmanager
+async def bench_platform(schema: str, api: dict[str, Any] | None = None) -> AsyncIterator[BenchPlatform]:
+    """The platform as ``citycard up`` runs it, in a schema of its own (dropped before and
+    after), with a clerk token; torn down, Ray included, on the way out."""
     from citycard.api.auth import Role, create_token
     from citycard.cli.demo import reset_schema
     from citycard.cli.runtime import Platform, resolve_services
     from citycard.config.settings import load_settings
     from citycard.persistence import db
 
-    settings = load_settings(None, overrides={"database": {"schema": SCHEMA}, "redis": {"prefix": SCHEMA},
-                                              "ray": {"namespace": SCHEMA}})
+    settings = load_settings(None, overrides={"database": {"schema": schema}, "redis": {"prefix": schema},
+                                              "ray": {"namespace": schema}, "api": api or {}})
     services = resolve_services(settings)
     platform = Platform(settings, services)
     try:
-        await reset_schema(services.db_url, SCHEMA)
+        await reset_schema(services.db_url, schema)
         await platform.start(gateway_port=0, metrics_port=0, api_port=0)
-        conn = await db.connect(services.db_url, SCHEMA)
+        conn = await db.connect(services.db_url, schema)
         try:
             token = await create_token(conn, "bench", [Role.CLERK])
         finally:
             await conn.close()
-        base_url = f"http://127.0.0.1:{platform.api_port}"
+        yield BenchPlatform(settings, "embedded" if services.embedded else "configured", token,
+                            f"http://127.0.0.1:{platform.api_port}")
+    finally:
+        await platform.stop()
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+        await _drop(services.db_url, services.redis_url, schema)  # leave nothing in a shared database
+        services.stop()
+
+
+async def bench(args: argparse.Namespace) -> dict[str, Any]:
+    async with bench_platform(SCHEMA) as bp:
+        settings, token, base_url = bp.settings, bp.token, bp.base_url
         t0 = time.perf_counter()
         cards = await _make_cards(base_url, token, args.cards)
-        print(f"platform up ({'configured' if not services.embedded else 'embedded'} services, "
+        print(f"platform up ({bp.services} services, "
               f"{settings.city.account_shards} account shards); {len(cards)} cards made through the API in "
               f"{time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
 
@@ -205,16 +233,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         money_ok = await _balances(base_url, token, cards) == expected
         return {"results": results, "money_ok": money_ok, "cards": len(cards),
                 "concurrency": args.concurrency, "seconds": args.seconds,
-                "services": "configured" if not services.embedded else "embedded",
-                "account_shards": settings.city.account_shards}
-    finally:
-        await platform.stop()
-        import ray
-
-        if ray.is_initialized():
-            ray.shutdown()
-        await _drop(services.db_url, services.redis_url)  # leave nothing in a shared database
-        services.stop()
+                "services": bp.services, "account_shards": settings.city.account_shards}
 
 
 async def _drop(db_url: str, redis_url: str, schema: str = SCHEMA) -> None:

@@ -126,35 +126,19 @@ async def _set_pins(base_url: str, token: str, cards: list[int]) -> None:
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
-    from bench_api import _drop, _make_cards
+    from bench_api import _make_cards, bench_platform
 
-    from citycard.api.auth import Role, create_token
     from citycard.api.context import KDF_WORKERS
-    from citycard.cli.demo import reset_schema
-    from citycard.cli.runtime import Platform, resolve_services
-    from citycard.config.settings import load_settings
-    from citycard.persistence import db
 
     api: dict[str, Any] = {"trusted_proxies": ["127.0.0.1/32"]}
     if args.lift_failure_limits:
         api |= {"login_failures_per_source": "1000000/minute", "login_failures_per_card": "1000000/minute"}
-    settings = load_settings(None, overrides={"database": {"schema": SCHEMA}, "redis": {"prefix": SCHEMA},
-                                              "ray": {"namespace": SCHEMA}, "api": api})
-    services = resolve_services(settings)
-    platform = Platform(settings, services)
-    try:
-        await reset_schema(services.db_url, SCHEMA)
-        await platform.start(gateway_port=0, metrics_port=0, api_port=0)
-        conn = await db.connect(services.db_url, SCHEMA)
-        try:
-            token = await create_token(conn, "bench", [Role.CLERK])
-        finally:
-            await conn.close()
-        base_url = f"http://127.0.0.1:{platform.api_port}"
+    async with bench_platform(SCHEMA, api) as bp:
+        settings, token, base_url = bp.settings, bp.token, bp.base_url
         cards = await _make_cards(base_url, token, args.cards)
         await _set_pins(base_url, token, cards)
         pairs = [[c, citizen_id_of(k)] for k, c in enumerate(cards)]
-        print(f"platform up ({'configured' if not services.embedded else 'embedded'} services, "
+        print(f"platform up ({bp.services} services, "
               f"{KDF_WORKERS} KDF thread(s), scrypt n={settings.api.pin_kdf_n}); {len(cards)} cards with PINs",
               file=sys.stderr, flush=True)
 
@@ -187,15 +171,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                       file=sys.stderr, flush=True)
         return {"results": results, "kdf_threads": KDF_WORKERS, "holders": args.holders, "flood": args.flood,
                 "seconds": args.seconds, "lifted": args.lift_failure_limits,
-                "services": "configured" if not services.embedded else "embedded"}
-    finally:
-        await platform.stop()
-        import ray
-
-        if ray.is_initialized():
-            ray.shutdown()
-        await _drop(services.db_url, services.redis_url, SCHEMA)
-        services.stop()
+                "services": bp.services}
 
 
 def main() -> int:

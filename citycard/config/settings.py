@@ -167,6 +167,30 @@ class Ray(_Section):
     num_cpus: int = Field(ge=0, le=4096)
 
 
+def _hex16(name: str, v: str) -> str:
+    try:
+        raw = bytes.fromhex(v)
+    except ValueError:
+        raise ValueError(f"{name} must be hexadecimal") from None
+    if len(raw) != 16:
+        raise ValueError(f"{name} must be 16 bytes (32 hex digits), got {len(raw)}")
+    return v
+
+
+class Card(_Section):
+    """The city-pass: the issuer's master keys (docs/card.md) and the batch-signing master."""
+
+    issuer_mpk_hex: str  # purchase: in every terminal's SAM
+    issuer_mlk_hex: str  # load: the host only
+    issuer_mtk_hex: str  # TAC: the host only
+    batch_master_key_hex: str  # SAMs' upload-batch keys derive from it
+
+    @field_validator("issuer_mpk_hex", "issuer_mlk_hex", "issuer_mtk_hex", "batch_master_key_hex")
+    @classmethod
+    def _keys(cls, v: str) -> str:
+        return _hex16("key", v)
+
+
 class State(_Section):
     dir: str
 
@@ -188,6 +212,7 @@ class Settings(_Section):
     redis: Redis
     ray: Ray
     state: State
+    card: Card
 
     @model_validator(mode="after")
     def _timeouts_nest(self) -> "Settings":

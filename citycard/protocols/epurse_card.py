@@ -22,6 +22,7 @@ from ..domain.epurse_crypto import (
     purchase_tac,
     same_mac,
 )
+from ..domain.offline import CardKeys
 from .apdu import ApduError, Command, Response, StatusWord, parse_command
 
 CITY_PASS_AID = bytes.fromhex("A000000632010105")  # the city-pass e-purse application
@@ -29,14 +30,6 @@ PURCHASE_KEY_INDEX = 0x01  # the one purchase key a card holds
 KEY_VERSION = 0x01
 ALGORITHM_3DES = 0x00
 CLA_PBOC = 0x80
-
-
-@dataclass(frozen=True)
-class CardKeys:
-    """The card's own keys, diversified from the issuer's master keys by its serial."""
-
-    dpk: bytes  # purchase
-    dtk: bytes  # TAC
 
 
 @dataclass

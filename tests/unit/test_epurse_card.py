@@ -16,8 +16,9 @@ from citycard.domain.epurse_crypto import (
     purchase_session_key,
     purchase_tac,
 )
+from citycard.domain.offline import CardKeys
 from citycard.protocols.apdu import Command, parse_response, select_by_aid
-from citycard.protocols.epurse_card import CITY_PASS_AID, CardKeys, EpurseCard, PurseState
+from citycard.protocols.epurse_card import CITY_PASS_AID, EpurseCard, PurseState
 
 MK_DPK = bytes.fromhex("000102030405060708090A0B0C0D0E0F")  # issuer master keys (test only)
 MK_DTK = bytes.fromhex("F0E0D0C0B0A090807060504030201000")
@@ -29,7 +30,7 @@ FACTOR = diversification_factor(bytes.fromhex(f"{CARD_NO:020d}"))
 
 def new_card(balance_fen: int = 5000) -> EpurseCard:
     randoms = (n.to_bytes(4, "big") for n in count(0x11223344))
-    card = EpurseCard(CardKeys(diversify(MK_DPK, FACTOR), diversify(MK_DTK, FACTOR)), PurseState(balance_fen),
+    card = EpurseCard(CardKeys(diversify(MK_DPK, FACTOR), diversify(MK_DPK[::-1], FACTOR), diversify(MK_DTK, FACTOR)), PurseState(balance_fen),
                       lambda: next(randoms))
     card.power_on()
     assert parse_response(card.answer(select_by_aid(CITY_PASS_AID).encode())).sw == 0x9000

@@ -19,7 +19,7 @@ class ErrorCode(IntEnum):
     AUTH_TIMEOUT = 13  # no completed authentication in time; connection closed
     INTERNAL = 14  # server-side failure; the request was not processed
     BAD_BATCH_MAC = 15  # an offline batch whose MAC does not check: nothing journaled; not fatal
-    OFFLINE_NOT_ENABLED = 16  # this server takes no offline uploads (no batch key configured)
+    BATCH_SEQ_REUSED = 16  # an offline batch_seq already answered for other records: nothing journaled
 
 
 # Errors after which the server closes the connection.

@@ -67,3 +67,6 @@ def items_mac(key: bytes, terminal_id: int, batch_seq: int, items: Sequence[Offl
 def items_mac_ok(key: bytes, terminal_id: int, batch_seq: int, items: Sequence[OfflineRecordItem],
                  mac: bytes) -> bool:
     return hmac.compare_digest(items_mac(key, terminal_id, batch_seq, items), bytes(mac))
+
+
+BAD_BATCH_MAC_MESSAGE = "batch MAC does not check: nothing journaled"

@@ -22,6 +22,7 @@ from .client_events import (
     ClientState,
     ErrorReceived,
     Event,
+    OfflineAnswered,
     ParamsReceived,
     PongReceived,
     TapAnswered,
@@ -32,6 +33,7 @@ from .connection import PREAUTH_MAX_FRAME_BYTES
 from .frames import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, encode_frame
 from .messages import (
     MAX_BATCH_TAPS,
+    MAX_OFFLINE_RECORDS,
     NONCE_BYTES,
     PROTOCOL_VERSION,
     SERVER_TAGS,
@@ -41,6 +43,9 @@ from .messages import (
     ClientMessage,
     Error,
     Hello,
+    OfflineAck,
+    OfflineRecordItem,
+    OfflineUpload,
     Params,
     ParamsRequest,
     Ping,
@@ -66,7 +71,7 @@ _seq = attrgetter("seq")
 
 __all__ = [
     "MAX_PENDING_REQUESTS", "Authenticated", "BatchAnswered", "Challenged", "ClientConnection",
-    "ClientState", "ErrorReceived", "Event", "ParamsReceived", "PongReceived", "TapAnswered",
+    "ClientState", "ErrorReceived", "Event", "OfflineAnswered", "ParamsReceived", "PongReceived", "TapAnswered",
     "Violation",
 ]
 
@@ -92,11 +97,13 @@ class ClientConnection:
         self._frames = FrameDecoder(max_frame_bytes)
         self._raw_frames: FrameDecoder | None = None  # what send_raw sent, to track its requests
         self._batches: dict[int, list[int]] = {}  # req -> the seqs of the batch's taps
+        self._uploads: dict[int, tuple[int, int]] = {}  # req -> (batch_seq, records) of an offline upload
         self._taps: dict[int, int] = {}  # seq -> single taps outstanding with it
         self._pings: dict[int, int] = {}  # time_ms -> pings outstanding with it
         self._params = 0  # params requests outstanding
         self._pending = 0
         self._next_req = 1
+        self.last_req = 0  # the req of the latest upload()
         self._max_batch = MAX_BATCH_TAPS
 
     @property
@@ -157,10 +164,10 @@ class ClientConnection:
                 f"a batch holds 1 to {self.max_batch} taps with distinct seqs", ErrorCode.BAD_MESSAGE)
         if req is None:
             req = self._next_req
-            if req in self._batches:
+            if req in self._batches or req in self._uploads:
                 req = self._free_req()
             self._next_req = req % MAX_REQ + 1
-        elif req in self._batches or not 0 <= req <= MAX_REQ:
+        elif req in self._batches or req in self._uploads or not 0 <= req <= MAX_REQ:
             raise LocalProtocolError(f"req {req} is outstanding or out of range", ErrorCode.BAD_MESSAGE)
         body = encoder.encode(TapBatch(req=req, taps=items if isinstance(items, list) else list(items)))
         if len(body) > self._max_frame_bytes:
@@ -170,6 +177,28 @@ class ClientConnection:
         self._batches[req] = seqs
         self._pending += 1
         return req, encode_frame(body)
+
+    def upload(self, req: int | None, batch_seq: int, records: Sequence[OfflineRecordItem],
+               mac: bytes) -> bytes:
+        """One ``offline`` upload (section 15): 1 to MAX_OFFLINE_RECORDS records and the batch
+        MAC of the terminal's SAM. ``req``: None takes the next free one (``last_req`` names
+        it). Answered by an ``OfflineAnswered`` event of the same req, or an ``ErrorReceived``
+        naming it (BAD_BATCH_MAC: nothing was journaled)."""
+        self._check_ready()
+        n = len(records)
+        if not 0 < n <= MAX_OFFLINE_RECORDS:
+            raise LocalProtocolError(f"an upload holds 1 to {MAX_OFFLINE_RECORDS} records, not {n}",
+                                     ErrorCode.BAD_MESSAGE)
+        if req is None:
+            req = self._free_req()
+            self._next_req = req % MAX_REQ + 1
+        elif req in self._batches or req in self._uploads or not 0 <= req <= MAX_REQ:
+            raise LocalProtocolError(f"req {req} is outstanding or out of range", ErrorCode.BAD_MESSAGE)
+        frame = self._frame(OfflineUpload(req=req, batch_seq=batch_seq, records=list(records), mac=bytes(mac)))
+        self._uploads[req] = (batch_seq, n)
+        self.last_req = req
+        self._pending += 1
+        return frame
 
     def ping(self, time_ms: int) -> bytes:
         """``time_ms``: the terminal's clock; the ``pong`` echoes it."""
@@ -197,6 +226,8 @@ class ClientConnection:
             return self.ping(msg.time_ms)
         if isinstance(msg, ParamsRequest):
             return self.params(msg.fare_version, msg.hotlist_version)
+        if isinstance(msg, OfflineUpload):
+            return self.upload(msg.req, msg.batch_seq, msg.records, msg.mac)
         if isinstance(msg, Hello):
             return self.hello(msg.nonce, msg.version)
         return self.auth(msg.mac)
@@ -251,6 +282,8 @@ class ClientConnection:
             return self._result(msg)
         if isinstance(msg, Error):
             return self._error(msg)
+        if isinstance(msg, OfflineAck):
+            return self._offline_ack(msg)
         if isinstance(msg, Pong):
             return self._pong(msg)
         if isinstance(msg, Params):
@@ -279,6 +312,17 @@ class ClientConnection:
             ErrorCode.BAD_MESSAGE, f"results for req {msg.req} do not answer its taps in order",
             fatal=True, msg=msg)
 
+    def _offline_ack(self, msg: OfflineAck) -> Event:
+        sent = self._uploads.pop(msg.req, None)
+        if sent is None:
+            return self._unexpected(msg, f"offline_ack for req {msg.req}, not outstanding")
+        self._pending -= 1
+        if sent == (msg.batch_seq, len(msg.codes)):
+            return OfflineAnswered(msg)
+        return self._violation(
+            ErrorCode.BAD_MESSAGE, f"offline_ack for req {msg.req} does not answer its batch {sent[0]} "
+            f"of {sent[1]} records", fatal=True, msg=msg)
+
     def _result(self, msg: Result) -> Event:
         if not self._take(self._taps, msg.seq):
             return self._unexpected(msg, f"result for seq {msg.seq}, not outstanding")
@@ -297,7 +341,8 @@ class ClientConnection:
         return ParamsReceived(msg)
 
     def _error(self, msg: Error) -> Event:
-        req = msg.req if msg.req and self._batches.pop(msg.req, None) is not None else 0
+        req = msg.req if msg.req and (self._batches.pop(msg.req, None) is not None
+                                      or self._uploads.pop(msg.req, None) is not None) else 0
         seq = msg.seq if msg.seq and self._take(self._taps, msg.seq) else 0
         if req:
             self._pending -= 1
@@ -329,6 +374,8 @@ class ClientConnection:
             self._pings[msg.time_ms] = self._pings.get(msg.time_ms, 0) + 1
         elif isinstance(msg, ParamsRequest):
             self._params += 1
+        elif isinstance(msg, OfflineUpload):
+            self._uploads[msg.req] = (msg.batch_seq, len(msg.records))
         else:
             return
         self._pending += 1
@@ -344,7 +391,7 @@ class ClientConnection:
 
     def _free_req(self) -> int:
         req = self._next_req
-        while req in self._batches:  # bounded: fewer than max_pending are outstanding
+        while req in self._batches or req in self._uploads:  # bounded: fewer than max_pending are outstanding
             req = req % MAX_REQ + 1
         return req
 
@@ -360,6 +407,7 @@ class ClientConnection:
 
     def _lose_all(self) -> None:
         self._batches.clear()
+        self._uploads.clear()
         self._taps.clear()
         self._pings.clear()
         self._params = self._pending = 0

@@ -4,7 +4,17 @@ from dataclasses import dataclass
 from enum import Enum
 
 from .codes import ErrorCode
-from .messages import AuthOk, Challenge, Error, Params, Pong, Result, Results, ServerMessage
+from .messages import (
+    AuthOk,
+    Challenge,
+    Error,
+    OfflineAck,
+    Params,
+    Pong,
+    Result,
+    Results,
+    ServerMessage,
+)
 
 
 class ClientState(Enum):
@@ -45,6 +55,14 @@ class BatchAnswered:
 
 
 @dataclass(frozen=True, slots=True)
+class OfflineAnswered:
+    """The ``offline_ack`` of an ``offline`` upload sent on this connection (matched by req):
+    code i (``codes.OfflineCode``) answers record i; every acknowledged record is durable."""
+
+    ack: OfflineAck
+
+
+@dataclass(frozen=True, slots=True)
 class PongReceived:
     pong: Pong
 
@@ -82,6 +100,7 @@ Event = (
     | Authenticated
     | TapAnswered
     | BatchAnswered
+    | OfflineAnswered
     | PongReceived
     | ParamsReceived
     | ErrorReceived

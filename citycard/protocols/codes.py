@@ -18,6 +18,8 @@ class ErrorCode(IntEnum):
     TOO_MANY_ERRORS = 12  # too many bad messages on one connection; connection closed
     AUTH_TIMEOUT = 13  # no completed authentication in time; connection closed
     INTERNAL = 14  # server-side failure; the request was not processed
+    BAD_BATCH_MAC = 15  # an offline batch whose MAC does not check: nothing journaled; not fatal
+    BATCH_SEQ_REUSED = 16  # an offline batch_seq already answered for other records: nothing journaled
 
 
 # Errors after which the server closes the connection.
@@ -34,3 +36,21 @@ FATAL = frozenset(
         ErrorCode.AUTH_TIMEOUT,
     }
 )
+
+
+class OfflineCode(IntEnum):
+    """The host's decision on one offline record (docs/protocol.md, section 15). Every code in
+    an ``offline_ack`` is durable and final: the validator may delete each acknowledged record.
+    Append only."""
+
+    ACCEPTED = 0  # journaled now
+    DUPLICATE = 1  # already journaled with the same content (a retry): nothing new
+    BAD_TAC = 2  # the card's TAC does not check: not journaled as money; card hotlisted
+    COUNTER_REUSED = 3  # this card's counter is journaled with other content: card hotlisted
+    CARD_UNKNOWN = 4  # no such card issued: kept aside, not journaled as money
+    BALANCE_IMPOSSIBLE = 5  # the purse would be negative, or claims more than loaded: hotlisted
+    BAD_RECORD = 6  # fields the schema passes but the card could not make (date, type)
+
+
+# Codes after which the card goes on the hotlist.
+OFFLINE_HOTLISTS = frozenset({OfflineCode.BAD_TAC, OfflineCode.COUNTER_REUSED, OfflineCode.BALANCE_IMPOSSIBLE})

@@ -23,6 +23,8 @@ from .messages import (
     Error,
     Hello,
     Msg,
+    OfflineRecordItem,
+    OfflineUpload,
     ParamsRequest,
     Ping,
     Tap,
@@ -84,6 +86,18 @@ class ParamsRequested:
 
 
 @dataclass(frozen=True, slots=True)
+class OfflineReceived:
+    """An ``offline`` upload (section 15): answer it with an ``OfflineAck`` of the same req
+    and batch_seq after the decisions are durable, or with an ``Error`` naming the req."""
+
+    terminal_id: int
+    req: int
+    batch_seq: int
+    records: Sequence[OfflineRecordItem]
+    mac: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Violation:
     """The peer broke the protocol. ``reply`` is the error frame to send; close if fatal."""
 
@@ -93,7 +107,8 @@ class Violation:
     fatal: bool
 
 
-Event = HelloReceived | AuthReceived | TapsReceived | PingReceived | ParamsRequested | Violation
+Event = (HelloReceived | AuthReceived | TapsReceived | PingReceived | ParamsRequested | OfflineReceived
+         | Violation)
 
 
 class ServerConnection:
@@ -151,6 +166,8 @@ class ServerConnection:
                 return PingReceived(msg.time_ms)
             if type(msg) is ParamsRequest:
                 return ParamsRequested(msg.fare_version, msg.hotlist_version)
+            if type(msg) is OfflineUpload:
+                return OfflineReceived(self.terminal_id, msg.req, msg.batch_seq, msg.records, msg.mac)
             return self._unexpected(msg)
         if state is State.AWAIT_HELLO and type(msg) is Hello and not self.terminal_id:
             if msg.version != PROTOCOL_VERSION:
@@ -164,7 +181,7 @@ class ServerConnection:
         if state is State.AWAIT_AUTH and type(msg) is Auth:
             self.state = State.VERIFYING
             return AuthReceived(self.terminal_id, self._terminal_nonce, self._server_nonce, msg.mac)
-        if type(msg) in (Tap, TapBatch, Ping, ParamsRequest):
+        if type(msg) in (Tap, TapBatch, Ping, ParamsRequest, OfflineUpload):
             return self._counted(ErrorCode.NOT_AUTHENTICATED, "authenticate (hello, auth) first")
         return self._unexpected(msg)
 

@@ -137,12 +137,60 @@ class Error(Msg, tag="error"):
     seq: int = 0
 
 
-ClientMessage = Hello | Auth | Tap | TapBatch | Ping | ParamsRequest
-ServerMessage = Challenge | AuthOk | Result | Results | Pong | Params | Error
+# -- offline uploads (docs/protocol.md, section 15) --------------------------------------
+MAX_OFFLINE_RECORDS = 1000
+TAC_BYTES = 4
+PurseFen = Annotated[int, Meta(ge=0, le=2**32 - 1)]  # the card's purse: 4 bytes on the card
+OfflineCounter = Annotated[int, Meta(ge=0, le=0xFFFF)]
+TerminalSeq = Annotated[int, Meta(ge=0, le=2**32 - 1)]  # the SAM's transaction seq
+TxType = Annotated[int, Meta(ge=0, le=255)]
+WhenDigits = Annotated[int, Meta(ge=10000101000000, le=99991231235959)]  # YYYYMMDDhhmmss
+Tac = Annotated[bytes, Meta(min_length=TAC_BYTES, max_length=TAC_BYTES)]
+BatchSeq = Annotated[int, Meta(ge=1, le=2**63 - 1)]
+OfflineKind = Annotated[int, Meta(ge=0, le=255)]
+
+
+class OfflineRecordItem(Struct, forbid_unknown_fields=False):
+    """One purchase the card made offline, as the validator stored it (domain.offline.OfflineRecord)."""
+
+    card: CardNo
+    counter: OfflineCounter  # the card's offline counter before this purchase: the record's key
+    amount_fen: PurseFen
+    balance_after_fen: PurseFen  # the purse after the debit, as the card reported it
+    type: TxType  # 06 purchase, 09 compound (transit) purchase
+    seq: TerminalSeq  # the terminal's (SAM's) transaction seq
+    when: WhenDigits  # the validator's local date and time the TAC covers, YYYYMMDDhhmmss
+    tac: Tac  # 4 bytes, by the card
+    kind: OfflineKind = 0  # the tap kind (bus, metro, ...) the fare was for
+    route: Route = 0
+
+
+class OfflineUpload(Msg, tag="offline"):
+    """A batch of offline records, signed by the terminal's SAM (domain.offline.batch_mac with
+    the terminal's batch key over terminal id, batch_seq and the records in order)."""
+
+    req: ReqId
+    batch_seq: BatchSeq  # the terminal's upload batch number, monotonic
+    records: Annotated[list[OfflineRecordItem], Meta(min_length=1, max_length=MAX_OFFLINE_RECORDS)]
+    mac: Mac
+
+
+class OfflineAck(Msg, tag="offline_ack"):
+    """The host's durable decision on each record of an ``offline`` batch, in order: one
+    ``codes.OfflineCode`` per record. Sent only after the decisions are committed."""
+
+    req: int
+    batch_seq: int
+    codes: list[int]
+
+
+ClientMessage = Hello | Auth | Tap | TapBatch | Ping | ParamsRequest | OfflineUpload
+ServerMessage = Challenge | AuthOk | Result | Results | Pong | Params | Error | OfflineAck
 AnyMessage = ClientMessage | ServerMessage
 
-CLIENT_TAGS = frozenset(("hello", "auth", "tap", "taps", "ping", "params"))
-SERVER_TAGS = frozenset(("challenge", "auth_ok", "result", "results", "pong", "params_info", "error"))
+CLIENT_TAGS = frozenset(("hello", "auth", "tap", "taps", "ping", "params", "offline"))
+SERVER_TAGS = frozenset(("challenge", "auth_ok", "result", "results", "pong", "params_info", "error",
+                         "offline_ack"))
 
 client_decoder = msgspec.msgpack.Decoder(ClientMessage)
 server_decoder = msgspec.msgpack.Decoder(ServerMessage)

@@ -9,6 +9,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
+from ..domain.offline import OfflineRecord
 from ..errors import CityCardError
 from ..protocols import messages as m
 from ..protocols.auth import terminal_key
@@ -19,12 +20,14 @@ from ..protocols.client import (
     ClientConnection,
     ErrorReceived,
     Event,
+    OfflineAnswered,
     ParamsReceived,
     PongReceived,
     TapAnswered,
     Violation,
 )
 from ..protocols.frames import DEFAULT_MAX_FRAME_BYTES
+from ..protocols.offline import items_of
 
 log = logging.getLogger(__name__)
 READ_BYTES = 65_536
@@ -53,6 +56,7 @@ class TerminalClient:
         self._writer: asyncio.StreamWriter | None = None
         self._ready: asyncio.Future[m.AuthOk] | None = None
         self._by_req: dict[int, asyncio.Future[m.Results]] = {}
+        self._uploads: dict[int, asyncio.Future[m.OfflineAck]] = {}
         self._by_seq: dict[int, list[asyncio.Future[m.Result]]] = {}
         self._pongs: dict[int, list[asyncio.Future[m.Pong]]] = {}
         self._params: deque[asyncio.Future[m.Params]] = deque()
@@ -106,6 +110,21 @@ class TerminalClient:
 
     async def taps(self, items: Sequence[m.TapItem]) -> m.Results:
         return await self.taps_nowait(items)
+
+    async def upload(self, batch_seq: int, records: Sequence[OfflineRecord | m.OfflineRecordItem],
+                     mac: bytes) -> m.OfflineAck:
+        """Upload one batch of offline records (docs/protocol.md, section 15) signed by the
+        SAM (``mac``: domain.offline.batch_mac with the terminal's batch key over this
+        terminal's id, ``batch_seq`` and the records in order). Returns the ``offline_ack``:
+        one ``codes.OfflineCode`` per record, all durable. Raises ``ServerError`` for an
+        ``error`` naming the upload (BAD_BATCH_MAC: nothing journaled) and ConnectionError if
+        the connection is lost before the answer (resend the same batch: replays are safe)."""
+        self._check_open()
+        frame = self.conn.upload(None, batch_seq, items_of(records), mac)
+        fut: asyncio.Future[m.OfflineAck] = asyncio.get_running_loop().create_future()
+        self._uploads[self.conn.last_req] = fut
+        self._write(frame)
+        return await fut
 
     async def ping(self, time_ms: int | None = None) -> m.Pong:
         """A heartbeat; ``time_ms`` defaults to this machine's clock."""
@@ -167,6 +186,8 @@ class TerminalClient:
     def _dispatch(self, event: Event) -> None:
         if isinstance(event, BatchAnswered):
             _settle(self._by_req.pop(event.results.req, None), event.results)
+        elif isinstance(event, OfflineAnswered):
+            _settle(self._uploads.pop(event.ack.req, None), event.ack)
         elif isinstance(event, TapAnswered):
             _settle(_first(self._by_seq, event.result.seq), event.result)
         elif isinstance(event, PongReceived):
@@ -189,6 +210,7 @@ class TerminalClient:
             return
         if event.req:
             _fail(self._by_req.pop(event.req, None), error)
+            _fail(self._uploads.pop(event.req, None), error)
         if event.seq:
             _fail(_first(self._by_seq, event.seq), error)
         if event.fatal:
@@ -214,7 +236,7 @@ class TerminalClient:
         self._control.put_nowait(msg)
 
     def _fail_all(self, exc: BaseException) -> None:
-        waiting: list[asyncio.Future[Any]] = [*self._by_req.values(), *self._params]
+        waiting: list[asyncio.Future[Any]] = [*self._by_req.values(), *self._uploads.values(), *self._params]
         for seq_group in self._by_seq.values():
             waiting += seq_group
         for pong_group in self._pongs.values():
@@ -224,6 +246,7 @@ class TerminalClient:
         for fut in waiting:
             _fail(fut, exc)
         self._by_req.clear()
+        self._uploads.clear()
         self._by_seq.clear()
         self._pongs.clear()
         self._params.clear()

@@ -5,6 +5,7 @@ client's tests."""
 
 import random
 
+from citycard.domain.offline import batch_key
 from citycard.protocols import messages as m
 from citycard.protocols.auth import terminal_key, verify_mac
 from citycard.protocols.client import (
@@ -18,6 +19,7 @@ from citycard.protocols.codes import ErrorCode
 from citycard.protocols.connection import (
     AuthReceived,
     HelloReceived,
+    OfflineReceived,
     ParamsRequested,
     PingReceived,
     ServerConnection,
@@ -25,10 +27,11 @@ from citycard.protocols.connection import (
 )
 from citycard.protocols.connection import Violation as ServerViolation
 from citycard.protocols.frames import DEFAULT_MAX_FRAME_BYTES
+from citycard.protocols.offline import items_mac_ok
 
 from .terminal import encode as frame
 
-__all__ = ["AUTH_OK", "BALANCE_FEN", "FARE_FEN", "MASTER_KEY", "MODES", "NOW_MS", "S_NONCE", "TERMINAL_ID",
+__all__ = ["AUTH_OK", "BALANCE_FEN", "BATCH_MASTER_KEY", "FARE_FEN", "MASTER_KEY", "MODES", "NOW_MS", "S_NONCE", "TERMINAL_ID",
            "T_NONCE", "Pair", "Server", "chunks", "frame", "item"]
 
 MASTER_KEY = bytes(range(32))
@@ -39,6 +42,7 @@ FARE_FEN, BALANCE_FEN = 182, 818
 AUTH_OK = m.AuthOk(fare_version=1, hotlist_version=1, max_batch=1000, heartbeat_ms=30_000,
                    server_time_ms=NOW_MS)
 MODES = ("whole", "bytes", "split")
+BATCH_MASTER_KEY = bytes(range(0x40, 0x60))  # offline uploads: every record ACCEPTED if the MAC checks
 
 
 def item(seq: int, card: int = 33_010_000_000_000_173) -> m.TapItem:
@@ -76,6 +80,11 @@ class Server:
                 return c.send(m.Result(seq=ev.taps[0].seq, code=0, fare_fen=FARE_FEN, balance_fen=BALANCE_FEN))
             items = [m.ResultItem(seq=t.seq, code=0, fare_fen=FARE_FEN, balance_fen=BALANCE_FEN) for t in ev.taps]
             return c.send(m.Results(req=ev.req, results=items))
+        if isinstance(ev, OfflineReceived):
+            if not items_mac_ok(batch_key(BATCH_MASTER_KEY, ev.terminal_id), ev.terminal_id, ev.batch_seq,
+                                ev.records, ev.mac):
+                return c.send(m.Error(code=int(ErrorCode.BAD_BATCH_MAC), message="bad batch MAC", req=ev.req))
+            return c.send(m.OfflineAck(req=ev.req, batch_seq=ev.batch_seq, codes=[0] * len(ev.records)))
         if isinstance(ev, PingReceived):
             return c.send(m.Pong(time_ms=ev.time_ms, server_time_ms=NOW_MS))
         if isinstance(ev, ParamsRequested):

@@ -30,6 +30,9 @@ from citycard.protocols.messages import (
     Challenge,
     Error,
     Hello,
+    OfflineAck,
+    OfflineRecordItem,
+    OfflineUpload,
     Params,
     ParamsRequest,
     Ping,
@@ -218,6 +221,14 @@ CLIENT_SAMPLES: list[tuple[msgspec.Struct, dict[str, object]]] = [
         ParamsRequest(fare_version=3, hotlist_version=4),
         {"t": "params", "fare_version": 3, "hotlist_version": 4},
     ),
+    (
+        OfflineUpload(req=4, batch_seq=2, mac=MAC, records=[
+            OfflineRecordItem(card=5, counter=0xFFFF, amount_fen=2**32 - 1, balance_after_fen=0, type=6,
+                              seq=2**32 - 1, when=20261206081500, tac=b"\x01\x02\x03\x04", kind=1, route=12)]),
+        {"t": "offline", "req": 4, "batch_seq": 2, "mac": MAC, "records": [
+            {"card": 5, "counter": 0xFFFF, "amount_fen": 2**32 - 1, "balance_after_fen": 0, "type": 6,
+             "seq": 2**32 - 1, "when": 20261206081500, "tac": b"\x01\x02\x03\x04", "kind": 1, "route": 12}]},
+    ),
 ]
 
 NO_HOTLIST = {"hotlist_to": 0, "hotlist_reset": False, "hotlist_added": [], "hotlist_removed": [],
@@ -274,6 +285,7 @@ SERVER_SAMPLES: list[tuple[msgspec.Struct, dict[str, object]]] = [
         Error(code=3, message="bad", req=9, seq=0),
         {"t": "error", "code": 3, "message": "bad", "req": 9, "seq": 0},
     ),
+    (OfflineAck(req=4, batch_seq=2, codes=[0, 3]), {"t": "offline_ack", "req": 4, "batch_seq": 2, "codes": [0, 3]}),
 ]
 
 ALL_SAMPLES = CLIENT_SAMPLES + SERVER_SAMPLES

@@ -1,0 +1,72 @@
+"""Offline records between the wire (``messages.OfflineRecordItem``) and the domain
+(``domain.offline.OfflineRecord``), pure (docs/protocol.md, section 15)."""
+
+import hashlib
+import hmac
+import struct
+from collections.abc import Iterable, Sequence
+
+from ..domain.epurse_crypto import When
+from ..domain.offline import OfflineRecord, batch_mac
+from .messages import OfflineRecordItem
+
+# domain.offline.record_bytes, from the wire item: a record whose date is no calendar date
+# still has a MAC (the host refuses it as BAD_RECORD only after the batch checks).
+_RECORD = struct.Struct(">QHIIBQI7s4sBI")
+
+
+def when_of(digits: int) -> When:
+    """``YYYYMMDDhhmmss`` as an integer to a ``When``; ValueError naming the field if it is no
+    calendar date and time."""
+    s = f"{digits:014d}" if isinstance(digits, int) and not isinstance(digits, bool) else ""
+    if len(s) != 14:
+        raise ValueError(f"when must be a 14-digit YYYYMMDDhhmmss integer, got {digits!r}")
+    return When.of(s[:8], s[8:])
+
+
+def when_digits(when: When) -> int:
+    """A ``When`` as the wire's ``YYYYMMDDhhmmss`` integer."""
+    return int(when.bcd().hex())
+
+
+def record_of(item: OfflineRecordItem, terminal_id: int) -> OfflineRecord:
+    """The domain record of a wire item uploaded by ``terminal_id``. ValueError (naming the
+    field) for a date or time that is no calendar date (BAD_RECORD)."""
+    return OfflineRecord(item.card, item.counter, item.amount_fen, item.balance_after_fen, item.type,
+                         terminal_id, item.seq, when_of(item.when), bytes(item.tac), item.kind, item.route)
+
+
+def item_of(record: OfflineRecord) -> OfflineRecordItem:
+    """The wire item of a domain record (its terminal id travels once, in the connection)."""
+    return OfflineRecordItem(card=record.card_no, counter=record.offline_counter, amount_fen=record.amount_fen,
+                             balance_after_fen=record.balance_after_fen, type=record.transaction_type,
+                             seq=record.terminal_seq, when=when_digits(record.when), tac=record.tac,
+                             kind=record.kind, route=record.route)
+
+
+def items_of(records: Iterable[OfflineRecord | OfflineRecordItem]) -> list[OfflineRecordItem]:
+    return [r if isinstance(r, OfflineRecordItem) else item_of(r) for r in records]
+
+
+def upload_mac(key: bytes, terminal_id: int, batch_seq: int, records: Sequence[OfflineRecord]) -> bytes:
+    """The batch MAC an ``offline`` message carries: ``domain.offline.batch_mac`` with the
+    terminal's batch key (``domain.offline.batch_key``)."""
+    return batch_mac(key, terminal_id, batch_seq, records)
+
+
+def items_mac(key: bytes, terminal_id: int, batch_seq: int, items: Sequence[OfflineRecordItem]) -> bytes:
+    """The same MAC as ``upload_mac``, over wire items as they came (docs/protocol.md, 15.2)."""
+    h = hmac.new(key, struct.pack(">QQI", terminal_id, batch_seq, len(items)), hashlib.sha256)
+    pack = _RECORD.pack
+    for i in items:
+        h.update(pack(i.card, i.counter, i.amount_fen, i.balance_after_fen, i.type, terminal_id, i.seq,
+                      bytes.fromhex(f"{i.when:014d}"), i.tac, i.kind, i.route))
+    return h.digest()
+
+
+def items_mac_ok(key: bytes, terminal_id: int, batch_seq: int, items: Sequence[OfflineRecordItem],
+                 mac: bytes) -> bool:
+    return hmac.compare_digest(items_mac(key, terminal_id, batch_seq, items), bytes(mac))
+
+
+BAD_BATCH_MAC_MESSAGE = "batch MAC does not check: nothing journaled"

@@ -3,7 +3,13 @@ and the batch MAC the host checks."""
 
 import pytest
 
-from citycard.domain.epurse_crypto import COMPOUND_PURCHASE, PURCHASE_EP, When, purchase_mac2, purchase_session_key
+from citycard.domain.epurse_crypto import (
+    COMPOUND_PURCHASE,
+    PURCHASE_EP,
+    When,
+    purchase_mac2,
+    purchase_session_key,
+)
 from citycard.domain.offline import IssuerKeys, batch_key
 from citycard.domain.sam import MAX_TERMINAL_SEQ, SamExhausted, SoftSam
 

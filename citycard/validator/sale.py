@@ -73,7 +73,10 @@ class Validator:
         except SamExhausted as exc:
             return Sale(False, f"out of service: {exc}", result="SAM_EXHAUSTED", apdus=counter.n)
         except CityCardError as exc:  # the link broke: card pulled, reader gone, timeout
-            return Sale(False, f"present the card again ({exc})", result="CARD_REMOVED", apdus=counter.n)
+            name = type(exc).__name__
+            what = _LINK_FAULTS.get(name, "card removed too soon")
+            return Sale(False, f"{what}: present the card again ({exc})",
+                        result="CARD_ERROR" if name == "BadResponse" else "CARD_REMOVED", apdus=counter.n)
 
     async def _sell(self, io: "_Counting", now_ms: int, today: date) -> Sale:
         sel = t.ok_or_sw(await io(select_by_aid(CITY_PASS_AID).encode()))
@@ -149,6 +152,10 @@ class _Counting:
         self.n += 1
         return await self.transmit(apdu)
 
+
+# reader_pool's errors by name: the sale does not depend on the reader driver.
+_LINK_FAULTS = {"ApduTimeout": "card answered too slowly", "ReaderGone": "reader unplugged",
+                "ReaderError": "reader error", "BadResponse": "card answered garbage"}
 
 _REASONS = {
     Result.INSUFFICIENT_FUNDS: "balance too low",

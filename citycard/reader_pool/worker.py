@@ -34,7 +34,9 @@ _GONE = {scard.SCARD_E_UNKNOWN_READER, scard.SCARD_E_READER_UNAVAILABLE, scard.S
 _REMOVED = {scard.SCARD_W_REMOVED_CARD, scard.SCARD_E_NO_SMARTCARD, scard.SCARD_W_RESET_CARD,
             scard.SCARD_W_UNPOWERED_CARD, scard.SCARD_W_UNRESPONSIVE_CARD}
 _PCI = {scard.SCARD_PROTOCOL_T0: scard.SCARD_PCI_T0, scard.SCARD_PROTOCOL_T1: scard.SCARD_PCI_T1}
-QUEUE_POLL_S = 0.25  # how often an idle worker looks at its stop flag
+_STATUS_PRESENT = 0x0004  # SCardStatus's SCARD_PRESENT in pcsc-lite (pyscard does not export it)
+QUEUE_POLL_S = 0.25
+REMOVAL_GRACE_S = 1.5  # pcscd polls card presence about every 0.4 s (vpcd's driver too)  # how often an idle worker looks at its stop flag
 
 
 @dataclass
@@ -187,8 +189,16 @@ class ReaderWorker:
         assert self._card is not None
         started = time.monotonic()
         hr, response = scard.SCardTransmit(self._card, _PCI.get(self._protocol, scard.SCARD_PCI_T1), list(apdu))
+        if hr == scard.SCARD_E_NOT_TRANSACTED:  # a pull mid-APDU, or an answer the reader refused
+            self._removed_since(apdu)
+            self._metrics.error(self.reader, "bad_response")
+            raise BadResponse(f"reader {self.reader!r}: the exchange of {apdu[:4].hex().upper()} failed with the "
+                              "card still in: its answer was not a response APDU (e.g. shorter than the 2-byte "
+                              "status word) or broke off (PC/SC: Transaction failed)", self.reader)
         self._check(hr, f"transmit {apdu[:4].hex().upper()}")
         raw = bytes(response)
+        if not raw:
+            self._removed_since(apdu)  # vpcd answers a pulled card's APDU with 0 bytes, not an error
         if len(raw) < 2:
             self._metrics.error(self.reader, "bad_response")
             raise BadResponse(f"reader {self.reader!r}: the card answered {apdu[:4].hex().upper()} with "
@@ -196,6 +206,20 @@ class ReaderWorker:
                               "(needs at least the 2-byte status word)", self.reader, raw)
         self._metrics.apdu(self.reader, int.from_bytes(raw[-2:], "big"), time.monotonic() - started)
         return raw
+
+    def _removed_since(self, apdu: bytes) -> None:
+        """CardRemoved if the card has left (asked of PC/SC with the card handle, for up to
+        ``REMOVAL_GRACE_S``: pcscd notices a pull on its next presence poll)."""
+        assert self._card is not None
+        deadline = time.monotonic() + REMOVAL_GRACE_S
+        while True:
+            hr, _, state, _, _ = scard.SCardStatus(self._card)
+            if hr != scard.SCARD_S_SUCCESS or not state & _STATUS_PRESENT:
+                self._check(hr if hr != scard.SCARD_S_SUCCESS else scard.SCARD_W_REMOVED_CARD,
+                            f"transmit {apdu[:4].hex().upper()}")
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(0.05)
 
     def _drop_card(self) -> None:
         if self._card is not None:

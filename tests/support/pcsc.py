@@ -25,9 +25,13 @@ from citycard.protocols.vpcd import (
 
 START_TIMEOUT_S = 10.0
 READER = "Virtual PCD 00 00"  # vpcd's first reader, the one on VPCD_PORT
+READER2 = "Virtual PCD 00 01"  # vpcd's second reader
+VPCD_PORT2 = VPCD_PORT + 1
+PORTS = {READER: VPCD_PORT, READER2: VPCD_PORT2}
+LISTEN_WAIT_S = 5.0  # vpcd reopens its port a moment after a card leaves
 
 
-def vpcd_listening() -> bool:
+def vpcd_listening(port: int = VPCD_PORT) -> bool:
     """Whether vpcd's port is in LISTEN, read from /proc: a probe connection would be taken for
     a card by vpcd, which then stops listening for a while."""
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
@@ -38,7 +42,7 @@ def vpcd_listening() -> bool:
             continue
         for row in rows:
             local, state = row.split()[1], row.split()[3]
-            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == VPCD_PORT:
+            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
                 return True
     return False
 
@@ -68,13 +72,17 @@ def running_pcscd() -> Iterator[str | None]:
 
 
 class VirtualCard:
-    """A card in vpcd's first reader while it is connected: answers the ATR and each APDU
-    with ``answer(apdu)``. ``remove()`` pulls it out of the reader."""
+    """A card in a vpcd reader (the first unless ``port`` says otherwise) while it is
+    connected: answers the ATR and each APDU with ``answer(apdu)`` (which may sleep, to play a
+    slow card, or return fewer than 2 bytes, to play a broken one). ``remove()`` pulls it out."""
 
-    def __init__(self, atr: bytes, answer: Callable[[bytes], bytes]) -> None:
+    def __init__(self, atr: bytes, answer: Callable[[bytes], bytes], port: int = VPCD_PORT) -> None:
         self.atr, self.answer = atr, answer
         self.apdus: list[bytes] = []
-        self._sock = socket.create_connection(("127.0.0.1", VPCD_PORT), timeout=5)
+        deadline = time.monotonic() + LISTEN_WAIT_S
+        while not vpcd_listening(port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self._sock = socket.create_connection(("127.0.0.1", port), timeout=5)
         self._sock.settimeout(None)
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()

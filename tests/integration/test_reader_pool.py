@@ -1,0 +1,249 @@
+"""The reader pool through the real PC/SC stack (pcscd + vpcd): virtual cards put into and
+pulled out of vpcd's second reader, a card pulled mid-APDU, a slow card, a broken card, a card
+of another application, and ``citycard readers watch`` as a subprocess.
+
+The reader is a parameter (``READER_UNDER_TEST``/``PORT``) so these tests stay off the reader
+another suite uses; the pool watches only that reader.
+"""
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from citycard.reader_pool import (
+    ApduTimeout,
+    BadResponse,
+    CardInserted,
+    CardRemoved,
+    CardRemovedEvent,
+    NoCard,
+    ReaderAdded,
+    ReaderEvent,
+    ReaderGone,
+    ReaderPool,
+)
+from tests.support.pcsc import PORTS, READER2, VirtualCard, running_pcscd
+
+READER_UNDER_TEST = READER2
+PORT = PORTS[READER_UNDER_TEST]
+ATR = bytes.fromhex("3B8880010000000000718100F9")
+OTHER_ATR = bytes.fromhex("3B8F8001804F0CA000000306030001000000006A")  # a contactless storage card's
+SELECT = bytes.fromhex("00A4040008A00000063201010500")
+GET_CHALLENGE = bytes.fromhex("0084000004")
+EVENT_WAIT_S = 5.0
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def pcscd() -> Iterator[None]:
+    with running_pcscd() as why_not:
+        if why_not is not None:
+            if os.environ.get("CI"):
+                pytest.fail(why_not)
+            pytest.skip(why_not)
+        yield
+
+
+def ours(apdu: bytes) -> bytes:
+    if apdu[1] == 0xA4:
+        return bytes.fromhex("6F0A8408A000000632010105") + b"\x90\x00"
+    if apdu[1] == 0x84:
+        return bytes.fromhex("0102030490 00".replace(" ", ""))
+    return bytes.fromhex("6D00")
+
+
+def another_application(apdu: bytes) -> bytes:
+    return bytes.fromhex("6A82") if apdu[1] == 0xA4 else bytes.fromhex("6E00")
+
+
+def pool_for_test(**kw: object) -> ReaderPool:
+    return ReaderPool(lambda name: name == READER_UNDER_TEST, monitor_wait_ms=500, **kw)  # type: ignore[arg-type]
+
+
+async def next_event(events: "asyncio.Queue[ReaderEvent]", kind: type, wait_s: float = EVENT_WAIT_S) -> ReaderEvent:
+    """The next event of ``kind`` (others skipped), or a failure after ``wait_s``."""
+    deadline = asyncio.get_running_loop().time() + wait_s
+    while True:
+        left = deadline - asyncio.get_running_loop().time()
+        assert left > 0, f"no {kind.__name__} within {wait_s} s"
+        event = await asyncio.wait_for(events.get(), left)
+        if isinstance(event, kind):
+            return event
+
+
+def collect(pool: ReaderPool) -> tuple["asyncio.Queue[ReaderEvent]", "asyncio.Task[None]"]:
+    q: asyncio.Queue[ReaderEvent] = asyncio.Queue()
+
+    async def pump() -> None:
+        async for event in pool.events():
+            q.put_nowait(event)
+
+    return q, asyncio.create_task(pump())
+
+
+async def insert(atr: bytes, answer) -> VirtualCard:  # noqa: ANN001
+    return await asyncio.to_thread(VirtualCard, atr, answer, PORT)
+
+
+async def pull(card: VirtualCard) -> None:
+    await asyncio.to_thread(card.remove)
+
+
+def sample(pool: ReaderPool, name: str, **labels: str) -> float:
+    return pool.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def test_inserted_and_removed_cards_are_events_and_a_session_talks_to_the_card(pcscd: None) -> None:
+    async def run() -> None:
+        async with pool_for_test() as pool:
+            events, pump = collect(pool)
+            assert (await next_event(events, ReaderAdded)).reader == READER_UNDER_TEST
+            assert pool.readers() == [READER_UNDER_TEST]
+            card = await insert(ATR, ours)
+            inserted = await next_event(events, CardInserted)
+            assert (inserted.reader, inserted.atr) == (READER_UNDER_TEST, ATR)
+            session = await pool.card(READER_UNDER_TEST, timeout_ms=2000)
+            assert session.atr == ATR
+            assert (await session.transmit(SELECT)).endswith(b"\x90\x00")
+            assert await session.transmit(GET_CHALLENGE) == bytes.fromhex("010203049000")
+            assert card.apdus == [SELECT, GET_CHALLENGE]
+            await pull(card)
+            assert (await next_event(events, CardRemovedEvent)).reader == READER_UNDER_TEST
+            with pytest.raises(CardRemoved):  # the session's card is gone, whatever comes next
+                await session.transmit(SELECT)
+            with pytest.raises(NoCard):
+                await pool.card(READER_UNDER_TEST, timeout_ms=200)
+            with pytest.raises(ReaderGone):
+                await pool.card("No Such Reader 00 00", timeout_ms=100)
+            assert sample(pool, "citycard_reader_cards_seen_total", reader=READER_UNDER_TEST) == 1
+            assert sample(pool, "citycard_reader_apdus_total", reader=READER_UNDER_TEST, sw="9000") == 2
+            assert sample(pool, "citycard_reader_apdu_seconds_count") == 2
+            assert sample(pool, "citycard_readers_present") == 1
+            pump.cancel()
+
+    asyncio.run(asyncio.wait_for(run(), 30))
+
+
+def test_a_card_pulled_mid_apdu_raises_card_removed(pcscd: None) -> None:
+    answering = threading.Event()
+    release = threading.Event()
+
+    def stalls(apdu: bytes) -> bytes:
+        answering.set()
+        release.wait(5)  # until pulled
+        return bytes.fromhex("9000")
+
+    async def run() -> None:
+        async with pool_for_test(apdu_timeout_ms=4000) as pool:
+            card = await insert(ATR, stalls)
+            session = await pool.card(READER_UNDER_TEST, timeout_ms=EVENT_WAIT_S * 1000)
+            sent = asyncio.create_task(session.transmit(SELECT))
+            assert await asyncio.to_thread(answering.wait, 5)
+            pulling = asyncio.create_task(pull(card))  # mid-APDU: the card has the command, no answer yet
+            await asyncio.sleep(0.1)
+            release.set()  # the card's thread may end now; its answer goes nowhere
+            await pulling
+            started = time.monotonic()
+            with pytest.raises(CardRemoved) as caught:
+                await sent
+            assert time.monotonic() - started < 4, "reported as a removal, not as a timeout"
+            assert READER_UNDER_TEST in str(caught.value)
+            assert sample(pool, "citycard_reader_errors_total", reader=READER_UNDER_TEST, kind="card_removed") >= 1
+
+    asyncio.run(asyncio.wait_for(run(), 30))
+
+
+def test_a_slow_card_times_out_and_the_next_card_in_that_reader_works(pcscd: None) -> None:
+    release = threading.Event()
+
+    def slow(apdu: bytes) -> bytes:
+        release.wait(3)
+        return bytes.fromhex("9000")
+
+    async def run() -> None:
+        async with pool_for_test(apdu_timeout_ms=300) as pool:
+            events, pump = collect(pool)
+            card = await insert(ATR, slow)
+            session = await pool.card(READER_UNDER_TEST, timeout_ms=EVENT_WAIT_S * 1000)
+            started = time.monotonic()
+            with pytest.raises(ApduTimeout):
+                await session.transmit(SELECT)
+            assert time.monotonic() - started < 1.5
+            release.set()
+            await pull(card)
+            await next_event(events, CardRemovedEvent)
+            good = await insert(ATR, ours)
+            try:
+                session = await pool.card(READER_UNDER_TEST, timeout_ms=EVENT_WAIT_S * 1000)
+                assert (await session.transmit(GET_CHALLENGE, timeout_ms=3000)) == bytes.fromhex("010203049000")
+            finally:
+                await pull(good)
+            assert sample(pool, "citycard_reader_errors_total", reader=READER_UNDER_TEST, kind="timeout") == 1
+            pump.cancel()
+
+    asyncio.run(asyncio.wait_for(run(), 30))
+
+
+def test_a_broken_answer_is_a_clear_error_and_another_application_is_a_status_word(pcscd: None) -> None:
+    async def run() -> None:
+        async with pool_for_test() as pool:
+            events, pump = collect(pool)
+            card = await insert(ATR, lambda apdu: b"\x90")  # 1 byte: no status word
+            try:
+                await next_event(events, CardInserted)
+                session = await pool.card(READER_UNDER_TEST, timeout_ms=2000)
+                with pytest.raises(BadResponse, match="not a response APDU"):
+                    await session.transmit(SELECT)  # vpcd refuses it: PC/SC says the transaction failed
+                assert (await pool.card(READER_UNDER_TEST, timeout_ms=100)).atr == ATR  # still there, still usable
+            finally:
+                await pull(card)
+            await next_event(events, CardRemovedEvent)
+            other = await insert(OTHER_ATR, another_application)
+            try:
+                assert (await next_event(events, CardInserted)).atr == OTHER_ATR
+                session = await pool.card(READER_UNDER_TEST, timeout_ms=2000)
+                assert session.atr == OTHER_ATR
+                assert await session.transmit(SELECT) == bytes.fromhex("6A82")
+                assert await session.transmit(bytes.fromhex("80CA9F7900")) == bytes.fromhex("6E00")
+            finally:
+                await pull(other)
+            assert sample(pool, "citycard_reader_apdus_total", reader=READER_UNDER_TEST, sw="6A82") == 1
+            assert sample(pool, "citycard_reader_apdus_total", reader=READER_UNDER_TEST, sw="6EXX") == 0
+            assert sample(pool, "citycard_reader_apdus_total", reader=READER_UNDER_TEST, sw="6E00") == 1
+            assert sample(pool, "citycard_reader_errors_total", reader=READER_UNDER_TEST, kind="bad_response") == 1
+            pump.cancel()
+
+    asyncio.run(asyncio.wait_for(run(), 30))
+
+
+def test_readers_watch_prints_an_insert_and_a_removal(pcscd: None) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "citycard.cli.main", "readers", "watch", "--json", "--reader", READER_UNDER_TEST,
+         "--select", "A000000632010105", "--for-s", "15", "--max-events", "3"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+    )
+    try:
+        assert proc.stdout is not None
+        first = json.loads(proc.stdout.readline())  # the reader, present at start
+        assert (first["event"], first["reader"]) == ("reader_added", READER_UNDER_TEST), first
+        card = VirtualCard(OTHER_ATR, another_application, PORT)
+        inserted = json.loads(proc.stdout.readline())
+        card.remove()
+        removed = json.loads(proc.stdout.readline())
+        assert proc.wait(timeout=10) == 0, proc.stderr.read() if proc.stderr else ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=5)
+    assert inserted["event"] == "card_inserted" and inserted["atr_hex"] == OTHER_ATR.hex().upper(), inserted
+    assert (inserted["select_sw"], inserted["select_meaning"]) == ("6A82", "file not found"), inserted
+    assert (removed["event"], removed["reader"]) == ("card_removed", READER_UNDER_TEST), removed

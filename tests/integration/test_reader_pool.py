@@ -9,6 +9,7 @@ another suite uses; the pool watches only that reader.
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -247,3 +248,23 @@ def test_readers_watch_prints_an_insert_and_a_removal(pcscd: None) -> None:
     assert inserted["event"] == "card_inserted" and inserted["atr_hex"] == OTHER_ATR.hex().upper(), inserted
     assert (inserted["select_sw"], inserted["select_meaning"]) == ("6A82", "file not found"), inserted
     assert (removed["event"], removed["reader"]) == ("card_removed", READER_UNDER_TEST), removed
+
+
+def test_readers_watch_stops_at_sigint_and_says_when_pcscd_is_not_there(pcscd: None) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "citycard.cli.main", "readers", "watch", "--reader", READER_UNDER_TEST]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    try:
+        assert proc.stdout is not None
+        assert "reader_added" in proc.stdout.readline()  # up and watching
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=5)
+    # pcsc-lite's client finds pcscd by this socket path: a path with nobody behind it is no pcscd
+    gone = subprocess.run(cmd + ["--for-s", "5"], capture_output=True, text=True, timeout=30, cwd=ROOT,
+                          env={**env, "PCSCLITE_CSOCK_NAME": "/nonexistent/pcscd.comm"})
+    assert gone.returncode == 2, gone
+    assert "no PC/SC service" in gone.stderr and "is pcscd running?" in gone.stderr, gone.stderr

@@ -31,7 +31,7 @@ from citycard.reader_pool import (
     ReaderGone,
     ReaderPool,
 )
-from tests.support.pcsc import PORTS, READER2, VirtualCard, running_pcscd
+from tests.support.pcsc import PORTS, READER2, PrivatePcscd, VirtualCard, running_pcscd
 
 READER_UNDER_TEST = READER2
 PORT = PORTS[READER_UNDER_TEST]
@@ -268,3 +268,42 @@ def test_readers_watch_stops_at_sigint_and_says_when_pcscd_is_not_there(pcscd: N
                           env={**env, "PCSCLITE_CSOCK_NAME": "/nonexistent/pcscd.comm"})
     assert gone.returncode == 2, gone
     assert "no PC/SC service" in gone.stderr and "is pcscd running?" in gone.stderr, gone.stderr
+
+
+def test_readers_unplugged_and_plugged_back_are_seen_and_their_cards_work_again(tmp_path: Path) -> None:
+    """pcscd's vpcd readers cannot be unplugged one by one; a pcscd of the test's own, stopped
+    and started again, unplugs every reader and plugs it back (the shared pcscd is untouched)."""
+    why_not = PrivatePcscd.why_not()
+    if why_not is not None:
+        if os.environ.get("CI"):
+            pytest.fail(why_not)
+        pytest.skip(why_not)
+    private = PrivatePcscd(str(tmp_path))
+    reader, port = PrivatePcscd.READERS[1], private.port + 1
+    env = {**private.env, "PYTHONPATH": str(ROOT)}
+    with private:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "citycard.cli.main", "readers", "watch", "--json", "--reader", reader,
+             "--select", "A000000632010105", "--for-s", "25", "--max-events", "4"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+        )
+        try:
+            assert proc.stdout is not None
+            seen = [json.loads(proc.stdout.readline())]  # present at start
+            private.stop()  # unplugged
+            seen.append(json.loads(proc.stdout.readline()))
+            private.start()  # plugged back
+            seen.append(json.loads(proc.stdout.readline()))
+            card = VirtualCard(OTHER_ATR, another_application, port)
+            try:
+                seen.append(json.loads(proc.stdout.readline()))
+            finally:
+                card.remove()
+            assert proc.wait(timeout=10) == 0, proc.stderr.read() if proc.stderr else ""
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=5)
+    assert [(e["event"], e["reader"]) for e in seen] == [
+        ("reader_added", reader), ("reader_removed", reader), ("reader_added", reader), ("card_inserted", reader)]
+    assert (seen[3]["atr_hex"], seen[3]["select_sw"]) == (OTHER_ATR.hex().upper(), "6A82"), seen[3]

@@ -107,3 +107,71 @@ class VirtualCard:
             pass
         self._sock.close()
         self._thread.join(timeout=5)
+
+
+class PrivatePcscd:
+    """A pcscd of the test's own, in a mount namespace of its own (``unshare -m``: pcscd's pid
+    file and socket paths are fixed, so the shared pcscd's are hidden by a bind mount of
+    ``workdir``). Its vpcd readers are ``Private PCD 00 00`` and ``... 00 01`` on ``port`` and
+    ``port + 1``. Stopping it unplugs every reader; starting it again plugs them back.
+
+    pcsc-lite's client picks the socket from ``PCSCLITE_CSOCK_NAME`` once per process: talk to
+    this pcscd from a subprocess with ``env`` set."""
+
+    READERS = ("Private PCD 00 00", "Private PCD 00 01")
+
+    def __init__(self, workdir: str, port: int = 0x8C8B) -> None:
+        self.port = port
+        self._run_dir = os.path.join(workdir, "run")
+        self._conf_dir = os.path.join(workdir, "conf")
+        self.socket_path = os.path.join(self._run_dir, "pcscd.comm")
+        self.env = {**os.environ, "PCSCLITE_CSOCK_NAME": self.socket_path}
+        self._proc: subprocess.Popen[bytes] | None = None
+        os.makedirs(self._run_dir, exist_ok=True)
+        os.makedirs(self._conf_dir, exist_ok=True)
+        with open(os.path.join(self._conf_dir, "vpcd"), "w") as f:
+            f.write(f'FRIENDLYNAME "Private PCD"\nDEVICENAME /dev/null:0x{port:04X}\n'
+                    f"LIBPATH /usr/lib/pcsc/drivers/serial/libifdvpcd.so\nCHANNELID 0x{port:04X}\n")
+
+    @staticmethod
+    def why_not() -> str | None:
+        """None if one can be started here (root, ``unshare``, pcscd, the vpcd driver)."""
+        if os.geteuid() != 0 or shutil.which("unshare") is None:
+            return "a private pcscd needs root and unshare(1) (a mount namespace)"
+        if shutil.which("pcscd") is None and not os.path.exists("/usr/sbin/pcscd"):
+            return "pcscd is not installed"
+        if not os.path.exists("/usr/lib/pcsc/drivers/serial/libifdvpcd.so"):
+            return "vsmartcard-vpcd is not installed"
+        return None
+
+    def start(self) -> None:
+        binary = shutil.which("pcscd") or "/usr/sbin/pcscd"
+        script = f"mount --bind {self._run_dir} /run/pcscd && exec {binary} --foreground -c {self._conf_dir}"
+        self._proc = subprocess.Popen(["unshare", "-m", "sh", "-c", script],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not (os.path.exists(self.socket_path) and vpcd_listening(self.port)):
+            if time.monotonic() > deadline or self._proc.poll() is not None:
+                self.stop()
+                raise RuntimeError(f"the private pcscd did not come up (port {self.port}, {self.socket_path})")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self._proc is None:
+            return
+        self._proc.terminate()
+        try:
+            self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait(timeout=5)
+        self._proc = None
+        if os.path.exists(self.socket_path):  # killed before it could clean up
+            os.unlink(self.socket_path)
+
+    def __enter__(self) -> "PrivatePcscd":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -2,13 +2,14 @@
 ``SCardGetStatusChange`` on every watched reader and on pcsc-lite's PnP pseudo-reader, and
 hands what changed to a callback as events.
 
-Why not pyscard's ``ReaderMonitor``/``CardMonitor``: both are process-wide singletons (two
-pools would share observers), ``ReaderMonitor`` re-lists readers once a second, and
-``CardMonitor`` waits in 60 s ``CardRequest`` rounds that ``stop()`` cannot interrupt, so a
-pool could not close promptly; it also compares cards by (reader, ATR), so the same card
-pulled and put back between two rounds is not seen. Here ``SCardCancel`` stops the wait at
-once, and pcsc-lite's per-reader event counter (high 16 bits of the state) catches a quick
-pull-and-reinsert.
+Why not pyscard's ``ReaderMonitor``/``CardMonitor``: both work with vpcd and see a card as
+soon as this does (measured on vpcd's second reader, 8 rounds: inserted 0.49 s, removed 0.40 s
+after the TCP connect/close, both ways; that is pcscd polling the driver). But both are
+process-wide singletons (every pool in a process would share one set of observers), the
+reader monitor re-lists readers on a 1 s period, and the card monitor compares card lists by
+(reader, ATR), so the same card pulled and put back between two looks is not seen. Here each
+pool has its own context, ``SCardCancel`` ends the wait at once on close, and pcsc-lite's
+per-reader event counter (high 16 bits of the state) catches a quick pull-and-reinsert.
 """
 
 import logging

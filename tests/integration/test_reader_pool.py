@@ -27,6 +27,7 @@ from citycard.reader_pool import (
     CardRemovedEvent,
     NoCard,
     ReaderAdded,
+    ReaderError,
     ReaderEvent,
     ReaderGone,
     ReaderPool,
@@ -188,6 +189,37 @@ def test_a_slow_card_times_out_and_the_next_card_in_that_reader_works(pcscd: Non
             finally:
                 await pull(good)
             assert sample(pool, "citycard_reader_errors_total", reader=READER_UNDER_TEST, kind="timeout") == 1
+            pump.cancel()
+
+    asyncio.run(asyncio.wait_for(run(), 30))
+
+
+def test_a_reader_that_never_answers_is_bounded_to_two_abandoned_threads(pcscd: None) -> None:
+    release = threading.Event()
+
+    def hangs(apdu: bytes) -> bytes:
+        release.wait(10)
+        return bytes.fromhex("9000")
+
+    async def run() -> None:
+        async with pool_for_test(apdu_timeout_ms=200) as pool:
+            events, pump = collect(pool)
+            card = await insert(ATR, hangs)
+            session = await pool.card(READER_UNDER_TEST, timeout_ms=EVENT_WAIT_S * 1000)
+            for _ in range(2):  # each abandons the stuck worker and the next gets a fresh one
+                with pytest.raises(ApduTimeout):
+                    await session.transmit(SELECT)
+            with pytest.raises(ReaderError, match="wedged"):  # no third thread piled on
+                await session.transmit(SELECT)
+            release.set()
+            await pull(card)
+            await next_event(events, CardRemovedEvent)
+            good = await insert(ATR, ours)
+            try:  # the abandoned threads return once the card is gone; the reader works again
+                session = await pool.card(READER_UNDER_TEST, timeout_ms=EVENT_WAIT_S * 1000)
+                assert (await session.transmit(GET_CHALLENGE, timeout_ms=3000)) == bytes.fromhex("010203049000")
+            finally:
+                await pull(good)
             pump.cancel()
 
     asyncio.run(asyncio.wait_for(run(), 30))

@@ -1,11 +1,20 @@
 """The reader pool's pure parts: event lines and JSON, metric label bucketing, the bounded
 event queue (fed directly, no pcscd), argument checks."""
 
+import asyncio
 import json
 
 import pytest
 
-from citycard.reader_pool import ReaderMetrics, ReaderPool, ReaderPoolError
+from citycard.reader_pool import CardRemoved as CardRemovedError
+from citycard.reader_pool import (
+    CardSession,
+    ReaderError,
+    ReaderGone,
+    ReaderMetrics,
+    ReaderPool,
+    ReaderPoolError,
+)
 from citycard.reader_pool.events import (
     CardInserted,
     CardRemoved,
@@ -96,3 +105,28 @@ def test_a_full_event_queue_drops_the_oldest_and_counts_it(caplog: pytest.LogCap
 def test_bad_settings_are_refused_by_name(bad: dict[str, int]) -> None:
     with pytest.raises(ReaderPoolError, match=next(iter(bad))):
         ReaderPool(**bad)  # type: ignore[arg-type]
+
+
+def test_a_session_outlives_neither_its_card_nor_its_reader() -> None:
+    """Fed as the monitor would, no pcscd: a session's commands fail fast, typed, once its card
+    left (even if another came) or its reader went; no command reaches a worker."""
+    select = bytes.fromhex("00A4040008A00000063201010500")
+
+    async def run() -> None:
+        pool = ReaderPool()
+        pool._loop, pool._changed = asyncio.get_running_loop(), asyncio.Event()
+        pool._apply([ReaderAdded("R", AT_S), CardInserted("R", ATR, AT_S)])
+        first = CardSession(pool, "R", ATR, pool._readers["R"].generation)
+        pool._apply([CardRemoved("R", AT_S), CardInserted("R", ATR, AT_S)])  # out and back in
+        with pytest.raises(CardRemovedError):
+            await first.transmit(select)
+        second = CardSession(pool, "R", ATR, pool._readers["R"].generation)
+        pool._apply([CardRemoved("R", AT_S), ReaderRemoved("R", AT_S)])
+        with pytest.raises(ReaderGone):
+            await second.transmit(select)
+        with pytest.raises(ReaderError, match="4 to 65544 bytes"):
+            await second.transmit(b"\x00\xa4")
+        assert pool._readers == {}
+        assert pool.metrics.registry.get_sample_value("citycard_readers_present") == 0
+
+    asyncio.run(run())

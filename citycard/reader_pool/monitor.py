@@ -55,6 +55,7 @@ class StatusMonitor:
         self._states: dict[str, int] = {}  # reader -> its last event state (without CHANGED)
         self._pnp_state = scard.SCARD_STATE_UNAWARE
         self._pnp = True  # pcsc-lite announces reader changes; else we re-list each round
+        self._needs_relist = False
         self._thread = threading.Thread(target=self._run, name="reader-monitor", daemon=True)
 
     def start(self) -> None:
@@ -87,6 +88,9 @@ class StatusMonitor:
 
     def _round(self) -> list[ReaderEvent]:
         assert self._ctx is not None
+        if self._needs_relist:  # a new context after pcscd came back
+            self._needs_relist = False
+            return self._relist()
         watch = [(r, s) for r, s in self._states.items()]
         if self._pnp:
             watch.append((PNP, self._pnp_state))
@@ -115,10 +119,9 @@ class StatusMonitor:
                 relist |= bool(state & scard.SCARD_STATE_CHANGED)
                 self._pnp_state = state & ~scard.SCARD_STATE_CHANGED
                 continue
-            if state & (scard.SCARD_STATE_UNKNOWN | scard.SCARD_STATE_UNAVAILABLE):
-                relist = True
-                continue
+            # stored whatever it is, so the next wait blocks; unavailable counts as no card
             events += self._card_change(name, state, bytes(atr))
+            relist |= bool(state & scard.SCARD_STATE_UNKNOWN)  # unplugged: the list drops it
         if relist:
             events += self._relist()
         return events
@@ -180,5 +183,6 @@ class StatusMonitor:
             old, self._ctx = self._ctx, ctx
             if old is not None:
                 scard.SCardReleaseContext(old)
-            return self._relist()
+            self._needs_relist = True
+            return []
         return []

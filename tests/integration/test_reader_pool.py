@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from citycard.protocols.apdu import read_binary
 from citycard.reader_pool import (
     ApduTimeout,
     BadResponse,
@@ -58,7 +59,11 @@ def ours(apdu: bytes) -> bytes:
     if apdu[1] == 0xA4:
         return bytes.fromhex("6F0A8408A000000632010105") + b"\x90\x00"
     if apdu[1] == 0x84:
-        return bytes.fromhex("0102030490 00".replace(" ", ""))
+        return bytes.fromhex("010203049000")
+    if apdu[1] == 0xB0:  # a T=0 card: asks for the exact length, then answers in two parts
+        return bytes.fromhex("AABBCC6103") if apdu[-1] == 0x06 else bytes.fromhex("6C06")
+    if apdu[1] == 0xC0:
+        return bytes.fromhex("DDEEFF9000")
     return bytes.fromhex("6D00")
 
 
@@ -117,6 +122,10 @@ def test_inserted_and_removed_cards_are_events_and_a_session_talks_to_the_card(p
             assert (await session.transmit(SELECT)).endswith(b"\x90\x00")
             assert await session.transmit(GET_CHALLENGE) == bytes.fromhex("010203049000")
             assert card.apdus == [SELECT, GET_CHALLENGE]
+            answer = await session.exchange(read_binary())  # 6Cxx and 61xx followed
+            assert (answer.data, answer.sw) == (bytes.fromhex("AABBCCDDEEFF"), 0x9000)
+            assert card.apdus[2:] == [bytes.fromhex("00B0000000"), bytes.fromhex("00B0000006"),
+                                      bytes.fromhex("00C0000003")]
             await pull(card)
             assert (await next_event(events, CardRemovedEvent)).reader == READER_UNDER_TEST
             with pytest.raises(CardRemoved):  # the session's card is gone, whatever comes next
@@ -126,8 +135,10 @@ def test_inserted_and_removed_cards_are_events_and_a_session_talks_to_the_card(p
             with pytest.raises(ReaderGone):
                 await pool.card("No Such Reader 00 00", timeout_ms=100)
             assert sample(pool, "citycard_reader_cards_seen_total", reader=READER_UNDER_TEST) == 1
-            assert sample(pool, "citycard_reader_apdus_total", reader=READER_UNDER_TEST, sw="9000") == 2
-            assert sample(pool, "citycard_reader_apdu_seconds_count") == 2
+            assert sample(pool, "citycard_reader_apdus_total", reader=READER_UNDER_TEST, sw="9000") == 3
+            assert sample(pool, "citycard_reader_apdus_total", reader=READER_UNDER_TEST, sw="6CXX") == 1
+            assert sample(pool, "citycard_reader_apdus_total", reader=READER_UNDER_TEST, sw="61XX") == 1
+            assert sample(pool, "citycard_reader_apdu_seconds_count") == 5
             assert sample(pool, "citycard_readers_present") == 1
             pump.cancel()
 

@@ -31,7 +31,6 @@ from ..protocols.apdu import Command, Exchange, Response, parse_response
 from . import events as ev
 from .errors import (
     ApduTimeout,
-    BadResponse,
     CardRemoved,
     NoCard,
     ReaderError,
@@ -225,8 +224,6 @@ class ReaderPool:
                 state.abandoned.append(worker)
                 state.worker = None
             raise why from None
-        except BadResponse:
-            raise
         except CardRemoved:
             if self._readers.get(reader) is state and state.generation == generation:
                 state.generation += 1  # the monitor may be late; this session is over anyway

@@ -12,7 +12,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from smartcard import scard
@@ -49,7 +49,6 @@ class Job:
     future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
     apdu: bytes = b""
-    queued_at: float = field(default_factory=time.monotonic)
 
 
 def _settle(fut: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:

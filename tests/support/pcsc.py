@@ -71,6 +71,13 @@ def running_pcscd() -> Iterator[str | None]:
             proc.kill()
 
 
+def quick_ack(sock: socket.socket) -> None:
+    """ACK at once (Linux resets this after each read): vpcd writes a frame's length and its
+    APDU apart, and Nagle holds the APDU until the length is ACKed, 40 ms later by default."""
+    if hasattr(socket, "TCP_QUICKACK"):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+
+
 class VirtualCard:
     """A card in a vpcd reader (the first unless ``port`` says otherwise) while it is
     connected: answers the ATR and each APDU with ``answer(apdu)`` (which may sleep, to play a
@@ -84,6 +91,7 @@ class VirtualCard:
             time.sleep(0.05)
         self._sock = socket.create_connection(("127.0.0.1", port), timeout=5)
         self._sock.settimeout(None)
+        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
 
@@ -91,6 +99,7 @@ class VirtualCard:
         link = VirtualCardLink()
         try:
             while data := self._sock.recv(4096):
+                quick_ack(self._sock)
                 for event in link.receive(data):
                     if isinstance(event, ControlEvent) and event.control == Control.GET_ATR:
                         self._sock.sendall(frame(self.atr))

@@ -350,6 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .validator import add_parser as add_validator
 
     add_validator(sub)
+    from .counter import add_parser as add_counter
+
+    add_counter(sub)
     return p
 
 

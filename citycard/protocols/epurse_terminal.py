@@ -153,3 +153,14 @@ def parse_init_load(raw: bytes) -> LoadInit:
 def parse_credit(raw: bytes) -> bytes:
     """CREDIT FOR LOAD: the load's TAC."""
     return bytes(ok_data(raw, "CREDIT FOR LOAD", 4))
+
+
+def parse_load_proof(raw: bytes) -> bytes | None:
+    """GET TRANSACTION PROOF of a load: its TAC, or None when the card has no such load (9406)."""
+    try:
+        r = parse_response(raw)
+    except ValueError as exc:
+        raise CardAnswerError(f"GET TRANSACTION PROOF: malformed answer ({exc})") from None
+    if r.sw == 0x9406:
+        return None
+    return bytes(ok_data(raw, "GET TRANSACTION PROOF", 4))

@@ -347,6 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .readers import add_parser as add_readers
 
     add_readers(sub)
+    from .card import add_parser as add_card
+
+    add_card(sub)
     return p
 
 

@@ -187,9 +187,16 @@ def test_the_cli_emulator_keeps_its_state_across_runs(pcscd: None, tmp_path: Pat
         settle_cli(second)
         conn, t = terminal()
         assert t.balance() == 2900  # the state file's, not --balance-fen
-        conn.disconnect()  # type: ignore[attr-defined]
+        second.signal(signal.SIGUSR2)  # tear the next debit
+        second.wait_line("tear armed")
+        with pytest.raises(CardConnectionException):
+            t.purchase(50, seq=2)
+        second.wait_line("torn")
+        drop(conn)
     finally:
         assert second.stop() == 0
+    doc = json.loads(path.read_text())
+    assert doc["purse"]["balance_fen"] == 2850 and doc["purse"]["last_proof"]["counter"] == 1
 
 
 def test_the_cli_refuses_a_foreign_state_file_and_a_missing_vpcd(pcscd: None, tmp_path: Path) -> None:

@@ -262,3 +262,15 @@ def test_a_bad_or_foreign_state_is_refused_naming_the_field(path: str, value: ob
         card_from_dict(doc, lambda: bytes(4))
     with pytest.raises(ValueError, match="card state must be an object"):
         card_from_dict([1, 2], lambda: bytes(4))
+
+
+def test_load_tac_regression_vector() -> None:
+    """docs/card.md, the load: our reading of the load TAC, pinned (not a published vector)."""
+    from citycard.domain.epurse_crypto import LoadInput, When, load_tac
+
+    ld = LoadInput(0x1000, 0x2000, bytes.fromhex("001122334455"), When.of("20120229", "135100"),
+                   bytes.fromhex("11223344"), 1)
+    # TAC key 8888888888888888; data 00003000 0001 00001000 02 001122334455 20120229 135100
+    assert load_tac(bytes.fromhex("00112233445566778899AABBCCDDEEFF"), ld).hex().upper() == "C9B6B370"
+    with pytest.raises(ValueError, match="balance after"):
+        load_tac(bytes(16), LoadInput(2**32 - 1, 1, bytes(6), When.of("20120229", "135100"), bytes(4), 0))

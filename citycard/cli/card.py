@@ -64,10 +64,13 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
 
 def cmd_card_emulate(args: argparse.Namespace) -> int:
     from ..emulator import state_file
-    from ..emulator.runner import CardEmulator, random4
+    from ..emulator.runner import LOCAL_HOSTS, CardEmulator, EmulatorError, port_listening, random4
 
     if args.port > 65535:
         raise CityCardError("--port must be 1..65535")
+    if args.host in LOCAL_HOSTS and not port_listening(args.port):  # before a state file is made
+        raise EmulatorError(f"vpcd is not listening on {args.host}:{args.port} "
+                            "(is pcscd with vsmartcard-vpcd running?)")
     settings = load_settings(args.config)
     c = settings.card
     keys = IssuerKeys.of_hex(c.issuer_mpk_hex, c.issuer_mlk_hex, c.issuer_mtk_hex)

@@ -217,3 +217,32 @@ def test_the_cli_refuses_a_foreign_state_file_and_a_missing_vpcd(pcscd: None, tm
     assert nowhere.proc.wait(20) == 2
     err = nowhere.stderr()
     assert "vpcd is not listening on 127.0.0.1:9" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_cli_tears_the_first_debit_and_removes_the_card_after_inserted_for_s(pcscd: None, tmp_path: Path) -> None:
+    from smartcard.Exceptions import CardConnectionException
+
+    state = tmp_path / "card.json"
+    run = EmulatorProcess(["--card-no", str(CARD_NO), "--state", str(state), "--tear-next-debit",
+                           "--inserted-for-s", "6", "--for-s", "9", "-v"], {})
+    try:
+        run.wait_line("inserted")
+        settle_cli(run)
+        conn, t = terminal()
+        with pytest.raises(CardConnectionException):
+            t.purchase(100, seq=1)
+        run.wait_line("removed (torn")
+        drop(conn)
+        assert json.loads(state.read_text())["purse"]["balance_fen"] == 4900
+        run.signal(signal.SIGUSR1)  # back in, until --inserted-for-s
+        run.wait_line("inserted")
+        settle_cli(run)
+        conn, t = terminal()
+        assert t.purchase(100, seq=2).sw == 0x9000  # only the first debit tears
+        run.wait_line("removed", deadline_s=8)  # --inserted-for-s
+        wait_card_absent()
+        drop(conn)
+        assert run.proc.wait(10) == 0  # --for-s ends the run
+    finally:
+        run.stop()
+    assert json.loads(state.read_text())["purse"]["balance_fen"] == 4800

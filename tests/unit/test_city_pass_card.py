@@ -129,6 +129,10 @@ def test_load_refusals_touch_nothing() -> None:
     assert t.send(apdu_credit(WHEN, bytes(4))).sw == 0x9302  # a forged MAC2
     assert t.send(apdu_credit(WHEN, bytes(4))).sw == 0x6985  # one try per INITIALIZE
     assert t.send(apdu_init(0x00, 0x01, 100, TERMINAL_ID, 16)).ok
+    assert t.send(bytes.fromhex("805200000B 20261306 081500 00000000 04")).sw == 0x6A80  # month 13
+    assert t.send(apdu_init(0x00, 0x01, 100, TERMINAL_ID, 16)).ok
+    assert t.send(bytes.fromhex("805200000A 20261206 0815 00000000 04")).sw == 0x6700
+    assert t.send(apdu_init(0x00, 0x01, 100, TERMINAL_ID, 16)).ok
     assert t.send(apdu_debit(1, WHEN, bytes(4))).sw == 0x6985  # a DEBIT does not end a load
     assert snapshot(card) == before
 

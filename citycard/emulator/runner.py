@@ -170,8 +170,9 @@ class CardEmulator:
                     sock.sendall(frame(out))
         except VpcdError as e:
             self.on_event(f"link error, card pulled: {e}")
-        except OSError:
-            pass  # removed by us, or the reader went away
+        except OSError as e:
+            if not self._removing:  # not our remove(): the reader went away
+                self.on_event(f"removed (the link failed: {e})")
         except CityCardError as e:  # the state could not be saved: never answer unsaved
             self.on_event(f"error, card pulled: {e}")
         finally:

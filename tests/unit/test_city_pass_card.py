@@ -278,3 +278,26 @@ def test_load_tac_regression_vector() -> None:
     assert load_tac(bytes.fromhex("00112233445566778899AABBCCDDEEFF"), ld).hex().upper() == "C9B6B370"
     with pytest.raises(ValueError, match="balance after"):
         load_tac(bytes(16), LoadInput(2**32 - 1, 1, bytes(6), When.of("20120229", "135100"), bytes(4), 0))
+
+
+def test_the_terminal_side_commands_refuse_bad_fields() -> None:
+    from citycard.protocols.epurse_commands import (
+        LoadInit,
+        PurchaseInit,
+        credit_load,
+        debit,
+        initialize_purchase,
+        transaction_proof,
+    )
+
+    assert initialize_purchase(150, TERMINAL_ID, compound=True).encode().hex().upper() == \
+        "805003020B0100000096000000001001" "0F"
+    for bad in (lambda: initialize_purchase(-1, TERMINAL_ID), lambda: initialize_purchase(1, bytes(5)),
+                lambda: debit(2**32, WHEN, bytes(4)), lambda: credit_load(WHEN, bytes(3)),
+                lambda: transaction_proof(0x07, 0), lambda: transaction_proof(0x06, 0x10000)):
+        with pytest.raises(ValueError):
+            bad()
+    with pytest.raises(ValueError, match="15 bytes"):
+        PurchaseInit.parse(bytes(14))
+    with pytest.raises(ValueError, match="16 bytes"):
+        LoadInit.parse(bytes(15))

@@ -353,6 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .counter import add_parser as add_counter
 
     add_counter(sub)
+    from .card import add_parser as add_card
+
+    add_card(sub)
     return p
 
 

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 from citycard.domain.epurse_crypto import (
     COMPOUND_PURCHASE,
-    LOAD_EP,
     PURCHASE_EP,
     LoadInput,
     PurchaseInput,
@@ -24,8 +23,18 @@ from citycard.domain.epurse_crypto import (
 )
 from citycard.domain.offline import IssuerKeys
 from citycard.protocols.apdu import Command, Response, parse_response, select_by_aid
-from citycard.protocols.card_files import SFI_CAPP, TransitRecord
+from citycard.protocols.card_files import TransitRecord
 from citycard.protocols.epurse_card import CITY_PASS_AID
+from citycard.protocols.epurse_commands import (
+    LoadInit,
+    PurchaseInit,
+    credit_load,
+    debit,
+    initialize_load,
+    initialize_purchase,
+    transaction_proof,
+    update_capp_cache,
+)
 
 DEMO_KEYS = IssuerKeys.of_hex("000102030405060708090A0B0C0D0E0F", "101112131415161718191A1B1C1D1E1F",
                               "F0E0D0C0B0A090807060504030201000")  # config/default.toml [card]
@@ -36,25 +45,25 @@ Transmit = Callable[[bytes], bytes]
 
 
 def apdu_init(p1: int, key_index: int, amount_fen: int, terminal_id: bytes, le: int) -> bytes:
+    """Any INITIALIZE, also one the card must refuse (another P1, another key index)."""
     return Command(0x80, 0x50, p1, 0x02, bytes([key_index]) + amount_fen.to_bytes(4, "big") + terminal_id,
                    le=le).encode()
 
 
 def apdu_debit(seq: int, when: When, mac1: bytes) -> bytes:
-    return Command(0x80, 0x54, 0x01, 0x00, seq.to_bytes(4, "big") + when.bcd() + mac1, le=8).encode()
+    return debit(seq, when, mac1).encode()
 
 
 def apdu_update_capp(record: TransitRecord) -> bytes:
-    return Command(0x80, 0xDC, 0x01, SFI_CAPP << 3, record.encode()).encode()
+    return update_capp_cache(record).encode()
 
 
 def apdu_credit(when: When, mac2: bytes) -> bytes:
-    return Command(0x80, 0x52, 0x00, 0x00, when.bcd() + mac2, le=4).encode()
+    return credit_load(when, mac2).encode()
 
 
 def apdu_proof(transaction_type: int, counter: int) -> bytes:
-    return Command(0x80, 0x5A, 0x00, transaction_type, counter.to_bytes(2, "big"),
-                   le=4 if transaction_type == LOAD_EP else 8).encode()
+    return transaction_proof(transaction_type, counter).encode()
 
 
 @dataclass
@@ -90,8 +99,9 @@ class CardTerminal:
         """INITIALIZE, (UPDATE CAPP DATA CACHE,) DEBIT; MAC2 and TAC checked when the DEBIT is OK.
         The DEBIT's transmit may raise (a torn answer): the caller sees the exception."""
         compound = compound or transit is not None
-        init = self.send(apdu_init(0x03 if compound else 0x01, 0x01, amount_fen, self.terminal_id, 15)).check()
-        balance_before, counter, card_random = int.from_bytes(init[0:4], "big"), int.from_bytes(init[4:6], "big"), init[11:15]
+        init = PurchaseInit.parse(self.send(initialize_purchase(amount_fen, self.terminal_id,
+                                                                compound=compound).encode()).check())
+        balance_before, counter, card_random = init.balance_fen, init.offline_counter, init.card_random
         p = PurchaseInput(amount_fen, self.terminal_id, seq, when, card_random, counter,
                           COMPOUND_PURCHASE if compound else PURCHASE_EP)
         sespk = purchase_session_key(self.keys.for_card(self.card_no).dpk, card_random, counter, seq)
@@ -116,11 +126,11 @@ class CardTerminal:
 
     def load(self, amount_fen: int, when: When = WHEN) -> tuple[LoadInput, bytes]:
         """The host's load: INITIALIZE FOR LOAD (MAC1 checked), CREDIT FOR LOAD; (the load, TAC)."""
-        init = self.send(apdu_init(0x00, 0x01, amount_fen, self.terminal_id, 16)).check()
-        balance_before, counter, card_random = int.from_bytes(init[0:4], "big"), int.from_bytes(init[4:6], "big"), init[8:12]
+        init = LoadInit.parse(self.send(initialize_load(amount_fen, self.terminal_id).encode()).check())
+        balance_before, counter, card_random = init.balance_fen, init.online_counter, init.card_random
         ld = LoadInput(amount_fen, balance_before, self.terminal_id, when, card_random, counter)
         seslk = load_session_key(self.keys.for_card(self.card_no).dlk, card_random, counter)
-        assert init[12:16] == load_mac1(seslk, ld), "load MAC1: the host does not accept the card"
+        assert init.mac1 == load_mac1(seslk, ld), "load MAC1: the host does not accept the card"
         tac = self.send(apdu_credit(when, load_mac2(seslk, ld))).check()
         assert tac == load_tac(self.keys.dtk(self.card_no), ld)
         return ld, tac

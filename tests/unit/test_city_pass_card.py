@@ -129,6 +129,10 @@ def test_load_refusals_touch_nothing() -> None:
     assert t.send(apdu_credit(WHEN, bytes(4))).sw == 0x9302  # a forged MAC2
     assert t.send(apdu_credit(WHEN, bytes(4))).sw == 0x6985  # one try per INITIALIZE
     assert t.send(apdu_init(0x00, 0x01, 100, TERMINAL_ID, 16)).ok
+    assert t.send(bytes.fromhex("805200000B 20261306 081500 00000000 04")).sw == 0x6A80  # month 13
+    assert t.send(apdu_init(0x00, 0x01, 100, TERMINAL_ID, 16)).ok
+    assert t.send(bytes.fromhex("805200000A 20261206 0815 00000000 04")).sw == 0x6700
+    assert t.send(apdu_init(0x00, 0x01, 100, TERMINAL_ID, 16)).ok
     assert t.send(apdu_debit(1, WHEN, bytes(4))).sw == 0x6985  # a DEBIT does not end a load
     assert snapshot(card) == before
 
@@ -262,3 +266,38 @@ def test_a_bad_or_foreign_state_is_refused_naming_the_field(path: str, value: ob
         card_from_dict(doc, lambda: bytes(4))
     with pytest.raises(ValueError, match="card state must be an object"):
         card_from_dict([1, 2], lambda: bytes(4))
+
+
+def test_load_tac_regression_vector() -> None:
+    """docs/card.md, the load: our reading of the load TAC, pinned (not a published vector)."""
+    from citycard.domain.epurse_crypto import LoadInput, When, load_tac
+
+    ld = LoadInput(0x1000, 0x2000, bytes.fromhex("001122334455"), When.of("20120229", "135100"),
+                   bytes.fromhex("11223344"), 1)
+    # TAC key 8888888888888888; data 00003000 0001 00001000 02 001122334455 20120229 135100
+    assert load_tac(bytes.fromhex("00112233445566778899AABBCCDDEEFF"), ld).hex().upper() == "C9B6B370"
+    with pytest.raises(ValueError, match="balance after"):
+        load_tac(bytes(16), LoadInput(2**32 - 1, 1, bytes(6), When.of("20120229", "135100"), bytes(4), 0))
+
+
+def test_the_terminal_side_commands_refuse_bad_fields() -> None:
+    from citycard.protocols.epurse_commands import (
+        LoadInit,
+        PurchaseInit,
+        credit_load,
+        debit,
+        initialize_purchase,
+        transaction_proof,
+    )
+
+    assert initialize_purchase(150, TERMINAL_ID, compound=True).encode().hex().upper() == \
+        "805003020B0100000096000000001001" "0F"
+    for bad in (lambda: initialize_purchase(-1, TERMINAL_ID), lambda: initialize_purchase(1, bytes(5)),
+                lambda: debit(2**32, WHEN, bytes(4)), lambda: credit_load(WHEN, bytes(3)),
+                lambda: transaction_proof(0x07, 0), lambda: transaction_proof(0x06, 0x10000)):
+        with pytest.raises(ValueError):
+            bad()
+    with pytest.raises(ValueError, match="15 bytes"):
+        PurchaseInit.parse(bytes(14))
+    with pytest.raises(ValueError, match="16 bytes"):
+        LoadInit.parse(bytes(15))

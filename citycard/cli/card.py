@@ -49,7 +49,9 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
                     "city-pass card. The card's state lives in a JSON file, written before each answer. "
                     "SIGUSR1 removes or re-inserts the card, SIGUSR2 tears the next debit. See docs/card.md.")
     em.add_argument("--card-no", type=_card_no, required=True, help="the card number (up to 20 digits)")
-    em.add_argument("--balance-fen", type=_fen, default=5000, help="a new card's balance (default 5000)")
+    em.add_argument("--balance-fen", type=_fen, default=0,
+                    help="a new card's opening balance (default 0: load it at a counter, `citycard counter load`,"
+                         " so the host knows it; an opening balance the host never saw fails its shadow check)")
     em.add_argument("--category", choices=list(CATEGORIES), default="adult", help="a new card's category")
     em.add_argument("--state", metavar="FILE", help="the state file (default <state dir>/cards/<card-no>.json)")
     em.add_argument("--port", type=_positive, default=VPCD_PORT, help=f"vpcd's port (default {VPCD_PORT})")

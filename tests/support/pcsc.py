@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from citycard.emulator.runner import quick_ack
 from citycard.protocols.vpcd import (
     VPCD_PORT,
     ApduEvent,
@@ -69,13 +70,6 @@ def running_pcscd() -> Iterator[str | None]:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
-
-
-def quick_ack(sock: socket.socket) -> None:
-    """ACK at once (Linux resets this after each read): vpcd writes a frame's length and its
-    APDU apart, and Nagle holds the APDU until the length is ACKed, 40 ms later by default."""
-    if hasattr(socket, "TCP_QUICKACK"):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
 
 
 class VirtualCard:

@@ -1,12 +1,13 @@
 """The terminal's side of the city-pass APDUs (docs/card.md), sans-I/O: command builders and
-parsers of the card's answers. A parser raises ``CardAnswerError`` naming what was wrong, for
-an answer of the wrong length or a status word other than the one expected.
+parsers of the card's answers. A builder raises ``ApduError`` (a ValueError) naming a bad field.
+A parser raises ``CardAnswerError`` naming what was wrong, for an answer of the wrong length or
+a status word other than the one expected.
 """
 
 from dataclasses import dataclass
 
 from ..errors import CityCardError
-from .apdu import Command, Response, describe, parse_response
+from .apdu import ApduError, Command, Response, describe, parse_response
 
 CLA = 0x80
 PURCHASE_KEY_INDEX = 0x01
@@ -14,6 +15,7 @@ LOAD_KEY_INDEX = 0x01
 SFI_ISSUER, SFI_HOLDER, SFI_CAPP, SFI_LOG = 0x15, 0x16, 0x17, 0x18
 TRANSIT_RECORD = 1  # record 1 of the compound (CAPP) file
 PROOF_PURCHASE, PROOF_CAPP, PROOF_LOAD = 0x06, 0x09, 0x02
+PROOF_TYPES = frozenset({PROOF_PURCHASE, PROOF_CAPP, PROOF_LOAD})
 
 
 class CardAnswerError(CityCardError):
@@ -59,30 +61,59 @@ def read_record_sfi(sfi: int, record: int, le: int = 256) -> Command:
     return Command(0x00, 0xB2, record, (sfi << 3) | 4, le=le)
 
 
+def _check_uint(name: str, value: int, n_bytes: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << (8 * n_bytes):
+        raise ApduError(f"{name} must be 0..{(1 << (8 * n_bytes)) - 1}, got {value!r}")
+
+
+def _check_bytes(name: str, value: bytes, length: int) -> None:
+    if not isinstance(value, bytes | bytearray) or len(value) != length:
+        raise ApduError(f"{name} must be {length} bytes, got {value!r}")
+
+
+def _init(p1: int, key_index: int, amount_fen: int, terminal_id6: bytes, le: int) -> Command:
+    _check_uint("amount_fen", amount_fen, 4)
+    _check_bytes("terminal_id6", terminal_id6, 6)
+    data = bytes([key_index]) + amount_fen.to_bytes(4, "big") + bytes(terminal_id6)
+    return Command(CLA, 0x50, p1, 0x02, data, le=le)
+
+
 def init_purchase(amount_fen: int, terminal_id6: bytes, compound: bool) -> Command:
-    data = bytes([PURCHASE_KEY_INDEX]) + amount_fen.to_bytes(4, "big") + terminal_id6
-    return Command(CLA, 0x50, 0x03 if compound else 0x01, 0x02, data, le=15)
+    """INITIALIZE FOR PURCHASE (P1 01), or FOR CAPP PURCHASE (P1 03) with ``compound``."""
+    return _init(0x03 if compound else 0x01, PURCHASE_KEY_INDEX, amount_fen, terminal_id6, 15)
 
 
 def update_capp_cache(record_no: int, sfi: int, record: bytes) -> Command:
+    """UPDATE CAPP DATA CACHE: the new record, written by the card with the DEBIT that follows."""
     return Command(CLA, 0xDC, record_no, sfi << 3, record)
 
 
 def debit(terminal_seq: int, when_bcd7: bytes, mac1: bytes) -> Command:
-    return Command(CLA, 0x54, 0x01, 0x00, terminal_seq.to_bytes(4, "big") + when_bcd7 + mac1, le=8)
+    """DEBIT FOR PURCHASE, or FOR CAPP PURCHASE after a compound INITIALIZE: same bytes."""
+    _check_uint("terminal_seq", terminal_seq, 4)
+    _check_bytes("when_bcd7", when_bcd7, 7)
+    _check_bytes("mac1", mac1, 4)
+    return Command(CLA, 0x54, 0x01, 0x00, terminal_seq.to_bytes(4, "big") + bytes(when_bcd7) + bytes(mac1), le=8)
 
 
 def transaction_proof(counter: int, transaction_type: int) -> Command:
-    return Command(CLA, 0x5A, 0x00, transaction_type, counter.to_bytes(2, "big"), le=8)
+    """GET TRANSACTION PROOF of the purchase (06), compound purchase (09) or load (02) made
+    with ``counter``: MAC2 || TAC of a purchase (8 bytes), the TAC of a load (4)."""
+    _check_uint("counter", counter, 2)
+    if transaction_type not in PROOF_TYPES:
+        raise ApduError(f"transaction_type must be 02, 06 or 09, got {transaction_type!r}")
+    return Command(CLA, 0x5A, 0x00, transaction_type, counter.to_bytes(2, "big"),
+                   le=4 if transaction_type == PROOF_LOAD else 8)
 
 
 def init_load(amount_fen: int, terminal_id6: bytes) -> Command:
-    data = bytes([LOAD_KEY_INDEX]) + amount_fen.to_bytes(4, "big") + terminal_id6
-    return Command(CLA, 0x50, 0x00, 0x02, data, le=16)
+    return _init(0x00, LOAD_KEY_INDEX, amount_fen, terminal_id6, 16)
 
 
 def credit_load(when_bcd7: bytes, mac2: bytes) -> Command:
-    return Command(CLA, 0x52, 0x00, 0x00, when_bcd7 + mac2, le=4)
+    _check_bytes("when_bcd7", when_bcd7, 7)
+    _check_bytes("mac2", mac2, 4)
+    return Command(CLA, 0x52, 0x00, 0x00, bytes(when_bcd7) + bytes(mac2), le=4)
 
 
 # -- answers -----------------------------------------------------------------------------------

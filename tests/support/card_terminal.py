@@ -25,13 +25,15 @@ from citycard.domain.offline import IssuerKeys
 from citycard.protocols.apdu import Command, Response, parse_response, select_by_aid
 from citycard.protocols.card_files import TransitRecord
 from citycard.protocols.epurse_card import CITY_PASS_AID
-from citycard.protocols.epurse_commands import (
-    LoadInit,
-    PurchaseInit,
+from citycard.protocols.epurse_terminal import (
+    SFI_CAPP,
+    TRANSIT_RECORD,
     credit_load,
     debit,
-    initialize_load,
-    initialize_purchase,
+    init_load,
+    init_purchase,
+    parse_init_load,
+    parse_init_purchase,
     transaction_proof,
     update_capp_cache,
 )
@@ -51,19 +53,19 @@ def apdu_init(p1: int, key_index: int, amount_fen: int, terminal_id: bytes, le: 
 
 
 def apdu_debit(seq: int, when: When, mac1: bytes) -> bytes:
-    return debit(seq, when, mac1).encode()
+    return debit(seq, when.bcd(), mac1).encode()
 
 
 def apdu_update_capp(record: TransitRecord) -> bytes:
-    return update_capp_cache(record).encode()
+    return update_capp_cache(TRANSIT_RECORD, SFI_CAPP, record.encode()).encode()
 
 
 def apdu_credit(when: When, mac2: bytes) -> bytes:
-    return credit_load(when, mac2).encode()
+    return credit_load(when.bcd(), mac2).encode()
 
 
 def apdu_proof(transaction_type: int, counter: int) -> bytes:
-    return transaction_proof(transaction_type, counter).encode()
+    return transaction_proof(counter, transaction_type).encode()
 
 
 @dataclass
@@ -99,8 +101,7 @@ class CardTerminal:
         """INITIALIZE, (UPDATE CAPP DATA CACHE,) DEBIT; MAC2 and TAC checked when the DEBIT is OK.
         The DEBIT's transmit may raise (a torn answer): the caller sees the exception."""
         compound = compound or transit is not None
-        init = PurchaseInit.parse(self.send(initialize_purchase(amount_fen, self.terminal_id,
-                                                                compound=compound).encode()).check())
+        init = parse_init_purchase(self.transmit(init_purchase(amount_fen, self.terminal_id, compound).encode()))
         balance_before, counter, card_random = init.balance_fen, init.offline_counter, init.card_random
         p = PurchaseInput(amount_fen, self.terminal_id, seq, when, card_random, counter,
                           COMPOUND_PURCHASE if compound else PURCHASE_EP)
@@ -126,7 +127,7 @@ class CardTerminal:
 
     def load(self, amount_fen: int, when: When = WHEN) -> tuple[LoadInput, bytes]:
         """The host's load: INITIALIZE FOR LOAD (MAC1 checked), CREDIT FOR LOAD; (the load, TAC)."""
-        init = LoadInit.parse(self.send(initialize_load(amount_fen, self.terminal_id).encode()).check())
+        init = parse_init_load(self.transmit(init_load(amount_fen, self.terminal_id).encode()))
         balance_before, counter, card_random = init.balance_fen, init.online_counter, init.card_random
         ld = LoadInput(amount_fen, balance_before, self.terminal_id, when, card_random, counter)
         seslk = load_session_key(self.keys.for_card(self.card_no).dlk, card_random, counter)

@@ -281,23 +281,27 @@ def test_load_tac_regression_vector() -> None:
 
 
 def test_the_terminal_side_commands_refuse_bad_fields() -> None:
-    from citycard.protocols.epurse_commands import (
-        LoadInit,
-        PurchaseInit,
+    from citycard.protocols.epurse_terminal import (
+        CardAnswerError,
         credit_load,
         debit,
-        initialize_purchase,
+        init_purchase,
+        parse_init_load,
+        parse_init_purchase,
         transaction_proof,
     )
 
-    assert initialize_purchase(150, TERMINAL_ID, compound=True).encode().hex().upper() == \
+    assert init_purchase(150, TERMINAL_ID, True).encode().hex().upper() == \
         "805003020B0100000096000000001001" "0F"
-    for bad in (lambda: initialize_purchase(-1, TERMINAL_ID), lambda: initialize_purchase(1, bytes(5)),
-                lambda: debit(2**32, WHEN, bytes(4)), lambda: credit_load(WHEN, bytes(3)),
-                lambda: transaction_proof(0x07, 0), lambda: transaction_proof(0x06, 0x10000)):
-        with pytest.raises(ValueError):
+    for field, bad in (("amount_fen", lambda: init_purchase(-1, TERMINAL_ID, False)),
+                       ("terminal_id6", lambda: init_purchase(1, bytes(5), False)),
+                       ("terminal_seq", lambda: debit(2**32, WHEN.bcd(), bytes(4))),
+                       ("mac2", lambda: credit_load(WHEN.bcd(), bytes(3))),
+                       ("transaction_type", lambda: transaction_proof(0, 0x07)),
+                       ("counter", lambda: transaction_proof(0x10000, 0x06))):
+        with pytest.raises(ValueError, match=field):
             bad()
-    with pytest.raises(ValueError, match="15 bytes"):
-        PurchaseInit.parse(bytes(14))
-    with pytest.raises(ValueError, match="16 bytes"):
-        LoadInit.parse(bytes(15))
+    with pytest.raises(CardAnswerError, match="expected 15"):
+        parse_init_purchase(bytes(14) + b"\x90\x00")
+    with pytest.raises(CardAnswerError, match="expected 16"):
+        parse_init_load(bytes(15) + b"\x90\x00")

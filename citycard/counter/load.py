@@ -68,9 +68,13 @@ async def load_card(transmit: Transmit, http: httpx.AsyncClient, token: str, *, 
     if answer.status_code != 200:
         raise LoadFailed(f"the host refused the load ({answer.status_code}: {body.get('error', answer.text)});"
                          " nothing was credited to the card")
-    when = When.of(body["host_date"], body["host_time"])
     try:
-        tac = t.parse_credit(await transmit(t.credit_load(when.bcd(), bytes.fromhex(body["mac2"])).encode()))
+        credit = t.credit_load(When.of(body["host_date"], body["host_time"]).bcd(), bytes.fromhex(body["mac2"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise LoadFailed(f"the host's answer has no usable MAC2 or date ({exc!r}); nothing was credited to the card:"
+                         f" run the same command again") from None
+    try:
+        tac = t.parse_credit(await transmit(credit.encode()))
     except CityCardError as exc:
         raise LoadFailed(f"CREDIT FOR LOAD failed ({exc}); the host holds the load under key {key!r}:"
                          " present the card and run the same command again") from None

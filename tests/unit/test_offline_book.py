@@ -12,10 +12,11 @@ from citycard.domain.offline_book import WINDOW, CardShadow, OfflineCode, TacKey
 KEYS = IssuerKeys.of_hex("000102030405060708090A0B0C0D0E0F", "101112131415161718191A1B1C1D1E1F",
                          "F0E0D0C0B0A090807060504030201000")
 CARD = 33_010_000_000_000_173
+WHEN = When.of("20261206", "081500")
 
 
 def rec(counter: int, amount_fen: int = 100, balance_after_fen: int = 0, card: int = CARD, seq: int = 0,
-        when: When = When.of("20261206", "081500")) -> OfflineRecord:
+        when: When = WHEN) -> OfflineRecord:
     r = OfflineRecord(card, counter, amount_fen, balance_after_fen, 0x06, 1001, seq or 100 + counter, when,
                       bytes(4), 1, 42)
     return replace(r, tac=expected_tac(KEYS.dtk(card), r))

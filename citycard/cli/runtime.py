@@ -23,6 +23,7 @@ from ..config.settings import Settings
 from ..gateway.build import GatewayLimits, build_gateway
 from ..gateway.hotlist import HotlistCache, HotlistDeltas, max_hotlist_items
 from ..gateway.metrics import Metrics
+from ..gateway.offline import OfflineDesk, issuer_keys
 from ..gateway.router import Router
 from ..gateway.server import Gateway
 from ..gateway.sessions import SessionReporter
@@ -133,6 +134,7 @@ class Platform:
         self.terminal_control: TerminalControl | None = None
         self.redis: aioredis.Redis | None = None
         self.pool: Any = None
+        self.offline: OfflineDesk | None = None
         self.gateway_port = 0
         self.metrics_port = 0
         self.api: Any = None
@@ -173,11 +175,16 @@ class Platform:
         self.shard_client = ShardClient(self.shards, CallPolicy.from_settings(s),
                                         on_retry=lambda shard, _exc: retries.labels(str(shard)).inc())
         fares = load_fare_tables(s.fare_table_path())
+        self.offline = OfflineDesk(self.pool, redis, s.redis.prefix, issuer_keys(s),
+                                   bytes.fromhex(s.card.batch_master_key_hex), self.metrics)
+        self.offline.start()
+        self._on_stop("offline uploads", self.offline.stop)  # after the gateway stopped
         parts = build_gateway(
             self.shard_client, self.sessions, lambda: cache.cards, self.metrics, GatewayLimits.from_settings(g),
             fare_version=lambda: fares.version_at(int(time.time() * 1000)), hotlist_version=lambda: cache.version,
             hotlist_delta=HotlistDeltas(partial(hotlist.pool_delta, self.pool), lambda: cache.version,
-                                        max_hotlist_items(g.max_frame_bytes)))
+                                        max_hotlist_items(g.max_frame_bytes)),
+            offline=self.offline)
         self.router, self.reporter = parts.router, parts.reporter
         parts.reporter.start()
         self._on_stop("session reports", parts.reporter.stop)

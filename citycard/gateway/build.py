@@ -62,6 +62,7 @@ def build_gateway(
     hotlist_delta: Callable[[int], Awaitable[Delta]] | None = None,
     wall_ms: Callable[[], int] = _wall_ms,
     nonce: Callable[[int], bytes] = os.urandom,
+    offline: Any = None,
 ) -> GatewayParts:
     """Router, session reporter and connection context; the caller starts the reporter (and
     stops the three: reporter, router, gateway) as part of its own lifecycle."""
@@ -75,6 +76,6 @@ def build_gateway(
         auth_timeout_ms=limits.auth_timeout_ms, heartbeat_ms=limits.heartbeat_ms,
         fare_version=fare_version, hotlist_version=hotlist_version, hotlist_delta=hotlist_delta,
         terminal_max_taps_per_s=limits.terminal_max_taps_per_s, terminal_burst_taps=limits.terminal_burst_taps,
-        wall_ms=wall_ms, nonce=nonce,
+        wall_ms=wall_ms, nonce=nonce, offline=offline,
     )
     return GatewayParts(router, reporter, ctx)

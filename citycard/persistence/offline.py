@@ -111,3 +111,18 @@ async def shadow(conn: asyncpg.Connection | asyncpg.Pool, card_no: int) -> CardS
         return None
     return CardShadow(card_no, r["last_counter"], r["loaded_fen"], r["spent_fen"], int.from_bytes(r["seen"], "big"),
                       r["missing"])
+
+
+async def purse_history(conn: asyncpg.Connection | asyncpg.Pool, card_no: int, limit: int) -> list[asyncpg.Record]:
+    """The card's on-card purse as the host knows it, newest first: offline purchases journaled
+    and loads (kind, counter, amount_fen, balance_after_fen, terminal_id, card_when, at_ms, state)."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "SELECT * FROM ("
+        " SELECT 'offline_purchase' AS kind, offline_counter AS counter, amount_fen, balance_after_fen,"
+        "  terminal_id, tx_when AS card_when, received_at AS at, CASE code WHEN 0 THEN 'accepted'"
+        "  ELSE 'balance_impossible' END AS state FROM offline_records WHERE card_no = $1"
+        " UNION ALL"
+        " SELECT 'load', online_counter, amount_fen, balance_before_fen + amount_fen, terminal_id, host_when,"
+        "  created_at, state FROM purse_loads WHERE card_no = $1"
+        ") p ORDER BY at DESC, counter DESC LIMIT $2", card_no, limit)
+    return rows

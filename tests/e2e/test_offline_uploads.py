@@ -7,8 +7,8 @@ import pytest
 
 from citycard.protocols.codes import ErrorCode, OfflineCode
 from citycard.terminal.client import ServerError
-from tests.support.city import plain_cards, running_city
-from tests.support.offline import Sam
+from tests.support.city import api_city, plain_cards, running_city
+from tests.support.offline import LoadCard, Sam
 
 pytestmark = [pytest.mark.usefixtures("ray_cluster"), pytest.mark.timeout(180)]
 A, D = OfflineCode.ACCEPTED, OfflineCode.DUPLICATE
@@ -83,5 +83,73 @@ def test_uploads_are_durable_once_and_fraud_hotlists_the_card(configured_service
             finally:
                 await conn.close()
                 await client.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_load_at_the_counter_retries_safely_and_raises_the_shadow(configured_services, schema):
+    async def scenario() -> None:
+        async with api_city(configured_services, schema, n_cards=20) as api:
+            h = api.auth()
+            card = await api.new_card(901)
+            assert (await api.top_up(card, 5000, "fund-1", purse="general")).status_code == 200
+            chip = LoadCard(api.city.settings, card)
+            tid, r1, r2 = 4001, bytes.fromhex("01020304"), bytes.fromhex("0a0b0c0d")
+            body = {"amount_fen": 1000, "source": "account", "idempotency_key": "load-1", "terminal_id": tid}
+            url = f"/cards/{card}/purse/load"
+
+            bad = await api.http.post(url, headers=h, json={**body, **chip.init(999, tid, 0, 0, r1)})
+            assert bad.status_code == 422 and bad.json()["field"] == "mac1"
+            first = await api.http.post(url, headers=h, json={**body, **chip.init(1000, tid, 0, 0, r1)})
+            assert first.status_code == 200, first.text
+            out = first.json()
+            assert (out["state"], out["replay"], out["shadow_balance_fen"]) == ("pending", False, 1000)
+            assert chip.mac2_ok(out, 1000, tid, 0, 0, r1)
+            # the credit never reached the card: same key, same online counter, the card's new random
+            again = (await api.http.post(url, headers=h, json={**body, **chip.init(1000, tid, 0, 0, r2)})).json()
+            assert again["replay"] is True and chip.mac2_ok(again, 1000, tid, 0, 0, r2)
+            balance = (await api.http.get(f"/cards/{card}/balance", headers=h)).json()
+            assert balance["purses"]["general"] == 4000  # moved once
+            # another key at the same online counter would load twice: refused
+            other = await api.http.post(url, headers=h, json={**body, "idempotency_key": "load-2",
+                                                              **chip.init(1000, tid, 0, 0, r2)})
+            assert other.status_code == 409 and other.json()["result"] == "LOAD_PENDING"
+
+            tac = "a1b2c3d4"
+            confirmed = await api.http.post(f"{url}/load-1/confirm", headers=h, json={"tac": tac})
+            assert confirmed.status_code == 200, confirmed.text
+            assert confirmed.json()["replay"] is False
+            assert (await api.http.post(f"{url}/load-1/confirm", headers=h, json={"tac": tac})).json()["replay"]
+            # the card's online counter moved past: already loaded, no money
+            done = await api.http.post(url, headers=h, json={**body, **chip.init(1000, tid, 1000, 1, r1)})
+            assert done.status_code == 409 and done.json()["result"] == "ALREADY_LOADED"
+            cash = await api.http.post(url, headers=h, json={
+                **body, "source": "cash", "idempotency_key": "cash-1", **chip.init(500, tid, 1000, 1, r1),
+                "amount_fen": 500})
+            assert cash.status_code == 200 and cash.json()["shadow_balance_fen"] == 1500
+
+            # an offline purchase spends from the shadow; the history shows both ledgers
+            client = await api.city.client()
+            try:
+                sam = Sam(api.city.settings, client.terminal_id)
+                rec = [sam.record(card, 0, 300, 1200)]
+                assert (await client.upload(1, rec, sam.mac(1, rec))).codes == [A]
+            finally:
+                await client.close()
+            page = (await api.http.get(f"/cards/{card}/transactions", headers=h)).json()
+            assert page["shadow_balance_fen"] == 1200
+            assert {i["ledger"] for i in page["items"]} == {"account"}
+            assert [(p["ledger"], p["kind"], p["amount_fen"]) for p in page["card_purse"]] == [
+                ("card_purse", "offline_purchase", 300), ("card_purse", "load", 500), ("card_purse", "load", 1000)]
+            view = (await api.http.get(f"/cards/{card}", headers=h)).json()
+            assert view["shadow_balance_fen"] == 1200
+            conn = await api.city.conn()
+            try:
+                actions = [r[0] for r in await conn.fetch(
+                    "SELECT action FROM audit_log WHERE subject = $1 AND action LIKE 'purse.%' ORDER BY audit_id",
+                    f"card:{card}")]
+            finally:
+                await conn.close()
+            assert actions == ["purse.load", "purse.load_confirm", "purse.load"]
 
     asyncio.run(scenario())

@@ -16,7 +16,7 @@ from enum import IntEnum
 from cryptography.hazmat.primitives.ciphers import Cipher, modes
 
 from .epurse_crypto import PURCHASE_TYPES, tac_key
-from .offline import IssuerKeys, OfflineRecord, terminal_id_bytes
+from .offline import IssuerKeys, OfflineRecord
 
 try:  # cryptography >= 43 keeps 3DES among the "decrepit" algorithms
     from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
@@ -83,6 +83,9 @@ class Decision:
         return self.code in JOURNALED
 
 
+_ACCEPTED = Decision(OfflineCode.ACCEPTED)
+
+
 def same_content(a: OfflineRecord, b: OfflineRecord) -> bool:
     """Same record: every field the card and the SAM made (the kind and route are the
     validator's, and the terminal id and seq travel with the SAM, so all count)."""
@@ -100,25 +103,29 @@ def decide(shadow: CardShadow | None, record: OfflineRecord, journaled: OfflineR
         return Decision(OfflineCode.BAD_RECORD)
     if journaled is not None and same_content(journaled, record):
         return Decision(OfflineCode.DUPLICATE)
-    where = f"counter {record.offline_counter}, terminal {record.terminal_id} seq {record.terminal_seq}"
     if not tac_ok:
-        return Decision(OfflineCode.BAD_TAC, reason=f"offline record with a forged TAC ({where})")
+        return Decision(OfflineCode.BAD_TAC, reason=f"offline record with a forged TAC ({_where(record)})")
     if journaled is not None:
         return Decision(OfflineCode.COUNTER_REUSED,
-                        reason=f"offline counter used twice with other content ({where})")
+                        reason=f"offline counter used twice with other content ({_where(record)})")
     gap, filled = _journal(shadow, record)
     balance = shadow.balance_fen
-    newest = record.offline_counter == shadow.last_counter
     if balance < 0:
         return Decision(OfflineCode.BALANCE_IMPOSSIBLE, gap, filled,
-                        f"offline purchases exceed loads by {-balance} fen ({where})")
+                        f"offline purchases exceed loads by {-balance} fen ({_where(record)})")
     # Every purchase journaled came before the newest: the card holds at most what was loaded
     # less all of them. (Below the newest, later purchases are in the sum: no bound.)
-    if newest and record.balance_after_fen > balance:
+    if record.balance_after_fen > balance and record.offline_counter == shadow.last_counter:
         return Decision(OfflineCode.BALANCE_IMPOSSIBLE, gap, filled,
                         f"card reports {record.balance_after_fen} fen after a purchase, at most {balance} "
-                        f"were loaded and not spent ({where})")
+                        f"were loaded and not spent ({_where(record)})")
+    if gap is None and not filled:
+        return _ACCEPTED  # the common case: one shared answer
     return Decision(OfflineCode.ACCEPTED, gap, filled)
+
+
+def _where(r: OfflineRecord) -> str:
+    return f"counter {r.offline_counter}, terminal {r.terminal_id} seq {r.terminal_seq}"
 
 
 def _journal(shadow: CardShadow, record: OfflineRecord) -> tuple[tuple[int, int] | None, bool]:
@@ -157,8 +164,8 @@ class TacKeys:
 
     def tac_ok(self, record: OfflineRecord) -> bool:
         try:
-            data = (record.amount_fen.to_bytes(4, "big") + bytes([record.transaction_type])
-                    + terminal_id_bytes(record.terminal_id) + record.terminal_seq.to_bytes(4, "big")
+            data = (record.amount_fen.to_bytes(4, "big") + record.transaction_type.to_bytes(1, "big")
+                    + record.terminal_id.to_bytes(6, "big") + record.terminal_seq.to_bytes(4, "big")
                     + record.when.bcd() + b"\x80\x00")
         except (OverflowError, ValueError):
             return False

@@ -53,7 +53,7 @@ class _Job:
 class OfflineDesk:
     def __init__(self, pool: asyncpg.Pool, redis: aioredis.Redis | None, redis_prefix: str, issuer: IssuerKeys,
                  batch_master_key: bytes, metrics: Metrics, *, max_queue_records: int = 50_000,
-                 max_commit_records: int = 20_000, tac_cache_cards: int = 100_000,
+                 max_commit_records: int = 10_000, tac_cache_cards: int = 100_000, writers: int = 2,
                  clock: Callable[[], float] = time.perf_counter) -> None:
         self.pool = pool
         self.redis = redis
@@ -64,20 +64,21 @@ class OfflineDesk:
         self.max_queue = max_queue_records
         self.max_commit = max_commit_records
         self.clock = clock
+        self.writers = writers
         self._keys: dict[int, bytes] = {}  # terminal id -> its batch key (an HMAC each: kept)
         self._queue: list[_Job] = []
         self._queued = 0
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._run()) for _ in range(self.writers)]
 
     async def stop(self) -> None:
-        """Stop the writer; queued uploads are answered INTERNAL (not processed: resend)."""
-        if self._task is not None:
-            await cancel_and_wait([self._task])
-            self._task = None
+        """Stop the writers; queued uploads are answered INTERNAL (not processed: resend)."""
+        tasks, self._tasks = self._tasks, []
+        await cancel_and_wait(tasks)
         for job in self._queue:
             _settle(job.fut, Refusal(ErrorCode.INTERNAL, "gateway stopping: resend the batch"))
         self._queue.clear()
@@ -98,7 +99,7 @@ class OfflineDesk:
         if not items_mac_ok(self.batch_key(terminal_id), terminal_id, batch_seq, items, mac):
             self.metrics.offline_batches.labels("bad_mac").inc()
             return Refusal(ErrorCode.BAD_BATCH_MAC, BAD_BATCH_MAC_MESSAGE)
-        if self._task is None or self._queued + len(items) > self.max_queue:
+        if not self._tasks or self._queued + len(items) > self.max_queue:
             self.metrics.offline_batches.labels("busy").inc()
             return Refusal(ErrorCode.INTERNAL, "offline uploads busy: resend the batch later")
         fut: asyncio.Future[list[int] | Refusal] = asyncio.get_running_loop().create_future()
@@ -109,11 +110,14 @@ class OfflineDesk:
         self.metrics.offline_latency.observe(self.clock() - started)
         return answer
 
-    # -- the writer ------------------------------------------------------------------------
+    # -- the writers -----------------------------------------------------------------------
+    # Two writers by default: one decides (Python, this loop) while the other's transaction
+    # is in Postgres. Each locks its cards in card order first, so a card in both groups
+    # waits for the first commit and then reads its new shadow and records: no deadlock, no
+    # stale decision.
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
-            self._wake.clear()
             while self._queue:
                 group: list[_Job] = []
                 n = 0
@@ -122,6 +126,8 @@ class OfflineDesk:
                     group.append(job)
                     n += len(job.items)
                 self._queued -= n
+                if not self._queue:
+                    self._wake.clear()
                 try:
                     await self.commit(group)
                 except asyncio.CancelledError:
@@ -193,7 +199,9 @@ class OfflineDesk:
         if n:
             self.metrics.offline_commit_records.observe(n)
         shadows = await store.lock_cards(conn, cards)
-        journaled = await store.journaled(conn, sorted(keys))
+        # Only a counter at or below a card's highest journaled one can be journaled already.
+        journaled = await store.journaled(conn, sorted(
+            k for k in keys if (sh := shadows.get(k[0])) is not None and k[1] <= sh.last_counter))
         records: list[tuple[Any, ...]] = []
         rejects: list[tuple[Any, ...]] = []
         gaps: list[tuple[Any, ...]] = []

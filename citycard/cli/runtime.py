@@ -23,11 +23,11 @@ from ..config.settings import Settings
 from ..gateway.build import GatewayLimits, build_gateway
 from ..gateway.hotlist import HotlistCache, HotlistDeltas, max_hotlist_items
 from ..gateway.metrics import Metrics
-from ..gateway.offline import OfflineDesk, issuer_keys
 from ..gateway.router import Router
 from ..gateway.server import Gateway
 from ..gateway.sessions import SessionReporter
 from ..gateway.terminal_control import TerminalControl
+from ..offline.desk import OfflineDesk, issuer_keys
 from ..persistence import db, hotlist, terminals
 from ..persistence.migrate import migrate
 from ..persistence.roles import DbRoles, app_login_url, check_app_login

@@ -52,12 +52,16 @@ async def lock_cards(conn: asyncpg.Connection, card_nos: Iterable[int]) -> dict[
     cards = sorted(set(card_nos))
     if not cards:
         return {}
-    await conn.execute(
-        "INSERT INTO offline_cards (card_no) SELECT card_no FROM cards WHERE card_no = ANY($1::bigint[])"
-        " ORDER BY card_no ON CONFLICT DO NOTHING", cards)
-    rows = await conn.fetch(
-        "SELECT card_no, last_counter, loaded_fen, spent_fen, seen, missing FROM offline_cards"
-        " WHERE card_no = ANY($1::bigint[]) ORDER BY card_no FOR UPDATE", cards)
+    sql = ("SELECT card_no, last_counter, loaded_fen, spent_fen, seen, missing FROM offline_cards"
+           " WHERE card_no = ANY($1::bigint[]) ORDER BY card_no FOR UPDATE")
+    rows = list(await conn.fetch(sql, cards))
+    if len(rows) < len(cards):  # cards new to offline: their rows made (issued cards only), then locked
+        have = {r["card_no"] for r in rows}
+        new = [c for c in cards if c not in have]
+        await conn.execute(
+            "INSERT INTO offline_cards (card_no) SELECT card_no FROM cards WHERE card_no = ANY($1::bigint[])"
+            " ORDER BY card_no ON CONFLICT DO NOTHING", new)
+        rows += await conn.fetch(sql, new)
     return {r["card_no"]: CardShadow(r["card_no"], r["last_counter"], r["loaded_fen"], r["spent_fen"],
                                      int.from_bytes(r["seen"], "big"), r["missing"]) for r in rows}
 

@@ -15,7 +15,7 @@ from citycard.domain.offline import (
     expected_tac,
     terminal_id_bytes,
 )
-from citycard.gateway.offline import issuer_keys
+from citycard.offline.desk import issuer_keys
 
 WHEN = When.of("20261206", "081500")
 

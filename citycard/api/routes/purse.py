@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ...cards import purse_loads
 from ...domain.epurse_crypto import MAX_AMOUNT_FEN
-from ...gateway.offline import issuer_keys
+from ...offline.desk import issuer_keys
 from ..auth import Operator, Perm, require
 from ..strict_route import StrictRoute
 from .common import CardNo, IdempotencyKey, Text, ctx_of

@@ -66,7 +66,7 @@ CREATE TABLE offline_cards (
     seen         bytea NOT NULL DEFAULT ''::bytea,  -- the window of counters below last_counter seen
     missing      integer NOT NULL DEFAULT 0,        -- counters below last_counter not yet journaled
     updated_at   timestamptz NOT NULL DEFAULT now()
-);
+) WITH (fillfactor = 50);  -- room on each page: every upload updates its cards' rows in place (HOT)
 
 -- Counters a record showed were skipped, as found (a later upload may fill them: a gap is
 -- open while offline_records lacks one of its counters).

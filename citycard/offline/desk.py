@@ -1,4 +1,4 @@
-"""Offline uploads at the gateway (docs/protocol.md section 15; docs/architecture.md).
+"""Offline uploads, durable (docs/protocol.md section 15; docs/architecture.md).
 
 One ``OfflineDesk`` per gateway process: connections hand it their uploads; it checks each
 batch MAC at once, queues the batch (bounded), and one writer task takes every queued batch
@@ -19,13 +19,13 @@ import redis.asyncio as aioredis
 
 from ..domain.offline import IssuerKeys, OfflineRecord, batch_key
 from ..domain.offline_book import CardShadow, Decision, OfflineCode, TacKeys, decide
+from ..gateway.metrics import Metrics
 from ..persistence import audit, hotlist
 from ..persistence import offline as store
 from ..protocols.codes import ErrorCode
 from ..protocols.messages import OfflineRecordItem
 from ..protocols.offline import BAD_BATCH_MAC_MESSAGE, items_mac_ok, record_of
 from ..tasks import cancel_and_wait
-from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 OPERATOR, ROLE = "offline-host", "system"  # who the audit log names for automatic hotlisting

@@ -1,7 +1,7 @@
 """Offline uploads, durable (docs/protocol.md section 15; docs/architecture.md).
 
 One ``OfflineDesk`` per gateway process: connections hand it their uploads; it checks each
-batch MAC at once, queues the batch (bounded), and one writer task takes every queued batch
+batch MAC at once, queues the batch (bounded), and each of two writer tasks takes the queued batches
 (up to ``max_commit_records``) into one transaction: the cards locked in card order, each
 record decided (domain/offline_book.py), everything written by COPY, cards hotlisted with an
 audit entry, then one commit for all of them (group commit). The acks go out after it.

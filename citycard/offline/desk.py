@@ -255,6 +255,9 @@ class OfflineDesk:
             return False
         if self.redis is None:
             raise RuntimeError("offline desk without Redis cannot hotlist")
+        # In this group's transaction (a savepoint): the listing commits with the decision. Redis
+        # hears of it before the commit; were the commit to fail, the card stays refused at the
+        # gateways until a rebuild from Postgres (the safe side), and the batch is resent anyway.
         await hotlist.add(conn, self.redis, self.prefix, card_no, reason)
         await audit.record(
             conn, OPERATOR, ROLE, "card.hotlist.offline", f"card:{card_no}", {"hotlisted": False},

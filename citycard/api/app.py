@@ -10,7 +10,7 @@ from fastapi.routing import APIRoute
 from . import errors
 from .auth import BEARER_SCHEME, TokenCache
 from .context import ApiContext
-from .routes import audit_log, cards, holders, money, pins, programmes, replace, selfservice
+from .routes import audit_log, cards, holders, money, pins, programmes, purse, replace, selfservice
 from .strict_route import InputLimits, StrictRoute
 
 DESCRIPTION = """Card services of the citizen card: cardholders, cards and their applications,
@@ -32,7 +32,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     errors.install(app)
     errors.install_upload_errors(app)
     errors.install_last_resort(app)
-    for module in (holders, cards, replace, money, pins, selfservice, programmes, audit_log):
+    for module in (holders, cards, replace, money, purse, pins, selfservice, programmes, audit_log):
         _check_strict(module.router)
         app.include_router(module.router)
 

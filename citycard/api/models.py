@@ -52,17 +52,34 @@ class Txn(BaseModel):
     amount_fen: int = Field(description="paid by the holder; negative: money in")
     purses_fen: dict[str, int]
     balance_after_fen: int = Field(description="e-purse after")
+    ledger: Literal["account"] = Field("account", description="the platform's account journal")
+
+
+class PurseTxn(BaseModel):
+    ledger: Literal["card_purse"] = Field("card_purse", description="the purse on the card's chip (city-pass)")
+    kind: Literal["offline_purchase", "load"]
+    counter: int = Field(description="the card's offline (purchase) or online (load) counter before it")
+    amount_fen: int
+    balance_after_fen: int = Field(description="the chip's purse after, as the card reported it")
+    terminal_id: int
+    card_when: int = Field(description="YYYYMMDDhhmmss the card's MACs cover")
+    at_ms: int = Field(description="when the host recorded it")
+    state: str = Field(description="purchases: accepted, balance_impossible; loads: pending, confirmed")
 
 
 class Page(BaseModel):
     card_no: int
     items: list[Txn]
     next_before_lsn: int | None = Field(description="pass as before_lsn for the next (older) page")
+    card_purse: list[PurseTxn] = Field([], description="first page only: the chip's purse, newest first")
+    shadow_balance_fen: int | None = Field(None, description="the host's shadow of the chip's purse")
 
 
 def page_of(page: money.Page) -> Page:
     return Page(card_no=page.card_no, items=[Txn(**t.__dict__) for t in page.items],
-                next_before_lsn=page.next_before_lsn)
+                next_before_lsn=page.next_before_lsn,
+                card_purse=[PurseTxn(**p.__dict__) for p in page.card_purse],
+                shadow_balance_fen=page.shadow_balance_fen)
 
 
 # -- cards ---------------------------------------------------------------------------------
@@ -99,6 +116,8 @@ class Card(BaseModel):
     allowance_until_ms: int
     bike_rental_open: bool
     parking_open: bool
+    shadow_balance_fen: int | None = Field(
+        None, description="the host's shadow of the chip's purse: loads less offline purchases (GET only)")
 
 
 def _validity(window: tuple[int, int] | None) -> Validity | None:

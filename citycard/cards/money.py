@@ -1,7 +1,7 @@
 """Money on a card: top-ups and refunds through the card's shard, each once per idempotency
 key and in the audit log; the balance; the history from the journal."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 
@@ -11,6 +11,7 @@ from ..domain.purses import PURSE_NAMES, Purse
 from ..domain.results import Result
 from ..domain.taps import TapKind
 from ..persistence import audit, history
+from ..persistence import offline as offline_store
 from .errors import check_result
 from .lookup import STATUS_NAMES, card, check_card_no
 from .who import Who
@@ -49,10 +50,27 @@ class Txn:
 
 
 @dataclass(frozen=True)
+class PurseTxn:
+    """On the card's own purse (the city-pass chip), as the host knows it: an offline purchase
+    a validator uploaded, or a load at a counter."""
+
+    kind: str  # "offline_purchase" | "load"
+    counter: int  # the card's offline counter (purchase) or online counter (load), before it
+    amount_fen: int
+    balance_after_fen: int  # the chip's purse after, as the card reported it (loads: as computed)
+    terminal_id: int
+    card_when: int  # YYYYMMDDhhmmss the card's MACs cover
+    at_ms: int  # when the host recorded it
+    state: str  # purchases: accepted | balance_impossible; loads: pending | confirmed
+
+
+@dataclass(frozen=True)
 class Page:
     card_no: int
-    items: list[Txn]
+    items: list[Txn]  # the account journal (taps and card services), ledger "account"
     next_before_lsn: int | None  # pass as before_lsn for the next (older) page
+    card_purse: list[PurseTxn] = field(default_factory=list)  # first page only: the chip's purse, newest first
+    shadow_balance_fen: int | None = None  # loads less offline purchases journaled; None: never loaded or used
 
 
 def op_key(scope: str, card_no: int, client_key: str) -> str:
@@ -120,4 +138,14 @@ async def transactions(shards: ShardClient, pool: asyncpg.Pool, card_no: int, li
                  at_ms=r["applied_ms"], terminal_id=r["terminal_id"], amount_fen=r["amount_fen"],
                  purses_fen={n: r[f"d_{n}"] for n in PURSE_NAMES if r[f"d_{n}"]},
                  balance_after_fen=r["balance_after_fen"]) for r in rows]
-    return Page(card_no=card_no, items=items, next_before_lsn=items[-1].lsn if len(items) == limit else None)
+    purse: list[PurseTxn] = []
+    shadow = None
+    if before_lsn is None:
+        purse = [PurseTxn(kind=r["kind"], counter=r["counter"], amount_fen=r["amount_fen"],
+                          balance_after_fen=r["balance_after_fen"], terminal_id=r["terminal_id"],
+                          card_when=r["card_when"], at_ms=int(r["at"].timestamp() * 1000), state=r["state"])
+                 for r in await offline_store.purse_history(pool, card_no, limit)]
+        s = await offline_store.shadow(pool, card_no)
+        shadow = None if s is None else s.balance_fen
+    return Page(card_no=card_no, items=items, next_before_lsn=items[-1].lsn if len(items) == limit else None,
+                card_purse=purse, shadow_balance_fen=shadow)

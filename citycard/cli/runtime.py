@@ -27,6 +27,7 @@ from ..gateway.router import Router
 from ..gateway.server import Gateway
 from ..gateway.sessions import SessionReporter
 from ..gateway.terminal_control import TerminalControl
+from ..offline.desk import OfflineDesk, issuer_keys
 from ..persistence import db, hotlist, terminals
 from ..persistence.migrate import migrate
 from ..persistence.roles import DbRoles, app_login_url, check_app_login
@@ -142,6 +143,7 @@ class Platform:
         self.terminal_control: TerminalControl | None = None
         self.redis: aioredis.Redis | None = None
         self.pool: Any = None
+        self.offline: OfflineDesk | None = None
         self.gateway_port = 0
         self.metrics_port = 0
         self.api: Any = None
@@ -183,12 +185,16 @@ class Platform:
                                         on_retry=lambda shard, _exc: retries.labels(str(shard)).inc())
         fares = load_fare_tables(s.fare_table_path())
         fare_text = _servable_fare_text(s.fare_table_path(), g.max_frame_bytes)
+        self.offline = OfflineDesk(self.pool, redis, s.redis.prefix, issuer_keys(s),
+                                   bytes.fromhex(s.card.batch_master_key_hex), self.metrics)
+        self.offline.start()
+        self._on_stop("offline uploads", self.offline.stop)  # after the gateway stopped
         parts = build_gateway(
             self.shard_client, self.sessions, lambda: cache.cards, self.metrics, GatewayLimits.from_settings(g),
             fare_version=lambda: fares.version_at(int(time.time() * 1000)), hotlist_version=lambda: cache.version,
             hotlist_delta=HotlistDeltas(partial(hotlist.pool_delta, self.pool), lambda: cache.version,
                                         max_hotlist_items(g.max_frame_bytes)),
-            fare_table_text=(lambda: fare_text) if fare_text else None)
+            fare_table_text=(lambda: fare_text) if fare_text else None, offline=self.offline)
         self.router, self.reporter = parts.router, parts.reporter
         parts.reporter.start()
         self._on_stop("session reports", parts.reporter.stop)

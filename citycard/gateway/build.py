@@ -63,6 +63,7 @@ def build_gateway(
     fare_table_text: Callable[[], str] | None = None,
     wall_ms: Callable[[], int] = _wall_ms,
     nonce: Callable[[int], bytes] = os.urandom,
+    offline: Any = None,
 ) -> GatewayParts:
     """Router, session reporter and connection context; the caller starts the reporter (and
     stops the three: reporter, router, gateway) as part of its own lifecycle."""
@@ -77,6 +78,6 @@ def build_gateway(
         fare_version=fare_version, hotlist_version=hotlist_version, hotlist_delta=hotlist_delta,
         fare_table_text=fare_table_text,
         terminal_max_taps_per_s=limits.terminal_max_taps_per_s, terminal_burst_taps=limits.terminal_burst_taps,
-        wall_ms=wall_ms, nonce=nonce,
+        wall_ms=wall_ms, nonce=nonce, offline=offline,
     )
     return GatewayParts(router, reporter, ctx)

@@ -87,6 +87,24 @@ class Metrics:
             "gateway learnt it (event: Redis message; check: its periodic look at Postgres)", ["via"], registry=r,
         )
 
+        # offline (city-pass) uploads, docs/protocol.md section 15
+        self.offline_records = Counter("citycard_offline_records", "Offline records answered, by code", ["code"],
+                                       registry=r)
+        self.offline_batches = Counter(
+            "citycard_offline_batches", "Offline uploads answered, by outcome (acked, replayed, bad_mac, "
+            "seq_reused, busy, failed)", ["outcome"], registry=r)
+        self.offline_tac_failures = Counter("citycard_offline_tac_failures", "Offline records whose TAC did not check",
+                                            registry=r)
+        self.offline_hotlisted = Counter("citycard_offline_hotlisted_cards",
+                                         "Cards put on the hotlist by offline records, by code", ["code"], registry=r)
+        self.offline_gaps = Counter("citycard_offline_gaps", "Offline counter gaps found (a later upload may fill them)",
+                                    registry=r)
+        self.offline_latency = Histogram(
+            "citycard_offline_upload_seconds", "Offline upload received to ack sent (MAC, decisions, commit)",
+            buckets=_LATENCY_BUCKETS_S, registry=r)
+        self.offline_commit_records = Histogram(
+            "citycard_offline_commit_records", "Offline records per group commit", buckets=_BATCH_BUCKETS, registry=r)
+
     def serve(self, host: str, port: int) -> int:
         """Start the /metrics HTTP endpoint (a thread of its own); returns the bound port (0
         picks a free one). ``stop_serving`` stops it."""

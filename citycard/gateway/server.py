@@ -16,6 +16,7 @@ from ..protocols.codes import ErrorCode
 from ..protocols.connection import (
     AuthReceived,
     HelloReceived,
+    OfflineReceived,
     ParamsRequested,
     PingReceived,
     ServerConnection,
@@ -62,6 +63,7 @@ class GatewayContext:
         terminal_burst_taps: int = 0,
         wall_ms: Callable[[], int] = _now_ms,
         nonce: Callable[[int], bytes] = os.urandom,
+        offline: Any = None,
     ) -> None:
         self.router = router
         self.sessions = sessions
@@ -81,6 +83,7 @@ class GatewayContext:
         self.buckets: dict[int, list[float]] = {}  # terminal_id -> [tokens, last refill]
         self.wall_ms = wall_ms  # Unix time for the wire; injected so a simulation can fake it
         self.nonce = nonce
+        self.offline = offline  # gateway.offline.OfflineDesk: offline uploads (None: not served here)
         self.tasks: set[asyncio.Task[Any]] = set()
         self.connections: set[TerminalProtocol] = set()
 
@@ -167,6 +170,8 @@ class TerminalProtocol(asyncio.Protocol):
                 self._write(self.conn.send(m.Pong(time_ms=event.time_ms, server_time_ms=self.ctx.wall_ms())))
             elif isinstance(event, ParamsRequested):
                 self._on_params(event)
+            elif isinstance(event, OfflineReceived):
+                self.ctx.spawn(self._offline(event))
 
     # -- events --------------------------------------------------------------------------
     def _on_taps(self, event: TapsReceived) -> None:
@@ -239,6 +244,28 @@ class TerminalProtocol(asyncio.Protocol):
         if d is not None:
             msg.hotlist_to, msg.hotlist_reset, msg.hotlist_more = d.to_version, d.reset, d.more
             msg.hotlist_added, msg.hotlist_removed = d.added, d.removed
+        self._write(self.conn.send(msg))
+
+    async def _offline(self, event: OfflineReceived) -> None:
+        """An offline upload: its ack once durable, or an error naming it (section 15)."""
+        desk = self.ctx.offline
+        if desk is None:
+            answer: Any = None
+        else:
+            try:
+                answer = await desk.upload(event.terminal_id, event.batch_seq, event.records, event.mac)
+            except Exception as exc:  # noqa: BLE001 - not processed: the terminal resends
+                log.warning("offline upload of terminal %s failed: %r", event.terminal_id, exc)
+                answer = None
+        if self.transport is None or self.conn.closed:
+            return  # the terminal left; it resends the same batch and gets the same codes
+        if isinstance(answer, list):
+            msg: m.Msg = m.OfflineAck(req=event.req, batch_seq=event.batch_seq, codes=answer)
+        elif answer is None:
+            msg = m.Error(code=int(ErrorCode.INTERNAL), message="offline uploads not served here", req=event.req)
+        else:
+            self.ctx.metrics.protocol_errors.labels(answer.code.name).inc()
+            msg = m.Error(code=int(answer.code), message=answer.message, req=event.req)
         self._write(self.conn.send(msg))
 
     def _on_violation(self, v: Violation) -> None:

@@ -16,7 +16,8 @@ import asyncpg
 from ..errors import CityCardError
 
 ROLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")  # as config/settings.py checks it
-APPEND_ONLY_TABLES = ("audit_log",)  # the app may SELECT and INSERT these, nothing else
+# the app may SELECT and INSERT these, nothing else
+APPEND_ONLY_TABLES = ("audit_log", "offline_records", "offline_rejects", "offline_batches", "offline_gaps")
 
 
 class RoleError(CityCardError):

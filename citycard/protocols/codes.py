@@ -38,19 +38,7 @@ FATAL = frozenset(
 )
 
 
-class OfflineCode(IntEnum):
-    """The host's decision on one offline record (docs/protocol.md, section 15). Every code in
-    an ``offline_ack`` is durable and final: the validator may delete each acknowledged record.
-    Append only."""
+# The per-record codes of an offline_ack (section 15.3) are the host's decisions: defined with them.
+from ..domain.offline_book import OFFLINE_HOTLISTS, OfflineCode  # noqa: E402
 
-    ACCEPTED = 0  # journaled now
-    DUPLICATE = 1  # already journaled with the same content (a retry): nothing new
-    BAD_TAC = 2  # the card's TAC does not check: not journaled as money; card hotlisted
-    COUNTER_REUSED = 3  # this card's counter is journaled with other content: card hotlisted
-    CARD_UNKNOWN = 4  # no such card issued: kept aside, not journaled as money
-    BALANCE_IMPOSSIBLE = 5  # the purse would be negative, or claims more than loaded: hotlisted
-    BAD_RECORD = 6  # fields the schema passes but the card could not make (date, type)
-
-
-# Codes after which the card goes on the hotlist.
-OFFLINE_HOTLISTS = frozenset({OfflineCode.BAD_TAC, OfflineCode.COUNTER_REUSED, OfflineCode.BALANCE_IMPOSSIBLE})
+__all__ = ["FATAL", "OFFLINE_HOTLISTS", "ErrorCode", "OfflineCode"]

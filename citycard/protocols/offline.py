@@ -5,6 +5,7 @@ import hashlib
 import hmac
 import struct
 from collections.abc import Iterable, Sequence
+from datetime import date as _date
 
 from ..domain.epurse_crypto import When
 from ..domain.offline import OfflineRecord, batch_mac
@@ -15,13 +16,37 @@ from .messages import OfflineRecordItem
 _RECORD = struct.Struct(">QHIIBQI7s4sBI")
 
 
+_VALID_DAYS: dict[int, bool] = {}  # YYYYMMDD -> a calendar date? (bounded: cleared when full)
+_MAX_DAYS = 20_000
+
+
 def when_of(digits: int) -> When:
     """``YYYYMMDDhhmmss`` as an integer to a ``When``; ValueError naming the field if it is no
-    calendar date and time."""
-    s = f"{digits:014d}" if isinstance(digits, int) and not isinstance(digits, bool) else ""
-    if len(s) != 14:
+    calendar date and time. The same checks as ``When.of``, cheaper (every uploaded record
+    takes this path): a day is checked once, the time of day by arithmetic."""
+    if isinstance(digits, bool) or not isinstance(digits, int) or not 10**13 <= digits < 10**14:
         raise ValueError(f"when must be a 14-digit YYYYMMDDhhmmss integer, got {digits!r}")
-    return When.of(s[:8], s[8:])
+    day, clock = divmod(digits, 1_000_000)
+    ok = _VALID_DAYS.get(day)
+    if ok is None:
+        try:
+            _date(day // 10000, day // 100 % 100, day % 100)
+            ok = True
+        except ValueError:
+            ok = False
+        if len(_VALID_DAYS) >= _MAX_DAYS:
+            _VALID_DAYS.clear()
+        _VALID_DAYS[day] = ok
+    if not ok:
+        raise ValueError(f"date {day} is not a calendar date")
+    if clock // 10000 > 23 or clock // 100 % 100 > 59 or clock % 100 > 59:
+        raise ValueError(f"time {clock:06d} is not a time of day")
+    bcd = bytes.fromhex(f"{digits:014d}")
+    # Checked above as When.__post_init__ checks: built without checking again.
+    w = object.__new__(When)
+    object.__setattr__(w, "date", bcd[:4])
+    object.__setattr__(w, "time", bcd[4:])
+    return w
 
 
 def when_digits(when: When) -> int:

@@ -205,3 +205,34 @@ def test_terminal_client_upload_returns_the_ack_or_raises_the_error() -> None:
                 await client.close()
 
     run(scenario)
+
+
+def test_the_fast_when_equals_when_of_and_refuses_what_it_refuses() -> None:
+    import random
+
+    rng = random.Random(14)
+    for _ in range(3000):
+        digits = rng.randrange(10**13, 10**14)
+        s = f"{digits:014d}"
+        try:
+            want: When | None = When.of(s[:8], s[8:])
+        except ValueError:
+            want = None
+        try:
+            got: When | None = when_of(digits)
+        except ValueError:
+            got = None
+        assert got == want, digits
+    from datetime import datetime, timedelta
+
+    for _ in range(500):
+        t = datetime(1990, 1, 1) + timedelta(seconds=rng.randrange(60 * 365 * 86400))
+        s = t.strftime("%Y%m%d%H%M%S")
+        assert when_of(int(s)) == When.of(s[:8], s[8:])
+    for good in (20240229000000, 20261231235959, 10000101000000):
+        s = f"{good:014d}"
+        assert when_of(good) == When.of(s[:8], s[8:]) and when_of(good).bcd() == bytes.fromhex(s)
+    for bad in (20230229120000, 20261301000000, 20261200000000, 20261206240000, 20261206236000, 20261206235960,
+                999, 10**14, True):
+        with pytest.raises(ValueError):
+            when_of(bad)  # type: ignore[arg-type]

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from ...cards import applications, lifecycle
 from ...cards.services import card_info
+from ...persistence import offline as offline_store
 from ..auth import Operator, Perm, require
 from ..errors import ApiError
 from ..models import Apps, Card, Validity, apps_choice, card_model
@@ -44,8 +45,13 @@ async def issue(holder_id: HolderId, body: IssueIn, request: Request,
 @router.get("/cards/{card_no}", response_model=Card)
 async def get_card(card_no: CardNo, request: Request,
                    op: Operator = Depends(require(Perm.READ))) -> Card:  # noqa: B008
-    """Status, balances of every purse, applications and products, as the card's shard holds them."""
-    return card_model(await card_info(ctx_of(request).services, card_no))
+    """Status, balances of every purse, applications and products, as the card's shard holds them;
+    and the host's shadow of the chip's purse (city-pass)."""
+    ctx = ctx_of(request)
+    out = card_model(await card_info(ctx.services, card_no))
+    shadow = await offline_store.shadow(ctx.pool, card_no)
+    out.shadow_balance_fen = None if shadow is None else shadow.balance_fen
+    return out
 
 
 @router.put("/cards/{card_no}/apps", response_model=Card)

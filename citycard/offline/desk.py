@@ -1,0 +1,278 @@
+"""Offline uploads, durable (docs/protocol.md section 15; docs/architecture.md).
+
+One ``OfflineDesk`` per gateway process: connections hand it their uploads; it checks each
+batch MAC at once, queues the batch (bounded), and each of two writer tasks takes the queued batches
+(up to ``max_commit_records``) into one transaction: the cards locked in card order, each
+record decided (domain/offline_book.py), everything written by COPY, cards hotlisted with an
+audit entry, then one commit for all of them (group commit). The acks go out after it.
+"""
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from ..domain.offline import IssuerKeys, OfflineRecord, batch_key
+from ..domain.offline_book import CardShadow, Decision, OfflineCode, TacKeys, decide
+from ..gateway.metrics import Metrics
+from ..persistence import audit, hotlist
+from ..persistence import offline as store
+from ..protocols.codes import ErrorCode
+from ..protocols.messages import OfflineRecordItem
+from ..protocols.offline import BAD_BATCH_MAC_MESSAGE, items_mac_ok, record_of
+from ..tasks import cancel_and_wait
+
+log = logging.getLogger(__name__)
+OPERATOR, ROLE = "offline-host", "system"  # who the audit log names for automatic hotlisting
+_CODE_NAMES = {int(c): c.name for c in OfflineCode}
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A whole-batch answer: an ``error`` frame with this code, nothing journaled."""
+
+    code: ErrorCode
+    message: str
+
+
+@dataclass(slots=True)
+class _Job:
+    terminal_id: int
+    batch_seq: int
+    items: Sequence[OfflineRecordItem]
+    mac: bytes
+    fut: "asyncio.Future[list[int] | Refusal]"
+    codes: list[int] = field(default_factory=list)
+
+
+class OfflineDesk:
+    def __init__(self, pool: asyncpg.Pool, redis: aioredis.Redis | None, redis_prefix: str, issuer: IssuerKeys,
+                 batch_master_key: bytes, metrics: Metrics, *, max_queue_records: int = 50_000,
+                 max_commit_records: int = 10_000, tac_cache_cards: int = 100_000, writers: int = 2,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self.pool = pool
+        self.redis = redis
+        self.prefix = redis_prefix
+        self.tacs = TacKeys(issuer, tac_cache_cards)
+        self.master = batch_master_key
+        self.metrics = metrics
+        self.max_queue = max_queue_records
+        self.max_commit = max_commit_records
+        self.clock = clock
+        self.writers = writers
+        self._keys: dict[int, bytes] = {}  # terminal id -> its batch key (an HMAC each: kept)
+        self._queue: list[_Job] = []
+        self._queued = 0
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._run()) for _ in range(self.writers)]
+
+    async def stop(self) -> None:
+        """Stop the writers; queued uploads are answered INTERNAL (not processed: resend)."""
+        tasks, self._tasks = self._tasks, []
+        await cancel_and_wait(tasks)
+        for job in self._queue:
+            _settle(job.fut, Refusal(ErrorCode.INTERNAL, "gateway stopping: resend the batch"))
+        self._queue.clear()
+        self._queued = 0
+
+    def batch_key(self, terminal_id: int) -> bytes:
+        key = self._keys.get(terminal_id)
+        if key is None:
+            if len(self._keys) >= 100_000:
+                self._keys.clear()
+            key = self._keys[terminal_id] = batch_key(self.master, terminal_id)
+        return key
+
+    async def upload(self, terminal_id: int, batch_seq: int, items: Sequence[OfflineRecordItem],
+                     mac: bytes) -> "list[int] | Refusal":
+        """The codes of an upload once committed, or the whole batch's refusal."""
+        started = self.clock()
+        if not items_mac_ok(self.batch_key(terminal_id), terminal_id, batch_seq, items, mac):
+            self.metrics.offline_batches.labels("bad_mac").inc()
+            return Refusal(ErrorCode.BAD_BATCH_MAC, BAD_BATCH_MAC_MESSAGE)
+        if not self._tasks or self._queued + len(items) > self.max_queue:
+            self.metrics.offline_batches.labels("busy").inc()
+            return Refusal(ErrorCode.INTERNAL, "offline uploads busy: resend the batch later")
+        fut: asyncio.Future[list[int] | Refusal] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Job(terminal_id, batch_seq, items, bytes(mac), fut))
+        self._queued += len(items)
+        self._wake.set()
+        answer = await fut
+        self.metrics.offline_latency.observe(self.clock() - started)
+        return answer
+
+    # -- the writers -----------------------------------------------------------------------
+    # Two writers by default: one decides (Python, this loop) while the other's transaction
+    # is in Postgres. Each locks its cards in card order first, so a card in both groups
+    # waits for the first commit and then reads its new shadow and records: no deadlock, no
+    # stale decision.
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            while self._queue:
+                group: list[_Job] = []
+                n = 0
+                while self._queue and (not group or n + len(self._queue[0].items) <= self.max_commit):
+                    job = self._queue.pop(0)
+                    group.append(job)
+                    n += len(job.items)
+                self._queued -= n
+                if not self._queue:
+                    self._wake.clear()
+                try:
+                    await self.commit(group)
+                except asyncio.CancelledError:
+                    for job in group:
+                        _settle(job.fut, Refusal(ErrorCode.INTERNAL, "gateway stopping: resend the batch"))
+                    raise
+                except Exception as exc:  # noqa: BLE001 - nothing committed: every batch may be resent
+                    log.warning("offline group commit of %d batches failed: %r", len(group), exc)
+                    self.metrics.offline_batches.labels("failed").inc(len(group))
+                    for job in group:
+                        _settle(job.fut, Refusal(ErrorCode.INTERNAL, "not processed: resend the batch"))
+
+    async def commit(self, group: list[_Job]) -> None:
+        """Decide and journal a group of uploads in one transaction; settle their futures after
+        the commit."""
+        replies: list[tuple[_Job, list[int] | Refusal, str]] = []
+        hotlisted: list[tuple[int, OfflineCode]] = []
+        async with self.pool.acquire() as conn, conn.transaction():
+            first: dict[tuple[int, int], _Job] = {}
+            answered = await store.answered_batches(conn, [(j.terminal_id, j.batch_seq) for j in group])
+            fresh: list[_Job] = []
+            for job in group:
+                key = (job.terminal_id, job.batch_seq)
+                before = answered.get(key)
+                if before is None and key in first:
+                    before = (first[key].mac, first[key].codes)  # sent twice in this group
+                if before is not None:
+                    mac, codes = before
+                    if mac == job.mac:
+                        replies.append((job, codes, "replayed"))
+                    else:
+                        replies.append((job, Refusal(ErrorCode.BATCH_SEQ_REUSED,
+                                                     f"batch_seq {job.batch_seq} was answered for other records"
+                                                     ": resend them under a new batch_seq"), "seq_reused"))
+                    continue
+                first[key] = job
+                fresh.append(job)
+            hotlisted = await self._decide(conn, fresh)
+            for job in fresh:
+                replies.append((job, job.codes, "acked"))
+        counts: dict[int, int] = {}
+        for job, answer, outcome in replies:
+            self.metrics.offline_batches.labels(outcome).inc()
+            if outcome == "acked":
+                for c in job.codes:
+                    counts[c] = counts.get(c, 0) + 1
+            _settle(job.fut, answer)
+        for c, k in counts.items():
+            self.metrics.offline_records.labels(_CODE_NAMES.get(c, str(c))).inc(k)
+        for _card, code in hotlisted:
+            self.metrics.offline_hotlisted.labels(code.name).inc()
+
+    async def _decide(self, conn: asyncpg.Connection, jobs: list[_Job]) -> list[tuple[int, OfflineCode]]:
+        parsed: list[list[tuple[OfflineRecord | None, int]]] = []
+        cards: set[int] = set()
+        keys: set[tuple[int, int]] = set()
+        for job in jobs:
+            rows: list[tuple[OfflineRecord | None, int]] = []
+            for item in job.items:
+                try:
+                    r: OfflineRecord | None = record_of(item, job.terminal_id)
+                except ValueError:
+                    r = None  # no calendar date: BAD_RECORD
+                rows.append((r, item.when))
+                cards.add(item.card)
+                keys.add((item.card, item.counter))
+            parsed.append(rows)
+        n = sum(len(j.items) for j in jobs)
+        if n:
+            self.metrics.offline_commit_records.observe(n)
+        shadows = await store.lock_cards(conn, cards)
+        # Only a counter at or below a card's highest journaled one can be journaled already.
+        journaled = await store.journaled(conn, sorted(
+            k for k in keys if (sh := shadows.get(k[0])) is not None and k[1] <= sh.last_counter))
+        records: list[tuple[Any, ...]] = []
+        rejects: list[tuple[Any, ...]] = []
+        gaps: list[tuple[Any, ...]] = []
+        batches: list[tuple[Any, ...]] = []
+        to_list: dict[int, tuple[OfflineCode, str, OfflineRecord, _Job]] = {}
+        changed: dict[int, CardShadow] = {}
+        tac_failures = 0
+        tac_ok = self.tacs.tac_ok
+        for job, rows in zip(jobs, parsed, strict=True):
+            codes = job.codes
+            for (r, when), item in zip(rows, job.items, strict=True):
+                if r is None:
+                    codes.append(int(OfflineCode.BAD_RECORD))
+                    rejects.append((item.card, item.counter, item.amount_fen, item.balance_after_fen, item.type,
+                                    job.terminal_id, item.seq, when, bytes(item.tac), item.kind, item.route,
+                                    int(OfflineCode.BAD_RECORD), job.batch_seq))
+                    continue
+                shadow = shadows.get(r.card_no)
+                before = journaled.get(r.key)
+                good = shadow is None or (before is not None and before == r) or tac_ok(r)
+                d: Decision = decide(shadow, r, before, good)
+                code = d.code
+                codes.append(int(code))
+                if code == OfflineCode.BAD_TAC:
+                    tac_failures += 1
+                if d.journaled:
+                    assert shadow is not None
+                    records.append(store.record_row(r, int(code), job.batch_seq, when))
+                    journaled[r.key] = r
+                    changed[r.card_no] = shadow
+                    if d.gap is not None:
+                        gaps.append((r.card_no, d.gap[0], d.gap[1], job.terminal_id, job.batch_seq))
+                elif code != OfflineCode.DUPLICATE:
+                    rejects.append(store.record_row(r, int(code), job.batch_seq, when))
+                if d.hotlists and r.card_no not in to_list:
+                    to_list[r.card_no] = (code, d.reason, r, job)
+            batches.append((job.terminal_id, job.batch_seq, job.mac, codes))
+        await store.write(conn, records, rejects, gaps, batches)
+        await store.save_shadows(conn, list(changed.values()))
+        if tac_failures:
+            self.metrics.offline_tac_failures.inc(tac_failures)
+        if gaps:
+            self.metrics.offline_gaps.inc(len(gaps))
+        return [(card, code) for card, (code, reason, r, job) in sorted(to_list.items())
+                if await self._hotlist(conn, card, code, reason, r, job)]
+
+    async def _hotlist(self, conn: asyncpg.Connection, card_no: int, code: OfflineCode, reason: str,
+                       r: OfflineRecord, job: _Job) -> bool:
+        """List the card (unless listed already) with its reason, and say so in the audit log."""
+        if await conn.fetchval("SELECT 1 FROM hotlist WHERE card_no = $1", card_no):
+            return False
+        if self.redis is None:
+            raise RuntimeError("offline desk without Redis cannot hotlist")
+        # In this group's transaction (a savepoint): the listing commits with the decision. Redis
+        # hears of it before the commit; were the commit to fail, the card stays refused at the
+        # gateways until a rebuild from Postgres (the safe side), and the batch is resent anyway.
+        await hotlist.add(conn, self.redis, self.prefix, card_no, reason)
+        await audit.record(
+            conn, OPERATOR, ROLE, "card.hotlist.offline", f"card:{card_no}", {"hotlisted": False},
+            {"hotlisted": True, "code": code.name, "terminal_id": job.terminal_id, "batch_seq": job.batch_seq,
+             "offline_counter": r.offline_counter, "terminal_seq": r.terminal_seq, "amount_fen": r.amount_fen},
+            reason, op_key=f"offline:{job.terminal_id}:{job.batch_seq}:{card_no}")
+        return True
+
+
+def _settle(fut: "asyncio.Future[Any]", value: Any) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
+def issuer_keys(settings: Any) -> IssuerKeys:
+    """The issuer's master keys from settings ([card])."""
+    c = settings.card
+    return IssuerKeys.of_hex(c.issuer_mpk_hex, c.issuer_mlk_hex, c.issuer_mtk_hex)

@@ -102,6 +102,11 @@ class ValidatorApp:
             started = time.perf_counter()
             sale = await self.validator.sell(card.transmit, int(now * 1000), _local_date(self.validator.tables, now))
             took_ms = (time.perf_counter() - started) * 1000
+            if sale.result == "CARD_REMOVED" and sale.apdus <= 1:
+                # Gone before it answered SELECT (pcscd reports presence up to 400 ms late):
+                # nothing happened, nothing to show.
+                await self.reader.card_gone(timeout_s=30.0)
+                continue
             self.sales.append(sale)
             self.out(f"{sale.display()}  [{sale.apdus} APDUs, {took_ms:.0f} ms]")
             if self.link:

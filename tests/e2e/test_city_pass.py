@@ -140,6 +140,14 @@ def test_load_sell_offline_tear_upload_and_hotlist(configured_services, schema, 
                                              " WHERE card_no = $1", card_no)
                 assert shadow["balance"] == card.state.balance_fen
 
+                history = await api.http.get(f"/cards/{card_no}/transactions", headers=api.auth())
+                assert history.status_code == 200, history.text
+                purse = history.json()["card_purse"]
+                assert sorted((i["kind"], i["amount_fen"]) for i in purse) == \
+                    sorted([("load", 3000), ("offline_purchase", fare_a), ("offline_purchase", fare_b)]), purse
+                assert all(i["ledger"] == "card_purse" for i in purse)
+                assert history.json()["shadow_balance_fen"] == card.state.balance_fen
+
                 # 4. The card is reported lost: validators learn it by hotlist deltas and refuse it.
                 r = await api.http.post(f"/cards/{card_no}/loss", headers=api.auth(),
                                         json={"reason": "lost on the bus"})

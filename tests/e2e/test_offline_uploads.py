@@ -115,10 +115,15 @@ def test_a_load_at_the_counter_retries_safely_and_raises_the_shadow(configured_s
                                                               **chip.init(1000, tid, 0, 0, r2)})
             assert other.status_code == 409 and other.json()["result"] == "LOAD_PENDING"
 
-            tac = "a1b2c3d4"
+            real = chip.load_tac(again, 1000, tid, 0, 0)  # the card credited with the latest MAC2
+            if real is not None:  # the host checks it: a wrong one confirms nothing
+                wrong = await api.http.post(f"{url}/load-1/confirm", headers=h, json={"tac": "00000000"})
+                assert wrong.status_code == 422 and wrong.json()["field"] == "tac"
+            tac = (real or bytes.fromhex("a1b2c3d4")).hex()
             confirmed = await api.http.post(f"{url}/load-1/confirm", headers=h, json={"tac": tac})
             assert confirmed.status_code == 200, confirmed.text
             assert confirmed.json()["replay"] is False
+            assert confirmed.json()["tac_verified"] is (real is not None)
             assert (await api.http.post(f"{url}/load-1/confirm", headers=h, json={"tac": tac})).json()["replay"]
             # the card's online counter moved past: already loaded, no money
             done = await api.http.post(url, headers=h, json={**body, **chip.init(1000, tid, 1000, 1, r1)})

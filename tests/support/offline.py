@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from citycard.config.settings import Settings
+from citycard.domain import epurse_crypto
 from citycard.domain.epurse_crypto import LoadInput, When, load_mac1, load_mac2, load_session_key
 from citycard.domain.offline import (
     IssuerKeys,
@@ -59,3 +60,14 @@ class LoadCard:
         when = When.of(str(answer["host_date"]), str(answer["host_time"]))
         ld = LoadInput(amount_fen, balance_fen, terminal_id_bytes(terminal_id), when, random4, online_counter)
         return load_mac2(load_session_key(self.keys.dlk, random4, online_counter), ld).hex() == answer["mac2"]
+
+    def load_tac(self, answer: dict[str, object], amount_fen: int, terminal_id: int, balance_fen: int,
+                 online_counter: int) -> bytes | None:
+        """The card's TAC of a load credited with this MAC2 answer; None where epurse_crypto has
+        no load_tac (the host then records the TAC unverified)."""
+        fn = getattr(epurse_crypto, "load_tac", None)
+        if fn is None:
+            return None
+        when = When.of(str(answer["host_date"]), str(answer["host_time"]))
+        ld = LoadInput(amount_fen, balance_fen, terminal_id_bytes(terminal_id), when, bytes(4), online_counter)
+        return bytes(fn(self.keys.dtk, ld))

@@ -219,7 +219,7 @@ CLIENT_SAMPLES: list[tuple[msgspec.Struct, dict[str, object]]] = [
     (Ping(time_ms=123), {"t": "ping", "time_ms": 123}),
     (
         ParamsRequest(fare_version=3, hotlist_version=4),
-        {"t": "params", "fare_version": 3, "hotlist_version": 4},
+        {"t": "params", "fare_version": 3, "hotlist_version": 4, "fares": False},
     ),
     (
         OfflineUpload(req=4, batch_seq=2, mac=MAC, records=[
@@ -232,7 +232,7 @@ CLIENT_SAMPLES: list[tuple[msgspec.Struct, dict[str, object]]] = [
 ]
 
 NO_HOTLIST = {"hotlist_to": 0, "hotlist_reset": False, "hotlist_added": [], "hotlist_removed": [],
-              "hotlist_more": False}
+              "hotlist_more": False, "fare_table": ""}
 SERVER_SAMPLES: list[tuple[msgspec.Struct, dict[str, object]]] = [
     (
         Challenge(nonce=NONCE, server_time_ms=1_700_000_000_000),

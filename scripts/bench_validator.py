@@ -75,6 +75,7 @@ async def one_run(per_case: int, work: Path, run: int) -> dict[str, dict[str, li
                 out[case]["insert_to_result_ms"].append(insert_ms)
                 out[case]["apdus"].append(sale.apdus)
             if case == "hotlisted":
+                store.hotlist_apply(True, [], [], 2)
                 now_ms += STEP_MS
                 await present(emulator, reader, validator, now_ms)  # a sale, so passback has one to refuse
     emulator.stop()

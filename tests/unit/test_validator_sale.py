@@ -200,3 +200,33 @@ def test_transit_record_round_trips_what_decide_needs() -> None:
     card = CardState(CARD_NO, 0, Category.ADULT, 100)
     card.recent = {TERMINAL: NOW_MS - NOW_MS % 1000}
     assert TransitRecord.from_card_state(card).to_card_state_fields()["recent"] == card.recent
+
+
+def test_an_unknown_status_word_or_a_garbled_debit_answer_loses_no_record(tmp_path: Path) -> None:
+    v = validator(tmp_path)
+    card = new_card()
+
+    def answering(ins: int, reply: bytes, apply: bool) -> Callable:
+        inner = link(card)
+
+        async def transmit(apdu: bytes) -> bytes:
+            if parse_command(apdu).ins == ins:
+                if apply:
+                    await inner(apdu)
+                return reply
+            return await inner(apdu)
+        return transmit
+
+    # INITIALIZE answered with a word no standard defines: refused by name, nothing kept or debited.
+    odd = sell(v, answering(0x50, bytes.fromhex("1234"), apply=False))
+    assert not odd.ok and odd.result == "CARD_ERROR" and "1234" in odd.reason and "unknown status word" in odd.reason
+    assert card.state.balance_fen == 5000 and v.store.waiting() == 0
+    # DEBIT took effect on the card but its answer came back garbled: the sale stays pending,
+    # and the card's own proof settles it next time.
+    garbled = sell(v, answering(0x54, b"\x6f", apply=True), NOW_MS + 1_000)
+    assert not garbled.ok and garbled.result == "CARD_ERROR" and "malformed" in garbled.reason
+    assert card.state.offline_counter == 1 and v.store.pending_count() == 1
+    back = sell(v, link(card), NOW_MS + 2_000)
+    assert back.recovered == 1
+    [record] = v.store.to_upload(10)
+    assert tac_ok(KEYS.dtk(CARD_NO), record) and record.balance_after_fen == card.state.balance_fen

@@ -117,11 +117,22 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
     return revoke_main(_settings(args), args.token_id, args.reason)
 
 
+def _tap_kind(text: str) -> int:
+    from ..domain.taps import TapKind
+
+    try:
+        return int(TapKind[text.upper().replace("-", "_")])
+    except KeyError:
+        raise argparse.ArgumentTypeError(
+            f"a kind is one of {', '.join(k.name.lower() for k in TapKind)}; got {text!r}") from None
+
+
 def cmd_terminal(args: argparse.Namespace) -> int:
     from .terminals import terminal_main
 
     return terminal_main(_settings(args), args.terminal_command, args.terminal_id, getattr(args, "reason", ""),
-                         getattr(args, "exact", False))
+                         getattr(args, "exact", False), int(getattr(args, "kind", 0) or 0), getattr(args, "route", 0),
+                         getattr(args, "name", ""))
 
 
 def cmd_fares_check(args: argparse.Namespace) -> int:
@@ -329,6 +340,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     trm = sub.add_parser("terminal", help="disable, enable or show one terminal")
     trsub = trm.add_subparsers(dest="terminal_command", required=True)
+    reg = trsub.add_parser("register", help="register a new terminal, so it may authenticate (audit-logged)")
+    reg.add_argument("terminal_id", metavar="TERMINAL_ID", type=_terminal_id, help="the terminal's id")
+    reg.add_argument("--kind", required=True, type=_tap_kind, help="what it is: bus, water_bus, merchant, ... ")
+    reg.add_argument("--route", type=int, default=0, help="its route, pier, merchant or park (default 0)")
+    reg.add_argument("--name", default="", help="a name for operators")
+    reg.add_argument("--reason", default="", metavar="TEXT", help="why (kept in the audit log)")
+    reg.set_defaults(func=cmd_terminal)
     for name, help_text in (
         ("disable", "refuse the terminal from now on and close its open connections on every gateway"),
         ("enable", "let a disabled terminal authenticate again"),

@@ -77,9 +77,30 @@ async def _show(settings: Settings, services: Services, terminal_id: int, exact:
     return 0
 
 
-def terminal_main(settings: Settings, action: str, terminal_id: int, reason: str = "", exact: bool = False) -> int:
+async def _register(settings: Settings, services: Services, terminal_id: int, kind: int, route: int, name: str,
+                    reason: str) -> int:
+    await migrate_db(settings, services.db_url)
+    conn = await connect_app(settings, services)
+    try:
+        there = await terminals.register(conn, terminal_id, kind, route, name, operator=cli_operator(), reason=reason)
+    finally:
+        await conn.close()
+    if there is None:
+        print(f"terminal {terminal_id}: registered (kind {kind}, route {route}); it may authenticate now")
+        return 0
+    if (there["kind"], there["route"]) != (kind, route):
+        raise CityCardError(f"terminal {terminal_id} is already registered as kind {there['kind']} route"
+                            f" {there['route']}: choose another id")
+    print(f"terminal {terminal_id}: already registered")
+    return 0
+
+
+def terminal_main(settings: Settings, action: str, terminal_id: int, reason: str = "", exact: bool = False,
+                  kind: int = 0, route: int = 0, name: str = "") -> int:
     services = resolve_services(settings)
     try:
+        if action == "register":
+            return asyncio.run(_register(settings, services, terminal_id, kind, route, name, reason))
         if action == "show":
             return asyncio.run(_show(settings, services, terminal_id, exact))
         return asyncio.run(_switch(settings, services, terminal_id, action == "enable", reason))

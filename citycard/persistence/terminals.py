@@ -117,3 +117,20 @@ class PgSessionStore:
         await self._pool.executemany(
             "UPDATE terminals SET last_seq = $2, taps = $3, charged_fen = $4, seq_gaps = $5,"
             " updated_at = now() WHERE terminal_id = $1", rows)
+
+
+async def register(conn: asyncpg.Connection, terminal_id: int, kind: int, route: int, name: str, *,
+                   operator: str, reason: str) -> dict[str, Any] | None:
+    """Register a terminal, with an audit entry. None when it is new; else the row already
+    there (the caller says whether it is the same terminal)."""
+    async with conn.transaction():
+        done = await conn.fetchval(
+            "INSERT INTO terminals (terminal_id, kind, route, name) VALUES ($1, $2, $3, $4)"
+            " ON CONFLICT (terminal_id) DO NOTHING RETURNING terminal_id", terminal_id, kind, route, name)
+        if done is None:
+            return await get(conn, terminal_id)
+        await conn.execute(
+            "INSERT INTO audit_log (operator, role, action, subject, before, after, reason)"
+            " VALUES ($1, 'cli', 'terminal.register', $2, NULL, $3::jsonb, $4)",
+            operator, f"terminal:{terminal_id}", json.dumps({"kind": kind, "route": route, "name": name}), reason)
+    return None

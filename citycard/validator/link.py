@@ -45,15 +45,18 @@ class GatewayLink:
 
     async def run(self) -> None:
         backoff_s = BACKOFF_FIRST_S
+        last_error = ""
         while not self._stopping:
             try:
                 await self._session()
                 backoff_s = BACKOFF_FIRST_S
+                last_error = ""
             except (OSError, CityCardError, TimeoutError) as exc:
                 if self.connected:
                     self.out(f"gateway lost ({exc}); selling offline, {self.store.waiting()} records kept")
-                else:
-                    log.info("gateway unreachable: %s", exc)
+                elif str(exc) != last_error:  # said once, not at every retry
+                    self.out(f"gateway not reachable ({exc}); selling offline, {self.store.waiting()} records kept")
+                last_error = str(exc)
             finally:
                 self.connected = False
                 if self.client is not None:

@@ -155,3 +155,32 @@ def test_unknown_terminal_is_a_clear_error_exit_2(configured_services, schema, a
     code, out, err = asyncio.run(go())
     assert code == 2, (code, out, err)
     assert "terminal 99999 is not registered" in err and "Traceback" not in err, err
+
+
+def test_a_new_terminal_authenticates_once_registered(configured_services, schema, ray_cluster):
+    env = citycard_env(configured_services, schema)
+
+    async def go() -> None:
+        async with running_city(configured_services, schema, n_cards=50, n_terminals=1) as city:
+            new_id = 4097
+            assert await refused_at_auth(city, new_id) == ErrorCode.UNKNOWN_TERMINAL
+            code, out, err = await citycard(env, "terminal", "register", str(new_id), "--kind", "bus", "--route", "12",
+                                            "--reason", "new bus 12 validator")
+            assert code == 0 and f"terminal {new_id}: registered" in out, (out, err)
+            client = await city.client(new_id)  # the session actor finds it without a restart
+            assert await bus_tap(client, 1, plain_cards(city)[0]) == Result.OK
+            await client.close()
+            code, out, err = await citycard(env, "terminal", "register", str(new_id), "--kind", "bus", "--route", "12")
+            assert code == 0 and "already registered" in out, (out, err)
+            code, out, err = await citycard(env, "terminal", "register", str(new_id), "--kind", "merchant")
+            assert code == 2 and "already registered as kind 1 route 12" in err, (out, err)
+            code, out, err = await citycard(env, "terminal", "register", "4098", "--kind", "spaceship")
+            assert code == 2 and "a kind is one of" in err, (out, err)
+            conn = await city.conn()
+            try:
+                audit = await conn.fetch("SELECT action, reason FROM audit_log WHERE subject = $1", f"terminal:{new_id}")
+            finally:
+                await conn.close()
+            assert [tuple(r) for r in audit] == [("terminal.register", "new bus 12 validator")]
+
+    asyncio.run(asyncio.wait_for(go(), 180))

@@ -347,6 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .readers import add_parser as add_readers
 
     add_readers(sub)
+    from .validator import add_parser as add_validator
+
+    add_validator(sub)
     return p
 
 

@@ -52,6 +52,15 @@ class Services:
         self.embedded.clear()
 
 
+def _servable_fare_text(path: "os.PathLike[str]", max_frame_bytes: int) -> str:
+    """The fare table's text for validators (protocol 11.2), if it fits a params answer."""
+    text = open(path, encoding="utf-8").read()
+    if len(text.encode()) > max_frame_bytes - 1024:
+        log.warning("fare table %s is too big to send to validators (%d bytes); they keep their own", path, len(text))
+        return ""
+    return text
+
+
 def resolve_services(settings: Settings) -> Services:
     """Configured URLs, or embedded servers under the state dir for what is not configured."""
     embedded: list[Any] = []
@@ -179,12 +188,13 @@ class Platform:
                                    bytes.fromhex(s.card.batch_master_key_hex), self.metrics)
         self.offline.start()
         self._on_stop("offline uploads", self.offline.stop)  # after the gateway stopped
+        fare_text = _servable_fare_text(s.fare_table_path(), g.max_frame_bytes)
         parts = build_gateway(
             self.shard_client, self.sessions, lambda: cache.cards, self.metrics, GatewayLimits.from_settings(g),
             fare_version=lambda: fares.version_at(int(time.time() * 1000)), hotlist_version=lambda: cache.version,
             hotlist_delta=HotlistDeltas(partial(hotlist.pool_delta, self.pool), lambda: cache.version,
                                         max_hotlist_items(g.max_frame_bytes)),
-            offline=self.offline)
+            offline=self.offline, fare_table_text=(lambda: fare_text) if fare_text else None)
         self.router, self.reporter = parts.router, parts.reporter
         parts.reporter.start()
         self._on_stop("session reports", parts.reporter.stop)

@@ -14,16 +14,21 @@ def load_fare_tables(path: Path) -> FareTables:
         text = path.read_text()
     except FileNotFoundError:
         raise ConfigError(f"fare table not found: {path}") from None
+    return fare_tables_from_text(text, str(path))
+
+
+def fare_tables_from_text(text: str, where: str) -> FareTables:
+    """The same from a table's text (a validator gets it from the gateway); ``where`` names it
+    in errors."""
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        raise ConfigError(f"{where}: {exc}") from None
     try:
         return parse_tables(raw)
     except FareTableError as exc:
         line = _line_of(text, exc.path)
-        where = f"{path}:{line}" if line else str(path)
-        raise ConfigError(f"{where}: {exc}") from None
+        raise ConfigError(f"{where}:{line}: {exc}" if line else f"{where}: {exc}") from None
 
 
 _HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")

@@ -296,3 +296,15 @@ def load_mac2(seslk: bytes, ld: LoadInput) -> bytes:
     _need_key("SESLK", seslk, (8,))
     data = _amount(ld.amount_fen) + bytes([ld.transaction_type]) + ld.terminal_id + ld.when.bcd()
     return mac4(seslk, data)
+
+
+def load_tac(dtk: bytes, ld: LoadInput) -> bytes:
+    """The card's certificate of a load, for the issuer: MAC(DTK left XOR right, balance after
+    (4) || online counter before (2) || amount (4) || type (1) || terminal id (6) || date (4) ||
+    time (3)). Our reading of JR/T 0025 (docs/card.md): the field list was not confirmed in a
+    published example, so its vector is a regression vector only."""
+    after = ld.balance_before_fen + ld.amount_fen
+    _need_int("balance after", after, MAX_AMOUNT_FEN)
+    data = (_amount(after) + ld.online_counter.to_bytes(2, "big") + _amount(ld.amount_fen)
+            + bytes([ld.transaction_type]) + ld.terminal_id + ld.when.bcd())
+    return mac4(tac_key(dtk), data)

@@ -60,6 +60,7 @@ def build_gateway(
     fare_version: Callable[[], int],
     hotlist_version: Callable[[], int],
     hotlist_delta: Callable[[int], Awaitable[Delta]] | None = None,
+    fare_table_text: Callable[[], str] | None = None,
     wall_ms: Callable[[], int] = _wall_ms,
     nonce: Callable[[int], bytes] = os.urandom,
     offline: Any = None,
@@ -75,6 +76,7 @@ def build_gateway(
         max_frame_bytes=limits.max_frame_bytes, max_batch_taps=limits.max_batch_taps,
         auth_timeout_ms=limits.auth_timeout_ms, heartbeat_ms=limits.heartbeat_ms,
         fare_version=fare_version, hotlist_version=hotlist_version, hotlist_delta=hotlist_delta,
+        fare_table_text=fare_table_text,
         terminal_max_taps_per_s=limits.terminal_max_taps_per_s, terminal_burst_taps=limits.terminal_burst_taps,
         wall_ms=wall_ms, nonce=nonce, offline=offline,
     )

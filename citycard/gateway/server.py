@@ -57,6 +57,7 @@ class GatewayContext:
         fare_version: Any,
         hotlist_version: Any,
         hotlist_delta: Callable[[int], Awaitable[Delta]] | None = None,
+        fare_table_text: Callable[[], str] | None = None,
         idle_heartbeats: int = 3,
         terminal_max_taps_per_s: float = 0.0,
         terminal_burst_taps: int = 0,
@@ -75,6 +76,7 @@ class GatewayContext:
         self.fare_version = fare_version  # callable -> the version in force now
         self.hotlist_version = hotlist_version  # callable -> int
         self.hotlist_delta = hotlist_delta  # from version -> Delta (None: answer versions only)
+        self.fare_table_text = fare_table_text  # the table in force as TOML (None: not served)
         self.idle_timeout_s = idle_heartbeats * heartbeat_ms / 1000.0  # protocol 11; 0: never
         self.terminal_rate = terminal_max_taps_per_s  # 0: no per-terminal limit
         self.terminal_burst = terminal_burst_taps
@@ -213,6 +215,10 @@ class TerminalProtocol(asyncio.Protocol):
         self._write(self.conn.send(msg))
 
     def _on_params(self, event: ParamsRequested) -> None:
+        table = self.ctx.fare_table_text() if event.fares and self.ctx.fare_table_text is not None else ""
+        if table and event.fare_version != self.ctx.fare_version():
+            self._send_params(None, table)  # the table alone: the hotlist comes when asked again
+            return
         if self.ctx.hotlist_delta is None or self._params_pending:
             self._send_params(None)  # versions only: the terminal keeps its list and asks later
             return
@@ -230,11 +236,11 @@ class TerminalProtocol(asyncio.Protocol):
             self._params_pending = False
         self._send_params(answer)
 
-    def _send_params(self, d: Delta | None) -> None:
+    def _send_params(self, d: Delta | None, fare_table: str = "") -> None:
         if self.transport is None or self.conn.closed:
             return  # the terminal left, or broke the protocol meanwhile
         ctx = self.ctx
-        msg = m.Params(fare_version=ctx.fare_version(), hotlist_version=ctx.hotlist_version())
+        msg = m.Params(fare_version=ctx.fare_version(), hotlist_version=ctx.hotlist_version(), fare_table=fare_table)
         if d is not None:
             msg.hotlist_to, msg.hotlist_reset, msg.hotlist_more = d.to_version, d.reset, d.more
             msg.hotlist_added, msg.hotlist_removed = d.added, d.removed

@@ -208,10 +208,11 @@ class ClientConnection:
         self._pending += 1
         return frame
 
-    def params(self, fare_version: int = 0, hotlist_version: int = 0) -> bytes:
-        """Ask for the versions in force and the hotlist's changes since ``hotlist_version``."""
+    def params(self, fare_version: int = 0, hotlist_version: int = 0, fares: bool = False) -> bytes:
+        """Ask for the versions in force and the hotlist's changes since ``hotlist_version``;
+        with ``fares``, for the fare table too if ``fare_version`` is not the one in force."""
         self._check_ready()
-        frame = self._frame(ParamsRequest(fare_version=fare_version, hotlist_version=hotlist_version))
+        frame = self._frame(ParamsRequest(fare_version=fare_version, hotlist_version=hotlist_version, fares=fares))
         self._params += 1
         self._pending += 1
         return frame

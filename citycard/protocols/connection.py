@@ -83,6 +83,7 @@ class PingReceived:
 class ParamsRequested:
     fare_version: int
     hotlist_version: int
+    fares: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +166,7 @@ class ServerConnection:
             if type(msg) is Ping:
                 return PingReceived(msg.time_ms)
             if type(msg) is ParamsRequest:
-                return ParamsRequested(msg.fare_version, msg.hotlist_version)
+                return ParamsRequested(msg.fare_version, msg.hotlist_version, msg.fares)
             if type(msg) is OfflineUpload:
                 return OfflineReceived(self.terminal_id, msg.req, msg.batch_seq, msg.records, msg.mac)
             return self._unexpected(msg)

@@ -115,6 +115,7 @@ class Pong(Msg, tag="pong"):
 class ParamsRequest(Msg, tag="params"):
     fare_version: int = 0
     hotlist_version: int = 0
+    fares: bool = False  # send the fare table if fare_version is not the one in force (11.2)
 
 
 class Params(Msg, tag="params_info"):
@@ -128,6 +129,9 @@ class Params(Msg, tag="params_info"):
     hotlist_added: Annotated[list[CardNo], Meta(max_length=MAX_HOTLIST_ITEMS)] = []
     hotlist_removed: Annotated[list[CardNo], Meta(max_length=MAX_HOTLIST_ITEMS)] = []
     hotlist_more: bool = False
+    # The fare table in force (its TOML text), when asked for and the terminal's is another
+    # version (11.2). An answer with a table carries no hotlist: ask again for that.
+    fare_table: str = ""
 
 
 class Error(Msg, tag="error"):

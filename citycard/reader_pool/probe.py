@@ -11,14 +11,10 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
-from ..errors import CityCardError
 from ..protocols.apdu import describe, select_by_aid
+from .errors import PcscUnavailable
 
 MAX_READERS = 64  # more than any validator or counter has; bounds the threads
-
-
-class PcscUnavailable(CityCardError):
-    """No PC/SC service to ask (pcscd not running or not installed)."""
 
 
 @dataclass(frozen=True)

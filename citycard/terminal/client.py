@@ -136,10 +136,11 @@ class TerminalClient:
         self._write(frame)
         return await fut
 
-    async def params(self, fare_version: int = 0, hotlist_version: int = 0) -> m.Params:
-        """The versions in force and the hotlist's changes since ``hotlist_version``."""
+    async def params(self, fare_version: int = 0, hotlist_version: int = 0, fares: bool = False) -> m.Params:
+        """The versions in force and the hotlist's changes since ``hotlist_version``; with
+        ``fares``, the fare table's text too when ``fare_version`` is not the one in force."""
         self._check_open()
-        frame = self.conn.params(fare_version, hotlist_version)
+        frame = self.conn.params(fare_version, hotlist_version, fares)
         fut: asyncio.Future[m.Params] = asyncio.get_running_loop().create_future()
         self._params.append(fut)
         self._write(frame)

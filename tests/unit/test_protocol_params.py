@@ -131,3 +131,18 @@ def test_old_style_params_request_still_decodes() -> None:
     from citycard.protocols.messages import client_decoder
 
     assert client_decoder.decode(msgpack.packb({"t": "params", "fare_version": 2})) == ParamsRequest(fare_version=2)
+
+
+def test_a_terminal_may_ask_for_the_fare_table_and_older_terminals_never_get_one() -> None:
+    conn = ServerConnection()
+    conn.receive_data(encode_frame(encoder.encode(Hello(terminal_id=7, nonce=bytes(16)))))
+    conn.challenge(bytes(16), 0)
+    conn.receive_data(encode_frame(encoder.encode(Auth(mac=bytes(32)))))
+    conn.accept(AuthOk(fare_version=3, hotlist_version=9, max_batch=10, heartbeat_ms=1, server_time_ms=0))
+    [asked] = conn.receive_data(encode_frame(msgpack.packb({"t": "params", "fare_version": 2, "fares": True})))
+    [old] = conn.receive_data(encode_frame(msgpack.packb({"t": "params", "fare_version": 2})))
+    assert asked == ParamsRequested(fare_version=2, hotlist_version=0, fares=True)
+    assert old == ParamsRequested(fare_version=2, hotlist_version=0, fares=False)
+    [body] = FrameDecoder().feed(conn.send(Params(fare_version=3, hotlist_version=9, fare_table="city = 'x'\n")))
+    plain = msgpack.unpackb(body)
+    assert plain["fare_table"] == "city = 'x'\n" and plain["hotlist_to"] == 0  # no hotlist with a table

@@ -1,0 +1,51 @@
+"""The load lab's offline mode as an operator runs it: online taps and validators uploading
+signed batches of offline records through the real gateway, a replayed batch and forged TACs,
+and the offline audit passing against Postgres (docs/loadtest.md)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.support.cli import citycard_env
+
+pytestmark = pytest.mark.services
+
+
+def test_online_taps_and_offline_uploads_audit_together(configured_services, schema, tmp_path):
+    env = citycard_env(configured_services, schema)
+    out_dir = tmp_path / "report"
+    proc = subprocess.run(
+        [sys.executable, "-m", "citycard.cli.main", "loadtest", "--scale", "0.0005", "--terminals", "16",
+         "--senders", "1", "--timeout-ms", "20000", "--schema", schema, "--rate", "300", "--duration", "5",
+         "--offline-rate", "800", "--offline-batch", "100", "--offline-terminals", "4", "--offline-cards", "300",
+         "--offline-replay-share", "0.3", "--offline-forged", "2", "--json", "--report-dir", str(out_dir)],
+        env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert proc.stdout.strip(), proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    off = report["offline"]
+    assert report["ok"] and proc.returncode == 0, (report["errors"], off, report["audit"])
+    audit = off["audit"]
+    # the generator's records: every one journaled once, as the card made it
+    assert off["records_made"] > 2000 and off["records_acked"] == off["records_made"]
+    assert audit["records_made"] + audit["forged_made"] == off["records_made"]
+    assert audit["journaled"] == audit["journaled_matching"] == audit["records_made"]
+    assert audit["missing"] == audit["extra"] == audit["keys_twice"] == 0
+    # shadows equal the records and the chips; every TAC re-checked by the audit
+    assert audit["cards"] == 300 and audit["shadow_mismatches"] == audit["chip_mismatches"] == 0
+    assert audit["tacs_checked"] == audit["journaled"] and audit["tacs_bad"] == 0
+    # forged TACs: BAD_TAC, kept aside, the cards hotlisted; nothing else refused
+    assert off["forged_made"] == 2 and off["codes"]["BAD_TAC"] == 2
+    assert audit["forged_rejected"] == audit["forged_hotlisted"] == 2 and audit["unexpected_rejects"] == 0
+    assert off["codes"]["ACCEPTED"] == audit["records_made"]
+    # replayed batches (a lost ack) answered identically, nothing journaled twice
+    assert off["replays_sent"] > 0 and off["replays_matched"] == off["replays_sent"]
+    # the figures: rate, upload latency, the generator's CPU; and the online taps' audit too
+    assert off["acked_records_per_s"] > 0 and 0 < off["upload_latency_ms"]["p50"] <= off["upload_latency_ms"]["p99"]
+    assert off["generator_cpu_us_per_record"] > 0
+    assert report["audit"]["ok"] and report["codes"]["OK"] > 0
+    assert "offline uploader (load generator)" in report["processes"]["cpu_s"]
+    assert "offline:" not in " ".join(report["errors"])
+    html = (out_dir / "report.html").read_text()
+    assert "Offline (city-pass) uploads" in html and "tacs_checked" in html

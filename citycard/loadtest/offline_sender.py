@@ -45,6 +45,7 @@ from .schedule import Steady, TerminalPicker, arrival_chunks
 ORIGIN_WAIT_S = 180.0
 MAX_ATTEMPTS = 6
 MAX_SLEEP_MS = 20.0
+TICK_MS = 5.0  # the loop wakes at most this often for arrivals: a wake per record would cost more than it
 _CODE_NAMES = {int(c): c.name for c in OfflineCode}
 
 
@@ -202,8 +203,8 @@ class OfflineUploader:
                     task.cancel()
                 return
             wake = now + MAX_SLEEP_MS
-            if times:
-                wake = min(wake, times[pos])
+            if times:  # records are taken a tick at a time (their batches keep their own due times)
+                wake = min(wake, max(times[pos], now + TICK_MS))
             await asyncio.sleep(max(wake - self.now_ms(), 0.0) / 1000.0)
 
     async def _send_all(self, v: _Validator) -> None:

@@ -136,4 +136,5 @@ def offline_section(offline: dict[str, Any], duration_s: float) -> dict[str, Any
         "unexpected_codes": up.get("unexpected_codes", []),
         "generator_cpu_s": cpu_s, "generator_cpu_us_per_record": cpu_s * 1e6 / made if made else 0.0,
         "audit": audit, "checks": checks, "ok": all(checks.values()),
+        "files": {k: up[k] for k in ("records_file", "cards_file") if k in up},
     }

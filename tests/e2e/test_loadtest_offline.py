@@ -2,12 +2,19 @@
 signed batches of offline records through the real gateway, a replayed batch and forged TACs,
 and the offline audit passing against Postgres (docs/loadtest.md)."""
 
+import asyncio
 import json
 import subprocess
 import sys
 
 import pytest
 
+from citycard.config.settings import load_settings
+from citycard.domain.offline import IssuerKeys
+from citycard.loadtest.audit import check_offline, offline_tac_checker
+from citycard.loadtest.offline_prep import LOAD_FEN
+from citycard.loadtest.offline_sender import read_columns
+from citycard.persistence import db
 from tests.support.cli import citycard_env
 
 pytestmark = pytest.mark.services
@@ -49,3 +56,29 @@ def test_online_taps_and_offline_uploads_audit_together(configured_services, sch
     assert "offline:" not in " ".join(report["errors"])
     html = (out_dir / "report.html").read_text()
     assert "Offline (city-pass) uploads" in html and "tacs_checked" in html
+
+    # The audit fails loudly: one record's amount changed behind the host's back, another lost.
+    asyncio.run(_tamper_and_audit(configured_services.db_url, schema, off["files"], audit))
+
+
+async def _tamper_and_audit(db_url: str, schema: str, files: dict, before: dict) -> None:
+    c = load_settings(env={}).card
+    checker = offline_tac_checker(IssuerKeys.of_hex(c.issuer_mpk_hex, c.issuer_mlk_hex, c.issuer_mtk_hex))
+    records, cards = read_columns(files["records_file"]), read_columns(files["cards_file"])
+    openings = {card: LOAD_FEN for card in cards[0]}  # a fresh city: each card's first load
+    conn = await db.connect(db_url, schema)
+    try:
+        again = await check_offline(conn, records, cards, openings, checker)
+        assert again.ok and again.as_dict() == before
+        changed, lost = await conn.fetch("SELECT card_no, offline_counter FROM offline_records"
+                                         " ORDER BY card_no, offline_counter LIMIT 2")
+        await conn.execute("UPDATE offline_records SET amount_fen = amount_fen + 1"
+                           " WHERE card_no = $1 AND offline_counter = $2", *changed)
+        await conn.execute("DELETE FROM offline_records WHERE card_no = $1 AND offline_counter = $2", *lost)
+        bad = await check_offline(conn, records, cards, openings, checker)
+    finally:
+        await conn.close()
+    assert not bad.ok
+    assert bad.missing == 1 and bad.journaled == before["journaled"] - 1
+    assert bad.journaled_matching == before["journaled"] - 2 and bad.tacs_bad == 1
+    assert bad.shadow_mismatches == 1 and bad.chip_mismatches == 1  # both on the one card

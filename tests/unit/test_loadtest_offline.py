@@ -7,7 +7,14 @@ from dataclasses import replace
 import pytest
 
 from citycard.cli.main import _check_offline_args
-from citycard.domain.offline import IssuerKeys, batch_key, batch_mac_ok, tac_ok
+from citycard.domain.epurse_crypto import (
+    COMPOUND_PURCHASE,
+    PURCHASE_EP,
+    PurchaseInput,
+    When,
+    purchase_tac,
+)
+from citycard.domain.offline import IssuerKeys, batch_key, batch_mac_ok, tac_ok, terminal_id_bytes
 from citycard.domain.taps import MAX_TERMINAL_ID
 from citycard.errors import CityCardError
 from citycard.loadtest.audit import OfflineAudit
@@ -18,6 +25,7 @@ from citycard.loadtest.offline_gen import (
     VALIDATOR_MAX,
     CardDeck,
     CardPurse,
+    CardTacs,
     DtkCache,
     ValidatorBook,
     WhenCache,
@@ -116,6 +124,21 @@ def test_batches_close_full_or_after_linger_signed_with_the_sams_key():
     assert second.batch_seq == 42 and len(second.records) == 1 and book.close(131.0) is None
     with pytest.raises(ValueError, match="1..1000"):
         ValidatorBook(1, key, 1, 1, max_batch=1001, linger_ms=1.0)
+
+
+def test_the_generators_tac_is_purchase_tac():
+    tacs = CardTacs(DtkCache(ISSUER), max_cards=3)
+    rng = random.Random(11)
+    for _ in range(300):
+        card = CARD + 17 * rng.randrange(6)
+        amount, seq, counter = rng.randrange(2**32), rng.randrange(2**32), rng.randrange(2**16)
+        tid = terminal_id_bytes(rng.randrange(1, 2**48))
+        typ = rng.choice((PURCHASE_EP, COMPOUND_PURCHASE))
+        when = When.of(f"{rng.randrange(2000, 2100)}{rng.randrange(1, 13):02d}{rng.randrange(1, 29):02d}",
+                       f"{rng.randrange(24):02d}{rng.randrange(60):02d}{rng.randrange(60):02d}")
+        want = purchase_tac(ISSUER.dtk(card), PurchaseInput(amount, tid, seq, when, bytes(4), counter, typ))
+        assert tacs.tac(card, amount, typ, tid, seq, when) == want
+        assert len(tacs) <= 3
 
 
 def test_tac_keys_are_kept_bounded():

@@ -12,17 +12,21 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import tempfile
 import time
 from argparse import Namespace
 from pathlib import Path
 from typing import Any
 
 from ..config.settings import Settings
+from ..domain.offline import IssuerKeys
 from ..errors import CityCardError
 from ..loadtest import audit as audit_mod
 from ..loadtest.city import city_for_scale
 from ..loadtest.lab import PhaseResult, pick_terminals
 from ..loadtest.measure import FIND_MAX_FACTOR, accepted_in_window, find_max, run_measured
+from ..loadtest.offline_prep import LOAD_FEN, prepare_offline
+from ..loadtest.offline_sender import OfflineSpec, read_columns
 from ..loadtest.scenarios import SCENARIOS, describe, scenario_phase
 from ..loadtest.sender import read_answered
 from ..loadtest.summary import build_report
@@ -50,6 +54,7 @@ async def run_loadtest(settings: Settings, services: Services, args: Namespace) 
     else:
         target, view = await own_platform(settings, services, model, args.seed, storm_needed)
     view.terminals = pick_terminals(view.terminals, args.terminals, args.seed)
+    offline = await _offline_spec(settings, target, view, args) if args.offline_rate > 0 else None
     phases: list[PhaseResult] = []
     started_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     find_max_report = baselines = None
@@ -61,7 +66,7 @@ async def run_loadtest(settings: Settings, services: Services, args: Namespace) 
         else:
             phase, storm = scenario_phase(args, model, view.home_cards[0])
             description = describe(phase)
-            await run_measured(phase, target, view, show, phases, storm)
+            await run_measured(phase, target, view, show, phases, storm, offline)
         actor_balances = None
         if target.platform is not None:
             actor_balances = {}
@@ -74,12 +79,52 @@ async def run_loadtest(settings: Settings, services: Services, args: Namespace) 
     try:
         answered = await audit_mod.check_answered(conn, [read_answered(f) for p in phases for f in p.answered_files])
         ledger = await audit_mod.run_audit(conn, actor_balances)
+        offline_report = await _offline_audit(conn, settings, offline, phases) if offline is not None else None
     finally:
         await conn.close()
     if args.baselines:
         baselines = await run_baselines(target, phases, args)
     return build_report(args, target, view, model, phases, description, started_at, answered, ledger,
-                        find_max_report, baselines, storm)
+                        find_max_report, baselines, storm, offline_report)
+
+
+async def _offline_spec(settings: Settings, target: Target, view: Any, args: Namespace) -> OfflineSpec:
+    """Validators registered, offline cards loaded (offline_prep.py), and the uploader's spec."""
+    conn = await db.connect(target.db_url, target.schema)
+    try:
+        plan = await prepare_offline(conn, view.home_cards, args.offline_cards, args.offline_terminals, args.seed)
+    finally:
+        await conn.close()
+    c = settings.card
+    rate, duration_s = float(args.offline_rate), float(args.day_seconds if args.day else args.duration)
+    return OfflineSpec(
+        host=target.endpoint.host, port=target.endpoint.port, master_key=target.endpoint.master_key,
+        issuer=(c.issuer_mpk_hex, c.issuer_mlk_hex, c.issuer_mtk_hex),
+        batch_master_key=bytes.fromhex(c.batch_master_key_hex), validators=plan.validators,
+        first_batch_seq=plan.last_batch_seq, first_terminal_seq=plan.last_terminal_seq, cards=plan.cards,
+        rate_per_s=rate, duration_ms=duration_s * 1000.0, max_records=int(rate * duration_s * 1.5) + 1000,
+        max_batch=args.offline_batch, out_dir=tempfile.mkdtemp(prefix="citycard-offline-"), seed=args.seed,
+        linger_ms=args.offline_linger_ms, replay_share=args.offline_replay_share, forged=args.offline_forged,
+        timeout_ms=args.timeout_ms)
+
+
+async def _offline_audit(conn: Any, settings: Settings, spec: OfflineSpec, phases: list[PhaseResult]
+                         ) -> dict[str, Any]:
+    """What the uploader reported, and the offline audit against Postgres."""
+    up = next((p.offline for p in phases if p.offline is not None), None) or {}
+    if "records_file" not in up:
+        return {"spec": _spec_view(spec), "uploader": up, "audit": None, "ok": False}
+    c = settings.card
+    checker = audit_mod.offline_tac_checker(IssuerKeys.of_hex(c.issuer_mpk_hex, c.issuer_mlk_hex, c.issuer_mtk_hex))
+    result = await audit_mod.check_offline(conn, read_columns(up["records_file"]), read_columns(up["cards_file"]),
+                                           {card: bal for card, bal, _ in spec.cards}, checker)
+    return {"spec": _spec_view(spec), "uploader": up, "audit": result.as_dict(), "ok": result.ok}
+
+
+def _spec_view(spec: OfflineSpec) -> dict[str, Any]:
+    return {"rate_per_s": spec.rate_per_s, "batch_max": spec.max_batch, "validators": len(spec.validators),
+            "cards": len(spec.cards), "linger_ms": spec.linger_ms, "replay_share": spec.replay_share,
+            "forged": spec.forged, "load_fen": LOAD_FEN}
 
 
 async def run_baselines(target: Target, phases: list[PhaseResult], args: Namespace) -> dict[str, Any]:

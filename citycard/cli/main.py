@@ -38,6 +38,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
         raise CityCardError("--scale must be in (0, 10]: 1 is a megacity of 10 M cards")
     if args.linger_ms < 0 or args.timeout_ms <= 0 or not 0 <= args.replay_share <= 1:
         raise CityCardError("--linger-ms must be >= 0, --timeout-ms > 0, --replay-share in [0, 1]")
+    _check_offline_args(args)
     if args.target:
         host, _, port = args.target.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -47,6 +48,21 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
         schema = args.schema or LOADTEST_SCHEMA
         settings = _settings(args, database={"schema": schema}, redis={"prefix": schema})
     return loadtest_main(settings, args)
+
+
+def _check_offline_args(args: argparse.Namespace) -> None:
+    if args.offline_rate < 0:
+        raise CityCardError("--offline-rate must be >= 0 (0: no offline uploads)")
+    if not 1 <= args.offline_batch <= 1000:
+        raise CityCardError("--offline-batch must be 1..1000 (the protocol's limit)")
+    if not 1 <= args.offline_terminals <= 10_000 or args.offline_cards < 1:
+        raise CityCardError("--offline-terminals must be 1..10,000 and --offline-cards >= 1")
+    if args.offline_forged < 0 or args.offline_linger_ms < 0 or not 0 <= args.offline_replay_share <= 1:
+        raise CityCardError("--offline-forged and --offline-linger-ms must be >= 0, --offline-replay-share in [0, 1]")
+    if args.offline_rate > 0 and args.find_max:
+        raise CityCardError("--offline-rate does not go with --find-max: measure offline uploads in a scenario run")
+    if args.offline_forged and not args.offline_rate:
+        raise CityCardError("--offline-forged needs --offline-rate")
 
 
 def cmd_city_seed(args: argparse.Namespace) -> int:
@@ -284,6 +300,18 @@ def _add_loadtest(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") ->
     lt.add_argument("--naive-taps", type=int, default=30_000, help="taps for the naive baseline (default 30,000)")
     lt.add_argument("--naive-connections", type=int, default=8, help="connections for the naive baseline (default 8)")
     lt.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    lt.add_argument("--offline-rate", type=float, default=0.0, help="offline (city-pass) records/s uploaded by "
+                    "validators alongside the taps, in signed batches (default 0: none)")
+    lt.add_argument("--offline-batch", type=int, default=500, help="records per offline upload (default 500, "
+                    "a validator's --upload-batch)")
+    lt.add_argument("--offline-terminals", type=int, default=8, help="validators uploading (default 8)")
+    lt.add_argument("--offline-cards", type=int, default=10_000, help="cards riding offline (default 10,000)")
+    lt.add_argument("--offline-linger-ms", type=float, default=1000.0, help="a validator uploads a batch not full "
+                    "after its oldest record waited this long (default 1,000)")
+    lt.add_argument("--offline-replay-share", type=float, default=0.02, help="share of acked offline batches sent "
+                    "again unchanged, as after a lost ack (default 0.02)")
+    lt.add_argument("--offline-forged", type=int, default=0, help="forged records (bad TAC) among the uploads: each "
+                    "must come back BAD_TAC and hotlist its card (default 0)")
     lt.add_argument("--schema", help=f"own platform: the Postgres schema it drops and re-seeds each run "
                     f"(default {LOADTEST_SCHEMA_NAME})")
     lt.add_argument("--report-dir", help="where report.json and report.html go (default loadtest-reports/<time>-<scenario>)")

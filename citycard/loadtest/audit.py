@@ -123,3 +123,135 @@ async def check_answered(conn: asyncpg.Connection, columns: list[tuple[Any, Any,
     await conn.execute("DROP TABLE answered")
     return AnsweredCheck(int(row["checked"]), int(row["missing"]), int(row["extra"]),
                          int(row["code_mismatch"]), int(row["fare_mismatch"]), int(row["charged"]))
+
+
+# -- offline (city-pass) records --------------------------------------------------------------
+@dataclass(frozen=True)
+class OfflineAudit:
+    """The offline records a run made, against what the host journaled (docs/loadtest.md)."""
+
+    cards: int  # offline cards of the run
+    records_made: int  # honest records the generator made
+    forged_made: int
+    journaled: int  # this run's offline_records rows on the run's cards
+    journaled_matching: int  # of them, a record the generator made, same amount and TAC
+    missing: int  # made, not journaled (must be 0)
+    extra: int  # journaled, not made by the generator (must be 0)
+    keys_twice: int  # (card, counter) journaled more than once (must be 0)
+    not_accepted_rows: int  # journaled with a code other than ACCEPTED (must be 0 in an honest run)
+    shadow_mismatches: int  # cards whose shadow (loaded - spent) differs from opening - journaled
+    chip_mismatches: int  # cards whose generator's chip balance differs from opening - journaled
+    tacs_checked: int  # journaled records whose TAC the audit recomputed with the issuer's keys
+    tacs_bad: int  # (must be 0)
+    rejects: int  # this run's offline_rejects rows on the run's cards
+    forged_rejected: int  # forged records found in offline_rejects as BAD_TAC
+    unexpected_rejects: int  # rejects that are not one of the forged records (must be 0)
+    forged_hotlisted: int  # forged cards on the hotlist
+
+    @property
+    def ok(self) -> bool:
+        return (self.missing == 0 and self.extra == 0 and self.keys_twice == 0 and self.not_accepted_rows == 0
+                and self.journaled == self.journaled_matching == self.records_made
+                and self.shadow_mismatches == 0 and self.chip_mismatches == 0
+                and self.tacs_checked == self.journaled and self.tacs_bad == 0
+                and self.forged_rejected == self.forged_made == self.forged_hotlisted
+                and self.unexpected_rejects == 0)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ok": self.ok}
+
+
+async def check_offline(conn: asyncpg.Connection, records: list[Any], cards: list[Any],
+                        openings: dict[int, int], tac_ok: Any) -> OfflineAudit:
+    """``records``: columns (card, counter, amount, tac as int, forged) of every record made;
+    ``cards``: columns (card, chip balance now, first counter of the run, records); ``openings``:
+    card -> its on-card balance at the start; ``tac_ok(row) -> bool`` re-checks one journaled
+    row's TAC with the issuer's keys. The run's records on a card are its counters from the
+    run's first on."""
+    rc, rn, ra, rt, rf = records
+    cc, cb, cfirst, _ = cards
+    await conn.execute("CREATE TEMP TABLE off_made (card_no bigint, counter int, amount bigint, tac bytea,"
+                       " forged boolean) ON COMMIT PRESERVE ROWS")
+    await conn.execute("CREATE TEMP TABLE off_cards (card_no bigint PRIMARY KEY, opening bigint, chip bigint,"
+                       " first_counter int) ON COMMIT PRESERVE ROWS")
+    try:
+        await conn.copy_records_to_table(
+            "off_made", columns=("card_no", "counter", "amount", "tac", "forged"),
+            records=((c, n, a, t.to_bytes(4, "big"), bool(f)) for c, n, a, t, f in zip(rc, rn, ra, rt, rf, strict=True)))
+        await conn.copy_records_to_table(
+            "off_cards", columns=("card_no", "opening", "chip", "first_counter"),
+            records=((c, openings[c], b, f) for c, b, f in zip(cc, cb, cfirst, strict=True)))
+        await conn.execute("ANALYZE off_made; ANALYZE off_cards")
+        run_rows = ("SELECT r.* FROM offline_records r JOIN off_cards k ON r.card_no = k.card_no"
+                    " AND r.offline_counter >= k.first_counter")
+        row = await conn.fetchrow(
+            f"WITH j AS ({run_rows}), h AS (SELECT * FROM off_made WHERE NOT forged)"
+            " SELECT (SELECT count(*) FROM j) AS journaled,"
+            "  (SELECT count(*) FROM j JOIN h ON j.card_no = h.card_no AND j.offline_counter = h.counter"
+            "     AND j.amount_fen = h.amount AND j.tac = h.tac) AS matching,"
+            "  (SELECT count(*) FROM h WHERE NOT EXISTS (SELECT 1 FROM j WHERE j.card_no = h.card_no"
+            "     AND j.offline_counter = h.counter)) AS missing,"
+            "  (SELECT count(*) FROM j WHERE NOT EXISTS (SELECT 1 FROM h WHERE j.card_no = h.card_no"
+            "     AND j.offline_counter = h.counter)) AS extra,"
+            "  (SELECT count(*) FROM j WHERE code <> 0) AS not_accepted,"
+            "  (SELECT count(*) FROM h) AS made")
+        twice = await conn.fetchval(
+            "SELECT count(*) FROM (SELECT 1 FROM offline_records r JOIN off_cards k USING (card_no)"
+            " GROUP BY r.card_no, r.offline_counter HAVING count(*) > 1) d")
+        balances = await conn.fetchrow(
+            f"WITH j AS ({run_rows}), s AS (SELECT card_no, sum(amount_fen) AS spent FROM j GROUP BY card_no),"
+            " b AS (SELECT k.card_no, k.opening - coalesce(s.spent, 0) AS by_records, k.chip,"
+            "   o.loaded_fen - o.spent_fen AS shadow FROM off_cards k JOIN offline_cards o USING (card_no)"
+            "   LEFT JOIN s USING (card_no))"
+            " SELECT count(*) FILTER (WHERE shadow <> by_records) AS shadow_bad,"
+            "  count(*) FILTER (WHERE chip <> by_records) AS chip_bad, count(*) AS n FROM b")
+        rejects = await conn.fetchrow(
+            "WITH x AS (SELECT x.* FROM offline_rejects x JOIN off_cards k ON x.card_no = k.card_no"
+            "   AND x.offline_counter >= k.first_counter),"
+            " f AS (SELECT * FROM off_made WHERE forged)"
+            " SELECT (SELECT count(*) FROM x) AS rejects,"
+            "  (SELECT count(*) FROM f WHERE EXISTS (SELECT 1 FROM x WHERE x.card_no = f.card_no"
+            "     AND x.offline_counter = f.counter AND x.tac = f.tac AND x.code = 2)) AS forged_rejected,"
+            "  (SELECT count(*) FROM x WHERE NOT EXISTS (SELECT 1 FROM f WHERE x.card_no = f.card_no"
+            "     AND x.offline_counter = f.counter AND x.tac = f.tac AND x.code = 2)) AS unexpected,"
+            "  (SELECT count(DISTINCT f.card_no) FROM f JOIN hotlist USING (card_no)) AS hotlisted,"
+            "  (SELECT count(*) FROM f) AS forged")
+        checked = bad = 0
+        async with conn.transaction():
+            async for r in conn.cursor(run_rows, prefetch=5000):
+                checked += 1
+                if not tac_ok(r):
+                    bad += 1
+    finally:
+        await conn.execute("DROP TABLE IF EXISTS off_made; DROP TABLE IF EXISTS off_cards")
+    return OfflineAudit(
+        cards=int(balances["n"]), records_made=int(row["made"]), forged_made=int(rejects["forged"]),
+        journaled=int(row["journaled"]), journaled_matching=int(row["matching"]), missing=int(row["missing"]),
+        extra=int(row["extra"]), keys_twice=int(twice), not_accepted_rows=int(row["not_accepted"]),
+        shadow_mismatches=int(balances["shadow_bad"]), chip_mismatches=int(balances["chip_bad"]),
+        tacs_checked=checked, tacs_bad=bad, rejects=int(rejects["rejects"]),
+        forged_rejected=int(rejects["forged_rejected"]), unexpected_rejects=int(rejects["unexpected"]),
+        forged_hotlisted=int(rejects["hotlisted"]))
+
+
+def offline_tac_checker(issuer: Any) -> Any:
+    """``row -> bool``: an offline_records row's TAC recomputed with the issuer's keys (the
+    reference ``domain.offline.tac_ok``, not the gateway's fast path)."""
+    from ..domain.offline import OfflineRecord, tac_ok
+    from ..protocols.offline import when_of
+    from .offline_gen import DtkCache
+
+    dtk = DtkCache(issuer)
+    whens: dict[int, Any] = {}
+
+    def check(r: Any) -> bool:
+        when = whens.get(r["tx_when"])
+        if when is None:
+            if len(whens) > 100_000:
+                whens.clear()
+            when = whens[r["tx_when"]] = when_of(r["tx_when"])
+        rec = OfflineRecord(r["card_no"], r["offline_counter"], r["amount_fen"], r["balance_after_fen"], r["tx_type"],
+                            r["terminal_id"], r["terminal_seq"], when, bytes(r["tac"]), r["kind"], r["route"])
+        return tac_ok(dtk(rec.card_no), rec)
+
+    return check

@@ -30,6 +30,7 @@ from .latency import (
     merge_intervals,
     new_histogram,
 )
+from .offline_sender import OfflineSpec, offline_main
 from .schedule import RateProfile, Scaled, expected_count
 from .sender import SenderSpec, sender_main
 from .tapmix import TapMix
@@ -80,6 +81,7 @@ class PhaseResult:
     elapsed_s: float = 0.0
     sender_cpu_s: float = 0.0  # CPU the senders used while sending (their own count)
     extra: dict[str, Any] = field(default_factory=dict)  # what the caller measured alongside
+    offline: dict[str, Any] | None = None  # the offline uploader's final report (offline mode)
 
     @property
     def scheduled(self) -> int:
@@ -150,9 +152,12 @@ class LiveLine:
 async def run_phase(phase: Phase, endpoint: Endpoint, terminals: list[TerminalPlan],
                     home_cards: Sequence[int], visitor_cards: Sequence[int], first_seq: dict[int, int],
                     *, show_live: bool = True,
-                    during: Callable[[float], Any] | None = None) -> PhaseResult:
+                    during: Callable[[float], Any] | None = None,
+                    offline: OfflineSpec | None = None) -> PhaseResult:
     """Run one phase to its end. ``during(origin_unix_s)`` (a coroutine function) runs
-    alongside the load, e.g. a hotlist storm, and is awaited before the phase returns."""
+    alongside the load, e.g. a hotlist storm, and is awaited before the phase returns.
+    ``offline``: a process of validators uploading offline records alongside, from the same
+    origin (offline_sender.py)."""
     n_senders = max(1, min(phase.senders, len(terminals)))
     ctx = multiprocessing.get_context("spawn")
     reports: Any = ctx.Queue(maxsize=10_000)
@@ -178,9 +183,14 @@ async def run_phase(phase: Phase, endpoint: Endpoint, terminals: list[TerminalPl
                            name=f"citycard-sender-{i}")
         proc.start()
         procs.append(proc)
+    if offline is not None:
+        proc = ctx.Process(target=offline_main, args=(offline, reports, origin), daemon=True,
+                           name="citycard-offline-uploader")
+        proc.start()
+        procs.append(proc)
     loop = asyncio.get_running_loop()
     live = LiveLine(phase, show_live)
-    result = _Merge(n_senders)
+    result = _Merge(n_senders, offline is not None)
     side: asyncio.Task[Any] | None = None
     started = time.perf_counter()
     try:
@@ -191,16 +201,18 @@ async def run_phase(phase: Phase, endpoint: Endpoint, terminals: list[TerminalPl
             side = loop.create_task(during(origin_unix_s))
         limit_s = ORIGIN_LEAD_S + phase.duration_s + phase.timeout_ms / 1000.0 + 90.0
         deadline = time.monotonic() + limit_s
-        while result.done < n_senders and time.monotonic() < deadline:
+        while not result.all_done() and time.monotonic() < deadline:
             msg = await loop.run_in_executor(None, _get, reports, 0.5)
             if msg is not None:
                 result.take(msg)
                 live.update(result.fresh_intervals(), result.rates(), result.codes, result.outstanding())
-            elif not any(p.is_alive() for p in procs) and result.done < n_senders:
+            elif not any(p.is_alive() for p in procs) and not result.all_done():
                 result.errors.append("a sender process died without a report")
                 break
         if result.done < n_senders:
             result.errors.append(f"{n_senders - result.done} sender(s) did not finish within {limit_s:.0f} s")
+        if result.wants_offline and result.offline is None:
+            result.errors.append(f"the offline uploader did not finish within {limit_s:.0f} s")
         if side is not None:
             await side
     finally:
@@ -235,6 +247,8 @@ async def _wait_ready(loop: asyncio.AbstractEventLoop, reports: Any, procs: list
             ready += 1
         elif msg["kind"] == "failed":
             raise RuntimeError(f"sender {msg['sender']} failed: {msg['error']}")
+        elif msg["kind"] == "offline_failed":
+            raise RuntimeError(f"the offline uploader failed: {msg['error']}")
         else:
             merge.take(msg)
 
@@ -242,8 +256,10 @@ async def _wait_ready(loop: asyncio.AbstractEventLoop, reports: Any, procs: list
 class _Merge:
     """Everything the senders reported, merged."""
 
-    def __init__(self, n_senders: int) -> None:
+    def __init__(self, n_senders: int, wants_offline: bool = False) -> None:
         self.n_senders = n_senders
+        self.wants_offline = wants_offline
+        self.offline: dict[str, Any] | None = None
         self.done = 0
         self.intervals: list[IntervalSnapshot] = []
         self._fresh: list[IntervalSnapshot] = []
@@ -260,8 +276,19 @@ class _Merge:
         self.charged_fen = self.replays_sent = self.replays_matched = 0
         self.sender_cpu_s = 0.0
 
+    def all_done(self) -> bool:
+        return self.done >= self.n_senders and (not self.wants_offline or self.offline is not None)
+
     def take(self, msg: dict[str, Any]) -> None:
         kind = msg["kind"]
+        if kind == "offline_failed":
+            self.errors.append(f"offline uploader failed: {msg['error']}")
+            self.offline = {"failed": msg["error"]}
+            return
+        if kind == "offline_done":
+            self.offline = msg
+            self.errors += [f"offline: {e}" for e in msg.get("errors", [])]
+            return
         if kind == "failed":
             self.errors.append(f"sender {msg['sender']} failed: {msg['error']}")
             self.done += 1
@@ -308,7 +335,7 @@ class _Merge:
             codes=self.codes, retryable=sum(self.retryable.values()), reconnects=sum(self.reconnects.values()),
             charged_fen=self.charged_fen, replays_sent=self.replays_sent, replays_matched=self.replays_matched,
             answered_files=self.files, last_seq=self.last_seq, errors=self.errors, elapsed_s=elapsed_s,
-            sender_cpu_s=self.sender_cpu_s,
+            sender_cpu_s=self.sender_cpu_s, offline=self.offline,
         )
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from . import procs
 from .lab import Phase, PhaseResult, run_phase
+from .offline_sender import OfflineSpec
 from .scenarios import Storm, run_storm
 from .schedule import Steady
 from .targets import CityView, Target
@@ -22,7 +23,7 @@ MEMORY_EVERY_S = 5.0
 
 
 async def run_measured(phase: Phase, target: Target, view: CityView, show: bool, phases: list[PhaseResult],
-                 storm: Storm | None = None) -> PhaseResult:
+                 storm: Storm | None = None, offline: OfflineSpec | None = None) -> PhaseResult:
     gateway_pid = os.getpid() if target.platform is not None else None
     before: dict[int, procs.Sample] = {}
     memory: list[dict[str, float]] = []
@@ -45,10 +46,12 @@ async def run_measured(phase: Phase, target: Target, view: CityView, show: bool,
         await asyncio.gather(*jobs)
 
     res = await run_phase(phase, target.endpoint, view.terminals, view.home_cards, view.visitor_cards,
-                          view.first_seq, show_live=show, during=during)
+                          view.first_seq, show_live=show, during=during, offline=offline)
     after = await asyncio.to_thread(procs.snapshot, gateway_pid)
     cpu = procs.cpu_by_role(before, after) if before else {}
     cpu["senders (load generator)"] = res.sender_cpu_s
+    if res.offline is not None and "cpu_s" in res.offline:
+        cpu["offline uploader (load generator)"] = res.offline["cpu_s"]
     res.extra = {"cpu_s": cpu, "memory_mb": memory}
     view.first_seq.update({tid: seq + 1 for tid, seq in res.last_seq.items()})
     phases.append(res)

@@ -61,6 +61,8 @@ def render_html(report: dict[str, Any]) -> str:
         "<h2>Audit</h2>", _audit_html(report.get("audit")),
         "<h2>Baselines</h2>", _kv_table(_dict(report.get("baselines"))),
     ]
+    if isinstance(report.get("offline"), dict):
+        body += ["<h2>Offline (city-pass) uploads</h2>", _offline_html(report["offline"])]
     for heading, plot in _plots(report):
         body += [f"<h2>{_esc(heading)}</h2>", _figure_html(heading, plot)]
     body += ["<h2>Find max</h2>", _find_max_html(report.get("find_max"))]
@@ -86,6 +88,8 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     if codes:
         lines.append("codes: " + ", ".join(f"{name} {count:,}" for name, count in codes))
     lines.append(f"audit: {_audit_line(report.get('audit'))}")
+    if isinstance(report.get("offline"), dict):
+        lines.append(f"offline: {_offline_line(report['offline'])}")
     if isinstance(report.get("baselines"), dict):
         lines.append(f"baselines: {_baselines_line(report['baselines'])}")
     if isinstance(report.get("find_max"), dict):
@@ -200,6 +204,30 @@ def _audit_html(audit: object) -> str:
     verdict = "PASS" if passed else "FAIL"
     css = "pass" if passed else "fail"
     return f'<p class="verdict {css}">Audit: {verdict}</p>' + _kv_table(audit)
+
+
+def _offline_line(off: Mapping[str, Any]) -> str:
+    lat = _dict(off.get("upload_latency_ms"))
+    audit = _dict(off.get("audit"))
+    codes = ", ".join(f"{k} {_fmt(v)}" for k, v in _dict(off.get("codes")).items())
+    return (f"{'PASS' if off.get('ok') else 'FAIL'} {_fmt(off.get('records_acked'))} records "
+            f"({_fmt(off.get('acked_records_per_s'))}/s) in {_fmt(off.get('batches_acked'))} batches, "
+            f"upload p50 {_fmt(lat.get('p50'), 1)} ms p99 {_fmt(lat.get('p99'), 1)} ms; {codes or 'no codes'}; "
+            f"TACs re-checked {_fmt(audit.get('tacs_checked'))} (bad {_fmt(audit.get('tacs_bad'))}), "
+            f"replays {_fmt(off.get('replays_matched'))}/{_fmt(off.get('replays_sent'))}, "
+            f"generator {_fmt(off.get('generator_cpu_us_per_record'), 1)} us CPU/record")
+
+
+def _offline_html(off: Mapping[str, Any]) -> str:
+    passed = bool(off.get("ok"))
+    head = f'<p class="verdict {"pass" if passed else "fail"}">Offline: {"PASS" if passed else "FAIL"}</p>'
+    flat = {k: v for k, v in off.items() if not isinstance(v, dict | list)}
+    lat = _dict(off.get("upload_latency_ms"))
+    return (head + _kv_table(flat)
+            + "<h3>Upload latency per batch, ms</h3>" + _kv_table(lat)
+            + "<h3>Codes</h3>" + _kv_table(_dict(off.get("codes")))
+            + "<h3>Checks</h3>" + _kv_table(_dict(off.get("checks")))
+            + "<h3>Offline audit</h3>" + _kv_table(_dict(off.get("audit"))))
 
 
 def _find_max_html(find_max: object) -> str:

@@ -40,7 +40,7 @@ def processes_report(phases: list[PhaseResult]) -> dict[str, Any]:
 def build_report(args: Namespace, target: Target, view: CityView, model: CityModel, phases: list[PhaseResult],
                  description: str, started_at: str, answered: audit_mod.AnsweredCheck, ledger: audit_mod.Audit,
                  find_max_report: dict[str, Any] | None, baselines: dict[str, Any] | None,
-                 storm: Storm | None) -> dict[str, Any]:
+                 storm: Storm | None, offline: dict[str, Any] | None = None) -> dict[str, Any]:
     totals = LatencyTotals.merge([p.totals for p in phases])
     pct = totals.percentiles()
     duration_s = sum(p.phase.duration_s for p in phases)
@@ -100,6 +100,41 @@ def build_report(args: Namespace, target: Target, view: CityView, model: CityMod
         report["hotlist_storm"] = {"planned": storm.count, "per_s": storm.per_s, "reported": storm.reported,
                                    "failed": storm.failed, "errors": storm.errors}
         errors += storm.errors
+    if offline is not None:
+        report["offline"] = offline_section(offline, duration_s)
     report["ok"] = bool(audit["ok"] and not errors and totals.answered > 0
-                        and (storm is None or storm.failed == 0))
+                        and (storm is None or storm.failed == 0)
+                        and (offline is None or report["offline"]["ok"]))
     return report
+
+
+def offline_section(offline: dict[str, Any], duration_s: float) -> dict[str, Any]:
+    """The offline uploads of the run: rates, upload latency, codes by name, the generator's CPU
+    per record, and the offline audit. ``ok`` only when every record was answered as an honest
+    card's (forged ones BAD_TAC), every replay matched and the audit passed."""
+    up, audit = offline.get("uploader") or {}, offline.get("audit")
+    made, acked = int(up.get("records_made", 0)), int(up.get("records_acked", 0))
+    last_ack_s = float(up.get("last_ack_ms", 0.0)) / 1000.0
+    cpu_s = float(up.get("cpu_s", 0.0))
+    checks = {
+        "audit passed": bool(audit and audit.get("ok")),
+        "every record answered": made > 0 and acked == made,
+        "codes as expected": not up.get("unexpected_codes"),
+        "no batch left unanswered": not up.get("failed_batches"),
+        "replays answered identically": up.get("replays_sent", 0) == up.get("replays_matched", 0),
+        "uploader ran": "failed" not in up,
+    }
+    return {
+        **offline.get("spec", {}),
+        "records_made": made, "forged_made": up.get("forged_made", 0), "records_acked": acked,
+        "batches_acked": up.get("batches_acked", 0), "refused_by_cards": up.get("refused_by_cards", 0),
+        "offered_records_per_s": made / duration_s if duration_s else 0.0,
+        "acked_records_per_s": acked / max(duration_s, last_ack_s) if acked else 0.0,
+        "upload_latency_ms": up.get("latency_ms", {}), "codes": up.get("codes", {}),
+        "replays_sent": up.get("replays_sent", 0), "replays_matched": up.get("replays_matched", 0),
+        "retries": up.get("retries", 0), "failed_batches": up.get("failed_batches", 0),
+        "unexpected_codes": up.get("unexpected_codes", []),
+        "generator_cpu_s": cpu_s, "generator_cpu_us_per_record": cpu_s * 1e6 / made if made else 0.0,
+        "audit": audit, "checks": checks, "ok": all(checks.values()),
+        "files": {k: up[k] for k in ("records_file", "cards_file") if k in up},
+    }

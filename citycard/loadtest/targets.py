@@ -21,6 +21,7 @@ from .city import (
     visitor_card_numbers,
 )
 from .lab import Endpoint
+from .offline_gen import is_validator
 
 
 @dataclass
@@ -96,7 +97,8 @@ async def remote_target(settings: Settings, services: Services, host: str, port:
         last = await conn.fetch("SELECT terminal_id, max(seq) FROM journal WHERE terminal_id <> 0 GROUP BY 1")
     finally:
         await conn.close()
-    terminals = [TerminalPlan(r[0], r[1], r[2]) for r in rows]
+    # the load lab's offline validators (offline_prep.py) are not online terminals
+    terminals = [TerminalPlan(r[0], r[1], r[2]) for r in rows if not is_validator(r[0])]
     home = [r[0] for r in cards if issuer_of(r[0]) == HANGZHOU_ISSUER]
     visitors = [r[0] for r in cards if issuer_of(r[0]) != HANGZHOU_ISSUER]
     if not home:

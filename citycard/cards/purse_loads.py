@@ -25,6 +25,7 @@ from ..domain.ops import Refund
 from ..domain.purses import Purse
 from ..domain.results import Result
 from ..persistence import audit
+from ..persistence import offline as offline_store
 from ..protocols.offline import when_digits, when_of
 from .errors import Conflict, Invalid, NotFound, Refused, check_result
 from .lookup import card
@@ -124,7 +125,7 @@ async def load(shards: ShardClient, pool: asyncpg.Pool, issuer: IssuerKeys, who:
                                 "online_counter": init.online_counter, "balance_before_fen": init.balance_fen,
                                 "state": "pending"}, op_key=op_key("purseload", card_no, key))
             replay, state = False, "pending"
-        shadow = await conn.fetchval("SELECT loaded_fen - spent_fen FROM offline_cards WHERE card_no = $1", card_no)
+        shadow = await conn.fetchval(offline_store.shadow_balance_sql(), card_no)  # the journal's, not the lagging row
     mac2 = ec.load_mac2(seslk, ld)
     digits = f"{when_digits(when):014d}"
     return LoadAnswer(card_no, key, state, amount_fen, source, init.online_counter, mac2.hex(), digits[:8],

@@ -10,6 +10,7 @@ record by record in upload order, and commits what it says.
 """
 
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -65,6 +66,32 @@ class CardShadow:
 
     def load(self, amount_fen: int) -> None:
         self.loaded_fen += amount_fen
+
+    def copy(self) -> "CardShadow":
+        return CardShadow(self.card_no, self.last_counter, self.loaded_fen, self.spent_fen, self.seen, self.missing)
+
+    def may_hold(self, counter: int) -> bool:
+        """Whether a record under ``counter`` may be journaled already (then look it up): above
+        the highest counter none is; inside the window its bit says; below it, maybe."""
+        offset = self.last_counter - counter
+        if offset < 0:
+            return False
+        return offset >= WINDOW or bool(self.seen >> offset & 1)
+
+
+def shadow_of_journal(card_no: int, loaded_fen: int, spent_fen: int, journaled: int, last_counter: int,
+                      top_counters: list[int]) -> CardShadow:
+    """A card's shadow as its journal makes it: ``spent_fen`` the sum of its journaled records,
+    ``journaled`` their count, ``last_counter`` the highest (-1: none), ``top_counters`` the
+    journaled counters inside the window below it (more are ignored). The same shadow
+    ``decide`` builds record by record, whatever the order the records came in."""
+    seen = 0
+    for c in top_counters:
+        offset = last_counter - c
+        if 0 <= offset < WINDOW:
+            seen |= 1 << offset
+    missing = max(0, last_counter + 1 - journaled) if last_counter >= 0 else 0
+    return CardShadow(card_no, last_counter, loaded_fen, spent_fen, seen, missing)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +172,58 @@ def _journal(shadow: CardShadow, record: OfflineRecord) -> tuple[tuple[int, int]
     return None, True
 
 
+# -- the shadows a desk keeps -------------------------------------------------------------------
+class ShadowCache:
+    """The committed shadows of the cards a desk saw last (an LRU of at most ``max_cards``), and
+    which of them its offline_cards rows do not show yet (``dirty``, until written back). Holds
+    only committed state: a group decides on copies and installs them after its commit."""
+
+    def __init__(self, max_cards: int) -> None:
+        if max_cards < 1:
+            raise ValueError("max_cards must be at least 1")
+        self._max = max_cards
+        self._cards: OrderedDict[int, CardShadow] = OrderedDict()
+        self._dirty: dict[int, CardShadow] = {}
+
+    def __len__(self) -> int:
+        return len(self._cards)
+
+    @property
+    def dirty(self) -> int:
+        return len(self._dirty)
+
+    def get(self, card_no: int) -> CardShadow | None:
+        s = self._cards.get(card_no)
+        if s is not None:
+            self._cards.move_to_end(card_no)
+        return s
+
+    def install(self, shadows: Iterable[CardShadow], *, dirty: bool = True) -> None:
+        """Shadows as committed (``dirty``: their rows still to be written back)."""
+        cards = self._cards
+        for s in shadows:
+            cards[s.card_no] = s
+            cards.move_to_end(s.card_no)
+            if dirty:
+                self._dirty[s.card_no] = s
+        while len(cards) > self._max:  # an evicted card's row may still be dirty: kept in _dirty
+            cards.popitem(last=False)
+
+    def evict(self, card_nos: Iterable[int]) -> None:
+        for c in card_nos:
+            self._cards.pop(c, None)
+
+    def take_dirty(self) -> list[CardShadow]:
+        """The shadows to write back, in card order; ``untake`` them if the write fails."""
+        out = sorted(self._dirty.values(), key=lambda s: s.card_no)
+        self._dirty = {}
+        return out
+
+    def untake(self, shadows: Iterable[CardShadow]) -> None:
+        for s in shadows:
+            self._dirty.setdefault(s.card_no, s)  # a newer one installed since wins
+
+
 # -- TAC checks, fast ---------------------------------------------------------------------------
 class TacKeys:
     """Each card's TAC key, diversified once (two 3DES operations) and kept in a bounded LRU,
@@ -200,5 +279,5 @@ class _TacMac:
         return tail[:4]
 
 
-__all__ = ["JOURNALED", "OFFLINE_HOTLISTS", "WINDOW", "CardShadow", "Decision", "OfflineCode", "TacKeys",
-           "decide", "same_content"]
+__all__ = ["JOURNALED", "OFFLINE_HOTLISTS", "WINDOW", "CardShadow", "Decision", "OfflineCode", "ShadowCache",
+           "TacKeys", "decide", "same_content", "shadow_of_journal"]

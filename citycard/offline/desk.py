@@ -1,10 +1,14 @@
 """Offline uploads, durable (docs/protocol.md section 15; docs/architecture.md).
 
 One ``OfflineDesk`` per gateway process: connections hand it their uploads; it checks each
-batch MAC at once, queues the batch (bounded), and each of two writer tasks takes the queued batches
-(up to ``max_commit_records``) into one transaction: the cards locked in card order, each
-record decided (domain/offline_book.py), everything written by COPY, cards hotlisted with an
-audit entry, then one commit for all of them (group commit). The acks go out after it.
+batch MAC at once, queues the batch (bounded), and its writer task takes the queued batches
+(up to ``max_commit_records``) into one transaction: each record decided (domain/offline_book.py)
+against the card's shadow, which the desk keeps in memory (an LRU of committed shadows; a card
+it lacks is read from the journal), the records written by COPY (the primary key the backstop
+of exactly once), cards hotlisted with an audit entry, then one commit for all of them (group
+commit). The acks go out after it. The shadows' offline_cards rows are written back in a later
+group's transaction: whenever the desk runs out of work, and at least every ``write_back_s``
+(docs/architecture.md, "the path of an offline record").
 """
 
 import asyncio
@@ -18,7 +22,7 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from ..domain.offline import IssuerKeys, OfflineRecord, batch_key
-from ..domain.offline_book import CardShadow, Decision, OfflineCode, TacKeys, decide
+from ..domain.offline_book import CardShadow, Decision, OfflineCode, ShadowCache, TacKeys, decide
 from ..gateway.metrics import Metrics
 from ..persistence import audit, hotlist
 from ..persistence import offline as store
@@ -53,7 +57,8 @@ class _Job:
 class OfflineDesk:
     def __init__(self, pool: asyncpg.Pool, redis: aioredis.Redis | None, redis_prefix: str, issuer: IssuerKeys,
                  batch_master_key: bytes, metrics: Metrics, *, max_queue_records: int = 50_000,
-                 max_commit_records: int = 10_000, tac_cache_cards: int = 100_000, writers: int = 2,
+                 max_commit_records: int = 10_000, tac_cache_cards: int = 100_000,
+                 shadow_cache_cards: int = 500_000, max_dirty_cards: int = 100_000, write_back_s: float = 2.0,
                  clock: Callable[[], float] = time.perf_counter) -> None:
         self.pool = pool
         self.redis = redis
@@ -64,7 +69,10 @@ class OfflineDesk:
         self.max_queue = max_queue_records
         self.max_commit = max_commit_records
         self.clock = clock
-        self.writers = writers
+        self.shadows = ShadowCache(shadow_cache_cards)  # committed shadows of the cards seen last
+        self.max_dirty = max_dirty_cards
+        self.write_back_s = write_back_s
+        self._flushed_at = clock()
         self._keys: dict[int, bytes] = {}  # terminal id -> its batch key (an HMAC each: kept)
         self._queue: list[_Job] = []
         self._queued = 0
@@ -73,16 +81,18 @@ class OfflineDesk:
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._run()) for _ in range(self.writers)]
+        self._tasks = [loop.create_task(self._run())]
 
     async def stop(self) -> None:
-        """Stop the writers; queued uploads are answered INTERNAL (not processed: resend)."""
+        """Stop the writer; queued uploads are answered INTERNAL (not processed: resend). The
+        offline_cards rows are then written up to date."""
         tasks, self._tasks = self._tasks, []
         await cancel_and_wait(tasks)
         for job in self._queue:
             _settle(job.fut, Refusal(ErrorCode.INTERNAL, "gateway stopping: resend the batch"))
         self._queue.clear()
         self._queued = 0
+        await self.flush()
 
     def batch_key(self, terminal_id: int) -> bytes:
         key = self._keys.get(terminal_id)
@@ -110,11 +120,10 @@ class OfflineDesk:
         self.metrics.offline_latency.observe(self.clock() - started)
         return answer
 
-    # -- the writers -----------------------------------------------------------------------
-    # Two writers by default: one decides (Python, this loop) while the other's transaction
-    # is in Postgres. Each locks its cards in card order first, so a card in both groups
-    # waits for the first commit and then reads its new shadow and records: no deadlock, no
-    # stale decision.
+    # -- the writer ----------------------------------------------------------------------------
+    # One writer: it alone changes the shadows this desk keeps, so a group decides on the state
+    # every earlier group committed. While its transaction is in Postgres the loop reads and
+    # checks the next uploads (msgspec, batch MACs).
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
@@ -142,32 +151,74 @@ class OfflineDesk:
 
     async def commit(self, group: list[_Job]) -> None:
         """Decide and journal a group of uploads in one transaction; settle their futures after
-        the commit."""
+        the commit. A record already in offline_records that this desk did not know of (another
+        writer: the primary key refuses the COPY) makes the group run again with its cards'
+        shadows read from the database."""
+        try:
+            await self._commit(group)
+        except asyncpg.UniqueViolationError:
+            log.warning("offline records journaled by another writer: the group's cards read again")
+            self.shadows.evict({i.card for job in group for i in job.items})
+            await self._commit(group)
+
+    async def flush(self) -> None:
+        """Write every shadow the offline_cards rows do not show yet (the desk's columns)."""
+        back = self.shadows.take_dirty()
+        if not back:
+            return
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                await store.write_back(conn, back)
+        except BaseException:
+            self.shadows.untake(back)
+            raise
+        self._flushed_at = self.clock()
+
+    async def _commit(self, group: list[_Job]) -> None:
         replies: list[tuple[_Job, list[int] | Refusal, str]] = []
         hotlisted: list[tuple[int, OfflineCode]] = []
-        async with self.pool.acquire() as conn, conn.transaction():
-            first: dict[tuple[int, int], _Job] = {}
-            answered = await store.answered_batches(conn, [(j.terminal_id, j.batch_seq) for j in group])
-            fresh: list[_Job] = []
-            for job in group:
-                key = (job.terminal_id, job.batch_seq)
-                before = answered.get(key)
-                if before is None and key in first:
-                    before = (first[key].mac, first[key].codes)  # sent twice in this group
-                if before is not None:
-                    mac, codes = before
-                    if mac == job.mac:
-                        replies.append((job, codes, "replayed"))
-                    else:
-                        replies.append((job, Refusal(ErrorCode.BATCH_SEQ_REUSED,
-                                                     f"batch_seq {job.batch_seq} was answered for other records"
-                                                     ": resend them under a new batch_seq"), "seq_reused"))
-                    continue
-                first[key] = job
-                fresh.append(job)
-            hotlisted = await self._decide(conn, fresh)
-            for job in fresh:
-                replies.append((job, job.codes, "acked"))
+        back: list[CardShadow] = []
+        flushed = False
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                first: dict[tuple[int, int], _Job] = {}
+                answered = await store.answered_batches(conn, [(j.terminal_id, j.batch_seq) for j in group])
+                fresh: list[_Job] = []
+                for job in group:
+                    key = (job.terminal_id, job.batch_seq)
+                    before = answered.get(key)
+                    if before is None and key in first:
+                        before = (first[key].mac, first[key].codes)  # sent twice in this group
+                    if before is not None:
+                        mac, codes = before
+                        if mac == job.mac:
+                            replies.append((job, codes, "replayed"))
+                        else:
+                            replies.append((job, Refusal(ErrorCode.BATCH_SEQ_REUSED,
+                                                         f"batch_seq {job.batch_seq} was answered for other records"
+                                                         ": resend them under a new batch_seq"), "seq_reused"))
+                        continue
+                    first[key] = job
+                    fresh.append(job)
+                changed, hotlisted = await self._decide(conn, fresh)
+                # The rows catch up with the shadows when the desk runs out of work (so they are
+                # current whenever it is idle), and at least every write_back_s or max_dirty cards.
+                flushed = (not self._queue or self.shadows.dirty + len(changed) >= self.max_dirty
+                           or self.clock() - self._flushed_at >= self.write_back_s)
+                if flushed:
+                    back = self.shadows.take_dirty()
+                    merged = {s.card_no: s for s in back}
+                    merged.update(changed)
+                    await store.write_back(conn, sorted(merged.values(), key=lambda s: s.card_no))
+                for job in fresh:
+                    replies.append((job, job.codes, "acked"))
+        except BaseException:
+            self.shadows.untake(back)
+            raise
+        # Committed: from now on the shadows are what this group made them.
+        self.shadows.install(changed.values(), dirty=not flushed)
+        if flushed:
+            self._flushed_at = self.clock()
         counts: dict[int, int] = {}
         for job, answer, outcome in replies:
             self.metrics.offline_batches.labels(outcome).inc()
@@ -180,10 +231,27 @@ class OfflineDesk:
         for _card, code in hotlisted:
             self.metrics.offline_hotlisted.labels(code.name).inc()
 
-    async def _decide(self, conn: asyncpg.Connection, jobs: list[_Job]) -> list[tuple[int, OfflineCode]]:
+    async def _shadows(self, conn: asyncpg.Connection, cards: set[int], cold: set[int]
+                       ) -> tuple[dict[int, CardShadow], set[int]]:
+        """Copies of the cards' shadows to decide on: from this desk's cache, or from the
+        database for the cards it lacks and for ``cold``; and which were read now."""
+        out: dict[int, CardShadow] = {}
+        missing: set[int] = set()
+        get = self.shadows.get
+        for c in cards:
+            s = None if c in cold else get(c)
+            if s is None:
+                missing.add(c)
+            else:
+                out[c] = s.copy()
+        if missing:
+            out.update(await store.cold_shadows(conn, missing))
+        return out, missing
+
+    async def _decide(self, conn: asyncpg.Connection, jobs: list[_Job]
+                      ) -> tuple[dict[int, CardShadow], list[tuple[int, OfflineCode]]]:
         parsed: list[list[tuple[OfflineRecord | None, int]]] = []
         cards: set[int] = set()
-        keys: set[tuple[int, int]] = set()
         for job in jobs:
             rows: list[tuple[OfflineRecord | None, int]] = []
             for item in job.items:
@@ -193,25 +261,50 @@ class OfflineDesk:
                     r = None  # no calendar date: BAD_RECORD
                 rows.append((r, item.when))
                 cards.add(item.card)
-                keys.add((item.card, item.counter))
             parsed.append(rows)
         n = sum(len(j.items) for j in jobs)
         if n:
             self.metrics.offline_commit_records.observe(n)
-        shadows = await store.lock_cards(conn, cards)
-        # Only a counter at or below a card's highest journaled one can be journaled already.
-        journaled = await store.journaled(conn, sorted(
-            k for k in keys if (sh := shadows.get(k[0])) is not None and k[1] <= sh.last_counter))
+        shadows, read_now = await self._shadows(conn, cards, set())
+        outcome = await self._pass(conn, jobs, parsed, shadows, read_now)
+        if isinstance(outcome, set):
+            # Loads only raise a card's shadow, and another process makes them: a card this desk
+            # kept that looks impossible is read again before it is called so.
+            self.shadows.evict(outcome)
+            shadows, _ = await self._shadows(conn, cards, outcome)
+            outcome = await self._pass(conn, jobs, parsed, shadows, cards)
+        assert not isinstance(outcome, set)
+        changed, records, rejects, gaps, batches, to_list, tac_failures = outcome
+        await store.write(conn, records, rejects, gaps, batches)
+        if tac_failures:
+            self.metrics.offline_tac_failures.inc(tac_failures)
+        if gaps:
+            self.metrics.offline_gaps.inc(len(gaps))
+        listed = [(card, code) for card, (code, reason, r, job) in sorted(to_list.items())
+                  if await self._hotlist(conn, card, code, reason, r, job)]
+        return changed, listed
+
+    async def _pass(self, conn: asyncpg.Connection, jobs: list[_Job],
+                    parsed: list[list[tuple[OfflineRecord | None, int]]], shadows: dict[int, CardShadow],
+                    read_now: set[int]) -> "_Pass | set[int]":
+        """Every record decided against ``shadows`` (changed in place), or the cards kept from
+        before (not in ``read_now``) that some record found impossible: to read again."""
+        # What may be journaled already under a record's key is looked up (a retry, a gap fill).
+        journaled = await store.journaled(conn, sorted({
+            r.key for rows in parsed for r, _ in rows
+            if r is not None and (sh := shadows.get(r.card_no)) is not None and sh.may_hold(r.offline_counter)}))
         records: list[tuple[Any, ...]] = []
         rejects: list[tuple[Any, ...]] = []
         gaps: list[tuple[Any, ...]] = []
         batches: list[tuple[Any, ...]] = []
         to_list: dict[int, tuple[OfflineCode, str, OfflineRecord, _Job]] = {}
         changed: dict[int, CardShadow] = {}
+        stale: set[int] = set()
         tac_failures = 0
         tac_ok = self.tacs.tac_ok
         for job, rows in zip(jobs, parsed, strict=True):
-            codes = job.codes
+            codes = job.codes  # in place: a copy of this batch later in the group answers with it
+            codes.clear()
             for (r, when), item in zip(rows, job.items, strict=True):
                 if r is None:
                     codes.append(int(OfflineCode.BAD_RECORD))
@@ -224,6 +317,8 @@ class OfflineDesk:
                 good = shadow is None or (before is not None and before == r) or tac_ok(r)
                 d: Decision = decide(shadow, r, before, good)
                 code = d.code
+                if code == OfflineCode.BALANCE_IMPOSSIBLE and r.card_no not in read_now:
+                    stale.add(r.card_no)
                 codes.append(int(code))
                 if code == OfflineCode.BAD_TAC:
                     tac_failures += 1
@@ -239,14 +334,9 @@ class OfflineDesk:
                 if d.hotlists and r.card_no not in to_list:
                     to_list[r.card_no] = (code, d.reason, r, job)
             batches.append((job.terminal_id, job.batch_seq, job.mac, codes))
-        await store.write(conn, records, rejects, gaps, batches)
-        await store.save_shadows(conn, list(changed.values()))
-        if tac_failures:
-            self.metrics.offline_tac_failures.inc(tac_failures)
-        if gaps:
-            self.metrics.offline_gaps.inc(len(gaps))
-        return [(card, code) for card, (code, reason, r, job) in sorted(to_list.items())
-                if await self._hotlist(conn, card, code, reason, r, job)]
+        if stale:
+            return stale
+        return changed, records, rejects, gaps, batches, to_list, tac_failures
 
     async def _hotlist(self, conn: asyncpg.Connection, card_no: int, code: OfflineCode, reason: str,
                        r: OfflineRecord, job: _Job) -> bool:
@@ -265,6 +355,10 @@ class OfflineDesk:
              "offline_counter": r.offline_counter, "terminal_seq": r.terminal_seq, "amount_fen": r.amount_fen},
             reason, op_key=f"offline:{job.terminal_id}:{job.batch_seq}:{card_no}")
         return True
+
+
+_Pass = tuple[dict[int, CardShadow], list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]],
+              list[tuple[Any, ...]], dict[int, tuple[OfflineCode, str, OfflineRecord, _Job]], int]
 
 
 def _settle(fut: "asyncio.Future[Any]", value: Any) -> None:

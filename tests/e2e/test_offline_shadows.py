@@ -1,0 +1,137 @@
+"""End to end: the offline desk's shadows kept in memory against the database: a card it lacks
+is read from the journal, a load made through the API between two uploads is seen, a record
+journaled by another writer is found by the primary key, and a desk restarted after a crash
+(its cache lost, its offline_cards rows not yet written back) keeps exactly once and the shadow."""
+
+import asyncio
+
+import pytest
+
+from citycard.domain.offline_book import ShadowCache
+from citycard.persistence import offline as store
+from citycard.protocols.codes import OfflineCode
+from citycard.tasks import cancel_and_wait
+from tests.support.city import api_city, plain_cards, running_city
+from tests.support.offline import LoadCard, Sam
+
+pytestmark = [pytest.mark.usefixtures("ray_cluster"), pytest.mark.timeout(180)]
+A, D = OfflineCode.ACCEPTED, OfflineCode.DUPLICATE
+
+
+async def _row(conn, card: int) -> tuple[int, int, int, int]:  # noqa: ANN001
+    r = await conn.fetchrow("SELECT loaded_fen, spent_fen, last_counter, missing FROM offline_cards WHERE card_no = $1",
+                            card)
+    return r["loaded_fen"], r["spent_fen"], r["last_counter"], r["missing"]
+
+
+def test_a_restarted_desk_reads_the_journal_and_keeps_exactly_once(configured_services, schema):
+    async def scenario() -> None:
+        async with running_city(configured_services, schema) as city:
+            desk = city.platform.offline
+            assert desk is not None
+            client = await city.client()
+            sam = Sam(city.settings, client.terminal_id)
+            card = plain_cards(city)[0]
+            conn = await city.conn()
+            try:
+                await conn.execute("INSERT INTO offline_cards (card_no, loaded_fen) VALUES ($1, 1000)", card)
+                first = [sam.record(card, 0, 200, 800), sam.record(card, 1, 200, 600), sam.record(card, 3, 100, 500)]
+                assert (await client.upload(1, first, sam.mac(1, first))).codes == [A, A, A]
+                kept = desk.shadows.get(card)
+                assert kept is not None and (kept.spent_fen, kept.last_counter, kept.missing) == (500, 3, 1)
+                # what the journal makes is what the desk kept (a cold card's shadow matches)
+                assert (await store.cold_shadows(conn, [card]))[card] == kept
+                assert await _row(conn, card) == (1000, 500, 3, 1)  # written back: the desk went idle
+
+                # A crash: the writer gone, the cache lost, the rows' desk columns not written back.
+                await cancel_and_wait(desk._tasks)
+                desk._tasks = []
+                await conn.execute("UPDATE offline_cards SET spent_fen = 0, last_counter = -1, seen = '', missing = 0"
+                                   " WHERE card_no = $1", card)
+                desk.shadows = ShadowCache(1000)
+                desk.start()
+
+                assert (await client.upload(1, first, sam.mac(1, first))).codes == [A, A, A]  # the same answer
+                assert (await client.upload(2, first, sam.mac(2, first))).codes == [D, D, D]
+                # 500 left by the journal (the stale row would say 1000): 600 more is impossible
+                late = [sam.record(card, 2, 50, 700), sam.record(card, 4, 600, 0)]
+                assert (await client.upload(3, late, sam.mac(3, late))).codes == [A, OfflineCode.BALANCE_IMPOSSIBLE]
+                assert int(await conn.fetchval("SELECT count(*) FROM offline_records WHERE card_no = $1", card)) == 5
+                assert await _row(conn, card) == (1000, 1150, 4, 0)  # the row caught up
+                assert (await store.shadow(conn, card)).balance_fen == -150  # type: ignore[union-attr]
+                assert await conn.fetchval("SELECT 1 FROM hotlist WHERE card_no = $1", card)
+            finally:
+                await conn.close()
+                await client.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_record_another_writer_journaled_is_found_by_the_primary_key(configured_services, schema):
+    async def scenario() -> None:
+        async with running_city(configured_services, schema) as city:
+            desk = city.platform.offline
+            assert desk is not None
+            client = await city.client()
+            sam = Sam(city.settings, client.terminal_id)
+            card = plain_cards(city)[1]
+            conn = await city.conn()
+            try:
+                await conn.execute("INSERT INTO offline_cards (card_no, loaded_fen) VALUES ($1, 1000)", card)
+                one = [sam.record(card, 0, 100, 900)]
+                assert (await client.upload(1, one, sam.mac(1, one))).codes == [A]
+                # another gateway process journals counters 1 and 2 of the card: this desk's
+                # shadow does not know of them
+                theirs = [sam.record(card, 1, 100, 800, seq=501), sam.record(card, 2, 100, 700, seq=502)]
+                await conn.copy_records_to_table("offline_records", records=[
+                    store.record_row(r, int(A), 9000 + r.offline_counter) for r in theirs],
+                    columns=store.RECORD_COLUMNS)
+                mine = [theirs[0], sam.record(card, 2, 50, 750, seq=77), sam.record(card, 3, 100, 600)]
+                out = await client.upload(2, mine, sam.mac(2, mine))
+                assert out.codes == [D, OfflineCode.COUNTER_REUSED, A]
+                rows = await conn.fetch("SELECT offline_counter, terminal_seq FROM offline_records WHERE card_no = $1"
+                                        " ORDER BY 1", card)
+                assert [tuple(r) for r in rows] == [(0, 1000), (1, 501), (2, 502), (3, 1003)]
+                assert desk.shadows.get(card) == (await store.cold_shadows(conn, [card]))[card]
+            finally:
+                await conn.close()
+                await client.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_load_made_between_two_uploads_is_seen(configured_services, schema):
+    async def scenario() -> None:
+        async with api_city(configured_services, schema, n_cards=20) as api:
+            h = api.auth()
+            card = await api.new_card(902)
+            chip, tid = LoadCard(api.city.settings, card), 4002
+            url = f"/cards/{card}/purse/load"
+
+            async def load(key: str, amount_fen: int, balance_fen: int, online_counter: int) -> dict:
+                body = {"amount_fen": amount_fen, "source": "cash", "idempotency_key": key, "terminal_id": tid,
+                        **chip.init(amount_fen, tid, balance_fen, online_counter, bytes.fromhex("01020304"))}
+                r = await api.http.post(url, headers=h, json=body)
+                assert r.status_code == 200, r.text
+                return r.json()
+
+            assert (await load("l1", 1000, 0, 0))["shadow_balance_fen"] == 1000
+            client = await api.city.client()
+            conn = await api.city.conn()
+            try:
+                sam = Sam(api.city.settings, client.terminal_id)
+                r0 = [sam.record(card, 0, 800, 200)]
+                assert (await client.upload(1, r0, sam.mac(1, r0))).codes == [A]
+                assert api.city.platform.offline.shadows.get(card).balance_fen == 200  # type: ignore[union-attr]
+                # the load goes through the API (its own transaction): the desk's copy says 200
+                assert (await load("l2", 500, 200, 1))["shadow_balance_fen"] == 700
+                r1 = [sam.record(card, 1, 600, 100)]
+                assert (await client.upload(2, r1, sam.mac(2, r1))).codes == [A]  # read again, not impossible
+                assert await _row(conn, card) == (1500, 1400, 1, 0)
+                assert (await api.http.get(f"/cards/{card}", headers=h)).json()["shadow_balance_fen"] == 100
+                assert not await conn.fetchval("SELECT 1 FROM hotlist WHERE card_no = $1", card)
+            finally:
+                await conn.close()
+                await client.close()
+
+    asyncio.run(scenario())

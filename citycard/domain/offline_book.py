@@ -9,6 +9,7 @@ hotlist. The shell (gateway/offline.py) looks up what is already journaled, call
 record by record in upload order, and commits what it says.
 """
 
+import struct
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -151,6 +152,26 @@ def decide(shadow: CardShadow | None, record: OfflineRecord, journaled: OfflineR
     return Decision(OfflineCode.ACCEPTED, gap, filled)
 
 
+def accept_new(shadow: CardShadow, counter: int, amount_fen: int, balance_after_fen: int,
+               transaction_type: int) -> Decision | None:
+    """``decide``'s answer for a record above the card's highest counter (so not journaled)
+    whose TAC checks, from its fields, when that answer is ACCEPTED (the shadow updated); None,
+    the shadow untouched, for anything else (then ``decide`` it)."""
+    last = shadow.last_counter
+    if counter <= last or transaction_type not in PURCHASE_TYPES:
+        return None
+    balance = shadow.loaded_fen - shadow.spent_fen - amount_fen
+    if balance < 0 or balance_after_fen > balance:
+        return None
+    shadow.spent_fen += amount_fen
+    shadow.seen = ((shadow.seen << (counter - last)) | 1) & _WINDOW_MASK
+    shadow.last_counter = counter
+    if counter == last + 1:
+        return _ACCEPTED
+    shadow.missing += counter - last - 1
+    return Decision(OfflineCode.ACCEPTED, (last + 1, counter - 1))
+
+
 def _where(r: OfflineRecord) -> str:
     return f"counter {r.offline_counter}, terminal {r.terminal_id} seq {r.terminal_seq}"
 
@@ -242,13 +263,20 @@ class TacKeys:
         return len(self._cards)
 
     def tac_ok(self, record: OfflineRecord) -> bool:
+        return self.tac_ok_fields(record.card_no, record.amount_fen, record.transaction_type, record.terminal_id,
+                                  record.terminal_seq, record.when.bcd(), record.tac)
+
+    def tac_ok_fields(self, card_no: int, amount_fen: int, transaction_type: int, terminal_id: int,
+                      terminal_seq: int, when_bcd: bytes, tac: bytes) -> bool:
+        """``tac_ok`` from a record's fields (``when_bcd``: date and time, 7 BCD bytes)."""
         try:
-            data = (record.amount_fen.to_bytes(4, "big") + record.transaction_type.to_bytes(1, "big")
-                    + record.terminal_id.to_bytes(6, "big") + record.terminal_seq.to_bytes(4, "big")
-                    + record.when.bcd() + b"\x80\x00")
-        except (OverflowError, ValueError):
+            data = _TAC_HEAD.pack(amount_fen, transaction_type, terminal_id >> 32, terminal_id & 0xFFFFFFFF,
+                                  terminal_seq) + when_bcd + b"\x80\x00"
+        except struct.error:
             return False
-        return self._mac_of(record.card_no).tac(data) == record.tac
+        if len(data) != 24:
+            return False
+        return self._mac_of(card_no).tac(data) == tac
 
     def _mac_of(self, card_no: int) -> "_TacMac":
         cards = self._cards
@@ -260,6 +288,9 @@ class TacKeys:
         if len(cards) > self._max:
             cards.popitem(last=False)
         return m
+
+
+_TAC_HEAD = struct.Struct(">IBHII")  # amount (4), type (1), terminal id (6: 2 + 4), terminal seq (4)
 
 
 class _TacMac:
@@ -280,4 +311,4 @@ class _TacMac:
 
 
 __all__ = ["JOURNALED", "OFFLINE_HOTLISTS", "WINDOW", "CardShadow", "Decision", "OfflineCode", "ShadowCache",
-           "TacKeys", "decide", "same_content", "shadow_of_journal"]
+           "TacKeys", "accept_new", "decide", "same_content", "shadow_of_journal"]

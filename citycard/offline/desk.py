@@ -22,13 +22,21 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from ..domain.offline import IssuerKeys, OfflineRecord, batch_key
-from ..domain.offline_book import CardShadow, Decision, OfflineCode, ShadowCache, TacKeys, decide
+from ..domain.offline_book import (
+    CardShadow,
+    Decision,
+    OfflineCode,
+    ShadowCache,
+    TacKeys,
+    accept_new,
+    decide,
+)
 from ..gateway.metrics import Metrics
 from ..persistence import audit, hotlist
 from ..persistence import offline as store
 from ..protocols.codes import ErrorCode
 from ..protocols.messages import OfflineRecordItem
-from ..protocols.offline import BAD_BATCH_MAC_MESSAGE, items_mac_ok, record_of
+from ..protocols.offline import BAD_BATCH_MAC_MESSAGE, items_mac_ok, record_of, when_bcd
 from ..tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -250,29 +258,18 @@ class OfflineDesk:
 
     async def _decide(self, conn: asyncpg.Connection, jobs: list[_Job]
                       ) -> tuple[dict[int, CardShadow], list[tuple[int, OfflineCode]]]:
-        parsed: list[list[tuple[OfflineRecord | None, int]]] = []
-        cards: set[int] = set()
-        for job in jobs:
-            rows: list[tuple[OfflineRecord | None, int]] = []
-            for item in job.items:
-                try:
-                    r: OfflineRecord | None = record_of(item, job.terminal_id)
-                except ValueError:
-                    r = None  # no calendar date: BAD_RECORD
-                rows.append((r, item.when))
-                cards.add(item.card)
-            parsed.append(rows)
+        cards = {i.card for job in jobs for i in job.items}
         n = sum(len(j.items) for j in jobs)
         if n:
             self.metrics.offline_commit_records.observe(n)
         shadows, read_now = await self._shadows(conn, cards, set())
-        outcome = await self._pass(conn, jobs, parsed, shadows, read_now)
+        outcome = await self._pass(conn, jobs, shadows, read_now)
         if isinstance(outcome, set):
             # Loads only raise a card's shadow, and another process makes them: a card this desk
             # kept that looks impossible is read again before it is called so.
             self.shadows.evict(outcome)
             shadows, _ = await self._shadows(conn, cards, outcome)
-            outcome = await self._pass(conn, jobs, parsed, shadows, cards)
+            outcome = await self._pass(conn, jobs, shadows, cards)
         assert not isinstance(outcome, set)
         changed, records, rejects, gaps, batches, to_list, tac_failures = outcome
         await store.write(conn, records, rejects, gaps, batches)
@@ -284,56 +281,77 @@ class OfflineDesk:
                   if await self._hotlist(conn, card, code, reason, r, job)]
         return changed, listed
 
-    async def _pass(self, conn: asyncpg.Connection, jobs: list[_Job],
-                    parsed: list[list[tuple[OfflineRecord | None, int]]], shadows: dict[int, CardShadow],
+    async def _pass(self, conn: asyncpg.Connection, jobs: list[_Job], shadows: dict[int, CardShadow],
                     read_now: set[int]) -> "_Pass | set[int]":
         """Every record decided against ``shadows`` (changed in place), or the cards kept from
         before (not in ``read_now``) that some record found impossible: to read again."""
         # What may be journaled already under a record's key is looked up (a retry, a gap fill).
         journaled = await store.journaled(conn, sorted({
-            r.key for rows in parsed for r, _ in rows
-            if r is not None and (sh := shadows.get(r.card_no)) is not None and sh.may_hold(r.offline_counter)}))
+            (i.card, i.counter) for job in jobs for i in job.items
+            if (sh := shadows.get(i.card)) is not None and sh.may_hold(i.counter)}))
         records: list[tuple[Any, ...]] = []
         rejects: list[tuple[Any, ...]] = []
         gaps: list[tuple[Any, ...]] = []
         batches: list[tuple[Any, ...]] = []
         to_list: dict[int, tuple[OfflineCode, str, OfflineRecord, _Job]] = {}
         changed: dict[int, CardShadow] = {}
+        fast: dict[tuple[int, int], tuple[OfflineRecordItem, int]] = {}  # journaled here by the fast path
         stale: set[int] = set()
         tac_failures = 0
-        tac_ok = self.tacs.tac_ok
-        for job, rows in zip(jobs, parsed, strict=True):
+        tac_ok, tac_ok_fields = self.tacs.tac_ok, self.tacs.tac_ok_fields
+        for job in jobs:
+            tid, batch_seq = job.terminal_id, job.batch_seq
             codes = job.codes  # in place: a copy of this batch later in the group answers with it
             codes.clear()
-            for (r, when), item in zip(rows, job.items, strict=True):
-                if r is None:
+            for item in job.items:
+                card = item.card
+                shadow = shadows.get(card)
+                # The common record, straight from the wire: new to its card, TAC right, accepted.
+                if shadow is not None and item.counter > shadow.last_counter:
+                    bcd = when_bcd(item.when)
+                    if bcd is not None and tac_ok_fields(card, item.amount_fen, item.type, tid, item.seq, bcd,
+                                                         item.tac):
+                        fd = accept_new(shadow, item.counter, item.amount_fen, item.balance_after_fen, item.type)
+                        if fd is not None:
+                            codes.append(0)
+                            records.append((card, item.counter, item.amount_fen, item.balance_after_fen, item.type,
+                                            tid, item.seq, item.when, item.tac, item.kind, item.route, 0, batch_seq))
+                            fast[(card, item.counter)] = (item, tid)
+                            changed[card] = shadow
+                            if fd.gap is not None:
+                                gaps.append((card, fd.gap[0], fd.gap[1], tid, batch_seq))
+                            continue
+                try:
+                    r: OfflineRecord = record_of(item, tid)
+                except ValueError:  # no calendar date: BAD_RECORD
                     codes.append(int(OfflineCode.BAD_RECORD))
                     rejects.append((item.card, item.counter, item.amount_fen, item.balance_after_fen, item.type,
-                                    job.terminal_id, item.seq, when, bytes(item.tac), item.kind, item.route,
-                                    int(OfflineCode.BAD_RECORD), job.batch_seq))
+                                    tid, item.seq, item.when, bytes(item.tac), item.kind, item.route,
+                                    int(OfflineCode.BAD_RECORD), batch_seq))
                     continue
-                shadow = shadows.get(r.card_no)
                 before = journaled.get(r.key)
+                if before is None and r.key in fast:
+                    before = record_of(*fast[r.key])
                 good = shadow is None or (before is not None and before == r) or tac_ok(r)
                 d: Decision = decide(shadow, r, before, good)
                 code = d.code
-                if code == OfflineCode.BALANCE_IMPOSSIBLE and r.card_no not in read_now:
-                    stale.add(r.card_no)
+                if code == OfflineCode.BALANCE_IMPOSSIBLE and card not in read_now:
+                    stale.add(card)
                 codes.append(int(code))
                 if code == OfflineCode.BAD_TAC:
                     tac_failures += 1
                 if d.journaled:
                     assert shadow is not None
-                    records.append(store.record_row(r, int(code), job.batch_seq, when))
+                    records.append(store.record_row(r, int(code), batch_seq, item.when))
                     journaled[r.key] = r
-                    changed[r.card_no] = shadow
+                    changed[card] = shadow
                     if d.gap is not None:
-                        gaps.append((r.card_no, d.gap[0], d.gap[1], job.terminal_id, job.batch_seq))
+                        gaps.append((card, d.gap[0], d.gap[1], tid, batch_seq))
                 elif code != OfflineCode.DUPLICATE:
-                    rejects.append(store.record_row(r, int(code), job.batch_seq, when))
-                if d.hotlists and r.card_no not in to_list:
-                    to_list[r.card_no] = (code, d.reason, r, job)
-            batches.append((job.terminal_id, job.batch_seq, job.mac, codes))
+                    rejects.append(store.record_row(r, int(code), batch_seq, item.when))
+                if d.hotlists and card not in to_list:
+                    to_list[card] = (code, d.reason, r, job)
+            batches.append((tid, batch_seq, job.mac, codes))
         if stale:
             return stale
         return changed, records, rejects, gaps, batches, to_list, tac_failures

@@ -20,12 +20,13 @@ _VALID_DAYS: dict[int, bool] = {}  # YYYYMMDD -> a calendar date? (bounded: clea
 _MAX_DAYS = 20_000
 
 
-def when_of(digits: int) -> When:
-    """``YYYYMMDDhhmmss`` as an integer to a ``When``; ValueError naming the field if it is no
-    calendar date and time. The same checks as ``When.of``, cheaper (every uploaded record
-    takes this path): a day is checked once, the time of day by arithmetic."""
+def when_bcd(digits: int) -> bytes | None:
+    """``YYYYMMDDhhmmss`` as an integer to its 7 BCD bytes (date, time) as the TAC covers them;
+    None if it is no calendar date and time (``when_of`` says why). The same checks as
+    ``When.of``, cheaper (every uploaded record takes this path): a day is checked once, the
+    time of day by arithmetic."""
     if isinstance(digits, bool) or not isinstance(digits, int) or not 10**13 <= digits < 10**14:
-        raise ValueError(f"when must be a 14-digit YYYYMMDDhhmmss integer, got {digits!r}")
+        return None
     day, clock = divmod(digits, 1_000_000)
     ok = _VALID_DAYS.get(day)
     if ok is None:
@@ -37,12 +38,23 @@ def when_of(digits: int) -> When:
         if len(_VALID_DAYS) >= _MAX_DAYS:
             _VALID_DAYS.clear()
         _VALID_DAYS[day] = ok
-    if not ok:
-        raise ValueError(f"date {day} is not a calendar date")
-    if clock // 10000 > 23 or clock // 100 % 100 > 59 or clock % 100 > 59:
+    if not ok or clock // 10000 > 23 or clock // 100 % 100 > 59 or clock % 100 > 59:
+        return None
+    return bytes.fromhex(f"{digits:014d}")
+
+
+def when_of(digits: int) -> When:
+    """``YYYYMMDDhhmmss`` as an integer to a ``When``; ValueError naming the field if it is no
+    calendar date and time."""
+    bcd = when_bcd(digits)
+    if bcd is None:
+        if isinstance(digits, bool) or not isinstance(digits, int) or not 10**13 <= digits < 10**14:
+            raise ValueError(f"when must be a 14-digit YYYYMMDDhhmmss integer, got {digits!r}")
+        day, clock = divmod(digits, 1_000_000)
+        if not _VALID_DAYS.get(day, False):
+            raise ValueError(f"date {day} is not a calendar date")
         raise ValueError(f"time {clock:06d} is not a time of day")
-    bcd = bytes.fromhex(f"{digits:014d}")
-    # Checked above as When.__post_init__ checks: built without checking again.
+    # Checked as When.__post_init__ checks: built without checking again.
     w = object.__new__(When)
     object.__setattr__(w, "date", bcd[:4])
     object.__setattr__(w, "time", bcd[4:])

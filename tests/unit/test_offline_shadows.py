@@ -14,6 +14,7 @@ from citycard.domain.offline_book import (
     CardShadow,
     OfflineCode,
     ShadowCache,
+    accept_new,
     decide,
     shadow_of_journal,
 )
@@ -96,3 +97,23 @@ def test_an_impossible_record_on_a_stale_shadow_is_what_a_load_would_change() ->
     stale, fresh = CardShadow(CARD, loaded_fen=100), CardShadow(CARD, loaded_fen=600)
     assert decide(stale, rec(0, 300), None, True).code is OfflineCode.BALANCE_IMPOSSIBLE
     assert decide(fresh, rec(0, 300), None, True).code is OfflineCode.ACCEPTED
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_the_fast_acceptance_is_decide_where_it_answers(seed: int) -> None:
+    rng = random.Random(seed)
+    answered = 0
+    for _ in range(300):
+        base = CardShadow(CARD, rng.choice((-1, 0, 5, 300)), rng.randint(0, 500), rng.randint(0, 300),
+                          rng.getrandbits(WINDOW), rng.randint(0, 3))
+        r = replace(rec(max(0, base.last_counter + rng.randint(-2, 300)), rng.randint(0, 200)),
+                    balance_after_fen=rng.randint(0, 400), transaction_type=rng.choice((0x06, 0x09, 0x05)))
+        fast, slow = base.copy(), base.copy()
+        got = accept_new(fast, r.offline_counter, r.amount_fen, r.balance_after_fen, r.transaction_type)
+        want = decide(slow, r, None, True)
+        if got is None:
+            assert fast == base and (want.code is not OfflineCode.ACCEPTED or r.offline_counter <= base.last_counter)
+        else:
+            answered += 1
+            assert (got, fast) == (want, slow)
+    assert 10 < answered < 290  # both branches taken

@@ -87,7 +87,8 @@ async def load(shards: ShardClient, pool: asyncpg.Pool, issuer: IssuerKeys, who:
         raise Invalid("MAC1 does not check: not this card's answer to INITIALIZE FOR LOAD for this amount and "
                       "terminal", "mac1")
     async with pool.acquire() as conn, conn.transaction():
-        # The card's offline row lock orders every writer of its purse state (loads, uploads).
+        # The card's offline row lock orders its loads; loads own loaded_fen (only ever raised), the
+        # offline desk the row's other columns (docs/architecture.md, "the path of an offline record").
         await conn.execute("INSERT INTO offline_cards (card_no) VALUES ($1) ON CONFLICT DO NOTHING", card_no)
         await conn.execute("SELECT 1 FROM offline_cards WHERE card_no = $1 FOR UPDATE", card_no)
         row = await conn.fetchrow("SELECT * FROM purse_loads WHERE card_no = $1 AND idem_key = $2", card_no, key)

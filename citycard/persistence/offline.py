@@ -80,6 +80,13 @@ async def cold_shadows(conn: asyncpg.Connection, card_nos: Iterable[int]) -> dic
             for r in rows if r["issued"]}
 
 
+async def loaded(conn: asyncpg.Connection, card_nos: Iterable[int]) -> dict[int, int]:
+    """Each card's loaded_fen now (loads raise it in their own transactions)."""
+    rows = await conn.fetch("SELECT card_no, loaded_fen FROM offline_cards WHERE card_no = ANY($1::bigint[])",
+                            sorted(set(card_nos)))
+    return {r["card_no"]: r["loaded_fen"] for r in rows}
+
+
 async def write_back(conn: asyncpg.Connection, shadows: Sequence[CardShadow]) -> None:
     """Write the desk's columns of each card's row (never loaded_fen: loads own it, so a load and
     a write-back never undo each other). In card order; spending only grows."""

@@ -9,8 +9,9 @@ import pytest
 
 from citycard.domain.offline_book import ShadowCache
 from citycard.persistence import offline as store
-from citycard.protocols.codes import OfflineCode
+from citycard.protocols.codes import ErrorCode, OfflineCode
 from citycard.tasks import cancel_and_wait
+from citycard.terminal.client import ServerError
 from tests.support.city import api_city, plain_cards, running_city
 from tests.support.offline import LoadCard, Sam
 
@@ -130,6 +131,67 @@ def test_a_load_made_between_two_uploads_is_seen(configured_services, schema):
                 assert await _row(conn, card) == (1500, 1400, 1, 0)
                 assert (await api.http.get(f"/cards/{card}", headers=h)).json()["shadow_balance_fen"] == 100
                 assert not await conn.fetchval("SELECT 1 FROM hotlist WHERE card_no = $1", card)
+            finally:
+                await conn.close()
+                await client.close()
+
+    asyncio.run(scenario())
+
+
+def test_overlapping_groups_decide_on_the_one_before_and_redo_after_its_failure(configured_services, schema,
+                                                                               monkeypatch):
+    async def scenario() -> None:
+        async with running_city(configured_services, schema) as city:
+            desk = city.platform.offline
+            assert desk is not None
+            desk.max_commit = 3  # each batch of 3 records its own group
+            decided_on_the_one_before: list[bool] = []
+            prepare, write = desk._prepare, store.write
+            calls = 0
+
+            async def spy_prepare(g) -> None:  # noqa: ANN001
+                decided_on_the_one_before.append(g.after is not None)
+                await prepare(g)
+
+            async def slow_write(conn, *rows) -> None:  # noqa: ANN001
+                nonlocal calls
+                calls += 1
+                if calls == 2:  # the second group's writes fail: it is answered INTERNAL
+                    raise ConnectionError("lost the database")
+                await asyncio.sleep(0.05)  # a commit slow enough for the next group to overlap it
+                await write(conn, *rows)
+
+            monkeypatch.setattr(desk, "_prepare", spy_prepare)
+            monkeypatch.setattr(store, "write", slow_write)
+            client = await city.client()
+            sam = Sam(city.settings, client.terminal_id)
+            cards = plain_cards(city)[2:5]
+            conn = await city.conn()
+            try:
+                await conn.executemany("INSERT INTO offline_cards (card_no, loaded_fen) VALUES ($1, 1000)",
+                                       [(c,) for c in cards])
+                batches = {b: [sam.record(c, b - 1, 10, 990 - 10 * b) for c in cards] for b in range(1, 7)}
+                batches[7] = batches[4]  # the same batch again while it is in flight: the same answer
+
+                async def send(b: int) -> object:
+                    seq = 4 if b == 7 else b
+                    try:
+                        return (await client.upload(seq, batches[b], sam.mac(seq, batches[b]))).codes
+                    except ServerError as exc:
+                        return exc.error.code
+
+                out = await asyncio.gather(*(send(b) for b in range(1, 8)))
+                assert out[1] == ErrorCode.INTERNAL, out  # batch 2 failed: resend it
+                assert all(codes == [A, A, A] for i, codes in enumerate(out) if i != 1), out
+                assert any(decided_on_the_one_before)
+                assert await send(2) == [A, A, A]  # counter 1 fills the gap the later batches left
+                assert int(await conn.fetchval("SELECT count(*) FROM offline_records WHERE card_no = ANY($1)",
+                                               cards)) == 18
+                for c in cards:
+                    kept = desk.shadows.get(c)
+                    assert kept == (await store.cold_shadows(conn, [c]))[c]
+                    assert (kept.spent_fen, kept.last_counter, kept.missing) == (60, 5, 0)  # type: ignore[union-attr]
+                    assert await _row(conn, c) == (1000, 60, 5, 0)
             finally:
                 await conn.close()
                 await client.close()

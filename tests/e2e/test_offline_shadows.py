@@ -61,6 +61,14 @@ def test_a_restarted_desk_reads_the_journal_and_keeps_exactly_once(configured_se
                 assert await _row(conn, card) == (1000, 1150, 4, 0)  # the row caught up
                 assert (await store.shadow(conn, card)).balance_fen == -150  # type: ignore[union-attr]
                 assert await conn.fetchval("SELECT 1 FROM hotlist WHERE card_no = $1", card)
+
+                # A row not written back yet (under load) is written when the desk stops.
+                await conn.execute("UPDATE offline_cards SET spent_fen = 0, last_counter = -1 WHERE card_no = $1",
+                                   card)
+                desk.shadows.install([desk.shadows.get(card)])  # type: ignore[list-item]
+                await desk.stop()
+                assert await _row(conn, card) == (1000, 1150, 4, 0)
+                desk.start()
             finally:
                 await conn.close()
                 await client.close()

@@ -205,3 +205,35 @@ def test_overlapping_groups_decide_on_the_one_before_and_redo_after_its_failure(
                 await client.close()
 
     asyncio.run(scenario())
+
+
+def test_a_platform_restarted_between_uploads_keeps_exactly_once_and_the_shadow(configured_services, schema):
+    async def scenario() -> None:
+        async with running_city(configured_services, schema) as city:
+            card = plain_cards(city)[5]
+            conn = await city.conn()
+            try:
+                await conn.execute("INSERT INTO offline_cards (card_no, loaded_fen) VALUES ($1, 1000)", card)
+                client = await city.client()
+                sam = Sam(city.settings, client.terminal_id)
+                first = [sam.record(card, 0, 300, 700), sam.record(card, 1, 300, 400)]
+                assert (await client.upload(1, first, sam.mac(1, first))).codes == [A, A]
+                await client.close()
+
+                await city.platform.stop()
+                await city.platform.start(gateway_port=0, metrics_port=0, api_port=-1)
+
+                client = await city.client()
+                try:
+                    assert (await client.upload(1, first, sam.mac(1, first))).codes == [A, A]  # replayed
+                    assert (await client.upload(2, first, sam.mac(2, first))).codes == [D, D]
+                    over = [sam.record(card, 2, 500, 0)]  # 400 left: impossible
+                    assert (await client.upload(3, over, sam.mac(3, over))).codes == [OfflineCode.BALANCE_IMPOSSIBLE]
+                finally:
+                    await client.close()
+                assert int(await conn.fetchval("SELECT count(*) FROM offline_records WHERE card_no = $1", card)) == 3
+                assert await _row(conn, card) == (1000, 1100, 2, 0)
+            finally:
+                await conn.close()
+
+    asyncio.run(scenario())

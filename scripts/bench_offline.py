@@ -175,6 +175,27 @@ def client_main() -> int:
     return 0
 
 
+def postgres_cpu_s() -> float:
+    """CPU seconds used so far by this machine's postgres processes (a local server; 0 if not
+    readable): the database's share of a run, from /proc."""
+    import os
+
+    total = 0
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        name, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+        if name.startswith("postgres"):
+            total += int(rest[11]) + int(rest[12])  # utime, stime
+    return total / tick
+
+
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
     out = subprocess.run([sys.executable, __file__, "--client"], input=json.dumps(spec), capture_output=True,
                          text=True, timeout=spec["seconds"] + 300)
@@ -222,13 +243,15 @@ async def bench_e2e(args: argparse.Namespace) -> dict[str, Any]:
         accepted = 0
         for run in range(args.runs + 1):  # run 0: the warm-up (connections, code paths, the LRU)
             n = args.records if run else min(args.records, 20_000)
-            cpu0 = time.process_time()
+            cpu0, pg0 = time.process_time(), postgres_cpu_s()
             r = await asyncio.to_thread(measure, {**base, "records": n, "first_counter": run * per_card_run,
                                                   "first_batch_seq": 1 + run * 10_000})
             r["gateway_cpu_s"] = time.process_time() - cpu0
+            r["postgres_cpu_s"] = postgres_cpu_s() - pg0
             print(f"e2e run {run}{' (warm-up)' if not run else ''}: {r['rate']:,.0f} records/s durable, "
                   f"batch p50 {r['batch_p50_ms']:.0f} ms p99 {r['batch_p99_ms']:.0f} ms, codes {r['codes']}, "
-                  f"gateway process CPU {r['gateway_cpu_s']:.1f} s in {r['elapsed_s']:.1f} s",
+                  f"CPU: gateway process {r['gateway_cpu_s']:.1f} s, postgres {r['postgres_cpu_s']:.1f} s, load"
+                  f" process {r['client_cpu_s']:.1f} s, in {r['elapsed_s']:.1f} s",
                   file=sys.stderr, flush=True)
             accepted += r["codes"].get("0", 0)
             if run:

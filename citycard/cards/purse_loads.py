@@ -25,6 +25,7 @@ from ..domain.ops import Refund
 from ..domain.purses import Purse
 from ..domain.results import Result
 from ..persistence import audit
+from ..persistence import offline as offline_store
 from ..protocols.offline import when_digits, when_of
 from .errors import Conflict, Invalid, NotFound, Refused, check_result
 from .lookup import card
@@ -86,7 +87,8 @@ async def load(shards: ShardClient, pool: asyncpg.Pool, issuer: IssuerKeys, who:
         raise Invalid("MAC1 does not check: not this card's answer to INITIALIZE FOR LOAD for this amount and "
                       "terminal", "mac1")
     async with pool.acquire() as conn, conn.transaction():
-        # The card's offline row lock orders every writer of its purse state (loads, uploads).
+        # The card's offline row lock orders its loads; loads own loaded_fen (only ever raised), the
+        # offline desk the row's other columns (docs/architecture.md, "the path of an offline record").
         await conn.execute("INSERT INTO offline_cards (card_no) VALUES ($1) ON CONFLICT DO NOTHING", card_no)
         await conn.execute("SELECT 1 FROM offline_cards WHERE card_no = $1 FOR UPDATE", card_no)
         row = await conn.fetchrow("SELECT * FROM purse_loads WHERE card_no = $1 AND idem_key = $2", card_no, key)
@@ -124,7 +126,7 @@ async def load(shards: ShardClient, pool: asyncpg.Pool, issuer: IssuerKeys, who:
                                 "online_counter": init.online_counter, "balance_before_fen": init.balance_fen,
                                 "state": "pending"}, op_key=op_key("purseload", card_no, key))
             replay, state = False, "pending"
-        shadow = await conn.fetchval("SELECT loaded_fen - spent_fen FROM offline_cards WHERE card_no = $1", card_no)
+        shadow = await conn.fetchval(offline_store.shadow_balance_sql(), card_no)  # the journal's, not the lagging row
     mac2 = ec.load_mac2(seslk, ld)
     digits = f"{when_digits(when):014d}"
     return LoadAnswer(card_no, key, state, amount_fen, source, init.online_counter, mac2.hex(), digits[:8],

@@ -2,6 +2,7 @@
 hotlist cache, gateway and metrics; and takes it down again."""
 
 import asyncio
+import gc
 import getpass
 import logging
 import os
@@ -162,6 +163,7 @@ class Platform:
         except BaseException:
             await self.stop()
             raise
+        gc.freeze()  # what startup made (Ray, modules) is left out of every full collection (BENCHMARKS.md)
 
     async def _start_services(self, gateway_port: int | None, metrics_port: int | None,
                               api_port: int | None) -> None:

@@ -9,7 +9,9 @@ hotlist. The shell (gateway/offline.py) looks up what is already journaled, call
 record by record in upload order, and commits what it says.
 """
 
+import struct
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -65,6 +67,32 @@ class CardShadow:
 
     def load(self, amount_fen: int) -> None:
         self.loaded_fen += amount_fen
+
+    def copy(self) -> "CardShadow":
+        return CardShadow(self.card_no, self.last_counter, self.loaded_fen, self.spent_fen, self.seen, self.missing)
+
+    def may_hold(self, counter: int) -> bool:
+        """Whether a record under ``counter`` may be journaled already (then look it up): above
+        the highest counter none is; inside the window its bit says; below it, maybe."""
+        offset = self.last_counter - counter
+        if offset < 0:
+            return False
+        return offset >= WINDOW or bool(self.seen >> offset & 1)
+
+
+def shadow_of_journal(card_no: int, loaded_fen: int, spent_fen: int, journaled: int, last_counter: int,
+                      top_counters: list[int]) -> CardShadow:
+    """A card's shadow as its journal makes it: ``spent_fen`` the sum of its journaled records,
+    ``journaled`` their count, ``last_counter`` the highest (-1: none), ``top_counters`` the
+    journaled counters inside the window below it (more are ignored). The same shadow
+    ``decide`` builds record by record, whatever the order the records came in."""
+    seen = 0
+    for c in top_counters:
+        offset = last_counter - c
+        if 0 <= offset < WINDOW:
+            seen |= 1 << offset
+    missing = max(0, last_counter + 1 - journaled) if last_counter >= 0 else 0
+    return CardShadow(card_no, last_counter, loaded_fen, spent_fen, seen, missing)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +152,26 @@ def decide(shadow: CardShadow | None, record: OfflineRecord, journaled: OfflineR
     return Decision(OfflineCode.ACCEPTED, gap, filled)
 
 
+def accept_new(shadow: CardShadow, counter: int, amount_fen: int, balance_after_fen: int,
+               transaction_type: int) -> Decision | None:
+    """``decide``'s answer for a record above the card's highest counter (so not journaled)
+    whose TAC checks, from its fields, when that answer is ACCEPTED (the shadow updated); None,
+    the shadow untouched, for anything else (then ``decide`` it)."""
+    last = shadow.last_counter
+    if counter <= last or transaction_type not in PURCHASE_TYPES:
+        return None
+    balance = shadow.loaded_fen - shadow.spent_fen - amount_fen
+    if balance < 0 or balance_after_fen > balance:
+        return None
+    shadow.spent_fen += amount_fen
+    shadow.seen = ((shadow.seen << (counter - last)) | 1) & _WINDOW_MASK
+    shadow.last_counter = counter
+    if counter == last + 1:
+        return _ACCEPTED
+    shadow.missing += counter - last - 1
+    return Decision(OfflineCode.ACCEPTED, (last + 1, counter - 1))
+
+
 def _where(r: OfflineRecord) -> str:
     return f"counter {r.offline_counter}, terminal {r.terminal_id} seq {r.terminal_seq}"
 
@@ -145,6 +193,58 @@ def _journal(shadow: CardShadow, record: OfflineRecord) -> tuple[tuple[int, int]
     return None, True
 
 
+# -- the shadows a desk keeps -------------------------------------------------------------------
+class ShadowCache:
+    """The committed shadows of the cards a desk saw last (an LRU of at most ``max_cards``), and
+    which of them its offline_cards rows do not show yet (``dirty``, until written back). Holds
+    only committed state: a group decides on copies and installs them after its commit."""
+
+    def __init__(self, max_cards: int) -> None:
+        if max_cards < 1:
+            raise ValueError("max_cards must be at least 1")
+        self._max = max_cards
+        self._cards: OrderedDict[int, CardShadow] = OrderedDict()
+        self._dirty: dict[int, CardShadow] = {}
+
+    def __len__(self) -> int:
+        return len(self._cards)
+
+    @property
+    def dirty(self) -> int:
+        return len(self._dirty)
+
+    def get(self, card_no: int) -> CardShadow | None:
+        s = self._cards.get(card_no)
+        if s is not None:
+            self._cards.move_to_end(card_no)
+        return s
+
+    def install(self, shadows: Iterable[CardShadow], *, dirty: bool = True) -> None:
+        """Shadows as committed (``dirty``: their rows still to be written back)."""
+        cards = self._cards
+        for s in shadows:
+            cards[s.card_no] = s
+            cards.move_to_end(s.card_no)
+            if dirty:
+                self._dirty[s.card_no] = s
+        while len(cards) > self._max:  # an evicted card's row may still be dirty: kept in _dirty
+            cards.popitem(last=False)
+
+    def evict(self, card_nos: Iterable[int]) -> None:
+        for c in card_nos:
+            self._cards.pop(c, None)
+
+    def take_dirty(self) -> list[CardShadow]:
+        """The shadows to write back, in card order; ``untake`` them if the write fails."""
+        out = sorted(self._dirty.values(), key=lambda s: s.card_no)
+        self._dirty = {}
+        return out
+
+    def untake(self, shadows: Iterable[CardShadow]) -> None:
+        for s in shadows:
+            self._dirty.setdefault(s.card_no, s)  # a newer one installed since wins
+
+
 # -- TAC checks, fast ---------------------------------------------------------------------------
 class TacKeys:
     """Each card's TAC key, diversified once (two 3DES operations) and kept in a bounded LRU,
@@ -163,13 +263,20 @@ class TacKeys:
         return len(self._cards)
 
     def tac_ok(self, record: OfflineRecord) -> bool:
+        return self.tac_ok_fields(record.card_no, record.amount_fen, record.transaction_type, record.terminal_id,
+                                  record.terminal_seq, record.when.bcd(), record.tac)
+
+    def tac_ok_fields(self, card_no: int, amount_fen: int, transaction_type: int, terminal_id: int,
+                      terminal_seq: int, when_bcd: bytes, tac: bytes) -> bool:
+        """``tac_ok`` from a record's fields (``when_bcd``: date and time, 7 BCD bytes)."""
         try:
-            data = (record.amount_fen.to_bytes(4, "big") + record.transaction_type.to_bytes(1, "big")
-                    + record.terminal_id.to_bytes(6, "big") + record.terminal_seq.to_bytes(4, "big")
-                    + record.when.bcd() + b"\x80\x00")
-        except (OverflowError, ValueError):
+            data = _TAC_HEAD.pack(amount_fen, transaction_type, terminal_id >> 32, terminal_id & 0xFFFFFFFF,
+                                  terminal_seq) + when_bcd + b"\x80\x00"
+        except struct.error:
             return False
-        return self._mac_of(record.card_no).tac(data) == record.tac
+        if len(data) != 24:
+            return False
+        return self._mac_of(card_no).tac(data) == tac
 
     def _mac_of(self, card_no: int) -> "_TacMac":
         cards = self._cards
@@ -181,6 +288,9 @@ class TacKeys:
         if len(cards) > self._max:
             cards.popitem(last=False)
         return m
+
+
+_TAC_HEAD = struct.Struct(">IBHII")  # amount (4), type (1), terminal id (6: 2 + 4), terminal seq (4)
 
 
 class _TacMac:
@@ -200,5 +310,5 @@ class _TacMac:
         return tail[:4]
 
 
-__all__ = ["JOURNALED", "OFFLINE_HOTLISTS", "WINDOW", "CardShadow", "Decision", "OfflineCode", "TacKeys",
-           "decide", "same_content"]
+__all__ = ["JOURNALED", "OFFLINE_HOTLISTS", "WINDOW", "CardShadow", "Decision", "OfflineCode", "ShadowCache",
+           "TacKeys", "accept_new", "decide", "same_content", "shadow_of_journal"]

@@ -1,8 +1,10 @@
 """The offline records' tables (migration 0007): each call runs in the caller's transaction.
 
-Lock order: a writer of a card's offline state takes its offline_cards row lock first, every
-card of a group in card order (``lock_cards``), so two writers never wait on each other in a
-cycle; what is journaled under a locked card cannot change until commit.
+Who writes what (docs/database.md): offline_records is append-only, its primary key the
+backstop of exactly once; a card's offline_cards row has two owners: loads raise loaded_fen
+under its row lock, the gateway's offline desk writes the other columns back (``write_back``)
+from its shadows. A shadow is derivable from the journal (``cold_shadows``), so the desk's
+columns may lag the journal between write-backs without losing anything.
 """
 
 from collections.abc import Iterable, Sequence
@@ -11,7 +13,7 @@ from typing import Any
 import asyncpg
 
 from ..domain.offline import OfflineRecord
-from ..domain.offline_book import WINDOW, CardShadow
+from ..domain.offline_book import WINDOW, CardShadow, shadow_of_journal
 from ..protocols.offline import when_digits, when_of
 
 RECORD_COLUMNS = ("card_no", "offline_counter", "amount_fen", "balance_after_fen", "tx_type", "terminal_id",
@@ -46,37 +48,58 @@ async def answered_batches(conn: asyncpg.Connection, keys: Sequence[tuple[int, i
     return {(r["terminal_id"], r["batch_seq"]): (bytes(r["mac"]), list(r["codes"])) for r in rows}
 
 
-async def lock_cards(conn: asyncpg.Connection, card_nos: Iterable[int]) -> dict[int, CardShadow]:
-    """The shadows of the issued cards among ``card_nos``, their rows locked in card order (a
-    card new to offline gets its row). Cards not issued are absent."""
+# A card's shadow from its journal: loads from its offline_cards row (raised by loads only),
+# spending and counters from offline_records (what is journaled is the truth: the row's desk
+# columns may lag, docs/database.md).
+_COLD = (
+    "SELECT k.card_no, o.loaded_fen, o.card_no IS NOT NULL AS has_row,"
+    " o.card_no IS NOT NULL OR EXISTS (SELECT 1 FROM cards c WHERE c.card_no = k.card_no) AS issued,"
+    " j.spent, j.n, j.last, w.top"
+    " FROM unnest($1::bigint[]) AS k(card_no)"
+    " LEFT JOIN offline_cards o ON o.card_no = k.card_no"
+    " CROSS JOIN LATERAL (SELECT coalesce(sum(r.amount_fen), 0)::bigint AS spent, count(*)::int AS n,"
+    "  coalesce(max(r.offline_counter), -1) AS last FROM offline_records r WHERE r.card_no = k.card_no) j"
+    " CROSS JOIN LATERAL (SELECT array_agg(t.offline_counter) AS top FROM (SELECT r.offline_counter"
+    "  FROM offline_records r WHERE r.card_no = k.card_no ORDER BY r.offline_counter DESC"
+    f"  LIMIT {WINDOW}) t) w")
+
+
+async def cold_shadows(conn: asyncpg.Connection, card_nos: Iterable[int]) -> dict[int, CardShadow]:
+    """The shadows of the issued cards among ``card_nos`` as the database makes them now (a card
+    new to offline gets its offline_cards row). Cards not issued are absent."""
     cards = sorted(set(card_nos))
     if not cards:
         return {}
-    sql = ("SELECT card_no, last_counter, loaded_fen, spent_fen, seen, missing FROM offline_cards"
-           " WHERE card_no = ANY($1::bigint[]) ORDER BY card_no FOR UPDATE")
-    rows = list(await conn.fetch(sql, cards))
-    if len(rows) < len(cards):  # cards new to offline: their rows made (issued cards only), then locked
-        have = {r["card_no"] for r in rows}
-        new = [c for c in cards if c not in have]
-        await conn.execute(
-            "INSERT INTO offline_cards (card_no) SELECT card_no FROM cards WHERE card_no = ANY($1::bigint[])"
-            " ORDER BY card_no ON CONFLICT DO NOTHING", new)
-        rows += await conn.fetch(sql, new)
-    return {r["card_no"]: CardShadow(r["card_no"], r["last_counter"], r["loaded_fen"], r["spent_fen"],
-                                     int.from_bytes(r["seen"], "big"), r["missing"]) for r in rows}
+    rows = await conn.fetch(_COLD, cards)
+    new = [r["card_no"] for r in rows if r["issued"] and not r["has_row"]]
+    if new:
+        await conn.execute("INSERT INTO offline_cards (card_no) SELECT unnest($1::bigint[]) ON CONFLICT DO NOTHING",
+                           new)
+    return {r["card_no"]: shadow_of_journal(r["card_no"], r["loaded_fen"] or 0, r["spent"], r["n"], r["last"],
+                                            list(r["top"] or ()))
+            for r in rows if r["issued"]}
 
 
-async def save_shadows(conn: asyncpg.Connection, shadows: Sequence[CardShadow]) -> None:
+async def loaded(conn: asyncpg.Connection, card_nos: Iterable[int]) -> dict[int, int]:
+    """Each card's loaded_fen now (loads raise it in their own transactions)."""
+    rows = await conn.fetch("SELECT card_no, loaded_fen FROM offline_cards WHERE card_no = ANY($1::bigint[])",
+                            sorted(set(card_nos)))
+    return {r["card_no"]: r["loaded_fen"] for r in rows}
+
+
+async def write_back(conn: asyncpg.Connection, shadows: Sequence[CardShadow]) -> None:
+    """Write the desk's columns of each card's row (never loaded_fen: loads own it, so a load and
+    a write-back never undo each other). In card order; spending only grows."""
     if not shadows:
         return
     await conn.execute(
-        "UPDATE offline_cards o SET last_counter = u.last_counter, loaded_fen = u.loaded_fen,"
-        " spent_fen = u.spent_fen, seen = u.seen, missing = u.missing, updated_at = now()"
-        " FROM unnest($1::bigint[], $2::int[], $3::bigint[], $4::bigint[], $5::bytea[], $6::int[])"
-        " AS u(card_no, last_counter, loaded_fen, spent_fen, seen, missing) WHERE o.card_no = u.card_no",
-        [s.card_no for s in shadows], [s.last_counter for s in shadows], [s.loaded_fen for s in shadows],
-        [s.spent_fen for s in shadows], [s.seen.to_bytes(_SEEN_BYTES, "big") for s in shadows],
-        [s.missing for s in shadows])
+        "UPDATE offline_cards o SET last_counter = u.last_counter, spent_fen = u.spent_fen, seen = u.seen,"
+        " missing = u.missing, updated_at = now()"
+        " FROM unnest($1::bigint[], $2::int[], $3::bigint[], $4::bytea[], $5::int[])"
+        " AS u(card_no, last_counter, spent_fen, seen, missing)"
+        " WHERE o.card_no = u.card_no AND o.spent_fen <= u.spent_fen",
+        [s.card_no for s in shadows], [s.last_counter for s in shadows], [s.spent_fen for s in shadows],
+        [s.seen.to_bytes(_SEEN_BYTES, "big") for s in shadows], [s.missing for s in shadows])
 
 
 async def journaled(conn: asyncpg.Connection, keys: Sequence[tuple[int, int]]
@@ -110,11 +133,17 @@ async def card_records(conn: asyncpg.Connection | asyncpg.Pool, card_no: int, li
 
 
 async def shadow(conn: asyncpg.Connection | asyncpg.Pool, card_no: int) -> CardShadow | None:
-    r = await conn.fetchrow("SELECT * FROM offline_cards WHERE card_no = $1", card_no)
-    if r is None:
+    """The card's shadow as of now (from its journal: the row's desk columns may lag)."""
+    r = await conn.fetchrow(_COLD, [card_no])
+    if r is None or r["loaded_fen"] is None:
         return None
-    return CardShadow(card_no, r["last_counter"], r["loaded_fen"], r["spent_fen"], int.from_bytes(r["seen"], "big"),
-                      r["missing"])
+    return shadow_of_journal(card_no, r["loaded_fen"], r["spent"], r["n"], r["last"], list(r["top"] or ()))
+
+
+def shadow_balance_sql(card_param: str = "$1") -> str:
+    """SQL for a card's shadow balance now: loads less every offline purchase journaled."""
+    return (f"SELECT o.loaded_fen - coalesce((SELECT sum(r.amount_fen) FROM offline_records r"
+            f" WHERE r.card_no = o.card_no), 0) FROM offline_cards o WHERE o.card_no = {card_param}")
 
 
 async def purse_history(conn: asyncpg.Connection | asyncpg.Pool, card_no: int, limit: int) -> list[asyncpg.Record]:

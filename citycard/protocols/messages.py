@@ -154,8 +154,10 @@ BatchSeq = Annotated[int, Meta(ge=1, le=2**63 - 1)]
 OfflineKind = Annotated[int, Meta(ge=0, le=255)]
 
 
-class OfflineRecordItem(Struct, forbid_unknown_fields=False):
-    """One purchase the card made offline, as the validator stored it (domain.offline.OfflineRecord)."""
+class OfflineRecordItem(Struct, forbid_unknown_fields=False, gc=False):
+    """One purchase the card made offline, as the validator stored it (domain.offline.OfflineRecord).
+    Untracked by the garbage collector (only ints and bytes: no cycle): tens of thousands are
+    in flight at once in the gateway."""
 
     card: CardNo
     counter: OfflineCounter  # the card's offline counter before this purchase: the record's key

@@ -74,3 +74,17 @@ def ray_cluster() -> Iterator[None]:
         ray.init(num_cpus=2, include_dashboard=False, namespace="citycard-tests", logging_level="ERROR")
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def pcscd() -> Iterator[None]:
+    """pcscd with vsmartcard's vpcd, for the reader and card tests: the running one, or one
+    started for the session. Missing, it skips those tests, except in CI, where it fails them."""
+    from tests.support.pcsc import running_pcscd
+
+    with running_pcscd() as why_not:
+        if why_not is not None:
+            if os.environ.get("CI"):
+                pytest.fail(why_not)
+            pytest.skip(why_not)
+        yield

@@ -22,21 +22,13 @@ from citycard.reader_pool import ReaderPool
 from citycard.validator.pcsc import PcscCardReader
 from citycard.validator.run import ValidatorApp, ValidatorSettings
 from tests.support.city import api_city, plain_cards
-from tests.support.pcsc import READER, running_pcscd
+from tests.support.pcsc import READER
 
 pytestmark = [pytest.mark.usefixtures("ray_cluster"), pytest.mark.timeout(300)]
 WAIT_S = 20.0
 COUNTER_TERMINAL = 9001
 
 
-@pytest.fixture
-def pcscd():  # noqa: ANN201
-    with running_pcscd() as why_not:
-        if why_not is not None:
-            if os.environ.get("CI"):
-                pytest.fail(why_not)
-            pytest.skip(why_not)
-        yield
 
 
 async def wait_for(what: str, check, timeout_s: float = WAIT_S) -> None:  # noqa: ANN001

@@ -4,7 +4,6 @@ purchase, a compound purchase and a load, survives a torn purchase by GET TRANSA
 and sees the card removed and put back; the state outlives the emulator's run."""
 
 import json
-import os
 import signal
 from collections.abc import Iterator
 from datetime import date
@@ -30,19 +29,10 @@ from tests.support.emulator import (
     wait_card_absent,
     wait_until,
 )
-from tests.support.pcsc import running_pcscd
 
 CARD_NO = 33010050000000004
 
 
-@pytest.fixture(scope="module")
-def pcscd() -> Iterator[None]:
-    with running_pcscd() as why_not:
-        if why_not is not None:
-            if os.environ.get("CI"):
-                pytest.fail(why_not)
-            pytest.skip(why_not)
-        yield
 
 
 @pytest.fixture

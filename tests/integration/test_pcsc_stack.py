@@ -2,27 +2,17 @@
 is seen by pyscard as a card in a reader (its ATR, its answers), and pulling it is seen too."""
 
 import json
-import os
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from citycard.protocols.vpcd import VPCD_PORT
-from tests.support.pcsc import READER, VirtualCard, running_pcscd
+from tests.support.pcsc import READER, VirtualCard
 
 ATR = bytes.fromhex("3B8880010000000000718100F9")  # a T=1 card; the last byte is the check byte
 SELECT_PSE = bytes.fromhex("00A404000E315041592E5359532E444446303100")
 
 
-@pytest.fixture(scope="module")
-def pcscd() -> Iterator[None]:
-    with running_pcscd() as why_not:
-        if why_not is not None:
-            if os.environ.get("CI"):
-                pytest.fail(why_not)
-            pytest.skip(why_not)
-        yield
 
 
 def answer(apdu: bytes) -> bytes:

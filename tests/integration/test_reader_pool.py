@@ -14,7 +14,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,7 +32,7 @@ from citycard.reader_pool import (
     ReaderGone,
     ReaderPool,
 )
-from tests.support.pcsc import PORTS, READER2, PrivatePcscd, VirtualCard, running_pcscd
+from tests.support.pcsc import PORTS, READER2, PrivatePcscd, VirtualCard
 
 READER_UNDER_TEST = READER2
 PORT = PORTS[READER_UNDER_TEST]
@@ -45,14 +44,6 @@ EVENT_WAIT_S = 5.0
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def pcscd() -> Iterator[None]:
-    with running_pcscd() as why_not:
-        if why_not is not None:
-            if os.environ.get("CI"):
-                pytest.fail(why_not)
-            pytest.skip(why_not)
-        yield
 
 
 def ours(apdu: bytes) -> bytes:

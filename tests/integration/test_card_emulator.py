@@ -213,7 +213,7 @@ def test_the_cli_tears_the_first_debit_and_removes_the_card_after_inserted_for_s
     from smartcard.Exceptions import CardConnectionException
 
     state = tmp_path / "card.json"
-    run = EmulatorProcess(["--card-no", str(CARD_NO), "--state", str(state), "--tear-next-debit",
+    run = EmulatorProcess(["--card-no", str(CARD_NO), "--state", str(state), "--balance-fen", "5000", "--tear-next-debit",
                            "--inserted-for-s", "6", "--for-s", "9", "-v"], {})
     try:
         run.wait_line("inserted")

@@ -19,13 +19,15 @@ threads may be alive per reader; beyond that the reader answers ReaderError ("we
 one ends, so a hung reader cannot pile up threads.
 """
 
+from __future__ import annotations
+
 import asyncio
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..protocols.apdu import Command, Exchange, Response, parse_response
 from . import events as ev
@@ -33,13 +35,19 @@ from .errors import (
     ApduTimeout,
     CardRemoved,
     NoCard,
+    PcscUnavailable,
     ReaderError,
     ReaderGone,
     ReaderPoolError,
 )
 from .metrics import ReaderMetrics
-from .monitor import StatusMonitor
-from .worker import Job, ReaderWorker
+
+if TYPE_CHECKING:
+    from .monitor import StatusMonitor
+    from .worker import ReaderWorker
+
+PYSCARD_MISSING = ("pyscard is not installed: pip install 'citycard[readers]' (on Debian, first "
+                   "apt-get install libpcsclite-dev swig pcscd)")
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +69,7 @@ class CardSession:
     """The card that was in ``reader`` when ``ReaderPool.card`` returned. Every command raises
     CardRemoved once that card has left the reader, even if another card is put in."""
 
-    def __init__(self, pool: "ReaderPool", reader: str, atr: bytes, generation: int) -> None:
+    def __init__(self, pool: ReaderPool, reader: str, atr: bytes, generation: int) -> None:
         self._pool, self.reader, self.atr, self.generation = pool, reader, atr, generation
 
     async def transmit(self, apdu: bytes, timeout_ms: int | None = None) -> bytes:
@@ -100,14 +108,15 @@ class ReaderPool:
         self._events: deque[ev.ReaderEvent] = deque()
         self._event_queue_depth = event_queue_depth
         self._readers: dict[str, _Reader] = {}
-        self._monitor = StatusMonitor(self._from_monitor, self._filter, max_readers, monitor_wait_ms)
+        self._max_readers, self._monitor_wait_ms = max_readers, monitor_wait_ms
+        self._monitor: StatusMonitor | None = None  # made at start: it needs pyscard
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed: asyncio.Event | None = None  # set on each monitor report
         self._closed = False
         self.events_dropped = 0
 
     # -- lifecycle ----------------------------------------------------------------------------
-    async def __aenter__(self) -> "ReaderPool":
+    async def __aenter__(self) -> ReaderPool:
         await self.start()
         return self
 
@@ -117,8 +126,13 @@ class ReaderPool:
     async def start(self) -> None:
         """Connect to pcscd and start watching; PcscUnavailable if it is not there. The first
         events report each reader present at start and each card in one."""
+        try:
+            from .monitor import StatusMonitor
+        except ImportError:
+            raise PcscUnavailable(PYSCARD_MISSING) from None
         self._loop = asyncio.get_running_loop()
         self._changed = asyncio.Event()
+        self._monitor = StatusMonitor(self._from_monitor, self._filter, self._max_readers, self._monitor_wait_ms)
         await asyncio.to_thread(self._monitor.start)
 
     async def close(self) -> None:
@@ -127,7 +141,8 @@ class ReaderPool:
         if self._closed:
             return
         self._closed = True
-        await asyncio.to_thread(self._monitor.stop)
+        if self._monitor is not None:
+            await asyncio.to_thread(self._monitor.stop)
         workers = [r.worker for r in self._readers.values() if r.worker is not None]
         for w in workers:
             w.stop(ReaderGone(f"reader {w.reader!r}: the pool is closed", w.reader))
@@ -197,6 +212,8 @@ class ReaderPool:
             if len(state.abandoned) >= MAX_ABANDONED_PER_READER:
                 raise ReaderError(f"reader {state.name!r} is wedged: {len(state.abandoned)} commands never "
                                   "returned from PC/SC; pull the card or replug the reader", state.name)
+            from .worker import ReaderWorker  # pyscard is there: start() checked
+
             state.worker = ReaderWorker(state.name, self._queue_depth, self.metrics, self._worker_exited)
         return state.worker
 
@@ -212,6 +229,8 @@ class ReaderPool:
         if not 1 <= timeout_ms <= 600_000:
             raise ReaderPoolError(f"timeout_ms must be in [1, 600000], got {timeout_ms}", reader)
         worker = self._worker(state)
+        from .worker import Job  # here, not at the top: the module needs pyscard
+
         fut: asyncio.Future[Any] = self._loop.create_future()
         worker.submit(Job(kind, generation, fut, self._loop, apdu))
         try:

@@ -28,8 +28,13 @@ class ReaderLook:
 
 
 def reader_names() -> list[str]:
-    from smartcard.pcsc.PCSCExceptions import BaseSCardException
-    from smartcard.System import readers
+    try:
+        from smartcard.pcsc.PCSCExceptions import BaseSCardException
+        from smartcard.System import readers
+    except ImportError:
+        from .pool import PYSCARD_MISSING
+
+        raise PcscUnavailable(PYSCARD_MISSING) from None
 
     try:
         return [str(r) for r in readers()][:MAX_READERS]

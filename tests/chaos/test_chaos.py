@@ -176,7 +176,12 @@ def test_journal_commits_hang(configured_services, schema, ray_cluster, results_
             finally:
                 await admin.close()
             await finish(load, city, f"journal commits hung {HANG_S:.0f} s (head rows locked)", results_file)
-            await assert_shards_reloaded(city)
+            # Only a shard with a commit in flight during the hang times out and reloads. The
+            # terminals' taps may all be waiting on one shard then (each resends its unanswered
+            # seqs first), so the other may have nothing to commit: at least one reloaded.
+            stats = await until_available(
+                lambda: asyncio.gather(*[a.stats.remote() for a in city.platform.shards]))
+            assert any(st["recoveries"] >= 2 for st in stats), [st["recoveries"] for st in stats]
 
     asyncio.run(scenario())
 

@@ -1,8 +1,8 @@
 """The real PC/SC stack for tests: pcscd with vsmartcard's vpcd driver (Debian `pcscd`,
 `vsmartcard-vpcd`), and a minimal virtual card that plugs into vpcd's first reader over TCP.
 
-pcscd is used if it runs, else started here for the session (and stopped after). Without it
-the reader tests are skipped, except in CI, where its absence fails them.
+pcscd is used if it runs, else started here for the session (and stopped after). Without it,
+or without pyscard, the reader tests are skipped, except in CI, where its absence fails them.
 """
 
 import os
@@ -50,7 +50,13 @@ def vpcd_listening(port: int = VPCD_PORT) -> bool:
 
 @contextmanager
 def running_pcscd() -> Iterator[str | None]:
-    """None when pcscd with vpcd is up (already, or started here); else why not."""
+    """None when pcscd with vpcd is up (already, or started here) and pyscard is installed;
+    else why not."""
+    try:
+        import smartcard  # noqa: F401
+    except ImportError:
+        yield "pyscard is not installed (pip install -e '.[readers]', after apt-get install libpcsclite-dev swig)"
+        return
     if vpcd_listening():
         yield None
         return

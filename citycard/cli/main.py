@@ -402,6 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .card import add_parser as add_card
 
     add_card(sub)
+    from .settle import add_parser as add_settle
+
+    add_settle(sub)
     return p
 
 

@@ -45,7 +45,7 @@ from tests.support.city import api_city
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
-MAX_EXAMPLES = int(os.environ.get("CITYCARD_FUZZ_EXAMPLES", "20"))  # per operation, per mode
+MAX_EXAMPLES = int(os.environ.get("CITYCARD_FUZZ_EXAMPLES", "10"))  # per operation, per mode
 ROLE_EXAMPLES = 5  # per operation, per other role
 REQUEST_TIMEOUT_S = 10.0
 CLI_MAX_TIME_S = 180  # the schemathesis command's budget for all its phases

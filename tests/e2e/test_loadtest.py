@@ -63,8 +63,8 @@ def test_hotlist_storm_blocks_cards_during_load(configured_services, schema, tmp
 
 def test_find_max_steps_up_and_measures_half_the_maximum(configured_services, schema, tmp_path):
     env = citycard_env(configured_services, schema)
-    report = _loadtest(env, tmp_path, *SMALL, "--schema", schema, "--find-max", "--rate", "500",
-                       "--step-seconds", "3", "--p99-bound-ms", "5000", timeout_s=600)
+    report = _loadtest(env, tmp_path, *SMALL, "--schema", schema, "--find-max", "--rate", "1500",
+                       "--step-seconds", "2", "--p99-bound-ms", "1000", timeout_s=600)
     fm = report["find_max"]
     assert fm["steps"] and fm["max_accepted_per_s"] > 0
     assert fm["steps"][-1]["stop_reason"] or len(fm["steps"]) == 12

@@ -11,7 +11,7 @@ import csv
 import hashlib
 import io
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,12 +67,22 @@ def parse_csv(data: bytes, name: str) -> list[Row]:
     return rows
 
 
-def manifest(sender: str, window: str, files: Mapping[str, bytes]) -> bytes:
+# (file bytes, file name) -> (records, sum in fen), FileRefused if the file does not parse: another
+# file format (clearing files, protocols/clearing_files.py) passes its own.
+Tally = Callable[[bytes, str], tuple[int, int]]
+
+
+def tally_rows(data: bytes, name: str) -> tuple[int, int]:
+    rows = parse_csv(data, name)
+    return len(rows), sum(r.amount_fen for r in rows)
+
+
+def manifest(sender: str, window: str, files: Mapping[str, bytes], tally: Tally = tally_rows) -> bytes:
     """The manifest's canonical bytes: who, which window, and each file's count, sum and hash."""
     entries = []
     for name in sorted(files):
-        rows = parse_csv(files[name], name)
-        entries.append({"name": name, "records": len(rows), "sum_fen": sum(r.amount_fen for r in rows),
+        records, sum_fen = tally(files[name], name)
+        entries.append({"name": name, "records": records, "sum_fen": sum_fen,
                         "sha256": hashlib.sha256(files[name]).hexdigest()})
     body = {"version": MANIFEST_VERSION, "sender": sender, "window": window, "files": entries}
     return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
@@ -83,7 +93,7 @@ def sign(key: Ed25519PrivateKey, manifest_bytes: bytes) -> bytes:
 
 
 def check_delivery(public_key: Ed25519PublicKey, manifest_bytes: bytes, signature: bytes,
-                   files: Mapping[str, bytes]) -> dict[str, Any]:
+                   files: Mapping[str, bytes], tally: Tally = tally_rows) -> dict[str, Any]:
     """The manifest, if the signature and every file check; else FileRefused with the reason."""
     try:
         public_key.verify(signature, manifest_bytes)
@@ -102,8 +112,8 @@ def check_delivery(public_key: Ed25519PublicKey, manifest_bytes: bytes, signatur
         e = listed[name]
         if hashlib.sha256(data).hexdigest() != e["sha256"]:
             raise FileRefused(f"{name}: its SHA-256 is not the manifest's")
-        rows = parse_csv(data, name)
-        if len(rows) != e["records"] or sum(r.amount_fen for r in rows) != e["sum_fen"]:
-            raise FileRefused(f"{name}: {len(rows)} records for {sum(r.amount_fen for r in rows)} fen, the manifest"
+        records, sum_fen = tally(data, name)
+        if records != e["records"] or sum_fen != e["sum_fen"]:
+            raise FileRefused(f"{name}: {records} records for {sum_fen} fen, the manifest"
                               f" says {e['records']} for {e['sum_fen']}")
     return dict(body)

@@ -137,18 +137,21 @@ class LinkClient:
                                          os.urandom(16))
         writer.write(conn.hello())
         heartbeat_s = 15.0
+        pinged = False  # a ping is out and nothing came since
         try:
             while True:
-                timeout = self.connect_timeout_s if conn.state is not LinkState.READY else 3 * heartbeat_s
+                timeout = self.connect_timeout_s if conn.state is not LinkState.READY else heartbeat_s
                 try:
                     data = await asyncio.wait_for(reader.read(READ_BYTES), timeout)
                 except TimeoutError:
-                    if conn.state is not LinkState.READY:
-                        raise
+                    if conn.state is not LinkState.READY or pinged:
+                        raise  # no handshake in time, or a silent peer: drop it and reconnect
                     writer.write(conn.send(ix.Ping(time_ms=0)))  # idle: prove the link is alive
+                    pinged = True
                     continue
                 if not data:
                     return
+                pinged = False
                 step = conn.receive_data(data)
                 if step.out:
                     writer.write(step.out)

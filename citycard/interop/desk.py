@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ..domain.issuers import IssuerRegistry
-from ..domain.results import Result
+from ..domain.results import DECIDED, Result
 from ..domain.standin import StandIn, StandInCode, TapKey, terminal_result
 from ..domain.taps import Outcome, Tap
 from ..protocols import interop as ix
@@ -126,12 +126,16 @@ class RemoteDesk:
         if (tap.terminal_id, tap.seq) in self._stood_in:
             return Outcome(int(Result.OK), amount_fen, -1, True)  # a retry of a stand-in approval
         client = self.clients[issuer.code]
-        answer: ix.RemoteTapAnswer | None = None
         started = time.perf_counter()
-        if 1 <= tap.terminal_id <= store.MAX_REMOTE_TERMINAL_ID:  # the issuer's key space (store.py)
-            answer = await client.decide(ix.RemoteTap(
-                acquirer=self.own, terminal_id=tap.terminal_id, seq=tap.seq, card=tap.card_no, time_ms=tap.time_ms,
-                kind=tap.kind, amount_fen=amount_fen, route=tap.route, bill_class=tap.bill_class), self.tap_timeout_s)
+        if tap.terminal_id > store.MAX_REMOTE_TERMINAL_ID:  # outside the issuers' key space (store.py)
+            log.warning("terminal %s cannot take visitors' cards: ids above %s have no link key", tap.terminal_id,
+                        store.MAX_REMOTE_TERMINAL_ID)
+            return Outcome(int(Result.ISSUER_NOT_ACCEPTED), 0, -1, False)
+        answer = await client.decide(ix.RemoteTap(
+            acquirer=self.own, terminal_id=tap.terminal_id, seq=tap.seq, card=tap.card_no, time_ms=tap.time_ms,
+            kind=tap.kind, amount_fen=amount_fen, route=tap.route, bill_class=tap.bill_class), self.tap_timeout_s)
+        if answer is not None and answer.code not in DECIDED:
+            return Outcome(answer.code, 0, -1, False)  # the issuer is busy: nothing decided, the terminal retries
         if answer is not None:
             await store.log_remote_tap(self._pool, t, answer.code, answer.fare_fen, answer.balance_fen,
                                        answer.replay, self._wall_ms())

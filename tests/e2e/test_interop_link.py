@@ -24,6 +24,7 @@ from tests.support.services import drop_city_data, new_schema
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
 ROUTE = 7
+STRANGER = 33010009999999990  # A's issuer number, a serial A never issued
 
 
 @pytest.fixture(scope="module")
@@ -108,18 +109,28 @@ def test_visitor_tap_is_decided_by_its_issuer_once_then_stood_in_then_advised(re
         retry = await client.tap(2, card, now_ms() - 60_000, int(TapKind.BUS), route=ROUTE)
         assert (retry.code, retry.replay) == (Result.OK, True)
         assert desk.standin.risk("HZ").approved_count == n_within
+        # a card A never issued, within the limit: B takes the risk; A will decline it
+        stranger = await client.tap(3 + n_within, STRANGER, now_ms() - 30_000, int(TapKind.BUS), route=ROUTE)
+        assert (stranger.code, stranger.fare_fen) == (Result.OK, fare)
 
         # 3. A is back: B's advice is decided in A's journal, B's stand-in taps are confirmed
         await r.a.platform.region.server.start()
 
-        async def confirmed() -> bool:
-            rows = await fetch(r.b, "SELECT count(*) FROM standin_taps WHERE state = 'confirmed'")
-            return bool(rows[0][0] == n_within)
+        async def decided() -> bool:
+            rows = await fetch(r.b, "SELECT count(*) FROM standin_taps WHERE state = 'pending'")
+            return bool(rows[0][0] == 0)
 
-        await until(confirmed)
+        await until(decided)
+        states = await fetch(r.b, "SELECT seq, state, code FROM standin_taps ORDER BY seq")
+        assert states == [(2 + k, "confirmed", Result.OK) for k in range(n_within)] + [
+            (3 + n_within, "declined", Result.CARD_UNKNOWN)]
+        risk = desk.standin.risk("HZ")
+        assert (risk.approved_fen, risk.pending_fen, risk.declined_fen) == ((n_within + 1) * fare, 0, fare)
+        assert metrics.get_sample_value("citycard_standin_declined_fen_total", {"issuer": "HZ"}) == fare
         a_rows = await fetch(r.a, "SELECT seq, result, amount_fen FROM journal WHERE terminal_id = $1 ORDER BY seq",
                              shard_tid)
-        assert a_rows == [(1, Result.OK, fare)] + [(2 + k, Result.OK, fare) for k in range(n_within)]
+        assert a_rows == [(1, Result.OK, fare)] + [(2 + k, Result.OK, fare) for k in range(n_within)] + [
+            (3 + n_within, Result.CARD_UNKNOWN, 0)]
         assert desk.standin.risk("HZ").pending_fen == 0
         assert metrics.get_sample_value("citycard_standin_risk_fen", {"issuer": "HZ"}) == 0
         assert metrics.get_sample_value("citycard_link_up", {"issuer": "HZ"}) == 1
@@ -137,8 +148,7 @@ def test_card_unknown_to_its_issuer_is_refused_by_the_issuer(region) -> None:  #
 
     async def scenario() -> None:
         client = await r.b.client(r.b.terminals[1].terminal_id)
-        stranger = 33010009999999990  # A's issuer number, a serial A never issued
-        ans = await client.tap(1, stranger, now_ms(), int(TapKind.BUS), route=ROUTE)
+        ans = await client.tap(1, STRANGER, now_ms(), int(TapKind.BUS), route=ROUTE)
         assert ans.code == Result.CARD_UNKNOWN
         log = await fetch(r.b, "SELECT result FROM remote_taps WHERE terminal_id = $1", client.terminal_id)
         assert log == [(Result.CARD_UNKNOWN,)]

@@ -90,7 +90,7 @@ class LinkClient:
             return None
         finally:
             if fut.done() and self._answers.get(key) is fut:
-                del self._answers[key]
+                del self._answers[key]  # woken by a dropped connection
 
     async def advise(self, items: list[ix.AdviceItem], timeout_s: float) -> ix.StandInAdviceAck | None:
         if not self._ready.is_set():
@@ -157,7 +157,7 @@ class LinkClient:
                     writer.write(step.out)
                 for ev in step.events:
                     if isinstance(ev, AnswerIn):
-                        fut = self._answers.get((ev.answer.terminal_id, ev.answer.seq))
+                        fut = self._answers.pop((ev.answer.terminal_id, ev.answer.seq), None)  # late ones too
                         if fut is not None and not fut.done():
                             fut.set_result(ev.answer)
                     elif isinstance(ev, AckIn):
@@ -186,6 +186,7 @@ class LinkClient:
         for fut in list(self._answers.values()) + list(self._acks.values()):
             if not fut.done():
                 fut.set_result(None)
+        self._answers.clear()
         if was_up and self._on_up is not None:
             self._on_up(self.issuer.code, False)
             log.warning("link to %s down: %s", self.issuer.code, why)

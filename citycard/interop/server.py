@@ -22,6 +22,7 @@ from . import store
 log = logging.getLogger(__name__)
 
 READ_BYTES = 65536
+MAX_INFLIGHT_PER_PEER = 10_000  # taps and advice messages being decided per connection; more: BUSY
 # A remote tap is an amount the acquirer priced; the issuer debits that amount. On the
 # shards it is an amount tap (the taxi rule: pay tap.amount_fen from the transport purses),
 # under the acquirer's reserved terminal id. The original kind stays in the acquirer's log.
@@ -92,6 +93,7 @@ class LinkServer:
         own = self.registry.own
         conn = IssuerSide(own.code, self._key, self._peers, os.urandom(16), self.registry.is_own,
                           heartbeat_ms=self.heartbeat_ms)
+        inflight = [0]
         try:
             while True:
                 data = await reader.read(READ_BYTES)
@@ -101,10 +103,14 @@ class LinkServer:
                 if step.out:
                     writer.write(step.out)
                 for ev in step.events:
-                    if isinstance(ev, TapIn):
-                        self._spawn(self._tap(conn, writer, ev.tap))
+                    if isinstance(ev, TapIn | AdviceIn) and inflight[0] >= MAX_INFLIGHT_PER_PEER:
+                        self._refuse(conn, writer, ev)
+                    elif isinstance(ev, TapIn):
+                        inflight[0] += 1
+                        self._spawn(self._counted(inflight, self._tap(conn, writer, ev.tap)))
                     elif isinstance(ev, AdviceIn):
-                        self._spawn(self._advice(conn, writer, ev.advice))
+                        inflight[0] += 1
+                        self._spawn(self._counted(inflight, self._advice(conn, writer, ev.advice)))
                     elif isinstance(ev, PeerAuthenticated):
                         log.info("link: %s authenticated", ev.city)
                     elif isinstance(ev, Closed):
@@ -117,6 +123,23 @@ class LinkServer:
         finally:
             self._writers.discard(writer)
             writer.close()
+
+    @staticmethod
+    async def _counted(inflight: list[int], coro: Awaitable[None]) -> None:
+        try:
+            await coro
+        finally:
+            inflight[0] -= 1
+
+    def _refuse(self, conn: IssuerSide, writer: asyncio.StreamWriter, ev: TapIn | AdviceIn) -> None:
+        """Too much in flight from this peer: nothing decided, the acquirer retries."""
+        if isinstance(ev, TapIn):
+            t = ev.tap
+            self._write(writer, conn.answer(ix.RemoteTapAnswer(acquirer=t.acquirer, terminal_id=t.terminal_id,
+                                                               seq=t.seq, code=int(Result.BUSY), fare_fen=0,
+                                                               balance_fen=-1)))
+        else:
+            self._write(writer, conn.internal_error(f"advice {ev.advice.req}: too much in flight, send it again"))
 
     async def _slot(self, acquirer: str) -> int:
         slot = self._slots.get(acquirer)

@@ -159,3 +159,43 @@ def test_card_unknown_to_its_issuer_is_refused_by_the_issuer(region) -> None:  #
 
 async def _value(v: object) -> bool:
     return bool(await v) if asyncio.iscoroutine(v) else bool(v)
+
+
+def test_issuer_too_slow_the_acquirer_stands_in_and_the_advice_replays_the_first_decision(region) -> None:  # noqa: ANN001
+    """A decides the tap but answers after B's timeout: B stands in; its advice, sent while the
+    link is up, has the same key, so A answers with that first decision and charges once."""
+    runner, r = region
+
+    async def scenario() -> None:
+        server = r.a.platform.region.server
+        card = plain_cards(r.a)[1]
+        opening = opening_of(r.a, card)
+        client = await r.b.client(r.b.terminals[2].terminal_id)
+        tid = client.terminal_id
+        fast = server._decide
+
+        async def slow(taps):  # noqa: ANN001, ANN202
+            outcomes = await fast(taps)  # decided and durable at A ...
+            await asyncio.sleep(0.8)  # ... but answered after B's 500 ms
+            return outcomes
+
+        server._decide = slow
+        try:
+            ans = await client.tap(1, card, now_ms(), int(TapKind.BUS), route=ROUTE)
+            assert (ans.code, ans.balance_fen) == (Result.OK, -1)  # stand-in: A's balance unknown here
+
+            async def decided() -> bool:
+                rows = await fetch(r.b, "SELECT state FROM standin_taps WHERE terminal_id = $1 AND seq = 1", tid)
+                return rows == [("confirmed",)]
+
+            await until(decided)
+        finally:
+            server._decide = fast
+        slot = (await fetch(r.a, "SELECT slot FROM interop_acquirers WHERE code = 'SH'"))[0][0]
+        rows = await fetch(r.a, "SELECT seq, result, amount_fen, balance_after_fen FROM journal WHERE terminal_id = $1",
+                           remote_terminal_id(slot, tid))
+        assert rows == [(1, Result.OK, ans.fare_fen, opening - ans.fare_fen)]  # once, though asked twice
+        assert await fetch(r.b, "SELECT count(*) FROM remote_taps WHERE terminal_id = $1", tid) == [(0,)]
+        await client.close()
+
+    runner.run(scenario())

@@ -1,7 +1,8 @@
 """``citycard settle ...``: settlement inside the city (docs/settlement.md).
 
 counterparty add, attach terminals, close a window (lines, discrepancies, files), show it,
-and its bus-subsidy basis. Bad input: a one-line error and exit code 2 (main.py's handler).
+and its bus-subsidy basis;
+and the city's side of regional clearing: export or send a window's clearing files. Bad input: a one-line error and exit code 2 (main.py's handler).
 """
 
 import argparse
@@ -89,6 +90,24 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
             w.add_argument("--key-file", type=Path, metavar="PEM", help=f"the city's Ed25519 signing key"
                            f" (default: {KEY_FILE} in the state dir, made on first use)")
         w.set_defaults(func=_cmd, action=name)
+    for name, help_text in (("export-clearing", "write the window's clearing files (other issuers' cards) for the"
+                             " regional clearing house"),
+                            ("send-clearing", "deliver the window's clearing files to the clearing house")):
+        c = ssub.add_parser(name, help=help_text)
+        c.add_argument("--window", type=_window, required=True, metavar="YYYY-MM-DD")
+        c.add_argument("--city", required=True, metavar="CODE", help="this city's code at the clearing house")
+        if name == "export-clearing":
+            c.add_argument("--out", type=Path, required=True, metavar="DIR",
+                           help="write <DIR>/<window>/<issuer>.csv, manifest.json and manifest.sig")
+        else:
+            c.add_argument("--to", required=True, metavar="URL", help="the house, e.g. http://127.0.0.1:7790")
+            c.add_argument("--out", type=Path, metavar="DIR", help="also write the files there")
+        c.add_argument("--issuer-code", action="append", default=[], metavar="PREFIX=CODE",
+                       help="the house's code for an issuer number (repeatable; default: the number itself)")
+        c.add_argument("--key-file", type=Path, metavar="PEM", help=f"the city's Ed25519 signing key"
+                       f" (default: {KEY_FILE} in the state dir, made on first use)")
+        c.add_argument("--json", action="store_true", help="print JSON")
+        c.set_defaults(func=_cmd, action=name)
 
 
 def _cmd(args: argparse.Namespace) -> int:
@@ -215,7 +234,56 @@ def _print(closing: store.Closing, as_json: bool, extra: dict[str, Any]) -> None
         print(f"files: {extra['files']} (public key {extra['public_key_hex']})")
 
 
+def _issuer_codes(pairs: list[str]) -> dict[int, str]:
+    out = {}
+    for pair in pairs:
+        prefix, _, code = pair.partition("=")
+        if not prefix.isdigit() or not code:
+            raise CityCardError(f"--issuer-code is PREFIX=CODE, e.g. 310000=SH; got {pair!r}")
+        out[int(prefix)] = code
+    return out
+
+
+async def _clearing(settings: Settings, conn: asyncpg.Connection, args: argparse.Namespace) -> int:
+    from ..clearing import client
+    from ..persistence import clearing_export
+
+    tables, offset_ms = _tables(settings)
+    start_ms, end_ms = window_bounds(args.window, offset_ms)
+    key_path = args.key_file or settings.state.path / KEY_FILE
+    key = load_or_make_key(key_path)
+    d = await clearing_export.gather(conn, args.city, args.window, start_ms, end_ms, tables.home_issuer, key,
+                                     _issuer_codes(args.issuer_code))
+    out: dict[str, Any] = {"window": d.window, "sender": d.sender, "records": d.records, "sum_fen": d.sum_fen,
+                           "files": sorted(d.files), "held_back": d.held_back,
+                           "public_key_hex": public_hex(key, key_path)}
+    if args.out is not None:
+        out["dir"] = str(clearing_export.write(args.out, d))
+    if args.action == "send-clearing":
+        status, answer = await asyncio.to_thread(client.deliver, args.to.rstrip("/"), d.sender, d.window,
+                                                 d.manifest, d.signature, d.files)
+        out["house"] = {"status": status, **answer}
+        if status >= 300:
+            raise CityCardError(f"the clearing house refused window {d.window} ({status}): {answer.get('code')}:"
+                                f" {answer.get('reason')}")
+    if args.json:
+        print(json.dumps(out, indent=1))
+        return 0
+    print(f"window {d.window}: {d.records} cross-city records for {d.sum_fen} fen in {len(d.files)} file(s)"
+          f" (key {out['public_key_hex']})")
+    if "dir" in out:
+        print(f"files: {out['dir']}")
+    if "house" in out:
+        h = out["house"]
+        print(f"clearing house: accepted {h.get('accepted')}, rejected {h.get('rejected_count')}")
+        for r in h.get("rejected", [])[:20]:
+            print(f"  {r['record_id']}: {r['code']}: {r['reason']}")
+    for why in d.held_back[:20]:
+        print(f"held back: {why}")
+    return 0
+
+
 _ACTIONS: dict[str, Callable[[Settings, asyncpg.Connection, argparse.Namespace], Awaitable[int]]] = {
     "add": _add, "attach": _attach, "close": _close, "show": _show, "subsidy": _subsidy,
-    "mark-settled": _mark_settled,
+    "mark-settled": _mark_settled, "export-clearing": _clearing, "send-clearing": _clearing,
 }

@@ -7,15 +7,18 @@ and changes nothing. Bodies are read up to a bound (413 past it) before anything
 """
 
 import hmac
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from ..domain.clearing import MAX_PARTICIPANTS
 from ..domain.clearing_records import ClearingCode, window_key
 from . import wire
-from .service import DUPLICATE_PARTICIPANT, HouseService
+from .service import DUPLICATE_PARTICIPANT, TOO_MANY_PARTICIPANTS, HouseService
 
+log = logging.getLogger(__name__)
 MAX_REJECTIONS_SHOWN = 1000  # a delivery's answer lists at most this many rejected records
 _CONFLICT = {ClearingCode.DUPLICATE_FILE, ClearingCode.WINDOW_CLOSED, ClearingCode.HORIZON_FULL,
              ClearingCode.WINDOW_FULL, ClearingCode.DUPLICATE_CHARGEBACK, ClearingCode.WINDOW_OPEN}
@@ -56,6 +59,12 @@ def create_app(house: HouseService, admin_token: str, max_body_bytes: int = 64 *
     async def too_big(_request: Request, _exc: _TooBig) -> JSONResponse:
         return refusal(413, "TOO_LARGE", "the body is over the house's bound")
 
+    @app.exception_handler(Exception)
+    async def failed(_request: Request, exc: Exception) -> JSONResponse:
+        # the house rebuilt its core from the committed events already (service._mutate)
+        log.exception("clearing house: a request failed", exc_info=exc)
+        return refusal(500, "INTERNAL", f"the house could not do it ({type(exc).__name__}); nothing was changed")
+
     @app.exception_handler(wire.Refusal)
     async def bad_request(_request: Request, exc: wire.Refusal) -> JSONResponse:
         return refusal(422, exc.code, exc.reason)
@@ -87,6 +96,8 @@ def create_app(house: HouseService, admin_token: str, max_body_bytes: int = 64 *
         got = await house.register(city, key, cap, rate, prefixes)
         if got == DUPLICATE_PARTICIPANT:
             return refusal(409, DUPLICATE_PARTICIPANT, f"{city} is registered already")
+        if got == TOO_MANY_PARTICIPANTS:
+            return refusal(409, TOO_MANY_PARTICIPANTS, f"at most {MAX_PARTICIPANTS} participants")
         return {"code": "OK", "city": city}
 
     @app.post("/deliveries", response_model=None)

@@ -21,7 +21,7 @@ import asyncpg
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from ..domain.clearing import ClearingHouse
+from ..domain.clearing import MAX_PARTICIPANTS, ClearingHouse
 from ..domain.clearing_records import (
     ClearingCode,
     Closed,
@@ -37,6 +37,7 @@ from .wire import verdict_bytes
 
 T = TypeVar("T")
 DUPLICATE_PARTICIPANT = "DUPLICATE_PARTICIPANT"
+TOO_MANY_PARTICIPANTS = "TOO_MANY_PARTICIPANTS"
 
 
 class HouseService:
@@ -108,12 +109,15 @@ class HouseService:
     # -- mutations ------------------------------------------------------------------------
     async def register(self, city: str, public_key: bytes, net_debit_cap_fen: int, rate_bp: int,
                        card_prefixes: tuple[str, ...] = ()) -> Outcome | str:
-        """ClearingCode.OK, or DUPLICATE_PARTICIPANT (a city registers once; nothing changes)."""
+        """ClearingCode.OK, DUPLICATE_PARTICIPANT (a city registers once) or TOO_MANY_PARTICIPANTS
+        (nothing changes)."""
         key = Ed25519PublicKey.from_public_bytes(public_key)
 
         async def step(conn: asyncpg.Connection) -> Outcome | str:
             if city in self.core._participants:
                 return DUPLICATE_PARTICIPANT
+            if len(self.core._participants) >= MAX_PARTICIPANTS:
+                return TOO_MANY_PARTICIPANTS
             await store.add_participant(conn, city, public_key, net_debit_cap_fen, rate_bp, card_prefixes)
             self.core.register(city, key, net_debit_cap_fen, rate_bp, card_prefixes)
             return Outcome(ClearingCode.OK)
@@ -126,7 +130,8 @@ class HouseService:
         digest = hashlib.sha256(manifest).hexdigest()
 
         async def step(conn: asyncpg.Connection) -> Ingested:
-            got = self.core.ingest(sender, window, manifest, signature, files)
+            # seconds for millions of records: off the event loop (the lock keeps everyone else out)
+            got = await asyncio.to_thread(self.core.ingest, sender, window, manifest, signature, files)
             await store.add_delivery(conn, sender, window, manifest, signature, digest, int(got.code), got.reason,
                                      got.accepted, len(got.rejected), files)
             return got

@@ -228,13 +228,22 @@ def test_house_over_http(configured_services: ServiceUrls, schema: str) -> None:
         # A third instance (over ASGI, no socket): the settled mark and the chargeback replayed too.
         house = await HouseService.open(urls.db_url, schema)
         try:
-            transport = httpx.ASGITransport(app=create_app(house, TOKEN))
+            transport = httpx.ASGITransport(app=create_app(house, TOKEN), raise_app_exceptions=False)
             async with httpx.AsyncClient(transport=transport, base_url="http://house") as c3:
                 assert (await c3.get("/suspended")).json()["suspended"] == []
                 assert (await c3.get(f"/windows/{W2}/report")).json() == r2
                 assert (await c3.get("/windows/2026-13-01/report")).json()["code"] == "WRONG_WINDOW"
                 big = await c3.post("/deliveries", content=b"x" * (64 * 2**20 + 1))
                 assert big.status_code == 413
+                # The event row cannot be written after the core closed the window: the core is
+                # rebuilt from what was committed, so the close never happened.
+                w3 = "2026-12-09"
+                async with house.pool.acquire() as conn3:
+                    await conn3.execute(f"ALTER TABLE house_closes ADD CONSTRAINT not_w3 CHECK (window_name <> '{w3}')")
+                r = await c3.post(f"/windows/{w3}/close", headers=ADMIN)
+                assert (r.status_code, r.json()["code"]) == (500, "INTERNAL")
+                assert (await c3.get(f"/windows/{w3}/report")).json()["code"] == "UNKNOWN_WINDOW"
+                assert (await c3.get(f"/windows/{W2}/report")).json() == r2
         finally:
             await house.close()
 

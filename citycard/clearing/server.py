@@ -41,6 +41,11 @@ class HouseServer:
             self._task.result()  # raises what stopped it
         return self.port
 
+    async def wait(self) -> None:
+        """Until uvicorn stops serving (it takes SIGINT / SIGTERM itself while it serves)."""
+        if self._task is not None:
+            await asyncio.shield(self._task)
+
     async def stop(self) -> None:
         if self._server is not None:
             self._server.should_exit = True

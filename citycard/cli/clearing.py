@@ -124,7 +124,11 @@ def _cmd_up(args: argparse.Namespace) -> int:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
-            await stop.wait()
+            waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(server.wait())]
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            for w in waiters:
+                w.cancel()
+            print("citycard clearing: stopping", flush=True)
         finally:
             await server.stop()
             await house.close()

@@ -56,3 +56,7 @@ def close(base: str, token: str, window: str) -> tuple[int, Any]:
 
 def report(base: str, window: str) -> tuple[int, Any]:
     return _call("GET", f"{base}/windows/{window}/report")
+
+
+def statement(base: str, window: str, city: str) -> tuple[int, Any]:
+    return _call("GET", f"{base}/windows/{window}/statements/{city}")

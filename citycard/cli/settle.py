@@ -266,6 +266,7 @@ async def _clearing(settings: Settings, conn: asyncpg.Connection, args: argparse
         if status >= 300:
             raise CityCardError(f"the clearing house refused window {d.window} ({status}): {answer.get('code')}:"
                                 f" {answer.get('reason')}")
+        out["books"] = await _books(args.to.rstrip("/"), d, answer)
     if args.json:
         print(json.dumps(out, indent=1))
         return 0
@@ -278,9 +279,27 @@ async def _clearing(settings: Settings, conn: asyncpg.Connection, args: argparse
         print(f"clearing house: accepted {h.get('accepted')}, rejected {h.get('rejected_count')}")
         for r in h.get("rejected", [])[:20]:
             print(f"  {r['record_id']}: {r['code']}: {r['reason']}")
+        b = out["books"]
+        print(f"books: cleared {b['cleared_fen']} fen by this city's files, the house's statement says"
+              f" {b['house_receivable_gross_fen']}: {'equal' if b['equal'] else 'DIFFERENT'}")
     for why in d.held_back[:20]:
         print(f"held back: {why}")
     return 0
+
+
+async def _books(base: str, d: Any, answer: dict[str, Any]) -> dict[str, Any]:
+    """The city's books against the house's for this window: what its files cleared (its sum less
+    the records the house rejected) and the house's provisional statement of it as acquirer."""
+    from ..clearing import client
+    from ..protocols.clearing_files import parse_csv
+
+    amounts = {r.record_id: r.amount_fen for name, data in d.files.items() for r in parse_csv(data, name)}
+    rejected = [r["record_id"] for r in answer.get("rejected", [])]
+    cleared = d.sum_fen - sum(amounts.get(rid, 0) for rid in rejected)
+    status, st = await asyncio.to_thread(client.statement, base, d.window, d.sender)
+    house = st.get("receivable_gross_fen") if status == 200 else None
+    complete = answer.get("rejected_count", 0) == len(rejected)  # the answer lists at most 1000
+    return {"cleared_fen": cleared, "house_receivable_gross_fen": house, "equal": complete and house == cleared}
 
 
 _ACTIONS: dict[str, Callable[[Settings, asyncpg.Connection, argparse.Namespace], Awaitable[int]]] = {

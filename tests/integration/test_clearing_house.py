@@ -255,7 +255,7 @@ SH, NB = 310000, 330200
 
 
 def test_city_exports_and_sends_clearing(configured_services: ServiceUrls, schema: str, tmp_path: Path,
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
+                                         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     tables = shipped_tables()
     assert tables.home_issuer == OWN
     start_ms, _ = window_bounds(W1, tables.versions[-1].utc_offset_ms)
@@ -315,8 +315,12 @@ def test_city_exports_and_sends_clearing(configured_services: ServiceUrls, schem
             assert recs["HZ:11:2"].issuer == "SH" and recs["HZ:12:1"].issuer == str(NB)
             assert recs["HZ:11:1"].tac == bytes([1, 2, 3, 4]) and recs["HZ:11:1"].kind == "offline"
 
+            capsys.readouterr()
             assert await asyncio.to_thread(main, ["settle", "send-clearing", "--window", W1, "--to", server.url,
-                                                  "--city", "HZ", "--issuer-code", f"{SH}=SH"]) == 0
+                                                  "--city", "HZ", "--issuer-code", f"{SH}=SH", "--json"]) == 0
+            sent = json.loads(capsys.readouterr().out)
+            assert (sent["records"], sent["house"]["accepted"]) == (3, 3)
+            assert sent["books"] == {"cleared_fen": 870, "house_receivable_gross_fen": 870, "equal": True}
             assert await asyncio.to_thread(main, ["settle", "send-clearing", "--window", W1, "--to", server.url,
                                                   "--city", "HZ", "--issuer-code", f"{SH}=SH"]) == 2  # duplicate
             assert await asyncio.to_thread(main, ["clearing", "close", "--window", W1, *admin]) == 0

@@ -149,6 +149,8 @@ class Platform:
         self.metrics_port = 0
         self.api: Any = None
         self.api_port = 0
+        self.region: Any = None  # interop.wiring.RegionLink when settings have a [region]
+        self.link_port = 0
         self._stack = AsyncExitStack()
         self._kill_on_stop = True
 
@@ -201,6 +203,13 @@ class Platform:
         parts.reporter.start()
         self._on_stop("session reports", parts.reporter.stop)
         self._on_stop("router", parts.router.close)  # stops before the reporter: its last answers count
+        if s.region is not None:  # the inter-platform link (docs/interop.md); absent: a single city
+            from ..interop.wiring import start_region
+
+            self.region = await start_region(s.region, self.pool, parts.router, self.metrics.registry, fares,
+                                             lambda card_no: card_no in cache.cards)
+            self.link_port = self.region.server.port
+            self._on_stop("region link", self.region.stop)  # after the gateway: no more visitors' taps
         self.gateway = Gateway(parts.ctx, g.host, g.port if gateway_port is None else gateway_port)
         self.gateway_port = await self.gateway.start()
         self._on_stop("gateway", self.gateway.stop)

@@ -202,6 +202,31 @@ class State(_Section):
         return Path(base) / "citycard"
 
 
+class Region(_Section):
+    """The inter-platform link (docs/interop.md, "Running the link"). Absent: a single city,
+    nothing listens and every tap goes to this city's shards."""
+
+    own: str  # this city's code in the registry
+    issuers: list[dict[str, Any]] = Field(min_length=1, max_length=1000)  # as config/issuers.py reads them
+    link_host: str = "0.0.0.0"
+    link_port: int = Field(default=7800, ge=0, le=65535)  # 0: any free port (tests)
+    link_key_path: str = Field(min_length=1)  # a file holding this city's Ed25519 link seed, 64 hex digits
+    tap_timeout_ms: int = Field(default=2000, ge=50, le=60_000)  # then stand-in (well under terminals' own)
+    connect_timeout_ms: int = Field(default=1000, ge=50, le=60_000)
+    max_inflight_taps: int = Field(default=10_000, ge=1, le=1_000_000)  # per issuer; more: stand-in
+    standin_window_ms: int = Field(default=3_600_000, ge=1000, le=7 * 86_400_000)  # floor limits' window
+    backoff_min_ms: int = Field(default=1000, ge=10, le=60_000)
+    backoff_max_ms: int = Field(default=30_000, ge=10, le=600_000)
+    heartbeat_ms: int = Field(default=15_000, ge=1000, le=600_000)
+
+    @model_validator(mode="after")
+    def _registry(self) -> "Region":
+        from .issuers import registry_from_dict
+
+        registry_from_dict({"own": self.own, "issuers": self.issuers})  # ConfigError names the field
+        return self
+
+
 class Settings(_Section):
     city: City
     gateway: Gateway
@@ -213,6 +238,7 @@ class Settings(_Section):
     ray: Ray
     state: State
     card: Card
+    region: Region | None = None
 
     @model_validator(mode="after")
     def _timeouts_nest(self) -> "Settings":

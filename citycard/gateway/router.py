@@ -9,6 +9,7 @@ same seq).
 import asyncio
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from ..actors.shard_client import ShardClient, ShardUnavailable
 from ..domain.results import Result
@@ -76,6 +77,9 @@ class Router:
         self.linger_s = linger_ms / 1000.0
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop = asyncio.get_running_loop()
+        # interop.desk.RemoteDesk when a region is configured: visitors' taps go to their
+        # issuer over the link (docs/interop.md); None: every tap goes to this city's shards.
+        self.remote: Any = None
 
     def hotlist(self) -> set[int]:
         h = self._hotlist
@@ -87,7 +91,11 @@ class Router:
         lanes = self.lanes
         n = self.n_shards
         touched: dict[ShardLane, None] = {}  # ordered, so a seeded simulation replays exactly
+        remote = self.remote
         for i, tap in enumerate(pending.taps):
+            if remote is not None and remote.claims(tap.card_no):
+                remote.submit(tap, pending, i)  # another city's card: its issuer decides
+                continue
             if tap.card_no in hot:
                 # Refused without fare rules, but through the shard: a retry of a tap charged
                 # before the card was listed must get its first outcome, and the refusal is

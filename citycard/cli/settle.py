@@ -95,7 +95,8 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
                             ("send-clearing", "deliver the window's clearing files to the clearing house")):
         c = ssub.add_parser(name, help=help_text)
         c.add_argument("--window", type=_window, required=True, metavar="YYYY-MM-DD")
-        c.add_argument("--city", required=True, metavar="CODE", help="this city's code at the clearing house")
+        c.add_argument("--city", metavar="CODE", help="this city's code at the clearing house"
+                       " (default: [region] own)")
         if name == "export-clearing":
             c.add_argument("--out", type=Path, required=True, metavar="DIR",
                            help="write <DIR>/<window>/<issuer>.csv, manifest.json and manifest.sig")
@@ -103,7 +104,8 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
             c.add_argument("--to", required=True, metavar="URL", help="the house, e.g. http://127.0.0.1:7790")
             c.add_argument("--out", type=Path, metavar="DIR", help="also write the files there")
         c.add_argument("--issuer-code", action="append", default=[], metavar="PREFIX=CODE",
-                       help="the house's code for an issuer number (repeatable; default: the number itself)")
+                       help="the house's code for an issuer number (repeatable; default: the [region]"
+                       " registry's code, else the number itself)")
         c.add_argument("--key-file", type=Path, metavar="PEM", help=f"the city's Ed25519 signing key"
                        f" (default: {KEY_FILE} in the state dir, made on first use)")
         c.add_argument("--json", action="store_true", help="print JSON")
@@ -234,6 +236,16 @@ def _print(closing: store.Closing, as_json: bool, extra: dict[str, Any]) -> None
         print(f"files: {extra['files']} (public key {extra['public_key_hex']})")
 
 
+def _region_codes(settings: Settings) -> dict[int, str]:
+    """Issuer number -> code, from the configured [region] registry (none: empty)."""
+    if settings.region is None:
+        return {}
+    from ..config.issuers import registry_from_dict
+
+    registry = registry_from_dict({"own": settings.region.own, "issuers": settings.region.issuers})
+    return {i.card_prefix: i.code for i in registry}
+
+
 def _issuer_codes(pairs: list[str]) -> dict[int, str]:
     out = {}
     for pair in pairs:
@@ -252,8 +264,14 @@ async def _clearing(settings: Settings, conn: asyncpg.Connection, args: argparse
     start_ms, end_ms = window_bounds(args.window, offset_ms)
     key_path = args.key_file or settings.state.path / KEY_FILE
     key = load_or_make_key(key_path)
-    d = await clearing_export.gather(conn, args.city, args.window, start_ms, end_ms, tables.home_issuer, key,
-                                     _issuer_codes(args.issuer_code))
+    codes, city = _region_codes(settings), args.city
+    if city is None:
+        if settings.region is None:
+            raise CityCardError("--city is needed: no [region] is configured to name this city")
+        city = settings.region.own
+    codes.update(_issuer_codes(args.issuer_code))
+    d = await clearing_export.gather(conn, city, args.window, start_ms, end_ms, tables.home_issuer, key, codes,
+                                     offset_ms)
     out: dict[str, Any] = {"window": d.window, "sender": d.sender, "records": d.records, "sum_fen": d.sum_fen,
                            "files": sorted(d.files), "held_back": d.held_back,
                            "public_key_hex": public_hex(key, key_path)}

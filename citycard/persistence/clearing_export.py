@@ -5,7 +5,8 @@ manifest with each file's count, sum and SHA-256, signed with the city's key
 
 Which records: the offline purse sales this city's host journaled as money (ACCEPTED or
 BALANCE_IMPOSSIBLE) and *received* in the window's local day, as settlement.py books them,
-whose card's issuer number (``cards.issuer_of``) is not the city's own. A record is an
+whose card's issuer number (``cards.issuer_of``) is not the city's own; and the visitors'
+online taps their issuers decided over the link (``remote_tap_records``). A record is an
 obligation of its issuer only if it has money (amount > 0). A record whose validator clock
 dates it after the window's day cannot be cleared in it (the house would refuse it): it is
 left out and listed in ``held_back``. The same window always gives the same bytes.
@@ -20,6 +21,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ..domain.cards import issuer_of
 from ..domain.clearing_records import ClearingRecord, check_city, record_id_of, window_key
+from ..domain.results import Result
+from ..domain.settlement import when_digits
 from ..protocols.clearing_files import render_csv, tally
 from ..protocols.settlement_files import manifest, sign
 from .settlement import JOURNALED_CODES, RECEIVED_WHERE
@@ -70,13 +73,36 @@ async def offline_records(conn: asyncpg.Connection, sender: str, window: str, st
     return out, held
 
 
-async def remote_tap_records(conn: asyncpg.Connection, sender: str, window: str, start_ms: int,
-                             end_ms: int) -> list[ClearingRecord]:
-    """HOOK(remote_taps): the online taps of other issuers' cards this city routed to their
-    platforms (or stood in for) and that were approved, as ``kind="online"`` records. Their
-    table (``remote_taps``, migration 0009) is being built elsewhere; until it lands there are
-    none, and a city clears its offline sales only."""
-    return []
+async def remote_tap_records(conn: asyncpg.Connection, sender: str, window: str, start_ms: int, end_ms: int,
+                             utc_offset_ms: int) -> tuple[list[ClearingRecord], list[str]]:
+    """Visitors' online taps (migration 0009, docs/interop.md 5.6) that their issuers owe this
+    city for: the taps an issuer decided OK with a fare (``remote_taps``, by when this city
+    committed the answer) and the stand-in approvals an issuer confirmed afterwards
+    (``standin_taps``, by when the confirmation was committed; a key answered online too is
+    cleared once). Pending or declined stand-ins are this city's risk, not cleared."""
+    key = window_key(window)
+    out, held = [], []
+    rows = await conn.fetch(
+        "SELECT r.issuer, r.terminal_id, r.seq, r.card_no, r.fare_fen AS amount_fen, r.tap_time_ms FROM remote_taps r"
+        " WHERE r.result = $3 AND r.fare_fen > 0 AND r.answered_ms >= $1 AND r.answered_ms < $2"
+        " UNION ALL"
+        " SELECT s.issuer, s.terminal_id, s.seq, s.card_no, s.amount_fen, s.tap_time_ms FROM standin_taps s"
+        " WHERE s.state = 'confirmed' AND s.amount_fen > 0 AND s.decided_ms >= $1 AND s.decided_ms < $2"
+        " AND NOT EXISTS (SELECT 1 FROM remote_taps r WHERE r.terminal_id = s.terminal_id AND r.seq = s.seq"
+        " AND r.result = $3 AND r.fare_fen > 0)"
+        " ORDER BY 2, 3", start_ms, end_ms, int(Result.OK))
+    for r in rows:
+        rid = record_id_of(sender, r["terminal_id"], r["seq"])
+        when = f"{when_digits(r['tap_time_ms'], utc_offset_ms):014d}"
+        if when[:8] > key:
+            held.append(f"{rid}: tapped {when[:8]}, after window {window}")
+            continue
+        try:
+            out.append(ClearingRecord(rid, r["issuer"], sender, r["card_no"], r["amount_fen"], "online", window,
+                                      r["terminal_id"], r["seq"], when))
+        except ValueError as exc:
+            held.append(f"{rid}: {exc}")
+    return out, held
 
 
 def build(sender: str, window: str, records: list[ClearingRecord], key: Ed25519PrivateKey,
@@ -97,10 +123,21 @@ def build(sender: str, window: str, records: list[ClearingRecord], key: Ed25519P
 
 
 async def gather(conn: asyncpg.Connection, sender: str, window: str, start_ms: int, end_ms: int, own_issuer: int,
-                 key: Ed25519PrivateKey, codes: Mapping[int, str] | None = None) -> ClearingDelivery:
-    offline, held = await offline_records(conn, sender, window, start_ms, end_ms, own_issuer, codes or {})
-    online = await remote_tap_records(conn, sender, window, start_ms, end_ms)
-    return build(sender, window, online + offline, key, held)
+                 key: Ed25519PrivateKey, codes: Mapping[int, str] | None = None,
+                 utc_offset_ms: int = 0) -> ClearingDelivery:
+    """Online then offline records; a record id taken already (a terminal whose online seq and
+    offline transaction seq met) is held back, not sent for the house to reject."""
+    online, held_on = await remote_tap_records(conn, sender, window, start_ms, end_ms, utc_offset_ms)
+    offline, held_off = await offline_records(conn, sender, window, start_ms, end_ms, own_issuer, codes or {})
+    seen: set[str] = set()
+    records, held = [], held_on + held_off
+    for r in online + offline:
+        if r.record_id in seen:
+            held.append(f"{r.record_id}: the id of another record of this window ({r.kind} held back)")
+            continue
+        seen.add(r.record_id)
+        records.append(r)
+    return build(sender, window, records, key, held)
 
 
 def write(out_dir: Path, d: ClearingDelivery) -> Path:

@@ -4,7 +4,9 @@ clearing house service"): three cities register, deliver over a real socket, eac
 changes nothing, a window closes to positions summing to 0, a restarted house (a new
 instance on the same schema, replaying its events) gives the same report and still refuses
 a duplicate, and an issuer's verdict comes back as a chargeback in the next window. Then a
-city's side: its cross-city offline records exported, signed and sent by the CLI."""
+city's side: its cross-city records (offline sales of visitors' cards, online taps their
+issuers decided or confirmed) exported, signed and sent by the CLI, its books equal to the
+house's."""
 
 import asyncio
 import datetime as dt
@@ -271,6 +273,21 @@ def test_city_exports_and_sends_clearing(configured_services: ServiceUrls, schem
         (make_card_no(6, SH), 1, 77, 11, 5, 20261208100000, inside),  # dated after the window: held back
         (make_card_no(7, SH), 1, 88, 11, 6, 20261207100000, after),  # received the next day
     ]
+    t_in, t_next = start_ms + 7_200_000, start_ms + 86_400_000 + 60_000
+    # (issuer, terminal, seq, card, result, fare, answered_ms): the link's answers (docs/interop.md 5.6)
+    remote = [
+        ("SH", 21, 1, make_card_no(8, SH), 0, 200, t_in),
+        ("SH", 21, 3, make_card_no(8, SH), 4, 0, t_in),  # refused by its issuer: nothing owed
+        ("SH", 21, 4, make_card_no(8, SH), 0, 90, t_next),  # answered the next day
+        ("SH", 11, 1, make_card_no(9, SH), 0, 60, t_in),  # the id of the offline record HZ:11:1
+    ]
+    # (issuer, terminal, seq, card, amount, state, decided_ms): stand-in approvals
+    standin = [
+        ("SH", 21, 2, make_card_no(8, SH), 150, "confirmed", t_in),
+        ("SH", 21, 1, make_card_no(8, SH), 200, "confirmed", t_in),  # answered online too: once
+        ("SH", 21, 5, make_card_no(8, SH), 70, "pending", None),  # the city's risk, not cleared
+        ("SH", 21, 6, make_card_no(8, SH), 80, "declined", t_in),
+    ]
     env = citycard_env(configured_services, schema, CITYCARD_STATE_DIR=str(tmp_path / "state"))
     for k, v in env.items():
         monkeypatch.setenv(k, v)
@@ -285,6 +302,14 @@ def test_city_exports_and_sends_clearing(configured_services: ServiceUrls, schem
                 "INSERT INTO offline_records (card_no, offline_counter, amount_fen, balance_after_fen, tx_type,"
                 " terminal_id, terminal_seq, tx_when, tac, kind, route, code, batch_seq, received_at)"
                 " VALUES ($1, $2, $3, 0, 9, $4, $5, $6, '\\x01020304'::bytea, 1, 5, 0, 1, $7)", rows)
+            await conn.executemany(
+                "INSERT INTO remote_taps (issuer, terminal_id, seq, card_no, kind, route, tap_time_ms, amount_fen,"
+                " result, fare_fen, balance_fen, replay, answered_ms) VALUES ($1, $2, $3, $4, 1, 5, $8, $6, $5, $6,"
+                " 0, false, $7)", [(*r, start_ms + 3_600_000) for r in remote])
+            await conn.executemany(
+                "INSERT INTO standin_taps (issuer, terminal_id, seq, card_no, kind, route, tap_time_ms, amount_fen,"
+                " state, code, approved_ms, decided_ms) VALUES ($1, $2, $3, $4, 1, 5, $8, $5, $6, 0, $8, $7)",
+                [(*r, start_ms + 3_600_000) for r in standin])
         finally:
             await conn.close()
         key = load_or_make_key(tmp_path / "state" / "settlement_ed25519.pem")
@@ -311,26 +336,30 @@ def test_city_exports_and_sends_clearing(configured_services: ServiceUrls, schem
                                   (out / W1 / "manifest.sig").read_bytes(), files, tally)
             assert body["sender"] == "HZ"
             recs = {r.record_id: r for name in files for r in parse_csv(files[name], name)}
-            assert sorted(recs) == ["HZ:11:1", "HZ:11:2", "HZ:12:1"]
+            assert sorted(recs) == ["HZ:11:1", "HZ:11:2", "HZ:12:1", "HZ:21:1", "HZ:21:2"]
             assert recs["HZ:11:2"].issuer == "SH" and recs["HZ:12:1"].issuer == str(NB)
-            assert recs["HZ:11:1"].tac == bytes([1, 2, 3, 4]) and recs["HZ:11:1"].kind == "offline"
+            assert recs["HZ:11:2"].tac == bytes([1, 2, 3, 4]) and recs["HZ:11:2"].kind == "offline"
+            assert [(recs[k].kind, recs[k].amount_fen) for k in ("HZ:11:1", "HZ:21:1", "HZ:21:2")] == [
+                ("online", 60), ("online", 200), ("online", 150)]
 
             capsys.readouterr()
             assert await asyncio.to_thread(main, ["settle", "send-clearing", "--window", W1, "--to", server.url,
                                                   "--city", "HZ", "--issuer-code", f"{SH}=SH", "--json"]) == 0
             sent = json.loads(capsys.readouterr().out)
-            assert (sent["records"], sent["house"]["accepted"]) == (3, 3)
-            assert sent["books"] == {"cleared_fen": 870, "house_receivable_gross_fen": 870, "equal": True}
+            total = 60 + 450 + 120 + 200 + 150
+            assert (sent["records"], sent["house"]["accepted"], sent["sum_fen"]) == (5, 5, total)
+            assert sent["books"] == {"cleared_fen": total, "house_receivable_gross_fen": total, "equal": True}
             assert await asyncio.to_thread(main, ["settle", "send-clearing", "--window", W1, "--to", server.url,
                                                   "--city", "HZ", "--issuer-code", f"{SH}=SH"]) == 2  # duplicate
             assert await asyncio.to_thread(main, ["clearing", "close", "--window", W1, *admin]) == 0
             assert await asyncio.to_thread(main, ["clearing", "report", "--window", W1, "--url", server.url]) == 0
             report = await house.report(W1)
-            assert report is not None and report.records == 3
-            assert report.statements["HZ"].receivable_gross_fen == 300 + 450 + 120
+            assert report is not None and report.records == 5
+            assert report.statements["HZ"].receivable_gross_fen == total
+            assert report.statements["SH"].payable_gross_fen == total - 120
             assert sum(report.multilateral.values()) == 0
             d = await _gather(configured_services, schema, key)
-            assert len(d.held_back) == 1 and "HZ:11:5" in d.held_back[0]
+            assert [h.split(":")[:3] for h in d.held_back] == [["HZ", "11", "5"], ["HZ", "11", "1"]]
         finally:
             await _stop(house, server)
 
@@ -342,6 +371,7 @@ async def _gather(urls: ServiceUrls, schema: str, key: Ed25519PrivateKey) -> cle
     try:
         tables = shipped_tables()
         start_ms, end_ms = window_bounds(W1, tables.versions[-1].utc_offset_ms)
-        return await clearing_export.gather(conn, "HZ", W1, start_ms, end_ms, OWN, key, {SH: "SH"})
+        return await clearing_export.gather(conn, "HZ", W1, start_ms, end_ms, OWN, key, {SH: "SH"},
+                                            tables.versions[-1].utc_offset_ms)
     finally:
         await conn.close()

@@ -60,3 +60,7 @@ def report(base: str, window: str) -> tuple[int, Any]:
 
 def statement(base: str, window: str, city: str) -> tuple[int, Any]:
     return _call("GET", f"{base}/windows/{window}/statements/{city}")
+
+
+def settled(base: str, token: str, window: str, city: str) -> tuple[int, Any]:
+    return _call("POST", f"{base}/windows/{window}/settled/{city}", token)

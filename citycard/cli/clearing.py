@@ -74,11 +74,15 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
     cl.add_argument("--window", type=_window, required=True, metavar="YYYY-MM-DD")
     cl.add_argument("--json", action="store_true")
     cl.set_defaults(func=_cmd_client, action="close")
+    st = csub.add_parser("settled", help="mark a city's debit of a closed window paid (lifts a cap suspension)")
+    st.add_argument("city", type=_city, metavar="CITY")
+    st.add_argument("--window", type=_window, required=True, metavar="YYYY-MM-DD")
+    st.set_defaults(func=_cmd_client, action="settled")
     rp = csub.add_parser("report", help="print a closed window's report")
     rp.add_argument("--window", type=_window, required=True, metavar="YYYY-MM-DD")
     rp.add_argument("--json", action="store_true")
     rp.set_defaults(func=_cmd_client, action="report")
-    for p in (add, cl, rp):
+    for p in (add, cl, st, rp):
         p.add_argument("--url", default=f"http://127.0.0.1:{DEFAULT_PORT}", help="the running house")
         _token_arg(p)
 
@@ -154,12 +158,16 @@ def _cmd_client(args: argparse.Namespace) -> int:
         if args.action == "add":
             status, body = client.add_participant(base, token, args.city, args.public_key, args.cap_fen, args.rate_bp,
                                                   args.prefix)
+        elif args.action == "settled":
+            status, body = client.settled(base, token, args.window, args.city)
         else:
             status, body = client.close(base, token, args.window)
     if status >= 300:
         raise CityCardError(f"refused ({status}): {body.get('code')}: {body.get('reason')}")
     if args.action == "add":
         print(f"participant {args.city}: registered")
+    elif args.action == "settled":
+        print(f"{args.city}: window {args.window} settled")
     elif args.json:
         print(json.dumps(body, indent=1))
     else:

@@ -353,6 +353,8 @@ def test_city_exports_and_sends_clearing(configured_services: ServiceUrls, schem
                                                   "--city", "HZ", "--issuer-code", f"{SH}=SH"]) == 2  # duplicate
             assert await asyncio.to_thread(main, ["clearing", "close", "--window", W1, *admin]) == 0
             assert await asyncio.to_thread(main, ["clearing", "report", "--window", W1, "--url", server.url]) == 0
+            assert await asyncio.to_thread(main, ["clearing", "settled", "HZ", "--window", W1, *admin]) == 0
+            assert await asyncio.to_thread(main, ["clearing", "settled", "HZ", "--window", W2, *admin]) == 2
             report = await house.report(W1)
             assert report is not None and report.records == 5
             assert report.statements["HZ"].receivable_gross_fen == total

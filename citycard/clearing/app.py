@@ -11,10 +11,11 @@ import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from ..domain.clearing import MAX_PARTICIPANTS
-from ..domain.clearing_records import ClearingCode, window_key
+from ..domain.clearing_records import ClearingCode, Outcome, window_key
+from ..protocols.clearing_files import render_csv
 from . import wire
 from .service import DUPLICATE_PARTICIPANT, TOO_MANY_PARTICIPANTS, HouseService
 
@@ -159,6 +160,19 @@ def create_app(house: HouseService, admin_token: str, max_body_bytes: int = 64 *
             return refusal(404, ClearingCode.UNKNOWN_WINDOW.name, f"no statement for {city[:40]!r} in window {window}")
         final = await house.report(window) is not None
         return {"final": final, **wire.statement_json(got)}
+
+    @app.get("/windows/{window}/records/{issuer}", response_model=None)
+    async def records(window: str, issuer: str, request: Request) -> Any:
+        """The records cleared against the issuer's cards, as a clearing CSV, for it to check;
+        the header ``x-signature`` is its signature (base64) over records_request_bytes."""
+        if (denied := check_window(window)) is not None:
+            return denied
+        signature = wire.signature_of(request.headers.get("x-signature", ""))
+        got = await house.records_of(issuer[:40], window, signature)
+        if isinstance(got, Outcome):
+            status = 404 if got.code == ClearingCode.UNKNOWN_WINDOW else 422
+            return refusal(status, got.code.name, got.reason)
+        return Response(render_csv(got), media_type="text/csv")
 
     @app.get("/suspended")
     async def suspended() -> dict[str, Any]:

@@ -10,7 +10,7 @@ import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ..errors import CityCardError
-from .wire import b64, verdict_bytes
+from .wire import b64, records_request_bytes, verdict_bytes
 
 TIMEOUT_S = 120.0  # a delivery of millions of records takes seconds to check
 
@@ -64,3 +64,13 @@ def statement(base: str, window: str, city: str) -> tuple[int, Any]:
 
 def settled(base: str, token: str, window: str, city: str) -> tuple[int, Any]:
     return _call("POST", f"{base}/windows/{window}/settled/{city}", token)
+
+
+def records(base: str, key: Ed25519PrivateKey, issuer: str, window: str) -> tuple[int, bytes]:
+    """(status, the clearing CSV of the records cleared against ``issuer``'s cards in ``window``)."""
+    headers = {"x-signature": b64(key.sign(records_request_bytes(issuer, window)))}
+    try:
+        r = httpx.get(f"{base}/windows/{window}/records/{issuer}", headers=headers, timeout=TIMEOUT_S)
+    except httpx.HTTPError as exc:
+        raise CityCardError(f"the clearing house at {base} did not answer: {exc}") from None
+    return r.status_code, r.content

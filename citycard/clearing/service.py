@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from ..domain.clearing import MAX_PARTICIPANTS, ClearingHouse
 from ..domain.clearing_records import (
     ClearingCode,
+    ClearingRecord,
     Closed,
     Ingested,
     Outcome,
@@ -32,8 +33,9 @@ from ..domain.clearing_records import (
 )
 from ..errors import CityCardError
 from ..persistence import db
+from ..protocols.clearing_files import parse_csv
 from . import store
-from .wire import verdict_bytes
+from .wire import records_request_bytes, verdict_bytes
 
 T = TypeVar("T")
 DUPLICATE_PARTICIPANT = "DUPLICATE_PARTICIPANT"
@@ -198,6 +200,32 @@ class HouseService:
 
     async def suspended(self) -> frozenset[str]:
         return await self._read(lambda core: core.suspended)
+
+    async def records_of(self, issuer: str, window: str, signature: bytes) -> list[ClearingRecord] | Outcome:
+        """The records cleared against ``issuer``'s cards in a held window, from the stored files,
+        for it to check (TACs) and reject: asked with its signature over records_request_bytes."""
+        async with self._lock:
+            p = self.core._participants.get(issuer)
+            if p is None:
+                return Outcome(ClearingCode.UNKNOWN_SENDER, f"{issuer!r} is not a participant")
+            try:
+                p.public_key.verify(signature, records_request_bytes(issuer, window))
+            except InvalidSignature:
+                return Outcome(ClearingCode.BAD_SIGNATURE, f"the request's signature does not check with {issuer}'s key")
+            w = self.core._windows.get(window)
+            if w is None:
+                return Outcome(ClearingCode.UNKNOWN_WINDOW, f"window {window} is not held")
+            cleared, serial = self.core._cleared, w.serial
+            async with self.pool.acquire() as conn:
+                files = await store.accepted_files(conn, window)
+        out, seen = [], set()
+        for name, data in files:  # deliveries in order, files by name: the order the core cleared them
+            for r in await asyncio.to_thread(parse_csv, data, name):
+                packed = cleared.get(r.record_id)
+                if (r.issuer == issuer and r.record_id not in seen and packed is not None and packed >> 64 == serial):
+                    seen.add(r.record_id)
+                    out.append(r)
+        return out
 
     async def refused_count(self) -> int:
         async with self.pool.acquire() as conn:

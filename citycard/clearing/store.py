@@ -168,5 +168,12 @@ async def add_settled(conn: asyncpg.Connection, city: str, window: str) -> None:
                        city, window)
 
 
+async def accepted_files(conn: asyncpg.Connection, window: str) -> list[tuple[str, bytes]]:
+    """(name, bytes) of every file of the window's accepted deliveries, in delivery then name order."""
+    return [(r["name"], bytes(r["data"])) for r in await conn.fetch(
+        "SELECT f.name, f.data FROM house_delivery_files f JOIN house_deliveries d ON d.seq = f.delivery_seq"
+        " WHERE d.code = 0 AND d.window_name = $1 ORDER BY d.seq, f.name", window)]
+
+
 async def refused_deliveries(conn: asyncpg.Connection) -> int:
     return int(await conn.fetchval("SELECT count(*) FROM house_deliveries WHERE code <> 0"))

@@ -31,6 +31,7 @@ MAX_RECORD_ID_CHARS = 64
 SIGNATURE_BYTES = 64
 PUBLIC_KEY_BYTES = 32
 _VERDICT = b"citycard-clearing-verdict/1\n"
+_RECORDS = b"citycard-clearing-records/1\n"
 
 
 class Refusal(ValueError):
@@ -127,9 +128,21 @@ def delivery(d: DeliveryIn) -> tuple[str, str, bytes, bytes, dict[str, bytes]]:
     return d.sender, d.window[:40], manifest, signature, files
 
 
+def signature_of(text: str) -> bytes:
+    signature = _b64(text, "the signature")
+    if len(signature) != SIGNATURE_BYTES:
+        raise Refusal("BAD_REQUEST", f"the signature must be {SIGNATURE_BYTES} bytes (Ed25519), base64")
+    return signature
+
+
 def verdict_bytes(issuer: str, record_id: str, reason: str) -> bytes:
     """What the issuer's Ed25519 signature on a verdict covers."""
     return _VERDICT + f"{issuer}\n{record_id}\n{reason}".encode()
+
+
+def records_request_bytes(issuer: str, window: str) -> bytes:
+    """What an issuer signs to fetch the records cleared against its cards in a window."""
+    return _RECORDS + f"{issuer}\n{window}".encode()
 
 
 def verdict(v: VerdictIn) -> tuple[str, str, str, bytes]:
@@ -138,10 +151,7 @@ def verdict(v: VerdictIn) -> tuple[str, str, str, bytes]:
         raise Refusal("BAD_REQUEST", f"record_id must be 1..{MAX_RECORD_ID_CHARS} characters")
     if not 1 <= len(v.reason) <= MAX_REASON_CHARS or "\n" in v.reason:
         raise Refusal("BAD_REQUEST", f"reason must be 1..{MAX_REASON_CHARS} characters on one line")
-    signature = _b64(v.signature_b64, "signature_b64")
-    if len(signature) != SIGNATURE_BYTES:
-        raise Refusal("BAD_REQUEST", f"signature_b64 must be {SIGNATURE_BYTES} bytes (Ed25519)")
-    return v.issuer, v.record_id, v.reason, signature
+    return v.issuer, v.record_id, v.reason, signature_of(v.signature_b64)
 
 
 def statement_json(s: Statement) -> dict[str, Any]:

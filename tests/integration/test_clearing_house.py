@@ -20,6 +20,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from citycard.clearing import client
 from citycard.clearing.app import create_app
 from citycard.clearing.client import delivery_body, verdict_body
 from citycard.clearing.server import HouseServer
@@ -209,6 +210,12 @@ def test_house_over_http(configured_services: ServiceUrls, schema: str) -> None:
             assert (await c.get(f"/windows/{W1}/report")).json() == closed
             assert (await c.get("/suspended")).json()["suspended"] == ["C"]
             await _refused(c, conn, "/deliveries", _body("B", W2, w2), 409, "DUPLICATE_FILE")
+            # Each issuer fetches what was cleared against its cards (to check TACs), with its signature.
+            for issuer, want in (("A", ["B:1001:1", "B:1001:2"]), ("C", ["B:1001:3"]), ("B", ["A:1001:1"])):
+                status, csv_bytes = await asyncio.to_thread(client.records, server.url, KEYS[issuer], issuer, W1)
+                assert status == 200 and [r.record_id for r in parse_csv(csv_bytes, "x")] == want
+            forged = await asyncio.to_thread(client.records, server.url, KEYS["B"], "A", W1)
+            assert forged[0] == 422 and json.loads(forged[1])["code"] == "BAD_SIGNATURE"
             await _refused(c, conn, "/verdicts", verdict_body(KEYS["A"], "A", rid, "bad TAC"), 409,
                            "DUPLICATE_CHARGEBACK")
             r = await c.post(f"/windows/{W1}/settled/C", headers=ADMIN)

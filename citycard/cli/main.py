@@ -405,6 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .settle import add_parser as add_settle
 
     add_settle(sub)
+    from .clearing import add_parser as add_clearing
+
+    add_clearing(sub)
     return p
 
 

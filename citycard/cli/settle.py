@@ -1,7 +1,8 @@
 """``citycard settle ...``: settlement inside the city (docs/settlement.md).
 
 counterparty add, attach terminals, close a window (lines, discrepancies, files), show it,
-and its bus-subsidy basis. Bad input: a one-line error and exit code 2 (main.py's handler).
+and its bus-subsidy basis;
+and the city's side of regional clearing: export or send a window's clearing files. Bad input: a one-line error and exit code 2 (main.py's handler).
 """
 
 import argparse
@@ -23,8 +24,8 @@ from ..errors import CityCardError
 from ..persistence import settlement as store
 from ..persistence.settlement_export import load_or_make_key, public_hex, write_delivery
 from .runtime import connect_app, migrate_db, resolve_services
+from .settle_clearing import KEY_FILE, clearing_action
 
-KEY_FILE = "settlement_ed25519.pem"  # in the state dir unless --key-file says otherwise
 _REFUSED = {
     SettleCode.SETTLED_REFUSED: "is settled: its lines are final, closing is refused",
     SettleCode.NOT_ENDED: "has not ended yet (a close waits until a minute after its end)",
@@ -89,6 +90,26 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
             w.add_argument("--key-file", type=Path, metavar="PEM", help=f"the city's Ed25519 signing key"
                            f" (default: {KEY_FILE} in the state dir, made on first use)")
         w.set_defaults(func=_cmd, action=name)
+    for name, help_text in (("export-clearing", "write the window's clearing files (other issuers' cards) for the"
+                             " regional clearing house"),
+                            ("send-clearing", "deliver the window's clearing files to the clearing house")):
+        c = ssub.add_parser(name, help=help_text)
+        c.add_argument("--window", type=_window, required=True, metavar="YYYY-MM-DD")
+        c.add_argument("--city", metavar="CODE", help="this city's code at the clearing house"
+                       " (default: [region] own)")
+        if name == "export-clearing":
+            c.add_argument("--out", type=Path, required=True, metavar="DIR",
+                           help="write <DIR>/<window>/<issuer>.csv, manifest.json and manifest.sig")
+        else:
+            c.add_argument("--to", required=True, metavar="URL", help="the house, e.g. http://127.0.0.1:7790")
+            c.add_argument("--out", type=Path, metavar="DIR", help="also write the files there")
+        c.add_argument("--issuer-code", action="append", default=[], metavar="PREFIX=CODE",
+                       help="the house's code for an issuer number (repeatable; default: the [region]"
+                       " registry's code, else the number itself)")
+        c.add_argument("--key-file", type=Path, metavar="PEM", help=f"the city's Ed25519 signing key"
+                       f" (default: {KEY_FILE} in the state dir, made on first use)")
+        c.add_argument("--json", action="store_true", help="print JSON")
+        c.set_defaults(func=_cmd, action=name)
 
 
 def _cmd(args: argparse.Namespace) -> int:
@@ -217,5 +238,5 @@ def _print(closing: store.Closing, as_json: bool, extra: dict[str, Any]) -> None
 
 _ACTIONS: dict[str, Callable[[Settings, asyncpg.Connection, argparse.Namespace], Awaitable[int]]] = {
     "add": _add, "attach": _attach, "close": _close, "show": _show, "subsidy": _subsidy,
-    "mark-settled": _mark_settled,
+    "mark-settled": _mark_settled, "export-clearing": clearing_action, "send-clearing": clearing_action,
 }

@@ -405,6 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .settle import add_parser as add_settle
 
     add_settle(sub)
+    from .region import add_parser as add_region
+
+    add_region(sub)
     return p
 
 

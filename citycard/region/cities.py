@@ -6,6 +6,7 @@ issuer registry with that city's link port and public key."""
 import hashlib
 import os
 import random
+import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +96,7 @@ def city_settings(base: Settings, spec: CitySpec, issuers: list[dict[str, Any]],
     key_path.write_text(spec.seed.hex())
     os.chmod(key_path, 0o600)
     raw = base.as_dict()
+    raw["city"] = {**raw["city"], "fare_table": str(own_fare_table(base, spec, key_dir))}
     raw["database"] = {**raw["database"], "schema": spec.schema}
     raw["redis"] = {**raw["redis"], "prefix": spec.schema}
     raw["ray"] = {**raw["ray"], "namespace": f"citycard-region-{spec.code.lower()}"}
@@ -106,6 +108,17 @@ def city_settings(base: Settings, spec: CitySpec, issuers: list[dict[str, Any]],
                      "link_key_path": str(key_path), "backoff_min_ms": 100, "backoff_max_ms": 400,
                      "connect_timeout_ms": 300, "tap_timeout_ms": 1000}
     return settings_from_dict(raw)
+
+
+def own_fare_table(base: Settings, spec: CitySpec, out_dir: Path) -> Path:
+    """The base fare table with this city as its home issuer (its own cards are home cards)."""
+    text = base.fare_table_path().read_text(encoding="utf-8")
+    found = re.search(r"^home_issuer\s*=\s*\d+", text, flags=re.MULTILINE)
+    if found is None:
+        raise ValueError(f"{base.fare_table_path()}: no home_issuer line to make the lab cities' tables from")
+    path = out_dir / f"{spec.code}-fares.toml"
+    path.write_text(text[:found.start()] + f"home_issuer = {spec.prefix}" + text[found.end():], encoding="utf-8")
+    return path
 
 
 def lab_terminals(n_terminals: int, seed: int) -> list[TerminalPlan]:

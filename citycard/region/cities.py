@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ..cli.runtime import Platform, Services, connect_app, migrate_db
 from ..config.settings import Settings, settings_from_dict
 from ..domain.cards import CardStatus, Category
+from ..domain.settlement import SettleCode
 from ..domain.taps import TapKind
 from ..loadtest.city import (
     CARD_SEED_COLUMNS,
@@ -26,10 +27,11 @@ from ..loadtest.city import (
     plan_cards,
     seed_city,
 )
-from ..persistence import db
+from ..persistence import db, settlement
 
 MAX_CITIES = 99  # codes C01..C99
 FIRST_PREFIX = 900100  # city i issues cards of prefix FIRST_PREFIX + i (unused by real issuers here)
+BUS_COMMISSION_BP = 150  # the lab bus company's contract: 1.5 %
 MAX_ROUTE = 40  # bus routes the lab's validators run (all priced by the default fare table)
 _COL = {name: i for i, name in enumerate(CARD_SEED_COLUMNS)}
 
@@ -152,6 +154,11 @@ async def start_city(settings: Settings, services: Services, spec: CitySpec, n_c
     conn = await connect_app(settings, services)
     try:
         await seed_city(conn, rows, terminals)
+        # one bus company runs the lab's validators: its settlement line is the city's own rides
+        await settlement.add_counterparty(conn, "lab-bus", "operator", f"{spec.code} bus company", BUS_COMMISSION_BP)
+        code, _ = await settlement.attach(conn, "lab-bus", [t.terminal_id for t in terminals])
+        if code != SettleCode.OK:
+            raise RuntimeError(f"{spec.code}: attaching the validators to the bus company: {code.name}")
     finally:
         await conn.close()
     platform = Platform(settings, services)

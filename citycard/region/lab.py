@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,7 +111,9 @@ async def _close_windows(cities: list[LabCity], window: str, start_ms: int, end_
         finally:
             await conn.close()
         out[c.code] = {"code": closing.code.name, "state": closing.state, "lines": len(closing.lines),
-                       "discrepancies": len(closing.discrepancies)}
+                       "gross_fen": sum(ln.gross_fen for ln in closing.lines),
+                       "commission_fen": sum(ln.commission_fen for ln in closing.lines),
+                       "discrepancies": dict(Counter(d.what for d in closing.discrepancies))}
     return out
 
 
@@ -216,11 +219,18 @@ async def run_lab(base: Settings, services: Services, spec: LabSpec, key_dir: Pa
                             refusals=refusals, report=report, books=books, verdict=verdict,
                             total_s=time.perf_counter() - t_start)
     finally:
-        for c in reversed(started):
-            try:
-                await c.platform.stop()
-            except Exception as exc:  # noqa: BLE001 - stop the others all the same
-                log.warning("stopping %s: %r", c.code, exc)
+        # every city stopping takes every link down: expected here, not worth a warning each
+        links_log = logging.getLogger("citycard.interop.client")
+        level = links_log.level
+        links_log.setLevel(logging.ERROR)
+        try:
+            for c in reversed(started):
+                try:
+                    await c.platform.stop()
+                except Exception as exc:  # noqa: BLE001 - stop the others all the same
+                    log.warning("stopping %s: %r", c.code, exc)
+        finally:
+            links_log.setLevel(level)
 
 
 __all__ = ["LabSpec", "run_lab"]

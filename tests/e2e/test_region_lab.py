@@ -42,3 +42,6 @@ def test_three_cities_with_an_outage_clear_and_audit(configured_services, tmp_pa
     assert all(r["changed_nothing"] for r in report["refusals"])
     page = render_html(report)
     assert page.count("data:image/png;base64,") == 3
+    # each city's own settlement window closed, its bus company's line holding its home rides
+    for closing in report["settlement_windows"].values():
+        assert closing["state"] == "closed" and closing["lines"] == 1 and closing["gross_fen"] > 0

@@ -42,6 +42,8 @@ def region_lab_main(settings: Settings, spec: "LabSpec", *, as_json: bool, repor
     from ..region.report import summary_lines, write_reports
 
     services = resolve_services(settings)
+    if as_json:  # Ray prints its workers' logs on stdout: they would break the JSON
+        _init_ray_quiet(settings)
 
     def progress(msg: str) -> None:
         if not as_json:
@@ -64,6 +66,23 @@ def region_lab_main(settings: Settings, spec: "LabSpec", *, as_json: bool, repor
         print("\n".join(summary_lines(report)))
         print(f"  report: {json_path} and {html_path}")
     return 0 if report["ok"] else 1
+
+
+def _init_ray_quiet(settings: Settings) -> None:
+    """runtime.init_ray, but without the workers' logs on the driver's stdout."""
+    import logging
+    import os
+
+    import ray
+
+    if ray.is_initialized():
+        return
+    kwargs: dict[str, object] = {"namespace": settings.ray.namespace, "logging_level": logging.WARNING,
+                                 "log_to_driver": False}
+    if not settings.ray.address:
+        kwargs["num_cpus"] = settings.ray.num_cpus or os.cpu_count() or 1
+        kwargs["include_dashboard"] = False
+    ray.init(address=settings.ray.address or None, **kwargs)  # type: ignore[arg-type]
 
 
 def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:

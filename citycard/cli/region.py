@@ -3,9 +3,12 @@ clearing and an audit; JSON and HTML report (docs/interop.md, "The region lab").
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -49,15 +52,16 @@ def region_lab_main(settings: Settings, spec: "LabSpec", *, as_json: bool, repor
         if not as_json:
             print(f"  {msg}", file=sys.stderr, flush=True)
 
-    try:
-        with tempfile.TemporaryDirectory(prefix="citycard-region-keys-") as key_dir:
-            report = uvloop.run(run_lab(settings, services, spec, Path(key_dir), progress))
-    finally:
-        import ray
+    with _stdout_to_stderr(as_json):
+        try:
+            with tempfile.TemporaryDirectory(prefix="citycard-region-keys-") as key_dir:
+                report = uvloop.run(run_lab(settings, services, spec, Path(key_dir), progress))
+        finally:
+            import ray
 
-        if ray.is_initialized():
-            ray.shutdown()
-        services.stop()
+            if ray.is_initialized():
+                ray.shutdown()
+            services.stop()
     out = Path(report_dir or f"region-reports/{time.strftime('%Y%m%d-%H%M%S')}-{spec.cities}-cities")
     json_path, html_path = write_reports(report, out)
     if as_json:
@@ -68,10 +72,26 @@ def region_lab_main(settings: Settings, spec: "LabSpec", *, as_json: bool, repor
     return 0 if report["ok"] else 1
 
 
+@contextmanager
+def _stdout_to_stderr(on: bool) -> Iterator[None]:
+    """With --json, stdout is the report's alone: what Ray's threads print meanwhile goes to stderr."""
+    if not on:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _init_ray_quiet(settings: Settings) -> None:
     """runtime.init_ray, but without the workers' logs on the driver's stdout."""
     import logging
-    import os
 
     import ray
 

@@ -408,6 +408,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .clearing import add_parser as add_clearing
 
     add_clearing(sub)
+
+    from .region import add_parser as add_region
+
+    add_region(sub)
     return p
 
 

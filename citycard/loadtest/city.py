@@ -228,12 +228,14 @@ def _visitor_row(rng: random.Random, card_no: int, n_shards: int) -> CardRow:
     )
 
 
-def plan_cards(n_cards: int, n_shards: int, seed: int, now_ms: int | None = None) -> list[CardRow]:
+def plan_cards(n_cards: int, n_shards: int, seed: int, now_ms: int | None = None,
+               issuer: int = HANGZHOU_ISSUER) -> list[CardRow]:
     """Rows for the cards table (CARD_SEED_COLUMNS): e-purse 5 to 200 yuan, and a share of
-    monthly passes, park passes, allowances, vouchers, library and health-insurance holders."""
+    monthly passes, park passes, allowances, vouchers, library and health-insurance holders.
+    ``issuer``: the cards' issuer prefix (the region lab seeds each city with its own)."""
     rng = random.Random(seed)
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-    return [_home_row(rng, card_no, n_shards, now_ms) for card_no in CardNumbers(n_cards)]
+    return [_home_row(rng, card_no, n_shards, now_ms) for card_no in CardNumbers(n_cards, issuer)]
 
 
 def plan_terminals(n_terminals: int, seed: int) -> list[TerminalPlan]:

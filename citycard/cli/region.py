@@ -1,0 +1,133 @@
+"""``citycard region lab``: N cities on this machine, cross-city traffic, an outage, settlement,
+clearing and an audit; JSON and HTML report (docs/interop.md, "The region lab")."""
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..config.settings import Settings, load_settings
+from ..errors import CityCardError
+
+if TYPE_CHECKING:
+    from ..region.lab import LabSpec
+
+
+def cmd_region_lab(args: argparse.Namespace) -> int:
+    from ..region.lab import LabSpec
+
+    spec = LabSpec(cities=args.cities, cards=args.cards, terminals=args.terminals, account_shards=args.account_shards,
+                   duration_s=args.duration_s, taps_per_s=args.taps_per_s, visitor_share=args.visitor_share,
+                   floor_limit_fen=args.floor_limit_fen, schema_prefix=args.schema_prefix,
+                   down_city=args.down_city)
+    try:
+        spec.check()
+    except ValueError as exc:
+        raise CityCardError(str(exc)) from None
+    overrides: dict[str, dict[str, object]] = {}
+    if args.db_url:
+        overrides["database"] = {"url": args.db_url}
+    settings = load_settings(args.config, overrides=overrides or None)
+    return region_lab_main(settings, spec, as_json=args.json, report_dir=args.report_dir)
+
+
+def region_lab_main(settings: Settings, spec: "LabSpec", *, as_json: bool, report_dir: str | None) -> int:
+    import uvloop
+
+    from ..cli.runtime import resolve_services
+    from ..region.lab import run_lab
+    from ..region.report import summary_lines, write_reports
+
+    services = resolve_services(settings)
+    if as_json:  # Ray prints its workers' logs on stdout: they would break the JSON
+        _init_ray_quiet(settings)
+
+    def progress(msg: str) -> None:
+        if not as_json:
+            print(f"  {msg}", file=sys.stderr, flush=True)
+
+    with _stdout_to_stderr(as_json):
+        try:
+            with tempfile.TemporaryDirectory(prefix="citycard-region-keys-") as key_dir:
+                report = uvloop.run(run_lab(settings, services, spec, Path(key_dir), progress))
+        finally:
+            import ray
+
+            if ray.is_initialized():
+                ray.shutdown()
+            services.stop()
+    out = Path(report_dir or f"region-reports/{time.strftime('%Y%m%d-%H%M%S')}-{spec.cities}-cities")
+    json_path, html_path = write_reports(report, out)
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        print("\n".join(summary_lines(report)))
+        print(f"  report: {json_path} and {html_path}")
+    return 0 if report["ok"] else 1
+
+
+@contextmanager
+def _stdout_to_stderr(on: bool) -> Iterator[None]:
+    """With --json, stdout is the report's alone: what Ray's threads print meanwhile goes to stderr."""
+    if not on:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _init_ray_quiet(settings: Settings) -> None:
+    """runtime.init_ray, but without the workers' logs on the driver's stdout."""
+    import logging
+
+    import ray
+
+    if ray.is_initialized():
+        return
+    kwargs: dict[str, object] = {"namespace": settings.ray.namespace, "logging_level": logging.WARNING,
+                                 "log_to_driver": False}
+    if not settings.ray.address:
+        kwargs["num_cpus"] = settings.ray.num_cpus or os.cpu_count() or 1
+        kwargs["include_dashboard"] = False
+    ray.init(address=settings.ray.address or None, **kwargs)  # type: ignore[arg-type]
+
+
+def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    rp = sub.add_parser("region", help="the region of many cities (docs/interop.md)")
+    rsub = rp.add_subparsers(dest="region_command", required=True)
+    lab = rsub.add_parser("lab", help="N cities on this machine: own and visitors' taps, one city's link down and"
+                          " back, settlement, clearing, audit; JSON + HTML report. Exit 1 if an audit fails")
+    lab.add_argument("--cities", type=int, default=10, help="how many cities, 2..99 (default 10)")
+    lab.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    lab.add_argument("--report-dir", help="where report.json and report.html go"
+                     " (default region-reports/<time>-<N>-cities)")
+    lab.add_argument("--duration-s", type=float, default=30.0, help="seconds of traffic (default 30)")
+    lab.add_argument("--visitor-share", type=float, default=0.2,
+                     help="share of each city's taps made with other cities' cards (default 0.2)")
+    lab.add_argument("--taps-per-s", type=float, default=15.0, help="taps a second per city (default 15)")
+    lab.add_argument("--cards", type=int, default=2000, help="cards per city (default 2000)")
+    lab.add_argument("--terminals", type=int, default=3, help="bus validators per city (default 3)")
+    lab.add_argument("--account-shards", type=int, choices=(1, 2), default=1, help="account shards per city")
+    lab.add_argument("--floor-limit-fen", type=int, default=2000,
+                     help="stand-in floor limit per card and window, every issuer (default 2000)")
+    lab.add_argument("--down-city", type=int, default=2, help="which city's link goes down mid-run (1-based)")
+    lab.add_argument("--schema-prefix", default="region_lab",
+                     help="Postgres schemas <prefix>_c01.. (dropped and made again at the start)")
+    lab.add_argument("--db-url", help="the machine's Postgres (default: settings, else the embedded one)")
+    lab.set_defaults(func=cmd_region_lab)
+
+
+__all__ = ["add_parser", "region_lab_main"]

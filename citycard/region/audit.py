@@ -1,0 +1,157 @@
+"""The region lab's audit: what the terminals were told, each city's own tables and the
+clearing house's figures, checked against each other (docs/interop.md, "The region lab").
+``read_books`` reads one city; ``audit`` is pure."""
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..domain.clearing_records import ClearingRecord, SettlementReport, Statement
+from ..domain.netting import interchange_fen
+from ..domain.results import Result
+from ..interop.store import REMOTE_SLOT_BITS, REMOTE_TERMINAL_BASE, remote_terminal_id
+from ..loadtest import audit as money_audit
+from .traffic import TapRecord
+
+_OK = int(Result.OK)
+MAX_PROBLEMS_LISTED = 20
+
+
+@dataclass
+class Books:
+    """One city's own tables, as acquirer and as issuer."""
+
+    code: str
+    standins: dict[tuple[int, int], tuple[str, str, int]]  # (terminal, seq) -> issuer, state, amount_fen
+    slots: dict[str, int]  # acquirer code -> its slot here (issuer side)
+    remote_journal: Counter[tuple[int, int]]  # OK journal rows of visitors' taps here, by (terminal_id, seq)
+    remote_amounts: dict[tuple[int, int], int]
+    records: list[ClearingRecord]  # its clearing file(s) as acquirer
+    money: dict[str, Any]  # loadtest.audit's Audit.as_dict()
+    balanced: bool
+
+
+async def read_books(conn: Any, code: str, records: list[ClearingRecord], actor_balances: dict[int, int]) -> Books:
+    standins = {(r["terminal_id"], r["seq"]): (r["issuer"], r["state"], int(r["amount_fen"]))
+                for r in await conn.fetch("SELECT issuer, terminal_id, seq, state, amount_fen FROM standin_taps")}
+    slots = {r["code"]: int(r["slot"]) for r in await conn.fetch("SELECT code, slot FROM interop_acquirers")}
+    rows = await conn.fetch("SELECT terminal_id, seq, amount_fen FROM journal WHERE terminal_id >= $1 AND result = $2",
+                            REMOTE_TERMINAL_BASE, _OK)
+    journal: Counter[tuple[int, int]] = Counter((r["terminal_id"], r["seq"]) for r in rows)
+    amounts = {(r["terminal_id"], r["seq"]): int(r["amount_fen"]) for r in rows}
+    money = await money_audit.run_audit(conn, actor_balances)
+    return Books(code, standins, slots, journal, amounts, records, money.as_dict(),
+                 money.balanced and money.duplicate_seqs == 0 and not money.actor_mismatches)
+
+
+@dataclass
+class Verdict:
+    checks: dict[str, bool] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return all(self.checks.values())
+
+    def fail(self, what: str) -> None:
+        if len(self.problems) < MAX_PROBLEMS_LISTED:
+            self.problems.append(what)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "checks": self.checks, "problems": self.problems, **self.figures}
+
+
+def _cross_taps_once(v: Verdict, taps: list[TapRecord], books: dict[str, Books]) -> None:
+    """Every visitor's tap answered OK is one OK journal row at its issuer, for the fare the
+    terminal heard, or a stand-in the issuer declined (the acquirer's loss)."""
+    once = losses = bad = 0
+    for t in taps:
+        if not t.cross or t.code != _OK:
+            continue
+        acq, iss = books[t.acquirer], books[t.issuer]
+        slot = iss.slots.get(t.acquirer)
+        key = (remote_terminal_id(slot, t.terminal_id), t.seq) if slot is not None else None
+        n = iss.remote_journal[key] if key is not None else 0
+        stood = acq.standins.get((t.terminal_id, t.seq))
+        if n == 1 and key is not None and iss.remote_amounts[key] == t.fare_fen:
+            once += 1
+        elif n == 0 and stood is not None and stood[1] == "declined":
+            losses += 1
+        else:
+            bad += 1
+            v.fail(f"{t.acquirer} terminal {t.terminal_id} seq {t.seq} (card of {t.issuer}, {t.fare_fen} fen):"
+                   f" {n} journal rows at its issuer, stand-in {stood}")
+    v.checks["cross_city_taps_charged_exactly_once"] = bad == 0
+    v.figures["cross_city_ok_taps"] = {"charged_once": once, "declined_standin_losses": losses, "wrong": bad}
+
+
+def _no_charge_without_record(v: Verdict, books: dict[str, Books]) -> None:
+    """Every visitor's charge on an issuer's journal is a record of its acquirer's clearing file."""
+    keys = {(r.issuer, r.acquirer, r.terminal_id, r.terminal_seq) for b in books.values() for r in b.records}
+    extra = 0
+    for iss in books.values():
+        by_slot = {s: c for c, s in iss.slots.items()}
+        for (rid, seq), n in iss.remote_journal.items():
+            slot = (rid - REMOTE_TERMINAL_BASE) >> REMOTE_SLOT_BITS
+            tid = (rid - REMOTE_TERMINAL_BASE) & ((1 << REMOTE_SLOT_BITS) - 1)
+            if n != 1 or (iss.code, by_slot.get(slot, "?"), tid, seq) not in keys:
+                extra += 1
+                v.fail(f"{iss.code}: journal charge {rid}/{seq} x{n} is in no clearing record of {by_slot.get(slot)}")
+    v.checks["no_issuer_charge_without_clearing_record"] = extra == 0
+
+
+def _books_equal_statements(v: Verdict, books: dict[str, Books], statements: dict[str, Statement | None],
+                            rate_bp: int) -> None:
+    pairs: Counter[tuple[str, str]] = Counter()
+    for b in books.values():
+        for r in b.records:
+            pairs[(r.issuer, r.acquirer)] += r.amount_fen
+    net = dict.fromkeys(books, 0)
+    for (iss, acq), gross in pairs.items():
+        after_fee = gross - interchange_fen(gross, rate_bp)
+        net[acq] += after_fee
+        net[iss] -= after_fee
+    mismatches = 0
+    per_city = {}
+    for code, b in books.items():
+        s = statements.get(code)
+        own = {"receivable_gross_fen": sum(r.amount_fen for r in b.records), "receivable_records": len(b.records),
+               "payable_gross_fen": sum(b.remote_amounts.values()), "payable_records": sum(b.remote_journal.values()),
+               "net_fen": net[code]}
+        house = {k: getattr(s, k) for k in own} if s is not None else {}
+        per_city[code] = {"own_books": own, "clearing_house": house}
+        if own != house:
+            mismatches += 1
+            v.fail(f"{code}: own books {own} != clearing house {house}")
+    v.checks["each_city_books_equal_clearing_statement"] = mismatches == 0
+    v.figures["books"] = per_city
+
+
+def audit(taps: list[TapRecord], books: dict[str, Books], report: SettlementReport | None,
+          statements: dict[str, Statement | None], refusals: list[dict[str, Any]], outage: dict[str, Any],
+          cleared: int, rate_bp: int) -> Verdict:
+    v = Verdict()
+    _cross_taps_once(v, taps, books)
+    _no_charge_without_record(v, books)
+    _books_equal_statements(v, books, statements, rate_bp)
+    positions = report.multilateral if report is not None else {}
+    v.checks["window_closed"] = report is not None
+    v.checks["multilateral_positions_sum_to_zero"] = report is not None and sum(positions.values()) == 0
+    v.figures["multilateral_sum_fen"] = sum(positions.values())
+    n_records = sum(len(b.records) for b in books.values())
+    v.checks["cross_city_taps_cleared"] = n_records > 0  # a run where nothing crossed proves nothing
+    v.checks["every_record_cleared_once"] = cleared == n_records and (report is None or report.records == n_records)
+    unbalanced = [c for c, b in books.items() if not b.balanced]
+    for c in unbalanced:
+        v.fail(f"{c}: money not conserved: {books[c].money}")
+    v.checks["money_conserved_per_city"] = not unbalanced
+    pending = sum(1 for b in books.values() for s in b.standins.values() if s[1] == "pending")
+    v.checks["no_standin_left_pending"] = pending == 0
+    v.checks["outage_stood_in_and_advised"] = outage.get("standins_for_down_city", 0) > 0 and pending == 0
+    v.checks["bad_deliveries_refused_changing_nothing"] = bool(refusals) and all(
+        r["refused"] and r["code"] == r["expected"] and r["changed_nothing"] for r in refusals)
+    return v
+
+
+__all__ = ["Books", "Verdict", "audit", "read_books"]

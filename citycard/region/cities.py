@@ -1,0 +1,169 @@
+"""The region lab's cities: N light platforms in this one process (docs/interop.md, "The region
+lab"). Each has its own Postgres schema, Redis prefix and Ray namespace, its own gateway port
+and link port on 127.0.0.1, cards of its own issuer prefix, and every other city in its
+issuer registry with that city's link port and public key."""
+
+import hashlib
+import os
+import random
+import re
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from ..cli.runtime import Platform, Services, connect_app, migrate_db
+from ..config.settings import Settings, settings_from_dict
+from ..domain.cards import CardStatus, Category
+from ..domain.settlement import SettleCode
+from ..domain.taps import TapKind
+from ..loadtest.city import (
+    CARD_SEED_COLUMNS,
+    FIRST_TERMINAL_ID,
+    CardRow,
+    TerminalPlan,
+    plan_cards,
+    seed_city,
+)
+from ..persistence import db, settlement
+
+MAX_CITIES = 99  # codes C01..C99
+FIRST_PREFIX = 900100  # city i issues cards of prefix FIRST_PREFIX + i (unused by real issuers here)
+BUS_COMMISSION_BP = 150  # the lab bus company's contract: 1.5 %
+MAX_ROUTE = 40  # bus routes the lab's validators run (all priced by the default fare table)
+_COL = {name: i for i, name in enumerate(CARD_SEED_COLUMNS)}
+
+
+@dataclass(frozen=True)
+class CitySpec:
+    index: int
+    code: str  # "C01"
+    prefix: int  # its cards' issuer number
+    schema: str
+    link_port: int
+    seed: bytes  # its Ed25519 link (and clearing-file) key seed
+
+    @property
+    def key(self) -> Ed25519PrivateKey:
+        return Ed25519PrivateKey.from_private_bytes(self.seed)
+
+    def public_hex(self) -> str:
+        return self.key.public_key().public_bytes_raw().hex()
+
+
+@dataclass
+class LabCity:
+    spec: CitySpec
+    settings: Settings
+    platform: Platform
+    cards: list[int]  # active cards, usable by the lab's taps
+    terminals: list[TerminalPlan]
+    link_down: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def code(self) -> str:
+        return self.spec.code
+
+
+def free_port() -> int:
+    """A port free now on 127.0.0.1 (the registry needs link ports before platforms start)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def plan_specs(n_cities: int, schema_prefix: str) -> list[CitySpec]:
+    if not 2 <= n_cities <= MAX_CITIES:
+        raise ValueError(f"--cities must be 2..{MAX_CITIES}, got {n_cities}")
+    out = []
+    for i in range(1, n_cities + 1):
+        code = f"C{i:02d}"
+        seed = hashlib.sha256(f"citycard region lab {code}".encode()).digest()  # a lab, not a secret
+        out.append(CitySpec(i, code, FIRST_PREFIX + i, f"{schema_prefix}_{code.lower()}", free_port(), seed))
+    return out
+
+
+def registry(specs: list[CitySpec], floor_limit_fen: int) -> list[dict[str, Any]]:
+    return [{"code": s.code, "name": f"Lab city {s.code}", "card_prefix": s.prefix,
+             "link": f"127.0.0.1:{s.link_port}", "link_public_key_hex": s.public_hex(),
+             "floor_limit_fen": floor_limit_fen} for s in specs]
+
+
+def city_settings(base: Settings, spec: CitySpec, issuers: list[dict[str, Any]], key_dir: Path,
+                  account_shards: int) -> Settings:
+    key_path = key_dir / f"{spec.code}.key"
+    key_path.write_text(spec.seed.hex())
+    os.chmod(key_path, 0o600)
+    raw = base.as_dict()
+    raw["city"] = {**raw["city"], "fare_table": str(own_fare_table(base, spec, key_dir))}
+    raw["database"] = {**raw["database"], "schema": spec.schema}
+    raw["redis"] = {**raw["redis"], "prefix": spec.schema}
+    raw["ray"] = {**raw["ray"], "namespace": f"citycard-region-{spec.code.lower()}"}
+    raw["city"] = {**raw["city"], "account_shards": account_shards, "session_shards": 1}
+    raw["database"]["pool_size"] = min(int(raw["database"].get("pool_size", 4)), 4)
+    raw["metrics"] = {**raw["metrics"], "port": 0}  # no metrics server: N of them would only cost ports
+    raw["gateway"] = {**raw["gateway"], "host": "127.0.0.1", "port": 0}
+    raw["region"] = {"own": spec.code, "issuers": issuers, "link_host": "127.0.0.1", "link_port": spec.link_port,
+                     "link_key_path": str(key_path), "backoff_min_ms": 100, "backoff_max_ms": 400,
+                     "connect_timeout_ms": 300, "tap_timeout_ms": 1000}
+    return settings_from_dict(raw)
+
+
+def own_fare_table(base: Settings, spec: CitySpec, out_dir: Path) -> Path:
+    """The base fare table with this city as its home issuer (its own cards are home cards)."""
+    text = base.fare_table_path().read_text(encoding="utf-8")
+    found = re.search(r"^home_issuer\s*=\s*\d+", text, flags=re.MULTILINE)
+    if found is None:
+        raise ValueError(f"{base.fare_table_path()}: no home_issuer line to make the lab cities' tables from")
+    path = out_dir / f"{spec.code}-fares.toml"
+    path.write_text(text[:found.start()] + f"home_issuer = {spec.prefix}" + text[found.end():], encoding="utf-8")
+    return path
+
+
+def lab_terminals(n_terminals: int, seed: int) -> list[TerminalPlan]:
+    """Bus validators only: every tap, home or visitor, has a fare the acquirer's table prices."""
+    rng = random.Random(seed)
+    return [TerminalPlan(FIRST_TERMINAL_ID + i, int(TapKind.BUS), rng.randint(1, MAX_ROUTE))
+            for i in range(n_terminals)]
+
+
+def usable_cards(rows: list[CardRow]) -> list[int]:
+    """Active adult cards without passes: their rides are charged (no free travel to muddle flows)."""
+    return [r[_COL["card_no"]] for r in rows
+            if r[_COL["category"]] == Category.ADULT and r[_COL["status"]] == CardStatus.ACTIVE
+            and r[_COL["monthly_pass_from"]] is None]
+
+
+async def reset_schema(db_url: str, schema: str) -> None:
+    conn = await db.connect(db_url, "public")
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+async def start_city(settings: Settings, services: Services, spec: CitySpec, n_cards: int,
+                     n_terminals: int) -> LabCity:
+    await reset_schema(services.db_url, spec.schema)
+    await migrate_db(settings, services.db_url)
+    rows = plan_cards(n_cards, settings.city.account_shards, seed=spec.index, issuer=spec.prefix)
+    terminals = lab_terminals(n_terminals, seed=spec.index)
+    conn = await connect_app(settings, services)
+    try:
+        await seed_city(conn, rows, terminals)
+        # one bus company runs the lab's validators: its settlement line is the city's own rides
+        await settlement.add_counterparty(conn, "lab-bus", "operator", f"{spec.code} bus company", BUS_COMMISSION_BP)
+        code, _ = await settlement.attach(conn, "lab-bus", [t.terminal_id for t in terminals])
+        if code != SettleCode.OK:
+            raise RuntimeError(f"{spec.code}: attaching the validators to the bus company: {code.name}")
+    finally:
+        await conn.close()
+    platform = Platform(settings, services)
+    await platform.start(gateway_port=0, api_port=-1)
+    return LabCity(spec, settings, platform, usable_cards(rows), terminals)
+
+
+__all__ = ["MAX_CITIES", "CitySpec", "LabCity", "city_settings", "plan_specs", "registry", "start_city"]

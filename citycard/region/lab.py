@@ -1,0 +1,236 @@
+"""``citycard region lab``: N cities on one machine, their own and visitors' taps, one city's
+link down in the middle and back, settlement windows closed, clearing files delivered to a
+clearing house, and an audit of it all (docs/interop.md, "The region lab")."""
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from ..cli.runtime import Services, connect_app
+from ..config.fare_table import load_fare_tables
+from ..config.settings import Settings
+from ..domain.settlement import CLOSE_GRACE_MS
+from ..persistence import settlement
+from . import cities as cities_mod
+from .audit import Books, audit, read_books
+from .cities import LabCity
+from .clearing import (
+    INTERCHANGE_BP,
+    LabClearing,
+    acquirer_records,
+    bad_deliveries,
+    delivery,
+    window_of,
+)
+from .summary import build_report
+from .traffic import TrafficPlan, drive
+
+log = logging.getLogger(__name__)
+ADVICE_WAIT_S = 60.0  # after the traffic, stand-ins still pending get this long to be advised
+
+
+@dataclass(frozen=True)
+class LabSpec:
+    cities: int = 10
+    cards: int = 2000
+    terminals: int = 3
+    account_shards: int = 1
+    duration_s: float = 30.0
+    taps_per_s: float = 15.0  # per city
+    visitor_share: float = 0.2
+    floor_limit_fen: int = 2000
+    schema_prefix: str = "region_lab"
+    down_city: int = 2  # 1-based; its link is down from outage_from to outage_until (fractions of the run)
+    outage_from: float = 0.3
+    outage_until: float = 0.6
+    max_taps_per_terminal: int = 100_000
+
+    def check(self) -> None:
+        if not 2 <= self.cities <= cities_mod.MAX_CITIES:
+            raise ValueError(f"--cities must be 2..{cities_mod.MAX_CITIES}")
+        if not 100 <= self.cards <= 1_000_000 or not 1 <= self.terminals <= 100:
+            raise ValueError("--cards must be 100..1000000 and --terminals 1..100")
+        if not 1.0 <= self.duration_s <= 3600 or not 0.1 <= self.taps_per_s <= 5000:
+            raise ValueError("--duration-s must be 1..3600 and --taps-per-s 0.1..5000")
+        if not 0.0 <= self.visitor_share <= 1.0:
+            raise ValueError("--visitor-share must be 0..1")
+        if not 1 <= self.down_city <= self.cities or not 0 <= self.outage_from < self.outage_until <= 1:
+            raise ValueError("--down-city must be one of the cities and 0 <= outage from < until <= 1")
+
+
+Progress = Callable[[str], None]
+
+
+async def _stop_link(city: LabCity, outage: dict[str, Any], t0: float) -> None:
+    await city.platform.region.server.stop()
+    city.link_down = True
+    outage["down_at_s"] = round(time.perf_counter() - t0, 3)
+
+
+async def _start_link(city: LabCity, outage: dict[str, Any], t0: float) -> None:
+    await city.platform.region.server.start()
+    city.link_down = False
+    outage["up_at_s"] = round(time.perf_counter() - t0, 3)
+
+
+async def _pending_standins(cities: list[LabCity]) -> int:
+    n = 0
+    for c in cities:
+        n += int(await c.platform.pool.fetchval("SELECT count(*) FROM standin_taps WHERE state = 'pending'"))
+    return n
+
+
+async def _wait_advised(cities: list[LabCity]) -> tuple[int, float]:
+    t = time.perf_counter()
+    pending = await _pending_standins(cities)
+    while pending and time.perf_counter() - t < ADVICE_WAIT_S:
+        await asyncio.sleep(0.5)
+        pending = await _pending_standins(cities)
+    return pending, time.perf_counter() - t
+
+
+async def _close_windows(cities: list[LabCity], window: str, start_ms: int, end_ms: int) -> dict[str, Any]:
+    """Each city's own settlement window. The traffic has stopped and every answer was durable
+    before it was given, so the close grace (taps still in a group commit) has nothing to wait
+    for: the lab closes as if the grace had passed."""
+    out = {}
+    for c in cities:
+        tables = load_fare_tables(c.settings.fare_table_path())
+        conn = await connect_app(c.settings, c.platform.services)
+        try:
+            closing = await settlement.close_window(conn, tables, window, start_ms, end_ms,
+                                                    max(int(time.time() * 1000), end_ms + CLOSE_GRACE_MS), 0)
+        finally:
+            await conn.close()
+        out[c.code] = {"code": closing.code.name, "state": closing.state, "lines": len(closing.lines),
+                       "gross_fen": sum(ln.gross_fen for ln in closing.lines),
+                       "commission_fen": sum(ln.commission_fen for ln in closing.lines),
+                       "discrepancies": dict(Counter(d.what for d in closing.discrepancies))}
+    return out
+
+
+def _snapshot(house: LabClearing, codes: list[str], window: str) -> dict[str, Any]:
+    return {c: (dataclasses.asdict(s) if s is not None else None) for c, s in house.statements(codes, window).items()}
+
+
+async def _clear(cities: list[LabCity], house: LabClearing, window: str) -> tuple[dict[str, Any], int, list[Any]]:
+    """Deliver every city's file; try the bad ones on the last city that has records."""
+    codes = [c.code for c in cities]
+    deliveries, records = {}, {}
+    for c in cities:
+        async with c.platform.pool.acquire() as conn:
+            records[c.code] = await acquirer_records(conn, c.code, window)
+        deliveries[c.code] = delivery(c.spec.key, c.code, window, records[c.code])
+    probe = next((c for c in reversed(cities) if records[c.code]), cities[-1])
+    answers, cleared, refusals = {}, 0, []
+    for c in cities:
+        if c is probe:
+            continue
+        a = house.deliver(deliveries[c.code])
+        answers[c.code] = dataclasses.asdict(a)
+        cleared += a.cleared
+    bad = bad_deliveries(deliveries[probe.code], probe.spec.key, Ed25519PrivateKey.generate()) \
+        if records[probe.code] else []
+    expected = {"wrong sum": "BAD_MANIFEST", "forged signature": "BAD_SIGNATURE"}
+    for what, d in bad:
+        before = _snapshot(house, codes, window)
+        a = house.deliver(d)
+        refusals.append({"what": what, "sender": d.sender, "refused": a.code != "OK", "code": a.code,
+                         "expected": expected[what], "reason": a.reason,
+                         "changed_nothing": before == _snapshot(house, codes, window)})
+    a = house.deliver(deliveries[probe.code])
+    answers[probe.code] = dataclasses.asdict(a)
+    cleared += a.cleared
+    dup = deliveries[cities[0].code] if cities[0] is not probe else deliveries[probe.code]
+    before = _snapshot(house, codes, window)
+    a = house.deliver(dup)
+    refusals.append({"what": "duplicate delivery", "sender": dup.sender, "refused": a.code != "OK", "code": a.code,
+                     "expected": "DUPLICATE_FILE", "reason": a.reason,
+                     "changed_nothing": before == _snapshot(house, codes, window)})
+    return {"deliveries": answers, "records": {k: len(v) for k, v in records.items()},
+            "records_by_city": records}, cleared, refusals
+
+
+async def _books(cities: list[LabCity], records: dict[str, Any]) -> dict[str, Books]:
+    out = {}
+    for c in cities:
+        balances: dict[int, int] = {}
+        for part in await asyncio.gather(*[a.balances.remote() for a in c.platform.shards]):
+            balances.update(part)
+        async with c.platform.pool.acquire() as conn:
+            out[c.code] = await read_books(conn, c.code, records[c.code], balances)
+    return out
+
+
+async def run_lab(base: Settings, services: Services, spec: LabSpec, key_dir: Path,
+                  progress: Progress = lambda _m: None) -> dict[str, Any]:
+    spec.check()
+    specs = cities_mod.plan_specs(spec.cities, spec.schema_prefix)
+    issuers = cities_mod.registry(specs, spec.floor_limit_fen)
+    started: list[LabCity] = []
+    t_start = time.perf_counter()
+    try:
+        for s in specs:
+            settings = cities_mod.city_settings(base, s, issuers, key_dir, spec.account_shards)
+            started.append(await cities_mod.start_city(settings, services, s, spec.cards, spec.terminals))
+            progress(f"{s.code} up (schema {s.schema}, gateway :{started[-1].platform.gateway_port},"
+                     f" link :{s.link_port})")
+        startup_s = time.perf_counter() - t_start
+        down = started[spec.down_city - 1]
+        outage: dict[str, Any] = {"city": down.code}
+        plan = TrafficPlan(spec.duration_s, spec.taps_per_s, spec.visitor_share, spec.max_taps_per_terminal)
+        start_ms = int(time.time() * 1000)
+        t0 = time.perf_counter()
+        progress(f"traffic for {spec.duration_s:g} s; {down.code}'s link down from"
+                 f" {spec.outage_from * spec.duration_s:.1f} s to {spec.outage_until * spec.duration_s:.1f} s")
+        events: list[tuple[float, Callable[[], object]]] = [
+            (spec.outage_from * spec.duration_s, lambda: _stop_link(down, outage, t0)),
+            (spec.outage_until * spec.duration_s, lambda: _start_link(down, outage, t0))]
+        taps, errors = await drive(started, plan, t0, events)
+        traffic_s = time.perf_counter() - t0
+        if down.link_down:  # the traffic ended early: bring the link back before the advice
+            await _start_link(down, outage, t0)
+        pending, advice_s = await _wait_advised(started)
+        outage["pending_after_wait"], outage["advice_wait_s"] = pending, round(advice_s, 2)
+        outage["standins_for_down_city"] = 0
+        for c in started:
+            outage["standins_for_down_city"] += int(await c.platform.pool.fetchval(
+                "SELECT count(*) FROM standin_taps WHERE issuer = $1", down.code))
+        end_ms = int(time.time() * 1000)
+        window = window_of(end_ms)
+        progress(f"closing settlement windows {window}; clearing")
+        windows = await _close_windows(started, window, start_ms - 1000, end_ms)
+        house = LabClearing(specs)
+        clearing, cleared, refusals = await _clear(started, house, window)
+        report = house.close(window)
+        statements = dict(house.statements([c.code for c in started], window))
+        books = await _books(started, clearing.pop("records_by_city"))
+        verdict = audit(taps, books, report, statements, refusals, outage, cleared, INTERCHANGE_BP)
+        return build_report(spec=dataclasses.asdict(spec), startup_s=startup_s, traffic_s=traffic_s, taps=taps,
+                            errors=errors, outage=outage, windows=windows, clearing=clearing,
+                            refusals=refusals, report=report, books=books, verdict=verdict,
+                            total_s=time.perf_counter() - t_start)
+    finally:
+        # every city stopping takes every link down: expected here, not worth a warning each
+        links_log = logging.getLogger("citycard.interop.client")
+        level = links_log.level
+        links_log.setLevel(logging.ERROR)
+        try:
+            for c in reversed(started):
+                try:
+                    await c.platform.stop()
+                except Exception as exc:  # noqa: BLE001 - stop the others all the same
+                    log.warning("stopping %s: %r", c.code, exc)
+        finally:
+            links_log.setLevel(level)
+
+
+__all__ = ["LabSpec", "run_lab"]

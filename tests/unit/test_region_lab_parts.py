@@ -1,0 +1,124 @@
+"""The region lab's pure parts: clearing deliveries and their refusals, the audit's verdicts,
+the percentile and the report page (no platform, no database)."""
+
+from collections import Counter
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from citycard.domain.clearing_records import ClearingRecord, record_id_of
+from citycard.interop.store import remote_terminal_id
+from citycard.region.audit import Books, audit
+from citycard.region.cities import CitySpec
+from citycard.region.clearing import INTERCHANGE_BP, LabClearing, bad_deliveries, delivery
+from citycard.region.report import render_html
+from citycard.region.summary import percentile
+from citycard.region.traffic import TapRecord
+
+WINDOW = "2026-12-07"
+
+
+def spec(i: int) -> CitySpec:
+    return CitySpec(i, f"C{i:02d}", 900100 + i, f"s{i}", 0, bytes([i]) * 32)
+
+
+def card(prefix: int, serial: int) -> int:
+    return (prefix * 10**10 + serial) * 10  # the check digit does not matter to the house
+
+
+def rec(acq: CitySpec, iss: CitySpec, tid: int, seq: int, fen: int) -> ClearingRecord:
+    return ClearingRecord(record_id_of(acq.code, tid, seq), iss.code, acq.code, card(iss.prefix, seq), fen, "online",
+                          WINDOW, tid, seq, "20261207020000")
+
+
+def books_of(specs: list[CitySpec], taps: list[TapRecord]) -> dict[str, Books]:
+    """Books as the platforms would keep them for these OK taps: one journal row each at the
+    issuer (acquirers hold slots 0..), one clearing record each at the acquirer."""
+    books = {s.code: Books(s.code, {}, {o.code: o.index for o in specs}, Counter(), {}, [], {}, True) for s in specs}
+    by_code = {s.code: s for s in specs}
+    for t in taps:
+        key = (remote_terminal_id(by_code[t.acquirer].index, t.terminal_id), t.seq)
+        books[t.issuer].remote_journal[key] += 1
+        books[t.issuer].remote_amounts[key] = t.fare_fen
+        books[t.acquirer].records.append(rec(by_code[t.acquirer], by_code[t.issuer], t.terminal_id, t.seq, t.fare_fen))
+    return books
+
+
+def cleared(specs: list[CitySpec], books: dict[str, Books]) -> tuple[LabClearing, int]:
+    house = LabClearing(specs)
+    n = 0
+    for s in specs:
+        n += house.deliver(delivery(s.key, s.code, WINDOW, books[s.code].records)).cleared
+    return house, n
+
+
+def run_audit(specs: list[CitySpec], taps: list[TapRecord], books: dict[str, Books]):  # noqa: ANN201
+    house, n = cleared(specs, books)
+    report = house.close(WINDOW)
+    outage = {"standins_for_down_city": 1}
+    refusals = [{"refused": True, "code": "X", "expected": "X", "changed_nothing": True}]
+    return audit(taps, books, report, dict(house.statements([s.code for s in specs], WINDOW)), refusals, outage, n,
+                 INTERCHANGE_BP)
+
+
+taps_strategy = st.lists(st.tuples(st.integers(1, 3), st.integers(1, 3), st.integers(1, 2000)), min_size=1,
+                         max_size=40)
+
+
+@settings(max_examples=25, deadline=None)
+@given(taps_strategy)
+def test_books_that_agree_pass_and_positions_sum_to_zero(raw: list[tuple[int, int, int]]) -> None:
+    specs = [spec(i) for i in range(1, 4)]
+    taps = [TapRecord(f"C{a:02d}", f"C{i:02d}", 1001, n, 0, 0, fen, 0.0, 1.0)
+            for n, (a, i, fen) in enumerate(raw, start=1) if a != i]
+    if not taps:
+        return
+    v = run_audit(specs, taps, books_of(specs, taps))
+    assert v.checks["multilateral_positions_sum_to_zero"]
+    assert v.checks["each_city_books_equal_clearing_statement"], v.problems
+    assert v.checks["cross_city_taps_charged_exactly_once"] and v.checks["no_issuer_charge_without_clearing_record"]
+
+
+def test_a_double_charge_and_a_missing_record_fail_the_audit() -> None:
+    specs = [spec(1), spec(2)]
+    taps = [TapRecord("C01", "C02", 1001, 1, 0, 0, 200, 0.0, 1.0), TapRecord("C02", "C01", 1001, 2, 0, 0, 300, 0.0, 1.0)]
+    books = books_of(specs, taps)
+    key = next(iter(books["C02"].remote_journal))
+    books["C02"].remote_journal[key] = 2  # charged twice at the issuer
+    books["C02"].records.clear()  # the acquirer lost its record
+    v = run_audit(specs, taps, books)
+    assert not v.ok
+    assert not v.checks["cross_city_taps_charged_exactly_once"]
+    assert not v.checks["no_issuer_charge_without_clearing_record"]
+    assert not v.checks["each_city_books_equal_clearing_statement"]
+    assert v.problems
+
+
+def test_bad_deliveries_are_refused_for_their_reason_and_change_nothing() -> None:
+    specs = [spec(1), spec(2)]
+    taps = [TapRecord("C01", "C02", 1001, 1, 0, 0, 200, 0.0, 1.0)]
+    books = books_of(specs, taps)
+    house = LabClearing(specs)
+    good = delivery(specs[0].key, "C01", WINDOW, books["C01"].records)
+    before = house.statements(["C01", "C02"], WINDOW)
+    answers = {what: house.deliver(d).code for what, d in bad_deliveries(good, specs[0].key, specs[1].key)}
+    assert answers == {"wrong sum": "BAD_MANIFEST", "forged signature": "BAD_SIGNATURE"}
+    assert house.statements(["C01", "C02"], WINDOW) == before
+    assert house.deliver(good).code == "OK"
+    after = house.statements(["C01", "C02"], WINDOW)
+    assert house.deliver(good).code == "DUPLICATE_FILE"
+    assert house.statements(["C01", "C02"], WINDOW) == after
+
+
+@given(st.lists(st.floats(0, 1e4, allow_nan=False), min_size=1, max_size=200), st.floats(1, 100))
+@settings(max_examples=50, deadline=None)
+def test_percentile_is_an_element_at_or_above_its_share(values: list[float], p: float) -> None:
+    xs = sorted(values)
+    v = percentile(xs, p)
+    assert v in xs
+    assert sum(1 for x in xs if x <= v) >= p / 100 * len(xs)
+
+
+def test_report_page_without_data_says_so() -> None:
+    page = render_html({"ok": False})
+    assert "FAILED" in page and page.count("no data") == 3

@@ -408,7 +408,6 @@ def build_parser() -> argparse.ArgumentParser:
     from .clearing import add_parser as add_clearing
 
     add_clearing(sub)
-
     from .region import add_parser as add_region
 
     add_region(sub)

@@ -1,4 +1,4 @@
-"""The clearing house's HTTP API (FastAPI; docs/clearing-notes.md, "The clearing house service").
+"""The clearing house's HTTP API (FastAPI; docs/clearing.md, "The clearing house service").
 
 Senders and issuers authenticate by their signatures (a delivery's manifest, a verdict);
 the operator's calls (participants, close, settled) by a bearer token. Every refusal answers

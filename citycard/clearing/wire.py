@@ -1,4 +1,4 @@
-"""The clearing house's HTTP messages (docs/clearing-notes.md, "The clearing house service").
+"""The clearing house's HTTP messages (docs/clearing.md, "The clearing house service").
 
 Requests are msgspec Structs decoded from JSON with their bounds checked; bytes travel as
 base64. Answers are plain JSON: a report or a statement as ``report_json`` / ``statement_json``

@@ -1,4 +1,4 @@
-"""``citycard clearing ...``: the regional clearing house (docs/clearing-notes.md).
+"""``citycard clearing ...``: the regional clearing house (docs/clearing.md).
 
 ``up`` runs the house (its own schema, default ``clearing``) until Ctrl-C; the other commands
 talk to a running house over HTTP, with the operator's token from the file ``up`` made.
@@ -51,7 +51,7 @@ def _nonneg(text: str) -> int:
 
 def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     cp = sub.add_parser("clearing", help="the regional clearing house: run it, register cities, close windows",
-                        description="The regional clearing house (docs/clearing-notes.md).")
+                        description="The regional clearing house (docs/clearing.md).")
     csub = cp.add_subparsers(dest="clearing_command", required=True)
     up = csub.add_parser("up", help="run the clearing house until Ctrl-C")
     up.add_argument("--host", default="127.0.0.1")

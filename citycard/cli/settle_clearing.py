@@ -1,5 +1,5 @@
 """``citycard settle export-clearing`` / ``send-clearing``: the city's side of regional
-clearing (docs/clearing-notes.md, "The clearing house service"): its cross-city records of a
+clearing (docs/clearing.md, "The clearing house service"): its cross-city records of a
 window as signed clearing files, written or delivered, and its books compared with the house's."""
 
 import argparse

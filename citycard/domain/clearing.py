@@ -1,4 +1,4 @@
-"""The regional clearing house's core, pure (issue 15, item 3; the rules in docs/clearing-notes.md).
+"""The regional clearing house's core, pure (issue 15, item 3; the rules in docs/clearing.md).
 
 Each acquirer city delivers, once per window, a signed manifest and its clearing files
 (protocols/clearing_files.py). A refused delivery changes nothing; inside an accepted one each

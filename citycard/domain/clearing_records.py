@@ -1,4 +1,4 @@
-"""Regional clearing's records, codes and reports, pure (issue 15, item 3; docs/clearing-notes.md).
+"""Regional clearing's records, codes and reports, pure (issue 15, item 3; docs/clearing.md).
 
 A ``ClearingRecord`` is one cross-city tap: a card of ``issuer`` used in ``acquirer``. Its key
 is the acquirer's terminal and the terminal's seq (``"B:1001:57"``), which no two taps share.

@@ -1,4 +1,4 @@
-"""The clearing house as a service on the machine's Postgres (docs/clearing-notes.md, "The
+"""The clearing house as a service on the machine's Postgres (docs/clearing.md, "The
 clearing house service"): three cities register, deliver over a real socket, each refusal
 (unknown sender, forged signature, wrong sum, duplicate) is answered with its code and
 changes nothing, a window closes to positions summing to 0, a restarted house (a new
@@ -76,7 +76,7 @@ def _body(sender: str, window: str, records: list[ClearingRecord], key: Ed25519P
     return delivery_body(sender, window, m, sign(key or KEYS[sender], m), files)
 
 
-# The worked example of docs/clearing-notes.md: B acquires A's cards for 1000 + 250 and a C card
+# The worked example of docs/clearing.md: B acquires A's cards for 1000 + 250 and a C card
 # for 999; A acquires a B card for 401 (and a card of Q, no participant: rejected inside).
 B_W1 = [_rec("B", "A", 1, 1000), _rec("B", "A", 2, 250), _rec("B", "C", 3, 999)]
 A_W1 = [_rec("A", "B", 1, 401), _rec("A", "Q", 2, 77)]

@@ -7,7 +7,7 @@ answer in time it stands in under the issuer's floor limit, records the approval
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -73,6 +73,14 @@ class RemoteDesk:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._advisers: list[asyncio.Task[None]] = []
         self._stood_in: set[tuple[int, int]] = set()  # (terminal_id, seq) approved in stand-in, advice owed
+        self.suspended: frozenset[str] = frozenset()  # issuers the clearing house suspended: no stand-in
+
+    def set_suspended(self, codes: Iterable[str]) -> frozenset[str]:
+        """The clearing house's GET /suspended, as last polled: those issuers' cards are refused
+        stand-in here (StandInCode.ISSUER_SUSPENDED) until a later poll lifts them. Codes of cities
+        this desk does not know are kept out (they have no cards here); returns what is kept."""
+        self.suspended = frozenset(c for c in codes if c in self.clients)
+        return self.suspended
 
     # -- the gateway's hook: one division and one dict probe per tap -------------------------
     def claims(self, card_no: int) -> bool:
@@ -144,7 +152,8 @@ class RemoteDesk:
         return await self._stand_in(t, key)
 
     async def _stand_in(self, t: store.LinkTap, key: TapKey) -> Outcome:
-        d = self.standin.decide(key, t.card_no, t.amount_fen, t.issuer, self._wall_ms(), hotlisted=self._hotlisted)
+        d = self.standin.decide(key, t.card_no, t.amount_fen, t.issuer, self._wall_ms(), suspended=self.suspended,
+                                hotlisted=self._hotlisted)
         if d.code is not StandInCode.APPROVED:
             return Outcome(int(terminal_result(d.code)), 0, -1, False)
         if not d.replay:

@@ -154,4 +154,48 @@ def audit(taps: list[TapRecord], books: dict[str, Books], report: SettlementRepo
     return v
 
 
-__all__ = ["Books", "Verdict", "audit", "read_books"]
+def check_next_window(v: Verdict, first: SettlementReport | None, second: SettlementReport | None,
+                      chargeback: dict[str, Any], rate_bp: int) -> None:
+    """The issuer's verdict on one record of the first window is a chargeback of the next one,
+    once, with its reason, for the record's gross less the issuer's fee, the acquirer paying it
+    back; a second verdict on it is refused; the next window's positions sum to 0 too."""
+    ok = chargeback.get("code") == "OK" and second is not None and first is not None and first.chargebacks == 0
+    if ok and second is not None:
+        back = chargeback["amount_fen"] - interchange_fen(chargeback["amount_fen"], rate_bp)
+        iss, acq = second.statements.get(chargeback["issuer"]), second.statements.get(chargeback["acquirer"])
+        ok = (second.chargebacks == 1 and len(second.charged_back) == 1
+              and second.charged_back[0].record_id == chargeback["record_id"]
+              and second.charged_back[0].reason == chargeback["reason"]
+              and iss is not None and iss.chargebacks_received_fen == back
+              and acq is not None and acq.chargebacks_paid_fen == back
+              and sum(second.multilateral.values()) == 0
+              and chargeback.get("again_code") == "DUPLICATE_CHARGEBACK")
+    if not ok:
+        v.fail(f"the verdict's chargeback: {chargeback}, next window {second}")
+    v.checks["verdict_charged_back_once_in_next_window"] = ok
+
+
+def check_unknown_card(v: Verdict, unknown: dict[str, Any]) -> None:
+    """The delivery carrying a record for a card no issuer has is accepted without that record,
+    which is rejected alone with its reason."""
+    rejected = unknown.get("rejected") or []
+    ok = (unknown.get("delivery_code") == "OK" and unknown.get("accepted") == unknown.get("own_records")
+          and len(rejected) == 1 and rejected[0].get("record_id") == unknown.get("record_id")
+          and rejected[0].get("code") == "UNKNOWN_ISSUER" and bool(rejected[0].get("reason")))
+    if not ok:
+        v.fail(f"the record for an unknown card: {unknown}")
+    v.checks["unknown_card_record_rejected_alone"] = ok
+
+
+def check_suspended(v: Verdict, suspended: dict[str, Any]) -> None:
+    """Every city's desk holds the house's suspensions (less its own code: it never stands in
+    for its own cards)."""
+    house = set(suspended.get("house") or [])
+    desks = suspended.get("desks") or {}
+    ok = bool(desks) and all(set(got) == house - {city} for city, got in desks.items())
+    if not ok:
+        v.fail(f"suspensions not on every desk: {suspended}")
+    v.checks["suspensions_reached_every_desk"] = ok
+
+
+__all__ = ["Books", "Verdict", "audit", "check_next_window", "check_suspended", "check_unknown_card", "read_books"]

@@ -1,27 +1,33 @@
 """The region lab's clearing: each acquirer city's clearing file of cross-city records (its
 ``remote_taps`` the issuer answered OK, and its confirmed ``standin_taps``), signed, delivered
-to a clearing house. The house is the pure ``ClearingHouse`` in this process, behind
-``LabClearing``, so the clearing-house service can take its place later."""
+over HTTP to the clearing house service, which runs in the lab's process on a schema of its
+own (``LabClearing``)."""
 
+import asyncio
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ..domain.clearing import ClearingHouse
+from ..clearing import client
+from ..clearing.server import HouseServer
+from ..clearing.service import HouseService
 from ..domain.clearing_records import (
-    ClearingCode,
+    MAX_TERMINAL_ID,
+    Chargeback,
     ClearingRecord,
     SettlementReport,
     Statement,
     record_id_of,
 )
 from ..domain.results import Result
-from ..protocols.clearing_files import render_csv, tally
+from ..protocols.clearing_files import parse_csv, render_csv, tally
 from ..protocols.settlement_files import manifest, sign
-from .cities import CitySpec
+from .cities import CitySpec, reset_schema
 
 INTERCHANGE_BP = 50  # 0.5 %, the issuer's fee on each pair's gross
 NET_DEBIT_CAP_FEN = 100_000_000
@@ -38,10 +44,12 @@ class Delivery:
 
 @dataclass(frozen=True)
 class Answer:
-    code: str  # ClearingCode name
+    code: str  # ClearingCode name, or the HTTP refusal's code
     reason: str
     cleared: int
     rejected: int
+    status: int = 200  # the HTTP status the house answered
+    rejections: tuple[dict[str, str], ...] = ()  # {record_id, code, reason} of each rejected record
 
 
 def when_of(time_ms: int) -> str:
@@ -50,6 +58,11 @@ def when_of(time_ms: int) -> str:
 
 def window_of(time_ms: int) -> str:
     return datetime.fromtimestamp(time_ms / 1000, UTC).strftime("%Y-%m-%d")
+
+
+def next_window(window: str) -> str:
+    """The next day's window: the first whose close carries a chargeback of ``window``'s records."""
+    return (date.fromisoformat(window) + timedelta(days=1)).isoformat()
 
 
 async def acquirer_records(conn: Any, acquirer: str, window: str) -> list[ClearingRecord]:
@@ -86,25 +99,116 @@ def delivery(key: Ed25519PrivateKey, sender: str, window: str, records: list[Cle
 
 
 class LabClearing:
-    """The clearing house as the lab uses it: register, deliver, close, statement, report."""
+    """The clearing house service (HouseService behind HouseServer, on 127.0.0.1, any free port)
+    in the lab's process, spoken to over HTTP only, as a city would (citycard/clearing/client.py).
+    The client is synchronous: each call runs in a thread so this loop keeps serving it."""
 
-    def __init__(self, specs: list[CitySpec]) -> None:
-        self._house = ClearingHouse(retain_windows=7)
-        for s in specs:
-            self._house.register(s.code, s.key.public_key(), NET_DEBIT_CAP_FEN, INTERCHANGE_BP, (str(s.prefix),))
+    def __init__(self, service: HouseService, server: HouseServer, token: str) -> None:
+        self.service = service
+        self.server = server
+        self._token = token
 
-    def deliver(self, d: Delivery) -> Answer:
-        got = self._house.ingest(d.sender, d.window, d.manifest, d.signature, d.files)
-        return Answer(ClearingCode(got.code).name, got.reason, got.accepted, len(got.rejected))
+    @property
+    def url(self) -> str:
+        return self.server.url
 
-    def close(self, window: str) -> SettlementReport | None:
-        return self._house.close(window).report
+    @classmethod
+    async def start(cls, db_url: str, schema: str, specs: list[CitySpec]) -> "LabClearing":
+        """A fresh house on ``schema`` (dropped first, like the cities'), every city registered."""
+        await reset_schema(db_url, schema)
+        service = await HouseService.open(db_url, schema, retain_windows=7, pool_size=2)
+        token = secrets.token_hex(16)
+        server = HouseServer(service, token)
+        try:
+            await server.start()
+            house = cls(service, server, token)
+            for s in specs:
+                status, body = await asyncio.to_thread(client.add_participant, server.url, token, s.code,
+                                                       s.public_hex(), NET_DEBIT_CAP_FEN, INTERCHANGE_BP,
+                                                       [str(s.prefix)])
+                if status != 201:
+                    raise RuntimeError(f"registering {s.code} with the clearing house: {status} {body}")
+        except BaseException:
+            await server.stop()
+            await service.close()
+            raise
+        return house
 
-    def statement(self, city: str, window: str) -> Statement | None:
-        return self._house.statement(city, window)
+    async def stop(self) -> None:
+        try:
+            await self.server.stop()
+        finally:
+            await self.service.close()
 
-    def statements(self, cities: list[str], window: str) -> Mapping[str, Statement | None]:
-        return {c: self.statement(c, window) for c in cities}
+    async def deliver(self, d: Delivery) -> Answer:
+        status, body = await asyncio.to_thread(client.deliver, self.url, d.sender, d.window, d.manifest,
+                                               d.signature, d.files)
+        if status != 200:
+            return Answer(str(body.get("code")), str(body.get("reason")), 0, 0, status)
+        return Answer("OK", "", int(body["accepted"]), int(body["rejected_count"]), status,
+                      tuple(body.get("rejected") or ()))
+
+    async def close(self, window: str) -> SettlementReport | None:
+        status, body = await asyncio.to_thread(client.close, self.url, self._token, window)
+        if status != 200:
+            raise RuntimeError(f"closing window {window}: {status} {body}")
+        status, body = await asyncio.to_thread(client.report, self.url, window)  # as anyone reads it
+        return report_of(body) if status == 200 else None
+
+    async def statement(self, city: str, window: str) -> Statement | None:
+        status, body = await asyncio.to_thread(client.statement, self.url, window, city)
+        if status != 200:
+            return None
+        body.pop("final", None)
+        return Statement(**body)
+
+    async def statements(self, cities: list[str], window: str) -> Mapping[str, Statement | None]:
+        return {c: await self.statement(c, window) for c in cities}
+
+    async def records(self, key: Ed25519PrivateKey, issuer: str, window: str) -> list[ClearingRecord]:
+        """The records cleared against ``issuer``'s cards, as it fetches them to check."""
+        status, data = await asyncio.to_thread(client.records, self.url, key, issuer, window)
+        if status != 200:
+            raise RuntimeError(f"{issuer} fetching its records of {window}: {status} {data[:300]!r}")
+        return parse_csv(data, f"{issuer}-{window}.csv")
+
+    async def verdict(self, key: Ed25519PrivateKey, issuer: str, record_id: str, reason: str) -> tuple[int, Any]:
+        body = client.verdict_body(key, issuer, record_id, reason)
+        return await asyncio.to_thread(_post, f"{self.url}/verdicts", body)
+
+    async def suspended(self) -> list[str]:
+        status, body = await asyncio.to_thread(_get, f"{self.url}/suspended")
+        if status != 200:
+            raise RuntimeError(f"GET /suspended: {status} {body}")
+        return [str(c) for c in body["suspended"]]
+
+
+def _post(url: str, body: Any) -> tuple[int, Any]:
+    r = httpx.post(url, json=body, timeout=client.TIMEOUT_S)
+    return r.status_code, r.json()
+
+
+def _get(url: str) -> tuple[int, Any]:
+    r = httpx.get(url, timeout=client.TIMEOUT_S)
+    return r.status_code, r.json()
+
+
+def report_of(body: dict[str, Any]) -> SettlementReport:
+    """A report as the house's JSON gives it (clearing/wire.py report_json), back into the
+    dataclass the audit reads; the obligations are left out (the audit does not read them)."""
+    return SettlementReport(
+        body["window"], int(body["records"]), int(body["chargebacks"]), (),
+        {(b["payer"], b["payee"]): int(b["amount_fen"]) for b in body["bilateral"]},
+        {c: int(f) for c, f in body["multilateral"].items()},
+        {c: Statement(**s) for c, s in body["statements"].items()}, frozenset(body["suspended"]),
+        tuple(Chargeback(c["record_id"], c["issuer"], c["acquirer"], int(c["amount_fen"]), "", c["reason"])
+              for c in body["charged_back"]))
+
+
+def unknown_card_record(acquirer: str, window: str, issuer: str, card_no: int, time_ms: int) -> ClearingRecord:
+    """A record for a card no issuer has: ``card_no`` outside ``issuer``'s prefix (on the last
+    terminal id, which the lab's validators never use, so the id is no real tap's)."""
+    return _record(acquirer, window, issuer, MAX_TERMINAL_ID, 1, card_no, 100, time_ms)
 
 
 def bad_deliveries(good: Delivery, key: Ed25519PrivateKey, forger: Ed25519PrivateKey) -> list[tuple[str, Delivery]]:
@@ -124,4 +228,4 @@ def bad_deliveries(good: Delivery, key: Ed25519PrivateKey, forger: Ed25519Privat
 
 
 __all__ = ["INTERCHANGE_BP", "Answer", "Delivery", "LabClearing", "acquirer_records", "bad_deliveries",
-           "delivery", "when_of", "window_of"]
+           "delivery", "next_window", "report_of", "unknown_card_record", "when_of", "window_of"]

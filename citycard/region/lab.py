@@ -14,20 +14,25 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from ..clearing import wire
 from ..cli.runtime import Services, connect_app
 from ..config.fare_table import load_fare_tables
 from ..config.settings import Settings
+from ..domain.clearing_records import SettlementReport
 from ..domain.settlement import CLOSE_GRACE_MS
 from ..persistence import settlement
 from . import cities as cities_mod
-from .audit import Books, audit, read_books
+from .audit import Books, audit, check_next_window, check_suspended, check_unknown_card, read_books
 from .cities import LabCity
 from .clearing import (
     INTERCHANGE_BP,
+    Delivery,
     LabClearing,
     acquirer_records,
     bad_deliveries,
     delivery,
+    next_window,
+    unknown_card_record,
     window_of,
 )
 from .summary import build_report
@@ -35,6 +40,8 @@ from .traffic import TrafficPlan, drive
 
 log = logging.getLogger(__name__)
 ADVICE_WAIT_S = 60.0  # after the traffic, stand-ins still pending get this long to be advised
+UNKNOWN_CARD_NO = cities_mod.FIRST_PREFIX * 10**11 + 1  # prefix FIRST_PREFIX: no lab city issues it
+VERDICT_REASON = "lab: the issuer refuses this record (the chargeback test)"
 
 
 @dataclass(frozen=True)
@@ -117,46 +124,85 @@ async def _close_windows(cities: list[LabCity], window: str, start_ms: int, end_
     return out
 
 
-def _snapshot(house: LabClearing, codes: list[str], window: str) -> dict[str, Any]:
-    return {c: (dataclasses.asdict(s) if s is not None else None) for c, s in house.statements(codes, window).items()}
+async def _snapshot(house: LabClearing, codes: list[str], window: str) -> dict[str, Any]:
+    got = await house.statements(codes, window)
+    return {c: (dataclasses.asdict(s) if s is not None else None) for c, s in got.items()}
 
 
-async def _clear(cities: list[LabCity], house: LabClearing, window: str) -> tuple[dict[str, Any], int, list[Any]]:
-    """Deliver every city's file; try the bad ones on the last city that has records."""
+async def _refused(house: LabClearing, codes: list[str], what: str, d: Delivery, expected: str) -> dict[str, Any]:
+    before = await _snapshot(house, codes, d.window)
+    a = await house.deliver(d)
+    return {"what": what, "sender": d.sender, "refused": a.code != "OK", "code": a.code, "http_status": a.status,
+            "expected": expected, "reason": a.reason,
+            "changed_nothing": before == await _snapshot(house, codes, d.window)}
+
+
+async def _clear(cities: list[LabCity], house: LabClearing, window: str,
+                 now_ms: int) -> tuple[dict[str, Any], int, list[Any]]:
+    """Deliver every city's file over HTTP; try the bad ones on the last city that has records;
+    one other city's delivery carries a record for a card no issuer has (rejected inside)."""
     codes = [c.code for c in cities]
     deliveries, records = {}, {}
     for c in cities:
         async with c.platform.pool.acquire() as conn:
             records[c.code] = await acquirer_records(conn, c.code, window)
-        deliveries[c.code] = delivery(c.spec.key, c.code, window, records[c.code])
     probe = next((c for c in reversed(cities) if records[c.code]), cities[-1])
+    carrier = next(c for c in cities if c is not probe)
+    issuer = next(c for c in cities if c is not carrier)
+    unknown = unknown_card_record(carrier.code, window, issuer.code, UNKNOWN_CARD_NO, now_ms)
+    for c in cities:
+        extra = [unknown] if c is carrier else []
+        deliveries[c.code] = delivery(c.spec.key, c.code, window, records[c.code] + extra)
     answers, cleared, refusals = {}, 0, []
+    unknown_card: dict[str, Any] = {}
     for c in cities:
         if c is probe:
             continue
-        a = house.deliver(deliveries[c.code])
+        a = await house.deliver(deliveries[c.code])
         answers[c.code] = dataclasses.asdict(a)
         cleared += a.cleared
+        if c is carrier:
+            unknown_card = {"sender": c.code, "record_id": unknown.record_id, "card_no": unknown.card_no,
+                            "delivery_code": a.code, "accepted": a.cleared, "own_records": len(records[c.code]),
+                            "rejected": list(a.rejections)}
     bad = bad_deliveries(deliveries[probe.code], probe.spec.key, Ed25519PrivateKey.generate()) \
         if records[probe.code] else []
     expected = {"wrong sum": "BAD_MANIFEST", "forged signature": "BAD_SIGNATURE"}
     for what, d in bad:
-        before = _snapshot(house, codes, window)
-        a = house.deliver(d)
-        refusals.append({"what": what, "sender": d.sender, "refused": a.code != "OK", "code": a.code,
-                         "expected": expected[what], "reason": a.reason,
-                         "changed_nothing": before == _snapshot(house, codes, window)})
-    a = house.deliver(deliveries[probe.code])
+        refusals.append(await _refused(house, codes, what, d, expected[what]))
+    a = await house.deliver(deliveries[probe.code])
     answers[probe.code] = dataclasses.asdict(a)
     cleared += a.cleared
     dup = deliveries[cities[0].code] if cities[0] is not probe else deliveries[probe.code]
-    before = _snapshot(house, codes, window)
-    a = house.deliver(dup)
-    refusals.append({"what": "duplicate delivery", "sender": dup.sender, "refused": a.code != "OK", "code": a.code,
-                     "expected": "DUPLICATE_FILE", "reason": a.reason,
-                     "changed_nothing": before == _snapshot(house, codes, window)})
-    return {"deliveries": answers, "records": {k: len(v) for k, v in records.items()},
-            "records_by_city": records}, cleared, refusals
+    refusals.append(await _refused(house, codes, "duplicate delivery", dup, "DUPLICATE_FILE"))
+    return {"house_url": house.url, "deliveries": answers, "records": {k: len(v) for k, v in records.items()},
+            "unknown_card": unknown_card, "records_by_city": records}, cleared, refusals
+
+
+async def _verdict_then_next_window(cities: list[LabCity], house: LabClearing,
+                                    window: str) -> tuple[dict[str, Any], SettlementReport | None]:
+    """The first issuer with records cleared against its cards fetches them (signed), rejects
+    the first with a signed verdict, and tries again (refused: once per record); the next day's
+    window, empty, is closed: the chargeback must be in it."""
+    out: dict[str, Any] = {"window": next_window(window)}
+    for c in cities:
+        recs = await house.records(c.spec.key, c.code, window)
+        if recs:
+            r = recs[0]
+            status, body = await house.verdict(c.spec.key, c.code, r.record_id, VERDICT_REASON)
+            again, body2 = await house.verdict(c.spec.key, c.code, r.record_id, VERDICT_REASON)
+            out.update(issuer=c.code, acquirer=r.acquirer, record_id=r.record_id, amount_fen=r.amount_fen,
+                       reason=VERDICT_REASON, status=status, code=body.get("code"), again_status=again,
+                       again_code=body2.get("code"))
+            break
+    return out, await house.close(out["window"])
+
+
+async def _push_suspended(cities: list[LabCity], house: LabClearing) -> dict[str, Any]:
+    """What a city would poll (GET /suspended), pushed to every city's desk."""
+    codes = await house.suspended()
+    desks = {c.code: sorted(c.platform.region.desk.set_suspended(codes)) for c in cities}
+    return {"house": codes, "desks": desks}
 
 
 async def _books(cities: list[LabCity], records: dict[str, Any]) -> dict[str, Books]:
@@ -208,12 +254,22 @@ async def run_lab(base: Settings, services: Services, spec: LabSpec, key_dir: Pa
         window = window_of(end_ms)
         progress(f"closing settlement windows {window}; clearing")
         windows = await _close_windows(started, window, start_ms - 1000, end_ms)
-        house = LabClearing(specs)
-        clearing, cleared, refusals = await _clear(started, house, window)
-        report = house.close(window)
-        statements = dict(house.statements([c.code for c in started], window))
+        house = await LabClearing.start(services.db_url, f"{spec.schema_prefix}_house", specs)
+        try:
+            clearing, cleared, refusals = await _clear(started, house, window, end_ms)
+            report = await house.close(window)
+            statements = dict(await house.statements([c.code for c in started], window))
+            chargeback, report2 = await _verdict_then_next_window(started, house, window)
+            clearing["suspended"] = await _push_suspended(started, house)
+        finally:
+            await house.stop()
+        clearing["chargeback"] = chargeback
+        clearing["next_window"] = wire.report_json(report2) if report2 is not None else None
         books = await _books(started, clearing.pop("records_by_city"))
         verdict = audit(taps, books, report, statements, refusals, outage, cleared, INTERCHANGE_BP)
+        check_next_window(verdict, report, report2, chargeback, INTERCHANGE_BP)
+        check_unknown_card(verdict, clearing["unknown_card"])
+        check_suspended(verdict, clearing["suspended"])
         return build_report(spec=dataclasses.asdict(spec), startup_s=startup_s, traffic_s=traffic_s, taps=taps,
                             errors=errors, outage=outage, windows=windows, clearing=clearing,
                             refusals=refusals, report=report, books=books, verdict=verdict,

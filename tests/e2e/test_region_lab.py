@@ -23,12 +23,12 @@ def test_three_cities_with_an_outage_clear_and_audit(configured_services, tmp_pa
     try:
         report = asyncio.run(run_lab(base, services, spec, tmp_path))
     finally:
-        for code in ("c01", "c02", "c03"):
+        for code in ("c01", "c02", "c03", "house"):
             drop_city_data(configured_services, f"{prefix}_{code}")
     audit = report["audit"]
     assert audit["ok"], audit["problems"]
     assert report["ok"]
-    assert all(audit["checks"].values()) and len(audit["checks"]) >= 8
+    assert all(audit["checks"].values()) and len(audit["checks"]) >= 11
     # the outage: C02's cards were stood in elsewhere, and every stand-in was decided when it came back
     assert report["outage"]["standins_for_down_city"] > 0
     assert report["outage"]["pending_after_wait"] == 0
@@ -36,10 +36,25 @@ def test_three_cities_with_an_outage_clear_and_audit(configured_services, tmp_pa
     # visitors' taps went across and were cleared; positions net to zero
     assert report["totals"]["cross_city_ok"] > 0 and report["totals"]["cleared_records"] > 0
     assert sum(report["clearing"]["multilateral_fen"].values()) == 0
-    # each bad delivery refused for its own reason, changing nothing
-    assert {r["what"]: r["code"] for r in report["refusals"]} == {
-        "wrong sum": "BAD_MANIFEST", "forged signature": "BAD_SIGNATURE", "duplicate delivery": "DUPLICATE_FILE"}
+    # each bad delivery refused over HTTP by the clearing house service, for its own reason, changing nothing
+    assert report["clearing"]["house_url"].startswith("http://127.0.0.1:")
+    assert {r["what"]: (r["code"], r["http_status"]) for r in report["refusals"]} == {
+        "wrong sum": ("BAD_MANIFEST", 422), "forged signature": ("BAD_SIGNATURE", 422),
+        "duplicate delivery": ("DUPLICATE_FILE", 409)}
     assert all(r["changed_nothing"] for r in report["refusals"])
+    # the record for an unknown card is rejected alone, the rest of its delivery cleared
+    unknown = report["clearing"]["unknown_card"]
+    assert unknown["delivery_code"] == "OK" and unknown["accepted"] == unknown["own_records"]
+    assert [(r["record_id"], r["code"]) for r in unknown["rejected"]] == [(unknown["record_id"], "UNKNOWN_ISSUER")]
+    # the issuer's verdict: a chargeback once, with its reason, in the next window (none in the first)
+    cb, nxt = report["clearing"]["chargeback"], report["clearing"]["next_window"]
+    assert cb["code"] == "OK" and cb["again_code"] == "DUPLICATE_CHARGEBACK"
+    assert nxt["window"] == cb["window"] and nxt["chargebacks"] == 1
+    assert [(c["record_id"], c["reason"]) for c in nxt["charged_back"]] == [(cb["record_id"], cb["reason"])]
+    assert nxt["statements"][cb["issuer"]]["chargebacks_received_fen"] > 0
+    assert sum(nxt["multilateral"].values()) == 0
+    # the house's suspensions (none under the lab's caps) were pushed to every city's desk
+    assert set(report["clearing"]["suspended"]["desks"]) == {"C01", "C02", "C03"}
     page = render_html(report)
     assert page.count("data:image/png;base64,") == 3
     # each city's own settlement window closed, its bus company's line holding its home rides

@@ -6,11 +6,34 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from citycard.domain.clearing_records import ClearingRecord, record_id_of
+from citycard.clearing.wire import report_json
+from citycard.domain.clearing import ClearingHouse
+from citycard.domain.clearing_records import (
+    ClearingCode,
+    ClearingRecord,
+    SettlementReport,
+    Statement,
+    record_id_of,
+)
 from citycard.interop.store import remote_terminal_id
-from citycard.region.audit import Books, audit
+from citycard.region.audit import (
+    Books,
+    Verdict,
+    audit,
+    check_next_window,
+    check_suspended,
+    check_unknown_card,
+)
 from citycard.region.cities import CitySpec
-from citycard.region.clearing import INTERCHANGE_BP, LabClearing, bad_deliveries, delivery
+from citycard.region.clearing import (
+    INTERCHANGE_BP,
+    Answer,
+    Delivery,
+    bad_deliveries,
+    delivery,
+    next_window,
+    report_of,
+)
 from citycard.region.report import render_html
 from citycard.region.summary import percentile
 from citycard.region.traffic import TapRecord
@@ -31,6 +54,26 @@ def rec(acq: CitySpec, iss: CitySpec, tid: int, seq: int, fen: int) -> ClearingR
                           WINDOW, tid, seq, "20261207020000")
 
 
+class PureHouse:
+    """PureHouse's calls on the pure core, in memory (the lab itself speaks HTTP to the
+    service, tests/e2e/test_region_lab.py)."""
+
+    def __init__(self, specs: list[CitySpec]) -> None:
+        self.core = ClearingHouse(retain_windows=7)
+        for s in specs:
+            self.core.register(s.code, s.key.public_key(), 100_000_000, INTERCHANGE_BP, (str(s.prefix),))
+
+    def deliver(self, d: Delivery) -> Answer:
+        got = self.core.ingest(d.sender, d.window, d.manifest, d.signature, d.files)
+        return Answer(ClearingCode(got.code).name, got.reason, got.accepted, len(got.rejected))
+
+    def close(self, window: str) -> SettlementReport | None:
+        return self.core.close(window).report
+
+    def statements(self, cities: list[str], window: str) -> dict[str, Statement | None]:
+        return {c: self.core.statement(c, window) for c in cities}
+
+
 def books_of(specs: list[CitySpec], taps: list[TapRecord]) -> dict[str, Books]:
     """Books as the platforms would keep them for these OK taps: one journal row each at the
     issuer (acquirers hold slots 0..), one clearing record each at the acquirer."""
@@ -44,15 +87,15 @@ def books_of(specs: list[CitySpec], taps: list[TapRecord]) -> dict[str, Books]:
     return books
 
 
-def cleared(specs: list[CitySpec], books: dict[str, Books]) -> tuple[LabClearing, int]:
-    house = LabClearing(specs)
+def cleared(specs: list[CitySpec], books: dict[str, Books]) -> tuple[PureHouse, int]:
+    house = PureHouse(specs)
     n = 0
     for s in specs:
         n += house.deliver(delivery(s.key, s.code, WINDOW, books[s.code].records)).cleared
     return house, n
 
 
-def run_audit(specs: list[CitySpec], taps: list[TapRecord], books: dict[str, Books]):  # noqa: ANN201
+def run_audit(specs: list[CitySpec], taps: list[TapRecord], books: dict[str, Books]) -> Verdict:
     house, n = cleared(specs, books)
     report = house.close(WINDOW)
     outage = {"standins_for_down_city": 1}
@@ -98,7 +141,7 @@ def test_bad_deliveries_are_refused_for_their_reason_and_change_nothing() -> Non
     specs = [spec(1), spec(2)]
     taps = [TapRecord("C01", "C02", 1001, 1, 0, 0, 200, 0.0, 1.0)]
     books = books_of(specs, taps)
-    house = LabClearing(specs)
+    house = PureHouse(specs)
     good = delivery(specs[0].key, "C01", WINDOW, books["C01"].records)
     before = house.statements(["C01", "C02"], WINDOW)
     answers = {what: house.deliver(d).code for what, d in bad_deliveries(good, specs[0].key, specs[1].key)}
@@ -122,3 +165,47 @@ def test_percentile_is_an_element_at_or_above_its_share(values: list[float], p: 
 def test_report_page_without_data_says_so() -> None:
     page = render_html({"ok": False})
     assert "FAILED" in page and page.count("no data") == 3
+
+
+def test_a_verdict_is_one_chargeback_in_the_next_window_and_the_report_survives_json() -> None:
+    specs = [spec(1), spec(2)]
+    taps = [TapRecord("C01", "C02", 1001, 1, 0, 0, 1000, 0.0, 1.0), TapRecord("C01", "C02", 1001, 2, 0, 0, 300, 0.0, 1.0)]
+    books = books_of(specs, taps)
+    house = PureHouse(specs)
+    assert house.deliver(delivery(specs[0].key, "C01", WINDOW, books["C01"].records)).cleared == 2
+    first_raw = house.close(WINDOW)
+    assert first_raw is not None
+    first = report_of(report_json(first_raw))
+    r = books["C01"].records[0]
+    reason = "TAC does not check"
+    assert house.core.reject("C02", r.record_id, reason).code == ClearingCode.OK
+    again = house.core.reject("C02", r.record_id, reason).code.name
+    second_raw = house.close(next_window(WINDOW))
+    assert second_raw is not None
+    second = report_of(report_json(second_raw))
+    assert second.statements == second_raw.statements and second.multilateral == second_raw.multilateral
+    cb = {"code": "OK", "again_code": again, "issuer": "C02", "acquirer": "C01", "record_id": r.record_id,
+          "amount_fen": r.amount_fen, "reason": reason}
+    v = run_audit(specs, taps, books)
+    check_next_window(v, first, second, cb, INTERCHANGE_BP)
+    assert v.checks["verdict_charged_back_once_in_next_window"], v.problems
+    # the chargeback counted in the first window too, or a wrong amount, fails
+    for bad in ({**cb, "amount_fen": r.amount_fen + 1}, {**cb, "again_code": "OK"}):
+        v2 = run_audit(specs, taps, books)
+        check_next_window(v2, first, second, bad, INTERCHANGE_BP)
+        assert not v2.checks["verdict_charged_back_once_in_next_window"]
+    v3 = run_audit(specs, taps, books)
+    check_next_window(v3, second, second, cb, INTERCHANGE_BP)
+    assert not v3.checks["verdict_charged_back_once_in_next_window"]
+
+
+def test_the_unknown_card_and_suspension_checks_can_fail() -> None:
+    good = {"delivery_code": "OK", "accepted": 3, "own_records": 3, "record_id": "C01:9:1",
+            "rejected": [{"record_id": "C01:9:1", "code": "UNKNOWN_ISSUER", "reason": "outside"}]}
+    v = run_audit([spec(1), spec(2)], [], books_of([spec(1), spec(2)], []))
+    check_unknown_card(v, good)
+    check_suspended(v, {"house": ["C02"], "desks": {"C01": ["C02"], "C02": []}})
+    assert v.checks["unknown_card_record_rejected_alone"] and v.checks["suspensions_reached_every_desk"]
+    check_unknown_card(v, {**good, "accepted": 2})
+    check_suspended(v, {"house": ["C02"], "desks": {"C01": [], "C02": []}})
+    assert not v.checks["unknown_card_record_rejected_alone"] and not v.checks["suspensions_reached_every_desk"]

@@ -74,3 +74,8 @@ def records(base: str, key: Ed25519PrivateKey, issuer: str, window: str) -> tupl
     except httpx.HTTPError as exc:
         raise CityCardError(f"the clearing house at {base} did not answer: {exc}") from None
     return r.status_code, r.content
+
+
+def verdict(base: str, key: Ed25519PrivateKey, issuer: str, record_id: str, reason: str) -> tuple[int, Any]:
+    """Reject a record cleared against ``issuer``'s cards (409 DUPLICATE_CHARGEBACK: rejected before)."""
+    return _call("POST", f"{base}/verdicts", body=verdict_body(key, issuer, record_id, reason))

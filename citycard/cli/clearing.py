@@ -82,7 +82,15 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
     rp.add_argument("--window", type=_window, required=True, metavar="YYYY-MM-DD")
     rp.add_argument("--json", action="store_true")
     rp.set_defaults(func=_cmd_client, action="report")
-    for p in (add, cl, st, rp):
+    vf = csub.add_parser("verify", help="as an issuer: check the TACs of this city's cards' offline records cleared"
+                         " elsewhere in a window and reject the forged ones (chargebacks)")
+    vf.add_argument("--window", type=_window, required=True, metavar="YYYY-MM-DD")
+    vf.add_argument("--city", type=_city, required=True, metavar="CODE", help="this city's code at the house")
+    vf.add_argument("--key-file", type=Path, metavar="FILE",
+                    help="this city's Ed25519 key (default: settle_clearing's, in the state dir)")
+    vf.add_argument("--json", action="store_true")
+    vf.set_defaults(func=_cmd_verify)
+    for p in (add, cl, st, rp, vf):
         p.add_argument("--url", default=f"http://127.0.0.1:{DEFAULT_PORT}", help="the running house")
         _token_arg(p)
 
@@ -172,6 +180,57 @@ def _cmd_client(args: argparse.Namespace) -> int:
         print(json.dumps(body, indent=1))
     else:
         _print_report(body)
+    return 0
+
+
+def verify(base: str, city: str, window: str, key: Any, keys: Any) -> dict[str, Any]:
+    """Fetch the records cleared against ``city``'s cards in ``window``, check each offline
+    one's TAC with ``keys`` (IssuerKeys), post a signed verdict for each bad one. Idempotent:
+    a verdict the house had already (409 DUPLICATE_CHARGEBACK) counts as done."""
+    from ..domain.offline_verdicts import check_offline
+    from ..protocols.clearing_files import parse_csv
+    from ..protocols.settlement_files import FileRefused
+
+    status, data = client.records(base, key, city, window)
+    if status >= 300:
+        raise CityCardError(f"records of {city} in {window} refused ({status}): {data[:300]!r}")
+    try:
+        checked = check_offline(parse_csv(data, f"{city}.csv"), keys)
+    except (FileRefused, ValueError) as exc:
+        raise CityCardError(f"records of {city} in {window}: {exc}") from None
+    out: dict[str, Any] = {"window": window, "city": city, "offline": checked.offline, "online": checked.online,
+                           "rejected": 0, "rejected_before": 0, "failed": []}
+    for record_id, reason in checked.bad:
+        got, body = client.verdict(base, key, city, record_id, reason)
+        if got < 300:
+            out["rejected"] += 1
+        elif got == 409 and body.get("code") == "DUPLICATE_CHARGEBACK":
+            out["rejected_before"] += 1
+        else:
+            out["failed"].append(f"{record_id}: {body.get('code')}: {body.get('reason')}")
+    return out
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from ..offline.desk import issuer_keys
+    from ..persistence.settlement_export import load_or_make_key
+    from .settle_clearing import KEY_FILE
+
+    settings = load_settings(args.config)
+    key_path = args.key_file or settings.state.path / KEY_FILE
+    if not key_path.exists():
+        raise CityCardError(f"no key in {key_path} (the one `citycard settle clearing` signs with)")
+    out = verify(args.url.rstrip("/"), args.city, args.window, load_or_make_key(key_path), issuer_keys(settings))
+    if args.json:
+        print(json.dumps(out, indent=1))
+    else:
+        print(f"{args.city} {args.window}: {out['offline']} offline records checked ({out['online']} online),"
+              f" {out['rejected']} rejected now, {out['rejected_before']} rejected before,"
+              f" {len(out['failed'])} verdicts refused")
+        for f in out["failed"]:
+            print(f"  refused: {f}")
+    if out["failed"]:
+        raise CityCardError(f"{len(out['failed'])} verdicts refused by the house")
     return 0
 
 

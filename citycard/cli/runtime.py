@@ -28,7 +28,7 @@ from ..gateway.router import Router
 from ..gateway.server import Gateway
 from ..gateway.sessions import SessionReporter
 from ..gateway.terminal_control import TerminalControl
-from ..offline.desk import OfflineDesk, issuer_keys
+from ..offline.desk import OfflineDesk, issuer_keys, issuers_of
 from ..persistence import db, hotlist, terminals
 from ..persistence.migrate import migrate
 from ..persistence.roles import DbRoles, app_login_url, check_app_login
@@ -189,8 +189,10 @@ class Platform:
                                         on_retry=lambda shard, _exc: retries.labels(str(shard)).inc())
         fares = load_fare_tables(s.fare_table_path())
         fare_text = _servable_fare_text(s.fare_table_path(), g.max_frame_bytes)
+        own_issuer, visitor_issuers = issuers_of(s, fares)
         self.offline = OfflineDesk(self.pool, redis, s.redis.prefix, issuer_keys(s),
-                                   bytes.fromhex(s.card.batch_master_key_hex), self.metrics)
+                                   bytes.fromhex(s.card.batch_master_key_hex), self.metrics,
+                                   own_issuer=own_issuer, visitor_issuers=visitor_issuers)
         self.offline.start()
         self._on_stop("offline uploads", self.offline.stop)  # after the gateway stopped
         parts = build_gateway(

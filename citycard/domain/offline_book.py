@@ -41,6 +41,8 @@ class OfflineCode(IntEnum):
     CARD_UNKNOWN = 4  # no such card issued: kept aside
     BALANCE_IMPOSSIBLE = 5  # journaled; the purse would be negative or claims more than loaded: hotlisted
     BAD_RECORD = 6  # fields the schema passes but a card cannot make (date, type): kept aside
+    FORWARDED = 7  # another issuer's card: kept once for that issuer's clearing file (it checks the TAC)
+    UNKNOWN_ISSUER = 8  # a card no issuer this host knows numbers: not kept
 
 
 # Codes after which the card goes on the hotlist.

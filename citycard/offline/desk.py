@@ -18,13 +18,14 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 import redis.asyncio as aioredis
 
+from ..domain.epurse_crypto import PURCHASE_TYPES
 from ..domain.offline import IssuerKeys, OfflineRecord, batch_key
 from ..domain.offline_book import (
     CardShadow,
@@ -48,6 +49,7 @@ OPERATOR, ROLE = "offline-host", "system"  # who the audit log names for automat
 _CODE_NAMES = {int(c): c.name for c in OfflineCode}
 YIELD_RECORDS = 500  # records decided between two turns of the event loop (~5 ms of work)
 MAX_TRIES = 3  # a batch decided again (the group before it failed, another writer) at most this often
+ISSUER_DIV = 10**11  # domain/cards.issuer_of: a card's issuer number is card_no // ISSUER_DIV
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +88,8 @@ class _Group:
     keys: dict[tuple[int, int], Any] = field(default_factory=dict)  # journaled by it: OfflineRecord | (item, tid)
     answers: dict[tuple[int, int], tuple[bytes, list[int]]] = field(default_factory=dict)  # its batches
     rows: Any = None  # store.write's lists
+    visitors: list[tuple[Any, ...]] = field(default_factory=list)  # other issuers' records: store.write_visitors
+    visitor_codes: list[tuple[list[int], int]] = field(default_factory=list)  # where each one's code is
     to_list: dict[int, tuple[OfflineCode, str, OfflineRecord, _Job]] = field(default_factory=dict)
     tac_failures: int = 0
     after: "_Group | None" = None  # decided on this one's uncommitted shadows: commits after it
@@ -97,7 +101,13 @@ class OfflineDesk:
                  batch_master_key: bytes, metrics: Metrics, *, max_queue_records: int = 50_000,
                  max_commit_records: int = 10_000, tac_cache_cards: int = 100_000,
                  shadow_cache_cards: int = 500_000, max_dirty_cards: int = 100_000, write_back_s: float = 2.0,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+                 clock: Callable[[], float] = time.perf_counter, own_issuer: int | None = None,
+                 visitor_issuers: Iterable[int] = ()) -> None:
+        # own_issuer None: every card is this host's (no visitors). Else a card of another issuer
+        # in visitor_issuers is kept for its issuer's clearing file (FORWARDED); of any other
+        # issuer, refused (UNKNOWN_ISSUER).
+        self.own_issuer = own_issuer
+        self.visitor_issuers = frozenset(visitor_issuers) - {own_issuer}
         self.pool = pool
         self.redis = redis
         self.prefix = redis_prefix
@@ -269,6 +279,11 @@ class OfflineDesk:
             if g.after is not None and g.after.task is not None and not await g.after.task:
                 raise _Retry("the group before failed")
             conn = g.conn
+            # Visitors first: a record whose key another record holds is answered COUNTER_REUSED
+            # (in place: the batch's codes are written below). Not hotlisted: its issuer judges.
+            for same, (codes, i) in zip(await store.write_visitors(conn, g.visitors), g.visitor_codes, strict=True):
+                if not same:
+                    codes[i] = int(OfflineCode.COUNTER_REUSED)
             await store.write(conn, *g.rows)
             hotlisted = [(card, code) for card, (code, reason, r, job) in sorted(g.to_list.items())
                          if await self._hotlist(conn, card, code, reason, r, job)]
@@ -364,7 +379,8 @@ class OfflineDesk:
         return out, missing
 
     async def _decide(self, g: _Group, jobs: list[_Job]) -> None:
-        cards = {i.card for job in jobs for i in job.items}
+        own = self.own_issuer
+        cards = {i.card for job in jobs for i in job.items if own is None or i.card // ISSUER_DIV == own}
         n = sum(len(j.items) for j in jobs)
         if n:
             self.metrics.offline_commit_records.observe(n)
@@ -404,6 +420,9 @@ class OfflineDesk:
         changed: dict[int, CardShadow] = {}
         fast: dict[tuple[int, int], Any] = {}  # journaled by this group
         stale: set[int] = set()
+        visitors: list[tuple[Any, ...]] = []
+        visitor_codes: list[tuple[list[int], int]] = []
+        own, known = self.own_issuer, self.visitor_issuers
         tac_failures = 0
         tac_ok, tac_ok_fields = self.tacs.tac_ok, self.tacs.tac_ok_fields
         since_yield = 0
@@ -413,6 +432,12 @@ class OfflineDesk:
             codes.clear()
             for item in job.items:
                 card = item.card
+                if own is not None and card // ISSUER_DIV != own:  # a visitor's card: its issuer decides
+                    code = _visitor(item, tid, batch_seq, card // ISSUER_DIV in known, visitors, rejects)
+                    if code == OfflineCode.FORWARDED:
+                        visitor_codes.append((codes, len(codes)))
+                    codes.append(int(code))
+                    continue
                 shadow = shadows.get(card)
                 # The common record, straight from the wire: new to its card, TAC right, accepted.
                 if shadow is not None and item.counter > shadow.last_counter:
@@ -470,6 +495,7 @@ class OfflineDesk:
         if not stale:
             g.changed, g.keys, g.to_list, g.tac_failures = changed, fast, to_list, tac_failures
             g.rows = (records, rejects, gaps, batches)
+            g.visitors, g.visitor_codes = visitors, visitor_codes
         return stale
 
     async def _hotlist(self, conn: asyncpg.Connection, card_no: int, code: OfflineCode, reason: str,
@@ -491,6 +517,21 @@ class OfflineDesk:
         return True
 
 
+def _visitor(item: OfflineRecordItem, tid: int, batch_seq: int, known: bool, visitors: list[tuple[Any, ...]],
+             rejects: list[tuple[Any, ...]]) -> OfflineCode:
+    """Another issuer's card's record: kept for its issuer (no TAC check: this host has none of
+    its keys), or refused: an issuer nobody here knows (not kept), a record no card makes."""
+    if not known:
+        return OfflineCode.UNKNOWN_ISSUER
+    if item.type not in PURCHASE_TYPES or when_bcd(item.when) is None:
+        rejects.append((item.card, item.counter, item.amount_fen, item.balance_after_fen, item.type, tid, item.seq,
+                        item.when, bytes(item.tac), item.kind, item.route, int(OfflineCode.BAD_RECORD), batch_seq))
+        return OfflineCode.BAD_RECORD
+    visitors.append((item.card, item.counter, item.amount_fen, item.balance_after_fen, item.type, tid, item.seq,
+                     item.when, bytes(item.tac), item.kind, item.route, batch_seq))
+    return OfflineCode.FORWARDED
+
+
 def _settle(fut: "asyncio.Future[Any]", value: Any) -> None:
     if not fut.done():
         fut.set_result(value)
@@ -500,3 +541,14 @@ def issuer_keys(settings: Any) -> IssuerKeys:
     """The issuer's master keys from settings ([card])."""
     c = settings.card
     return IssuerKeys.of_hex(c.issuer_mpk_hex, c.issuer_mlk_hex, c.issuer_mtk_hex)
+
+
+def issuers_of(settings: Any, fares: Any) -> tuple[int, frozenset[int]]:
+    """This host's issuer number (the fare table's home issuer) and the other issuers whose
+    cards its validators may sell to offline: the fare tables' interop issuers and, with a
+    [region], the registry's card prefixes."""
+    known = {int(k) for v in fares.versions for k in getattr(v, "issuers", {})}
+    region = getattr(settings, "region", None)
+    if region is not None:
+        known |= {int(i["card_prefix"]) for i in region.issuers if "card_prefix" in i}
+    return int(fares.home_issuer), frozenset(known - {int(fares.home_issuer)})

@@ -3,9 +3,11 @@ cross-city records it took, one clearing CSV per issuer (protocols/clearing_file
 manifest with each file's count, sum and SHA-256, signed with the city's key
 (settlement_export.load_or_make_key), written to a directory and/or posted to the house.
 
-Which records: the offline purse sales this city's host journaled as money (ACCEPTED or
-BALANCE_IMPOSSIBLE) and *received* in the window's local day, as settlement.py books them,
-whose card's issuer number (``cards.issuer_of``) is not the city's own; and the visitors'
+Which records: the offline purse sales of other issuers' cards (``cards.issuer_of`` not the
+city's own) *received* in the window's local day: those the host kept for their issuers
+(offline_visitor_records, migration 0010: FORWARDED, TAC unchecked here) and any its desk
+journaled as money (offline_records, ACCEPTED or BALANCE_IMPOSSIBLE; a key in both is sent
+once); and the visitors'
 online taps their issuers decided over the link (``remote_tap_records``). A record is an
 obligation of its issuer only if it has money (amount > 0). A record whose validator clock
 dates it after the window's day cannot be cleared in it (the house would refuse it): it is
@@ -29,6 +31,8 @@ from .settlement import JOURNALED_CODES, RECEIVED_WHERE
 from .settlement_export import MANIFEST, SIGNATURE, _write
 
 _ISSUER_DIV = 10**11  # cards.issuer_of: the serial and check digit are the last 11 digits
+_COLUMNS = ("o.card_no, o.offline_counter, o.amount_fen, o.balance_after_fen, o.tx_type, o.terminal_id,"
+            " o.terminal_seq, o.tx_when, o.tac")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,14 +54,20 @@ def issuer_code(prefix: int, codes: Mapping[int, str]) -> str:
 
 async def offline_records(conn: asyncpg.Connection, sender: str, window: str, start_ms: int, end_ms: int,
                           own_issuer: int, codes: Mapping[int, str]) -> tuple[list[ClearingRecord], list[str]]:
-    """Other issuers' cards' offline sales received in [start_ms, end_ms), by terminal and seq."""
+    """Other issuers' cards' offline sales received in [start_ms, end_ms), by terminal and seq:
+    those kept for their issuers and those journaled (a (card, counter) in both: once)."""
     key = window_key(window)
     out, held = [], []
     for r in await conn.fetch(
-            "SELECT o.card_no, o.offline_counter, o.amount_fen, o.balance_after_fen, o.tx_type, o.terminal_id,"
-            " o.terminal_seq, o.tx_when, o.tac FROM offline_records o"
+            f"SELECT {_COLUMNS} FROM offline_records o"
             f" WHERE {RECEIVED_WHERE} AND o.code = ANY($3::smallint[]) AND o.amount_fen > 0"
-            " AND o.card_no / $4::bigint <> $5::bigint ORDER BY o.terminal_id, o.terminal_seq, o.card_no",
+            " AND o.card_no / $4::bigint <> $5::bigint"
+            " UNION ALL"
+            f" SELECT {_COLUMNS} FROM offline_visitor_records o"
+            f" WHERE {RECEIVED_WHERE} AND o.amount_fen > 0 AND o.card_no / $4::bigint <> $5::bigint"
+            " AND NOT EXISTS (SELECT 1 FROM offline_records j"
+            "  WHERE j.card_no = o.card_no AND j.offline_counter = o.offline_counter)"
+            " ORDER BY terminal_id, terminal_seq, card_no",
             start_ms, end_ms, JOURNALED_CODES, _ISSUER_DIV, own_issuer):
         when = f"{r['tx_when']:014d}"
         rid = record_id_of(sender, r["terminal_id"], r["terminal_seq"])

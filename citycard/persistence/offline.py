@@ -159,3 +159,27 @@ async def purse_history(conn: asyncpg.Connection | asyncpg.Pool, card_no: int, l
         "  created_at, state FROM purse_loads WHERE card_no = $1"
         ") p ORDER BY at DESC, counter DESC LIMIT $2", card_no, limit)
     return rows
+
+
+VISITOR_COLUMNS = ("card_no", "offline_counter", "amount_fen", "balance_after_fen", "tx_type", "terminal_id",
+                   "terminal_seq", "tx_when", "tac", "kind", "route", "batch_seq")
+
+
+async def write_visitors(conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]) -> list[bool]:
+    """Keep other issuers' cards' records (VISITOR_COLUMNS), once by (card, offline counter): a
+    record kept already (a resent batch) is left as it was. Per row, whether what is kept under
+    its key is that record (False: another record with other content holds the key)."""
+    if not rows:
+        return []
+    cols = list(zip(*rows, strict=True))
+    await conn.execute(
+        "INSERT INTO offline_visitor_records (card_no, offline_counter, amount_fen, balance_after_fen, tx_type,"
+        " terminal_id, terminal_seq, tx_when, tac, kind, route, batch_seq)"
+        " SELECT * FROM unnest($1::bigint[], $2::int[], $3::bigint[], $4::bigint[], $5::smallint[], $6::bigint[],"
+        " $7::bigint[], $8::bigint[], $9::bytea[], $10::smallint[], $11::int[], $12::bigint[])"
+        " ON CONFLICT (card_no, offline_counter) DO NOTHING", *[list(c) for c in cols])
+    kept = await conn.fetch(
+        "SELECT v.* FROM offline_visitor_records v JOIN unnest($1::bigint[], $2::int[]) AS k(c, n)"
+        " ON v.card_no = k.c AND v.offline_counter = k.n", list(cols[0]), list(cols[1]))
+    by_key = {(r["card_no"], r["offline_counter"]): tuple(r[c] for c in VISITOR_COLUMNS[:-1]) for r in kept}
+    return [by_key.get((row[0], row[1])) == (*row[:8], bytes(row[8]), *row[9:11]) for row in rows]

@@ -17,7 +17,8 @@ from ..errors import CityCardError
 
 ROLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")  # as config/settings.py checks it
 # the app may SELECT and INSERT these, nothing else
-APPEND_ONLY_TABLES = ("audit_log", "offline_records", "offline_rejects", "offline_batches", "offline_gaps")
+APPEND_ONLY_TABLES = ("audit_log", "offline_records", "offline_rejects", "offline_batches", "offline_gaps",
+                      "offline_visitor_records")
 
 
 class RoleError(CityCardError):

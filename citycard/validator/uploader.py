@@ -3,7 +3,7 @@
 A batch is fixed before it is sent (its batch seq and the terminal seqs in it are written to
 the store first), so a batch whose answer was lost is sent again exactly as it was: the host
 answers a replay with the same codes and journals nothing twice. Records the host keeps
-(ACCEPTED, DUPLICATE) leave the store; the rest stay, marked refused with the reason.
+(ACCEPTED, DUPLICATE, FORWARDED to their issuer) leave the store; the rest stay, marked refused with the reason.
 """
 
 import json
@@ -15,7 +15,7 @@ from ..domain.sam import SoftSam
 from ..protocols.codes import OfflineCode
 from .store import Store
 
-KEPT = frozenset((OfflineCode.ACCEPTED, OfflineCode.DUPLICATE))
+KEPT = frozenset((OfflineCode.ACCEPTED, OfflineCode.DUPLICATE, OfflineCode.FORWARDED))  # the host holds them
 
 # (batch_seq, records, mac) -> one code per record; raises CityCardError when the link fails
 Send = Callable[[int, Sequence[OfflineRecord], bytes], Awaitable[Sequence[int]]]

@@ -19,6 +19,7 @@ from citycard.domain.taps import Tap, TapKind
 from citycard.errors import CityCardError
 from citycard.protocols.apdu import parse_command
 from citycard.protocols.card_files import TransitRecord, personalise
+from citycard.protocols.codes import OfflineCode
 from citycard.protocols.epurse_card import EpurseCard
 from citycard.validator.sale import Validator
 from citycard.validator.store import Store
@@ -230,3 +231,18 @@ def test_an_unknown_status_word_or_a_garbled_debit_answer_loses_no_record(tmp_pa
     assert back.recovered == 1
     [record] = v.store.to_upload(10)
     assert tac_ok(KEYS.dtk(CARD_NO), record) and record.balance_after_fen == card.state.balance_fen
+
+
+def test_records_forwarded_to_their_issuer_leave_the_store_an_unknown_issuer_stays_refused(tmp_path: Path) -> None:
+    v = validator(tmp_path)
+    for i in range(2):
+        card = EpurseCard.from_image(personalise(KEYS, CARD_NO + 10 * i, 5000, Category.ADULT, 330100,
+                                                 date(2024, 1, 1), date(2030, 12, 31)), lambda: b"\x0a\x0b\x0c\x0d")
+        assert sell(v, link(card)).ok
+
+    async def answered(batch_seq: int, records, mac: bytes):  # type: ignore[no-untyped-def]
+        return [int(OfflineCode.FORWARDED), int(OfflineCode.UNKNOWN_ISSUER)]
+
+    done = asyncio.run(upload_one(v.store, v.sam, answered, 2))
+    assert done is not None and (done.kept, done.refused) == (1, 1)
+    assert v.store.counts() == {"pending": 0, "sold": 0, "refused": 1}

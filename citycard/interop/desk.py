@@ -73,6 +73,7 @@ class RemoteDesk:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._advisers: list[asyncio.Task[None]] = []
         self._stood_in: set[tuple[int, int]] = set()  # (terminal_id, seq) approved in stand-in, advice owed
+        self._writing: dict[tuple[int, int], asyncio.Future[bool]] = {}  # stand-in rows being written: durable?
 
     # -- the gateway's hook: one division and one dict probe per tap -------------------------
     def claims(self, card_no: int) -> bool:
@@ -147,8 +148,21 @@ class RemoteDesk:
         d = self.standin.decide(key, t.card_no, t.amount_fen, t.issuer, self._wall_ms(), hotlisted=self._hotlisted)
         if d.code is not StandInCode.APPROVED:
             return Outcome(int(terminal_result(d.code)), 0, -1, False)
-        if not d.replay:
-            await store.record_standin(self._pool, t, self._wall_ms())  # durable before the terminal hears OK
+        if d.replay:  # OK only once the first approval is durable; its write failed: RETRY too
+            write = self._writing.get((t.terminal_id, t.seq))
+            if write is not None and not await asyncio.shield(write):
+                return Outcome(int(Result.RETRY), 0, -1, False)
+        else:
+            write = self._writing[(t.terminal_id, t.seq)] = asyncio.get_running_loop().create_future()
+            try:
+                await store.record_standin(self._pool, t, self._wall_ms())  # durable before the terminal hears OK
+            except BaseException:
+                self.standin.forget(key)  # never durable: the retry is decided anew
+                write.set_result(False)
+                raise
+            finally:
+                del self._writing[(t.terminal_id, t.seq)]
+            write.set_result(True)
             self._stood_in.add((t.terminal_id, t.seq))
             self.metrics.standin_taps.labels(t.issuer).inc()
             self._publish_risk(t.issuer)

@@ -3,7 +3,7 @@ state machine of protocols/interop_conn.py, never answering a tap), and RemoteDe
 and advice against an in-memory pool (a write that fails, or is still committing)."""
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -14,11 +14,13 @@ from prometheus_client import CollectorRegistry
 from citycard.domain.issuers import Issuer, IssuerRegistry
 from citycard.domain.results import Result
 from citycard.domain.standin import Risk, TapKey
+from citycard.domain.taps import Outcome, Tap
 from citycard.interop import store
 from citycard.interop.client import LinkClient
 from citycard.interop.desk import LinkMetrics, RemoteDesk
+from citycard.interop.server import LinkServer
 from citycard.protocols import interop as ix
-from citycard.protocols.interop_conn import IssuerSide, TapIn
+from citycard.protocols.interop_conn import AcquirerSide, IssuerSide, LinkState, TapIn
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -155,5 +157,49 @@ def test_a_retry_during_the_first_write_waits_for_it(fails: bool) -> None:
             assert ((await first).result, (await retry).result, (await retry).replay) == (Result.OK, Result.OK, True)
             assert (1001, 2) in pool.rows
         assert d._writing == {}
+
+    run(scenario)
+
+
+class Collect:
+    """A StreamWriter that keeps what is written."""
+
+    def __init__(self) -> None:
+        self.data = b""
+
+    def is_closing(self) -> bool:
+        return False
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+
+def ready_issuer_side() -> IssuerSide:
+    i = IssuerSide("SH", SH_KEY, {"HZ": pub(HZ_KEY)}, b"\xb0" * 16, lambda c: c // 10**11 == 310000)
+    a = AcquirerSide("HZ", HZ_KEY, "SH", pub(SH_KEY), b"\xa0" * 16)
+    a.receive_data(i.receive_data(a.receive_data(i.receive_data(a.hello(), NOW).out).out, NOW).out)
+    assert i.state is LinkState.READY
+    return i
+
+
+@pytest.mark.parametrize("undecided", [Result.BUSY, Result.RETRY, Result.SEQ_TOO_OLD])
+def test_advice_the_shards_did_not_decide_is_not_acked(undecided: Result) -> None:
+    """SEQ_TOO_OLD is "outcome unknown" (domain/results.py): not a decline, the acquirer sends again."""
+    async def scenario() -> None:
+        outcomes = [Outcome(int(Result.OK), 200, 800, False), Outcome(int(undecided), 0, -1, False)]
+
+        async def decide(taps: Sequence[Tap]) -> list[Outcome]:
+            return outcomes[: len(taps)]
+
+        sh_registry = IssuerRegistry(list(registry().others()) + [
+            Issuer("HZ", "Hangzhou", 330100, "127.0.0.1", 1, pub(HZ_KEY), 500)], "SH")
+        server = LinkServer(sh_registry, SH_KEY, None, decide, host="127.0.0.1", port=0, wall_ms=lambda: NOW)
+        server._slots["HZ"] = 0
+        items = [ix.AdviceItem(terminal_id=1001, seq=seq, card=SH_CARD, amount_fen=200, time_ms=NOW, kind=1)
+                 for seq in (5, 6)]
+        out = Collect()
+        await server._advice(ready_issuer_side(), out, ix.StandInAdvice(acquirer="HZ", req=9, items=items))  # type: ignore[arg-type]
+        got = ix.LinkReader(issuer_side=False).feed(out.data)
+        assert [type(m) for m in got] == [ix.Error] and got[0].code == ix.LinkError.INTERNAL  # type: ignore[union-attr]
 
     run(scenario)

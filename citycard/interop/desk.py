@@ -205,8 +205,12 @@ class RemoteDesk:
             self._advice_due[code].set()
             await asyncio.sleep(ADVICE_CHECK_S)
             return False
-        decided = [(i.terminal_id, i.seq, i.decision == ix.AdviceDecision.ACCEPTED, i.code) for i in ack.items]
-        await store.settle_standin(self._pool, decided, self._wall_ms())
+        sent = {(t.terminal_id, t.seq) for t in owed}  # an ack settles only what this advice carried
+        decided = [(i.terminal_id, i.seq, i.decision == ix.AdviceDecision.ACCEPTED, i.code) for i in ack.items
+                   if (i.terminal_id, i.seq) in sent]
+        if len(decided) < len(ack.items):
+            log.warning("advice to %s: %d ack items name taps not in the advice", code, len(ack.items) - len(decided))
+        await store.settle_standin(self._pool, code, decided, self._wall_ms())
         self._stood_in.difference_update((tid, seq) for tid, seq, _, _ in decided)
         self.standin.confirm(TapKey(self.own, tid, seq) for tid, seq, ok, _ in decided if ok)
         declined = [TapKey(self.own, tid, seq) for tid, seq, ok, _ in decided if not ok]

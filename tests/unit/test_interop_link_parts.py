@@ -203,3 +203,57 @@ def test_advice_the_shards_did_not_decide_is_not_acked(undecided: Result) -> Non
         assert [type(m) for m in got] == [ix.Error] and got[0].code == ix.LinkError.INTERNAL  # type: ignore[union-attr]
 
     run(scenario)
+
+
+class AdvicePool:
+    """pending_advice's SELECT and settle_standin's UPDATEs, recorded."""
+
+    def __init__(self, owed: list[store.LinkTap]) -> None:
+        self.owed = owed
+        self.updates: list[tuple[Any, ...]] = []
+
+    async def fetch(self, sql: str, issuer: str, limit: int) -> list[dict[str, int]]:
+        return [{"terminal_id": t.terminal_id, "seq": t.seq, "card_no": t.card_no, "kind": t.kind,
+                 "route": t.route, "tap_time_ms": t.time_ms, "amount_fen": t.amount_fen}
+                for t in self.owed if t.issuer == issuer][:limit]
+
+    @asynccontextmanager
+    async def acquire(self) -> AsyncIterator["AdvicePool"]:
+        yield self
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[None]:
+        yield
+
+    async def executemany(self, sql: str, args: list[tuple[Any, ...]]) -> None:
+        assert "issuer = $6" in sql
+        self.updates += args
+
+
+class AckingClient:
+    def __init__(self, extra: list[ix.AdviceAckItem]) -> None:
+        self.extra = extra
+
+    async def advise(self, items: list[ix.AdviceItem], timeout_s: float) -> ix.StandInAdviceAck:
+        acks = [ix.AdviceAckItem(terminal_id=i.terminal_id, seq=i.seq, decision=int(ix.AdviceDecision.ACCEPTED),
+                                 code=int(Result.OK)) for i in items]
+        return ix.StandInAdviceAck(acquirer="HZ", req=1, items=acks + self.extra)
+
+
+def test_an_ack_settles_only_the_taps_its_advice_carried_and_only_that_issuers() -> None:
+    async def scenario() -> None:
+        sent, _ = link_tap(3)
+        pool = AdvicePool([sent])
+        d = desk(pool)
+        d.standin.decide(TapKey("HZ", 1001, 3), SH_CARD, 200, "SH", NOW)
+        d.standin.decide(TapKey("HZ", 1001, 4), SH_CARD, 200, "SH", NOW)  # owed, not in this advice
+        d._stood_in.update({(1001, 3), (1001, 4)})
+        stray = ix.AdviceAckItem(terminal_id=1001, seq=4, decision=int(ix.AdviceDecision.DECLINED),
+                                 code=int(Result.CARD_BLOCKED))
+        more = await d._advise_once("SH", AckingClient([stray]))  # type: ignore[arg-type]
+        assert more is False
+        assert pool.updates == [(1001, 3, "confirmed", int(Result.OK), NOW, "SH")]
+        assert d._stood_in == {(1001, 4)}
+        assert d.standin.risk("SH") == Risk(2, 400, 1, 200, 0, 0)  # the stray decline took nothing
+
+    run(scenario)

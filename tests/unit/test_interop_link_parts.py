@@ -80,7 +80,7 @@ def test_a_key_the_issuer_never_answers_is_sent_again_and_frees_its_slot() -> No
                 assert [t.seq for t in seen] == [1, 1, 2]
                 # two waiters on one key: both hear None when the first gives up, and it is sent once
                 both = await asyncio.gather(client.decide(remote_tap(3), 0.1), client.decide(remote_tap(3), 0.3))
-                assert both == [None, None]
+                assert list(both) == [None, None]
                 await asyncio.sleep(0.05)
                 assert [t.seq for t in seen] == [1, 1, 2, 3]
             finally:

@@ -186,6 +186,26 @@ class StandIn:
         """The issuer declined these: the acquirer's loss, recorded in its risk."""
         return self._settle(keys, declined=True)
 
+    def forget(self, key: TapKey) -> bool:
+        """Undo an approval that never became durable (its store write failed): no longer
+        pending, its risk and its card's total in the window taken back, as if never decided.
+        False if the key was not pending."""
+        advice = self._pending.pop(key, None)
+        if advice is None:
+            return False
+        if advice.time_ms // self.window_ms == self._window and advice.card_no in self._cards:
+            total = self._cards[advice.card_no] - advice.amount_fen
+            if total > 0:
+                self._cards[advice.card_no] = total
+            else:
+                del self._cards[advice.card_no]  # frees its tracking slot too
+        risk = self._risk[advice.issuer]
+        risk.approved_count -= 1
+        risk.approved_fen -= advice.amount_fen
+        risk.pending_count -= 1
+        risk.pending_fen -= advice.amount_fen
+        return True
+
     def _settle(self, keys: Iterable[TapKey], declined: bool) -> int:
         n = 0
         for key in keys:

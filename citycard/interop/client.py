@@ -89,8 +89,12 @@ class LinkClient:
         except TimeoutError:
             return None
         finally:
-            if fut.done() and self._answers.get(key) is fut:
-                del self._answers[key]  # woken by a dropped connection
+            # Done, or no answer in time (the issuer may never send one, e.g. after its error):
+            # free the slot, so a retry sends the key again; a late answer is then dropped.
+            if self._answers.get(key) is fut:
+                del self._answers[key]
+                if not fut.done():
+                    fut.set_result(None)  # other waiters on this key: no answer either
 
     async def advise(self, items: list[ix.AdviceItem], timeout_s: float) -> ix.StandInAdviceAck | None:
         if not self._ready.is_set():

@@ -74,6 +74,7 @@ class RemoteDesk:
         self._advisers: list[asyncio.Task[None]] = []
         self._stood_in: set[tuple[int, int]] = set()  # (terminal_id, seq) approved in stand-in, advice owed
         self.suspended: frozenset[str] = frozenset()  # issuers the clearing house suspended: no stand-in
+        self._writing: dict[tuple[int, int], asyncio.Future[bool]] = {}  # stand-in rows being written: durable?
 
     def set_suspended(self, codes: Iterable[str]) -> frozenset[str]:
         """The clearing house's GET /suspended, as last polled: those issuers' cards are refused
@@ -156,8 +157,21 @@ class RemoteDesk:
                                 hotlisted=self._hotlisted)
         if d.code is not StandInCode.APPROVED:
             return Outcome(int(terminal_result(d.code)), 0, -1, False)
-        if not d.replay:
-            await store.record_standin(self._pool, t, self._wall_ms())  # durable before the terminal hears OK
+        if d.replay:  # OK only once the first approval is durable; its write failed: RETRY too
+            write = self._writing.get((t.terminal_id, t.seq))
+            if write is not None and not await asyncio.shield(write):
+                return Outcome(int(Result.RETRY), 0, -1, False)
+        else:
+            write = self._writing[(t.terminal_id, t.seq)] = asyncio.get_running_loop().create_future()
+            try:
+                await store.record_standin(self._pool, t, self._wall_ms())  # durable before the terminal hears OK
+            except BaseException:
+                self.standin.forget(key)  # never durable: the retry is decided anew
+                write.set_result(False)
+                raise
+            finally:
+                del self._writing[(t.terminal_id, t.seq)]
+            write.set_result(True)
             self._stood_in.add((t.terminal_id, t.seq))
             self.metrics.standin_taps.labels(t.issuer).inc()
             self._publish_risk(t.issuer)
@@ -200,8 +214,12 @@ class RemoteDesk:
             self._advice_due[code].set()
             await asyncio.sleep(ADVICE_CHECK_S)
             return False
-        decided = [(i.terminal_id, i.seq, i.decision == ix.AdviceDecision.ACCEPTED, i.code) for i in ack.items]
-        await store.settle_standin(self._pool, decided, self._wall_ms())
+        sent = {(t.terminal_id, t.seq) for t in owed}  # an ack settles only what this advice carried
+        decided = [(i.terminal_id, i.seq, i.decision == ix.AdviceDecision.ACCEPTED, i.code) for i in ack.items
+                   if (i.terminal_id, i.seq) in sent]
+        if len(decided) < len(ack.items):
+            log.warning("advice to %s: %d ack items name taps not in the advice", code, len(ack.items) - len(decided))
+        await store.settle_standin(self._pool, code, decided, self._wall_ms())
         self._stood_in.difference_update((tid, seq) for tid, seq, _, _ in decided)
         self.standin.confirm(TapKey(self.own, tid, seq) for tid, seq, ok, _ in decided if ok)
         declined = [TapKey(self.own, tid, seq) for tid, seq, ok, _ in decided if not ok]

@@ -27,7 +27,7 @@ MAX_INFLIGHT_PER_PEER = 10_000  # taps and advice messages being decided per con
 # shards it is an amount tap (the taxi rule: pay tap.amount_fen from the transport purses),
 # under the acquirer's reserved terminal id. The original kind stays in the acquirer's log.
 REMOTE_KIND = int(TapKind.TAXI)
-_UNDECIDED = frozenset((int(Result.BUSY), int(Result.RETRY)))
+_UNDECIDED = frozenset((int(Result.BUSY), int(Result.RETRY), int(Result.SEQ_TOO_OLD)))  # outcome unknown: no ack
 
 Decide = Callable[[Sequence[Tap]], Awaitable[list[Outcome]]]
 
@@ -172,7 +172,7 @@ class LinkServer:
     async def _advice(self, conn: IssuerSide, writer: asyncio.StreamWriter, a: ix.StandInAdvice) -> None:
         """Each item is decided as the tap it stood in for (same key: a tap the issuer had in
         fact decided answers with that decision, replay). OK: accepted, the card is debited;
-        anything else decided: declined with that code. Undecided (BUSY/RETRY): no ack, the
+        anything else decided: declined with that code. Undecided (BUSY/RETRY/SEQ_TOO_OLD): no ack, the
         acquirer sends the advice again."""
         try:
             slot = await self._slot(a.acquirer)

@@ -89,13 +89,14 @@ async def pending_advice(pool: Any, issuer: str, limit: int) -> list[LinkTap]:
                     r["amount_fen"]) for r in rows]
 
 
-async def settle_standin(pool: Any, decisions: list[tuple[int, int, bool, int]], now_ms: int) -> None:
-    """(terminal_id, seq, accepted, code) of the issuer's ack, in one transaction."""
+async def settle_standin(pool: Any, issuer: str, decisions: list[tuple[int, int, bool, int]], now_ms: int) -> None:
+    """(terminal_id, seq, accepted, code) of ``issuer``'s ack, in one transaction; only that
+    issuer's stand-in taps are settled by it."""
     async with pool.acquire() as conn, conn.transaction():
         await conn.executemany(
             "UPDATE standin_taps SET state = $3, code = $4, decided_ms = $5"
-            " WHERE terminal_id = $1 AND seq = $2 AND state = 'pending'",
-            [(tid, seq, "confirmed" if ok else "declined", code, now_ms) for tid, seq, ok, code in decisions])
+            " WHERE terminal_id = $1 AND seq = $2 AND state = 'pending' AND issuer = $6",
+            [(tid, seq, "confirmed" if ok else "declined", code, now_ms, issuer) for tid, seq, ok, code in decisions])
 
 
 __all__ = ["MAX_REMOTE_TERMINAL_ID", "REMOTE_TERMINAL_BASE", "LinkTap", "acquirer_slot", "log_remote_tap",

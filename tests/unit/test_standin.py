@@ -77,6 +77,26 @@ def test_a_pending_key_again_is_a_replay_counted_once() -> None:
     assert again.card_total_fen == 300 and s.pending_count == 1 and s.risk("SH").approved_fen == 300
 
 
+def test_forget_undoes_an_approval_that_never_became_durable() -> None:
+    s = standin(max_cards=2)
+    assert s.decide(key(1), CARD, 300, "SH", T0).code == StandInCode.APPROVED
+    assert s.decide(key(2), OTHER, 1000, "SH", T0).code == StandInCode.APPROVED
+    assert s.decide(key(3), CARD, 200, "SH", T0).code == StandInCode.APPROVED
+    assert s.forget(key(3)) and not s.forget(key(3)) and not s.forget(key(9))
+    assert s.card_total_fen(CARD, T0) == 300 and s.risk("SH") == Risk(2, 1300, 2, 1300, 0, 0)
+    assert [a.key.seq for a in s.pending_advice()] == [1, 2]
+    again = s.decide(key(3), CARD, 200, "SH", T0 + 1)  # the retry is decided anew, not a replay
+    assert again.code == StandInCode.APPROVED and not again.replay and again.card_total_fen == 500
+    assert s.forget(key(2))  # the card's whole total gone: its limit back, and its tracking slot
+    assert s.card_total_fen(OTHER, T0) == 0
+    assert s.decide(key(4), OTHER + 8, 10, "SH", T0).code == StandInCode.APPROVED  # the slot it freed
+    assert s.decide(key(5), OTHER, 1, "SH", T0).code == StandInCode.TRACKING_FULL
+    # an approval from a past window: pending and risk undone, this window's totals untouched
+    assert s.decide(key(6), OTHER + 8, 990, "SH", T0 + WINDOW_MS).code == StandInCode.APPROVED
+    assert s.forget(key(4)) and s.card_total_fen(OTHER + 8, T0 + WINDOW_MS) == 990
+    assert s.risk("SH") == Risk(3, 1490, 3, 1490, 0, 0)
+
+
 def test_advice_confirmed_and_declined() -> None:
     s = standin()
     for seq, (card, fen, issuer) in enumerate([(CARD, 200, "SH"), (OTHER, 300, "SH"), (CARD, 400, "SH")], 1):

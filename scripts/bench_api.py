@@ -167,17 +167,17 @@ async def bench_platform(schema: str, api: dict[str, Any] | None = None) -> Asyn
     """The platform as ``citycard up`` runs it, in a schema of its own (dropped before and
     after), with a clerk token; torn down, Ray included, on the way out."""
     from citycard.api.auth import Role, create_token
-    from citycard.cli.demo import reset_schema
     from citycard.cli.runtime import Platform, resolve_services
     from citycard.config.settings import load_settings
     from citycard.persistence import db
+    from citycard.persistence.db import drop_schema
 
     settings = load_settings(None, overrides={"database": {"schema": schema}, "redis": {"prefix": schema},
                                               "ray": {"namespace": schema}, "api": api or {}})
     services = resolve_services(settings)
     platform = Platform(settings, services)
     try:
-        await reset_schema(services.db_url, schema)
+        await drop_schema(services.db_url, schema)
         await platform.start(gateway_port=0, metrics_port=0, api_port=0)
         conn = await db.connect(services.db_url, schema)
         try:
@@ -239,9 +239,9 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
 async def _drop(db_url: str, redis_url: str, schema: str = SCHEMA) -> None:
     import redis.asyncio as aioredis
 
-    from citycard.cli.demo import reset_schema
+    from citycard.persistence.db import drop_schema
 
-    await reset_schema(db_url, schema)
+    await drop_schema(db_url, schema)
     r = aioredis.from_url(redis_url)
     try:
         keys = [k async for k in r.scan_iter(match=f"{schema}:*")]

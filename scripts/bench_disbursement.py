@@ -20,13 +20,13 @@ from datetime import date, timedelta
 import httpx
 
 from citycard.api.auth import Role, create_token
-from citycard.cli.demo import reset_schema
 from citycard.cli.runtime import Platform, Services, migrate_db
 from citycard.config.settings import load_settings
 from citycard.domain.cards import make_card_no
 from citycard.domain.identity import make_citizen_id
 from citycard.domain.shard import shard_of
 from citycard.persistence import db
+from citycard.persistence.db import drop_schema
 
 SCHEMA = "bench_disbursement"
 AMOUNT_FEN = 5000
@@ -65,7 +65,7 @@ async def one_run(args: argparse.Namespace, i: int) -> dict[str, float]:
         "metrics": {"port": 0},
     })
     services = Services(args.db_url, args.redis_url)
-    await reset_schema(args.db_url, SCHEMA)
+    await drop_schema(args.db_url, SCHEMA)
     await migrate_db(settings, args.db_url)
     who = people(args.n)
     t0 = time.perf_counter()
@@ -134,7 +134,7 @@ async def one_run(args: argparse.Namespace, i: int) -> dict[str, float]:
 async def main_async(args: argparse.Namespace) -> None:
     results = [await one_run(args, i) for i in range(args.runs)]
     if not args.keep:
-        await reset_schema(args.db_url, SCHEMA)
+        await drop_schema(args.db_url, SCHEMA)
 
     def fmt(key: str, unit: str) -> str:
         xs = [r[key] for r in results]

@@ -207,18 +207,18 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
 async def bench_e2e(args: argparse.Namespace) -> dict[str, Any]:
     from bench_api import _drop
 
-    from citycard.cli.demo import reset_schema
     from citycard.cli.runtime import Platform, migrate_db, resolve_services
     from citycard.config.settings import load_settings
     from citycard.loadtest.city import plan_cards, plan_terminals, seed_city
     from citycard.persistence import db
+    from citycard.persistence.db import drop_schema
 
     settings = load_settings(None, overrides={"database": {"schema": SCHEMA}, "redis": {"prefix": SCHEMA},
                                               "ray": {"namespace": SCHEMA}})
     services = resolve_services(settings)
     platform = Platform(settings, services)
     try:
-        await reset_schema(services.db_url, SCHEMA)
+        await drop_schema(services.db_url, SCHEMA)
         await migrate_db(settings, services.db_url)
         cards_rows = plan_cards(args.cards, settings.city.account_shards, seed=3)
         terminals = plan_terminals(args.terminals, seed=3)

@@ -21,19 +21,11 @@ from .runtime import Platform, Services, connect_app, migrate_db, resolve_servic
 DEMO_SCHEMA = "citycard_demo"
 
 
-async def reset_schema(db_url: str, schema: str) -> None:
-    conn = await db.connect(db_url, "public")
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        await conn.close()
-
-
 async def run_demo(settings: Settings, services: Services, *, n_taps: int, n_cards: int,
                    n_terminals: int, show_progress: bool, batch_taps: int = 50,
                    window: int = 2) -> dict[str, Any]:
     schema = settings.database.schema
-    await reset_schema(services.db_url, schema)
+    await db.drop_schema(services.db_url, schema)
     await migrate_db(settings, services.db_url)
     conn = await connect_app(settings, services)
     try:

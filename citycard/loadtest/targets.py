@@ -11,6 +11,7 @@ from ..cli.runtime import Platform, Services, connect_app, migrate_db
 from ..config.settings import Settings
 from ..domain.cards import HANGZHOU_ISSUER, CardStatus, issuer_of
 from ..errors import CityCardError
+from ..persistence.db import drop_schema
 from .city import (
     CityModel,
     TerminalPlan,
@@ -55,10 +56,8 @@ async def seed_model(conn: Any, model: CityModel, n_shards: int, seed: int) -> l
 
 async def own_platform(settings: Settings, services: Services, model: CityModel, seed: int,
                        with_api: bool) -> tuple[Target, CityView]:
-    from ..cli.demo import reset_schema
-
     schema = settings.database.schema
-    await reset_schema(services.db_url, schema)
+    await drop_schema(services.db_url, schema)
     await migrate_db(settings, services.db_url)
     conn = await connect_app(settings, services)
     try:

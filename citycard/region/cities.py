@@ -137,17 +137,9 @@ def usable_cards(rows: list[CardRow]) -> list[int]:
             and r[_COL["monthly_pass_from"]] is None]
 
 
-async def reset_schema(db_url: str, schema: str) -> None:
-    conn = await db.connect(db_url, "public")
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        await conn.close()
-
-
 async def start_city(settings: Settings, services: Services, spec: CitySpec, n_cards: int,
                      n_terminals: int) -> LabCity:
-    await reset_schema(services.db_url, spec.schema)
+    await db.drop_schema(services.db_url, spec.schema)
     await migrate_db(settings, services.db_url)
     rows = plan_cards(n_cards, settings.city.account_shards, seed=spec.index, issuer=spec.prefix)
     terminals = lab_terminals(n_terminals, seed=spec.index)

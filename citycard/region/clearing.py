@@ -25,9 +25,10 @@ from ..domain.clearing_records import (
     record_id_of,
 )
 from ..domain.results import Result
+from ..persistence.db import drop_schema
 from ..protocols.clearing_files import parse_csv, render_csv, tally
 from ..protocols.settlement_files import manifest, sign
-from .cities import CitySpec, reset_schema
+from .cities import CitySpec
 
 INTERCHANGE_BP = 50  # 0.5 %, the issuer's fee on each pair's gross
 NET_DEBIT_CAP_FEN = 100_000_000
@@ -115,7 +116,7 @@ class LabClearing:
     @classmethod
     async def start(cls, db_url: str, schema: str, specs: list[CitySpec]) -> "LabClearing":
         """A fresh house on ``schema`` (dropped first, like the cities'), every city registered."""
-        await reset_schema(db_url, schema)
+        await drop_schema(db_url, schema)
         service = await HouseService.open(db_url, schema, retain_windows=7, pool_size=2)
         token = secrets.token_hex(16)
         server = HouseServer(service, token)

@@ -4,6 +4,7 @@ import argparse
 import logging
 import sys
 
+from .. import __version__
 from ..config.settings import Settings, load_settings
 from ..errors import CityCardError
 
@@ -331,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="citycard", description="City citizen-card transaction platform")
     p.add_argument("--config", help="TOML file overriding the defaults (or set CITYCARD_CONFIG)")
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="bring everything up on the embedded defaults and drive a synthetic city")
@@ -344,7 +346,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_loadtest(sub)
 
-    u = sub.add_parser("up", help="run the platform until interrupted")
+    from .settings_help import settings_epilog
+
+    u = sub.add_parser("up", help="run the platform until interrupted", epilog=settings_epilog(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     u.set_defaults(func=cmd_up)
 
     dbp = sub.add_parser("db", help="database tasks")

@@ -132,3 +132,25 @@ def test_token_revoke_refuses_unknown_and_ambiguous_ids(configured_services, sch
     assert "Traceback" not in ambiguous.stderr + unknown.stderr + not_hex.stderr
     rows = _citycard(env, "token", "list").stdout.splitlines()[1:]
     assert [r.split()[-1] for r in rows] == ["-", "-"]  # nothing revoked
+
+
+
+def test_version_and_python_dash_m_name_the_same_release():
+    import pathlib
+    from importlib.metadata import version
+
+    import citycard
+
+    script = pathlib.Path(sys.executable).with_name("citycard")
+    for argv in ([sys.executable, "-m", "citycard", "--version"], [str(script), "--version"]):
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True)
+        assert out.stdout.strip() == f"citycard {citycard.__version__}", argv
+    assert version("citycard") == citycard.__version__  # the metadata reads the same attribute
+
+
+def test_up_help_lists_every_setting_with_its_variable():
+    out = subprocess.run([sys.executable, "-m", "citycard", "up", "--help"], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    assert "gateway.port = 7700  (CITYCARD_GATEWAY__PORT)" in out
+    assert "database.url = " in out and "(CITYCARD_DATABASE_URL)" in out
+    assert "(RAY_ADDRESS)" in out

@@ -4,6 +4,8 @@ import asyncio
 import signal
 
 from ..config.settings import Settings
+from ..errors import ConfigError
+from .preflight import address_in_use, check_up
 from .runtime import Platform, resolve_services
 
 
@@ -11,7 +13,13 @@ async def _run(settings: Settings) -> None:
     services = resolve_services(settings)
     platform = Platform(settings, services)
     try:
-        await platform.start()
+        try:
+            await platform.start()
+        except OSError as exc:
+            if not address_in_use(exc):
+                raise
+            raise ConfigError(f"an address citycard up needs was taken while it started: {exc.strerror};"
+                              " check gateway.port, metrics.port and api.port") from None
         metrics = (f"http://{settings.metrics.host}:{platform.metrics_port}/metrics"
                    if platform.metrics_port else "off")
         api = f"http://{settings.api.host}:{platform.api_port}/docs" if platform.api_port else "off"
@@ -35,5 +43,6 @@ async def _run(settings: Settings) -> None:
 def up_main(settings: Settings) -> int:
     import uvloop
 
+    check_up(settings)
     uvloop.run(_run(settings))
     return 0

@@ -154,3 +154,33 @@ def test_up_help_lists_every_setting_with_its_variable():
     assert "gateway.port = 7700  (CITYCARD_GATEWAY__PORT)" in out
     assert "database.url = " in out and "(CITYCARD_DATABASE_URL)" in out
     assert "(RAY_ADDRESS)" in out
+
+
+def _up_refused(env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "citycard", "up"], env=env, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_up_with_a_bad_fare_table_says_so_in_one_line(configured_services, schema, tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("home_issuer = 'x'\n")
+    out = _up_refused(citycard_env(configured_services, schema) | {"CITYCARD_CITY__FARE_TABLE": str(bad)})
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr[-2000:]
+    assert str(bad) in out.stderr
+
+
+@pytest.mark.parametrize("key", ["GATEWAY", "METRICS", "API"])
+def test_up_on_a_port_in_use_names_the_setting(configured_services, schema, key):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = citycard_env(configured_services, schema) | {f"CITYCARD_{key}__PORT": str(port),
+                                                             f"CITYCARD_{key}__HOST": "127.0.0.1"}
+        out = _up_refused(env)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert f"127.0.0.1:{port} is in use" in out.stderr and f"CITYCARD_{key}__PORT" in out.stderr

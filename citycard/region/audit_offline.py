@@ -21,7 +21,7 @@ def expected_chargebacks(uploads: Sequence[Upload]) -> list[dict[str, Any]]:
             for u in uploads if u.forged]
 
 
-def check_offline(v: Verdict, uploads: Sequence[Upload], files: dict[str, list[ClearingRecord]],
+def check_offline_visitors(v: Verdict, uploads: Sequence[Upload], files: dict[str, list[ClearingRecord]],
                   verified: dict[str, dict[str, Any]], second: SettlementReport | None, want_forged: bool) -> None:
     """``files``: each acquirer's clearing records (all kinds); ``verified``: each issuer's
     ``clearing verify`` answer plus the offline records the house gave it (id, acquirer, fen)."""
@@ -94,4 +94,4 @@ def check_offline(v: Verdict, uploads: Sequence[Upload], files: dict[str, list[C
         "rejected_by_issuer": rejected, "charged_back_next_window": len(back)}
 
 
-__all__ = ["check_offline", "expected_chargebacks"]
+__all__ = ["check_offline_visitors", "expected_chargebacks"]

@@ -24,7 +24,7 @@ from ..persistence import settlement
 from . import cities as cities_mod
 from . import offline as offline_mod
 from .audit import Books, audit, check_next_window, check_suspended, check_unknown_card, read_books
-from .audit_offline import check_offline, expected_chargebacks
+from .audit_offline import check_offline_visitors, expected_chargebacks
 from .cities import LabCity
 from .clearing import (
     INTERCHANGE_BP,
@@ -287,7 +287,7 @@ async def run_lab(base: Settings, services: Services, spec: LabSpec, key_dir: Pa
         check_next_window(verdict, report, report2, chargeback, INTERCHANGE_BP,
                           also=expected_chargebacks(offline_run.uploads))
         if spec.offline_per_s > 0:
-            check_offline(verdict, offline_run.uploads, files, verified, report2, spec.forged_share > 0)
+            check_offline_visitors(verdict, offline_run.uploads, files, verified, report2, spec.forged_share > 0)
         check_unknown_card(verdict, clearing["unknown_card"])
         check_suspended(verdict, clearing["suspended"])
         return build_report(spec=dataclasses.asdict(spec), startup_s=startup_s, traffic_s=traffic_s, taps=taps,

@@ -40,10 +40,10 @@ def check_offline_visitors(v: Verdict, uploads: Sequence[Upload], files: dict[st
     wrong = [rid for rid, n in sent.items() if n != 1 or rid not in by_id] + [rid for rid in by_id if rid not in sent]
     for recs in files.values():
         for r in recs:
-            u = by_id.get(r.record_id)
-            if r.kind == "offline" and u is not None and (r.issuer, r.acquirer, r.card_no, r.amount_fen, r.tac.hex(),
-                                                          r.offline_counter) != (
-                    u.issuer, u.acquirer, u.card_no, u.amount_fen, u.tac, u.counter):
+            got = by_id.get(r.record_id)
+            if r.kind == "offline" and got is not None and (r.issuer, r.acquirer, r.card_no, r.amount_fen,
+                                                             r.tac.hex(), r.offline_counter) != (
+                    got.issuer, got.acquirer, got.card_no, got.amount_fen, got.tac, got.counter):
                 wrong.append(r.record_id)
     fetched = Counter((rid, iss) for iss, got in verified.items() for rid, _acq, _fen in got["records"])
     wrong += [rid for (rid, iss), n in fetched.items() if n != 1 or rid not in by_id or by_id[rid].issuer != iss]
@@ -76,8 +76,8 @@ def check_offline_visitors(v: Verdict, uploads: Sequence[Upload], files: dict[st
 
     # the fen: each acquirer's file and each issuer's records equal what the validators sold
     acq_file = Counter({c: sum(r.amount_fen for r in recs if r.kind == "offline") for c, recs in files.items()})
-    acq_made = Counter()
-    iss_made = Counter()
+    acq_made: Counter[str] = Counter()
+    iss_made: Counter[str] = Counter()
     for u in uploads:
         acq_made[u.acquirer] += u.amount_fen
         iss_made[u.issuer] += u.amount_fen

@@ -39,8 +39,9 @@ from ..terminal.client import ServerError, TerminalClient
 from .cities import LabCity
 
 VALIDATORS_PER_CITY = 2  # offline validators each city runs (ids from VALIDATOR_FIRST_ID: no online terminal's)
-CARDS_PER_ISSUER = 60  # each issuer's cards that ride offline elsewhere
-PURSE_FEN = 10_000  # each such card's purse at the start (100 yuan)
+MIN_CARDS_PER_ISSUER = 60  # each issuer's cards that ride offline elsewhere, at least
+PURSE_FEN = 10_000  # each such card's purse at the start (100 yuan): ~50 rides of 100..300 fen
+RIDES_PER_PURSE = 40  # cards enough that purses last the run (a forged record's card leaves it)
 MAX_BATCH = 8  # records a validator's batch holds at most
 LINGER_MS = 1000.0  # a batch closes when its oldest record waited this long
 MAX_ATTEMPTS = 12  # an unanswered batch is sent again (the same batch) at most this often
@@ -84,6 +85,7 @@ class OfflineRun:
     batches: int = 0
     retries: int = 0
     errors: list[str] = field(default_factory=list)
+    decks: dict[str, CardDeck] = field(default_factory=dict)  # by issuer
 
 
 async def prepare(cities: list[LabCity]) -> None:
@@ -99,14 +101,17 @@ def _validator_ids() -> list[int]:
     return [VALIDATOR_FIRST_ID + i for i in range(VALIDATORS_PER_CITY)]
 
 
-def decks(cities: list[LabCity], seed: int) -> dict[str, CardDeck]:
-    """Each issuer's riding cards, their chips' state and TACs under that issuer's keys."""
+def decks(cities: list[LabCity], plan: OfflinePlan) -> dict[str, CardDeck]:
+    """Each issuer's riding cards, their chips' state and TACs under that issuer's keys; about
+    ``per_s * duration_s`` records fall on each issuer's cards."""
     out = {}
+    records = plan.per_s * plan.duration_s
+    want = max(MIN_CARDS_PER_ISSUER, int(records / RIDES_PER_PURSE + records * plan.forged_share) + 10)
     for c in cities:
-        rng = random.Random(seed * 7_919 + c.spec.index)
-        cards = sorted(rng.sample(c.cards, min(CARDS_PER_ISSUER, len(c.cards))))
+        rng = random.Random(plan.seed * 7_919 + c.spec.index)
+        cards = sorted(rng.sample(c.cards, min(want, len(c.cards))))
         out[c.code] = CardDeck([CardPurse(n, PURSE_FEN, 1) for n in cards], DtkCache(issuer_keys(c.settings)),
-                               random.Random(seed * 104_729 + c.spec.index))
+                               random.Random(plan.seed * 104_729 + c.spec.index))
     return out
 
 
@@ -189,7 +194,8 @@ async def drive_offline(cities: list[LabCity], plan: OfflinePlan, t0: float) -> 
     run = OfflineRun()
     if plan.per_s <= 0:
         return run
-    deck = decks(cities, plan.seed)
+    deck = decks(cities, plan)
+    run.decks = deck
     tasks = [_validator(c, [o for o in cities if o is not c], tid, i == 0, deck, plan, t0, run)
              for c in cities for i, tid in enumerate(_validator_ids())]
     bound_s = plan.duration_s + MAX_ATTEMPTS * (UPLOAD_TIMEOUT_S + MAX_BACKOFF_S) + 30
@@ -228,7 +234,8 @@ def figures(run: OfflineRun, verified: dict[str, Any]) -> dict[str, Any]:
         codes[name] = codes.get(name, 0) + 1
     return {"records": len(run.uploads), "genuine": len(genuine), "genuine_fen": sum(u.amount_fen for u in genuine),
             "forged": len(forged), "forged_fen": sum(u.amount_fen for u in forged), "batches": run.batches,
-            "retries": run.retries, "codes": codes, "errors": run.errors[:20],
+            "retries": run.retries, "refused_by_cards": sum(d.refused for d in run.decks.values()),
+            "cards": sum(len(d.purses) for d in run.decks.values()), "codes": codes, "errors": run.errors[:20],
             "issuers": {c: {k: g[k] for k in ("offline", "online", "rejected", "rejected_before", "failed")}
                         | {"offline_fen": sum(r[2] for r in g["records"])} for c, g in verified.items()}}
 

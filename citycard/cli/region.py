@@ -25,7 +25,7 @@ def cmd_region_lab(args: argparse.Namespace) -> int:
     spec = LabSpec(cities=args.cities, cards=args.cards, terminals=args.terminals, account_shards=args.account_shards,
                    duration_s=args.duration_s, taps_per_s=args.taps_per_s, visitor_share=args.visitor_share,
                    floor_limit_fen=args.floor_limit_fen, schema_prefix=args.schema_prefix,
-                   down_city=args.down_city)
+                   down_city=args.down_city, offline_per_s=args.offline_per_s, forged_share=args.forged_share)
     try:
         spec.check()
     except ValueError as exc:
@@ -123,6 +123,10 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
     lab.add_argument("--account-shards", type=int, choices=(1, 2), default=1, help="account shards per city")
     lab.add_argument("--floor-limit-fen", type=int, default=2000,
                      help="stand-in floor limit per card and window, every issuer (default 2000)")
+    lab.add_argument("--offline-per-s", type=float, default=3.0,
+                     help="offline visitor records (city-pass, another city's card) a second per city (default 3; 0: none)")
+    lab.add_argument("--forged-share", type=float, default=0.05,
+                     help="of the offline visitor records, forged ones (bad TAC; at least one a city; default 0.05)")
     lab.add_argument("--down-city", type=int, default=2, help="which city's link goes down mid-run (1-based)")
     lab.add_argument("--schema-prefix", default="region_lab",
                      help="Postgres schemas <prefix>_c01.. (dropped and made again at the start)")

@@ -3,6 +3,7 @@ clearing house's figures, checked against each other (docs/interop.md, "The regi
 ``read_books`` reads one city; ``audit`` is pure."""
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,7 @@ class Books:
     records: list[ClearingRecord]  # its clearing file(s) as acquirer
     money: dict[str, Any]  # loadtest.audit's Audit.as_dict()
     balanced: bool
+    offline_payable: tuple[int, int] = (0, 0)  # records, fen: its cards' offline sales elsewhere (region/offline.py)
 
 
 async def read_books(conn: Any, code: str, records: list[ClearingRecord], actor_balances: dict[int, int]) -> Books:
@@ -117,7 +119,8 @@ def _books_equal_statements(v: Verdict, books: dict[str, Books], statements: dic
     for code, b in books.items():
         s = statements.get(code)
         own = {"receivable_gross_fen": sum(r.amount_fen for r in b.records), "receivable_records": len(b.records),
-               "payable_gross_fen": sum(b.remote_amounts.values()), "payable_records": sum(b.remote_journal.values()),
+               "payable_gross_fen": sum(b.remote_amounts.values()) + b.offline_payable[1],
+               "payable_records": sum(b.remote_journal.values()) + b.offline_payable[0],
                "net_fen": net[code]}
         house = {k: getattr(s, k) for k in own} if s is not None else {}
         per_city[code] = {"own_books": own, "clearing_house": house}
@@ -155,19 +158,30 @@ def audit(taps: list[TapRecord], books: dict[str, Books], report: SettlementRepo
 
 
 def check_next_window(v: Verdict, first: SettlementReport | None, second: SettlementReport | None,
-                      chargeback: dict[str, Any], rate_bp: int) -> None:
+                      chargeback: dict[str, Any], rate_bp: int, also: Sequence[dict[str, Any]] = ()) -> None:
     """The issuer's verdict on one record of the first window is a chargeback of the next one,
     once, with its reason, for the record's gross less the issuer's fee, the acquirer paying it
-    back; a second verdict on it is refused; the next window's positions sum to 0 too."""
+    back; a second verdict on it is refused; the next window's positions sum to 0 too.
+    ``also``: the other chargebacks it must carry, no more (the forged offline records,
+    region/audit_offline.py); the fee is per (issuer, acquirer) pair, as the house nets."""
     ok = chargeback.get("code") == "OK" and second is not None and first is not None and first.chargebacks == 0
     if ok and second is not None:
-        back = chargeback["amount_fen"] - interchange_fen(chargeback["amount_fen"], rate_bp)
-        iss, acq = second.statements.get(chargeback["issuer"]), second.statements.get(chargeback["acquirer"])
-        ok = (second.chargebacks == 1 and len(second.charged_back) == 1
-              and second.charged_back[0].record_id == chargeback["record_id"]
-              and second.charged_back[0].reason == chargeback["reason"]
-              and iss is not None and iss.chargebacks_received_fen == back
-              and acq is not None and acq.chargebacks_paid_fen == back
+        want = [chargeback, *also]
+        pairs: Counter[tuple[str, str]] = Counter()
+        for c in want:
+            pairs[(c["issuer"], c["acquirer"])] += c["amount_fen"]
+        received: Counter[str] = Counter()
+        paid: Counter[str] = Counter()
+        for (iss, acq), gross in pairs.items():
+            received[iss] += gross - interchange_fen(gross, rate_bp)
+            paid[acq] += gross - interchange_fen(gross, rate_bp)
+        ok = (second.chargebacks == len(want) and len(second.charged_back) == len(want)
+              and sorted(c.record_id for c in second.charged_back) == sorted(c["record_id"] for c in want)
+              and [c.reason for c in second.charged_back if c.record_id == chargeback["record_id"]]
+              == [chargeback["reason"]]
+              and all(s.chargebacks_received_fen == received[code] and s.chargebacks_paid_fen == paid[code]
+                      for code, s in second.statements.items())
+              and received[chargeback["issuer"]] > 0
               and sum(second.multilateral.values()) == 0
               and chargeback.get("again_code") == "DUPLICATE_CHARGEBACK")
     if not ok:

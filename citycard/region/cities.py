@@ -106,10 +106,18 @@ def city_settings(base: Settings, spec: CitySpec, issuers: list[dict[str, Any]],
     raw["database"]["pool_size"] = min(int(raw["database"].get("pool_size", 4)), 4)
     raw["metrics"] = {**raw["metrics"], "port": 0}  # no metrics server: N of them would only cost ports
     raw["gateway"] = {**raw["gateway"], "host": "127.0.0.1", "port": 0}
+    raw["card"] = {**raw["card"], **card_keys(spec.code)}  # its own issuer keys: its cards' TACs are its own
     raw["region"] = {"own": spec.code, "issuers": issuers, "link_host": "127.0.0.1", "link_port": spec.link_port,
                      "link_key_path": str(key_path), "backoff_min_ms": 100, "backoff_max_ms": 400,
                      "connect_timeout_ms": 300, "tap_timeout_ms": 1000}
     return settings_from_dict(raw)
+
+
+def card_keys(code: str) -> dict[str, str]:
+    """The city's own issuer master keys ([card], desk.issuer_keys): a TAC one city's cards make
+    does not check under another's. Derived from the code: a lab, not a secret."""
+    return {f"issuer_{k}_hex": hashlib.sha256(f"citycard region lab {code} {k}".encode()).digest()[:16].hex()
+            for k in ("mpk", "mlk", "mtk")}
 
 
 def own_fare_table(base: Settings, spec: CitySpec, out_dir: Path) -> Path:
@@ -158,4 +166,4 @@ async def start_city(settings: Settings, services: Services, spec: CitySpec, n_c
     return LabCity(spec, settings, platform, usable_cards(rows), terminals)
 
 
-__all__ = ["MAX_CITIES", "CitySpec", "LabCity", "city_settings", "plan_specs", "registry", "start_city"]
+__all__ = ["MAX_CITIES", "CitySpec", "LabCity", "card_keys", "city_settings", "plan_specs", "registry", "start_city"]

@@ -22,7 +22,9 @@ from ..domain.clearing_records import SettlementReport
 from ..domain.settlement import CLOSE_GRACE_MS
 from ..persistence import settlement
 from . import cities as cities_mod
+from . import offline as offline_mod
 from .audit import Books, audit, check_next_window, check_suspended, check_unknown_card, read_books
+from .audit_offline import check_offline_visitors, expected_chargebacks
 from .cities import LabCity
 from .clearing import (
     INTERCHANGE_BP,
@@ -59,6 +61,8 @@ class LabSpec:
     outage_from: float = 0.3
     outage_until: float = 0.6
     max_taps_per_terminal: int = 100_000
+    offline_per_s: float = 3.0  # offline visitor records a second per city (region/offline.py); 0: none
+    forged_share: float = 0.05  # of them, forged (a bad TAC): the issuers' verdicts
 
     def check(self) -> None:
         if not 2 <= self.cities <= cities_mod.MAX_CITIES:
@@ -71,6 +75,8 @@ class LabSpec:
             raise ValueError("--visitor-share must be 0..1")
         if not 1 <= self.down_city <= self.cities or not 0 <= self.outage_from < self.outage_until <= 1:
             raise ValueError("--down-city must be one of the cities and 0 <= outage from < until <= 1")
+        if not 0 <= self.offline_per_s <= 500 or not 0 <= self.forged_share <= 0.5:
+            raise ValueError("--offline-per-s must be 0..500 and --forged-share 0..0.5")
 
 
 Progress = Callable[[str], None]
@@ -143,9 +149,11 @@ async def _clear(cities: list[LabCity], house: LabClearing, window: str,
     one other city's delivery carries a record for a card no issuer has (rejected inside)."""
     codes = [c.code for c in cities]
     deliveries, records = {}, {}
+    prefixes = {c.spec.prefix: c.code for c in cities}
     for c in cities:
         async with c.platform.pool.acquire() as conn:
             records[c.code] = await acquirer_records(conn, c.code, window)
+            records[c.code] += await offline_mod.acquirer_offline(conn, c, window, prefixes)  # offline visitors
     probe = next((c for c in reversed(cities) if records[c.code]), cities[-1])
     carrier = next(c for c in cities if c is not probe)
     issuer = next(c for c in cities if c is not carrier)
@@ -186,7 +194,7 @@ async def _verdict_then_next_window(cities: list[LabCity], house: LabClearing,
     window, empty, is closed: the chargeback must be in it."""
     out: dict[str, Any] = {"window": next_window(window)}
     for c in cities:
-        recs = await house.records(c.spec.key, c.code, window)
+        recs = [r for r in await house.records(c.spec.key, c.code, window) if r.kind == "online"]  # offline: verify's
         if recs:
             r = recs[0]
             status, body = await house.verdict(c.spec.key, c.code, r.record_id, VERDICT_REASON)
@@ -229,6 +237,7 @@ async def run_lab(base: Settings, services: Services, spec: LabSpec, key_dir: Pa
             started.append(await cities_mod.start_city(settings, services, s, spec.cards, spec.terminals))
             progress(f"{s.code} up (schema {s.schema}, gateway :{started[-1].platform.gateway_port},"
                      f" link :{s.link_port})")
+        await offline_mod.prepare(started)  # offline visitors: each city's validators
         startup_s = time.perf_counter() - t_start
         down = started[spec.down_city - 1]
         outage: dict[str, Any] = {"city": down.code}
@@ -240,7 +249,10 @@ async def run_lab(base: Settings, services: Services, spec: LabSpec, key_dir: Pa
         events: list[tuple[float, Callable[[], object]]] = [
             (spec.outage_from * spec.duration_s, lambda: _stop_link(down, outage, t0)),
             (spec.outage_until * spec.duration_s, lambda: _start_link(down, outage, t0))]
+        offline_task = asyncio.create_task(offline_mod.drive_offline(  # offline visitors, beside the taps
+            started, offline_mod.OfflinePlan(spec.offline_per_s, spec.forged_share, spec.duration_s), t0))
         taps, errors = await drive(started, plan, t0, events)
+        offline_run = await offline_task
         traffic_s = time.perf_counter() - t0
         if down.link_down:  # the traffic ended early: bring the link back before the advice
             await _start_link(down, outage, t0)
@@ -259,21 +271,30 @@ async def run_lab(base: Settings, services: Services, spec: LabSpec, key_dir: Pa
             clearing, cleared, refusals = await _clear(started, house, window, end_ms)
             report = await house.close(window)
             statements = dict(await house.statements([c.code for c in started], window))
+            verified = await offline_mod.verify_all(started, house.url, window, house)  # issuers: clearing verify
             chargeback, report2 = await _verdict_then_next_window(started, house, window)
             clearing["suspended"] = await _push_suspended(started, house)
         finally:
             await house.stop()
         clearing["chargeback"] = chargeback
         clearing["next_window"] = wire.report_json(report2) if report2 is not None else None
-        books = await _books(started, clearing.pop("records_by_city"))
+        files = clearing.pop("records_by_city")
+        books = await _books(started, files)
+        for c in started:  # each issuer owes for its cards' offline sales the house handed it
+            books[c.code].offline_payable = (len(verified[c.code]["records"]),
+                                             sum(r[2] for r in verified[c.code]["records"]))
         verdict = audit(taps, books, report, statements, refusals, outage, cleared, INTERCHANGE_BP)
-        check_next_window(verdict, report, report2, chargeback, INTERCHANGE_BP)
+        check_next_window(verdict, report, report2, chargeback, INTERCHANGE_BP,
+                          also=expected_chargebacks(offline_run.uploads))
+        if spec.offline_per_s > 0:
+            check_offline_visitors(verdict, offline_run.uploads, files, verified, report2, spec.forged_share > 0)
         check_unknown_card(verdict, clearing["unknown_card"])
         check_suspended(verdict, clearing["suspended"])
         return build_report(spec=dataclasses.asdict(spec), startup_s=startup_s, traffic_s=traffic_s, taps=taps,
                             errors=errors, outage=outage, windows=windows, clearing=clearing,
                             refusals=refusals, report=report, books=books, verdict=verdict,
-                            total_s=time.perf_counter() - t_start)
+                            total_s=time.perf_counter() - t_start,
+                            offline=offline_mod.figures(offline_run, verified))
     finally:
         # every city stopping takes every link down: expected here, not worth a warning each
         links_log = logging.getLogger("citycard.interop.client")

@@ -159,6 +159,11 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
              f"  cleared {t.get('cleared_records', 0):,} records, {t.get('cleared_gross_fen', 0):,} fen;"
              f" multilateral sum {audit.get('multilateral_sum_fen')} fen",
              "  refusals: " + "; ".join(f"{r['what']}: {r['code']}" for r in report.get("refusals") or [])]
+    off = report.get("offline_visitors") or {}
+    if off:  # region/offline.py
+        lines.append(f"  offline visitors: {off.get('records', 0):,} records forwarded and cleared:"
+                     f" {off.get('genuine', 0):,} genuine ({off.get('genuine_fen', 0):,} fen), {off.get('forged', 0)}"
+                     f" forged ({off.get('forged_fen', 0):,} fen) rejected by their issuers, charged back next window")
     for name, passed in (audit.get("checks") or {}).items():
         lines.append(f"  {'ok  ' if passed else 'FAIL'} {name}")
     lines += [f"  ! {p}" for p in audit.get("problems") or []]

@@ -47,14 +47,15 @@ def _codes(taps: list[TapRecord]) -> dict[str, int]:
 def build_report(*, spec: dict[str, Any], startup_s: float, traffic_s: float, taps: list[TapRecord],
                  errors: list[str], outage: dict[str, Any], windows: dict[str, Any], clearing: dict[str, Any],
                  refusals: list[dict[str, Any]], report: SettlementReport | None, books: dict[str, Books],
-                 verdict: Verdict, total_s: float) -> dict[str, Any]:
+                 verdict: Verdict, total_s: float, offline: dict[str, Any] | None = None) -> dict[str, Any]:
     cross = [t for t in taps if t.cross]
     flows = {c: verdict.figures.get("books", {}).get(c, {}).get("own_books", {}) for c in books}
     matrix = [{"payer": a, "payee": b, "fen": fen} for (a, b), fen in sorted((report.bilateral if report else {}).items())]
     standins = Counter((b.code, s[1]) for b in books.values() for s in b.standins.values())
     return {
         "run": {**spec, "startup_s": round(startup_s, 2), "traffic_s": round(traffic_s, 2),
-                "total_s": round(total_s, 2), "offline_visitors": "not run in this version"},
+                "total_s": round(total_s, 2)},
+        "offline_visitors": offline or {},  # region/offline.py: records sold, forged, verdicts
         "ok": verdict.ok,
         "totals": {
             "taps": len(taps), "taps_per_s": round(len(taps) / traffic_s, 1) if traffic_s else 0.0,

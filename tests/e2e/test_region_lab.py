@@ -7,6 +7,8 @@ import asyncio
 import pytest
 
 from citycard.cli.runtime import Services
+from citycard.domain.offline_verdicts import FORGED_TAC
+from citycard.region import offline
 from citycard.region.lab import LabSpec, run_lab
 from citycard.region.report import render_html
 from tests.support.services import drop_city_data, make_settings, new_schema
@@ -28,7 +30,7 @@ def test_three_cities_with_an_outage_clear_and_audit(configured_services, tmp_pa
     audit = report["audit"]
     assert audit["ok"], audit["problems"]
     assert report["ok"]
-    assert all(audit["checks"].values()) and len(audit["checks"]) >= 11
+    assert all(audit["checks"].values()) and len(audit["checks"]) >= 16
     # the outage: C02's cards were stood in elsewhere, and every stand-in was decided when it came back
     assert report["outage"]["standins_for_down_city"] > 0
     assert report["outage"]["pending_after_wait"] == 0
@@ -49,8 +51,10 @@ def test_three_cities_with_an_outage_clear_and_audit(configured_services, tmp_pa
     # the issuer's verdict: a chargeback once, with its reason, in the next window (none in the first)
     cb, nxt = report["clearing"]["chargeback"], report["clearing"]["next_window"]
     assert cb["code"] == "OK" and cb["again_code"] == "DUPLICATE_CHARGEBACK"
-    assert nxt["window"] == cb["window"] and nxt["chargebacks"] == 1
-    assert [(c["record_id"], c["reason"]) for c in nxt["charged_back"]] == [(cb["record_id"], cb["reason"])]
+    off = report["offline_visitors"]
+    assert nxt["window"] == cb["window"] and nxt["chargebacks"] == 1 + off["forged"]
+    assert [(c["record_id"], c["reason"]) for c in nxt["charged_back"] if c["record_id"] == cb["record_id"]] == [
+        (cb["record_id"], cb["reason"])]
     assert nxt["statements"][cb["issuer"]]["chargebacks_received_fen"] > 0
     assert sum(nxt["multilateral"].values()) == 0
     # the house's suspensions (none under the lab's caps) were pushed to every city's desk
@@ -60,3 +64,39 @@ def test_three_cities_with_an_outage_clear_and_audit(configured_services, tmp_pa
     # each city's own settlement window closed, its bus company's line holding its home rides
     for closing in report["settlement_windows"].values():
         assert closing["state"] == "closed" and closing["lines"] == 1 and closing["gross_fen"] > 0
+    # offline visitors: every record FORWARDED by its acquirer and cleared; each issuer found its
+    # forged ones (a TAC under its own keys), and they came back as chargebacks in the next window
+    assert off["records"] > off["forged"] >= 3 and off["codes"] == {"FORWARDED": off["records"]}
+    assert sum(i["offline"] for i in off["issuers"].values()) == off["records"]
+    assert sum(i["rejected"] for i in off["issuers"].values()) == off["forged"]
+    assert all(i["failed"] == [] for i in off["issuers"].values())
+    assert sum(1 for c in nxt["charged_back"] if c["reason"] == FORGED_TAC) == off["forged"]
+    assert audit["offline_visitors"]["charged_back_next_window"] == off["forged"]
+    for check in ("offline_visitors_forwarded", "offline_visitors_cleared_once",
+                  "forged_offline_rejected_and_charged_back_once", "no_genuine_offline_rejected",
+                  "offline_figures_agree_with_house"):
+        assert audit["checks"][check], check
+
+
+def test_an_issuer_accepting_a_forged_offline_record_fails_the_audit(configured_services, tmp_path,  # noqa: ANN001
+                                                                     monkeypatch) -> None:  # noqa: ANN001
+    """Each issuer checks nothing (no verdicts): the forged records are not charged back."""
+
+    def lax_verify(base: str, city: str, window: str, key: object, keys: object) -> dict[str, object]:
+        return {"offline": 0, "online": 0, "rejected": 0, "rejected_before": 0, "failed": []}
+
+    monkeypatch.setattr(offline, "verify", lax_verify)
+    prefix = new_schema()
+    spec = LabSpec(cities=2, cards=200, terminals=1, duration_s=5.0, taps_per_s=5.0, visitor_share=0.5,
+                   schema_prefix=prefix, down_city=2, outage_from=0.2, outage_until=0.5, offline_per_s=4.0)
+    base = make_settings(configured_services, prefix)
+    services = Services(configured_services.db_url, configured_services.redis_url)
+    try:
+        report = asyncio.run(run_lab(base, services, spec, tmp_path))
+    finally:
+        for code in ("c01", "c02", "house"):
+            drop_city_data(configured_services, f"{prefix}_{code}")
+    checks = report["audit"]["checks"]
+    assert report["offline_visitors"]["forged"] >= 2 and not report["ok"]
+    assert not checks["forged_offline_rejected_and_charged_back_once"]
+    assert checks["offline_visitors_forwarded"] and checks["offline_visitors_cleared_once"]

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 ADVICE_TIMEOUT_S = 10.0
 ADVICE_CHECK_S = 1.0  # while the link is up, how often owed advice is looked for
-MAX_ADVICE_ATTEMPTS = 12  # undecided answers before an item expires
+MAX_ADVICE_ATTEMPTS = 30  # undecided answers before an item expires (~2 h of backoff)
 MAX_ADVICE_AGE_MS = 24 * 3_600_000  # an item still undecided a day after it was written expires
 RETRY_MIN_MS, RETRY_MAX_MS = 1_000, 300_000  # an undecided item waits 1 s, doubling to 5 min
 

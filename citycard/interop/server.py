@@ -158,7 +158,7 @@ class LinkServer:
                                                                seq=t.seq, code=int(Result.BUSY), fare_fen=0,
                                                                balance_fen=-1)))
         else:
-            self._write(writer, conn.internal_error(f"advice {ev.advice.req}: too much in flight, send it again"))
+            self._write(writer, conn.ack(self._undecided(ev.advice, Result.BUSY)))
 
     async def _slot(self, acquirer: str) -> int:
         slot = self._slots.get(acquirer)
@@ -205,15 +205,23 @@ class LinkServer:
                                                            i.amount_fen, i.route, void=i.void)
                                            for i in items]) if items else []
             acks = [await self._ack_item(a.acquirer, i, o) for i, o in zip(items, outcomes, strict=True)]
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - nothing acked as decided: every item is sent again
             log.warning("link: advice %s/%s failed: %r", a.acquirer, a.req, exc)
-            self._write(writer, conn.internal_error(f"advice {a.req} not decided"))
+            self._write(writer, conn.ack(self._undecided(a, Result.RETRY)))
             return
         acks += [ix.AdviceAckItem(terminal_id=i.terminal_id, seq=i.seq, decision=int(ix.AdviceDecision.DECLINED),
                                   code=int(Result.BAD_TAP)) for i in bad]
         order = {(i.terminal_id, i.seq): n for n, i in enumerate(a.items)}
         acks.sort(key=lambda x: order[(x.terminal_id, x.seq)])
         self._write(writer, conn.ack(ix.StandInAdviceAck(acquirer=a.acquirer, req=a.req, items=acks)))
+
+    @staticmethod
+    def _undecided(a: ix.StandInAdvice, code: Result) -> ix.StandInAdviceAck:
+        """The ack of an advice not decided now (too much in flight, the issuer failed): its
+        waiter hears at once, and the acquirer sends each item again later."""
+        return ix.StandInAdviceAck(acquirer=a.acquirer, req=a.req, items=[
+            ix.AdviceAckItem(terminal_id=i.terminal_id, seq=i.seq, decision=int(ix.AdviceDecision.UNDECIDED),
+                             code=int(code)) for i in a.items])
 
     async def _ack_item(self, acquirer: str, i: ix.AdviceItem, o: Outcome) -> ix.AdviceAckItem:
         d = ix.AdviceDecision

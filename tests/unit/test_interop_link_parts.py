@@ -246,6 +246,19 @@ def test_advice_the_shards_did_not_decide_is_acked_undecided_and_the_rest_decide
     run(scenario)
 
 
+def test_an_advice_the_issuer_failed_on_is_acked_all_undecided_at_once() -> None:
+    """Before: an INTERNAL error naming no request, and the adviser waited out its 10 s."""
+    async def scenario() -> None:
+        async def broken(taps: Sequence[Tap]) -> list[Outcome]:
+            raise OSError("store down")
+
+        items = await acked(issuer_server(broken), [advice_item(5), advice_item(6, void=True)])
+        assert [(i.seq, i.decision, i.code) for i in items] == [
+            (5, ix.AdviceDecision.UNDECIDED, Result.RETRY), (6, ix.AdviceDecision.UNDECIDED, Result.RETRY)]
+
+    run(scenario)
+
+
 def test_a_void_is_decided_as_a_refused_tap_and_a_charge_the_issuer_held_is_credited_back() -> None:
     async def scenario() -> None:
         seen: list[Tap] = []

@@ -489,3 +489,34 @@ def test_visitors_taps_in_flight_are_bounded() -> None:
         assert sorted(settled) == [0, 1] + [2] and settled[0].result == Result.OK
 
     run(scenario)
+
+
+def test_the_terminals_rate_limit_holds_for_visitors_taps_too() -> None:
+    """Before: the router handed every visitor's tap to the desk, past the per-terminal limit."""
+    from citycard.gateway.metrics import Metrics
+    from citycard.gateway.router import Pending, Router
+
+    async def scenario() -> None:
+        class OneShard:
+            n_shards = 1
+
+        class Remote:
+            def __init__(self) -> None:
+                self.taken: list[int] = []
+
+            def claims(self, card_no: int) -> bool:
+                return True
+
+            def submit(self, tap: Tap, pending: Any, index: int) -> None:
+                self.taken.append(index)
+                pending.settle(index, Outcome(int(Result.OK), 200, 800, False))
+
+        router = Router(OneShard(), set(), Metrics(), batch_max_taps=10, inflight_calls=1,  # type: ignore[arg-type]
+                        queue_max_taps=10, linger_ms=1.0)
+        router.remote = remote = Remote()
+        replies: list[Pending] = []
+        router.submit(Pending(replies.append, 1, False, [visitor_tap(s) for s in (1, 2, 3)]), admit=1)
+        assert remote.taken == [0]
+        assert [o.result for o in replies[0].outcomes] == [Result.OK, Result.BUSY, Result.BUSY]  # type: ignore[union-attr]
+
+    run(scenario)

@@ -88,6 +88,7 @@ class RemoteDesk:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.suspended: frozenset[str] = frozenset()  # issuers the clearing house suspended: no stand-in
         self._writing: dict[tuple[int, int], asyncio.Future[bool]] = {}  # stand-in rows being written: durable?
+        self._voiding: set[tuple[int, int]] = set()  # voids being written: a retry meanwhile hears BUSY
 
     def set_suspended(self, codes: Iterable[str]) -> frozenset[str]:
         """The clearing house's GET /suspended, as last polled: those issuers' cards are refused
@@ -152,6 +153,8 @@ class RemoteDesk:
                           amount_fen, tap.bill_class)
         if (tap.terminal_id, tap.seq) in self._writing or self.standin.is_pending(key):
             return await self._stand_in(t, key, NoAnswer.NOT_SENT)  # a retry of a stand-in approval: replay
+        if (tap.terminal_id, tap.seq) in self._voiding:  # not asked online while its void is not yet durable
+            return _BUSY
         if tap.terminal_id > store.MAX_REMOTE_TERMINAL_ID:  # outside the issuers' key space (store.py)
             log.warning("terminal %s cannot take visitors' cards: ids above %s have no link key", tap.terminal_id,
                         store.MAX_REMOTE_TERMINAL_ID)
@@ -179,7 +182,12 @@ class RemoteDesk:
         if d.code is not StandInCode.APPROVED:
             refusal = int(terminal_result(d.code))
             if why is NoAnswer.UNKNOWN:  # the issuer may have charged what the terminal is refused
-                if await store.record_void(self._pool, t, refusal, self._wall_ms()):  # durable before the answer
+                self._voiding.add((t.terminal_id, t.seq))
+                try:
+                    recorded = await store.record_void(self._pool, t, refusal, self._wall_ms())  # before the answer
+                finally:
+                    self._voiding.discard((t.terminal_id, t.seq))
+                if recorded:
                     self.metrics.voids.labels(t.issuer, "recorded").inc()
                     self.adviser.due[t.issuer].set()
             return Outcome(refusal, 0, -1, False)

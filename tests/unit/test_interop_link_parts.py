@@ -520,3 +520,48 @@ def test_the_terminals_rate_limit_holds_for_visitors_taps_too() -> None:
         assert [o.result for o in replies[0].outcomes] == [Result.OK, Result.BUSY, Result.BUSY]  # type: ignore[union-attr]
 
     run(scenario)
+
+
+def test_a_retry_while_the_void_is_written_is_not_asked_online() -> None:
+    async def scenario() -> None:
+        pool = PriorPool()
+        pool.gate = asyncio.Event()
+        d = desk(pool)
+        d.set_suspended(["SH"])
+        asked: list[int] = []
+
+        async def unknown(tap: ix.RemoteTap, timeout_s: float) -> NoAnswer:
+            asked.append(tap.seq)
+            return NoAnswer.UNKNOWN
+
+        d.clients["SH"].decide = unknown  # type: ignore[method-assign]
+        first = asyncio.create_task(d.decide(visitor_tap(1)))
+        await asyncio.sleep(0.01)  # its void is being written
+        assert (await d.decide(visitor_tap(1))).result == Result.BUSY
+        assert asked == [1]
+        pool.gate.set()
+        assert (await first).result == Result.ISSUER_NOT_ACCEPTED
+
+    run(scenario)
+
+
+def test_a_task_that_fails_unawaited_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from citycard.tasks import log_failure
+
+    async def scenario() -> None:
+        async def boom() -> None:
+            raise ValueError("lost")
+
+        task = asyncio.get_running_loop().create_task(boom())
+        task.add_done_callback(log_failure(logging.getLogger("t"), "the boom"))
+        cancelled = asyncio.get_running_loop().create_task(asyncio.sleep(10))
+        cancelled.add_done_callback(log_failure(logging.getLogger("t"), "the sleeper"))
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        await asyncio.sleep(0.01)
+
+    with caplog.at_level(logging.ERROR, logger="t"):
+        run(scenario)
+    assert [r.getMessage() for r in caplog.records] == ["the boom failed: ValueError('lost')"]

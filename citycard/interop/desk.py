@@ -176,7 +176,7 @@ class RemoteDesk:
         self.metrics.remote_latency.observe(time.perf_counter() - started)
         return Outcome(answer.code, answer.fare_fen, answer.balance_fen, answer.replay)
 
-    async def _stand_in(self, t: store.LinkTap, key: TapKey, why: NoAnswer) -> Outcome:
+    async def _stand_in(self, t: store.LinkTap, key: TapKey, why: NoAnswer = NoAnswer.NOT_SENT) -> Outcome:
         d = self.standin.decide(key, t.card_no, t.amount_fen, t.issuer, self._wall_ms(), suspended=self.suspended,
                                 hotlisted=self._hotlisted)
         if d.code is not StandInCode.APPROVED:

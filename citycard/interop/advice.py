@@ -98,13 +98,13 @@ class Adviser:
                 at = self._retry_at.get(code)
                 if at is None or self._wall_ms() < at:
                     continue
+                del self._retry_at[code]
                 due.set()  # items left undecided are due again
             if not client.up:
                 client.start()
                 await asyncio.sleep(ADVICE_CHECK_S)  # the link's own backoff brings it back; on_up sets due
                 continue
             due.clear()
-            self._retry_at.pop(code, None)
             try:
                 while await self.advise_once(code, client):
                     pass
@@ -117,7 +117,8 @@ class Adviser:
         """One advice message of the oldest due; True if there may be more due now."""
         now_ms = self._wall_ms()
         owed = await store.pending_advice(self._pool, code, ix.MAX_ADVICE_ITEMS, now_ms)
-        if not owed:
+        if not owed:  # none due now; those waiting (after a restart too) are looked at when due
+            self._wait_until(code, await store.next_advice_ms(self._pool, code))
             return False
         items = [ix.AdviceItem(terminal_id=t.terminal_id, seq=t.seq, card=t.card_no, amount_fen=t.amount_fen,
                                time_ms=t.time_ms, kind=t.kind, route=t.route, void=t.refused_code is not None)
@@ -135,10 +136,13 @@ class Adviser:
         settled, later = settle(owed, ack, now_ms)
         await store.settle_standin(self._pool, code, settled, later, now_ms)
         if later:
-            soonest = min(n for _, _, n in later)
-            self._retry_at[code] = min(soonest, self._retry_at.get(code, soonest))
+            self._wait_until(code, min(n for _, _, n in later))
         self._account(code, owed, settled)
         return len(owed) == ix.MAX_ADVICE_ITEMS and not later
+
+    def _wait_until(self, code: str, at_ms: int | None) -> None:
+        if at_ms is not None:
+            self._retry_at[code] = min(at_ms, self._retry_at.get(code, at_ms))
 
     def _account(self, code: str, owed: list[store.LinkTap], settled: list[store.Settled]) -> None:
         """The settled rows in the stand-in's memory and the metrics."""

@@ -128,6 +128,13 @@ async def pending_advice(pool: Any, issuer: str, limit: int, now_ms: int | None 
                     r["amount_fen"], 0, r["refused_code"], r["attempts"], r["approved_ms"]) for r in rows]
 
 
+async def next_advice_ms(pool: Any, issuer: str) -> int | None:
+    """When the soonest row owed to ``issuer`` is due (None: nothing owed)."""
+    at = await pool.fetchval("SELECT min(next_try_ms) FROM standin_taps WHERE issuer = $1 AND state = 'pending'",
+                             issuer)
+    return None if at is None else int(at)
+
+
 @dataclass(frozen=True, slots=True)
 class Settled:
     """One row's end: its state, the issuer's code, and for people why (expiry)."""
@@ -158,5 +165,5 @@ async def settle_standin(pool: Any, issuer: str, settled: list[Settled], retry: 
 
 
 __all__ = ["MAX_REMOTE_TERMINAL_ID", "REMOTE_TERMINAL_BASE", "LinkTap", "Prior", "Settled", "acquirer_slot",
-           "log_remote_tap", "pending_advice", "prior", "record_standin", "record_void", "remote_terminal_id",
-           "settle_standin", "standin_state"]
+           "log_remote_tap", "next_advice_ms", "pending_advice", "prior", "record_standin", "record_void",
+           "remote_terminal_id", "settle_standin", "standin_state"]

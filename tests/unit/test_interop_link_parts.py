@@ -295,12 +295,16 @@ class AdvicePool:
         self.owed = owed
         self.updates: list[tuple[Any, ...]] = []
         self.retries: list[tuple[Any, ...]] = []
+        self.next_try: dict[int, int] = {}  # seq -> next_try_ms (absent: due)
 
     async def fetch(self, sql: str, issuer: str, limit: int, now_ms: int) -> list[dict[str, Any]]:
         return [{"terminal_id": t.terminal_id, "seq": t.seq, "card_no": t.card_no, "kind": t.kind,
                  "route": t.route, "tap_time_ms": t.time_ms, "amount_fen": t.amount_fen,
                  "refused_code": t.refused_code, "attempts": t.attempts, "approved_ms": t.approved_ms}
-                for t in self.owed if t.issuer == issuer][:limit]
+                for t in self.owed if t.issuer == issuer and self.next_try.get(t.seq, 0) <= now_ms][:limit]
+
+    async def fetchval(self, sql: str, issuer: str) -> int | None:
+        return min(self.next_try.values(), default=None)
 
     @asynccontextmanager
     async def acquire(self) -> AsyncIterator["AdvicePool"]:
@@ -565,3 +569,25 @@ def test_a_task_that_fails_unawaited_is_logged(caplog: pytest.LogCaptureFixture)
     with caplog.at_level(logging.ERROR, logger="t"):
         run(scenario)
     assert [r.getMessage() for r in caplog.records] == ["the boom failed: ValueError('lost')"]
+
+
+def test_items_waiting_for_their_next_try_are_sent_when_due_even_after_a_restart() -> None:
+    """Nothing due now (rows left undecided before a restart): the adviser learns when they are
+    due, rather than waiting for a new stand-in or the link to come back up."""
+    async def scenario() -> None:
+        waiting = store.LinkTap("SH", 1001, 7, SH_CARD, 1, 7, NOW, 200, attempts=3, approved_ms=NOW)
+        pool = AdvicePool([waiting])
+        pool.next_try = {7: NOW + 8_000}
+        clock = [NOW]
+        d = RemoteDesk(registry(), HZ_KEY, pool, LinkMetrics(CollectorRegistry()), price=lambda tap, prefix: 200,
+                       hotlisted=lambda card: False, tap_timeout_ms=100, connect_timeout_ms=100, max_inflight=10,
+                       standin_window_ms=3_600_000, backoff_min_ms=10, backoff_max_ms=100,
+                       wall_ms=lambda: clock[0])
+        client = AckingClient([])
+        assert await d.adviser.advise_once("SH", client) is False  # type: ignore[arg-type]
+        assert pool.updates == [] and d.adviser._retry_at == {"SH": NOW + 8_000}
+        clock[0] = NOW + 8_000
+        await d.adviser.advise_once("SH", client)  # type: ignore[arg-type]
+        assert pool.updates == [(1001, 7, "confirmed", int(Result.OK), NOW + 8_000, "SH", None)]
+
+    run(scenario)

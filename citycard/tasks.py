@@ -1,7 +1,8 @@
 """Small asyncio helpers shared by the I/O shells."""
 
 import asyncio
-from collections.abc import Iterable
+import logging
+from collections.abc import Callable, Iterable
 from typing import Any
 
 
@@ -12,3 +13,14 @@ async def cancel_and_wait(tasks: Iterable["asyncio.Task[Any] | None"]) -> None:
     for t in live:
         t.cancel()
     await asyncio.gather(*live, return_exceptions=True)
+
+
+def log_failure(log: logging.Logger, what: str) -> Callable[["asyncio.Task[Any]"], None]:
+    """A done-callback that logs a task's unexpected exception (one nobody awaits would
+    otherwise be lost until garbage collection); cancellation is not a failure."""
+
+    def done(task: "asyncio.Task[Any]") -> None:
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("%s failed: %r", what, exc, exc_info=exc)
+
+    return done

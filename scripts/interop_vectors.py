@@ -100,6 +100,19 @@ def _messages(issuer_sig: bytes, acquirer_sig: bytes) -> list[tuple[str, str, Li
         AdviceAckItem(terminal_id=TERMINAL_ID, seq=2, decision=AdviceDecision.ACCEPTED, code=Result.OK),
         AdviceAckItem(terminal_id=TERMINAL_ID, seq=3, decision=AdviceDecision.DECLINED, code=Result.CARD_BLOCKED),
     ])
+    voids = StandInAdvice(acquirer=ACQUIRER, req=2, items=[
+        AdviceItem(terminal_id=TERMINAL_ID, seq=4, card=CARD, amount_fen=200, time_ms=T0_MS + 670_000,
+                   kind=TapKind.BUS, route=42, void=True),
+        AdviceItem(terminal_id=TERMINAL_ID, seq=5, card=CARD, amount_fen=200, time_ms=T0_MS + 680_000,
+                   kind=TapKind.BUS, route=42, void=True),
+        AdviceItem(terminal_id=TERMINAL_ID, seq=6, card=CARD, amount_fen=200, time_ms=T0_MS + 690_000,
+                   kind=TapKind.BUS, route=42),
+    ])
+    voids_ack = StandInAdviceAck(acquirer=ACQUIRER, req=2, items=[
+        AdviceAckItem(terminal_id=TERMINAL_ID, seq=4, decision=AdviceDecision.VOIDED, code=Result.CARD_BLOCKED),
+        AdviceAckItem(terminal_id=TERMINAL_ID, seq=5, decision=AdviceDecision.REVERSED, code=Result.OK, replay=True),
+        AdviceAckItem(terminal_id=TERMINAL_ID, seq=6, decision=AdviceDecision.UNDECIDED, code=Result.BUSY),
+    ])
     return [
         ("A->I", "hello", Hello(city=ACQUIRER, nonce=ACQUIRER_NONCE)),
         ("I->A", "hello_ok", HelloOk(city=ISSUER, nonce=ISSUER_NONCE, signature=issuer_sig)),
@@ -111,10 +124,15 @@ def _messages(issuer_sig: bytes, acquirer_sig: bytes) -> list[tuple[str, str, Li
         ("I->A", "tap_answer (replay)", msgspec.structs.replace(answer, replay=True)),
         ("A->I", "advice (req 1: two taps approved in stand-in)", advice),
         ("I->A", "advice_ack (seq 2 accepted; seq 3 declined: CARD_BLOCKED)", ack),
+        ("A->I", "advice (req 2: two voids, taps sent unanswered then refused; one approval)", voids),
+        ("I->A", "advice_ack (seq 4 voided: never charged; seq 5 had been charged: reversed; seq 6 undecided:"
+         " BUSY, sent again later)", voids_ack),
         ("A->I", "ping", Ping(time_ms=T0_MS + 700_000)),
         ("I->A", "pong", Pong(time_ms=T0_MS + 700_000, server_time_ms=T0_MS + 700_002)),
         ("I->A", "error (a tap naming another acquirer)",
          Error(code=LinkError.WRONG_ACQUIRER, message="tap names NB; this connection is HZ")),
+        ("I->A", "error (the issuer failed on one tap: its waiter stops waiting)",
+         Error(code=LinkError.INTERNAL, message="tap 1001/7 not decided", terminal_id=TERMINAL_ID, seq=7)),
     ]
 
 

@@ -11,8 +11,8 @@ Windows are fixed, ``[k * window_ms, (k + 1) * window_ms)``; a new window starts
 one fen more is refused.
 
 Idempotency: a key still pending is answered with its approval again (``replay``), counted
-once; a key already settled is the acquirer's journal's to recognise (it answered that
-terminal seq before and never asks again), as for every tap.
+once; a key already settled is the acquirer's store's to recognise (``interop.store.prior``:
+it answered that terminal seq before and answers a retry from there, never asking again).
 """
 
 from collections.abc import Callable, Collection, Iterable, Mapping
@@ -177,6 +177,10 @@ class StandIn:
             if issuer is None or advice.issuer == issuer:
                 out.append(advice)
         return out
+
+    def is_pending(self, key: TapKey) -> bool:
+        """Whether ``key`` is an approval still awaiting the issuer's word."""
+        return key in self._pending
 
     def confirm(self, keys: Iterable[TapKey]) -> int:
         """The issuer accepted these: no longer pending. Returns how many were pending."""

@@ -94,7 +94,11 @@ class Router:
         remote = self.remote
         for i, tap in enumerate(pending.taps):
             if remote is not None and remote.claims(tap.card_no):
-                remote.submit(tap, pending, i)  # another city's card: its issuer decides
+                if admit is not None and i >= admit:  # the terminal's rate limit holds for visitors too
+                    self.metrics.busy.inc()
+                    pending.settle(i, BUSY)
+                else:
+                    remote.submit(tap, pending, i)  # another city's card: its issuer decides
                 continue
             if tap.card_no in hot:
                 # Refused without fare rules, but through the shard: a retry of a tap charged

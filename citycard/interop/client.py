@@ -1,12 +1,14 @@
 """The acquirer's end of the link to one issuer: one connection, opened on first use and
-reopened with backoff; ``decide`` sends a tap and waits for the issuer's durable answer (None
-when the issuer cannot answer in time: the caller stands in); ``advise`` sends stand-in advice."""
+reopened with backoff; ``decide`` sends a tap and waits for the issuer's durable answer (a
+``NoAnswer`` when the issuer cannot answer in time: the caller stands in); ``advise`` sends
+stand-in advice."""
 
 import asyncio
 import contextlib
 import logging
 import os
 from collections.abc import Callable
+from enum import Enum
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -22,11 +24,18 @@ from ..protocols.interop_conn import (
     LinkState,
     PeerAuthenticated,
 )
-from ..tasks import cancel_and_wait
+from ..tasks import cancel_and_wait, log_failure
 
 log = logging.getLogger(__name__)
 
 READ_BYTES = 65536
+
+
+class NoAnswer(Enum):
+    """Why ``decide`` has no answer, which says what the issuer may have done."""
+
+    NOT_SENT = "not_sent"  # the tap never left: the issuer decided nothing
+    UNKNOWN = "unknown"  # sent, unanswered (timeout, its error, the connection dropped): it may have charged
 
 
 class LinkClient:
@@ -49,6 +58,7 @@ class LinkClient:
         self._req = 0
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self.late_answers = 0  # answers that came after their waiter gave up (the advice resolves them)
 
     @property
     def up(self) -> bool:
@@ -58,6 +68,7 @@ class LinkClient:
         """Open the connection (and keep it open); idempotent."""
         if self._task is None and not self._closing:
             self._task = asyncio.get_running_loop().create_task(self._run())
+            self._task.add_done_callback(log_failure(log, f"link to {self.issuer.code}"))
 
     async def stop(self) -> None:
         self._closing = True
@@ -72,25 +83,32 @@ class LinkClient:
                 await asyncio.wait_for(self._ready.wait(), timeout_s)
         return self._ready.is_set()
 
-    async def decide(self, tap: ix.RemoteTap, timeout_s: float) -> ix.RemoteTapAnswer | None:
-        """The issuer's answer, or None: unreachable, no answer in ``timeout_s``, too many in
-        flight, or an error (the outcome at the issuer is then unknown: advice resolves it)."""
+    async def decide(self, tap: ix.RemoteTap, timeout_s: float) -> ix.RemoteTapAnswer | NoAnswer:
+        """The issuer's answer, or why there is none: NOT_SENT (unreachable, too many in flight:
+        nothing decided there), UNKNOWN (sent, then no answer in ``timeout_s``, the issuer's
+        error for this key, or the connection dropped: the issuer may have decided it; the
+        caller's stand-in or void advice resolves it)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        if not await self.wait_up(timeout_s) or len(self._answers) >= self.max_inflight:
-            return None
+        if not await self.wait_up(timeout_s):
+            return NoAnswer.NOT_SENT
         key = (tap.terminal_id, tap.seq)
         fut = self._answers.get(key)
         if fut is None:  # a retry of a key in flight waits for the same answer
+            if len(self._answers) >= self.max_inflight:
+                return NoAnswer.NOT_SENT
+            if not self._send(tap):
+                return NoAnswer.NOT_SENT
             fut = self._answers[key] = loop.create_future()
-            self._send(tap)
         try:
-            return await asyncio.wait_for(asyncio.shield(fut), max(0.0, deadline - loop.time()))
+            answer = await asyncio.wait_for(asyncio.shield(fut), max(0.0, deadline - loop.time()))
+            return NoAnswer.UNKNOWN if answer is None else answer
         except TimeoutError:
-            return None
+            return NoAnswer.UNKNOWN
         finally:
             # Done, or no answer in time (the issuer may never send one, e.g. after its error):
-            # free the slot, so a retry sends the key again; a late answer is then dropped.
+            # free the slot, so a retry sends the key again; a late answer is then only counted
+            # (the caller heard UNKNOWN: its stand-in approval or void advice resolves the key).
             if self._answers.get(key) is fut:
                 del self._answers[key]
                 if not fut.done():
@@ -104,18 +122,21 @@ class LinkClient:
         fut: asyncio.Future[ix.StandInAdviceAck | None] = asyncio.get_running_loop().create_future()
         self._acks[req] = fut
         try:
-            self._send(ix.StandInAdvice(acquirer=self.own, req=req, items=items))
+            if not self._send(ix.StandInAdvice(acquirer=self.own, req=req, items=items)):
+                return None
             return await asyncio.wait_for(fut, timeout_s)
         except TimeoutError:
             return None
         finally:
             self._acks.pop(req, None)
 
-    def _send(self, msg: Any) -> None:
+    def _send(self, msg: Any) -> bool:
+        """False when there is no ready connection: nothing was sent."""
         conn, writer = self._conn, self._writer
         if conn is None or writer is None or conn.state is not LinkState.READY or writer.is_closing():
-            return  # the waiter times out, or is woken with None when the connection drops
+            return False
         writer.write(conn.send(msg))
+        return True
 
     # -- the connection ----------------------------------------------------------------------
     async def _run(self) -> None:
@@ -161,9 +182,11 @@ class LinkClient:
                     writer.write(step.out)
                 for ev in step.events:
                     if isinstance(ev, AnswerIn):
-                        fut = self._answers.pop((ev.answer.terminal_id, ev.answer.seq), None)  # late ones too
+                        fut = self._answers.pop((ev.answer.terminal_id, ev.answer.seq), None)
                         if fut is not None and not fut.done():
                             fut.set_result(ev.answer)
+                        else:  # its waiter gave up: UNKNOWN to it, resolved by advice (docs 5.5)
+                            self.late_answers += 1
                     elif isinstance(ev, AckIn):
                         ack_fut = self._acks.get(ev.ack.req)
                         if ack_fut is not None and not ack_fut.done():
@@ -176,6 +199,9 @@ class LinkClient:
                             self._on_up(self.issuer.code, True)
                     elif isinstance(ev, ErrorIn):
                         log.warning("link to %s: error %s %s", self.issuer.code, ev.code, ev.message)
+                        failed = self._answers.pop((ev.terminal_id, ev.seq), None) if ev.seq else None
+                        if failed is not None and not failed.done():
+                            failed.set_result(None)  # that tap has no answer coming: UNKNOWN now
                     elif isinstance(ev, Closed):
                         log.warning("link to %s closed: %s", self.issuer.code, ev.reason)
                 if step.close:

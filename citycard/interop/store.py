@@ -1,6 +1,6 @@
-"""What the link keeps in Postgres (migration 0009): acquirer slots on the issuer's side, the
-remote-tap log and the stand-in taps on the acquirer's side. Each call commits before it
-returns: the caller answers a terminal or a peer only after that."""
+"""What the link keeps in Postgres (migrations 0009, 0011): acquirer slots on the issuer's side,
+the remote-tap log and the stand-in taps (approvals and voids) on the acquirer's side. Each
+call commits before it returns: the caller answers a terminal or a peer only after that."""
 
 from dataclasses import dataclass
 from typing import Any
@@ -55,6 +55,33 @@ class LinkTap:
     time_ms: int
     amount_fen: int
     bill_class: int = 0
+    refused_code: int | None = None  # a void (docs/interop.md 5.5): the Result the terminal heard
+    attempts: int = 0  # advice answered undecided so far
+    approved_ms: int = 0  # when the row was written
+
+
+@dataclass(frozen=True, slots=True)
+class Prior:
+    """What the acquirer already holds for a key: a retry is answered from it, never sent again."""
+
+    table: str  # "remote" (the issuer answered online) or "standin" (an approval or a void)
+    result: int  # remote: the issuer's code; standin: the issuer's code once decided, else -1
+    fare_fen: int
+    balance_fen: int
+    state: str = ""  # standin: pending, confirmed, declined, voided, reversed, expired
+    refused_code: int | None = None  # standin: a void's refusal; None for an approval
+
+
+async def prior(pool: Any, terminal_id: int, seq: int) -> Prior | None:
+    """The key's first outcome here, if it has one (one indexed probe per table, one round trip)."""
+    row = await pool.fetchrow(
+        "SELECT 'remote' AS tbl, result, fare_fen, balance_fen, '' AS state, NULL::integer AS refused_code"
+        " FROM remote_taps WHERE terminal_id = $1 AND seq = $2"
+        " UNION ALL SELECT 'standin', coalesce(code, -1), amount_fen, -1, state, refused_code FROM standin_taps"
+        " WHERE terminal_id = $1 AND seq = $2 LIMIT 1", terminal_id, seq)
+    if row is None:
+        return None
+    return Prior(row["tbl"], row["result"], row["fare_fen"], row["balance_fen"], row["state"], row["refused_code"])
 
 
 async def log_remote_tap(pool: Any, t: LinkTap, result: int, fare_fen: int, balance_fen: int, replay: bool,
@@ -75,29 +102,68 @@ async def record_standin(pool: Any, t: LinkTap, now_ms: int) -> None:
         t.issuer, t.terminal_id, t.seq, t.card_no, t.kind, t.route, t.time_ms, t.amount_fen, now_ms)
 
 
+async def record_void(pool: Any, t: LinkTap, refused_code: int, now_ms: int) -> bool:
+    """A tap sent to its issuer, unanswered, then refused here: advice owed (the issuer must hold
+    the key refused and credit back a charge). False if the key already had a row."""
+    done = await pool.execute(
+        "INSERT INTO standin_taps (issuer, terminal_id, seq, card_no, kind, route, tap_time_ms, amount_fen,"
+        " approved_ms, refused_code) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10) ON CONFLICT (terminal_id, seq) DO NOTHING",
+        t.issuer, t.terminal_id, t.seq, t.card_no, t.kind, t.route, t.time_ms, t.amount_fen, now_ms, refused_code)
+    return not isinstance(done, str) or done.endswith(" 1")
+
+
 async def standin_state(pool: Any, terminal_id: int, seq: int) -> tuple[str, int | None] | None:
     row = await pool.fetchrow("SELECT state, code FROM standin_taps WHERE terminal_id = $1 AND seq = $2",
                               terminal_id, seq)
     return None if row is None else (row["state"], row["code"])
 
 
-async def pending_advice(pool: Any, issuer: str, limit: int) -> list[LinkTap]:
+async def pending_advice(pool: Any, issuer: str, limit: int, now_ms: int | None = None) -> list[LinkTap]:
+    """Rows owed to ``issuer``, oldest first; with ``now_ms``, only those due (next_try_ms)."""
     rows = await pool.fetch(
-        "SELECT terminal_id, seq, card_no, kind, route, tap_time_ms, amount_fen FROM standin_taps"
-        " WHERE issuer = $1 AND state = 'pending' ORDER BY approved_ms, terminal_id, seq LIMIT $2", issuer, limit)
+        "SELECT terminal_id, seq, card_no, kind, route, tap_time_ms, amount_fen, refused_code, attempts, approved_ms"
+        " FROM standin_taps WHERE issuer = $1 AND state = 'pending' AND next_try_ms <= $3"
+        " ORDER BY approved_ms, terminal_id, seq LIMIT $2", issuer, limit, 2**62 if now_ms is None else now_ms)
     return [LinkTap(issuer, r["terminal_id"], r["seq"], r["card_no"], r["kind"], r["route"], r["tap_time_ms"],
-                    r["amount_fen"]) for r in rows]
+                    r["amount_fen"], 0, r["refused_code"], r["attempts"], r["approved_ms"]) for r in rows]
 
 
-async def settle_standin(pool: Any, issuer: str, decisions: list[tuple[int, int, bool, int]], now_ms: int) -> None:
-    """(terminal_id, seq, accepted, code) of ``issuer``'s ack, in one transaction; only that
-    issuer's stand-in taps are settled by it."""
+async def next_advice_ms(pool: Any, issuer: str) -> int | None:
+    """When the soonest row owed to ``issuer`` is due (None: nothing owed)."""
+    at = await pool.fetchval("SELECT min(next_try_ms) FROM standin_taps WHERE issuer = $1 AND state = 'pending'",
+                             issuer)
+    return None if at is None else int(at)
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """One row's end: its state, the issuer's code, and for people why (expiry)."""
+
+    terminal_id: int
+    seq: int
+    state: str  # confirmed, declined, voided, reversed, expired
+    code: int
+    reason: str | None = None
+
+
+async def settle_standin(pool: Any, issuer: str, settled: list[Settled], retry: list[tuple[int, int, int]],
+                         now_ms: int) -> None:
+    """``issuer``'s ack in one transaction: the rows it decided (or that expired) end; those it
+    left undecided, (terminal_id, seq, next_try_ms), count an attempt and wait. Only that
+    issuer's pending rows change."""
     async with pool.acquire() as conn, conn.transaction():
-        await conn.executemany(
-            "UPDATE standin_taps SET state = $3, code = $4, decided_ms = $5"
-            " WHERE terminal_id = $1 AND seq = $2 AND state = 'pending' AND issuer = $6",
-            [(tid, seq, "confirmed" if ok else "declined", code, now_ms, issuer) for tid, seq, ok, code in decisions])
+        if settled:
+            await conn.executemany(
+                "UPDATE standin_taps SET state = $3, code = $4, decided_ms = $5, reason = $7"
+                " WHERE terminal_id = $1 AND seq = $2 AND state = 'pending' AND issuer = $6",
+                [(s.terminal_id, s.seq, s.state, s.code, now_ms, issuer, s.reason) for s in settled])
+        if retry:
+            await conn.executemany(
+                "UPDATE standin_taps SET attempts = attempts + 1, next_try_ms = $3"
+                " WHERE terminal_id = $1 AND seq = $2 AND state = 'pending' AND issuer = $4",
+                [(tid, seq, next_ms, issuer) for tid, seq, next_ms in retry])
 
 
-__all__ = ["MAX_REMOTE_TERMINAL_ID", "REMOTE_TERMINAL_BASE", "LinkTap", "acquirer_slot", "log_remote_tap",
-           "pending_advice", "record_standin", "remote_terminal_id", "settle_standin", "standin_state"]
+__all__ = ["MAX_REMOTE_TERMINAL_ID", "REMOTE_TERMINAL_BASE", "LinkTap", "Prior", "Settled", "acquirer_slot",
+           "log_remote_tap", "next_advice_ms", "pending_advice", "prior", "record_standin", "record_void",
+           "remote_terminal_id", "settle_standin", "standin_state"]

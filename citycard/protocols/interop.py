@@ -124,6 +124,10 @@ class AdviceItem(Struct, forbid_unknown_fields=False):
     time_ms: TimeMs
     kind: Kind
     route: Route = 0
+    # A void: the tap went to the issuer unanswered (outcome unknown there) and the acquirer's
+    # terminal was then refused. The issuer holds the key refused for good and credits back
+    # what it had charged for it (AdviceDecision.VOIDED / REVERSED). False: a stand-in approval.
+    void: bool = False
 
 
 class StandInAdvice(Msg, tag="advice"):
@@ -135,14 +139,22 @@ class StandInAdvice(Msg, tag="advice"):
 
 
 class AdviceDecision(IntEnum):
+    """Wire-stable: append only."""
+
     ACCEPTED = 0  # the issuer debited the card: it owes the acquirer the amount
     DECLINED = 1  # the issuer refuses the debit (code says why): the acquirer keeps the loss
+    UNDECIDED = 2  # not decided now (code: BUSY, RETRY, SEQ_TOO_OLD): send the item again later
+    VOIDED = 3  # a void: the key is held refused (code), nothing was or will be charged
+    REVERSED = 4  # a void the issuer had charged: it credited the amount back; held refused
+
+
+MAX_DECISION = int(max(AdviceDecision))
 
 
 class AdviceAckItem(Struct, forbid_unknown_fields=False):
     terminal_id: TerminalId
     seq: Seq
-    decision: Annotated[int, Meta(ge=0, le=1)]  # AdviceDecision
+    decision: Annotated[int, Meta(ge=0, le=MAX_DECISION)]  # AdviceDecision
     code: Code  # domain.results.Result: OK when accepted, the reason when declined
     replay: bool = False
 
@@ -168,6 +180,10 @@ class Pong(Msg, tag="pong"):
 class Error(Msg, tag="error"):
     code: Code  # LinkError
     message: Annotated[str, Meta(max_length=MAX_MESSAGE_CHARS)] = ""
+    # The tap the error is about (INTERNAL for one tap): its waiter hears "no answer" at once
+    # instead of waiting out its timeout. 0: no tap named.
+    terminal_id: Annotated[int, Meta(ge=0, le=2**31 - 1)] = 0
+    seq: Annotated[int, Meta(ge=0, le=2**32 - 1)] = 0
 
 
 AcquirerMessage = Hello | Auth | RemoteTap | StandInAdvice | Ping

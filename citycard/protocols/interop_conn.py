@@ -64,6 +64,8 @@ class PongIn:
 class ErrorIn:  # acquirer side: the issuer's error (a fatal one is followed by its close)
     code: int
     message: str
+    terminal_id: int = 0  # the tap it is about (0: none): its waiter hears "no answer" now
+    seq: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,8 +182,9 @@ class IssuerSide:
                 return False
         return True
 
-    def _error(self, code: ix.LinkError, message: str) -> bytes:
-        return ix.encode(ix.Error(code=int(code), message=message[: ix.MAX_MESSAGE_CHARS]))
+    def _error(self, code: ix.LinkError, message: str, terminal_id: int = 0, seq: int = 0) -> bytes:
+        return ix.encode(ix.Error(code=int(code), message=message[: ix.MAX_MESSAGE_CHARS], terminal_id=terminal_id,
+                                  seq=seq))
 
     def _fail(self, step: Step, code: ix.LinkError, message: str) -> Step:
         assert code in _FATAL or code is ix.LinkError.UNEXPECTED_MESSAGE
@@ -198,9 +201,12 @@ class IssuerSide:
     def ack(self, ack: ix.StandInAdviceAck) -> bytes:
         return ix.encode(ack) if self.state is LinkState.READY else b""
 
-    def internal_error(self, message: str) -> bytes:
-        """Nothing was decided (the store failed): the acquirer retries with the same key."""
-        return self._error(ix.LinkError.INTERNAL, message) if self.state is LinkState.READY else b""
+    def internal_error(self, message: str, terminal_id: int = 0, seq: int = 0) -> bytes:
+        """The issuer failed (the store, a shard): the acquirer retries with the same key. For one
+        tap, name its key so the acquirer stops waiting for its answer at once."""
+        if self.state is not LinkState.READY:
+            return b""
+        return self._error(ix.LinkError.INTERNAL, message, terminal_id, seq)
 
 
 class AcquirerSide:
@@ -239,7 +245,7 @@ class AcquirerSide:
 
     def _on(self, msg: Any, step: Step) -> None:
         if isinstance(msg, ix.Error):
-            step.events.append(ErrorIn(msg.code, msg.message))
+            step.events.append(ErrorIn(msg.code, msg.message, msg.terminal_id, msg.seq))
             if msg.code in _FATAL:
                 self._fail(step, f"issuer closed: {msg.message}", msg.code)
         elif isinstance(msg, ix.HelloOk):

@@ -196,6 +196,118 @@ def test_issuer_too_slow_the_acquirer_stands_in_and_the_advice_replays_the_first
                            remote_terminal_id(slot, tid))
         assert rows == [(1, Result.OK, ans.fare_fen, opening - ans.fare_fen)]  # once, though asked twice
         assert await fetch(r.b, "SELECT count(*) FROM remote_taps WHERE terminal_id = $1", tid) == [(0,)]
+        # the key is settled at B for good: a retry is that approval again, never asked online
+        # (before: B forgot it, asked A, and logged it in remote_taps too: two clearing records)
+        again = await client.tap(1, card, now_ms(), int(TapKind.BUS), route=ROUTE)
+        assert (again.code, again.fare_fen, again.replay) == (Result.OK, ans.fare_fen, True)
+        assert await fetch(r.b, "SELECT count(*) FROM remote_taps WHERE terminal_id = $1", tid) == [(0,)]
+        await client.close()
+
+    runner.run(scenario())
+
+
+async def _slot_of_b(r: Region) -> int:
+    return int((await fetch(r.a, "SELECT slot FROM interop_acquirers WHERE code = 'SH'"))[0][0])
+
+
+async def _void_state(r: Region, tid: int, seq: int) -> list[tuple]:
+    return await fetch(r.b, "SELECT state, refused_code, code FROM standin_taps WHERE terminal_id = $1 AND seq = $2",
+                       tid, seq)
+
+
+def test_a_charge_answered_too_late_for_a_refused_tap_is_reversed_by_void_advice(region) -> None:  # noqa: ANN001
+    """A charges the tap but answers after B's timeout; B's stand-in refuses it (A suspended):
+    the terminal hears no, so B records a void, and its advice makes A credit the charge back."""
+    runner, r = region
+
+    async def scenario() -> None:
+        server, desk = r.a.platform.region.server, r.b.platform.region.desk
+        card = plain_cards(r.a)[2]
+        opening = opening_of(r.a, card)
+        client = await r.b.client(r.b.terminals[3].terminal_id)
+        tid = client.terminal_id
+        fast = server._decide
+
+        async def slow(taps):  # noqa: ANN001, ANN202
+            outcomes = await fast(taps)  # charged and durable at A ...
+            await asyncio.sleep(0.8)  # ... answered after B's 500 ms
+            return outcomes
+
+        server._decide = slow
+        desk.set_suspended(["HZ"])  # no stand-in for A's cards
+        try:
+            ans = await client.tap(1, card, now_ms(), int(TapKind.BUS), route=ROUTE)
+            assert (ans.code, ans.fare_fen) == (Result.ISSUER_NOT_ACCEPTED, 0)  # the terminal was refused
+
+            async def resolved() -> bool:
+                return (await _void_state(r, tid, 1))[0][0] != "pending"
+
+            await until(resolved)
+        finally:
+            server._decide = fast
+            desk.set_suspended([])
+        assert await _void_state(r, tid, 1) == [("reversed", Result.ISSUER_NOT_ACCEPTED, Result.OK)]
+        rows = await fetch(r.a, "SELECT seq, result, amount_fen FROM journal WHERE terminal_id = $1",
+                           remote_terminal_id(await _slot_of_b(r), tid))
+        fare = rows[0][2]
+        assert fare > 0 and rows == [(1, Result.OK, fare)]  # the charge, once
+        credits = await fetch(r.a, "SELECT kind, amount_fen FROM journal WHERE card_no = $1 AND kind = 101", card)
+        assert credits == [(101, -fare)]  # ... credited back (a TOP_UP, once per reversal key)
+        # the retry is answered from B's store, never asked again; A's balance is whole again
+        again = await client.tap(1, card, now_ms(), int(TapKind.BUS), route=ROUTE)
+        assert (again.code, again.replay) == (Result.ISSUER_NOT_ACCEPTED, True)
+        fresh = await client.tap(2, card, now_ms(), int(TapKind.BUS), route=ROUTE)
+        assert (fresh.code, fresh.balance_fen) == (Result.OK, opening - fresh.fare_fen)
+        assert await fetch(r.b, "SELECT count(*) FROM remote_taps WHERE terminal_id = $1 AND seq = 1", tid) == [(0,)]
+        await client.close()
+
+    runner.run(scenario())
+
+
+def test_an_issuer_error_on_a_tap_is_heard_at_once_and_its_key_is_voided(region) -> None:  # noqa: ANN001
+    """A fails on the tap (its error names the key: B stops waiting at once, well before its
+    timeout); B's stand-in refuses; the void advice makes A hold the key refused, so a late
+    copy of the tap can never charge."""
+    runner, r = region
+
+    async def scenario() -> None:
+        server, desk = r.a.platform.region.server, r.b.platform.region.desk
+        card = plain_cards(r.a)[3]
+        client = await r.b.client(r.b.terminals[4].terminal_id)
+        tid = client.terminal_id
+        fast = server._decide
+        failing = [True]
+
+        async def broken(taps):  # noqa: ANN001, ANN202
+            if failing[0]:
+                raise OSError("store down")
+            return await fast(taps)
+
+        server._decide = broken
+        desk.set_suspended(["HZ"])
+        try:
+            started = time.monotonic()
+            ans = await client.tap(1, card, now_ms(), int(TapKind.BUS), route=ROUTE)
+            took_s = time.monotonic() - started
+            assert ans.code == Result.ISSUER_NOT_ACCEPTED
+            assert took_s < 0.4  # the 500 ms timeout was not waited out
+            assert (await _void_state(r, tid, 1))[0][:2] == ("pending", Result.ISSUER_NOT_ACCEPTED)
+            failing[0] = False  # A is well again: the advice goes through
+
+            async def resolved() -> bool:
+                return (await _void_state(r, tid, 1))[0][0] != "pending"
+
+            await until(resolved)
+        finally:
+            server._decide = fast
+            desk.set_suspended([])
+        assert await _void_state(r, tid, 1) == [("voided", Result.ISSUER_NOT_ACCEPTED, Result.CARD_BLOCKED)]
+        shard_tid = remote_terminal_id(await _slot_of_b(r), tid)
+        assert await fetch(r.a, "SELECT seq, result, amount_fen FROM journal WHERE terminal_id = $1", shard_tid) == [
+            (1, Result.CARD_BLOCKED, 0)]
+        # a late copy of the tap reaching A now is that refusal again: it can never charge
+        [late] = await fast([server._shard_tap(await _slot_of_b(r), tid, 1, card, now_ms(), 200, ROUTE)])
+        assert (late.result, late.fare_fen, late.replay) == (Result.CARD_BLOCKED, 0, True)
         await client.close()
 
     runner.run(scenario())

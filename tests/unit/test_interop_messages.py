@@ -106,7 +106,7 @@ def test_batch_sizes_are_bounded() -> None:
     refused({**ok, "items": []}, "$.items")
     refused({**ok, "items": [ITEM, {**ITEM, "seq": 0}]}, "$.items[1].seq")
     ack = {"t": "advice_ack", "acquirer": "HZ", "req": 1,
-           "items": [{"terminal_id": 1, "seq": 1, "decision": 2, "code": 0}]}
+           "items": [{"terminal_id": 1, "seq": 1, "decision": int(max(ix.AdviceDecision)) + 1, "code": 0}]}
     refused(ack, "$.items[0].decision", issuer_side=False)
     refused({**ack, "items": []}, "$.items", issuer_side=False)
 
@@ -228,7 +228,8 @@ def test_doc_frames_decode_and_say_what_the_headings_say(doc: str) -> None:
         assert ix.encode(msg) == frame, title  # the code re-encodes the same bytes
         bodies.append(msgpack.unpackb(frame[4:]))
     assert [b["t"] for b in bodies] == ["hello", "hello_ok", "auth", "auth_ok", "tap", "tap_answer", "tap",
-                                        "tap_answer", "advice", "advice_ack", "ping", "pong", "error"]
+                                        "tap_answer", "advice", "advice_ack", "advice", "advice_ack", "ping", "pong",
+                                        "error", "error"]
     hello, hello_ok, auth = bodies[0], bodies[1], bodies[2]
     # the signatures, checked with cryptography against the keys the doc's registry example lists
     [region] = [tomllib.loads(block)["region"] for block in re.findall(r"```toml\n(.*?)```", doc, re.S)]

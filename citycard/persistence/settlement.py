@@ -31,8 +31,9 @@ from ..domain.settlement import (
     subsidy_basis,
 )
 from ..domain.tables import FareTables
+from ..interop.store import REMOTE_TERMINAL_BASE
 from . import settlement_visitors as visitors
-from .settlement_visitors import RECEIVED_WHERE, REMOTE_TERMINAL_BASE
+from .settlement_visitors import RECEIVED_WHERE
 
 MAX_TERMINALS_PER_ATTACH = 10_000
 MAX_NAME_CHARS = 200

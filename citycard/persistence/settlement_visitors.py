@@ -23,7 +23,6 @@ from ..protocols.settlement_files import Row
 # a record received (the host's clock) in [$1, $2) ms: settlement.py books offline records so too
 RECEIVED_WHERE = "o.received_at >= to_timestamp($1 / 1000.0) AND o.received_at < to_timestamp($2 / 1000.0)"
 
-REMOTE_TERMINAL_BASE = 1 << 30  # interop.store's: the issuer's shard-side ids of other cities' terminals
 _OK = int(Result.OK)
 # (terminal_id, seq, card_no, kind, route, tap_time_ms, amount_fen) of the visitors' online rides in [$1, $2)
 ONLINE_SQL = (

@@ -221,11 +221,13 @@ async def import_window(conn: asyncpg.Connection, figures: HouseFigures,
     statement = {k: int(st[k]) for k in FIGURES}
     digest = report_digest(report)
     async with conn.transaction():
-        there = await conn.fetchval("SELECT report_sha256 FROM clearing_books WHERE window_id = $1 FOR UPDATE", window)
+        there = await conn.fetchrow("SELECT city, report_sha256 FROM clearing_books WHERE window_id = $1 FOR UPDATE",
+                                    window)
         if there is not None:
             got = await read_imported(conn, window)
             assert got is not None
-            return Imported(ImportCode.ALREADY if there == digest else ImportCode.CONFLICT, *_rest(got))
+            same = (there["city"], there["report_sha256"]) == (city, digest)
+            return Imported(ImportCode.ALREADY if same else ImportCode.CONFLICT, *_rest(got))
         lines = await _chargebacks(conn, city, report)
         found = reconcile_statement(statement, sent) + await _unknown_chargebacks(conn, lines)
         if figures.issuer_records is not None:
@@ -267,6 +269,23 @@ async def read_imported(conn: asyncpg.Connection, window: str) -> Imported | Non
         "SELECT * FROM clearing_discrepancies WHERE window_id = $1 ORDER BY what, record_id NULLS FIRST", window)]
     return Imported(ImportCode.OK, window, b["city"], {k: int(b[k]) for k in FIGURES}, b["sent_records"],
                     b["sent_fen"], lines, found)
+
+
+async def import_from_house(conn: asyncpg.Connection, base: str, city: str, window: str,
+                            sent: Sequence[ClearingRecord], key: Any = None) -> Imported:
+    """``fetch`` (in a thread) then ``import_window``: one call for a city or the region lab."""
+    import asyncio
+
+    figures = await asyncio.to_thread(fetch, base, city, window, key)
+    return await import_window(conn, figures, sent)
+
+
+def differences(imported: Imported, statement: Any) -> dict[str, tuple[int, int]]:
+    """Figure -> (the city's imported books, the house's statement) where they differ; the
+    statement a dataclass (domain Statement) or a dict (the house's JSON). Empty: equal."""
+    get = statement.get if isinstance(statement, dict) else lambda k: getattr(statement, k)
+    return {k: (imported.statement.get(k, 0), int(get(k))) for k in FIGURES
+            if imported.statement.get(k, 0) != int(get(k))}
 
 
 async def losses(conn: asyncpg.Connection, window: str) -> dict[str | None, int]:

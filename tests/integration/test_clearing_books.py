@@ -45,6 +45,10 @@ B1, B2, B3 = (window_bounds(w, OFFSET_MS) for w in (W1, W2, W3))
 RATES = {"HZ": 30, "SH": 100}
 
 
+def figures_json(statement: object) -> dict[str, int]:
+    return {k: getattr(statement, k) for k in clearing_books.FIGURES}
+
+
 def _pub(key: Ed25519PrivateKey) -> str:
     return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()
 
@@ -180,7 +184,7 @@ def test_visitors_paid_held_back_sent_once_and_books_imported(configured_service
             assert (i1["sent_records"], i1["sent_fen"]) == (4, sent1)
             assert i1["statement"]["receivable_gross_fen"] == sent1
             assert i1["statement"]["payable_gross_fen"] == 333 + 44
-            assert i1["statement"]["net_fen"] == (sent1 - sent1 * RATES["SH"] // 10_000) - (377 - 377 * 30 // 10_000)
+            assert i1["statement"]["net_fen"] == (sent1 - sent1 * RATES["SH"] // 10_000) - (377 - 377 * 30 // 10_000) == 327
             assert [(x["what"], x["record_id"]) for x in i1["discrepancies"]] == [("issuer_not_charged", "SH:5:8")]
             counts = [await conn.fetchval(f"SELECT count(*) FROM {t}") for t in
                       ("clearing_books", "clearing_chargebacks", "clearing_discrepancies")]
@@ -196,8 +200,13 @@ def test_visitors_paid_held_back_sent_once_and_books_imported(configured_service
             assert got is not None and got.discrepancies == []
             assert [(c.record_id, c.role, c.amount_fen, c.reason, c.counterparty_id, c.terminal_id)
                     for c in got.chargebacks] == [("HZ:11:1", "acquirer", 300, "bad TAC", "bus-a", 11)]
-            assert got.loss_fen == got.statement["chargebacks_paid_fen"] == 300 - 300 * RATES["SH"] // 10_000
+            assert got.loss_fen == got.statement["chargebacks_paid_fen"] == 300 - 300 * RATES["SH"] // 10_000 == 297
+            assert got.statement["net_fen"] == (660 - 6) - 297  # docs/clearing.md's worked example
             assert await clearing_books.losses(conn, W2) == {"bus-a": 300}
+            house_w2 = await house.statement("HZ", W2)
+            assert house_w2 is not None and clearing_books.differences(got, house_w2) == {}
+            assert clearing_books.differences(got, {**figures_json(house_w2), "net_fen": 1}) == {
+                "net_fen": (got.statement["net_fen"], 1)}
             assert (await store.show(conn, W1)).lines == lines_before  # the operator's due never moves
 
             # a different report for an imported window is refused, changing nothing
@@ -205,6 +214,8 @@ def test_visitors_paid_held_back_sent_once_and_books_imported(configured_service
             forged = clearing_books.HouseFigures("HZ", W2, {**figures.report, "records": 999})
             again = await clearing_books.import_window(conn, forged, [])
             assert again.code == clearing_books.ImportCode.CONFLICT and again.chargebacks == got.chargebacks
+            same = await clearing_books.import_from_house(conn, base, "HZ", W2, [])
+            assert same.code == clearing_books.ImportCode.ALREADY and same.statement == got.statement
         finally:
             await server.stop()
             await house.close()

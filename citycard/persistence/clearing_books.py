@@ -283,9 +283,8 @@ async def import_from_house(conn: asyncpg.Connection, base: str, city: str, wind
 def differences(imported: Imported, statement: Any) -> dict[str, tuple[int, int]]:
     """Figure -> (the city's imported books, the house's statement) where they differ; the
     statement a dataclass (domain Statement) or a dict (the house's JSON). Empty: equal."""
-    get = statement.get if isinstance(statement, dict) else lambda k: getattr(statement, k)
-    return {k: (imported.statement.get(k, 0), int(get(k))) for k in FIGURES
-            if imported.statement.get(k, 0) != int(get(k))}
+    house = {k: int(statement[k] if isinstance(statement, dict) else getattr(statement, k)) for k in FIGURES}
+    return {k: (imported.statement.get(k, 0), house[k]) for k in FIGURES if imported.statement.get(k, 0) != house[k]}
 
 
 async def losses(conn: asyncpg.Connection, window: str) -> dict[str | None, int]:

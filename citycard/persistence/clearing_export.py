@@ -32,8 +32,9 @@ from ..domain.results import Result
 from ..domain.settlement import MS_PER_DAY, when_digits
 from ..protocols.clearing_files import render_csv, tally
 from ..protocols.settlement_files import manifest, sign
-from .settlement import JOURNALED_CODES, RECEIVED_WHERE
+from .settlement import JOURNALED_CODES
 from .settlement_export import MANIFEST, SIGNATURE, _write
+from .settlement_visitors import RECEIVED_WHERE
 
 _ISSUER_DIV = 10**11  # cards.issuer_of: the serial and check digit are the last 11 digits
 # held back from the window it was received in (dated later): sent with the window of its date

@@ -17,7 +17,8 @@ from ..domain.settlement import WindowState, when_digits
 from ..errors import CityCardError
 from ..protocols.settlement_files import Row, manifest, render_csv, sign
 from . import settlement_visitors as visitors
-from .settlement import JOURNALED_CODES, RECEIVED_WHERE, TAP_WHERE, Closing
+from .settlement import JOURNALED_CODES, TAP_WHERE, Closing
+from .settlement_visitors import RECEIVED_WHERE
 
 MANIFEST, SIGNATURE = "manifest.json", "manifest.sig"
 

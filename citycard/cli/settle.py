@@ -231,9 +231,11 @@ def _print(closing: store.Closing, as_json: bool, extra: dict[str, Any]) -> None
         return
     again = "" if extra.get("closed_now", True) else " (closed before: the stored lines)"
     print(f"window {closing.window_id}: {closing.state}{again}")
-    print(f"{'counterparty':<20} {'taps':>8} {'gross_fen':>12} {'commission_fen':>14} {'net_fen':>12}")
+    print(f"{'counterparty':<20} {'taps':>8} {'gross_fen':>12} {'commission_fen':>14} {'net_fen':>12}"
+          f" {'visitors_online_fen':>19} {'visitors_offline_fen':>20}")
     for ln in closing.lines:
-        print(f"{ln.counterparty_id:<20} {ln.taps:>8} {ln.gross_fen:>12} {ln.commission_fen:>14} {ln.net_fen:>12}")
+        print(f"{ln.counterparty_id:<20} {ln.taps:>8} {ln.gross_fen:>12} {ln.commission_fen:>14} {ln.net_fen:>12}"
+              f" {ln.visitor_online_fen:>19} {ln.visitor_offline_fen:>20}")
     print(f"discrepancies: {len(found)}")
     for d in closing.discrepancies:
         print(f"  {d.what} counterparty={d.counterparty_id} terminal={d.terminal_id} expected {d.expected_fen} fen"

@@ -196,6 +196,9 @@ def test_visitors_paid_held_back_sent_once_and_books_imported(configured_service
 
             assert await asyncio.to_thread(main, ["settle", "import-clearing", "--window", W2, "--house", base,
                                                   *city]) == 0
+            printed = capsys.readouterr().out
+            assert "net 357 fen" in printed and "chargeback HZ:11:1 (acquirer, 300 fen, operator bus-a): bad TAC" \
+                in printed, printed
             got = await clearing_books.read_imported(conn, W2)
             assert got is not None and got.discrepancies == []
             assert [(c.record_id, c.role, c.amount_fen, c.reason, c.counterparty_id, c.terminal_id)

@@ -24,7 +24,7 @@ from ..errors import CityCardError
 from ..persistence import settlement as store
 from ..persistence.settlement_export import load_or_make_key, public_hex, write_delivery
 from .runtime import connect_app, migrate_db, resolve_services
-from .settle_clearing import KEY_FILE, clearing_action
+from .settle_clearing import KEY_FILE, clearing_action, import_action
 
 _REFUSED = {
     SettleCode.SETTLED_REFUSED: "is settled: its lines are final, closing is refused",
@@ -92,7 +92,9 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
         w.set_defaults(func=_cmd, action=name)
     for name, help_text in (("export-clearing", "write the window's clearing files (other issuers' cards) for the"
                              " regional clearing house"),
-                            ("send-clearing", "deliver the window's clearing files to the clearing house")):
+                            ("send-clearing", "deliver the window's clearing files to the clearing house"),
+                            ("import-clearing", "book the clearing house's closed report of the window into this"
+                             " city's tables (statement, chargebacks, discrepancies); idempotent")):
         c = ssub.add_parser(name, help=help_text)
         c.add_argument("--window", type=_window, required=True, metavar="YYYY-MM-DD")
         c.add_argument("--city", metavar="CODE", help="this city's code at the clearing house"
@@ -100,9 +102,13 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
         if name == "export-clearing":
             c.add_argument("--out", type=Path, required=True, metavar="DIR",
                            help="write <DIR>/<window>/<issuer>.csv, manifest.json and manifest.sig")
-        else:
+        elif name == "send-clearing":
             c.add_argument("--to", required=True, metavar="URL", help="the house, e.g. http://127.0.0.1:7790")
             c.add_argument("--out", type=Path, metavar="DIR", help="also write the files there")
+        else:
+            c.add_argument("--house", required=True, metavar="URL", help="the house, e.g. http://127.0.0.1:7790")
+            c.add_argument("--no-issuer-records", action="store_true", help="do not fetch (signed) the records"
+                           " cleared against this city's cards, nor check them against its journal")
         c.add_argument("--issuer-code", action="append", default=[], metavar="PREFIX=CODE",
                        help="the house's code for an issuer number (repeatable; default: the [region]"
                        " registry's code, else the number itself)")
@@ -225,9 +231,11 @@ def _print(closing: store.Closing, as_json: bool, extra: dict[str, Any]) -> None
         return
     again = "" if extra.get("closed_now", True) else " (closed before: the stored lines)"
     print(f"window {closing.window_id}: {closing.state}{again}")
-    print(f"{'counterparty':<20} {'taps':>8} {'gross_fen':>12} {'commission_fen':>14} {'net_fen':>12}")
+    print(f"{'counterparty':<20} {'taps':>8} {'gross_fen':>12} {'commission_fen':>14} {'net_fen':>12}"
+          f" {'visitors_online_fen':>19} {'visitors_offline_fen':>20}")
     for ln in closing.lines:
-        print(f"{ln.counterparty_id:<20} {ln.taps:>8} {ln.gross_fen:>12} {ln.commission_fen:>14} {ln.net_fen:>12}")
+        print(f"{ln.counterparty_id:<20} {ln.taps:>8} {ln.gross_fen:>12} {ln.commission_fen:>14} {ln.net_fen:>12}"
+              f" {ln.visitor_online_fen:>19} {ln.visitor_offline_fen:>20}")
     print(f"discrepancies: {len(found)}")
     for d in closing.discrepancies:
         print(f"  {d.what} counterparty={d.counterparty_id} terminal={d.terminal_id} expected {d.expected_fen} fen"
@@ -239,4 +247,5 @@ def _print(closing: store.Closing, as_json: bool, extra: dict[str, Any]) -> None
 _ACTIONS: dict[str, Callable[[Settings, asyncpg.Connection, argparse.Namespace], Awaitable[int]]] = {
     "add": _add, "attach": _attach, "close": _close, "show": _show, "subsidy": _subsidy,
     "mark-settled": _mark_settled, "export-clearing": clearing_action, "send-clearing": clearing_action,
+    "import-clearing": import_action,
 }

@@ -1,13 +1,16 @@
 """``citycard settle export-clearing`` / ``send-clearing``: the city's side of regional
 clearing (docs/clearing.md, "The clearing house service"): its cross-city records of a
-window as signed clearing files, written or delivered, and its books compared with the house's."""
+window as signed clearing files, written or delivered, and its books compared with the house's;
+and, once the house closed the window, its figures imported into the city's tables."""
 
 import argparse
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 import asyncpg
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ..config.fare_table import load_fare_tables
 from ..config.settings import Settings
@@ -38,8 +41,9 @@ def _issuer_codes(pairs: list[str]) -> dict[int, str]:
     return out
 
 
-async def clearing_action(settings: Settings, conn: asyncpg.Connection, args: argparse.Namespace) -> int:
-    from ..clearing import client
+async def _delivery(settings: Settings, conn: asyncpg.Connection,
+                    args: argparse.Namespace) -> tuple[Any, Ed25519PrivateKey, Path]:
+    """The window's clearing delivery as this city makes it (the same bytes every time), its key."""
     from ..persistence import clearing_export
 
     tables = load_fare_tables(settings.fare_table_path())
@@ -55,6 +59,46 @@ async def clearing_action(settings: Settings, conn: asyncpg.Connection, args: ar
     codes.update(_issuer_codes(args.issuer_code))
     d = await clearing_export.gather(conn, city, args.window, start_ms, end_ms, tables.home_issuer, key, codes,
                                      offset_ms)
+    return d, key, key_path
+
+
+async def import_action(settings: Settings, conn: asyncpg.Connection, args: argparse.Namespace) -> int:
+    """``settle import-clearing``: the house's closed report of the window booked into this
+    city's tables (clearing_books), with its chargebacks and a discrepancy report; idempotent."""
+    from ..persistence import clearing_books
+    from ..protocols.clearing_files import parse_csv
+
+    d, key, _ = await _delivery(settings, conn, args)
+    sent = [r for name, data in sorted(d.files.items()) for r in parse_csv(data, name)]
+    figures = await asyncio.to_thread(clearing_books.fetch, args.house.rstrip("/"), d.sender, d.window,
+                                      None if args.no_issuer_records else key)
+    got = await clearing_books.import_window(conn, figures, sent)
+    if got.code == clearing_books.ImportCode.NOT_PARTICIPANT:
+        raise CityCardError(f"the house's report of {d.window} has no statement for {d.sender}")
+    if got.code == clearing_books.ImportCode.CONFLICT:
+        raise CityCardError(f"window {d.window} was imported from another report of the house; nothing changed")
+    if args.json:
+        print(json.dumps(got.as_dict(), indent=1))
+        return 0
+    s = got.statement
+    print(f"window {got.window}: {'imported' if got.code == clearing_books.ImportCode.OK else 'imported before'}"
+          f" for {got.city}: net {s['net_fen']} fen (receivable {s['receivable_gross_fen']} less fees"
+          f" {s['acquirer_fees_fen']}, payable {s['payable_gross_fen']} less fees {s['issuer_fees_fen']},"
+          f" chargebacks paid {s['chargebacks_paid_fen']}, received {s['chargebacks_received_fen']})")
+    for c in got.chargebacks:
+        print(f"  chargeback {c.record_id} ({c.role}, {c.amount_fen} fen, operator {c.counterparty_id}): {c.reason}")
+    print(f"discrepancies: {len(got.discrepancies)}")
+    for x in got.discrepancies[:50]:
+        print(f"  {x.what} {x.record_id or ''} expected {x.expected_fen} fen / {x.expected_count}, found"
+              f" {x.found_fen} fen / {x.found_count}: {x.detail}")
+    return 0
+
+
+async def clearing_action(settings: Settings, conn: asyncpg.Connection, args: argparse.Namespace) -> int:
+    from ..clearing import client
+    from ..persistence import clearing_export
+
+    d, key, key_path = await _delivery(settings, conn, args)
     out: dict[str, Any] = {"window": d.window, "sender": d.sender, "records": d.records, "sum_fen": d.sum_fen,
                            "files": sorted(d.files), "held_back": d.held_back,
                            "public_key_hex": public_hex(key, key_path)}

@@ -84,13 +84,19 @@ def commission_fen(gross_fen: int, commission_bp: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Aggregate:
-    """What the journal and the offline records hold for one counterparty in one window."""
+    """What the journal and the offline records hold for one counterparty in one window; the
+    visitors' (other issuers' cards) apart: their online taps the issuer decided or this city
+    stood in for, their offline sales kept for their issuer. The operator is owed them all."""
 
     counterparty_id: str
     online_taps: int = 0
     online_fen: int = 0
     offline_taps: int = 0
     offline_fen: int = 0
+    visitor_online_taps: int = 0
+    visitor_online_fen: int = 0
+    visitor_offline_taps: int = 0
+    visitor_offline_fen: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,18 +106,27 @@ class Line:
     gross_fen: int
     commission_fen: int
     net_fen: int
-    online_fen: int
-    offline_fen: int
+    online_fen: int  # all online fen, the visitors' included
+    offline_fen: int  # all offline fen, the visitors' included
+    visitor_online_fen: int = 0  # of online_fen: other issuers' cards
+    visitor_offline_fen: int = 0  # of offline_fen: other issuers' cards
+
+
+_COUNTS = ("online_taps", "online_fen", "offline_taps", "offline_fen", "visitor_online_taps", "visitor_online_fen",
+           "visitor_offline_taps", "visitor_offline_fen")
 
 
 def line_of(agg: Aggregate, commission_bp: int) -> Line:
-    for name in ("online_taps", "online_fen", "offline_taps", "offline_fen"):
+    for name in _COUNTS:
         if getattr(agg, name) < 0:
             raise ValueError(f"{name} must be >= 0 ({agg.counterparty_id})")
-    gross = agg.online_fen + agg.offline_fen
+    online = agg.online_fen + agg.visitor_online_fen
+    offline = agg.offline_fen + agg.visitor_offline_fen
+    gross = online + offline
     fee = commission_fen(gross, commission_bp)
-    return Line(agg.counterparty_id, agg.online_taps + agg.offline_taps, gross, fee, gross - fee,
-                agg.online_fen, agg.offline_fen)
+    taps = agg.online_taps + agg.offline_taps + agg.visitor_online_taps + agg.visitor_offline_taps
+    return Line(agg.counterparty_id, taps, gross, fee, gross - fee, online, offline, agg.visitor_online_fen,
+                agg.visitor_offline_fen)
 
 
 def lines_of(aggregates: Iterable[Aggregate], commission_bp: Mapping[str, int]) -> list[Line]:

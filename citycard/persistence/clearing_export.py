@@ -9,9 +9,14 @@ city's own) *received* in the window's local day: those the host kept for their 
 journaled as money (offline_records, ACCEPTED or BALANCE_IMPOSSIBLE; a key in both is sent
 once); and the visitors'
 online taps their issuers decided over the link (``remote_tap_records``). A record is an
-obligation of its issuer only if it has money (amount > 0). A record whose validator clock
-dates it after the window's day cannot be cleared in it (the house would refuse it): it is
-left out and listed in ``held_back``. The same window always gives the same bytes.
+obligation of its issuer only if it has money (amount > 0).
+
+A record belongs to the window of ``max(day received, day tapped)``: the host's clock books it
+(as settlement does), unless the terminal's clock dates it after that day; the house refuses a
+tap dated after its window, so such a record is held back from the window it arrived in (and
+listed in ``held_back``) and goes out, exactly once, with the window of its own date
+(``LATE_FROM``: received before that window, dated inside it). Each record maps to one
+window, so nothing is sent twice or lost; the same window always gives the same bytes.
 """
 
 from collections.abc import Mapping
@@ -24,13 +29,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ..domain.cards import issuer_of
 from ..domain.clearing_records import ClearingRecord, check_city, record_id_of, window_key
 from ..domain.results import Result
-from ..domain.settlement import when_digits
+from ..domain.settlement import MS_PER_DAY, when_digits
 from ..protocols.clearing_files import render_csv, tally
 from ..protocols.settlement_files import manifest, sign
-from .settlement import JOURNALED_CODES, RECEIVED_WHERE
+from .settlement import JOURNALED_CODES
 from .settlement_export import MANIFEST, SIGNATURE, _write
+from .settlement_visitors import RECEIVED_WHERE
 
 _ISSUER_DIV = 10**11  # cards.issuer_of: the serial and check digit are the last 11 digits
+# held back from the window it was received in (dated later): sent with the window of its date
+_HELD_OFFLINE = "(o.received_at < to_timestamp($1 / 1000.0) AND o.tx_when / 1000000 = $6::bigint)"
 _COLUMNS = ("o.card_no, o.offline_counter, o.amount_fen, o.balance_after_fen, o.tx_type, o.terminal_id,"
             " o.terminal_seq, o.tx_when, o.tac")
 
@@ -60,15 +68,15 @@ async def offline_records(conn: asyncpg.Connection, sender: str, window: str, st
     out, held = [], []
     for r in await conn.fetch(
             f"SELECT {_COLUMNS} FROM offline_records o"
-            f" WHERE {RECEIVED_WHERE} AND o.code = ANY($3::smallint[]) AND o.amount_fen > 0"
+            f" WHERE ({RECEIVED_WHERE} OR {_HELD_OFFLINE}) AND o.code = ANY($3::smallint[]) AND o.amount_fen > 0"
             " AND o.card_no / $4::bigint <> $5::bigint"
             " UNION ALL"
             f" SELECT {_COLUMNS} FROM offline_visitor_records o"
-            f" WHERE {RECEIVED_WHERE} AND o.amount_fen > 0 AND o.card_no / $4::bigint <> $5::bigint"
+            f" WHERE ({RECEIVED_WHERE} OR {_HELD_OFFLINE}) AND o.amount_fen > 0 AND o.card_no / $4::bigint <> $5::bigint"
             " AND NOT EXISTS (SELECT 1 FROM offline_records j"
             "  WHERE j.card_no = o.card_no AND j.offline_counter = o.offline_counter)"
             " ORDER BY terminal_id, terminal_seq, card_no",
-            start_ms, end_ms, JOURNALED_CODES, _ISSUER_DIV, own_issuer):
+            start_ms, end_ms, JOURNALED_CODES, _ISSUER_DIV, own_issuer, int(key)):
         when = f"{r['tx_when']:014d}"
         rid = record_id_of(sender, r["terminal_id"], r["terminal_seq"])
         if when[:8] > key:
@@ -89,18 +97,21 @@ async def remote_tap_records(conn: asyncpg.Connection, sender: str, window: str,
     city for: the taps an issuer decided OK with a fare (``remote_taps``, by when this city
     committed the answer) and the stand-in approvals an issuer confirmed afterwards
     (``standin_taps``, by when the confirmation was committed; a key answered online too is
-    cleared once). Pending or declined stand-ins are this city's risk, not cleared."""
+    cleared once). Pending or declined stand-ins are this city's risk, not cleared. A tap the
+    terminal's clock dated after the day it was answered goes with the window of its date."""
     key = window_key(window)
     out, held = [], []
     rows = await conn.fetch(
         "SELECT r.issuer, r.terminal_id, r.seq, r.card_no, r.fare_fen AS amount_fen, r.tap_time_ms FROM remote_taps r"
-        " WHERE r.result = $3 AND r.fare_fen > 0 AND r.answered_ms >= $1 AND r.answered_ms < $2"
+        " WHERE r.result = $3 AND r.fare_fen > 0 AND ((r.answered_ms >= $1 AND r.answered_ms < $2)"
+        "  OR (r.answered_ms < $1 AND (r.tap_time_ms + $4) / $5 = ($1 + $4) / $5))"
         " UNION ALL"
         " SELECT s.issuer, s.terminal_id, s.seq, s.card_no, s.amount_fen, s.tap_time_ms FROM standin_taps s"
-        " WHERE s.state = 'confirmed' AND s.amount_fen > 0 AND s.decided_ms >= $1 AND s.decided_ms < $2"
+        " WHERE s.state = 'confirmed' AND s.amount_fen > 0 AND ((s.decided_ms >= $1 AND s.decided_ms < $2)"
+        "  OR (s.decided_ms < $1 AND (s.tap_time_ms + $4) / $5 = ($1 + $4) / $5))"
         " AND NOT EXISTS (SELECT 1 FROM remote_taps r WHERE r.terminal_id = s.terminal_id AND r.seq = s.seq"
         " AND r.result = $3 AND r.fare_fen > 0)"
-        " ORDER BY 2, 3", start_ms, end_ms, int(Result.OK))
+        " ORDER BY 2, 3", start_ms, end_ms, int(Result.OK), utc_offset_ms, MS_PER_DAY)
     for r in rows:
         rid = record_id_of(sender, r["terminal_id"], r["seq"])
         when = f"{when_digits(r['tap_time_ms'], utc_offset_ms):014d}"

@@ -31,13 +31,16 @@ from ..domain.settlement import (
     subsidy_basis,
 )
 from ..domain.tables import FareTables
+from ..interop.store import REMOTE_TERMINAL_BASE
+from . import settlement_visitors as visitors
+from .settlement_visitors import RECEIVED_WHERE
 
 MAX_TERMINALS_PER_ATTACH = 10_000
 MAX_NAME_CHARS = 200
 _OK = int(Result.OK)
 JOURNALED_CODES = [int(OfflineCode.ACCEPTED), int(OfflineCode.BALANCE_IMPOSSIBLE)]  # offline money
+KEPT_CODES = [*JOURNALED_CODES, int(OfflineCode.FORWARDED)]  # an upload's records kept here (a visitor's: FORWARDED)
 TAP_WHERE = "j.result = 0 AND j.op_key IS NULL AND j.applied_ms >= $1 AND j.applied_ms < $2"
-RECEIVED_WHERE = "o.received_at >= to_timestamp($1 / 1000.0) AND o.received_at < to_timestamp($2 / 1000.0)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,9 +150,10 @@ async def close_window(conn: asyncpg.Connection, tables: FareTables, window_id: 
             await conn.execute(f"DELETE FROM {table} WHERE window_id = $1", window_id)  # a crashed close's rows
         await conn.executemany(
             "INSERT INTO settlement_lines (window_id, counterparty_id, taps, gross_fen, commission_fen, net_fen,"
-            " online_fen, offline_fen) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            " online_fen, offline_fen, visitor_online_fen, visitor_offline_fen)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             [(window_id, ln.counterparty_id, ln.taps, ln.gross_fen, ln.commission_fen, ln.net_fen, ln.online_fen,
-              ln.offline_fen) for ln in lines])
+              ln.offline_fen, ln.visitor_online_fen, ln.visitor_offline_fen) for ln in lines])
         await conn.executemany(
             "INSERT INTO settlement_discrepancies (window_id, counterparty_id, terminal_id, what, expected_fen,"
             " found_fen, expected_count, found_count, detail) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -186,8 +190,8 @@ async def _stored(conn: asyncpg.Connection, window_id: str, code: SettleCode) ->
     if w is None:
         return Closing(SettleCode.UNKNOWN_WINDOW, window_id, "")
     lines = [Line(*r) for r in await conn.fetch(
-        "SELECT counterparty_id, taps, gross_fen, commission_fen, net_fen, online_fen, offline_fen"
-        " FROM settlement_lines WHERE window_id = $1 ORDER BY counterparty_id", window_id)]
+        "SELECT counterparty_id, taps, gross_fen, commission_fen, net_fen, online_fen, offline_fen,"
+        " visitor_online_fen, visitor_offline_fen FROM settlement_lines WHERE window_id = $1 ORDER BY counterparty_id", window_id)]
     found = [Discrepancy(r["what"], r["counterparty_id"], r["terminal_id"], r["expected_fen"], r["found_fen"],
                          r["expected_count"], r["found_count"], r["detail"]) for r in await conn.fetch(
         "SELECT * FROM settlement_discrepancies WHERE window_id = $1"
@@ -216,7 +220,8 @@ async def _aggregates(conn: asyncpg.Connection, start_ms: int, end_ms: int) -> l
             f" JOIN terminal_counterparty tc ON tc.terminal_id = o.terminal_id WHERE {RECEIVED_WHERE}"
             " AND o.code = ANY($3::smallint[]) GROUP BY 1", start_ms, end_ms, JOURNALED_CODES):
         acc.setdefault(r[0], [0, 0, 0, 0])[2:4] = [r[1], r[2]]
-    return [Aggregate(cp, *v) for cp, v in acc.items()]
+    seen = await visitors.aggregates(conn, start_ms, end_ms)
+    return [Aggregate(cp, *acc.get(cp, [0, 0, 0, 0]), *seen.get(cp, [0, 0, 0, 0])) for cp in sorted({*acc, *seen})]
 
 
 async def _ride_groups(conn: asyncpg.Connection, start_ms: int, end_ms: int, utc_offset_ms: int) -> list[RideGroup]:
@@ -240,8 +245,9 @@ async def _ride_groups(conn: asyncpg.Connection, start_ms: int, end_ms: int, utc
 async def reconcile(conn: asyncpg.Connection, start_ms: int, end_ms: int) -> list[Discrepancy]:
     """What does not agree: each attached terminal's running totals (terminals.taps and
     charged_fen, as its session last flushed them: lifetime figures) against its journal rows;
-    the window's charged taps on terminals attached to no counterparty; each offline upload
-    booked in the window against the codes its batch was answered with."""
+    the window's charged taps (visitors' too) on terminals attached to no counterparty; each
+    offline upload booked in the window (its records journaled here and those kept for their
+    issuer) against the codes its batch was answered with (ACCEPTED, BALANCE_IMPOSSIBLE, FORWARDED)."""
     out: list[Discrepancy] = []
     for r in await conn.fetch(
             "SELECT tc.terminal_id, tc.counterparty_id, t.taps, t.charged_fen, coalesce(j.n, 0) AS n,"
@@ -259,21 +265,25 @@ async def reconcile(conn: asyncpg.Connection, start_ms: int, end_ms: int) -> lis
                                    "expected: the journal (lifetime); found: what the terminal's session reported"))
     for r in await conn.fetch(
             "SELECT j.terminal_id, count(*), coalesce(sum(j.amount_fen), 0)::bigint FROM journal j"
-            f" WHERE {TAP_WHERE} AND j.amount_fen <> 0 AND NOT EXISTS (SELECT 1 FROM terminal_counterparty tc"
-            " WHERE tc.terminal_id = j.terminal_id) GROUP BY 1 ORDER BY 1", start_ms, end_ms):
+            f" WHERE {TAP_WHERE} AND j.amount_fen <> 0 AND j.terminal_id < $3 AND NOT EXISTS (SELECT 1"
+            " FROM terminal_counterparty tc WHERE tc.terminal_id = j.terminal_id) GROUP BY 1 ORDER BY 1",
+            start_ms, end_ms, REMOTE_TERMINAL_BASE):  # this city's cards charged elsewhere: owed through clearing
         out.append(Discrepancy("unattributed", None, r[0], 0, r[2], 0, r[1], "charged taps, no counterparty"))
+    for terminal, n, fen in await visitors.unattributed(conn, start_ms, end_ms):
+        out.append(Discrepancy("unattributed", None, terminal, 0, fen, 0, n, "visitors' charged rides, no counterparty"))
     for r in await conn.fetch(
             "SELECT o.terminal_id, o.batch_seq, count(*) AS n, sum(o.amount_fen)::bigint AS fen, b.codes IS NULL AS missing,"
             " (SELECT count(*) FROM unnest(b.codes) x WHERE x = ANY($3::smallint[])) AS journaled,"
             " (SELECT counterparty_id FROM terminal_counterparty tc WHERE tc.terminal_id = o.terminal_id) AS cp"
-            " FROM offline_records o LEFT JOIN offline_batches b"
-            " ON b.terminal_id = o.terminal_id AND b.batch_seq = o.batch_seq"
+            " FROM (SELECT terminal_id, batch_seq, amount_fen, received_at FROM offline_records UNION ALL"
+            "  SELECT terminal_id, batch_seq, amount_fen, received_at FROM offline_visitor_records) o"
+            " LEFT JOIN offline_batches b ON b.terminal_id = o.terminal_id AND b.batch_seq = o.batch_seq"
             f" WHERE {RECEIVED_WHERE} GROUP BY o.terminal_id, o.batch_seq, b.codes ORDER BY 1, 2",
-            start_ms, end_ms, JOURNALED_CODES):
+            start_ms, end_ms, KEPT_CODES):
         if r["missing"]:
             out.append(Discrepancy("offline_batch_missing", r["cp"], r[0], 0, r["fen"], 0, r["n"],
                                    f"batch {r['batch_seq']}: records with no answered upload"))
         elif r["journaled"] != r["n"]:
             out.append(Discrepancy("offline_batch_count", r["cp"], r[0], 0, r["fen"], r["journaled"], r["n"],
-                                   f"batch {r['batch_seq']}: codes journaled vs records kept"))
+                                   f"batch {r['batch_seq']}: codes journaled or forwarded vs records kept"))
     return out

@@ -16,7 +16,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ..domain.settlement import WindowState, when_digits
 from ..errors import CityCardError
 from ..protocols.settlement_files import Row, manifest, render_csv, sign
-from .settlement import JOURNALED_CODES, RECEIVED_WHERE, TAP_WHERE, Closing
+from . import settlement_visitors as visitors
+from .settlement import JOURNALED_CODES, TAP_WHERE, Closing
+from .settlement_visitors import RECEIVED_WHERE
 
 MANIFEST, SIGNATURE = "manifest.json", "manifest.sig"
 
@@ -48,8 +50,9 @@ def public_hex(key: Ed25519PrivateKey, key_path: Path) -> str:
 async def file_rows(conn: asyncpg.Connection, start_ms: int, end_ms: int,
                     utc_offset_ms: int) -> dict[str, list[Row]]:
     """Each counterparty's records of the window, in a fixed order (online by terminal and
-    seq, then offline by card and counter)."""
+    seq, then offline by card and counter), visitors' rides among them (settlement_visitors)."""
     out: dict[str, list[Row]] = {}
+    v_online, v_offline = await visitors.file_rows(conn, start_ms, end_ms, utc_offset_ms)
     for r in await conn.fetch(
             "SELECT tc.counterparty_id, j.card_no, j.terminal_id, j.seq, j.amount_fen, j.kind, j.route, j.tap_time_ms"
             " FROM journal j JOIN terminal_counterparty tc ON tc.terminal_id = j.terminal_id"
@@ -62,6 +65,13 @@ async def file_rows(conn: asyncpg.Connection, start_ms: int, end_ms: int,
             f" WHERE {RECEIVED_WHERE} AND o.code = ANY($3::smallint[]) ORDER BY 1, o.card_no, o.offline_counter",
             start_ms, end_ms, JOURNALED_CODES):
         out.setdefault(r[0], []).append(Row(r[1], f"offline:{r[2]}", r[3], r[4], r[5], r[6], r[7]))
+    for cp in sorted({*v_online, *v_offline}):
+        mine = out.get(cp, [])
+        online = [r for r in mine if r.key.startswith("online:")] + v_online.get(cp, [])
+        offline = [r for r in mine if r.key.startswith("offline:")] + v_offline.get(cp, [])
+        online.sort(key=lambda r: (r.terminal_id, int(r.key.rsplit(":", 1)[1])))  # stable: the journal's order kept
+        offline.sort(key=lambda r: (r.card_no, int(r.key.split(":", 1)[1])))
+        out[cp] = online + offline
     return out
 
 

@@ -72,6 +72,18 @@ def test_lines_list_every_counterparty_and_refuse_strangers() -> None:
         line_of(Aggregate("x", -1, 0), 0)
 
 
+def test_visitors_rides_are_owed_and_kept_apart() -> None:
+    """A visitor's ride is owed to the operator like any (the acquirer collects from the issuer):
+    in the gross, the taps and the commission, and counted apart within online and offline."""
+    ln = line_of(Aggregate("bus-1", 3, 600, 1, 200, visitor_online_taps=2, visitor_online_fen=350,
+                           visitor_offline_taps=1, visitor_offline_fen=99), 150)
+    assert (ln.taps, ln.gross_fen) == (7, 600 + 200 + 350 + 99)
+    assert (ln.online_fen, ln.offline_fen, ln.visitor_online_fen, ln.visitor_offline_fen) == (950, 299, 350, 99)
+    assert (ln.commission_fen, ln.net_fen) == (1249 * 150 // 10_000, 1249 - 1249 * 150 // 10_000)
+    with pytest.raises(ValueError):
+        line_of(Aggregate("x", visitor_offline_fen=-1), 0)
+
+
 def test_window_state_machine() -> None:
     after_end = END_MS + CLOSE_GRACE_MS
     assert close_step("open", after_end, END_MS) == (SettleCode.OK, "closed")

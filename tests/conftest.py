@@ -6,6 +6,8 @@ import os
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
 from tests.support.services import (
     CONFIGURED_DB_URL,
@@ -16,6 +18,11 @@ from tests.support.services import (
     new_schema,
     reachable,
 )
+
+# The machine is shared and its load varies: Hypothesis' timing checks (a slow example, slow
+# input generation) would fail a test for the machine's load, not for the code under test.
+hypothesis_settings.register_profile("citycard", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+hypothesis_settings.load_profile("citycard")
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,7 @@
 """The merchant-alliance desk over HTTP: merchants, their POS terminals, member discounts and
 their settlement lines. The card-services layer (cards/merchants.py) does the work."""
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
@@ -23,7 +23,7 @@ router = APIRouter(tags=["merchants"], route_class=StrictRoute)
 
 MerchantId = Annotated[int, Path(ge=1, le=MAX_MERCHANT_ID)]
 WindowId = Annotated[str, Path(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")]
-_CREATED = {201: {"model": Merchant, "description": "registered now"}}
+_CREATED: dict[int | str, dict[str, Any]] = {201: {"model": Merchant, "description": "registered now"}}
 
 
 def _desk(request: Request) -> merchants.Desk:

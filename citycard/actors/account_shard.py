@@ -12,12 +12,14 @@ import ray
 from ..config.fare_table import load_fare_tables
 from ..config.settings import settings_from_dict
 from ..domain.ledger import Ledger
+from ..domain.merchant_book import MerchantTerms, merge
 from ..domain.ops import CardOp
 from ..domain.recovery import RecoveryReport
 from ..domain.tables import FareTables
 from ..domain.taps import Tap
 from ..domain.views import view_of
 from ..errors import StoreError
+from ..persistence import db, merchants
 from ..persistence.shard_store import PgShardStore, ShardStore
 from ..tasks import cancel_and_wait
 from .journal_writer import JournalWriter
@@ -26,6 +28,7 @@ log = logging.getLogger(__name__)
 
 _taps_decoder = msgspec.msgpack.Decoder(list[Tap])
 _ops_decoder = msgspec.msgpack.Decoder(list[CardOp])  # type: ignore[valid-type]
+_terms_decoder = msgspec.msgpack.Decoder(list[MerchantTerms])
 _encoder = msgspec.msgpack.Encoder()
 READY_TIMEOUT_S = 30.0
 
@@ -91,6 +94,7 @@ class AccountShardCore:
             await self.store.open()
             ledger = Ledger(self.shard_id, self.tables, self.settings.ledger.dedupe_limit)
             self.recovery = await self.store.load(ledger)
+            await self._load_merchants()
         if self.recovery.mismatches:
             log.error("shard %s: %s journal rows disagree with the rebuilt balance",
                       self.shard_id, self.recovery.mismatches)
@@ -192,6 +196,22 @@ class AccountShardCore:
         task = self._start_snapshot()
         await task
         return self._last_snapshot_lsn
+
+    # -- registered merchants (domain/merchant_book.py) ---------------------------------
+    async def _load_merchants(self) -> None:
+        """Merchants registered through card services are rule data: read at every load (a
+        stand-alone core with no database has none)."""
+        if not self.db_url:
+            return
+        conn = await db.connect(self.db_url, self.settings.database.schema)
+        try:
+            merge(self.tables, await merchants.terms(conn))
+        finally:
+            await conn.close()
+
+    async def merge_merchants(self, payload: bytes) -> int:
+        """Terms just committed (card services pushes them before answering); idempotent."""
+        return merge(self.tables, _terms_decoder.decode(payload))
 
     # -- cards and views ---------------------------------------------------------------
     async def add_cards(self, card_nos: list[int]) -> int:

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from ..config.settings import Settings
+from ..domain.merchant_book import MerchantTerms
 from ..domain.ops import CardOp, OpOutcome
 from ..domain.shard import shard_of
 from ..domain.taps import Outcome, Tap
@@ -163,6 +164,19 @@ class ShardClient:
             await self._with_retries(shard_id, attempt)
 
         await asyncio.gather(*(group(s, cs) for s, cs in groups.items()))
+
+    async def merge_merchants(self, terms: Sequence[MerchantTerms]) -> None:
+        """Give every shard merchant terms just committed (idempotent, so retried freely); a
+        shard that does not take them in time: ShardUnavailable (it reads them at its next load)."""
+        payload = _encoder.encode(list(terms))
+
+        async def one(shard_id: int) -> None:
+            async def attempt() -> None:
+                await self._attempt(shard_id, "merge_merchants", payload)
+
+            await self._with_retries(shard_id, attempt)
+
+        await asyncio.gather(*(one(s) for s in range(self.n_shards)))
 
     # -- operations ----------------------------------------------------------------------
     async def stats(self) -> list[dict[str, Any]]:

@@ -10,13 +10,24 @@ from fastapi.routing import APIRoute
 from . import errors
 from .auth import BEARER_SCHEME, TokenCache
 from .context import ApiContext
-from .routes import audit_log, cards, holders, money, pins, programmes, purse, replace, selfservice
+from .routes import (
+    audit_log,
+    cards,
+    holders,
+    merchants,
+    money,
+    pins,
+    programmes,
+    purse,
+    replace,
+    selfservice,
+)
 from .strict_route import InputLimits, StrictRoute
 
 DESCRIPTION = """Card services of the citizen card: cardholders, cards and their applications,
 loss reports, replacement, PINs, top-ups and refunds, history, disbursement programmes and a
 self-service channel. Operators send `Authorization: Bearer <token>`; each token carries roles
-(clerk, programme_admin, auditor, read_only). Money is integer fen. Every write is in the
+(clerk, programme_admin, auditor, read_only, payment, merchant_desk). Money is integer fen. Every write is in the
 audit log. Every money movement takes an idempotency key: a retry with the same key gets the
 first answer and moves nothing again. Every error is JSON in one shape,
 `{"error": "a sentence", "field": "the offending field, for bad input"}` (docs/api.md)."""
@@ -32,7 +43,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     errors.install(app)
     errors.install_upload_errors(app)
     errors.install_last_resort(app)
-    for module in (holders, cards, replace, money, purse, pins, selfservice, programmes, audit_log):
+    for module in (holders, cards, replace, money, purse, pins, selfservice, programmes, merchants, audit_log):
         _check_strict(module.router)
         app.include_router(module.router)
 

@@ -27,6 +27,7 @@ class Role(StrEnum):
     AUDITOR = "auditor"  # reads everything, the audit log included
     READ_ONLY = "read_only"  # reads cardholders, cards, balances and history
     PAYMENT = "payment"  # an online-payment channel: checks a holder's PIN for a payment
+    MERCHANT_DESK = "merchant_desk"  # merchant-alliance desk: merchants, their POS terminals, discounts
 
 
 class Perm(StrEnum):
@@ -36,6 +37,7 @@ class Perm(StrEnum):
     PROGRAMMES = "programmes"
     AUDIT = "audit"
     VERIFY_PIN = "verify_pin"  # check a holder's PIN (wrong ones count towards the lockout)
+    MERCHANTS = "merchants"  # register merchants and their POS terminals, change member discounts
 
 
 GRANTS: dict[Role, frozenset[Perm]] = {
@@ -44,6 +46,7 @@ GRANTS: dict[Role, frozenset[Perm]] = {
     Role.AUDITOR: frozenset({Perm.READ, Perm.AUDIT}),
     Role.READ_ONLY: frozenset({Perm.READ}),
     Role.PAYMENT: frozenset({Perm.VERIFY_PIN}),
+    Role.MERCHANT_DESK: frozenset({Perm.READ, Perm.MERCHANTS}),
 }
 
 

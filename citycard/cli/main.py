@@ -362,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     tc = tsub.add_parser("create", help="create a token and print it (it is shown only this once)")
     tc.add_argument("--operator", required=True, help="who will use it (kept in the audit log)")
     tc.add_argument("--role", action="append", required=True,
-                    choices=["clerk", "programme_admin", "auditor", "read_only", "payment"], help="a role (repeatable)")
+                    choices=["clerk", "programme_admin", "auditor", "read_only", "payment", "merchant_desk"], help="a role (repeatable)")
     tc.set_defaults(func=cmd_token_create)
     tl = tsub.add_parser("list", help="every token: id, operator, roles, created, revoked")
     tl.set_defaults(func=cmd_token_list)

@@ -234,7 +234,7 @@ class Ledger:
                         if kind != _MERCHANT:
                             fare_fen = tap.amount_fen
                         elif not card.purses[_VOUCHER]:
-                            pct = member_percent(ver, route, card.apps)
+                            pct = member_percent(ver, route, card.apps, time_ms)
                             fare_fen = tap.amount_fen if pct == 100 else (tap.amount_fen * pct + 50) // 100
                     window_ms = windows[kind] if fare_fen >= 0 else -1
                     recent = card.recent

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .cards import App, CardState, issuer_of
+from .merchant_book import merchant_at
 from .money import percent_of_fen
 from .purses import DEPOSIT_SOURCES, N_PURSES, Purse, fund, funding_order
 from .results import Result
@@ -157,7 +158,7 @@ def _usable(card: CardState, tap: Tap, ver: CompiledVersion) -> frozenset[Purse]
     until = card.allowance_until_ms
     voucher = False
     if tap.kind == _MERCHANT and (card.voucher_until_ms == 0 or t < card.voucher_until_ms):
-        merchant = ver.merchants.get(tap.route)
+        merchant = merchant_at(ver, tap.route, t)
         voucher = merchant is not None and merchant.category in card.voucher_categories
     return _USABLE[until == 0 or t < until, voucher]
 
@@ -230,16 +231,17 @@ def _taxi_or_petrol(ver: CompiledVersion, card: CardState, tap: Tap, issuer_rule
 def _merchant(ver: CompiledVersion, card: CardState, tap: Tap, issuer_rule: Issuer | None) -> Decision:
     if not _amount_ok(ver, tap):
         return _refuse(Result.BAD_TAP, ver.version)
-    pct = member_percent(ver, tap.route, card.apps)
+    pct = member_percent(ver, tap.route, card.apps, tap.time_ms)
     fare, rules = tap.amount_fen, ("merchant.amount",)
     if pct != 100:
         fare, rules = percent_of_fen(tap.amount_fen, pct), (f"merchant[{tap.route}] member {pct}%",)
     return _pay(ver, card, tap, fare, tap.amount_fen, rules)
 
 
-def member_percent(ver: CompiledVersion, merchant_id: int, apps: int) -> int:
-    """The % of the amount a card with ``apps`` pays at a merchant (100: no member discount)."""
-    merchant = ver.merchants.get(merchant_id)
+def member_percent(ver: CompiledVersion, merchant_id: int, apps: int, time_ms: int) -> int:
+    """The % of the amount a card with ``apps`` pays at a merchant at ``time_ms`` (100: no
+    member discount)."""
+    merchant = merchant_at(ver, merchant_id, time_ms)
     if merchant is not None and merchant.member_discount_percent and apps & _APP_MEMBER:
         return 100 - merchant.member_discount_percent
     return 100

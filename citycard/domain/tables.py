@@ -159,6 +159,9 @@ class CompiledVersion:
         self.water_fen = {int(k): fen for k, fen in v.water_bus.route_fen.items()}
         self.lots = {int(k): t for k, t in v.parking.lots.items()}
         self.merchants = {int(k): m for k, m in v.merchants.items()}
+        # merchants registered through card services (domain/merchant_book.py), shared by every
+        # version of one FareTables: merchant id -> (effective-from times, terms), time order
+        self.registered: dict[int, tuple[list[int], list[Merchant]]] = {}
         self.parks = {int(k): p for k, p in v.parks.items()}
         self.issuers = {int(k): i for k, i in v.interop.issuers.items()}
         self.passback_modes = frozenset(v.anti_passback_modes)
@@ -198,6 +201,9 @@ class FareTables:
         for cur, nxt in zip(self.versions, self.versions[1:], strict=False):
             cur.end_ms = nxt.effective_from_ms
         self._last: CompiledVersion | None = None
+        self.registered: dict[int, tuple[list[int], list[Merchant]]] = {}
+        for c in self.versions:
+            c.registered = self.registered
 
     def at(self, time_ms: int) -> CompiledVersion | None:
         """The version in force at ``time_ms``; None before the first one."""

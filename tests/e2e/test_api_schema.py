@@ -191,6 +191,8 @@ def owner_of(op: Any) -> str:
         return "programme_admin"
     if op.path.startswith("/audit"):
         return "auditor"
+    if op.path.startswith("/merchants"):
+        return "merchant_desk"
     return "clerk"
 
 

@@ -66,6 +66,7 @@ class TerminalView:
     lost_connections: int = 0  # connections that dropped under them
     resent_same_seq: int = 0  # a tap unanswered when its connection dropped, sent again with its seq
     sent_late: int = 0  # taps held while the platform was down, answered after it came back
+    replayed: int = 0  # of those resent, answered as a replay: decided before the stop, not charged again
     not_sent: int = 0  # the passengers' taps that never happened: the validator was waiting to connect
     reconnected: int = 0
 
@@ -135,6 +136,7 @@ async def _one_tap(conn: _Conn, seq: int, card: int, time_ms: int, kind: int, ro
             held = True
             continue
         code, fare = r.code, r.fare_fen
+        conn.view.replayed += held and r.replay
         if code not in _UNDECIDED:
             break
         resends += 1

@@ -173,7 +173,7 @@ async def start_city(settings: Settings, services: Services, spec: CitySpec, n_c
 
 
 async def stop_city(city: LabCity) -> None:
-    """The whole platform down, as a crash or an operator's stop: gateway, link server, desk,
+    """The whole platform down, as an operator's stop: gateway, link server, desk,
     shards (its Ray actors killed: the next platform loads them again from Postgres)."""
     await city.platform.stop()
     await _names_free(city.settings)

@@ -88,8 +88,9 @@ class LabSpec:
 Progress = Callable[[str], None]
 
 
-async def _stop_city(city: LabCity, outage: dict[str, Any], t0: float, services: Services) -> None:
-    """The whole platform stops (gateway, shards, link server, desk), as a crash would."""
+async def _stop_city(city: LabCity, outage: dict[str, Any], t0: float) -> None:
+    """The whole platform stops (gateway, shards, link server, desk), as an operator's stop
+    would (its Ray actors killed, not left running)."""
     city.link_down = True
     t = time.perf_counter()
     await cities_mod.stop_city(city)
@@ -252,7 +253,7 @@ async def _traffic_with_outage(started: list[LabCity], spec: LabSpec, services: 
     progress(f"traffic for {spec.duration_s:g} s; {down.code} down whole from"
              f" {spec.outage_from * spec.duration_s:.1f} s, restarted at {spec.outage_until * spec.duration_s:.1f} s")
     events: list[tuple[float, Callable[[], object]]] = [
-        (spec.outage_from * spec.duration_s, lambda: _stop_city(down, outage, t0, services)),
+        (spec.outage_from * spec.duration_s, lambda: _stop_city(down, outage, t0)),
         (spec.outage_until * spec.duration_s, lambda: _restart_city(down, outage, t0, services))]
     offline_task = asyncio.create_task(offline_mod.drive_offline(  # offline visitors, beside the taps
         started, offline_mod.OfflinePlan(spec.offline_per_s, spec.forged_share, spec.duration_s), t0))

@@ -36,6 +36,7 @@ class TapRecord:
     fare_fen: int
     at_s: float  # sent, seconds since the run started
     latency_ms: float
+    held: bool = False  # waited for its own platform to come back (the outage): not a latency sample
 
     @property
     def cross(self) -> bool:
@@ -171,7 +172,7 @@ async def _terminal(city: LabCity, others: list[LabCity], terminal_index: int, p
                 view.sent_late += 1
                 view.not_sent += int((done - sent) / interval_s)  # the slots it spent waiting
             out.append(TapRecord(city.code, issuer, term.terminal_id, seq, card, code, fare, sent - t0,
-                                 (done - sent) * 1000.0))
+                                 (done - sent) * 1000.0, held))
             await asyncio.sleep(max(0.0, interval_s - (done - sent)))
     except (OSError, ConnectionError) as exc:
         errors.append(f"{city.code}/{term.terminal_id}: {exc!r}")

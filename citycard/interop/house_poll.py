@@ -2,7 +2,9 @@
 the issuers over their net debit cap, whose cards this city's desk then refuses stand-in
 (``RemoteDesk.set_suspended``). Each poll is bounded by a timeout; a failed poll keeps the
 last known set (a house that cannot be reached suspends no one anew and lifts no one) and is
-logged once, until a poll succeeds again."""
+logged once, until a poll succeeds again. httpx, as clearing/client.py, but its async client:
+that module's calls block and wait up to 120 s (deliveries), too long for a poll in the
+platform's loop."""
 
 import asyncio
 import contextlib

@@ -5,6 +5,7 @@ issuer registry with that city's link port and public key."""
 
 import asyncio
 import hashlib
+import logging
 import os
 import random
 import re
@@ -32,11 +33,14 @@ from ..loadtest.city import (
 )
 from ..persistence import db, settlement
 
+log = logging.getLogger(__name__)
 MAX_CITIES = 99  # codes C01..C99
 FIRST_PREFIX = 900100  # city i issues cards of prefix FIRST_PREFIX + i (unused by real issuers here)
 BUS_COMMISSION_BP = 150  # the lab bus company's contract: 1.5 %
 MAX_ROUTE = 40  # bus routes the lab's validators run (all priced by the default fare table)
 NAME_RELEASE_S = 10.0
+LINK_PORTS = (20_000, 32_000)  # link ports: outside the ephemeral range and Ray's worker ports
+PORT_TRIES = 200
 _COL = {name: i for i, name in enumerate(CARD_SEED_COLUMNS)}
 
 
@@ -72,21 +76,37 @@ class LabCity:
         return self.spec.code
 
 
-def free_port() -> int:
-    """A port free now on 127.0.0.1 (the registry needs link ports before platforms start)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_port(taken: set[int] | None = None) -> int:
+    """A port free now on 127.0.0.1 (the registry needs link ports before platforms start),
+    below the kernel's ephemeral range (32768..) and above Ray's worker ports (..19999): a
+    port the system hands out for port 0 (a gateway, Ray, another lab) would otherwise take it
+    before the city binds it."""
+    rng = random.SystemRandom()
+    for _ in range(PORT_TRIES):
+        port = rng.randrange(*LINK_PORTS)
+        if taken is not None and port in taken:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        if taken is not None:
+            taken.add(port)
+        return port
+    raise RuntimeError(f"no free port in {LINK_PORTS} after {PORT_TRIES} tries")
 
 
 def plan_specs(n_cities: int, schema_prefix: str) -> list[CitySpec]:
     if not 2 <= n_cities <= MAX_CITIES:
         raise ValueError(f"--cities must be 2..{MAX_CITIES}, got {n_cities}")
-    out = []
+    out: list[CitySpec] = []
+    taken: set[int] = set()
     for i in range(1, n_cities + 1):
         code = f"C{i:02d}"
         seed = hashlib.sha256(f"citycard region lab {code}".encode()).digest()  # a lab, not a secret
-        out.append(CitySpec(i, code, FIRST_PREFIX + i, f"{schema_prefix}_{code.lower()}", free_port(), seed))
+        out.append(CitySpec(i, code, FIRST_PREFIX + i, f"{schema_prefix}_{code.lower()}", free_port(taken),
+                            seed))
     return out
 
 
@@ -206,7 +226,13 @@ async def restart_city(city: LabCity, services: Services) -> None:
     restarted real one."""
     port = city.platform.gateway_port
     platform = Platform(city.settings, services)
-    await platform.start(gateway_port=port, api_port=-1)
+    try:
+        await platform.start(gateway_port=port, api_port=-1)
+    except OSError as exc:  # its port taken meanwhile (it was an ephemeral one): any port, its terminals follow
+        log.warning("%s: gateway port %s taken (%r): restarting on another", city.code, port, exc)
+        await _names_free(city.settings)
+        platform = Platform(city.settings, services)
+        await platform.start(gateway_port=0, api_port=-1)
     city.platform = platform
 
 

@@ -240,3 +240,10 @@ def test_a_home_tap_journaled_twice_or_not_at_all_fails_the_audit() -> None:
     assert not run_audit(specs, taps, books).checks["home_taps_journaled_exactly_once"]
     books["C01"].own_journal[(1001, 2)] = 0  # answered OK, lost in the restart
     assert not run_audit(specs, taps, books).checks["home_taps_journaled_exactly_once"]
+
+
+def test_link_ports_are_distinct_and_outside_the_ephemeral_range() -> None:
+    from citycard.region.cities import LINK_PORTS, plan_specs
+
+    ports = [s.link_port for s in plan_specs(20, "p")]
+    assert len(set(ports)) == 20 and all(LINK_PORTS[0] <= p < LINK_PORTS[1] < 32_768 for p in ports)

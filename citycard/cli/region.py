@@ -25,7 +25,8 @@ def cmd_region_lab(args: argparse.Namespace) -> int:
     spec = LabSpec(cities=args.cities, cards=args.cards, terminals=args.terminals, account_shards=args.account_shards,
                    duration_s=args.duration_s, taps_per_s=args.taps_per_s, visitor_share=args.visitor_share,
                    floor_limit_fen=args.floor_limit_fen, schema_prefix=args.schema_prefix,
-                   down_city=args.down_city, offline_per_s=args.offline_per_s, forged_share=args.forged_share)
+                   down_city=args.down_city, offline_per_s=args.offline_per_s, forged_share=args.forged_share,
+                   net_debit_cap_fen=args.net_debit_cap_fen)
     try:
         spec.check()
     except ValueError as exc:
@@ -127,7 +128,11 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
                      help="offline visitor records (city-pass, another city's card) a second per city (default 3; 0: none)")
     lab.add_argument("--forged-share", type=float, default=0.05,
                      help="of the offline visitor records, forged ones (bad TAC; at least one a city; default 0.05)")
-    lab.add_argument("--down-city", type=int, default=2, help="which city's link goes down mid-run (1-based)")
+    lab.add_argument("--down-city", type=int, default=2,
+                     help="which city is stopped whole mid-run and restarted (1-based)")
+    lab.add_argument("--net-debit-cap-fen", type=int, default=0,
+                     help="every city's net debit cap at the clearing house (default 0: every net debtor is"
+                          " suspended when the window closes, until settled)")
     lab.add_argument("--schema-prefix", default="region_lab",
                      help="Postgres schemas <prefix>_c01.. (dropped and made again at the start)")
     lab.add_argument("--db-url", help="the machine's Postgres (default: settings, else the embedded one)")

@@ -218,6 +218,10 @@ class Region(_Section):
     backoff_min_ms: int = Field(default=1000, ge=10, le=60_000)
     backoff_max_ms: int = Field(default=30_000, ge=10, le=600_000)
     heartbeat_ms: int = Field(default=15_000, ge=1000, le=600_000)
+    # the clearing house's GET /suspended, polled: those issuers' cards get no stand-in here (interop/house_poll.py)
+    house_url: str | None = Field(default=None, min_length=1, max_length=2000)  # absent: nothing polled
+    house_poll_ms: int = Field(default=60_000, ge=100, le=3_600_000)
+    house_timeout_ms: int = Field(default=5_000, ge=50, le=60_000)
 
     @model_validator(mode="after")
     def _registry(self) -> "Region":

@@ -17,6 +17,7 @@ from ..domain.rules import home_ride_fare
 from ..domain.taps import Tap, TapKind
 from ..errors import ConfigError
 from .desk import LinkMetrics, RemoteDesk
+from .house_poll import HousePoller, PollMetrics
 from .server import LinkServer, router_decide
 
 _RIDES = frozenset((int(TapKind.BUS), int(TapKind.WATER_BUS)))
@@ -54,8 +55,11 @@ def fare_pricer(fares: Any) -> Callable[[Tap, int], int]:
 class RegionLink:
     server: LinkServer
     desk: RemoteDesk
+    poller: HousePoller | None = None  # when region.house_url is set
 
     async def stop(self) -> None:
+        if self.poller is not None:
+            await self.poller.stop()
         await self.desk.stop()
         await self.server.stop()
 
@@ -80,7 +84,13 @@ async def start_region(region: Region, pool: Any, router: Any, metrics_registry:
         await server.stop()
         raise
     router.remote = desk
-    return RegionLink(server, desk)
+    poller = None
+    if region.house_url:
+        poller = HousePoller(region.house_url, region.house_poll_ms, region.house_timeout_ms, desk.set_suspended,
+                             PollMetrics(metrics_registry))
+        await poller.poll_once()  # the house's suspensions before the first visitor's tap, if it answers
+        poller.start()
+    return RegionLink(server, desk, poller)
 
 
 __all__ = ["RegionLink", "fare_pricer", "load_link_key", "start_region"]

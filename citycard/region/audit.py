@@ -31,6 +31,8 @@ class Books:
     money: dict[str, Any]  # loadtest.audit's Audit.as_dict()
     balanced: bool
     offline_payable: tuple[int, int] = (0, 0)  # records, fen: its cards' offline sales elsewhere (region/offline.py)
+    own_journal: Counter[tuple[int, int]] = field(default_factory=Counter)  # OK rows of its own terminals
+    own_amounts: dict[tuple[int, int], int] = field(default_factory=dict)
 
 
 async def read_books(conn: Any, code: str, records: list[ClearingRecord], actor_balances: dict[int, int]) -> Books:
@@ -41,9 +43,13 @@ async def read_books(conn: Any, code: str, records: list[ClearingRecord], actor_
                             REMOTE_TERMINAL_BASE, _OK)
     journal: Counter[tuple[int, int]] = Counter((r["terminal_id"], r["seq"]) for r in rows)
     amounts = {(r["terminal_id"], r["seq"]): int(r["amount_fen"]) for r in rows}
+    own = await conn.fetch("SELECT terminal_id, seq, amount_fen FROM journal WHERE terminal_id < $1 AND result = $2",
+                           REMOTE_TERMINAL_BASE, _OK)
     money = await money_audit.run_audit(conn, actor_balances)
     return Books(code, standins, slots, journal, amounts, records, money.as_dict(),
-                 money.balanced and money.duplicate_seqs == 0 and not money.actor_mismatches)
+                 money.balanced and money.duplicate_seqs == 0 and not money.actor_mismatches,
+                 own_journal=Counter((r["terminal_id"], r["seq"]) for r in own),
+                 own_amounts={(r["terminal_id"], r["seq"]): int(r["amount_fen"]) for r in own})
 
 
 @dataclass
@@ -86,6 +92,25 @@ def _cross_taps_once(v: Verdict, taps: list[TapRecord], books: dict[str, Books])
                    f" {n} journal rows at its issuer, stand-in {stood}")
     v.checks["cross_city_taps_charged_exactly_once"] = bad == 0
     v.figures["cross_city_ok_taps"] = {"charged_once": once, "declined_standin_losses": losses, "wrong": bad}
+
+
+def _home_taps_once(v: Verdict, taps: list[TapRecord], books: dict[str, Books]) -> None:
+    """Every own card's tap answered OK is one OK journal row of its city, for the fare the
+    terminal heard: across the whole-city restart too (a tap resent with its seq is a replay)."""
+    once = bad = 0
+    for t in taps:
+        if t.cross or t.code != _OK:
+            continue
+        b = books[t.acquirer]
+        key = (t.terminal_id, t.seq)
+        if b.own_journal[key] == 1 and b.own_amounts[key] == t.fare_fen:
+            once += 1
+        else:
+            bad += 1
+            v.fail(f"{t.acquirer} terminal {t.terminal_id} seq {t.seq} ({t.fare_fen} fen): {b.own_journal[key]}"
+                   f" journal rows, {b.own_amounts.get(key)} fen")
+    v.checks["home_taps_journaled_exactly_once"] = bad == 0 and once > 0
+    v.figures["home_ok_taps"] = {"journaled_once": once, "wrong": bad}
 
 
 def _no_charge_without_record(v: Verdict, books: dict[str, Books]) -> None:
@@ -136,6 +161,7 @@ def audit(taps: list[TapRecord], books: dict[str, Books], report: SettlementRepo
           cleared: int, rate_bp: int) -> Verdict:
     v = Verdict()
     _cross_taps_once(v, taps, books)
+    _home_taps_once(v, taps, books)
     _no_charge_without_record(v, books)
     _books_equal_statements(v, books, statements, rate_bp)
     positions = report.multilateral if report is not None else {}
@@ -152,6 +178,9 @@ def audit(taps: list[TapRecord], books: dict[str, Books], report: SettlementRepo
     pending = sum(1 for b in books.values() for s in b.standins.values() if s[1] == "pending")
     v.checks["no_standin_left_pending"] = pending == 0
     v.checks["outage_stood_in_and_advised"] = outage.get("standins_for_down_city", 0) > 0 and pending == 0
+    seen = outage.get("its_terminals_saw") or {}
+    v.checks["outage_city_restarted_and_its_terminals_reconnected"] = (
+        "down_at_s" in outage and "up_at_s" in outage and seen.get("reconnected", 0) > 0)
     v.checks["bad_deliveries_refused_changing_nothing"] = bool(refusals) and all(
         r["refused"] and r["code"] == r["expected"] and r["changed_nothing"] for r in refusals)
     return v
@@ -201,15 +230,25 @@ def check_unknown_card(v: Verdict, unknown: dict[str, Any]) -> None:
     v.checks["unknown_card_record_rejected_alone"] = ok
 
 
-def check_suspended(v: Verdict, suspended: dict[str, Any]) -> None:
-    """Every city's desk holds the house's suspensions (less its own code: it never stands in
-    for its own cards)."""
-    house = set(suspended.get("house") or [])
-    desks = suspended.get("desks") or {}
-    ok = bool(desks) and all(set(got) == house - {city} for city, got in desks.items())
-    if not ok:
-        v.fail(f"suspensions not on every desk: {suspended}")
-    v.checks["suspensions_reached_every_desk"] = ok
+def check_suspension(v: Verdict, s: dict[str, Any], cities: list[str]) -> None:
+    """The house suspended a city over its cap; every desk learned it by polling; with its
+    link down its cards were refused stand-in elsewhere (ISSUER_NOT_ACCEPTED), none stood in;
+    settlement lifted it, at the house and on every desk."""
+    lifted = s.get("lifted") or {}
+    checks = {
+        "suspension_happened": bool(s.get("house")),
+        "suspension_polled_by_every_desk": bool(s.get("desks_saw_it")) and all(
+            set(got) == set(s["house"]) - {c} for c, got in (s.get("desks") or {}).items()) and
+        set(s.get("desks") or {}) == set(cities),
+        "suspended_issuer_refused_standin": s.get("link_down_taps", 0) > 0 and
+        s.get("refused") == s.get("link_down_taps") and s.get("stood_in_meanwhile") == 0,
+        "settlement_lifted_suspension": bool(lifted.get("settled")) and lifted.get("house_after") == [] and
+        bool(lifted.get("desks_lifted")) and all(a == "OK" for a in (lifted.get("answers") or {}).values()),
+    }
+    for name, ok in checks.items():
+        if not ok:
+            v.fail(f"{name}: {s}")
+    v.checks.update(checks)
 
 
-__all__ = ["Books", "Verdict", "audit", "check_next_window", "check_suspended", "check_unknown_card", "read_books"]
+__all__ = ["Books", "Verdict", "audit", "check_next_window", "check_suspension", "check_unknown_card", "read_books"]

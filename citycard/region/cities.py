@@ -3,18 +3,22 @@ lab"). Each has its own Postgres schema, Redis prefix and Ray namespace, its own
 and link port on 127.0.0.1, cards of its own issuer prefix, and every other city in its
 issuer registry with that city's link port and public key."""
 
+import asyncio
 import hashlib
+import logging
 import os
 import random
 import re
 import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import ray
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ..cli.runtime import Platform, Services, connect_app, migrate_db
+from ..cli.runtime import Platform, Services, actor_name, connect_app, migrate_db
 from ..config.settings import Settings, settings_from_dict
 from ..domain.cards import CardStatus, Category
 from ..domain.settlement import SettleCode
@@ -29,10 +33,14 @@ from ..loadtest.city import (
 )
 from ..persistence import db, settlement
 
+log = logging.getLogger(__name__)
 MAX_CITIES = 99  # codes C01..C99
 FIRST_PREFIX = 900100  # city i issues cards of prefix FIRST_PREFIX + i (unused by real issuers here)
 BUS_COMMISSION_BP = 150  # the lab bus company's contract: 1.5 %
 MAX_ROUTE = 40  # bus routes the lab's validators run (all priced by the default fare table)
+NAME_RELEASE_S = 10.0
+LINK_PORTS = (20_000, 32_000)  # link ports: outside the ephemeral range and Ray's worker ports
+PORT_TRIES = 200
 _COL = {name: i for i, name in enumerate(CARD_SEED_COLUMNS)}
 
 
@@ -68,21 +76,37 @@ class LabCity:
         return self.spec.code
 
 
-def free_port() -> int:
-    """A port free now on 127.0.0.1 (the registry needs link ports before platforms start)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_port(taken: set[int] | None = None) -> int:
+    """A port free now on 127.0.0.1 (the registry needs link ports before platforms start),
+    below the kernel's ephemeral range (32768..) and above Ray's worker ports (..19999): a
+    port the system hands out for port 0 (a gateway, Ray, another lab) would otherwise take it
+    before the city binds it."""
+    rng = random.SystemRandom()
+    for _ in range(PORT_TRIES):
+        port = rng.randrange(*LINK_PORTS)
+        if taken is not None and port in taken:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        if taken is not None:
+            taken.add(port)
+        return port
+    raise RuntimeError(f"no free port in {LINK_PORTS} after {PORT_TRIES} tries")
 
 
 def plan_specs(n_cities: int, schema_prefix: str) -> list[CitySpec]:
     if not 2 <= n_cities <= MAX_CITIES:
         raise ValueError(f"--cities must be 2..{MAX_CITIES}, got {n_cities}")
-    out = []
+    out: list[CitySpec] = []
+    taken: set[int] = set()
     for i in range(1, n_cities + 1):
         code = f"C{i:02d}"
         seed = hashlib.sha256(f"citycard region lab {code}".encode()).digest()  # a lab, not a secret
-        out.append(CitySpec(i, code, FIRST_PREFIX + i, f"{schema_prefix}_{code.lower()}", free_port(), seed))
+        out.append(CitySpec(i, code, FIRST_PREFIX + i, f"{schema_prefix}_{code.lower()}", free_port(taken),
+                            seed))
     return out
 
 
@@ -93,7 +117,7 @@ def registry(specs: list[CitySpec], floor_limit_fen: int) -> list[dict[str, Any]
 
 
 def city_settings(base: Settings, spec: CitySpec, issuers: list[dict[str, Any]], key_dir: Path,
-                  account_shards: int) -> Settings:
+                  account_shards: int, house_url: str | None = None, house_poll_ms: int = 200) -> Settings:
     key_path = key_dir / f"{spec.code}.key"
     key_path.write_text(spec.seed.hex())
     os.chmod(key_path, 0o600)
@@ -110,6 +134,8 @@ def city_settings(base: Settings, spec: CitySpec, issuers: list[dict[str, Any]],
     raw["region"] = {"own": spec.code, "issuers": issuers, "link_host": "127.0.0.1", "link_port": spec.link_port,
                      "link_key_path": str(key_path), "backoff_min_ms": 100, "backoff_max_ms": 400,
                      "connect_timeout_ms": 300, "tap_timeout_ms": 1000}
+    if house_url is not None:  # the city polls the house's suspensions itself
+        raw["region"].update(house_url=house_url, house_poll_ms=house_poll_ms, house_timeout_ms=1000)
     return settings_from_dict(raw)
 
 
@@ -166,4 +192,49 @@ async def start_city(settings: Settings, services: Services, spec: CitySpec, n_c
     return LabCity(spec, settings, platform, usable_cards(rows), terminals)
 
 
-__all__ = ["MAX_CITIES", "CitySpec", "LabCity", "card_keys", "city_settings", "plan_specs", "registry", "start_city"]
+async def stop_city(city: LabCity) -> None:
+    """The whole platform down, as an operator's stop: gateway, link server, desk,
+    shards (its Ray actors killed: the next platform loads them again from Postgres)."""
+    await city.platform.stop()
+    await _names_free(city.settings)
+
+
+async def _names_free(settings: Settings) -> None:
+    """Until the killed actors' names are released (a new actor of that name would otherwise
+    be the dying one), bounded."""
+    names = [actor_name(settings, "account", i) for i in range(settings.city.account_shards)] + \
+            [actor_name(settings, "session", i) for i in range(settings.city.session_shards)]
+    deadline = time.monotonic() + NAME_RELEASE_S
+    while time.monotonic() < deadline:
+        if all(_gone(n, settings.ray.namespace) for n in names):
+            return
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"{settings.database.schema}: Ray actors not released in {NAME_RELEASE_S:g} s")
+
+
+def _gone(name: str, namespace: str) -> bool:
+    try:
+        ray.get_actor(name, namespace=namespace)
+    except ValueError:
+        return True
+    return False
+
+
+async def restart_city(city: LabCity, services: Services) -> None:
+    """A new platform on the same settings and schema (it recovers from Postgres), on the same
+    gateway port and link port, so its terminals and the other cities reconnect as to a
+    restarted real one."""
+    port = city.platform.gateway_port
+    platform = Platform(city.settings, services)
+    try:
+        await platform.start(gateway_port=port, api_port=-1)
+    except OSError as exc:  # its port taken meanwhile (it was an ephemeral one): any port, its terminals follow
+        log.warning("%s: gateway port %s taken (%r): restarting on another", city.code, port, exc)
+        await _names_free(city.settings)
+        platform = Platform(city.settings, services)
+        await platform.start(gateway_port=0, api_port=-1)
+    city.platform = platform
+
+
+__all__ = ["MAX_CITIES", "CitySpec", "LabCity", "card_keys", "city_settings", "plan_specs", "registry",
+           "restart_city", "start_city", "stop_city"]

@@ -114,8 +114,10 @@ class LabClearing:
         return self.server.url
 
     @classmethod
-    async def start(cls, db_url: str, schema: str, specs: list[CitySpec]) -> "LabClearing":
-        """A fresh house on ``schema`` (dropped first, like the cities'), every city registered."""
+    async def start(cls, db_url: str, schema: str, specs: list[CitySpec],
+                    net_debit_cap_fen: int = NET_DEBIT_CAP_FEN) -> "LabClearing":
+        """A fresh house on ``schema`` (dropped first, like the cities'), every city registered
+        with the one net debit cap."""
         await drop_schema(db_url, schema)
         service = await HouseService.open(db_url, schema, retain_windows=7, pool_size=2)
         token = secrets.token_hex(16)
@@ -125,7 +127,7 @@ class LabClearing:
             house = cls(service, server, token)
             for s in specs:
                 status, body = await asyncio.to_thread(client.add_participant, server.url, token, s.code,
-                                                       s.public_hex(), NET_DEBIT_CAP_FEN, INTERCHANGE_BP,
+                                                       s.public_hex(), net_debit_cap_fen, INTERCHANGE_BP,
                                                        [str(s.prefix)])
                 if status != 201:
                     raise RuntimeError(f"registering {s.code} with the clearing house: {status} {body}")
@@ -176,6 +178,10 @@ class LabClearing:
     async def verdict(self, key: Ed25519PrivateKey, issuer: str, record_id: str, reason: str) -> tuple[int, Any]:
         body = client.verdict_body(key, issuer, record_id, reason)
         return await asyncio.to_thread(_post, f"{self.url}/verdicts", body)
+
+    async def settled(self, city: str, window: str) -> tuple[int, Any]:
+        """The operator records that ``city`` paid its debit of ``window`` (lifts a suspension)."""
+        return await asyncio.to_thread(client.settled, self.url, self._token, window, city)
 
     async def suspended(self) -> list[str]:
         status, body = await asyncio.to_thread(_get, f"{self.url}/suspended")

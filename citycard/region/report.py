@@ -69,7 +69,7 @@ def _latency_plot(report: Mapping[str, Any]) -> Figure | None:
     ax2.bar([p["t_s"] for p in tl], [p["cross_taps"] for p in tl], alpha=0.25, color="grey", label="cross-city taps/s")
     out = report.get("outage") or {}
     if "down_at_s" in out and "up_at_s" in out:
-        ax.axvspan(out["down_at_s"], out["up_at_s"], color="red", alpha=0.1, label=f"{out.get('city')} link down")
+        ax.axvspan(out["down_at_s"], out["up_at_s"], color="red", alpha=0.1, label=f"{out.get('city')} down")
     ax.set_xlabel("seconds into the run")
     ax.set_ylabel("ms")
     ax2.set_ylabel("taps")
@@ -132,6 +132,7 @@ def render_html(report: dict[str, Any]) -> str:
         "<h2>Audit</h2>", _kv(audit.get("checks") or {}),
         "<pre>" + _esc("\n".join(audit.get("problems") or [])) + "</pre>",
         "<h2>Outage</h2>", _kv(report.get("outage") or {}),
+        "<h2>Suspension</h2>", _kv((report.get("clearing") or {}).get("suspension") or {}),
         "<h2>Refused deliveries</h2>",
         _grid(["what", "sender", "code", "expected", "changed nothing", "reason"],
               [[r["what"], r["sender"], r["code"], r["expected"], r["changed_nothing"], r["reason"]]
@@ -147,6 +148,26 @@ def render_html(report: dict[str, Any]) -> str:
             f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
 
 
+def _outage_lines(report: Mapping[str, Any]) -> list[str]:
+    o = report.get("outage") or {}
+    saw, held = o.get("its_terminals_saw") or {}, o.get("its_taps_while_down") or {}
+    s = (report.get("clearing") or {}).get("suspension") or {}
+    lifted = s.get("lifted") or {}
+    return [f"  outage: {o.get('city')} down whole at {o.get('down_at_s')} s, back at {o.get('up_at_s')} s"
+            f" (restart {o.get('restart_s')} s, gateway :{o.get('gateway_port')}, link :{o.get('link_port')});"
+            f" {o.get('standins_for_down_city')} stand-ins for its cards elsewhere, {o.get('pending_after_wait')}"
+            f" pending after {o.get('advice_wait_s')} s",
+            f"  its terminals: {saw.get('refused_connects')} connects refused, {saw.get('lost_connections')}"
+            f" connections lost, {saw.get('resent_same_seq')} taps resent with their seq ({saw.get('replayed')} replays),"
+            f" {saw.get('sent_late')}"
+            f" sent late ({held.get('answered_ok')} OK), {saw.get('not_sent')} not sent, {saw.get('reconnected')}"
+            " reconnected",
+            f"  suspension: house suspended {s.get('house')}; {s.get('city')}'s link down: {s.get('refused')}/"
+            f"{s.get('link_down_taps')} visitor taps refused {s.get('codes')}, {s.get('stood_in_meanwhile')} stood in;"
+            f" settled {lifted.get('settled')}: house {lifted.get('house_after')}, desks lifted"
+            f" {lifted.get('desks_lifted')} in {lifted.get('desks_wait_s')} s"]
+
+
 def summary_lines(report: Mapping[str, Any]) -> list[str]:
     t, run = report.get("totals") or {}, report.get("run") or {}
     cross = (report.get("latency_ms") or {}).get("cross_city") or {}
@@ -155,7 +176,7 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
              f" {run.get('traffic_s')} s ({t.get('cross_city_taps', 0):,} cross-city, {t.get('cross_city_ok', 0):,} OK);"
              f" whole run {run.get('total_s')} s",
              f"  cross-city latency ms: p50 {cross.get('p50')} p99 {cross.get('p99')} max {cross.get('max')}",
-             f"  outage: {report.get('outage')}",
+             *_outage_lines(report),
              f"  cleared {t.get('cleared_records', 0):,} records, {t.get('cleared_gross_fen', 0):,} fen;"
              f" multilateral sum {audit.get('multilateral_sum_fen')} fen",
              "  refusals: " + "; ".join(f"{r['what']}: {r['code']}" for r in report.get("refusals") or [])]

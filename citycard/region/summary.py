@@ -22,7 +22,7 @@ def percentile(sorted_ms: list[float], p: float) -> float:
 
 
 def latency(records: list[TapRecord]) -> dict[str, float]:
-    ms = sorted(t.latency_ms for t in records if t.code >= 0)
+    ms = sorted(t.latency_ms for t in records if t.code >= 0 and not t.held)
     out = {k: round(percentile(ms, p), 3) for k, p in PERCENTILES}
     out["count"] = len(ms)
     return out
@@ -35,7 +35,7 @@ def timeline(taps: list[TapRecord]) -> list[dict[str, Any]]:
         if t.cross:
             by_s.setdefault(int(t.at_s), []).append(t)
     return [{"t_s": s, "cross_taps": len(ts), "cross_p99_ms": round(percentile(sorted(
-        x.latency_ms for x in ts if x.code >= 0), 99.0), 3), "cross_ok": sum(1 for x in ts if x.code == 0)}
+        x.latency_ms for x in ts if x.code >= 0 and not x.held), 99.0), 3), "cross_ok": sum(1 for x in ts if x.code == 0)}
         for s, ts in sorted(by_s.items())]
 
 
@@ -62,6 +62,7 @@ def build_report(*, spec: dict[str, Any], startup_s: float, traffic_s: float, ta
             "cross_city_taps": len(cross), "cross_city_ok": sum(1 for t in cross if t.code == 0),
             "cross_city_charged_fen": sum(t.fare_fen for t in cross if t.code == 0),
             "home_taps": len(taps) - len(cross),
+            "held_by_outage": sum(1 for t in taps if t.held),  # left out of the latencies
             "standins": {f"{city}:{state}": n for (city, state), n in sorted(standins.items())},
             "cleared_records": (report.records if report else 0),
             "cleared_gross_fen": sum(f.get("receivable_gross_fen", 0) for f in flows.values()),

@@ -1,6 +1,8 @@
 """The region lab end to end, small: three real platforms in this process on the machine's
-Postgres (a schema each), own and visitors' taps over the terminal protocol, one city's link
-down and back, settlement, clearing and the audit (docs/interop.md, "The region lab")."""
+Postgres (a schema each), own and visitors' taps over the terminal protocol, one whole city
+stopped and restarted on its schema and ports, settlement, clearing, a suspension over the net
+debit cap polled by the cities and lifted by settlement, and the audit (docs/interop.md, "The
+region lab")."""
 
 import asyncio
 
@@ -30,10 +32,17 @@ def test_three_cities_with_an_outage_clear_and_audit(configured_services, tmp_pa
     audit = report["audit"]
     assert audit["ok"], audit["problems"]
     assert report["ok"]
-    assert all(audit["checks"].values()) and len(audit["checks"]) >= 16
-    # the outage: C02's cards were stood in elsewhere, and every stand-in was decided when it came back
-    assert report["outage"]["standins_for_down_city"] > 0
-    assert report["outage"]["pending_after_wait"] == 0
+    assert all(audit["checks"].values()) and len(audit["checks"]) >= 21
+    # the outage: C02 stopped whole and came back as a new platform on the same ports; its own
+    # terminals were refused, reconnected and resent their seqs; its cards were stood in elsewhere,
+    # and every stand-in was decided once it was back
+    outage = report["outage"]
+    assert outage["down_at_s"] < outage["up_at_s"] and outage["restart_s"] > 0
+    saw = outage["its_terminals_saw"]
+    assert saw["refused_connects"] > 0 and saw["reconnected"] >= spec.terminals and saw["lost_connections"] > 0
+    assert outage["standins_for_down_city"] > 0
+    assert outage["pending_after_wait"] == 0
+    assert audit["home_ok_taps"]["wrong"] == 0 and audit["home_ok_taps"]["journaled_once"] > 0
     assert any(k.endswith(":confirmed") for k in report["totals"]["standins"])
     # visitors' taps went across and were cleared; positions net to zero
     assert report["totals"]["cross_city_ok"] > 0 and report["totals"]["cleared_records"] > 0
@@ -57,8 +66,16 @@ def test_three_cities_with_an_outage_clear_and_audit(configured_services, tmp_pa
         (cb["record_id"], cb["reason"])]
     assert nxt["statements"][cb["issuer"]]["chargebacks_received_fen"] > 0
     assert sum(nxt["multilateral"].values()) == 0
-    # the house's suspensions (none under the lab's caps) were pushed to every city's desk
-    assert set(report["clearing"]["suspended"]["desks"]) == {"C01", "C02", "C03"}
+    # the house suspended the net debtors (cap 0); every desk polled it; the biggest debtor's cards
+    # were refused stand-in with its link down; settlement lifted it everywhere
+    susp = report["clearing"]["suspension"]
+    assert susp["house"] and susp["city"] in susp["house"]
+    assert susp["positions_fen"][susp["city"]] == min(susp["positions_fen"].values()) < 0
+    assert set(susp["desks"]) == {"C01", "C02", "C03"} and all(
+        set(got) == set(susp["house"]) - {c} for c, got in susp["desks"].items())
+    assert susp["codes"] == ["ISSUER_NOT_ACCEPTED"] and susp["refused"] == susp["link_down_taps"] == 6
+    assert susp["stood_in_meanwhile"] == 0
+    assert susp["lifted"]["house_after"] == [] and all(v == [] for v in susp["lifted"]["desks_after"].values())
     page = render_html(report)
     assert page.count("data:image/png;base64,") == 3
     # each city's own settlement window closed, its bus company's line holding its home rides

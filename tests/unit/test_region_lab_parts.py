@@ -21,7 +21,7 @@ from citycard.region.audit import (
     Verdict,
     audit,
     check_next_window,
-    check_suspended,
+    check_suspension,
     check_unknown_card,
 )
 from citycard.region.cities import CitySpec
@@ -199,13 +199,51 @@ def test_a_verdict_is_one_chargeback_in_the_next_window_and_the_report_survives_
     assert not v3.checks["verdict_charged_back_once_in_next_window"]
 
 
+SUSPENSION = {"house": ["C02"], "city": "C02", "desks_saw_it": True, "desks": {"C01": ["C02"], "C02": []},
+              "link_down_taps": 3, "refused": 3, "stood_in_meanwhile": 0,
+              "lifted": {"settled": ["C02"], "house_after": [], "desks_lifted": True,
+                         "answers": {"C02/2026-12-07": "OK"}}}
+
+
 def test_the_unknown_card_and_suspension_checks_can_fail() -> None:
     good = {"delivery_code": "OK", "accepted": 3, "own_records": 3, "record_id": "C01:9:1",
             "rejected": [{"record_id": "C01:9:1", "code": "UNKNOWN_ISSUER", "reason": "outside"}]}
     v = run_audit([spec(1), spec(2)], [], books_of([spec(1), spec(2)], []))
     check_unknown_card(v, good)
-    check_suspended(v, {"house": ["C02"], "desks": {"C01": ["C02"], "C02": []}})
-    assert v.checks["unknown_card_record_rejected_alone"] and v.checks["suspensions_reached_every_desk"]
+    check_suspension(v, SUSPENSION, ["C01", "C02"])
+    assert v.checks["unknown_card_record_rejected_alone"]
+    names = ("suspension_happened", "suspension_polled_by_every_desk", "suspended_issuer_refused_standin",
+             "settlement_lifted_suspension")
+    assert all(v.checks[n] for n in names)
     check_unknown_card(v, {**good, "accepted": 2})
-    check_suspended(v, {"house": ["C02"], "desks": {"C01": [], "C02": []}})
-    assert not v.checks["unknown_card_record_rejected_alone"] and not v.checks["suspensions_reached_every_desk"]
+    assert not v.checks["unknown_card_record_rejected_alone"]
+    bad = [("suspension_happened", {**SUSPENSION, "house": []}),
+           ("suspension_polled_by_every_desk", {**SUSPENSION, "desks": {"C01": [], "C02": []}}),
+           ("suspended_issuer_refused_standin", {**SUSPENSION, "refused": 2}),
+           ("suspended_issuer_refused_standin", {**SUSPENSION, "stood_in_meanwhile": 1}),
+           ("settlement_lifted_suspension", {**SUSPENSION, "lifted": {**SUSPENSION["lifted"], "house_after": ["C02"]}}),
+           ("settlement_lifted_suspension", {**SUSPENSION, "lifted": {**SUSPENSION["lifted"], "desks_lifted": False}})]
+    for name, s in bad:
+        w = run_audit([spec(1), spec(2)], [], books_of([spec(1), spec(2)], []))
+        check_suspension(w, s, ["C01", "C02"])
+        assert not w.checks[name], name
+
+
+def test_a_home_tap_journaled_twice_or_not_at_all_fails_the_audit() -> None:
+    specs = [spec(1), spec(2)]
+    taps = [TapRecord("C01", "C01", 1001, 1, 0, 0, 200, 0.0, 1.0), TapRecord("C01", "C01", 1001, 2, 0, 0, 200, 0.0, 1.0)]
+    books = books_of(specs, [])
+    books["C01"].own_journal.update({(1001, 1): 1, (1001, 2): 1})
+    books["C01"].own_amounts.update({(1001, 1): 200, (1001, 2): 200})
+    assert run_audit(specs, taps, books).checks["home_taps_journaled_exactly_once"]
+    books["C01"].own_journal[(1001, 2)] = 2  # the resend after the restart charged again
+    assert not run_audit(specs, taps, books).checks["home_taps_journaled_exactly_once"]
+    books["C01"].own_journal[(1001, 2)] = 0  # answered OK, lost in the restart
+    assert not run_audit(specs, taps, books).checks["home_taps_journaled_exactly_once"]
+
+
+def test_link_ports_are_distinct_and_outside_the_ephemeral_range() -> None:
+    from citycard.region.cities import LINK_PORTS, plan_specs
+
+    ports = [s.link_port for s in plan_specs(20, "p")]
+    assert len(set(ports)) == 20 and all(LINK_PORTS[0] <= p < LINK_PORTS[1] < 32_768 for p in ports)

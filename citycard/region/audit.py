@@ -43,6 +43,9 @@ async def read_books(conn: Any, code: str, records: list[ClearingRecord], actor_
                             REMOTE_TERMINAL_BASE, _OK)
     journal: Counter[tuple[int, int]] = Counter((r["terminal_id"], r["seq"]) for r in rows)
     amounts = {(r["terminal_id"], r["seq"]): int(r["amount_fen"]) for r in rows}
+    for key in await reversed_charges(conn, slots):  # a voided charge credited back: no record owed
+        journal.pop(key, None)
+        amounts.pop(key, None)
     own = await conn.fetch("SELECT terminal_id, seq, amount_fen FROM journal WHERE terminal_id < $1 AND result = $2",
                            REMOTE_TERMINAL_BASE, _OK)
     money = await money_audit.run_audit(conn, actor_balances)
@@ -50,6 +53,17 @@ async def read_books(conn: Any, code: str, records: list[ClearingRecord], actor_
                  money.balanced and money.duplicate_seqs == 0 and not money.actor_mismatches,
                  own_journal=Counter((r["terminal_id"], r["seq"]) for r in own),
                  own_amounts={(r["terminal_id"], r["seq"]): int(r["amount_fen"]) for r in own})
+
+
+async def reversed_charges(conn: Any, slots: dict[str, int]) -> list[tuple[int, int]]:
+    """The issuer's journal keys (remote terminal id, seq) of visitors' charges an acquirer
+    voided and this issuer credited back (interop/server.py's ``linkrev:`` top-ups, one per key)."""
+    out = []
+    for r in await conn.fetch("SELECT op_key FROM journal WHERE op_key LIKE 'linkrev:%'"):
+        _, acquirer, terminal_id, seq = r["op_key"].split(":")
+        if acquirer in slots:
+            out.append((remote_terminal_id(slots[acquirer], int(terminal_id)), int(seq)))
+    return out
 
 
 @dataclass

@@ -22,9 +22,9 @@ from ..config.settings import Settings
 from ..domain.clearing_records import SettlementReport
 from ..domain.settlement import CLOSE_GRACE_MS
 from ..persistence import settlement
+from . import books_import, suspension
 from . import cities as cities_mod
 from . import offline as offline_mod
-from . import suspension
 from .audit import Books, audit, check_next_window, check_suspension, check_unknown_card, read_books
 from .audit_offline import check_offline_visitors, expected_chargebacks
 from .cities import LabCity
@@ -300,7 +300,8 @@ async def _clear_and_suspend(started: list[LabCity], house: LabClearing, taps: l
     clearing["suspension"]["lifted"] = await suspension.settle_all(started, house, [window, next_window(window)])
     clearing["chargeback"] = chargeback
     clearing["next_window"] = wire.report_json(report2) if report2 is not None else None
-    return {"windows": windows, "clearing": clearing, "cleared": cleared, "refusals": refusals, "report": report,
+    return {"window": window, "windows": windows, "clearing": clearing, "cleared": cleared, "refusals": refusals,
+            "report": report,
             "statements": statements, "chargeback": chargeback, "report2": report2, "verified": verified}
 
 
@@ -322,6 +323,11 @@ async def run_lab(base: Settings, services: Services, spec: LabSpec, key_dir: Pa
         clearing, report, verified = c["clearing"], c["report"], c["verified"]
         files = clearing.pop("records_by_city")
         books = await _books(started, files)
+        booked_windows = [c["window"], next_window(c["window"])]  # each city books the house's results
+        booked = await books_import.import_all(started, house.url, files, booked_windows)
+        statements_by_window = {c["window"]: c["statements"], booked_windows[1]: dict(
+            await house.statements([x.code for x in started], booked_windows[1]))}
+        clearing["booked"] = books_import.as_dict(booked)
         for city in started:  # each issuer owes for its cards' offline sales the house handed it
             books[city.code].offline_payable = (len(verified[city.code]["records"]),
                                                 sum(r[2] for r in verified[city.code]["records"]))
@@ -331,6 +337,7 @@ async def run_lab(base: Settings, services: Services, spec: LabSpec, key_dir: Pa
         if spec.offline_per_s > 0:
             check_offline_visitors(verdict, offline_run.uploads, files, verified, c["report2"], spec.forged_share > 0)
         check_unknown_card(verdict, clearing["unknown_card"])
+        books_import.check_imported(verdict, booked, statements_by_window, [report, c["report2"]])
         check_suspension(verdict, clearing["suspension"], [x.code for x in started])
         return build_report(spec=dataclasses.asdict(spec), startup_s=startup_s, traffic_s=traffic_s, taps=taps,
                             errors=errors, outage=outage, windows=c["windows"], clearing=clearing,

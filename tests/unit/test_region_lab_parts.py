@@ -247,3 +247,20 @@ def test_link_ports_are_distinct_and_outside_the_ephemeral_range() -> None:
 
     ports = [s.link_port for s in plan_specs(20, "p")]
     assert len(set(ports)) == 20 and all(LINK_PORTS[0] <= p < LINK_PORTS[1] < 32_768 for p in ports)
+
+
+def test_a_reversed_charge_owes_no_clearing_record():
+    """An issuer's ``linkrev:`` top-up (a voided charge credited back) names the journal key the
+    audit leaves out of its payable; an acquirer it has no slot for is ignored."""
+    import asyncio
+
+    from citycard.interop.server import reversal_key
+    from citycard.region.audit import reversed_charges
+
+    class Conn:
+        async def fetch(self, sql: str) -> list[dict[str, str]]:
+            assert "linkrev:" in sql
+            return [{"op_key": reversal_key("C02", 5, 7)}, {"op_key": reversal_key("C09", 1, 1)}]
+
+    got = asyncio.run(reversed_charges(Conn(), {"C02": 3}))
+    assert got == [(remote_terminal_id(3, 5), 7)]

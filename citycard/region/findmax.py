@@ -7,12 +7,13 @@ load lab's (loadtest/measure.py): a factor per step, a bounded number of steps."
 import asyncio
 import dataclasses
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from ..cli.runtime import Services
 from ..config.settings import Settings
@@ -86,6 +87,18 @@ def stop_reason(fig: dict[str, Any], bound_ms: float, errors: list[str]) -> str 
     return None
 
 
+def own_snapshot() -> dict[int, procs.Sample]:
+    """procs.snapshot of this lab's processes only: this one, its Ray (started under it) and
+    Postgres (every backend on the machine: it cannot tell whose). Other work's Ray actors on
+    the machine are left out."""
+    me = psutil.Process()
+    try:
+        tree = {me.pid} | {p.pid for p in me.children(recursive=True)}
+    except psutil.Error:
+        tree = {me.pid}
+    return {pid: s for pid, s in procs.snapshot(me.pid).items() if pid in tree or s.role == "postgres"}
+
+
 class _Runner:
     """One step after another on the same cities: seqs go on where the last step stopped."""
 
@@ -100,11 +113,11 @@ class _Runner:
                            first_seq=self.next_seq)
         self.seed += 1
         self.next_seq += per_terminal + 1
-        before = await asyncio.to_thread(procs.snapshot, os.getpid())
+        before = await asyncio.to_thread(own_snapshot)
         t0 = time.perf_counter()
         taps, errors, _ = await drive(self.cities, plan, t0)
         elapsed_s = time.perf_counter() - t0
-        after = await asyncio.to_thread(procs.snapshot, os.getpid())
+        after = await asyncio.to_thread(own_snapshot)
         return step_figures(taps, rate_per_city, len(self.cities), max(elapsed_s, seconds),
                             procs.cpu_by_role(before, after)), errors
 

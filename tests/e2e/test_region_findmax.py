@@ -31,4 +31,6 @@ def test_two_steps_then_half_of_the_max(configured_services, tmp_path) -> None: 
         assert fig["failed"] == 0 and fig["cross_city_taps"] > 0, fig
         assert fig["cross_city_ok"] == fig["cross_city_taps"], fig
         assert fig["latency_ms"]["cross_city"]["count"] == fig["cross_city_taps"]
+        # CPU of this lab's own processes: the gateway process and its Ray's shards
+        assert fig["cpu_s"].get("gateway", 0) > 0 and fig["cpu_s"].get("account shards", 0) > 0, fig["cpu_s"]
     assert report["ok"] and any("max 7.8/s/city" in line for line in summary_lines(report))

@@ -25,7 +25,8 @@ def cmd_region_lab(args: argparse.Namespace) -> int:
     if args.find_max:
         return _cmd_find_max(args)
 
-    spec = LabSpec(cities=args.cities, cards=args.cards, terminals=args.terminals or LabSpec.terminals, account_shards=args.account_shards,
+    spec = LabSpec(cities=args.cities, cards=args.cards, terminals=args.terminals or LabSpec.terminals,
+                   account_shards=args.account_shards,
                    duration_s=args.duration_s, taps_per_s=args.taps_per_s, visitor_share=args.visitor_share,
                    floor_limit_fen=args.floor_limit_fen, schema_prefix=args.schema_prefix,
                    down_city=args.down_city, offline_per_s=args.offline_per_s, forged_share=args.forged_share,
@@ -48,7 +49,7 @@ def _cmd_find_max(args: argparse.Namespace) -> int:
                        account_shards=args.account_shards, visitor_share=args.visitor_share,
                        floor_limit_fen=args.floor_limit_fen, schema_prefix=args.schema_prefix,
                        start_rate=args.start_rate, max_steps=args.max_steps, step_s=args.step_s,
-                       half_s=args.half_s, p99_bound_ms=args.p99_bound_ms)
+                       half_s=args.half_s, p99_bound_ms=args.p99_bound_ms, retries=args.step_retries)
     try:
         spec.check()
     except ValueError as exc:
@@ -163,6 +164,8 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
     fm.add_argument("--start-rate", type=float, default=5.0, help="taps a second per city, first step (default 5)")
     fm.add_argument("--max-steps", type=int, default=10, help="at most this many steps, x1.3 each (default 10)")
     fm.add_argument("--step-s", type=float, default=15.0, help="seconds of traffic per step (default 15)")
+    fm.add_argument("--step-retries", type=int, default=1, help="a step past the bound is run again this"
+                    " often before the search stops (default 1: one stall of a shared machine is not the max)")
     fm.add_argument("--half-s", type=float, default=30.0, help="seconds of traffic at half the max (default 30)")
     lab.set_defaults(func=cmd_region_lab)
 

@@ -51,10 +51,11 @@ def test_search_stops_at_the_first_step_past_the_bound_and_runs_half_the_max() -
     spec = FindMaxSpec(cities=2, start_rate=4.0, factor=1.5, max_steps=10, step_s=10.0, half_s=20.0,
                        p99_bound_ms=100.0)
     out = asyncio.run(search(lab, spec, lambda _m: None))  # type: ignore[arg-type]
-    # 4, 6, 9 pass (p99 40, 60, 90 ms); 13.5 is past the bound (135 ms): the max is 9
-    assert [r for r, _ in lab.runs] == [4.0, 6.0, 9.0, 13.5, 4.5]
+    # 4, 6, 9 pass (p99 40, 60, 90 ms); 13.5 is past the bound (135 ms), again: the max is 9
+    assert [r for r, _ in lab.runs] == [4.0, 6.0, 9.0, 13.5, 13.5, 4.5]
     assert out["max_rate_per_city"] == 9.0 and out["max_taps_per_s"] == 18.0
-    assert [s["stop_reason"] is None for s in out["steps"]] == [True, True, True, False]
+    assert [s["stop_reason"] is None for s in out["steps"]] == [True, True, True, False, False]
+    assert [s["retry"] for s in out["steps"]] == [False, False, False, False, True]
     assert lab.runs[-1] == (4.5, 20.0) and out["half_max"]["latency_ms"]["cross_city"]["p99"] == 45.0
     assert not out["reached_step_limit"]
 
@@ -63,8 +64,30 @@ def test_no_step_passing_is_said_and_the_step_limit_is_kept() -> None:
     lab = _Lab()
     out = asyncio.run(search(lab, FindMaxSpec(cities=2, start_rate=20.0, p99_bound_ms=100.0),  # type: ignore[arg-type]
                              lambda _m: None))
-    assert out["max_rate_per_city"] is None and len(out["steps"]) == 1 and lab.runs[-1][0] == 10.0
+    assert out["max_rate_per_city"] is None and len(out["steps"]) == 2 and lab.runs[-1][0] == 10.0
     lab2 = _Lab()
     out2 = asyncio.run(search(lab2, FindMaxSpec(cities=2, start_rate=1.0, max_steps=2,  # type: ignore[arg-type]
                                                 p99_bound_ms=100.0), lambda _m: None))
     assert out2["reached_step_limit"] and len(out2["steps"]) == 2 and out2["max_rate_per_city"] == 1.3
+
+
+class _StallOnce(_Lab):
+    """The first run at 6 taps/s/city meets a stall (p99 500 ms); its retry does not."""
+
+    async def run(self, rate: float, seconds: float) -> tuple[dict[str, Any], list[str]]:
+        fig, errors = await super().run(rate, seconds)
+        if rate == 6.0 and sum(1 for r, _ in self.runs if r == 6.0) == 1:
+            fig["latency_ms"]["cross_city"]["p99"] = 500.0
+        return fig, errors
+
+
+def test_one_stall_is_run_again_and_the_search_goes_on() -> None:
+    lab = _StallOnce()
+    spec = FindMaxSpec(cities=2, start_rate=4.0, factor=1.5, step_s=10.0, half_s=20.0, p99_bound_ms=100.0)
+    out = asyncio.run(search(lab, spec, lambda _m: None))  # type: ignore[arg-type]
+    assert [r for r, _ in lab.runs] == [4.0, 6.0, 6.0, 9.0, 13.5, 13.5, 4.5]
+    assert out["max_rate_per_city"] == 9.0
+    lab0 = _StallOnce()
+    out0 = asyncio.run(search(lab0, FindMaxSpec(cities=2, start_rate=4.0, factor=1.5, retries=0,  # type: ignore[arg-type]
+                                                p99_bound_ms=100.0), lambda _m: None))
+    assert out0["max_rate_per_city"] == 4.0 and [r for r, _ in lab0.runs] == [4.0, 6.0, 2.0]

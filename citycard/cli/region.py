@@ -22,7 +22,11 @@ if TYPE_CHECKING:
 def cmd_region_lab(args: argparse.Namespace) -> int:
     from ..region.lab import LabSpec
 
-    spec = LabSpec(cities=args.cities, cards=args.cards, terminals=args.terminals, account_shards=args.account_shards,
+    if args.find_max:
+        return _cmd_find_max(args)
+
+    spec = LabSpec(cities=args.cities, cards=args.cards, terminals=args.terminals or LabSpec.terminals,
+                   account_shards=args.account_shards,
                    duration_s=args.duration_s, taps_per_s=args.taps_per_s, visitor_share=args.visitor_share,
                    floor_limit_fen=args.floor_limit_fen, schema_prefix=args.schema_prefix,
                    down_city=args.down_city, offline_per_s=args.offline_per_s, forged_share=args.forged_share,
@@ -36,6 +40,23 @@ def cmd_region_lab(args: argparse.Namespace) -> int:
         overrides["database"] = {"url": args.db_url}
     settings = load_settings(args.config, overrides=overrides or None)
     return region_lab_main(settings, spec, as_json=args.json, report_dir=args.report_dir)
+
+
+def _cmd_find_max(args: argparse.Namespace) -> int:
+    from ..region.findmax import FindMaxSpec, find_max_main
+
+    spec = FindMaxSpec(cities=args.cities, cards=args.cards, terminals=args.terminals or FindMaxSpec.terminals,
+                       account_shards=args.account_shards, visitor_share=args.visitor_share,
+                       floor_limit_fen=args.floor_limit_fen, schema_prefix=args.schema_prefix,
+                       start_rate=args.start_rate, max_steps=args.max_steps, step_s=args.step_s,
+                       half_s=args.half_s, p99_bound_ms=args.p99_bound_ms, retries=args.step_retries)
+    try:
+        spec.check()
+    except ValueError as exc:
+        raise CityCardError(str(exc)) from None
+    overrides: dict[str, dict[str, object]] = {"database": {"url": args.db_url}} if args.db_url else {}
+    return find_max_main(load_settings(args.config, overrides=overrides or None), spec, as_json=args.json,
+                         report_dir=args.report_dir)
 
 
 def region_lab_main(settings: Settings, spec: "LabSpec", *, as_json: bool, report_dir: str | None) -> int:
@@ -120,7 +141,7 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
                      help="share of each city's taps made with other cities' cards (default 0.2)")
     lab.add_argument("--taps-per-s", type=float, default=15.0, help="taps a second per city (default 15)")
     lab.add_argument("--cards", type=int, default=2000, help="cards per city (default 2000)")
-    lab.add_argument("--terminals", type=int, default=3, help="bus validators per city (default 3)")
+    lab.add_argument("--terminals", type=int, help="bus validators per city (default 3; 8 with --find-max)")
     lab.add_argument("--account-shards", type=int, choices=(1, 2), default=1, help="account shards per city")
     lab.add_argument("--floor-limit-fen", type=int, default=2000,
                      help="stand-in floor limit per card and window, every issuer (default 2000)")
@@ -136,6 +157,16 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
     lab.add_argument("--schema-prefix", default="region_lab",
                      help="Postgres schemas <prefix>_c01.. (dropped and made again at the start)")
     lab.add_argument("--db-url", help="the machine's Postgres (default: settings, else the embedded one)")
+    fm = lab.add_argument_group("find-max (no outage, no clearing: the cross-city p99 at half the max)")
+    fm.add_argument("--find-max", action="store_true", help="step the taps a second per city up until the"
+                    " cross-city p99 passes --p99-bound-ms or taps fail, then run at half the max")
+    fm.add_argument("--p99-bound-ms", type=float, default=100.0, help="cross-city p99 bound (default 100)")
+    fm.add_argument("--start-rate", type=float, default=5.0, help="taps a second per city, first step (default 5)")
+    fm.add_argument("--max-steps", type=int, default=10, help="at most this many steps, x1.3 each (default 10)")
+    fm.add_argument("--step-s", type=float, default=15.0, help="seconds of traffic per step (default 15)")
+    fm.add_argument("--step-retries", type=int, default=1, help="a step past the bound is run again this"
+                    " often before the search stops (default 1: one stall of a shared machine is not the max)")
+    fm.add_argument("--half-s", type=float, default=30.0, help="seconds of traffic at half the max (default 30)")
     lab.set_defaults(func=cmd_region_lab)
 
 

@@ -22,7 +22,7 @@ from ..domain.standin import StandIn, StandInCode, TapKey, terminal_result
 from ..domain.taps import Outcome, Tap
 from ..protocols import interop as ix
 from ..tasks import cancel_and_wait, log_failure
-from . import store
+from . import journal, store
 from .advice import Adviser
 from .client import LinkClient, NoAnswer
 
@@ -171,8 +171,8 @@ class RemoteDesk:
             return await self._stand_in(t, key, answer)
         if answer.code not in DECIDED:
             return Outcome(answer.code, 0, -1, False)  # the issuer is busy: nothing decided, the terminal retries
-        await store.log_remote_tap(self._pool, t, answer.code, answer.fare_fen, answer.balance_fen,
-                                   answer.replay, self._wall_ms())
+        await journal.log_remote_tap(self._pool, t, answer.code, answer.fare_fen, answer.balance_fen,
+                                     answer.replay, self._wall_ms())
         self.metrics.remote_latency.observe(time.perf_counter() - started)
         return Outcome(answer.code, answer.fare_fen, answer.balance_fen, answer.replay)
 

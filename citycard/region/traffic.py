@@ -50,6 +50,7 @@ class TrafficPlan:
     visitor_share: float  # of each city's taps, cards of other cities
     max_taps_per_terminal: int
     seed: int = 7
+    first_seq: int = 0  # a later run on the same platforms goes on above the seqs already used
 
 
 def _pick(rng: random.Random, here: LabCity, others: list[LabCity], share: float) -> tuple[str, int]:
@@ -152,13 +153,13 @@ async def _terminal(city: LabCity, others: list[LabCity], terminal_index: int, p
     interval_s = len(city.terminals) / plan.taps_per_s
     end = t0 + plan.duration_s
     conn = _Conn(city, term.terminal_id, view)
-    seq = 0
+    seq = plan.first_seq
     try:
         if await conn.get(end) is None:
             errors.append(f"{city.code}/{term.terminal_id}: could not connect")
             return
         await asyncio.sleep(rng.random() * interval_s)  # spread the terminals' phases
-        while seq < plan.max_taps_per_terminal and time.perf_counter() < end:
+        while seq - plan.first_seq < plan.max_taps_per_terminal and time.perf_counter() < end:
             seq += 1
             issuer, card = _pick(rng, city, others, plan.visitor_share)
             sent = time.perf_counter()

@@ -7,15 +7,17 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..config.settings import Settings, load_settings
 from ..errors import CityCardError
 
 if TYPE_CHECKING:
+    from ..cli.runtime import Services
+    from ..region.findmax import FindMaxSpec
     from ..region.lab import LabSpec
 
 
@@ -43,7 +45,7 @@ def cmd_region_lab(args: argparse.Namespace) -> int:
 
 
 def _cmd_find_max(args: argparse.Namespace) -> int:
-    from ..region.findmax import FindMaxSpec, find_max_main
+    from ..region.findmax import FindMaxSpec
 
     spec = FindMaxSpec(cities=args.cities, cards=args.cards, terminals=args.terminals or FindMaxSpec.terminals,
                        account_shards=args.account_shards, visitor_share=args.visitor_share,
@@ -59,12 +61,15 @@ def _cmd_find_max(args: argparse.Namespace) -> int:
                          report_dir=args.report_dir)
 
 
-def region_lab_main(settings: Settings, spec: "LabSpec", *, as_json: bool, report_dir: str | None) -> int:
+Run = Callable[["Services", Path, Callable[[str], None]], Awaitable[dict[str, Any]]]
+
+
+def _run_lab(settings: Settings, as_json: bool, run: Run) -> dict[str, Any]:
+    """Services and Ray up, ``run`` on uvloop with a key directory of its own, everything down
+    again; progress on stderr (and Ray's chatter kept off stdout) when the JSON goes there."""
     import uvloop
 
     from ..cli.runtime import resolve_services
-    from ..region.lab import run_lab
-    from ..region.report import summary_lines, write_reports
 
     services = resolve_services(settings)
     if as_json:  # Ray prints its workers' logs on stdout: they would break the JSON
@@ -77,13 +82,21 @@ def region_lab_main(settings: Settings, spec: "LabSpec", *, as_json: bool, repor
     with _stdout_to_stderr(as_json):
         try:
             with tempfile.TemporaryDirectory(prefix="citycard-region-keys-") as key_dir:
-                report = uvloop.run(run_lab(settings, services, spec, Path(key_dir), progress))
+                return uvloop.run(run(services, Path(key_dir), progress))
         finally:
             import ray
 
             if ray.is_initialized():
                 ray.shutdown()
             services.stop()
+
+
+def region_lab_main(settings: Settings, spec: "LabSpec", *, as_json: bool, report_dir: str | None) -> int:
+    from ..region.lab import run_lab
+    from ..region.report import summary_lines, write_reports
+
+    report = _run_lab(settings, as_json, lambda services, key_dir, progress: run_lab(
+        settings, services, spec, key_dir, progress))
     out = Path(report_dir or f"region-reports/{time.strftime('%Y%m%d-%H%M%S')}-{spec.cities}-cities")
     json_path, html_path = write_reports(report, out)
     if as_json:
@@ -91,6 +104,23 @@ def region_lab_main(settings: Settings, spec: "LabSpec", *, as_json: bool, repor
     else:
         print("\n".join(summary_lines(report)))
         print(f"  report: {json_path} and {html_path}")
+    return 0 if report["ok"] else 1
+
+
+def find_max_main(settings: Settings, spec: "FindMaxSpec", *, as_json: bool, report_dir: str | None) -> int:
+    """``region lab --find-max``: report.json in ``report_dir``, a summary (or the JSON) on stdout."""
+    from ..region.findmax import run_find_max, summary_lines
+
+    report = _run_lab(settings, as_json, lambda services, key_dir, progress: run_find_max(
+        settings, services, spec, key_dir, progress))
+    out = Path(report_dir or f"region-reports/{time.strftime('%Y%m%d-%H%M%S')}-{spec.cities}-cities-find-max")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        print("\n".join(summary_lines(report)))
+        print(f"  report: {out / 'report.json'}")
     return 0 if report["ok"] else 1
 
 

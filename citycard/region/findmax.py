@@ -183,46 +183,6 @@ async def run_find_max(base: Settings, services: Services, spec: FindMaxSpec, ke
                 log.warning("stopping %s: %r", c.code, exc)
 
 
-def find_max_main(settings: Settings, spec: FindMaxSpec, *, as_json: bool, report_dir: str | None) -> int:
-    """The CLI's ``region lab --find-max``: report.json in ``report_dir``, a summary (or the JSON) on stdout."""
-    import json
-    import sys
-    import tempfile
-
-    import uvloop
-
-    from ..cli.region import _init_ray_quiet, _stdout_to_stderr
-    from ..cli.runtime import resolve_services
-
-    services = resolve_services(settings)
-    if as_json:
-        _init_ray_quiet(settings)
-
-    def progress(msg: str) -> None:
-        if not as_json:
-            print(f"  {msg}", file=sys.stderr, flush=True)
-
-    with _stdout_to_stderr(as_json):
-        try:
-            with tempfile.TemporaryDirectory(prefix="citycard-region-keys-") as key_dir:
-                report = uvloop.run(run_find_max(settings, services, spec, Path(key_dir), progress))
-        finally:
-            import ray
-
-            if ray.is_initialized():
-                ray.shutdown()
-            services.stop()
-    out = Path(report_dir or f"region-reports/{time.strftime('%Y%m%d-%H%M%S')}-{spec.cities}-cities-find-max")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
-    if as_json:
-        print(json.dumps(report, indent=2))
-    else:
-        print("\n".join(summary_lines(report)))
-        print(f"  report: {out / 'report.json'}")
-    return 0 if report["ok"] else 1
-
-
 def summary_lines(report: dict[str, Any]) -> list[str]:
     fm = report["find_max"]
     lines = [f"region lab find-max, {report['run']['cities']} cities, cross-city p99 bound {fm['p99_bound_ms']:g} ms"]
@@ -240,4 +200,4 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-__all__ = ["FindMaxSpec", "find_max_main", "run_find_max", "search", "step_figures", "stop_reason", "summary_lines"]
+__all__ = ["FindMaxSpec", "run_find_max", "search", "step_figures", "stop_reason", "summary_lines"]

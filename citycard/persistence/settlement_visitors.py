@@ -24,14 +24,17 @@ from ..protocols.settlement_files import Row
 RECEIVED_WHERE = "o.received_at >= to_timestamp($1 / 1000.0) AND o.received_at < to_timestamp($2 / 1000.0)"
 
 _OK = int(Result.OK)
-# (terminal_id, seq, card_no, kind, route, tap_time_ms, amount_fen) of the visitors' online rides in [$1, $2)
+# (terminal_id, seq, card_no, kind, route, tap_time_ms, amount_fen) of the visitors' online rides in [$1, $2):
+# stand-in approvals (the terminal heard OK) and the issuer's OK answers; a void (refused_code set:
+# the terminal was refused) is no ride, and the city collects nothing for it
 ONLINE_SQL = (
     "SELECT s.terminal_id::bigint AS terminal_id, s.seq, s.card_no, s.kind, s.route, s.tap_time_ms, s.amount_fen"
-    " FROM standin_taps s WHERE s.approved_ms >= $1 AND s.approved_ms < $2"
+    " FROM standin_taps s WHERE s.refused_code IS NULL AND s.approved_ms >= $1 AND s.approved_ms < $2"
     " UNION ALL"
     " SELECT r.terminal_id::bigint, r.seq, r.card_no, r.kind, r.route, r.tap_time_ms, r.fare_fen FROM remote_taps r"
     f" WHERE r.result = {_OK} AND r.answered_ms >= $1 AND r.answered_ms < $2"
-    " AND NOT EXISTS (SELECT 1 FROM standin_taps s WHERE s.terminal_id = r.terminal_id AND s.seq = r.seq)")
+    " AND NOT EXISTS (SELECT 1 FROM standin_taps s WHERE s.terminal_id = r.terminal_id AND s.seq = r.seq"
+    " AND s.refused_code IS NULL)")
 OFFLINE_SQL = (
     "SELECT o.card_no, o.offline_counter, o.amount_fen, o.kind, o.route, o.terminal_id, o.tx_when, o.batch_seq"
     f" FROM offline_visitor_records o WHERE {RECEIVED_WHERE}"

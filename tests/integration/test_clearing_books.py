@@ -93,6 +93,11 @@ async def _seed(conn: asyncpg.Connection) -> None:
         "INSERT INTO standin_taps (issuer, terminal_id, seq, card_no, kind, route, tap_time_ms, amount_fen, state,"
         " code, approved_ms, decided_ms) VALUES ('SH', $1, $2, $3, 1, 5, $5, $4, $6, 0, $5, $7)",
         [(t, s, make_card_no(50 + s, SH), fen, app, st, dec) for t, s, fen, st, app, dec in STANDIN])
+    # a void (a tap sent, unanswered, refused in stand-in): no ride, the operator is not paid for it
+    await conn.execute(
+        "INSERT INTO standin_taps (issuer, terminal_id, seq, card_no, kind, route, tap_time_ms, amount_fen, state,"
+        " approved_ms, refused_code) VALUES ('SH', 21, 5, $1, 1, 5, $2, 70, 'voided', $2, 14)",
+        make_card_no(55, SH), B1[0] + 4_000_000)
     # HZ as issuer: SH's link has slot 0; its tap of HZ's card charged 333 fen on HZ's journal
     await conn.execute("INSERT INTO interop_acquirers (code, slot, first_ms) VALUES ('SH', 0, 0)")
     await conn.execute(

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 _BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 DEFAULT_MAX_VISITOR_TAPS = 10_000  # visitors' taps in flight on this desk; more: BUSY at once
 _BUSY = Outcome(int(Result.BUSY), 0, -1, False)
+_RETRY = Outcome(int(Result.RETRY), 0, -1, False)
 _FINAL_VOID = {"voided", "reversed", "expired"}
 
 
@@ -89,6 +90,8 @@ class RemoteDesk:
         self.suspended: frozenset[str] = frozenset()  # issuers the clearing house suspended: no stand-in
         self._writing: dict[tuple[int, int], asyncio.Future[bool]] = {}  # stand-in rows being written: durable?
         self._voiding: set[tuple[int, int]] = set()  # voids being written: a retry meanwhile hears BUSY
+        # keys being decided: a retry meanwhile waits for the first's outcome (never a second ask)
+        self._deciding: dict[tuple[int, int], asyncio.Future[Outcome]] = {}
 
     def set_suspended(self, codes: Iterable[str]) -> frozenset[str]:
         """The clearing house's GET /suspended, as last polled: those issuers' cards are refused
@@ -146,6 +149,26 @@ class RemoteDesk:
 
     # -- one visitor's tap -------------------------------------------------------------------
     async def decide(self, tap: Tap) -> Outcome:
+        """One key at a time: a retry that arrives while its first try is still being decided
+        (e.g. the terminal's timer ran out first) gets that try's outcome. Asked again in
+        between, the issuer would replay its charge as OK while the first try voids it."""
+        k = (tap.terminal_id, tap.seq)
+        first = self._deciding.get(k)
+        if first is not None:
+            return await asyncio.shield(first)
+        fut = self._deciding[k] = asyncio.get_running_loop().create_future()
+        try:
+            out = await self._decide_once(tap)
+        except BaseException:
+            fut.set_result(_RETRY)  # nothing promised by the first: the waiters' terminals retry
+            raise
+        else:
+            fut.set_result(out)
+            return out
+        finally:
+            del self._deciding[k]
+
+    async def _decide_once(self, tap: Tap) -> Outcome:
         issuer = self._issuers[tap.card_no // 10**11]
         key = TapKey(self.own, tap.terminal_id, tap.seq)
         amount_fen = self._price(tap, issuer.card_prefix)

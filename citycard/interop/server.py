@@ -12,7 +12,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ..domain.issuers import IssuerRegistry
-from ..domain.ops import TopUp
+from ..domain.ops import Credit
 from ..domain.purses import Purse
 from ..domain.results import Result
 from ..domain.taps import Outcome, Tap, TapKind
@@ -56,8 +56,9 @@ def router_decide(router: Any) -> Decide:
         return await fut
 
     async def reverse(key: str, card_no: int, amount_fen: int) -> bool:
-        # To the e-purse, the remote (taxi) debit's main purse; journaled once per key.
-        out = await router.client.apply_op(TopUp(key, card_no, int(Purse.EPURSE), amount_fen))
+        # To the e-purse, the remote (taxi) debit's main purse; journaled once per key. A credit,
+        # not a top-up: a card reported lost since the charge still gets its money back.
+        out = await router.client.apply_op(Credit(key, card_no, int(Purse.EPURSE), amount_fen))
         return bool(out.result == Result.OK)
 
     decide.reverse = reverse  # type: ignore[attr-defined]

@@ -57,9 +57,10 @@ async def read_books(conn: Any, code: str, records: list[ClearingRecord], actor_
 
 async def reversed_charges(conn: Any, slots: dict[str, int]) -> list[tuple[int, int]]:
     """The issuer's journal keys (remote terminal id, seq) of visitors' charges an acquirer
-    voided and this issuer credited back (interop/server.py's ``linkrev:`` top-ups, one per key)."""
+    voided and this issuer credited back (interop/server.py's ``linkrev:`` credits, one per key;
+    one the shard refused credited nothing and leaves the charge owed)."""
     out = []
-    for r in await conn.fetch("SELECT op_key FROM journal WHERE op_key LIKE 'linkrev:%'"):
+    for r in await conn.fetch(f"SELECT op_key FROM journal WHERE op_key LIKE 'linkrev:%' AND result = {_OK}"):
         _, acquirer, terminal_id, seq = r["op_key"].split(":")
         if acquirer in slots:
             out.append((remote_terminal_id(slots[acquirer], int(terminal_id)), int(seq)))

@@ -12,6 +12,8 @@ from contextlib import AsyncExitStack
 
 import pytest
 
+from citycard.domain.cards import CardStatus
+from citycard.domain.ops import OpKind, SetStatus
 from citycard.domain.results import Result
 from citycard.domain.taps import TapKind
 from citycard.interop.server import REMOTE_KIND
@@ -230,6 +232,9 @@ def test_a_charge_answered_too_late_for_a_refused_tap_is_reversed_by_void_advice
 
         async def slow(taps):  # noqa: ANN001, ANN202
             outcomes = await fast(taps)  # charged and durable at A ...
+            # ... the card reported lost at A since (its money must come back all the same) ...
+            lost = await r.a.platform.shard_client.apply_op(SetStatus(f"lost:{card}", card, int(CardStatus.BLOCKED)))
+            assert lost.result == Result.OK
             await asyncio.sleep(0.8)  # ... answered after B's 500 ms
             return outcomes
 
@@ -251,8 +256,11 @@ def test_a_charge_answered_too_late_for_a_refused_tap_is_reversed_by_void_advice
                            remote_terminal_id(await _slot_of_b(r), tid))
         fare = rows[0][2]
         assert fare > 0 and rows == [(1, Result.OK, fare)]  # the charge, once
-        credits = await fetch(r.a, "SELECT kind, amount_fen FROM journal WHERE card_no = $1 AND kind = 101", card)
-        assert credits == [(101, -fare)]  # ... credited back (a TOP_UP, once per reversal key)
+        credits = await fetch(r.a, "SELECT kind, result, amount_fen FROM journal WHERE card_no = $1 AND op_key LIKE"
+                              " 'linkrev:%'", card)
+        assert credits == [(int(OpKind.CREDIT), Result.OK, -fare)]  # ... credited back, once, the card blocked
+        unblock = await r.a.platform.shard_client.apply_op(SetStatus(f"found:{card}", card, int(CardStatus.ACTIVE)))
+        assert unblock.result == Result.OK
         # the retry is answered from B's store, never asked again; A's balance is whole again
         again = await client.tap(1, card, now_ms(), int(TapKind.BUS), route=ROUTE)
         assert (again.code, again.replay) == (Result.ISSUER_NOT_ACCEPTED, True)

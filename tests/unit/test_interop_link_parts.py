@@ -541,10 +541,39 @@ def test_a_retry_while_the_void_is_written_is_not_asked_online() -> None:
         d.clients["SH"].decide = unknown  # type: ignore[method-assign]
         first = asyncio.create_task(d.decide(visitor_tap(1)))
         await asyncio.sleep(0.01)  # its void is being written
-        assert (await d.decide(visitor_tap(1))).result == Result.BUSY
-        assert asked == [1]
+        retry = asyncio.create_task(d.decide(visitor_tap(1)))
+        await asyncio.sleep(0.01)
+        assert not retry.done() and asked == [1]  # it waits for the first try, never asked online
         pool.gate.set()
-        assert (await first).result == Result.ISSUER_NOT_ACCEPTED
+        assert (await first).result == (await retry).result == Result.ISSUER_NOT_ACCEPTED
+        assert asked == [1] and d._deciding == {}
+
+    run(scenario)
+
+
+def test_a_retry_while_the_first_try_is_with_the_issuer_gets_its_outcome() -> None:
+    """Before: the retry, past the checks while the first try waited on the link, asked the
+    issuer again; the issuer replayed its charge as OK while the first try voided it."""
+    async def scenario() -> None:
+        pool = PriorPool()
+        d = desk(pool)
+        d.set_suspended(["SH"])
+        asked: list[int] = []
+        release = asyncio.Event()
+
+        async def slow_unknown(tap: ix.RemoteTap, timeout_s: float) -> NoAnswer:
+            asked.append(tap.seq)
+            await release.wait()
+            return NoAnswer.UNKNOWN
+
+        d.clients["SH"].decide = slow_unknown  # type: ignore[method-assign]
+        first = asyncio.create_task(d.decide(visitor_tap(3)))
+        await asyncio.sleep(0.01)
+        retry = asyncio.create_task(d.decide(visitor_tap(3)))
+        await asyncio.sleep(0.01)
+        release.set()
+        assert (await first) == (await retry) and (await first).result == Result.ISSUER_NOT_ACCEPTED
+        assert asked == [3] and (1001, 3) in pool.rows  # asked once; one void
 
     run(scenario)
 

@@ -2,7 +2,8 @@
 and the voids it owes, sent once the link is up, oldest first, 500 an ``advice``. The issuer's
 ack decides each item or leaves it undecided; a decided item ends (one transaction), an
 undecided one is sent again later, with backoff, and expires after ``MAX_ADVICE_ATTEMPTS``
-undecided answers or ``MAX_ADVICE_AGE_MS``: an approval then becomes the acquirer's loss
+undecided answers (not by age: after a long outage the issuer must have its say first): an
+approval then becomes the acquirer's loss
 (``declined``, with the reason), a void ``expired`` (the issuer may hold a charge for it)."""
 
 import asyncio
@@ -22,7 +23,6 @@ log = logging.getLogger(__name__)
 ADVICE_TIMEOUT_S = 10.0
 ADVICE_CHECK_S = 1.0  # while the link is up, how often owed advice is looked for
 MAX_ADVICE_ATTEMPTS = 30  # undecided answers before an item expires (~2 h of backoff)
-MAX_ADVICE_AGE_MS = 24 * 3_600_000  # an item still undecided a day after it was written expires
 RETRY_MIN_MS, RETRY_MAX_MS = 1_000, 300_000  # an undecided item waits 1 s, doubling to 5 min
 
 _D = ix.AdviceDecision
@@ -38,7 +38,7 @@ def retry_after_ms(attempts: int) -> int:
 
 def expires(t: store.LinkTap, now_ms: int) -> bool:
     """Whether an item the issuer just left undecided is given up for good."""
-    return t.attempts + 1 >= MAX_ADVICE_ATTEMPTS or now_ms - t.approved_ms >= MAX_ADVICE_AGE_MS
+    return t.attempts + 1 >= MAX_ADVICE_ATTEMPTS
 
 
 def settle(owed: list[store.LinkTap], ack: ix.StandInAdviceAck, now_ms: int
@@ -171,5 +171,5 @@ class Adviser:
         self.metrics.standin_risk.labels(code).set(self.standin.risk(code).pending_fen)
 
 
-__all__ = ["ADVICE_CHECK_S", "ADVICE_TIMEOUT_S", "MAX_ADVICE_AGE_MS", "MAX_ADVICE_ATTEMPTS", "Adviser", "expires",
+__all__ = ["ADVICE_CHECK_S", "ADVICE_TIMEOUT_S", "MAX_ADVICE_ATTEMPTS", "Adviser", "expires",
            "retry_after_ms", "settle"]

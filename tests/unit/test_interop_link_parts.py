@@ -374,19 +374,25 @@ def test_an_item_left_undecided_waits_then_expires_as_a_loss_with_its_reason() -
     run(scenario)
 
 
-def test_settle_ends_voids_by_the_issuers_word_and_expires_them_by_age() -> None:
+def test_settle_ends_voids_by_the_issuers_word_and_expires_them_by_attempts_not_age() -> None:
+    """Before: an item written over a day ago expired at its first undecided answer, so a long
+    outage turned every approval into a loss and every void into a kept charge at once."""
     void = store.LinkTap("SH", 1001, 1, SH_CARD, 1, 7, NOW, 200, refused_code=int(Result.BUSY), approved_ms=NOW)
     stale = store.LinkTap("SH", 1001, 2, SH_CARD, 1, 7, NOW, 200, refused_code=int(Result.BUSY),
-                          approved_ms=NOW - advice.MAX_ADVICE_AGE_MS)
+                          approved_ms=NOW - 3 * 24 * 3_600_000, attempts=advice.MAX_ADVICE_ATTEMPTS - 1)
+    old = store.LinkTap("SH", 1001, 4, SH_CARD, 1, 7, NOW, 200, refused_code=int(Result.BUSY),
+                        approved_ms=NOW - 3 * 24 * 3_600_000)
     approval = store.LinkTap("SH", 1001, 3, SH_CARD, 1, 7, NOW, 200, approved_ms=NOW)
     d = ix.AdviceDecision
     ack = ix.StandInAdviceAck(acquirer="HZ", req=1, items=[
         ix.AdviceAckItem(terminal_id=1001, seq=1, decision=int(d.REVERSED), code=0, replay=True),
         ix.AdviceAckItem(terminal_id=1001, seq=2, decision=int(d.UNDECIDED), code=int(Result.RETRY)),
-        ix.AdviceAckItem(terminal_id=1001, seq=3, decision=int(d.VOIDED), code=int(Result.CARD_BLOCKED))])
-    settled, later = advice.settle([void, stale, approval], ack, NOW)
+        ix.AdviceAckItem(terminal_id=1001, seq=3, decision=int(d.VOIDED), code=int(Result.CARD_BLOCKED)),
+        ix.AdviceAckItem(terminal_id=1001, seq=4, decision=int(d.UNDECIDED), code=int(Result.BUSY))])
+    settled, later = advice.settle([void, stale, approval, old], ack, NOW)
     assert [(s.seq, s.state) for s in settled] == [(1, "reversed"), (2, "expired")]
-    assert later == [(1001, 3, NOW + advice.retry_after_ms(0))]  # VOIDED makes no sense for an approval: again
+    # VOIDED makes no sense for an approval: again; three days old but answered once: again
+    assert later == [(1001, 3, NOW + advice.retry_after_ms(0)), (1001, 4, NOW + advice.retry_after_ms(0))]
     assert [advice.retry_after_ms(n) for n in (0, 1, 2, 30)] == [1000, 2000, 4000, advice.RETRY_MAX_MS]
 
 

@@ -148,6 +148,10 @@ def loadtest_main(settings: Settings, args: Namespace) -> int:
 
     from ..loadtest.report import summary_lines, write_reports
 
+    if not args.target and settings.metrics.port:  # its own platform serves metrics there
+        from .preflight import check_port
+
+        check_port("metrics", settings.metrics.host, settings.metrics.port, "metrics.port")
     services = resolve_services(settings)
     try:
         report = uvloop.run(run_loadtest(settings, services, args))

@@ -1,4 +1,4 @@
-"""What ``citycard up`` checks before it starts anything: the fare table parses and its ports
+"""What ``citycard up`` (and the load lab's own platform) checks before it starts anything: the fare table parses and its ports
 are free. Each failure is one line naming the setting to change (ConfigError), not the actors'
 or the event loop's tracebacks that the same mistake gives once services are starting."""
 
@@ -10,7 +10,7 @@ from ..config.settings import Settings
 from ..errors import ConfigError
 
 
-def _check_port(what: str, host: str, port: int, key: str) -> None:
+def check_port(what: str, host: str, port: int, key: str) -> None:
     try:
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind
@@ -29,7 +29,7 @@ def check_up(settings: Settings) -> None:
                                   ("metrics", s.metrics.host, s.metrics.port, "metrics.port"),
                                   ("card-services API", s.api.host, s.api.port, "api.port")):
         if port:  # 0: an ephemeral gateway port, or metrics / API off
-            _check_port(what, host, port, key)
+            check_port(what, host, port, key)
 
 
 def address_in_use(exc: BaseException) -> bool:
@@ -37,4 +37,4 @@ def address_in_use(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE
 
 
-__all__ = ["address_in_use", "check_up"]
+__all__ = ["address_in_use", "check_port", "check_up"]

@@ -184,3 +184,19 @@ def test_up_on_a_port_in_use_names_the_setting(configured_services, schema, key)
     assert out.returncode == 2, out.stderr[-2000:]
     assert "Traceback" not in out.stderr, out.stderr[-2000:]
     assert f"127.0.0.1:{port} is in use" in out.stderr and f"CITYCARD_{key}__PORT" in out.stderr
+
+
+def test_loadtest_on_a_metrics_port_in_use_names_the_setting(configured_services, schema):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = citycard_env(configured_services, schema) | {"CITYCARD_METRICS__PORT": str(port),
+                                                             "CITYCARD_METRICS__HOST": "127.0.0.1"}
+        out = subprocess.run([sys.executable, "-m", "citycard", "loadtest", "--duration", "1", "--no-report"],
+                             env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr and f"127.0.0.1:{port} is in use" in out.stderr, out.stderr[-2000:]
+    assert "CITYCARD_METRICS__PORT" in out.stderr

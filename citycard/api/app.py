@@ -5,11 +5,13 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
 from . import errors
 from .auth import BEARER_SCHEME, TokenCache
 from .context import ApiContext
+from .health import health as health_check
 from .routes import (
     audit_log,
     cards,
@@ -47,9 +49,11 @@ def create_app(ctx: ApiContext) -> FastAPI:
         _check_strict(module.router)
         app.include_router(module.router)
 
-    @app.get("/health", tags=["operations"])
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
+    @app.get("/health", tags=["operations"], responses={503: {"description": "Postgres does not answer"}})
+    async def health() -> JSONResponse:
+        """Postgres and Redis checked now: 200 `ok` (or `degraded`: Redis down), 503 when
+        Postgres does not answer (`citycard/api/health.py`)."""
+        return await health_check(ctx.pool, ctx.redis)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

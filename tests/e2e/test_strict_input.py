@@ -101,7 +101,8 @@ def test_unexpected_error_is_a_json_500_and_logged(configured_services, schema, 
             body = assert_error_shape(r, 500)
             assert "secret internals" not in r.text and "RuntimeError" not in r.text, body
             assert "secret internals" in caplog.text  # the server's log has it
-            assert (await api.http.get("/health")).status_code == 200
+            health = await api.http.get("/health")  # both probes asked of the real services
+            assert health.status_code == 200 and health.json() == {"status": "ok", "postgres": "ok", "redis": "ok"}
 
     asyncio.run(scenario())
 

@@ -16,6 +16,7 @@ from ..loadtest import audit as audit_mod
 from ..loadtest.city import plan_cards, plan_terminals, seed_city
 from ..loadtest.drive import DriveResult, DriveSpec, drive_in_process
 from ..persistence import db
+from .platform_lock_cli import locked
 from .runtime import Platform, Services, connect_app, migrate_db, resolve_services
 
 DEMO_SCHEMA = "citycard_demo"
@@ -148,9 +149,9 @@ def demo_main(settings: Settings, *, n_taps: int, n_cards: int, n_terminals: int
 
     services = resolve_services(settings)
     try:
-        summary = uvloop.run(run_demo(settings, services, n_taps=n_taps, n_cards=n_cards,
-                                      n_terminals=n_terminals, show_progress=not as_json,
-                                      batch_taps=batch_taps, window=window))
+        summary = uvloop.run(locked(settings, services, "demo", run_demo(
+            settings, services, n_taps=n_taps, n_cards=n_cards, n_terminals=n_terminals,
+            show_progress=not as_json, batch_taps=batch_taps, window=window)))
     finally:
         import ray
 

@@ -32,6 +32,8 @@ from ..loadtest.sender import read_answered
 from ..loadtest.summary import build_report
 from ..loadtest.targets import Target, own_platform, remote_target, seed_model
 from ..persistence import db
+from ..persistence.platform_lock import take_platform_lock
+from .platform_lock_cli import locked
 from .runtime import Services, connect_app, migrate_db, resolve_services
 
 LOADTEST_SCHEMA = "citycard_loadtest"
@@ -154,7 +156,8 @@ def loadtest_main(settings: Settings, args: Namespace) -> int:
         check_port("metrics", settings.metrics.host, settings.metrics.port, "metrics.port")
     services = resolve_services(settings)
     try:
-        report = uvloop.run(run_loadtest(settings, services, args))
+        run = run_loadtest(settings, services, args)  # its own platform: one per schema, as `up`
+        report = uvloop.run(run if args.target else locked(settings, services, "loadtest", run))
     finally:
         import ray
 
@@ -176,21 +179,33 @@ def loadtest_main(settings: Settings, args: Namespace) -> int:
     return 0 if report["ok"] else 1
 
 
-def city_seed_main(settings: Settings, scale: float, seed: int) -> int:
-    """Seed a city into the configured database, for ``citycard up`` and ``loadtest --target``."""
+def city_seed_main(settings: Settings, scale: float, seed: int, replace: bool = False) -> int:
+    """Seed a city into the configured database, for ``citycard up`` and ``loadtest --target``:
+    refused while a platform runs on the schema (its shards would never see the new cards), and
+    into a schema that has cards or terminals unless ``replace`` (drop the schema's data first)."""
     model = city_for_scale(scale)
+    schema = settings.database.schema
 
     async def run(services: Services) -> int:
-        await migrate_db(settings, services.db_url)
-        conn = await connect_app(settings, services)
+        # held while seeding, so no platform starts on a half-seeded schema either
+        lock = await take_platform_lock(settings, services.db_url, "city seed", state_file=bool(services.embedded))
         try:
-            if await conn.fetchval("SELECT count(*) FROM terminals"):
-                raise CityCardError(f"schema {settings.database.schema!r} already has terminals: "
-                                    "seed into an empty database")
-            terminals = await seed_model(conn, model, settings.city.account_shards, seed)
+            if replace:
+                await db.drop_schema(services.db_url, schema)
+            await migrate_db(settings, services.db_url)
+            conn = await connect_app(settings, services)
+            try:
+                cards, terminals = await conn.fetchrow(
+                    "SELECT (SELECT count(*) FROM cards), (SELECT count(*) FROM terminals)")
+                if cards or terminals:
+                    raise CityCardError(f"schema {schema!r} already has {cards:,} cards and {terminals:,} terminals:"
+                                        " seed an empty schema, or pass --replace to drop them and seed anew")
+                planned = await seed_model(conn, model, settings.city.account_shards, seed)
+            finally:
+                await conn.close()
         finally:
-            await conn.close()
-        return len(terminals)
+            await lock.release()
+        return len(planned)
 
     services = resolve_services(settings)
     try:

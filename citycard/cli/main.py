@@ -71,7 +71,7 @@ def cmd_city_seed(args: argparse.Namespace) -> int:
 
     if not 0 < args.scale <= 10:
         raise CityCardError("--scale must be in (0, 10]: 1 is a megacity of 10 M cards")
-    return city_seed_main(_settings(args), args.scale, args.seed)
+    return city_seed_main(_settings(args), args.scale, args.seed, replace=args.replace)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -325,6 +325,8 @@ def _add_loadtest(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") ->
     cs = csub.add_parser("seed", help="seed a city (cards, terminals) into the configured, empty database")
     cs.add_argument("--scale", type=float, default=0.01, help="1 = 10 M cards (default 0.01)")
     cs.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    cs.add_argument("--replace", action="store_true", help="the schema already has cards or terminals: drop "
+                    "the schema's data and seed anew (refused while a platform runs on it)")
     cs.set_defaults(func=cmd_city_seed)
 
 

@@ -2,17 +2,27 @@
 
 import asyncio
 import signal
+import sys
 
 from ..config.settings import Settings
 from ..errors import ConfigError
+from ..persistence.platform_lock import PlatformLock, take_platform_lock
 from .preflight import address_in_use, check_up
-from .runtime import Platform, resolve_services
+from .runtime import Platform, Services, resolve_services
 
 
-async def _run(settings: Settings) -> None:
+async def take_up_lock(settings: Settings, services: Services) -> PlatformLock:
+    """One platform per schema (and state dir): `citycard up` takes the lock here, and only here,
+    so a mode that joins a running platform (extra gateways) can skip this one call."""
+    return await take_platform_lock(settings, services.db_url, "up", state_file=bool(services.embedded))
+
+
+async def _run(settings: Settings) -> int:
     services = resolve_services(settings)
     platform = Platform(settings, services)
+    lock: PlatformLock | None = None
     try:
+        lock = await take_up_lock(settings, services)
         try:
             await platform.start()
         except OSError as exc:
@@ -29,10 +39,17 @@ async def _run(settings: Settings) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        lock.watch(on_lost=lambda _why: stop.set())  # never run on without the lock
         await stop.wait()
+        if lock.lost:
+            print(f"citycard up: {lock.lost}; stopping", file=sys.stderr, flush=True)
+            return 1
         print("citycard up: stopping", flush=True)
+        return 0
     finally:
         await platform.stop()
+        if lock is not None:
+            await lock.release()
         import ray
 
         if ray.is_initialized():
@@ -44,5 +61,4 @@ def up_main(settings: Settings) -> int:
     import uvloop
 
     check_up(settings)
-    uvloop.run(_run(settings))
-    return 0
+    return uvloop.run(_run(settings))

@@ -4,6 +4,7 @@ import asyncio
 import signal
 import sys
 
+from ..config.fare_table import load_fare_tables
 from ..config.settings import Settings
 from ..errors import ConfigError
 from ..persistence.platform_lock import PlatformLock, take_platform_lock
@@ -23,6 +24,7 @@ async def _run(settings: Settings) -> int:
     lock: PlatformLock | None = None
     try:
         lock = await take_up_lock(settings, services)
+        check_up(settings)  # ports after the lock: a second `up` on the same config names the first
         try:
             await platform.start()
         except OSError as exc:
@@ -60,5 +62,5 @@ async def _run(settings: Settings) -> int:
 def up_main(settings: Settings) -> int:
     import uvloop
 
-    check_up(settings)
+    load_fare_tables(settings.fare_table_path())  # a bad table: the line `fares check` prints, before any service
     return uvloop.run(_run(settings))

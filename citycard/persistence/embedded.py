@@ -37,6 +37,7 @@ from typing import Any
 from urllib.parse import quote
 
 from citycard.errors import CityCardError
+from citycard.persistence.embedded_owner import remove_owner, stop_orphan, write_owner
 
 log = logging.getLogger(__name__)
 
@@ -468,18 +469,21 @@ def start_embedded_postgres(state_dir: Path, database: str = "citycard") -> Embe
     _ensure_traversable(bin_dir, runas)
     with _file_lock(state_dir / ".postgres.lock"):
         _initdb(bin_dir, pgdata, runas)
+        stop_orphan(state_dir, "postgres")  # left by a killed run: stopped, not reused ownerless
         info = _running_postmaster(pgdata)
         proc: subprocess.Popen[bytes] | None = None
         if info is None:
             _write_pg_config(pgdata, _socket_dir(pgdata, f".s.PGSQL.{PG_PORT}", runas), runas)
             proc, info = _pg_start(bin_dir, pgdata, runas)
+            write_owner(state_dir, "postgres", proc.pid)
         else:
             log.info("reusing running Postgres pid %d on %s", info.pid, pgdata)
     service = EmbeddedService(
         name="postgres",
         url=_pg_url(info.socket_dir, info.port, database),
         pid=None if proc is None else proc.pid,
-        _stopper=None if proc is None else functools.partial(_pg_stop, proc, pgdata),
+        _stopper=None if proc is None else functools.partial(
+            _stop_owned, "postgres", functools.partial(_pg_stop, proc, pgdata), proc.pid, state_dir),
     )
     try:
         _ensure_database(
@@ -559,8 +563,17 @@ def start_embedded_redis(state_dir: Path) -> EmbeddedService:
     sock = _socket_dir(redis_dir, "redis.sock", None) / "redis.sock"
     url = f"unix://{sock}"
     with _file_lock(state_dir / ".redis.lock"):
+        stop_orphan(state_dir, "redis")
         if _redis_ping(sock):
             log.info("reusing running Redis on %s", sock)
             return EmbeddedService(name="redis", url=url, pid=None)
         proc = _redis_spawn(redis_dir, sock)
-    return EmbeddedService(name="redis", url=url, pid=proc.pid, _stopper=lambda: _redis_stop(proc))
+        write_owner(state_dir, "redis", proc.pid)
+    return EmbeddedService(name="redis", url=url, pid=proc.pid,
+                           _stopper=functools.partial(_stop_owned, "redis", functools.partial(_redis_stop, proc),
+                                                      proc.pid, state_dir))
+
+
+def _stop_owned(name: str, stop: Callable[[], None], pid: int, state_dir: Path) -> None:
+    stop()
+    remove_owner(state_dir, name, pid)  # stopped: no owner record left for the next start

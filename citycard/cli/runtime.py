@@ -97,6 +97,14 @@ def init_ray(settings: Settings) -> None:
     ray.init(address=address, **kwargs)
 
 
+def local_ray_session_dir() -> str | None:
+    """The session dir of a Ray this process started (None when joined to a cluster, or none)."""
+    node = getattr(ray._private.worker, "_global_node", None)  # no public API names it
+    if node is None or not getattr(node, "head", False):
+        return None
+    return str(node.get_session_dir_path())
+
+
 def actor_name(settings: Settings, role: str, index: int) -> str:
     return f"{settings.database.schema}:{role}:{index}"
 

@@ -1,6 +1,7 @@
 """``citycard up``: run the platform until interrupted."""
 
 import asyncio
+import logging
 import signal
 import sys
 
@@ -9,7 +10,10 @@ from ..config.settings import Settings
 from ..errors import ConfigError
 from ..persistence.platform_lock import PlatformLock, take_platform_lock
 from .preflight import address_in_use, check_up
-from .runtime import Platform, Services, resolve_services
+from .ray_watchdog import RayGuard, reap_dead_session
+from .runtime import Platform, Services, init_ray, local_ray_session_dir, resolve_services
+
+log = logging.getLogger(__name__)
 
 
 async def take_up_lock(settings: Settings, services: Services) -> PlatformLock:
@@ -18,13 +22,31 @@ async def take_up_lock(settings: Settings, services: Services) -> PlatformLock:
     return await take_platform_lock(settings, services.db_url, "up", state_file=bool(services.embedded))
 
 
+def guard_local_ray(settings: Settings, services: Services, command: str) -> RayGuard | None:
+    """Reap a dead run's Ray session, start this run's local Ray, and watch it: a kill -9 of this
+    process stops the session (and the embedded servers it owns) within seconds. None on a cluster."""
+    if settings.ray.address:
+        return None
+    state = settings.state.path
+    record = state / f"ray-session.{settings.database.schema}.json"
+    if reap_dead_session(record):
+        log.warning("stopped the Ray processes left by a dead run (%s)", record)
+    init_ray(settings)
+    session_dir = local_ray_session_dir()
+    if session_dir is None:
+        return None
+    return RayGuard.start(session_dir, record, command, state if services.embedded else None)
+
+
 async def _run(settings: Settings) -> int:
     services = resolve_services(settings)
     platform = Platform(settings, services)
     lock: PlatformLock | None = None
+    guard: RayGuard | None = None
     try:
         lock = await take_up_lock(settings, services)
         check_up(settings)  # ports after the lock: a second `up` on the same config names the first
+        guard = guard_local_ray(settings, services, "up")
         try:
             await platform.start()
         except OSError as exc:
@@ -32,6 +54,8 @@ async def _run(settings: Settings) -> int:
                 raise
             raise ConfigError(f"an address citycard up needs was taken while it started: {exc.strerror};"
                               " check gateway.port, metrics.port and api.port") from None
+        if guard is not None:
+            guard.note_processes()  # with the actors' workers
         metrics = (f"http://{settings.metrics.host}:{platform.metrics_port}/metrics"
                    if platform.metrics_port else "off")
         api = f"http://{settings.api.host}:{platform.api_port}/docs" if platform.api_port else "off"
@@ -56,6 +80,8 @@ async def _run(settings: Settings) -> int:
 
         if ray.is_initialized():
             ray.shutdown()
+        if guard is not None:
+            guard.close()
         services.stop()
 
 

@@ -16,7 +16,7 @@ from ..loadtest import audit as audit_mod
 from ..loadtest.city import plan_cards, plan_terminals, seed_city
 from ..loadtest.drive import DriveResult, DriveSpec, drive_in_process
 from ..persistence import db
-from .platform_lock_cli import locked
+from .lifecycle import locked
 from .runtime import Platform, Services, connect_app, migrate_db, resolve_services
 
 DEMO_SCHEMA = "citycard_demo"

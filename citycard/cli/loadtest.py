@@ -33,7 +33,7 @@ from ..loadtest.summary import build_report
 from ..loadtest.targets import Target, own_platform, remote_target, seed_model
 from ..persistence import db
 from ..persistence.platform_lock import take_platform_lock
-from .platform_lock_cli import locked
+from .lifecycle import locked
 from .runtime import Services, connect_app, migrate_db, resolve_services
 
 LOADTEST_SCHEMA = "citycard_loadtest"

@@ -1,7 +1,6 @@
 """``citycard up``: run the platform until interrupted."""
 
 import asyncio
-import logging
 import signal
 import sys
 
@@ -9,33 +8,16 @@ from ..config.fare_table import load_fare_tables
 from ..config.settings import Settings
 from ..errors import ConfigError
 from ..persistence.platform_lock import PlatformLock, take_platform_lock
+from .lifecycle import guard_local_ray, stop_local_ray
 from .preflight import address_in_use, check_up
-from .ray_watchdog import RayGuard, reap_dead_session
-from .runtime import Platform, Services, init_ray, local_ray_session_dir, resolve_services
-
-log = logging.getLogger(__name__)
+from .ray_watchdog import RayGuard
+from .runtime import Platform, Services, resolve_services
 
 
 async def take_up_lock(settings: Settings, services: Services) -> PlatformLock:
     """One platform per schema (and state dir): `citycard up` takes the lock here, and only here,
     so a mode that joins a running platform (extra gateways) can skip this one call."""
     return await take_platform_lock(settings, services.db_url, "up", state_file=bool(services.embedded))
-
-
-def guard_local_ray(settings: Settings, services: Services, command: str) -> RayGuard | None:
-    """Reap a dead run's Ray session, start this run's local Ray, and watch it: a kill -9 of this
-    process stops the session (and the embedded servers it owns) within seconds. None on a cluster."""
-    if settings.ray.address not in ("", "local"):  # joined to a cluster: its processes are not ours
-        return None
-    state = settings.state.path
-    record = state / f"ray-session.{settings.database.schema}.json"
-    if reap_dead_session(record):
-        log.warning("stopped the Ray processes left by a dead run (%s)", record)
-    init_ray(settings)
-    session_dir = local_ray_session_dir()
-    if session_dir is None:
-        return None
-    return RayGuard.start(session_dir, record, command, state if services.embedded else None)
 
 
 async def _run(settings: Settings) -> int:
@@ -76,12 +58,7 @@ async def _run(settings: Settings) -> int:
         await platform.stop()
         if lock is not None:
             await lock.release()
-        import ray
-
-        if ray.is_initialized():
-            ray.shutdown()
-        if guard is not None:
-            guard.close()
+        stop_local_ray(guard)
         services.stop()
 
 

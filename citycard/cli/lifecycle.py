@@ -1,0 +1,59 @@
+"""A platform's lifecycle guards, for every command that runs a platform of its own: the
+schema's platform lock, and the watch on its local Ray session (docs/reliability.md, section 8)."""
+
+import logging
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import ray
+
+from ..config.settings import Settings
+from ..persistence.platform_lock import take_platform_lock
+from .ray_watchdog import RayGuard, reap_dead_session
+from .runtime import Services, init_ray, local_ray_session_dir
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def guard_local_ray(settings: Settings, services: Services, command: str) -> RayGuard | None:
+    """Reap a dead run's Ray session, start this run's local Ray, and watch it: a kill -9 of this
+    process stops the session (and the embedded servers it owns) within seconds. None on a cluster."""
+    if settings.ray.address not in ("", "local"):  # joined to a cluster: its processes are not ours
+        return None
+    state = settings.state.path
+    record = state / f"ray-session.{settings.database.schema}.json"
+    if reap_dead_session(record):
+        log.warning("stopped the Ray processes left by a dead run (%s)", record)
+    init_ray(settings)
+    session_dir = local_ray_session_dir()
+    if session_dir is None:
+        return None
+    return RayGuard.start(session_dir, record, command, state if services.embedded else None)
+
+
+def stop_local_ray(guard: RayGuard | None) -> None:
+    """ray.shutdown(), then whatever of the session outlived it."""
+    if ray.is_initialized():
+        ray.shutdown()
+    if guard is not None:
+        guard.close()
+
+
+async def locked(settings: Settings, services: Services, command: str, run: Coroutine[Any, Any, T]) -> T:
+    """``run`` while holding the schema's platform lock (PlatformLocked, one line, if another
+    holds it), its local Ray watched and, at the end, stopped."""
+    try:
+        lock = await take_platform_lock(settings, services.db_url, command, state_file=bool(services.embedded))
+    except BaseException:
+        run.close()  # never started: no "coroutine was never awaited" warning
+        raise
+    guard = None
+    try:
+        guard = guard_local_ray(settings, services, command)
+        if guard is not None:
+            guard.note_processes()
+        return await run
+    finally:
+        stop_local_ray(guard)
+        await lock.release()

@@ -8,9 +8,10 @@ import subprocess
 import sys
 import time
 
+import asyncpg
 import pytest
 
-from citycard.persistence.platform_lock import take_platform_lock
+from citycard.persistence.platform_lock import held_by, take_platform_lock
 from tests.support.cli import citycard_env, migrated_city
 from tests.support.services import make_settings
 
@@ -46,6 +47,43 @@ def test_second_up_on_the_same_schema_is_refused_naming_the_first(configured_ser
         if first.poll() is None:
             first.kill()
             first.wait()
+
+
+def test_up_whose_lock_is_taken_by_another_stops_saying_so(configured_services, schema):
+    env = citycard_env(configured_services, schema)
+    migrated_city(env, configured_services, schema, 20, 2)
+    settings = make_settings(configured_services, schema)
+    up = subprocess.Popen([sys.executable, "-m", "citycard", "up"], env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+
+    async def steal() -> None:  # its lock session ended (as by a Postgres restart), another start wins
+        holder = await held_by(settings, configured_services.db_url)
+        conn = await asyncpg.connect(configured_services.db_url)
+        try:
+            assert await conn.fetchval("SELECT pg_terminate_backend($1)", holder.backend_pid)
+        finally:
+            await conn.close()
+        thief = await take_platform_lock(settings, configured_services.db_url, "demo", state_file=False)
+        try:
+            code = await asyncio.to_thread(up.wait, 60)
+        finally:
+            await thief.release()
+        assert code == 1
+
+    try:
+        line, deadline = "", time.monotonic() + 120
+        while "gateway on" not in line and time.monotonic() < deadline:
+            line = up.stdout.readline()
+            if not line and up.poll() is not None:
+                pytest.fail(f"citycard up exited: {up.stderr.read()[-2000:]}")
+        asyncio.run(steal())
+        err = up.stderr.read()
+        assert f"citycard up: lost the platform lock on schema {schema!r}" in err, err[-2000:]
+        assert "another platform took it" in err and "citycard demo" in err
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
 
 
 def test_city_seed_refuses_a_seeded_schema_unless_replace(configured_services, schema):

@@ -6,12 +6,13 @@ import signal
 from ..config.settings import Settings
 from ..errors import ConfigError
 from .preflight import address_in_use, check_up
+from .ray_cluster import check_cluster
 from .runtime import Platform, resolve_services
 
 
-async def _run(settings: Settings) -> None:
+async def _run(settings: Settings, attach: bool) -> None:
     services = resolve_services(settings)
-    platform = Platform(settings, services)
+    platform = Platform(settings, services, attach=attach)
     try:
         try:
             await platform.start()
@@ -40,9 +41,23 @@ async def _run(settings: Settings) -> None:
         services.stop()
 
 
-def up_main(settings: Settings) -> int:
+def check_attach(settings: Settings) -> None:
+    """An attached gateway shares the first one's services: none may be embedded or local."""
+    for value, key, env in ((settings.ray.address, "ray.address", "RAY_ADDRESS"),
+                            (settings.database.url, "database.url", "CITYCARD_DATABASE_URL"),
+                            (settings.redis.url, "redis.url", "CITYCARD_REDIS_URL")):
+        if not value:
+            raise ConfigError(f"--attach joins a platform on a cluster: set {key} ({env}) as the first"
+                              " gateway has it (docs/deploy.md)")
+
+
+def up_main(settings: Settings, *, attach: bool = False) -> int:
     import uvloop
 
+    if attach:
+        check_attach(settings)
     check_up(settings)
-    uvloop.run(_run(settings))
+    if settings.ray.address:  # before any migration: a cluster that is not there, or a missing token file
+        check_cluster(settings.ray)
+    uvloop.run(_run(settings, attach))
     return 0

@@ -120,6 +120,9 @@ class TwoNodeCluster:
             time.sleep(0.2)
         for node in (self.worker, self.head):
             node.kill(signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (self.head.processes() or self.worker.processes()):
+            time.sleep(0.2)
 
 
 # Run in a child process as a client of the cluster: where each of a platform's actors lives,

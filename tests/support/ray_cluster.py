@@ -131,7 +131,7 @@ _INSPECT = r"""
 import json, sys, ray
 from ray._private import state
 ns, schema, n_accounts = sys.argv[1], sys.argv[2], int(sys.argv[3])
-ray.init(namespace=ns, logging_level="ERROR")
+ray.init(namespace=ns, logging_level="ERROR", log_to_driver=False)
 head = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and "node:__internal_head__" in n["Resources"])
 where = {}
 for a in state.actors().values():
@@ -141,7 +141,7 @@ balances = {}
 if sys.argv[4] == "balances":
     for i in range(n_accounts):
         balances.update(ray.get(ray.get_actor(f"{schema}:account:{i}").balances.remote(), timeout=60))
-print(json.dumps({"head": head, "actors": where, "balances": {str(k): v for k, v in balances.items()}}))
+print("INSPECT " + json.dumps({"head": head, "actors": where, "balances": {str(k): v for k, v in balances.items()}}))
 """
 
 
@@ -153,6 +153,9 @@ def inspect(cluster: TwoNodeCluster, namespace: str, schema: str, n_accounts: in
                           timeout=90, stdin=subprocess.DEVNULL)
     if done.returncode != 0:
         raise RuntimeError(f"inspecting the cluster failed: {done.stderr[-2000:]}")
-    out = json.loads(done.stdout.strip().splitlines()[-1])
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("INSPECT ")]  # Ray may print too
+    if not lines:
+        raise RuntimeError(f"inspecting the cluster printed no answer: {done.stdout[-2000:]} {done.stderr[-2000:]}")
+    out = json.loads(lines[-1].removeprefix("INSPECT "))
     out["balances"] = {int(k): v for k, v in out["balances"].items()}
     return out

@@ -7,6 +7,7 @@ import json
 import os
 import random
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -123,6 +124,8 @@ class TwoNodeCluster:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and (self.head.processes() or self.worker.processes()):
             time.sleep(0.2)
+        for node in (self.worker, self.head):
+            shutil.rmtree(node.temp_dir, ignore_errors=True)  # Ray's session dirs and logs
 
 
 # Run in a child process as a client of the cluster: where each of a platform's actors lives,

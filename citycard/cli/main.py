@@ -77,7 +77,7 @@ def cmd_city_seed(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     from .up import up_main
 
-    return up_main(_settings(args))
+    return up_main(_settings(args), attach=args.attach)
 
 
 def cmd_db_migrate(args: argparse.Namespace) -> int:
@@ -352,6 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     u = sub.add_parser("up", help="run the platform until interrupted", epilog=settings_epilog(),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    u.add_argument("--attach", action="store_true",
+                   help="another gateway for a platform already up on the Ray cluster at ray.address: it uses"
+                        " that platform's shards and runs no migrations (docs/deploy.md)")
     u.set_defaults(func=cmd_up)
 
     dbp = sub.add_parser("db", help="database tasks")

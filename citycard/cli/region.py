@@ -151,10 +151,14 @@ def _init_ray_quiet(settings: Settings) -> None:
         return
     kwargs: dict[str, object] = {"namespace": settings.ray.namespace, "logging_level": logging.WARNING,
                                  "log_to_driver": False}
-    if not settings.ray.address:
-        kwargs["num_cpus"] = settings.ray.num_cpus or os.cpu_count() or 1
-        kwargs["include_dashboard"] = False
-    ray.init(address=settings.ray.address or None, **kwargs)  # type: ignore[arg-type]
+    if settings.ray.address:  # a cluster: its token, one line when it is not there
+        from .ray_cluster import connect_cluster
+
+        connect_cluster(settings.ray, kwargs)
+        return
+    kwargs["num_cpus"] = settings.ray.num_cpus or os.cpu_count() or 1
+    kwargs["include_dashboard"] = False
+    ray.init(address=None, **kwargs)  # type: ignore[arg-type]
 
 
 def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:

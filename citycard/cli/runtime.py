@@ -21,6 +21,7 @@ from ..actors.shard_client import CallPolicy, ShardClient
 from ..actors.terminal_session import TerminalSession
 from ..config.fare_table import load_fare_tables
 from ..config.settings import Settings
+from ..errors import ConfigError
 from ..gateway.build import GatewayLimits, build_gateway
 from ..gateway.hotlist import HotlistCache, HotlistDeltas, max_hotlist_items
 from ..gateway.metrics import Metrics
@@ -32,6 +33,7 @@ from ..offline.desk import OfflineDesk, issuer_keys, issuers_of
 from ..persistence import db, hotlist, terminals
 from ..persistence.migrate import migrate
 from ..persistence.roles import DbRoles, app_login_url, check_app_login
+from .ray_cluster import connect_cluster, node_order, placement
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +96,9 @@ def init_ray(settings: Settings) -> None:
     if address is None:
         kwargs["num_cpus"] = settings.ray.num_cpus or os.cpu_count() or 1
         kwargs["include_dashboard"] = False
-    ray.init(address=address, **kwargs)
+        ray.init(address=address, **kwargs)
+    else:  # a cluster: its token auth, and one line when it is not there (cli/ray_cluster.py)
+        connect_cluster(settings.ray, kwargs)
 
 
 def local_ray_session_dir() -> str | None:
@@ -138,8 +142,9 @@ async def connect_app(settings: Settings, services: Services) -> Any:
 
 
 class Platform:
-    def __init__(self, settings: Settings, services: Services) -> None:
+    def __init__(self, settings: Settings, services: Services, *, attach: bool = False) -> None:
         self.settings = settings
+        self.attach = attach  # join the actors another `citycard up` started (docs/deploy.md)
         self.services = services
         self.shards: list[Any] = []
         self.shard_client: ShardClient | None = None
@@ -178,7 +183,8 @@ class Platform:
     async def _start_services(self, gateway_port: int | None, metrics_port: int | None,
                               api_port: int | None) -> None:
         s, g = self.settings, self.settings.gateway
-        await migrate_db(s, self.services.db_url)
+        if not self.attach:  # an attached gateway leaves schema changes to the first one
+            await migrate_db(s, self.services.db_url)
         await (await connect_app(s, self.services)).close()  # refuse a superuser before any actor starts
         init_ray(s)
         self.shards, self.sessions = self.start_actors()
@@ -263,16 +269,38 @@ class Platform:
         cfg = s.as_dict()
         ns = s.ray.namespace
         url = self.services.app_url(s)
+        if self.attach:
+            return self._find_actors()
+        nodes = node_order()  # shard i on node i mod n; one node: as local mode always did
         shards = [
-            AccountShard.options(name=actor_name(s, "account", i), namespace=ns, get_if_exists=True)
+            AccountShard.options(name=actor_name(s, "account", i), namespace=ns, get_if_exists=True,
+                                 **placement(nodes, i))
             .remote(i, cfg, url)
             for i in range(s.city.account_shards)
         ]
         sessions = [
-            TerminalSession.options(name=actor_name(s, "session", i), namespace=ns, get_if_exists=True)
+            TerminalSession.options(name=actor_name(s, "session", i), namespace=ns, get_if_exists=True,
+                                    **placement(nodes, i))
             .remote(i, cfg, url)
             for i in range(s.city.session_shards)
         ]
+        return shards, sessions
+
+    def _find_actors(self) -> tuple[list[Any], list[Any]]:
+        """An attached gateway's actors: the ones the first ``citycard up`` started, never new ones."""
+        s = self.settings
+        shards: list[Any] = []
+        sessions: list[Any] = []
+        for role, count, into in (("account", s.city.account_shards, shards),
+                                  ("session", s.city.session_shards, sessions)):
+            for i in range(count):
+                try:
+                    into.append(ray.get_actor(actor_name(s, role, i), namespace=s.ray.namespace))
+                except ValueError:
+                    raise ConfigError(f"--attach: no platform runs on the Ray cluster at {s.ray.address} for"
+                                      f" database.schema {s.database.schema} in ray.namespace {s.ray.namespace}"
+                                      f" (no actor {actor_name(s, role, i)}): start the first gateway"
+                                      " with `citycard up`, and give every gateway the same settings") from None
         return shards, sessions
 
     async def _rebuild_hotlist(self) -> int:
@@ -315,7 +343,7 @@ class Platform:
             self.pool.terminate()  # a no-op once close() finished
 
     async def _kill_actors(self) -> None:
-        if self._kill_on_stop:
+        if self._kill_on_stop and not self.attach:  # attached: the actors are the first gateway's
             for a in self.shards + self.sessions:
                 ray.kill(a, no_restart=True)
 

@@ -10,6 +10,7 @@ from ..errors import ConfigError
 from ..persistence.platform_lock import PlatformLock, take_platform_lock
 from .lifecycle import guard_local_ray, stop_local_ray
 from .preflight import address_in_use, check_up
+from .ray_cluster import check_cluster
 from .ray_watchdog import RayGuard
 from .runtime import Platform, Services, resolve_services
 
@@ -20,13 +21,14 @@ async def take_up_lock(settings: Settings, services: Services) -> PlatformLock:
     return await take_platform_lock(settings, services.db_url, "up", state_file=bool(services.embedded))
 
 
-async def _run(settings: Settings) -> int:
+async def _run(settings: Settings, attach: bool) -> int:
     services = resolve_services(settings)
-    platform = Platform(settings, services)
+    platform = Platform(settings, services, attach=attach)
     lock: PlatformLock | None = None
     guard: RayGuard | None = None
     try:
-        lock = await take_up_lock(settings, services)
+        if not attach:  # an attached gateway joins the lock holder's platform
+            lock = await take_up_lock(settings, services)
         check_up(settings)  # ports after the lock: a second `up` on the same config names the first
         guard = guard_local_ray(settings, services, "up")
         try:
@@ -47,9 +49,10 @@ async def _run(settings: Settings) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        lock.watch(on_lost=lambda _why: stop.set())  # never run on without the lock
+        if lock is not None:
+            lock.watch(on_lost=lambda _why: stop.set())  # never run on without the lock
         await stop.wait()
-        if lock.lost:
+        if lock is not None and lock.lost:
             print(f"citycard up: {lock.lost}; stopping", file=sys.stderr, flush=True)
             return 1
         print("citycard up: stopping", flush=True)
@@ -62,8 +65,22 @@ async def _run(settings: Settings) -> int:
         services.stop()
 
 
-def up_main(settings: Settings) -> int:
+def check_attach(settings: Settings) -> None:
+    """An attached gateway shares the first one's services: none may be embedded or local."""
+    for value, key, env in ((settings.ray.address, "ray.address", "RAY_ADDRESS"),
+                            (settings.database.url, "database.url", "CITYCARD_DATABASE_URL"),
+                            (settings.redis.url, "redis.url", "CITYCARD_REDIS_URL")):
+        if not value:
+            raise ConfigError(f"--attach joins a platform on a cluster: set {key} ({env}) as the first"
+                              " gateway has it (docs/deploy.md)")
+
+
+def up_main(settings: Settings, *, attach: bool = False) -> int:
     import uvloop
 
+    if attach:
+        check_attach(settings)
     load_fare_tables(settings.fare_table_path())  # a bad table: the line `fares check` prints, before any service
-    return uvloop.run(_run(settings))
+    if settings.ray.address:  # before any migration: a cluster that is not there, or a missing token file
+        check_cluster(settings.ray)
+    return uvloop.run(_run(settings, attach))

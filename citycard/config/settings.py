@@ -7,7 +7,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import limits
 from pydantic import (
@@ -165,6 +165,10 @@ class Ray(_Section):
     address: str
     namespace: str = Field(min_length=1)
     num_cpus: int = Field(ge=0, le=4096)
+    # A cluster's token auth (docs/deploy.md): "auto" uses a token when one is known
+    auth_mode: Literal["auto", "token", "disabled"] = "auto"
+    auth_token: str = Field(default="", repr=False)  # the cluster's token itself; or:
+    auth_token_file: str = ""  # a file holding it (Ray's default: ~/.ray/auth_token)
 
 
 def _hex16(name: str, v: str) -> str:

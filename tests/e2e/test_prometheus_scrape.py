@@ -4,6 +4,7 @@ API, get sane answers; the alert rules load and evaluate; and every metric famil
 exposes is documented in docs/operations.md."""
 
 import asyncio
+import json
 import re
 import threading
 import time
@@ -109,6 +110,7 @@ def test_real_prometheus_answers_the_operators_questions(live: LiveCity, tmp_pat
 
         _assert_answers(prom, n_shards, tapping.answered)
         _assert_rules_loaded(prom)
+        _assert_dashboard_queries_answer(prom)
 
 
 async def _token(live: LiveCity) -> str:
@@ -175,6 +177,23 @@ def _assert_rules_loaded(prom: Prometheus) -> None:
     # trend over a few seconds of a test, which its 30 minutes of "for" would not confirm)
     firing = [a["labels"]["alertname"] for a in prom.api("alerts")["alerts"] if a["state"] == "firing"]
     assert firing == [], firing
+
+
+# panels that may show nothing on a healthy platform: no errors, no restarts
+MAY_BE_EMPTY = {"Undecided and BUSY share", "Protocol errors/s by code", "Shard restarts and reloads"}
+
+
+def _assert_dashboard_queries_answer(prom: Prometheus) -> None:
+    """Every query of the Grafana dashboard is valid PromQL that this Prometheus answers, and
+    the panels that should show something do."""
+    dashboard = json.loads((ROOT / "ops" / "grafana" / "citycard.json").read_text())
+    empty = []
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            expr = target["expr"].replace("$__rate_interval", "15s").replace("$__range", "1m")
+            if not prom.query(expr) and panel["title"] not in MAY_BE_EMPTY:
+                empty.append((panel["title"], expr))
+    assert empty == []
 
 
 def test_every_exposed_family_is_documented(live: LiveCity) -> None:

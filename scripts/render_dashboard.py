@@ -9,8 +9,8 @@ How docs/img/dashboard.png was made (configured Postgres and Redis, 2 account sh
       --rate 1500 --duration 240 --schema dashshot --no-report
     # meanwhile: prometheus --config.file=P.yml (job "citycard", target 127.0.0.1:19108,
     # scrape_interval 2s) --web.listen-address=127.0.0.1:19090; then, before the run ends:
-    python scripts/render_dashboard.py --prometheus http://127.0.0.1:19090 --minutes 4 \\
-      --out docs/img/dashboard.png
+    python scripts/render_dashboard.py --prometheus http://127.0.0.1:19090 --minutes 4.5 \\
+      --end UNIX_TIME_OF_THE_RUN_END --out docs/img/dashboard.png
 """
 
 import argparse
@@ -61,7 +61,7 @@ def query_range(http: httpx.Client, expr: str, start: float, end: float, step_s:
 def formatter(unit: str) -> FuncFormatter:
     def fmt(v: float, _pos: int) -> str:
         if unit == "percentunit":
-            return f"{v * 100:.3g}%"
+            return f"{v * 100:.4g}%"
         if unit == "bytes":
             return f"{v / 2**20:.0f} MiB"
         if unit == "s":
@@ -114,11 +114,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--prometheus", required=True, help="Prometheus's URL, e.g. http://127.0.0.1:9090")
     ap.add_argument("--dashboard", type=Path, default=ROOT / "ops" / "grafana" / "citycard.json")
-    ap.add_argument("--minutes", type=float, default=10.0, help="the range drawn, ending now (default 10)")
+    ap.add_argument("--minutes", type=float, default=10.0, help="the range drawn (default 10)")
+    ap.add_argument("--end", type=float, default=0.0, help="its end, Unix time (default now)")
     ap.add_argument("--rate-interval", default="30s", help="what $__rate_interval stands for (default 30s)")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "img" / "dashboard.png")
     args = ap.parse_args()
-    end = time.time()
+    end = args.end or time.time()
     n = render(args.prometheus, args.dashboard, end - args.minutes * 60, end, args.out, args.rate_interval)
     print(f"{args.out}: {n} series")
 

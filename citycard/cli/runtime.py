@@ -223,7 +223,7 @@ class Platform:
         self._on_stop("terminal control", self.terminal_control.stop)
         self.watch = PlatformWatch(self.metrics.watch, probes=[partial(_probe, a) for a in self.shards],
                                    check_postgres=self._check_postgres, check_redis=redis.ping,
-                                   state_dir=s.state.path, interval_s=WATCH_INTERVAL_S)
+                                   state_dir=s.state.path, interval_s=WATCH_INTERVAL_S, timeout_s=WATCH_TIMEOUT_S)
         self.watch.start()
         self._on_stop("platform watch", self.watch.stop)
         mport = s.metrics.port if metrics_port is None else metrics_port
@@ -333,3 +333,6 @@ async def _probe(actor: Any) -> Any:
 
 STOP_STEP_TIMEOUT_S = 10.0
 WATCH_INTERVAL_S = 5.0  # the platform watch's poll (gateway/watch.py); scrapes are ~15 s apart
+# Each check's bound: under a saturating load test (2 cores) a shard's probe took over 2 s now
+# and then, so 2 s read as "down" while it served; below the interval, so polls never overlap.
+WATCH_TIMEOUT_S = 4.0

@@ -2,13 +2,20 @@
 (fake probes here; tests/e2e/test_prometheus_scrape.py runs it over a real platform)."""
 
 import asyncio
+import os
 from pathlib import Path
 
 import httpx
 
+from citycard.actors.account_shard import AccountShardCore
 from citycard.api.http_metrics import HttpMetrics
+from citycard.config.fare_table import shipped_tables
+from citycard.config.settings import load_settings
+from citycard.domain.ledger import Ledger
+from citycard.domain.recovery import Rebuild, RecoveryReport
 from citycard.gateway.metrics import Metrics
 from citycard.gateway.watch import PlatformWatch
+from citycard.persistence.journal import Append
 
 
 def value(m: Metrics, name: str, **labels: str) -> float | None:
@@ -128,3 +135,45 @@ def test_http_requests_are_counted_by_route_template_method_and_status() -> None
     assert value(m, req, route="/boom", method="GET", status="500") == 1
     assert value(m, req, route="/cards/{card_no}", method="other", status="405") == 1
     assert value(m, "citycard_http_request_duration_seconds_count", route="/cards/{card_no}", method="GET") == 3
+
+
+class HeldStore:
+    """A ShardStore whose load finishes when the test says so, with no rows."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+
+    async def open(self) -> None:
+        pass
+
+    async def load(self, ledger: Ledger) -> RecoveryReport:
+        await self.release.wait()
+        return Rebuild(ledger, 0, 0).report()
+
+    def append(self) -> Append:
+        async def append(records: list[tuple[object, ...]]) -> None:
+            raise AssertionError("nothing is committed in this test")
+        return append
+
+    async def close(self) -> None:
+        pass
+
+
+def test_a_shard_probe_answers_while_loading_and_counts_loads() -> None:
+    async def scenario() -> tuple[dict, dict]:
+        store = HeldStore()
+        core = AccountShardCore(3, load_settings(env={}).as_dict(), store=store,  # type: ignore[arg-type]
+                                tables=shipped_tables())
+        loading = asyncio.get_running_loop().create_task(core.ensure_loaded())
+        await asyncio.sleep(0.01)
+        during = core.probe()  # answers without waiting for the load
+        store.release.set()
+        await loading
+        after = core.probe()
+        await core.writer.close()  # type: ignore[union-attr]
+        return during, after
+
+    during, after = asyncio.run(scenario())
+    assert during["ready"] is False and during["loads"] == 0 and during["shard_id"] == 3
+    assert after["ready"] is True and after["loads"] == 1 and after["mismatches"] == 0
+    assert after["pid"] == os.getpid() and after["rss_bytes"] > 10 * 2**20 and after["cpu_s"] > 0

@@ -5,7 +5,9 @@ exposes is documented in docs/operations.md."""
 
 import asyncio
 import json
+import os
 import re
+import signal
 import threading
 import time
 import urllib.request
@@ -205,3 +207,28 @@ def test_every_exposed_family_is_documented(live: LiveCity) -> None:
         exposed.add(family.name + "_total" if family.type == "counter" else family.name)
     assert len(exposed) > 40
     assert exposed - documented == set(), "families exposed but not in docs/operations.md"
+
+
+def test_a_killed_shard_counts_as_a_restart_and_loads_again_with_no_tap(live: LiveCity) -> None:
+    """kill -9 of a shard's process: Ray restarts it, the watch sees a new process (a restart),
+    the probe starts its load at once (no tap is sent here), and it reads ready again. Last in
+    this module: it kills a shard of the module's platform."""
+    platform = live.c.platform
+    registry = platform.metrics.registry
+
+    def sample(name: str) -> float:
+        return registry.get_sample_value(name, {"shard": "0"}) or 0.0
+
+    async def pid() -> int:
+        return int((await platform.shards[0].probe.remote())["pid"])
+
+    before_restarts, before_reloads = sample("citycard_shard_restarts_total"), sample("citycard_shard_reloads_total")
+    os.kill(live.call(pid(), 30), signal.SIGKILL)
+    deadline = time.monotonic() + 90
+    while not (sample("citycard_shard_restarts_total") == before_restarts + 1
+               and sample("citycard_shard_reloads_total") >= before_reloads + 1
+               and sample("citycard_shard_ready") == 1):
+        assert time.monotonic() < deadline, {n: sample(n) for n in (
+            "citycard_shard_restarts_total", "citycard_shard_reloads_total", "citycard_shard_up",
+            "citycard_shard_ready")}
+        time.sleep(0.5)

@@ -159,17 +159,19 @@ class HeldStore:
         pass
 
 
-def test_a_shard_probe_answers_while_loading_and_counts_loads() -> None:
+def test_a_shard_probe_answers_at_once_starts_a_load_and_counts_it() -> None:
     async def scenario() -> tuple[dict, dict]:
         store = HeldStore()
         core = AccountShardCore(3, load_settings(env={}).as_dict(), store=store,  # type: ignore[arg-type]
                                 tables=shipped_tables())
-        loading = asyncio.get_running_loop().create_task(core.ensure_loaded())
-        await asyncio.sleep(0.01)
-        during = core.probe()  # answers without waiting for the load
+        during = await asyncio.wait_for(core.probe(), 1)  # answers at once, and starts the load
+        assert core._loading is not None and not core._loading.done()
         store.release.set()
-        await loading
-        after = core.probe()
+        for _ in range(100):  # the load ends with no tap or call waiting for it
+            if core._ready.is_set():
+                break
+            await asyncio.sleep(0.01)
+        after = await core.probe()
         await core.writer.close()  # type: ignore[union-attr]
         return during, after
 

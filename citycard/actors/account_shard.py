@@ -1,12 +1,15 @@
 """AccountShard: owns the cards of one shard; applies tap batches; answers once durable."""
 
 import asyncio
+import functools
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any
 
 import msgspec
+import psutil
 import ray
 
 from ..config.fare_table import load_fare_tables
@@ -31,6 +34,15 @@ _ops_decoder = msgspec.msgpack.Decoder(list[CardOp])  # type: ignore[valid-type]
 _terms_decoder = msgspec.msgpack.Decoder(list[MerchantTerms])
 _encoder = msgspec.msgpack.Encoder()
 READY_TIMEOUT_S = 30.0
+
+
+@functools.cache
+def _process_of(pid: int) -> psutil.Process:
+    return psutil.Process(pid)
+
+
+def _process() -> psutil.Process:
+    return _process_of(os.getpid())  # by pid: a forked child must not read its parent
 
 
 def _wall_ms() -> int:
@@ -242,14 +254,37 @@ class AccountShardCore:
             "recovery": None if self.recovery is None else self.recovery.__dict__,
         }
 
+    async def probe(self) -> dict[str, Any]:
+        """For the platform's watch, without waiting for a load: is it serving, how many loads
+        has this process made, and what its process costs (polled every few seconds). A shard
+        not loaded (restarted by Ray, its writer broken) starts loading now rather than at its
+        next tap, so that a quiet hour does not leave it unloaded, reading as reloading."""
+        ready = self._ready.is_set() and self.writer is not None and self.writer.broken is None
+        if not ready and (self._loading is None or self._loading.done()):
+            self._loading = asyncio.get_running_loop().create_task(self._load())
+            self._loading.add_done_callback(self._load_ended)
+        proc = _process()
+        cpu = proc.cpu_times()
+        return {
+            "shard_id": self.shard_id,
+            "ready": ready,
+            "loads": self.recoveries,
+            "mismatches": 0 if self.recovery is None else self.recovery.mismatches,
+            "pid": proc.pid,
+            "rss_bytes": proc.memory_info().rss,
+            "cpu_s": cpu.user + cpu.system,
+        }
+
+    def _load_ended(self, task: "asyncio.Task[Any]") -> None:
+        if not task.cancelled() and (exc := task.exception()) is not None:  # retrieved: a caller may not wait
+            log.warning("shard %s: load failed: %r (the next probe or call tries again)", self.shard_id, exc)
+
     async def balances(self) -> dict[int, int]:
         await self.ensure_loaded()
         assert self.ledger is not None
         return self.ledger.balances()
 
     def pid(self) -> int:
-        import os
-
         return os.getpid()
 
 

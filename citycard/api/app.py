@@ -12,6 +12,7 @@ from . import errors
 from .auth import BEARER_SCHEME, TokenCache
 from .context import ApiContext
 from .health import health as health_check
+from .http_metrics import HttpMetrics
 from .routes import (
     audit_log,
     cards,
@@ -45,6 +46,8 @@ def create_app(ctx: ApiContext) -> FastAPI:
     errors.install(app)
     errors.install_upload_errors(app)
     errors.install_last_resort(app)
+    if ctx.metrics is not None:
+        app.add_middleware(HttpMetrics, metrics=ctx.metrics)
     for module in (holders, cards, replace, money, purse, pins, selfservice, programmes, merchants, audit_log):
         _check_strict(module.router)
         app.include_router(module.router)

@@ -29,6 +29,7 @@ from ..gateway.router import Router
 from ..gateway.server import Gateway
 from ..gateway.sessions import SessionReporter
 from ..gateway.terminal_control import TerminalControl
+from ..gateway.watch import PlatformWatch
 from ..offline.desk import OfflineDesk, issuer_keys, issuers_of
 from ..persistence import db, hotlist, terminals
 from ..persistence.migrate import migrate
@@ -155,6 +156,7 @@ class Platform:
         self.reporter: SessionReporter | None = None
         self.router: Router | None = None
         self.terminal_control: TerminalControl | None = None
+        self.watch: PlatformWatch | None = None
         self.redis: aioredis.Redis | None = None
         self.pool: Any = None
         self.offline: OfflineDesk | None = None
@@ -233,6 +235,11 @@ class Platform:
                                                 self.metrics, check_interval_s=g.terminal_check_ms / 1000.0)
         await self.terminal_control.start()
         self._on_stop("terminal control", self.terminal_control.stop)
+        self.watch = PlatformWatch(self.metrics.watch, probes=[partial(_probe, a) for a in self.shards],
+                                   check_postgres=self._check_postgres, check_redis=redis.ping,
+                                   state_dir=s.state.path, interval_s=WATCH_INTERVAL_S, timeout_s=WATCH_TIMEOUT_S)
+        self.watch.start()
+        self._on_stop("platform watch", self.watch.stop)
         mport = s.metrics.port if metrics_port is None else metrics_port
         if mport or metrics_port == 0:
             self.metrics_port = self.metrics.serve(s.metrics.host, mport)
@@ -307,6 +314,14 @@ class Platform:
         async with self.pool.acquire() as conn:
             return await hotlist.rebuild_redis(conn, self.redis, self.settings.redis.prefix)
 
+    async def _check_postgres(self) -> None:
+        """A connection of its own: Postgres up means it answers, not that the pool has room."""
+        conn = await db.connect(self.services.app_url(self.settings), self.settings.database.schema)
+        try:
+            await conn.fetchval("SELECT 1")
+        finally:
+            await conn.close()
+
     async def _disabled_terminals(self, terminal_ids: list[int]) -> list[int]:
         return await terminals.disabled_among(self.pool, terminal_ids)
 
@@ -348,4 +363,12 @@ class Platform:
                 ray.kill(a, no_restart=True)
 
 
+async def _probe(actor: Any) -> Any:
+    return await actor.probe.remote()
+
+
 STOP_STEP_TIMEOUT_S = 10.0
+WATCH_INTERVAL_S = 5.0  # the platform watch's poll (gateway/watch.py); scrapes are ~15 s apart
+# Each check's bound: under a saturating load test (2 cores) a shard's probe took over 2 s now
+# and then, so 2 s read as "down" while it served; below the interval, so polls never overlap.
+WATCH_TIMEOUT_S = 4.0

@@ -60,12 +60,18 @@ class HotlistCache:
         self.version = int(raw_version or 0)
         self.reloads += 1
         self._report()
+        self._synced()
 
     def _report(self) -> None:
         """citycard_hotlist_cards and citycard_hotlist_version: what this gateway holds now."""
         if self._metrics is not None:
             self._metrics.hotlist_size.set(len(self.cards))
             self._metrics.hotlist_version.set(self.version)
+
+    def _synced(self) -> None:
+        """citycard_hotlist_last_sync_timestamp_seconds: the copy was just found current."""
+        if self._metrics is not None:
+            self._metrics.hotlist_synced.set(time.time())
 
     async def _listen(self) -> None:
         while True:
@@ -105,6 +111,8 @@ class HotlistCache:
                 raw = await self._redis.get(self._version_key)
                 if raw is None or int(raw) != self.version:
                     await self.reload()
+                else:
+                    self._synced()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - keep serving from the copy we have

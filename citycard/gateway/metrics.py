@@ -2,14 +2,31 @@
 
 import asyncio
 import bisect
+import platform
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+    start_http_server,
+)
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
+
+from .. import __version__
+
+# No `_created` series beside every counter and histogram: they double the series a scrape
+# carries and answer no operator's question (docs/operations.md lists what is exposed).
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 _LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
@@ -42,12 +59,46 @@ class BatchHistogram(Collector):
         yield HistogramMetricFamily(self._name, self._documentation, buckets=buckets, sum_value=total)
 
 
+class WatchMetrics:
+    """What the platform's watch (gateway/watch.py) polls every few seconds, off the tap path."""
+
+    def __init__(self, r: CollectorRegistry) -> None:
+        self.postgres_up = Gauge("citycard_postgres_up", "1 if Postgres answered the last check in time", registry=r)
+        self.redis_up = Gauge("citycard_redis_up", "1 if Redis answered the last check in time", registry=r)
+        shard = ["shard"]
+        self.shard_up = Gauge("citycard_shard_up", "1 if the AccountShard answered the last probe in time", shard,
+                              registry=r)
+        self.shard_ready = Gauge("citycard_shard_ready", "1 if the shard is loaded and serving; 0 while it "
+                                 "(re)loads from Postgres or does not answer", shard, registry=r)
+        self.shard_restarts = Counter("citycard_shard_restarts", "Shard actor processes replaced (Ray restarted "
+                                      "the actor) since this gateway started", shard, registry=r)
+        self.shard_reloads = Counter("citycard_shard_reloads", "Shard reloads from Postgres after its first load "
+                                     "(a broken journal writer, a restart)", shard, registry=r)
+        self.shard_rss = Gauge("citycard_shard_resident_memory_bytes", "Resident memory of the shard's process",
+                               shard, registry=r)
+        self.shard_cpu = Counter("citycard_shard_cpu_seconds", "CPU time (user + system) of the shard's process",
+                                 shard, registry=r)
+        self.shard_mismatches = Gauge(
+            "citycard_shard_recovery_mismatches", "Journal rows that disagreed with the rebuilt balance at the "
+            "shard's last load (0 is the only good value)", shard, registry=r)
+        self.state_free = Gauge("citycard_state_free_bytes", "Free bytes on the state directory's filesystem "
+                                "(embedded Postgres and Redis live there)", registry=r)
+        self.state_size = Gauge("citycard_state_size_bytes", "Size of the state directory's filesystem",
+                                registry=r)
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         self._served: list[tuple[Any, threading.Thread]] = []
         r = self.registry
-        self.taps = Counter("citycard_taps", "Taps answered, by kind and result", ["kind", "result"], registry=r)
+        # the gateway process itself: process_cpu_seconds_total, process_resident_memory_bytes, ...
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        Info("citycard_build", "The running citycard and Python", registry=r).info(
+            {"version": __version__, "python": platform.python_version()})
+        self.taps = Counter("citycard_taps", "Taps answered, by kind and result (names, as in docs/protocol.md)",
+                            ["kind", "result"], registry=r)
         self.tap_latency = BatchHistogram(
             "citycard_tap_latency_seconds", "Tap received to answer sent, at the gateway",
             buckets=_LATENCY_BUCKETS_S, registry=r,
@@ -57,7 +108,7 @@ class Metrics:
         )
         self.commit_latency = Histogram(
             "citycard_commit_latency_seconds", "Journal group commit (COPY + commit), as reported by shards",
-            buckets=_LATENCY_BUCKETS_S, registry=r,
+            ["shard"], buckets=_LATENCY_BUCKETS_S, registry=r,
         )
         self.shard_call_latency = Histogram(
             "citycard_shard_call_seconds", "Gateway-to-shard call, apply + durable commit",
@@ -72,11 +123,20 @@ class Metrics:
         self.busy = Counter("citycard_busy_taps", "Taps answered BUSY because a queue was full", registry=r)
         self.hotlist_size = Gauge("citycard_hotlist_cards", "Cards on the gateway's hotlist", registry=r)
         self.hotlist_version = Gauge("citycard_hotlist_version", "Hotlist version held by the gateway", registry=r)
+        self.hotlist_synced = Gauge(
+            "citycard_hotlist_last_sync_timestamp_seconds",
+            "When the gateway last found its hotlist equal to Redis's (Unix time)", registry=r)
+        self.watch = WatchMetrics(r)
         self.api_refusals = Counter(
             "citycard_api_refusals", "Card-services answers that refuse a caller, by status and why: 401 "
             "(wrong_login, wrong_pin, no_session), 423 pin_locked, 429 (login_source, login_card, pin_token, "
             "kdf_source, pin_in_progress), 503 busy", ["status", "reason"], registry=r,
         )
+        self.http_requests = Counter("citycard_http_requests", "Card-services API requests answered, by route "
+                                     "template, method and status", ["route", "method", "status"], registry=r)
+        self.http_latency = Histogram("citycard_http_request_duration_seconds", "Card-services API request "
+                                      "received to response sent, by route template and method",
+                                      ["route", "method"], buckets=_LATENCY_BUCKETS_S, registry=r)
         self.self_logins = Counter("citycard_self_logins", "Self-service logins that opened a session", registry=r)
         self.audit_reconciled = Counter(
             "citycard_audit_reconciled_entries", "Audit entries the reconciler wrote for journal ops that had none",

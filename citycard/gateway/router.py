@@ -146,7 +146,7 @@ class Router:
             outcomes = answer.outcomes
             self.metrics.shard_call_latency.observe(answer.call_s)
             if answer.commit_ms:
-                self.metrics.commit_latency.observe(answer.commit_ms / 1000.0)
+                self.metrics.commit_latency.labels(lane.label).observe(answer.commit_ms / 1000.0)
         except ShardUnavailable:
             pass  # logged by the client; the taps are answered RETRY below
         finally:

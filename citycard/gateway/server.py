@@ -10,7 +10,7 @@ from typing import Any, cast
 from ..domain.hotlist import Delta
 from ..domain.results import Result
 from ..domain.shard import session_shard_of
-from ..domain.taps import Tap
+from ..domain.taps import Tap, TapKind
 from ..protocols import messages as m
 from ..protocols.codes import ErrorCode
 from ..protocols.connection import (
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 _encode = m.encoder.encode
 LINGER_S = 1.0  # after a fatal error: how long to drain what the terminal still sends
 _RESULT_NAMES = {int(r): r.name for r in Result}
+_KIND_NAMES = {int(k): k.name for k in TapKind}  # metric labels by name, like results
 
 
 def _now_ms() -> int:
@@ -194,7 +195,7 @@ class TerminalProtocol(asyncio.Protocol):
             key = (tap.kind, o.result)
             counts[key] = counts.get(key, 0) + 1
         for (kind, code), n in counts.items():
-            ctx.metrics.taps.labels(str(kind), _RESULT_NAMES.get(code, str(code))).inc(n)
+            ctx.metrics.taps.labels(_KIND_NAMES.get(kind, str(kind)), _RESULT_NAMES.get(code, str(code))).inc(n)
         ctx.metrics.tap_latency.observe(latency_s, len(taps))
         ctx.reporter.record(taps, outcomes)
         if self.transport is None or self.transport.is_closing() or self.conn.closed:

@@ -162,7 +162,7 @@ def test_metrics_endpoint_shows_taps(configured_services, schema):
                          "citycard_shard_batch_taps_bucket", "citycard_commit_latency_seconds_bucket",
                          "citycard_shard_queue_taps", "citycard_connected_terminals"):
                 assert name in body, name
-            assert 'citycard_taps_total{kind="1",result="OK"} 10.0' in body
+            assert 'citycard_taps_total{kind="BUS",result="OK"} 10.0' in body
             assert "citycard_connected_terminals 1.0" in body
             await client.close()
 

@@ -1,0 +1,181 @@
+"""The platform watch turns probe answers into the gauges and counters operators alert on
+(fake probes here; tests/e2e/test_prometheus_scrape.py runs it over a real platform)."""
+
+import asyncio
+import os
+from pathlib import Path
+
+import httpx
+
+from citycard.actors.account_shard import AccountShardCore
+from citycard.api.http_metrics import HttpMetrics
+from citycard.config.fare_table import shipped_tables
+from citycard.config.settings import load_settings
+from citycard.domain.ledger import Ledger
+from citycard.domain.recovery import Rebuild, RecoveryReport
+from citycard.gateway.metrics import Metrics
+from citycard.gateway.watch import PlatformWatch
+from citycard.persistence.journal import Append
+
+
+def value(m: Metrics, name: str, **labels: str) -> float | None:
+    return m.registry.get_sample_value(name, labels)
+
+
+class Shard:
+    """A shard's probe() answers, changed by the test between polls."""
+
+    def __init__(self, shard_id: int) -> None:
+        self.answer = {"shard_id": shard_id, "ready": True, "loads": 1, "mismatches": 0, "pid": 100 + shard_id,
+                       "rss_bytes": 50_000_000, "cpu_s": 2.0}
+        self.fail: BaseException | None = None
+        self.slow_s = 0.0
+
+    async def __call__(self) -> dict:
+        await asyncio.sleep(self.slow_s)
+        if self.fail is not None:
+            raise self.fail
+        return dict(self.answer)
+
+
+async def ok() -> None:
+    return None
+
+
+async def refused() -> None:
+    raise ConnectionRefusedError("down")
+
+
+def test_shard_probes_become_up_ready_restarts_reloads_cpu_and_memory(tmp_path: Path) -> None:
+    m = Metrics()
+    shards = [Shard(0), Shard(1)]
+    watch = PlatformWatch(m.watch, probes=shards, check_postgres=ok, check_redis=refused,
+                          state_dir=tmp_path / "not" / "made", timeout_s=0.2)
+
+    async def scenario() -> None:
+        await watch.poll_once()
+        assert value(m, "citycard_postgres_up") == 1 and value(m, "citycard_redis_up") == 0
+        for s in ("0", "1"):
+            assert value(m, "citycard_shard_up", shard=s) == 1
+            assert value(m, "citycard_shard_ready", shard=s) == 1
+            assert value(m, "citycard_shard_restarts_total", shard=s) == 0
+            assert value(m, "citycard_shard_cpu_seconds_total", shard=s) == 2.0
+            assert value(m, "citycard_shard_resident_memory_bytes", shard=s) == 50_000_000
+        assert value(m, "citycard_shard_reloads_total", shard="0") is None  # the first load is no reload
+
+        shards[0].answer.update(cpu_s=3.5, loads=2, ready=False, mismatches=4)  # reloading, same process
+        shards[1].slow_s = 1.0  # no answer in time
+        await watch.poll_once()
+        assert value(m, "citycard_shard_cpu_seconds_total", shard="0") == 3.5
+        assert value(m, "citycard_shard_reloads_total", shard="0") == 1
+        assert value(m, "citycard_shard_ready", shard="0") == 0 and value(m, "citycard_shard_up", shard="0") == 1
+        assert value(m, "citycard_shard_recovery_mismatches", shard="0") == 4
+        assert value(m, "citycard_shard_up", shard="1") == 0 and value(m, "citycard_shard_ready", shard="1") == 0
+
+        shards[0].answer.update(pid=999, cpu_s=0.5, loads=1, ready=True)  # Ray restarted it
+        shards[1].slow_s, shards[1].fail = 0.0, RuntimeError("actor died")
+        await watch.poll_once()
+        assert value(m, "citycard_shard_restarts_total", shard="0") == 1
+        assert value(m, "citycard_shard_reloads_total", shard="0") == 2
+        assert value(m, "citycard_shard_cpu_seconds_total", shard="0") == 4.0  # a counter: never back
+        assert value(m, "citycard_shard_up", shard="1") == 0
+        assert watch.polls == 3
+
+    asyncio.run(scenario())
+    free, size = value(m, "citycard_state_free_bytes"), value(m, "citycard_state_size_bytes")
+    assert free is not None and size is not None and 0 < free <= size  # from the nearest existing parent
+
+
+def test_watch_runs_in_the_background_and_stops(tmp_path: Path) -> None:
+    m = Metrics()
+
+    async def scenario() -> int:
+        watch = PlatformWatch(m.watch, probes=[Shard(0)], check_postgres=refused, check_redis=ok,
+                              state_dir=tmp_path, interval_s=0.01, timeout_s=0.2)
+        watch.start()
+        for _ in range(200):
+            if watch.polls >= 3:
+                break
+            await asyncio.sleep(0.01)
+        await watch.stop()
+        return watch.polls
+
+    assert asyncio.run(scenario()) >= 3
+    assert value(m, "citycard_postgres_up") == 0 and value(m, "citycard_redis_up") == 1
+
+
+def test_http_requests_are_counted_by_route_template_method_and_status() -> None:
+    from fastapi import FastAPI
+
+    m = Metrics()
+    app = FastAPI()
+
+    @app.get("/cards/{card_no}")
+    async def card(card_no: int) -> dict:
+        return {"card_no": card_no}
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("a bug")
+
+    app.add_middleware(HttpMetrics, metrics=m)
+
+    async def scenario() -> list[int]:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            return [(await http.request(method, path)).status_code for method, path in
+                    [("GET", "/cards/5"), ("GET", "/cards/6"), ("GET", "/cards/x"), ("GET", "/nope"),
+                     ("GET", "/boom"), ("BREW", "/cards/5")]]
+
+    assert asyncio.run(scenario()) == [200, 200, 422, 404, 500, 405]
+    req = "citycard_http_requests_total"
+    assert value(m, req, route="/cards/{card_no}", method="GET", status="200") == 2
+    assert value(m, req, route="/cards/{card_no}", method="GET", status="422") == 1
+    assert value(m, req, route="unmatched", method="GET", status="404") == 1
+    assert value(m, req, route="/boom", method="GET", status="500") == 1
+    assert value(m, req, route="/cards/{card_no}", method="other", status="405") == 1
+    assert value(m, "citycard_http_request_duration_seconds_count", route="/cards/{card_no}", method="GET") == 3
+
+
+class HeldStore:
+    """A ShardStore whose load finishes when the test says so, with no rows."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+
+    async def open(self) -> None:
+        pass
+
+    async def load(self, ledger: Ledger) -> RecoveryReport:
+        await self.release.wait()
+        return Rebuild(ledger, 0, 0).report()
+
+    def append(self) -> Append:
+        async def append(records: list[tuple[object, ...]]) -> None:
+            raise AssertionError("nothing is committed in this test")
+        return append
+
+    async def close(self) -> None:
+        pass
+
+
+def test_a_shard_probe_answers_at_once_starts_a_load_and_counts_it() -> None:
+    async def scenario() -> tuple[dict, dict]:
+        store = HeldStore()
+        core = AccountShardCore(3, load_settings(env={}).as_dict(), store=store,  # type: ignore[arg-type]
+                                tables=shipped_tables())
+        during = await asyncio.wait_for(core.probe(), 1)  # answers at once, and starts the load
+        assert core._loading is not None and not core._loading.done()
+        store.release.set()
+        for _ in range(100):  # the load ends with no tap or call waiting for it
+            if core._ready.is_set():
+                break
+            await asyncio.sleep(0.01)
+        after = await core.probe()
+        await core.writer.close()  # type: ignore[union-attr]
+        return during, after
+
+    during, after = asyncio.run(scenario())
+    assert during["ready"] is False and during["loads"] == 0 and during["shard_id"] == 3
+    assert after["ready"] is True and after["loads"] == 1 and after["mismatches"] == 0
+    assert after["pid"] == os.getpid() and after["rss_bytes"] > 10 * 2**20 and after["cpu_s"] > 0

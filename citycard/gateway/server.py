@@ -199,8 +199,10 @@ class TerminalProtocol(asyncio.Protocol):
             Tap(terminal_id, t.seq, t.card, t.time_ms, t.kind, t.route, t.amount_fen, False, t.bill_class)
             for t in event.taps
         ]
+        seqs = self.ctx.router.seqs
+        refused = seqs.claim(terminal_id, taps) if seqs is not None else ()
         self._owed += 1
-        self.ctx.router.submit(Pending(self._reply, event.req, event.single, taps), admit)
+        self.ctx.router.submit(Pending(self._reply, event.req, event.single, taps), admit, refused)
 
     def _reply(self, pending: Pending) -> None:
         ctx = self.ctx

@@ -15,6 +15,7 @@ import pytest
 from citycard.domain.results import Result
 from citycard.domain.shard import session_shard_of, shard_of
 from citycard.domain.taps import TapKind
+from citycard.persistence import terminals
 from citycard.protocols import messages as m
 from citycard.protocols.auth import terminal_key
 from citycard.protocols.codes import ErrorCode
@@ -176,5 +177,11 @@ def test_a_seq_reused_for_a_card_of_another_shard_is_decided_once(configured_ser
             totals = await sessions[session_shard_of(tid, len(sessions))].totals.remote(tid)
             assert (totals["taps"], totals["last_seq"], totals["seq_gaps"]) == (3, 4, 1)
             assert totals["charged_fen"] == sum(r[3] for r in rows)
+            conn = await city.conn()
+            try:
+                exact = await terminals.journal_totals(conn, tid)  # `terminal show --exact`
+            finally:
+                await conn.close()
+            assert (exact["journal_taps"], exact["journal_seq_gaps"]) == (3, 1)
 
     asyncio.run(scenario())

@@ -7,9 +7,10 @@ names another card (docs/protocol.md 7.4). It never answers SEQ_TOO_OLD and neve
 seq it does not hold: a forgotten seq goes to its shard as before, so an offline backlog of
 old seqs, or a BUSY retry that comes after later seqs, is decided by the shard.
 
-Bounded and sparse: at most ``per_terminal`` seqs a terminal (the oldest claimed go first)
-and ``total`` seqs in all (the least recently tapping terminal goes first, whole); about
-105 bytes a seq, so the defaults (1024, 500,000) hold under 55 MB.
+Bounded and sparse: at most ``per_terminal`` seqs a terminal, an eighth more between trims
+(the oldest claimed go first), and ``total`` seqs in all (the least recently tapping
+terminal goes first, whole); about 105 bytes a seq, so the defaults (1024, 500,000) hold
+under 55 MB. Nothing is allocated for a terminal before its first tap.
 """
 
 from collections.abc import Sequence
@@ -54,9 +55,11 @@ class SeqBook:
             elif held != tap.card_no:
                 refused.append(i)
         if added:
-            over = len(seqs) - self.per_terminal
+            # trimmed in steps of an eighth, so a tap at a time does not walk the dict each time
+            over = len(seqs) - self.per_terminal if len(seqs) > self.per_terminal + self.per_terminal // 8 else 0
             if over > 0:
-                for seq in list(seqs)[:over]:
+                it = iter(seqs)
+                for seq in [next(it) for _ in range(over)]:  # O(over), not O(len): a tap at a time
                     del seqs[seq]
                 added -= over
             self.size += added

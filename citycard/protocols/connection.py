@@ -13,7 +13,7 @@ import msgspec
 
 from ..errors import LocalProtocolError
 from .codes import FATAL, ErrorCode
-from .dupkeys import repeats_key
+from .dupkeys import map_entries, repeats_key
 from .frames import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, encode_frame
 from .messages import (
     CLIENT_TAGS,
@@ -236,6 +236,8 @@ class ServerConnection:
         except TypeError:  # a map key the generic decoder cannot hold (a map as a key)
             return self._counted(ErrorCode.BAD_MESSAGE, detail)
         if isinstance(generic, dict):
+            if len(generic) != map_entries(body):  # a key repeated ("t" too): refused as such
+                return self._counted(ErrorCode.BAD_MESSAGE, "a map repeats a key", *_names(body, generic))
             tag = generic.get("t")
             if not (isinstance(tag, str) and tag in CLIENT_TAGS):
                 return self._counted(ErrorCode.UNKNOWN_MESSAGE, f"unknown message type {tag!r:.80}")

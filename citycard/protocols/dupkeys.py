@@ -32,7 +32,7 @@ def repeats_key(body: bytes, typed_again: bytes) -> bool:
 
 def _exact(body: bytes) -> bool:
     keys = _keys.decode(body)
-    if len(keys) != _entries(body):
+    if len(keys) != map_entries(body):
         return True
     for name in LIST_FIELDS:
         raw = keys.get(name)
@@ -40,12 +40,12 @@ def _exact(body: bytes) -> bool:
             continue
         for item in _items.decode(raw):
             b = bytes(item)
-            if len(_keys.decode(b)) != _entries(b):
+            if len(_keys.decode(b)) != map_entries(b):
                 return True
     return False
 
 
-def _entries(b: bytes) -> int:
+def map_entries(b: bytes) -> int:
     """The entry count in a MessagePack map header (fixmap, map 16, map 32)."""
     h = b[0]
     if 0x80 <= h <= 0x8F:

@@ -6,6 +6,8 @@ from typing import Any
 
 import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from citycard.protocols.auth import auth_mac, terminal_key
 from citycard.protocols.codes import ErrorCode
@@ -148,3 +150,15 @@ def test_hello_before_a_bad_header_still_gets_its_challenge() -> None:
     events = conn.receive_data(frame(Hello(terminal_id=TID, nonce=T_NONCE)) + b"\xff\xff\xff\xff")
     assert [type(e) for e in events] == [HelloReceived, Violation]
     assert unframe(conn.challenge(S_NONCE, NOW_MS))[0]["t"] == "challenge"  # no exception: answered
+
+
+@settings(max_examples=300, deadline=None)
+@given(order=st.permutations(list(range(len(TAP)))), repeat=st.integers(0, len(TAP) - 1),
+       value=st.one_of(st.integers(0, 2**40), st.text(max_size=4)), where=st.integers(0, len(TAP)))
+def test_no_repeated_key_is_ever_decided(order: list[int], repeat: int, value: Any, where: int) -> None:
+    """Whatever key repeats, in whatever order and with whatever value: refused, never a tap."""
+    kv = [TAP[i] for i in order]
+    kv.insert(where, (TAP[repeat][0], value))
+    events = ready().receive_data(framed(pairs(*kv)))
+    assert [type(e) for e in events] == [Violation]
+    assert events[0].code == ErrorCode.BAD_MESSAGE

@@ -188,7 +188,8 @@ class ServerConnection:
             self.state = State.VERIFYING
             return AuthReceived(self.terminal_id, self._terminal_nonce, self._server_nonce, msg.mac)
         if type(msg) in (Tap, TapBatch, Ping, ParamsRequest, OfflineUpload):
-            return self._counted(ErrorCode.NOT_AUTHENTICATED, "authenticate (hello, auth) first")
+            return self._counted(ErrorCode.NOT_AUTHENTICATED, "authenticate (hello, auth) first",
+                                 getattr(msg, "req", 0), msg.seq if type(msg) is Tap else 0)
         return self._unexpected(msg)
 
     # -- output ------------------------------------------------------------------------

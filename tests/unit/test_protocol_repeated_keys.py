@@ -162,3 +162,8 @@ def test_no_repeated_key_is_ever_decided(order: list[int], repeat: int, value: A
     events = ready().receive_data(framed(pairs(*kv)))
     assert [type(e) for e in events] == [Violation]
     assert events[0].code == ErrorCode.BAD_MESSAGE
+
+
+def test_a_tap_before_authentication_is_named_in_its_refusal() -> None:
+    v, err = the_error(ServerConnection().receive_data(framed(pairs(*TAP))))
+    assert (v.code, err.seq) == (ErrorCode.NOT_AUTHENTICATED, 5)

@@ -22,8 +22,10 @@ from .seqbook import SeqBook
 BUSY = Outcome(int(Result.BUSY), 0, -1, False)
 RETRY = Outcome(int(Result.RETRY), 0, -1, False)
 DUPLICATE_SEQ = Outcome(int(Result.DUPLICATE_SEQ), 0, -1, False)
-# A shard's answer that the seq is not the tap's card's to hold (seqbook.SeqBook.release).
-_NOT_ITS_SEQ = frozenset((int(Result.DUPLICATE_SEQ), int(Result.SEQ_TOO_OLD)))
+# The shard decided this seq for another card: the claim goes (seqbook.SeqBook.release), so that
+# card's retry gets its outcome. Not on SEQ_TOO_OLD: whose seq it was is not known, and keeping
+# the claim refuses another shard's card rather than deciding the seq twice.
+_DUPLICATE = int(Result.DUPLICATE_SEQ)
 
 
 class Pending:
@@ -169,7 +171,7 @@ class Router:
             else:
                 seqs = self.seqs
                 for (tap, pending, index), outcome in zip(batch, outcomes, strict=True):
-                    if seqs is not None and outcome.result in _NOT_ITS_SEQ:
+                    if seqs is not None and outcome.result == _DUPLICATE:
                         seqs.release(tap.terminal_id, tap.seq, tap.card_no)
                     pending.settle(index, outcome)
             self._schedule(lane)

@@ -69,7 +69,7 @@ class SeqBook:
         return refused
 
     def release(self, terminal_id: int, seq: int, card_no: int) -> None:
-        """The shard says the seq is not this card's (DUPLICATE_SEQ, SEQ_TOO_OLD): forget the
+        """The shard decided the seq for another card (DUPLICATE_SEQ): forget this card's
         claim, so the card it belongs to is not refused here when its tap is retried."""
         seqs = self._terminals.get(terminal_id)
         if seqs is not None and seqs.get(seq) == card_no:

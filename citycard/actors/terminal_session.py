@@ -108,16 +108,20 @@ class TerminalSessionCore:
         t.sessions += 1
         return 0, "ok", t.last_seq
 
-    async def report(self, summaries: list[tuple[int, int, int, int, int]]) -> None:
-        """(terminal_id, min_seq, max_seq, taps, charged_fen) of answered, first-time taps."""
+    async def report(self, summaries: list[tuple[int, list[tuple[int, int]], int, int]]) -> None:
+        """(terminal_id, runs of seqs, taps, charged_fen) of answered, first-time taps. A gap
+        is a jump past the highest seq so far (from the first): seqs 1, 3 -> one gap; 1, 5 ->
+        one; a seq that fills it later does not take it back (docs/protocol.md 7.2)."""
         await self.ensure_loaded()
-        for terminal_id, min_seq, max_seq, taps, charged_fen in summaries:
+        for terminal_id, runs, taps, charged_fen in summaries:
             t = self.terminals.get(terminal_id)
             if t is None:
                 continue
-            if t.last_seq and min_seq > t.last_seq + 1:
-                t.seq_gaps += 1
-            t.last_seq = max(t.last_seq, max_seq)
+            for lo, hi in runs:
+                if t.last_seq and lo > t.last_seq + 1:
+                    t.seq_gaps += 1
+                if hi > t.last_seq:
+                    t.last_seq = hi
             t.taps += taps
             t.charged_fen += charged_fen
             t.dirty = True

@@ -3,6 +3,7 @@
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from .. import __version__
 from ..config.settings import Settings, load_settings
@@ -149,7 +150,7 @@ def cmd_terminal(args: argparse.Namespace) -> int:
 
     return terminal_main(_settings(args), args.terminal_command, args.terminal_id, getattr(args, "reason", ""),
                          getattr(args, "exact", False), int(getattr(args, "kind", 0) or 0), getattr(args, "route", 0),
-                         getattr(args, "name", ""))
+                         getattr(args, "name", ""), getattr(args, "key_file", None), getattr(args, "force", False))
 
 
 def cmd_fares_check(args: argparse.Namespace) -> int:
@@ -384,6 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--route", type=int, default=0, help="its route, pier, merchant or park (default 0)")
     reg.add_argument("--name", default="", help="a name for operators")
     reg.add_argument("--reason", default="", metavar="TEXT", help="why (kept in the audit log)")
+    reg.add_argument("--key-file", type=Path, metavar="PATH",
+                     help="write the terminal's key there (64 hex digits, mode 0600) to install in it")
+    reg.add_argument("--force", action="store_true", help="replace an existing --key-file")
     reg.set_defaults(func=cmd_terminal)
     for name, help_text in (
         ("disable", "refuse the terminal from now on and close its open connections on every gateway"),

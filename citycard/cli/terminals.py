@@ -1,17 +1,20 @@
-"""``citycard terminal disable|enable|show``: an operator's switch for one terminal.
+"""``citycard terminal register|disable|enable|show``: an operator's switch for one terminal.
 
 A disable is committed in Postgres first, so it holds even if Redis is away; Redis only
 makes the running gateways close the terminal's open connections at once.
 """
 
 import asyncio
+import os
 import sys
+from pathlib import Path
 
 import redis.asyncio as aioredis
 
 from ..config.settings import Settings
 from ..errors import CityCardError
 from ..persistence import terminals
+from ..protocols.auth import terminal_key
 from .runtime import Services, cli_operator, connect_app, migrate_db, resolve_services
 
 REDIS_TIMEOUT_S = 3.0  # connect and publish; an unreachable Redis must not hang the operator
@@ -77,30 +80,60 @@ async def _show(settings: Settings, services: Services, terminal_id: int, exact:
     return 0
 
 
+def check_key_file(path: Path, force: bool) -> None:
+    """Refuse before anything is registered: an existing file is another terminal's key, maybe."""
+    if path.exists() and not force:
+        raise CityCardError(f"{path} exists: it may hold another terminal's key (--force replaces it)")
+    if not path.parent.is_dir():
+        raise CityCardError(f"{path.parent} is not a directory: the key file cannot be written there")
+
+
+def write_key_file(path: Path, key: bytes) -> None:
+    """K_t as 64 hex digits and a newline, mode 0600 from the start (never readable by others,
+    whatever the umask), replacing the file in one rename."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(key.hex() + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 async def _register(settings: Settings, services: Services, terminal_id: int, kind: int, route: int, name: str,
-                    reason: str) -> int:
+                    reason: str, key_file: Path | None = None, force: bool = False) -> int:
+    if key_file is not None:
+        check_key_file(key_file, force)
     await migrate_db(settings, services.db_url)
     conn = await connect_app(settings, services)
     try:
         there = await terminals.register(conn, terminal_id, kind, route, name, operator=cli_operator(), reason=reason)
     finally:
         await conn.close()
-    if there is None:
-        print(f"terminal {terminal_id}: registered (kind {kind}, route {route}); it may authenticate now")
-        return 0
-    if (there["kind"], there["route"]) != (kind, route):
+    if there is not None and (there["kind"], there["route"]) != (kind, route):
         raise CityCardError(f"terminal {terminal_id} is already registered as kind {there['kind']} route"
                             f" {there['route']}: choose another id")
-    print(f"terminal {terminal_id}: already registered")
+    if there is None:
+        print(f"terminal {terminal_id}: registered (kind {kind}, route {route}); it may authenticate now")
+    else:
+        print(f"terminal {terminal_id}: already registered")
+    if key_file is not None:
+        write_key_file(key_file, terminal_key(settings.city.master_key, terminal_id))
+        print(f"its key: {key_file} (mode 0600; install it in the terminal, then delete this copy)")
     return 0
 
 
 def terminal_main(settings: Settings, action: str, terminal_id: int, reason: str = "", exact: bool = False,
-                  kind: int = 0, route: int = 0, name: str = "") -> int:
+                  kind: int = 0, route: int = 0, name: str = "", key_file: Path | None = None,
+                  force: bool = False) -> int:
+    if key_file is not None:
+        check_key_file(key_file, force)  # before any service starts
     services = resolve_services(settings)
     try:
         if action == "register":
-            return asyncio.run(_register(settings, services, terminal_id, kind, route, name, reason))
+            return asyncio.run(_register(settings, services, terminal_id, kind, route, name, reason, key_file, force))
         if action == "show":
             return asyncio.run(_show(settings, services, terminal_id, exact))
         return asyncio.run(_switch(settings, services, terminal_id, action == "enable", reason))

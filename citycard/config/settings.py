@@ -80,6 +80,9 @@ class Gateway(_Section):
     terminal_max_taps_per_s: float = Field(ge=0)  # 0: no per-terminal limit
     terminal_burst_taps: int = Field(ge=0, le=10_000_000)
     terminal_check_ms: int = Field(default=30_000, ge=0, le=3_600_000)  # 0: only Redis messages
+    # (terminal, seq) -> card kept to refuse a seq reused for a card of another shard (seqbook.py)
+    seq_memory_per_terminal: int = Field(default=1024, ge=1, le=1_000_000)
+    seq_memory_total: int = Field(default=500_000, ge=1, le=100_000_000)
 
 
 class Ledger(_Section):

@@ -13,6 +13,7 @@ from ..config.settings import Gateway as GatewaySettings
 from ..domain.hotlist import Delta
 from .metrics import Metrics
 from .router import Router
+from .seqbook import SeqBook
 from .server import GatewayContext
 from .sessions import SessionReporter
 
@@ -31,12 +32,15 @@ class GatewayLimits:
     heartbeat_ms: int
     terminal_max_taps_per_s: float = 0.0
     terminal_burst_taps: int = 0
+    seq_memory_per_terminal: int = 1024  # 0: no cross-shard seq memory (each shard dedupes its own)
+    seq_memory_total: int = 500_000
 
     @classmethod
     def from_settings(cls, g: GatewaySettings) -> "GatewayLimits":
         return cls(g.shard_batch_max_taps, g.shard_inflight_calls, g.shard_queue_max_taps, g.linger_ms,
                    g.max_frame_bytes, g.max_batch_taps, g.auth_timeout_ms, g.heartbeat_ms,
-                   g.terminal_max_taps_per_s, g.terminal_burst_taps)
+                   g.terminal_max_taps_per_s, g.terminal_burst_taps, g.seq_memory_per_terminal,
+                   g.seq_memory_total)
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,9 @@ def build_gateway(
     router = Router(client, hotlist, metrics, batch_max_taps=limits.shard_batch_max_taps,
                     inflight_calls=limits.shard_inflight_calls, queue_max_taps=limits.shard_queue_max_taps,
                     linger_ms=limits.linger_ms)
+    if limits.seq_memory_per_terminal:
+        router.seqs = SeqBook(limits.seq_memory_per_terminal,
+                              max(limits.seq_memory_total, limits.seq_memory_per_terminal))
     reporter = SessionReporter(sessions)
     ctx = GatewayContext(
         router, sessions, reporter, metrics,

@@ -17,9 +17,15 @@ from ..domain.shard import shard_of
 from ..domain.taps import Outcome, Tap
 from ..tasks import cancel_and_wait
 from .metrics import Metrics
+from .seqbook import SeqBook
 
 BUSY = Outcome(int(Result.BUSY), 0, -1, False)
 RETRY = Outcome(int(Result.RETRY), 0, -1, False)
+DUPLICATE_SEQ = Outcome(int(Result.DUPLICATE_SEQ), 0, -1, False)
+# The shard decided this seq for another card: the claim goes (seqbook.SeqBook.release), so that
+# card's retry gets its outcome. Not on SEQ_TOO_OLD: whose seq it was is not known, and keeping
+# the claim refuses another shard's card rather than deciding the seq twice.
+_DUPLICATE = int(Result.DUPLICATE_SEQ)
 
 
 class Pending:
@@ -80,19 +86,27 @@ class Router:
         # interop.desk.RemoteDesk when a region is configured: visitors' taps go to their
         # issuer over the link (docs/interop.md); None: every tap goes to this city's shards.
         self.remote: Any = None
+        # (terminal, seq) -> card across shards, for terminals' taps (None: each shard dedupes
+        # its own cards only); the gateway claims, the router releases what a shard disowns.
+        self.seqs: SeqBook | None = None
 
     def hotlist(self) -> set[int]:
         h = self._hotlist
         return h() if callable(h) else h
 
-    def submit(self, pending: Pending, admit: int | None = None) -> None:
-        """``admit``: only the first ``admit`` taps may queue (a per-terminal limit); the rest BUSY."""
+    def submit(self, pending: Pending, admit: int | None = None, refused: Sequence[int] = ()) -> None:
+        """``admit``: only the first ``admit`` taps may queue (a per-terminal limit); the rest BUSY.
+        ``refused``: indexes of taps whose seq is held for another card (SeqBook.claim)."""
         hot = self.hotlist()
         lanes = self.lanes
         n = self.n_shards
         touched: dict[ShardLane, None] = {}  # ordered, so a seeded simulation replays exactly
         remote = self.remote
+        dup = set(refused) if refused else None
         for i, tap in enumerate(pending.taps):
+            if dup is not None and i in dup:  # the seq is held for another card: decided once, by it
+                pending.settle(i, DUPLICATE_SEQ)
+                continue
             if remote is not None and remote.claims(tap.card_no):
                 if admit is not None and i >= admit:  # the terminal's rate limit holds for visitors too
                     self.metrics.busy.inc()
@@ -155,7 +169,10 @@ class Router:
                 for _, pending, index in batch:
                     pending.settle(index, RETRY)
             else:
-                for (_, pending, index), outcome in zip(batch, outcomes, strict=True):
+                seqs = self.seqs
+                for (tap, pending, index), outcome in zip(batch, outcomes, strict=True):
+                    if seqs is not None and outcome.result == _DUPLICATE:
+                        seqs.release(tap.terminal_id, tap.seq, tap.card_no)
                     pending.settle(index, outcome)
             self._schedule(lane)
 

@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 
 _encode = m.encoder.encode
 LINGER_S = 1.0  # after a fatal error: how long to drain what the terminal still sends
+# After a fatal error: how long answers still owed to earlier requests may take before the
+# error frame goes out anyway (a shard call gives up after gateway.retry_deadline_ms, 20 s).
+OWED_MAX_S = 30.0
 _RESULT_NAMES = {int(r): r.name for r in Result}
 _KIND_NAMES = {int(k): k.name for k in TapKind}  # metric labels by name, like results
 
@@ -134,6 +137,9 @@ class TerminalProtocol(asyncio.Protocol):
         self._linger: asyncio.TimerHandle | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
         self._last_frame = 0.0
+        self._owed = 0  # requests taken whose answer is not written yet
+        self._final_error: bytes | None = None  # a fatal error frame waiting for those answers
+        self._eof = False
         self._loop = asyncio.get_running_loop()  # its time() is the clock (monotonic; fake in the simulation)
 
     # -- asyncio callbacks ---------------------------------------------------------------
@@ -155,6 +161,16 @@ class TerminalProtocol(asyncio.Protocol):
         self.transport = None
 
     def data_received(self, data: bytes) -> None:
+        try:
+            self._events(data)
+        except Exception as exc:  # noqa: BLE001 - a bug must not escape the transport's callback
+            log.error("terminal %s: connection dropped: %r", self.conn.terminal_id, exc)
+            self.conn.close()
+            self._close()
+
+    def _events(self, data: bytes) -> None:
+        """Each event in arrival order; a fatal error among them is written after the answers
+        to the requests before it (section 5)."""
         events = self.conn.receive_data(data)
         if events:
             self._last_frame = self._loop.time()  # a whole frame, not a byte, counts as activity
@@ -166,12 +182,14 @@ class TerminalProtocol(asyncio.Protocol):
             elif isinstance(event, HelloReceived):
                 self._write(self.conn.challenge(self.ctx.nonce(m.NONCE_BYTES), self.ctx.wall_ms()))
             elif isinstance(event, AuthReceived):
+                self._owed += 1
                 self.ctx.spawn(self._authenticate(event))
             elif isinstance(event, PingReceived):
                 self._write(self.conn.send(m.Pong(time_ms=event.time_ms, server_time_ms=self.ctx.wall_ms())))
             elif isinstance(event, ParamsRequested):
                 self._on_params(event)
             elif isinstance(event, OfflineReceived):
+                self._owed += 1
                 self.ctx.spawn(self._offline(event))
 
     # -- events --------------------------------------------------------------------------
@@ -182,7 +200,10 @@ class TerminalProtocol(asyncio.Protocol):
             Tap(terminal_id, t.seq, t.card, t.time_ms, t.kind, t.route, t.amount_fen, False, t.bill_class)
             for t in event.taps
         ]
-        self.ctx.router.submit(Pending(self._reply, event.req, event.single, taps), admit)
+        seqs = self.ctx.router.seqs
+        refused = seqs.claim(terminal_id, taps) if seqs is not None else ()
+        self._owed += 1
+        self.ctx.router.submit(Pending(self._reply, event.req, event.single, taps), admit, refused)
 
     def _reply(self, pending: Pending) -> None:
         ctx = self.ctx
@@ -198,7 +219,8 @@ class TerminalProtocol(asyncio.Protocol):
             ctx.metrics.taps.labels(_KIND_NAMES.get(kind, str(kind)), _RESULT_NAMES.get(code, str(code))).inc(n)
         ctx.metrics.tap_latency.observe(latency_s, len(taps))
         ctx.reporter.record(taps, outcomes)
-        if self.transport is None or self.transport.is_closing() or self.conn.closed:
+        if self._gone():
+            self._answered()
             return  # the terminal left; it will retry with the same seqs and get these outcomes
         if pending.single:
             o = outcomes[0]
@@ -214,6 +236,7 @@ class TerminalProtocol(asyncio.Protocol):
                 ],
             )
         self._write(self.conn.send(msg))
+        self._answered()
 
     def _on_params(self, event: ParamsRequested) -> None:
         table = self.ctx.fare_table_text() if event.fares and self.ctx.fare_table_text is not None else ""
@@ -224,6 +247,7 @@ class TerminalProtocol(asyncio.Protocol):
             self._send_params(None)  # versions only: the terminal keeps its list and asks later
             return
         self._params_pending = True
+        self._owed += 1
         self.ctx.spawn(self._params(event.hotlist_version))
 
     async def _params(self, from_version: int) -> None:
@@ -235,11 +259,14 @@ class TerminalProtocol(asyncio.Protocol):
             answer = None
         finally:
             self._params_pending = False
-        self._send_params(answer)
+        try:
+            self._send_params(answer)
+        finally:
+            self._answered()
 
     def _send_params(self, d: Delta | None, fare_table: str = "") -> None:
-        if self.transport is None or self.conn.closed:
-            return  # the terminal left, or broke the protocol meanwhile
+        if self._gone():
+            return  # the terminal left
         ctx = self.ctx
         msg = m.Params(fare_version=ctx.fare_version(), hotlist_version=ctx.hotlist_version(), fare_table=fare_table)
         if d is not None:
@@ -249,6 +276,12 @@ class TerminalProtocol(asyncio.Protocol):
 
     async def _offline(self, event: OfflineReceived) -> None:
         """An offline upload: its ack once durable, or an error naming it (section 15)."""
+        try:
+            await self._offline_answer(event)
+        finally:
+            self._answered()
+
+    async def _offline_answer(self, event: OfflineReceived) -> None:
         desk = self.ctx.offline
         if desk is None:
             answer: Any = None
@@ -258,7 +291,7 @@ class TerminalProtocol(asyncio.Protocol):
             except Exception as exc:  # noqa: BLE001 - not processed: the terminal resends
                 log.warning("offline upload of terminal %s failed: %r", event.terminal_id, exc)
                 answer = None
-        if self.transport is None or self.conn.closed:
+        if self._gone():
             return  # the terminal left; it resends the same batch and gets the same codes
         if isinstance(answer, list):
             msg: m.Msg = m.OfflineAck(req=event.req, batch_seq=event.batch_seq, codes=answer)
@@ -271,11 +304,41 @@ class TerminalProtocol(asyncio.Protocol):
 
     def _on_violation(self, v: Violation) -> None:
         self.ctx.metrics.protocol_errors.labels(v.code.name).inc()
-        self._write(v.reply)
-        if v.fatal:
+        if not v.fatal:
+            self._write(v.reply)
+        elif self._owed:
+            self._final_error = v.reply  # after the answers owed (_answered), or OWED_MAX_S
+            self._linger = self._loop.call_later(OWED_MAX_S, self._send_final_error)
+        else:
+            self._write(v.reply)
             self._close_after_error()
 
+    def _answered(self) -> None:
+        self._owed -= 1
+        if self._owed <= 0 and self._final_error is not None:
+            self._send_final_error()
+
+    def _send_final_error(self) -> None:
+        reply, self._final_error = self._final_error, None
+        if reply is None:
+            return
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
+        self._write(reply)
+        self._close_after_error()
+
+    def _gone(self) -> bool:
+        """Nothing more can be written: the terminal left, or we closed (EOF sent)."""
+        return self.transport is None or self.transport.is_closing() or self._eof
+
     async def _authenticate(self, event: AuthReceived) -> None:
+        try:
+            await self._check_auth(event)
+        finally:
+            self._answered()
+
+    async def _check_auth(self, event: AuthReceived) -> None:
         ctx = self.ctx
         actor = ctx.sessions[session_shard_of(event.terminal_id, len(ctx.sessions))]
         try:
@@ -285,17 +348,24 @@ class TerminalProtocol(asyncio.Protocol):
         except Exception as exc:  # noqa: BLE001 - session shard unavailable
             log.warning("authentication of terminal %s failed: %r", event.terminal_id, exc)
             code, message = int(ErrorCode.INTERNAL), "authentication service unavailable, try again"
-        if self.transport is None or self.conn.closed:
+        if self._gone():
             return
         if code:
             ctx.metrics.protocol_errors.labels(ErrorCode(code).name).inc()
+            if self.conn.closed:  # closed since by a fatal error of the terminal's: that frame follows
+                self._write(self.conn.send(m.Error(code=code, message=message)))
+                return
             self._write(self.conn.reject(ErrorCode(code), message))
+            self._final_error = None  # this error closes it
             self._close_after_error()
             return
+        closed = self.conn.closed
         self._write(self.conn.accept(m.AuthOk(
             fare_version=ctx.fare_version(), hotlist_version=ctx.hotlist_version(),
             max_batch=ctx.max_batch_taps, heartbeat_ms=ctx.heartbeat_ms, server_time_ms=ctx.wall_ms(),
         )))
+        if closed:
+            return  # answered; the terminal's fatal error that followed the auth comes next
         self._authenticated = True
         ctx.metrics.terminals.inc()
         if self._auth_timer is not None:
@@ -322,8 +392,8 @@ class TerminalProtocol(asyncio.Protocol):
 
     # -- output --------------------------------------------------------------------------
     def _write(self, data: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
+        if not self._gone():
+            self.transport.write(data)  # type: ignore[union-attr]  # _gone: not None
 
     def _close(self) -> None:
         if self.transport is not None:
@@ -334,8 +404,9 @@ class TerminalProtocol(asyncio.Protocol):
         terminal closes or LINGER_S: closing with its bytes unread would make the kernel reset
         the connection and the terminal lose the error frame."""
         t = self.transport
-        if t is None or t.is_closing():
+        if t is None or t.is_closing() or self._eof:
             return
+        self._eof = True
         try:
             t.write_eof()
         except (NotImplementedError, RuntimeError, OSError):

@@ -14,16 +14,31 @@ from ..tasks import cancel_and_wait
 log = logging.getLogger(__name__)
 _OK = int(Result.OK)
 # No journal row behind them: BUSY and RETRY are sent again; SEQ_TOO_OLD is a seq below the
-# shard's watermark, decided and counted long ago or never (protocol section 9).
-_NOT_COUNTED = frozenset((int(Result.BUSY), int(Result.RETRY), int(Result.SEQ_TOO_OLD)))
+# shard's watermark, decided and counted long ago or never; DUPLICATE_SEQ reuses a seq decided
+# for another card, which counted it (protocol section 9).
+_NOT_COUNTED = frozenset((int(Result.BUSY), int(Result.RETRY), int(Result.SEQ_TOO_OLD),
+                          int(Result.DUPLICATE_SEQ)))
+Runs = list[tuple[int, int]]  # (first seq, last seq) of consecutive seqs, ascending
+
+
+def seq_runs(seqs: list[int]) -> Runs:
+    """Consecutive runs of the distinct seqs: [1, 2, 3, 5] -> [(1, 3), (5, 5)]."""
+    runs: Runs = []
+    for seq in sorted(set(seqs)):
+        if runs and seq == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], seq)
+        else:
+            runs.append((seq, seq))
+    return runs
 
 
 class SessionReporter:
     def __init__(self, sessions: Sequence[Any], interval_s: float = 0.5) -> None:
         self._sessions = sessions
         self._interval_s = interval_s
-        # terminal_id -> [min_seq, max_seq, taps, charged_fen]
-        self._acc: dict[int, list[int]] = {}
+        # terminal_id -> [seqs, taps, charged_fen]: the seqs (bounded by the taps answered in
+        # one interval) so a gap inside one round is seen (seqs 1 and 3: one gap)
+        self._acc: dict[int, list[Any]] = {}
         self._task: asyncio.Task[None] | None = None
 
     def record(self, taps: Sequence[Tap], outcomes: Sequence[Outcome | None]) -> None:
@@ -33,15 +48,12 @@ class SessionReporter:
                 continue  # a replay was counted the first time; BUSY and RETRY are no decision
             a = acc.get(tap.terminal_id)
             if a is None:
-                acc[tap.terminal_id] = [tap.seq, tap.seq, 1, o.fare_fen if o.result == _OK else 0]
+                acc[tap.terminal_id] = [[tap.seq], 1, o.fare_fen if o.result == _OK else 0]
             else:
-                if tap.seq < a[0]:
-                    a[0] = tap.seq
-                if tap.seq > a[1]:
-                    a[1] = tap.seq
-                a[2] += 1
+                a[0].append(tap.seq)
+                a[1] += 1
                 if o.result == _OK:
-                    a[3] += o.fare_fen
+                    a[2] += o.fare_fen
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -55,9 +67,9 @@ class SessionReporter:
         if not acc:
             return
         n = len(self._sessions)
-        groups: dict[int, list[tuple[int, int, int, int, int]]] = {}
-        for terminal_id, (lo, hi, taps, charged) in acc.items():
-            groups.setdefault(session_shard_of(terminal_id, n), []).append((terminal_id, lo, hi, taps, charged))
+        groups: dict[int, list[tuple[int, Runs, int, int]]] = {}
+        for terminal_id, (seqs, taps, charged) in acc.items():
+            groups.setdefault(session_shard_of(terminal_id, n), []).append((terminal_id, seq_runs(seqs), taps, charged))
         for shard, rows in groups.items():
             try:
                 await self._sessions[shard].report.remote(rows)

@@ -43,7 +43,12 @@ async def journal_totals(conn: asyncpg.Connection, terminal_id: int) -> dict[str
         " coalesce(sum(amount_fen) FILTER (WHERE result = 0), 0) AS journal_charged_fen,"
         " coalesce(max(seq), 0) AS journal_last_seq"
         " FROM journal WHERE terminal_id = $1 AND op_key IS NULL", terminal_id)
-    return {k: int(v) for k, v in dict(row).items()}
+    # runs of seqs missing below the highest, as the journal holds them now (a backlog fills them)
+    gaps = await conn.fetchval(
+        "SELECT count(*) FROM (SELECT seq, lag(seq) OVER (ORDER BY seq) AS prev FROM"
+        " (SELECT DISTINCT seq FROM journal WHERE terminal_id = $1 AND op_key IS NULL) s) g"
+        " WHERE seq > prev + 1", terminal_id)
+    return {k: int(v) for k, v in dict(row).items()} | {"journal_seq_gaps": int(gaps)}
 
 
 async def set_enabled(

@@ -11,8 +11,9 @@ from enum import Enum
 
 import msgspec
 
-from ..errors import LocalProtocolError, RemoteProtocolError
+from ..errors import LocalProtocolError
 from .codes import FATAL, ErrorCode
+from .dupkeys import map_entries, repeats_key
 from .frames import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, encode_frame
 from .messages import (
     CLIENT_TAGS,
@@ -125,25 +126,27 @@ class ServerConnection:
         self._max_frame_bytes = max_frame_bytes
         self._frames = FrameDecoder(min(preauth_max_frame_bytes, max_frame_bytes))
         self.bad_messages = 0
+        # CLOSED by the peer's fatal error: requests it sent before it are still answered
+        # (then the error frame, then the close); a close by the shell ends all output.
+        self.answers_owed = False
 
     # -- input -------------------------------------------------------------------------
     def receive_data(self, data: bytes) -> list[Event]:
         if self.state is State.CLOSED:
             return []
-        try:
-            bodies = self._frames.feed(data)
-        except RemoteProtocolError as exc:
-            message = str(exc)
-            if exc.code == ErrorCode.FRAME_TOO_LARGE and self.state is not State.READY:
-                message += " before authentication"
-            return [self._violation(ErrorCode(exc.code), message)]
+        bodies, error = self._frames.feed_partial(data)
         events: list[Event] = []
         for body in bodies:
             event = self._handle_body(body)
             if event is not None:
                 events.append(event)
             if self.closed:
-                break
+                return events
+        if error is not None:
+            message = str(error)
+            if error.code == ErrorCode.FRAME_TOO_LARGE and self.state is not State.READY:
+                message += " before authentication"
+            events.append(self._violation(ErrorCode(error.code), message))
         return events
 
     @property
@@ -157,6 +160,8 @@ class ServerConnection:
             return self._bad_message(body, str(exc))
         except RecursionError:
             return self._counted(ErrorCode.BAD_MESSAGE, "MessagePack nested too deeply")
+        if repeats_key(body, encoder.encode(msg)):
+            return self._repeated_key(body, msg)
         state = self.state
         if state is State.READY:
             if type(msg) is TapBatch:
@@ -183,11 +188,14 @@ class ServerConnection:
             self.state = State.VERIFYING
             return AuthReceived(self.terminal_id, self._terminal_nonce, self._server_nonce, msg.mac)
         if type(msg) in (Tap, TapBatch, Ping, ParamsRequest, OfflineUpload):
-            return self._counted(ErrorCode.NOT_AUTHENTICATED, "authenticate (hello, auth) first")
+            return self._counted(ErrorCode.NOT_AUTHENTICATED, "authenticate (hello, auth) first",
+                                 getattr(msg, "req", 0), msg.seq if type(msg) is Tap else 0)
         return self._unexpected(msg)
 
     # -- output ------------------------------------------------------------------------
     def challenge(self, server_nonce: bytes, now_ms: int) -> bytes:
+        if self.state is State.CLOSED and self.answers_owed and self.terminal_id:
+            return encode_frame(encoder.encode(Challenge(nonce=server_nonce, server_time_ms=now_ms)))
         if self.state is not State.AWAIT_HELLO or not self.terminal_id:
             raise LocalProtocolError("challenge only answers a hello", ErrorCode.INTERNAL)
         self._server_nonce = server_nonce
@@ -195,6 +203,8 @@ class ServerConnection:
         return self.send(Challenge(nonce=server_nonce, server_time_ms=now_ms))
 
     def accept(self, auth_ok: AuthOk) -> bytes:
+        if self.state is State.CLOSED and self.answers_owed:
+            return encode_frame(encoder.encode(auth_ok))  # answered, but the connection stays closed
         if self.state is not State.VERIFYING:
             raise LocalProtocolError("accept only answers an auth", ErrorCode.INTERNAL)
         self.state = State.READY
@@ -208,12 +218,13 @@ class ServerConnection:
         return self.send(Error(code=int(code), message=message))
 
     def send(self, msg: Msg) -> bytes:
-        if self.state is State.CLOSED and type(msg) is not Error:
+        if self.state is State.CLOSED and type(msg) is not Error and not self.answers_owed:
             raise LocalProtocolError("connection is closed", ErrorCode.INTERNAL)
         return encode_frame(encoder.encode(msg))
 
     def close(self) -> None:
         self.state = State.CLOSED
+        self.answers_owed = False
 
     # -- errors ------------------------------------------------------------------------
     def _bad_message(self, body: bytes, detail: str) -> Violation:
@@ -223,11 +234,22 @@ class ServerConnection:
             return self._counted(ErrorCode.BAD_MESSAGE, f"not MessagePack: {detail}")
         except RecursionError:
             return self._counted(ErrorCode.BAD_MESSAGE, "MessagePack nested too deeply")
+        except TypeError:  # a map key the generic decoder cannot hold (a map as a key)
+            return self._counted(ErrorCode.BAD_MESSAGE, detail)
         if isinstance(generic, dict):
+            if len(generic) != map_entries(body):  # a key repeated ("t" too): refused as such
+                return self._counted(ErrorCode.BAD_MESSAGE, "a map repeats a key", *_names(body, generic))
             tag = generic.get("t")
             if not (isinstance(tag, str) and tag in CLIENT_TAGS):
                 return self._counted(ErrorCode.UNKNOWN_MESSAGE, f"unknown message type {tag!r:.80}")
+            return self._counted(ErrorCode.BAD_MESSAGE, detail, *_names(body, generic))
         return self._counted(ErrorCode.BAD_MESSAGE, detail)
+
+    def _repeated_key(self, body: bytes, msg: Msg) -> Violation:
+        """Refused, never decided: which value would count is the sender's guess (section 3)."""
+        req = getattr(msg, "req", 0) if body.count(b"req") == 1 else 0
+        seq = msg.seq if type(msg) is Tap and body.count(b"seq") == 1 else 0
+        return self._counted(ErrorCode.BAD_MESSAGE, "a map repeats a key", req, seq)
 
     def _unexpected(self, msg: Msg) -> Violation:
         tag = msg.__struct_config__.tag
@@ -235,15 +257,27 @@ class ServerConnection:
             ErrorCode.UNEXPECTED_MESSAGE, f"{tag!r} not allowed in state {self.state.value}"
         )
 
-    def _counted(self, code: ErrorCode, message: str) -> Violation:
+    def _counted(self, code: ErrorCode, message: str, req: int = 0, seq: int = 0) -> Violation:
         self.bad_messages += 1
         if self.bad_messages > MAX_BAD_MESSAGES:
-            return self._violation(ErrorCode.TOO_MANY_ERRORS, f"more than {MAX_BAD_MESSAGES} bad messages")
-        return self._violation(code, message)
+            return self._violation(ErrorCode.TOO_MANY_ERRORS, f"more than {MAX_BAD_MESSAGES} bad messages", req, seq)
+        return self._violation(code, message, req, seq)
 
-    def _violation(self, code: ErrorCode, message: str) -> Violation:
+    def _violation(self, code: ErrorCode, message: str, req: int = 0, seq: int = 0) -> Violation:
         fatal = code in FATAL
-        reply = encode_frame(encoder.encode(Error(code=int(code), message=message)))
+        reply = encode_frame(encoder.encode(Error(code=int(code), message=message, req=req, seq=seq)))
         if fatal:
             self.state = State.CLOSED
+            self.answers_owed = True
         return Violation(code, message, reply, fatal)
+
+
+def _names(body: bytes, generic: dict[object, object]) -> tuple[int, int]:
+    """(req, seq) of a message that broke its schema, where readable: a tap's seq, a batch's
+    req, so the terminal knows which request was dropped (0: not readable). A key the body
+    holds twice is not readable: the bytes "seq" must occur once."""
+    tag = generic.get("t")
+    req = generic.get("req") if tag in ("taps", "offline") and body.count(b"req") == 1 else 0
+    seq = generic.get("seq") if tag == "tap" and body.count(b"seq") == 1 else 0
+    return (req if type(req) is int and 0 < req < 2**32 else 0,
+            seq if type(seq) is int and 0 < seq < 2**32 else 0)

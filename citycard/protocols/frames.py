@@ -26,6 +26,14 @@ class FrameDecoder:
         self.max_frame_bytes = max_frame_bytes
 
     def feed(self, data: bytes) -> list[bytes]:
+        bodies, error = self.feed_partial(data)
+        if error is not None:
+            raise error
+        return bodies
+
+    def feed_partial(self, data: bytes) -> tuple[list[bytes], RemoteProtocolError | None]:
+        """The whole frames before a bad header too, and the error (None: none), so a peer's
+        requests that came before its framing error are still answered, in order."""
         buf = self._buf
         buf += data
         out: list[bytes] = []
@@ -35,10 +43,10 @@ class FrameDecoder:
             size = int.from_bytes(buf[pos : pos + HEADER_BYTES], "big")
             if size == 0:
                 buf.clear()  # out of sync for good: keep nothing while the connection closes
-                raise RemoteProtocolError("zero-length frame", ErrorCode.BAD_FRAME)
+                return out, RemoteProtocolError("zero-length frame", ErrorCode.BAD_FRAME)
             if size > self.max_frame_bytes:
                 buf.clear()
-                raise RemoteProtocolError(
+                return out, RemoteProtocolError(
                     f"frame of {size} bytes exceeds the {self.max_frame_bytes}-byte limit",
                     ErrorCode.FRAME_TOO_LARGE,
                 )
@@ -49,7 +57,7 @@ class FrameDecoder:
             pos = start + size
         if pos:
             del buf[:pos]
-        return out
+        return out, None
 
     @property
     def buffered_bytes(self) -> int:

@@ -64,7 +64,7 @@ def the_violation(events: list[Any]) -> Violation:
     [event] = events
     assert isinstance(event, Violation)
     [err] = decode_server(event.reply)
-    assert err == Error(code=int(event.code), message=event.message)
+    assert (err.code, err.message) == (int(event.code), event.message)  # req and seq: where readable
     assert event.fatal == (event.code in FATAL)
     return event
 

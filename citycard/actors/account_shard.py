@@ -284,6 +284,12 @@ class AccountShardCore:
         assert self.ledger is not None
         return self.ledger.balances()
 
+    def ready(self) -> str:
+        """A cheap readiness answer for ``/health/ready``: no load started, no store touched."""
+        if self.writer is not None and self.writer.broken is not None:
+            return "journal writer broken; reloading on the next call"
+        return "ok" if self._ready.is_set() else "loading"
+
     def pid(self) -> int:
         return os.getpid()
 

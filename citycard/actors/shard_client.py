@@ -189,6 +189,22 @@ class ShardClient:
             merged.update(part)
         return merged
 
+    async def readiness(self, timeout_s: float) -> list[str]:
+        """Each shard's own word on whether it takes work ("ok", "loading", ...), or why it
+        did not answer; one call per shard, bounded by ``timeout_s``, never retried."""
+
+        async def one(shard_id: int) -> str:
+            self.calls["ready"] += 1
+            try:
+                async with asyncio.timeout(timeout_s):
+                    return str(await self.actors[shard_id].ready.remote())
+            except TimeoutError:
+                return f"no answer in {timeout_s:g} s"
+            except Exception as exc:  # noqa: BLE001 - a dead or restarting actor is the answer
+                return f"unreachable: {type(exc).__name__}"
+
+        return list(await asyncio.gather(*(one(s) for s in range(self.n_shards))))
+
     async def ensure_loaded(self) -> None:
         await asyncio.gather(*(self._once(s, "ensure_loaded") for s in range(self.n_shards)))
 

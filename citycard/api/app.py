@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 
-from . import errors
+from . import errors, unavailable
 from .auth import BEARER_SCHEME, TokenCache
 from .context import ApiContext
 from .health import health as health_check
@@ -49,7 +49,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     app.state.input_limits = InputLimits(max_body_bytes=api.max_body_bytes, max_upload_bytes=api.max_upload_bytes)
     errors.install(app)
     errors.install_upload_errors(app)
-    errors.install_last_resort(app)
+    unavailable.install(app)  # 503 for a busy or absent database or Redis; 500 with a request id
     if ctx.metrics is not None:
         app.add_middleware(HttpMetrics, metrics=ctx.metrics)
     for module in (holders, cards, replace, money, purse, pins, selfservice, programmes, merchants, audit_log):

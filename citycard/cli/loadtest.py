@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import sys
 import tempfile
 import time
 from argparse import Namespace
@@ -170,6 +171,8 @@ def loadtest_main(settings: Settings, args: Namespace) -> int:
         paths = write_reports(report, out)
     if args.json:
         print(json.dumps(report, indent=2))
+        if not report["ok"]:  # the JSON is for programs; the reason is for the person
+            print(f"citycard loadtest: FAILED: {report.get('why_failed')}", file=sys.stderr)
     else:
         print()
         for line in summary_lines(report):

@@ -33,10 +33,10 @@ def memory_plot(memory: list[Any], new_figure: Callable[[], Figure]) -> Figure |
         ax.plot([t for t, _ in points], [mb for _, mb in points], marker="." if len(points) < 30 else None,
                 label=group)
     ax.set_xlabel("time since start, s")
-    ax.set_ylabel("resident memory, MB")
+    ax.set_ylabel("RSS, MB (summed per group)")
     ax.set_ylim(bottom=0)
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="upper left", fontsize="small")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")  # outside: lines stay visible
     return figure
 
 

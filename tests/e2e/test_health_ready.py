@@ -95,3 +95,36 @@ def test_docs_and_redoc_load_nothing_from_another_host(configured_services, sche
                     assert (await api.http.get(url)).status_code == 200, url
 
     asyncio.run(scenario())
+
+
+def test_a_shard_restarted_by_ray_on_an_idle_platform_becomes_ready_again(configured_services, schema):
+    import ray
+
+    async def scenario() -> None:
+        async with api_city(configured_services, schema, n_cards=10, n_terminals=1) as api:
+            assert (await api.http.get("/health/ready")).status_code == 200
+            shard = api.city.platform.shards[0]
+            old_pid = await shard.pid.remote()
+            ray.kill(shard, no_restart=False)  # Ray restarts it empty; no tap or op will call it
+            new_pid = old_pid
+            for _ in range(120):  # the restart: up to ~60 s
+                await asyncio.sleep(0.5)
+                try:
+                    new_pid = await asyncio.wait_for(shard.pid.remote(), 5)  # pid() loads nothing
+                except Exception:  # noqa: BLE001 - still restarting
+                    continue
+                if new_pid != old_pid:
+                    break
+            assert new_pid != old_pid
+            await asyncio.sleep(1.1)  # past any answer cached before the kill
+            states = []
+            for _ in range(120):  # only the readiness checks reach the shard now
+                r = await api.http.get("/health/ready")
+                states.append(r.json()["components"]["shard 0"])
+                if r.status_code == 200:
+                    break
+                await asyncio.sleep(0.5)
+            assert states[-1] == "ok" and r.status_code == 200, states[-10:]
+            assert states[0] in ("loading", "ok"), states  # it answered as soon as it was up
+
+    asyncio.run(scenario())

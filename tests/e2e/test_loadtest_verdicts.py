@@ -4,6 +4,7 @@ cards), and when the platform stops during the run (docs/loadtest.md)."""
 
 import asyncio
 import signal
+import socket
 import subprocess
 import time
 
@@ -84,3 +85,20 @@ def test_a_target_that_stops_during_the_run_is_one_line_and_exit_1(configured_se
     assert len(result) == 1 and result[0].startswith(
         f"result: FAILED: the target 127.0.0.1:{port} closed or refused connections: "), out
     assert " taps answered" in result[0]
+
+
+def test_a_target_that_refuses_from_the_start_is_one_line_and_exit_1(configured_services, schema):
+    env = citycard_env(configured_services, schema, "verdict")
+    seeded = subprocess.run([*CITYCARD, "city", "seed", "--scale", SCALE], env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert seeded.returncode == 0, seeded.stderr
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    done = subprocess.run([*CITYCARD, "loadtest", "--target", f"127.0.0.1:{port}", *RUN, "--duration", "2"],
+                          env=env, capture_output=True, text=True, timeout=240, stdin=subprocess.DEVNULL)
+    assert done.returncode == 1, done.stdout + done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"citycard loadtest: FAILED: the target 127.0.0.1:{port} closed or refused connections "
+                           "before any tap was sent"), line

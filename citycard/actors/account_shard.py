@@ -74,7 +74,6 @@ class AccountShardCore:
         self._ready = asyncio.Event()
         self._loading: asyncio.Task[Any] | None = None
         self._snapshot_task: asyncio.Task[Any] | None = None
-        self._kick: asyncio.Task[None] | None = None  # a load a readiness check started
         self._last_snapshot_lsn = 0
         self._last_snapshot_s = 0.0  # loop time; set when loaded
         self.recovery: RecoveryReport | None = None
@@ -284,23 +283,6 @@ class AccountShardCore:
         await self.ensure_loaded()
         assert self.ledger is not None
         return self.ledger.balances()
-
-    async def ready(self) -> str:
-        """A cheap readiness answer for ``/health/ready``, never waiting on the store. A shard
-        not loaded (restarted by Ray, and no call since) starts its load here: an idle
-        platform behind a readiness check would otherwise never become ready."""
-        broken = self.writer is not None and self.writer.broken is not None
-        if self._ready.is_set() and not broken:
-            return "ok"
-        if self._loading is None or self._loading.done():
-            self._kick = asyncio.get_running_loop().create_task(self._load_quietly())
-        return "journal writer broken; reloading" if broken else "loading"
-
-    async def _load_quietly(self) -> None:
-        try:
-            await self.ensure_loaded()
-        except Exception as exc:  # noqa: BLE001 - the next call or readiness check tries again
-            log.warning("shard %s: load started by a readiness check failed: %r", self.shard_id, exc)
 
     def pid(self) -> int:
         return os.getpid()

@@ -190,14 +190,16 @@ class ShardClient:
         return merged
 
     async def readiness(self, timeout_s: float) -> list[str]:
-        """Each shard's own word on whether it takes work ("ok", "loading", ...), or why it
-        did not answer; one call per shard, bounded by ``timeout_s``, never retried."""
+        """Each shard's state from its ``probe()`` ("ok", or "loading": a shard not loaded
+        starts its load when probed), or why it did not answer; one call per shard, bounded
+        by ``timeout_s``, never retried."""
 
         async def one(shard_id: int) -> str:
-            self.calls["ready"] += 1
+            self.calls["probe"] += 1
             try:
                 async with asyncio.timeout(timeout_s):
-                    return str(await self.actors[shard_id].ready.remote())
+                    probe = await self.actors[shard_id].probe.remote()
+                    return "ok" if probe.get("ready") else "loading"
             except TimeoutError:
                 return f"no answer in {timeout_s:g} s"
             except Exception as exc:  # noqa: BLE001 - a dead or restarting actor is the answer

@@ -28,19 +28,19 @@ class Method:
 
 
 class Shard:
-    """Answers ``ready`` like AccountShard's Ray handle: ``.ready.remote()`` is awaitable."""
+    """Answers ``probe`` like AccountShard's Ray handle: ``.probe.remote()`` is awaitable."""
 
     def __init__(self, state: str = "ok", hang_s: float = 0.0, crash: bool = False) -> None:
         self.state, self.hang_s, self.crash, self.calls = state, hang_s, crash, 0
 
-        async def ready() -> str:
+        async def probe() -> dict:
             self.calls += 1
             await asyncio.sleep(self.hang_s)
             if self.crash:
                 raise RuntimeError("actor died")
-            return self.state
+            return {"shard_id": 0, "ready": self.state == "ok", "loads": 1}
 
-        self.ready = Method(ready)
+        self.probe = Method(probe)
 
 
 class Clock:
@@ -113,57 +113,3 @@ def test_a_caller_that_hangs_up_does_not_cancel_the_others_check() -> None:
 
     asyncio.run(go())
 
-
-class SlowStore:
-    """A ShardStore whose load takes a moment and commits nothing."""
-
-    def __init__(self) -> None:
-        self.loads = 0
-
-    async def open(self) -> None:
-        pass
-
-    async def load(self, ledger):  # noqa: ANN001, ANN201
-        from citycard.domain.recovery import Rebuild
-
-        self.loads += 1
-        await asyncio.sleep(0.05)
-        return Rebuild(ledger, 0, 0).report()
-
-    def append(self):  # noqa: ANN201
-        async def append(records: list) -> None:
-            raise AssertionError("nothing is committed in this test")
-        return append
-
-    async def write_snapshot(self, lsn: int, rows: list, total_fen: int) -> None:
-        pass
-
-    async def find_ops(self, keys: list[str]) -> list:
-        return []
-
-    async def fetch_cards(self, card_nos: list[int]) -> list:
-        return []
-
-    async def close(self) -> None:
-        pass
-
-
-def test_a_shard_nobody_called_since_its_restart_loads_when_readiness_asks() -> None:
-    from citycard.actors.account_shard import AccountShardCore
-    from citycard.config.fare_table import shipped_tables
-    from citycard.config.settings import load_settings
-
-    async def go() -> None:
-        store = SlowStore()
-        core = AccountShardCore(0, load_settings(env={}).as_dict(), store=store,  # type: ignore[arg-type]
-                                tables=shipped_tables())
-        assert await asyncio.gather(*(core.ready() for _ in range(20))) == ["loading"] * 20
-        for _ in range(100):
-            if await core.ready() == "ok":
-                break
-            await asyncio.sleep(0.01)
-        assert await core.ready() == "ok" and store.loads == 1
-        assert core.writer is not None
-        await core.writer.close()
-
-    asyncio.run(go())

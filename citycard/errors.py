@@ -27,3 +27,8 @@ class RemoteProtocolError(ProtocolError):
 
 class StoreError(CityCardError):
     """The durable store failed; in-flight work was not committed."""
+
+
+class JournalHeadMoved(StoreError):
+    """A shard's journal head is not where its writer left it: another writer (a second
+    platform on the same schema) committed to it. Not transient: a defect of the deployment."""

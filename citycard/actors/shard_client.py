@@ -189,6 +189,24 @@ class ShardClient:
             merged.update(part)
         return merged
 
+    async def readiness(self, timeout_s: float) -> list[str]:
+        """Each shard's state from its ``probe()`` ("ok", or "loading": a shard not loaded
+        starts its load when probed), or why it did not answer; one call per shard, bounded
+        by ``timeout_s``, never retried."""
+
+        async def one(shard_id: int) -> str:
+            self.calls["probe"] += 1
+            try:
+                async with asyncio.timeout(timeout_s):
+                    probe = await self.actors[shard_id].probe.remote()
+                    return "ok" if probe.get("ready") else "loading"
+            except TimeoutError:
+                return f"no answer in {timeout_s:g} s"
+            except Exception as exc:  # noqa: BLE001 - a dead or restarting actor is the answer
+                return f"unreachable: {type(exc).__name__}"
+
+        return list(await asyncio.gather(*(one(s) for s in range(self.n_shards))))
+
     async def ensure_loaded(self) -> None:
         await asyncio.gather(*(self._once(s, "ensure_loaded") for s in range(self.n_shards)))
 

@@ -7,12 +7,14 @@ from fastapi import APIRouter, FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from fastapi_offline import FastAPIOffline
 
-from . import errors
+from . import errors, unavailable
 from .auth import BEARER_SCHEME, TokenCache
 from .context import ApiContext
 from .health import health as health_check
 from .http_metrics import HttpMetrics
+from .readiness import Readiness
 from .routes import (
     audit_log,
     cards,
@@ -37,7 +39,9 @@ first answer and moves nothing again. Every error is JSON in one shape,
 
 
 def create_app(ctx: ApiContext) -> FastAPI:
-    app = FastAPI(title="citycard card services", version="1", description=DESCRIPTION)
+    # Swagger UI's and ReDoc's assets served by the platform (/static-offline-docs), not a CDN:
+    # /docs must work on a network with no way out
+    app = FastAPIOffline(title="citycard card services", version="1", description=DESCRIPTION)
     app.state.ctx = ctx
     app.state.tokens = TokenCache()
     app.state.insurance_categories = ctx.insurance_categories
@@ -45,7 +49,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     app.state.input_limits = InputLimits(max_body_bytes=api.max_body_bytes, max_upload_bytes=api.max_upload_bytes)
     errors.install(app)
     errors.install_upload_errors(app)
-    errors.install_last_resort(app)
+    unavailable.install(app)  # 503 for a busy or absent database or Redis; 500 with a request id
     if ctx.metrics is not None:
         app.add_middleware(HttpMetrics, metrics=ctx.metrics)
     for module in (holders, cards, replace, money, purse, pins, selfservice, programmes, merchants, audit_log):
@@ -57,6 +61,21 @@ def create_app(ctx: ApiContext) -> FastAPI:
         """Postgres and Redis checked now: 200 `ok` (or `degraded`: Redis down), 503 when
         Postgres does not answer (`citycard/api/health.py`)."""
         return await health_check(ctx.pool, ctx.redis)
+
+    readiness = app.state.readiness = Readiness(ctx.pool, ctx.redis, ctx.shards)
+
+    @app.get("/health/live", tags=["operations"])
+    async def live() -> JSONResponse:
+        """The process answers; nothing else is asked (restart it only when this fails)."""
+        return JSONResponse({"status": "live"})
+
+    @app.get("/health/ready", tags=["operations"],
+             responses={503: {"description": "Postgres, Redis or a shard is not ready; `not_ready` names them"}})
+    async def ready() -> JSONResponse:
+        """Postgres, Redis and every account shard, each within 2 s; the answer is kept 1 s and
+        shared by concurrent callers (`citycard/api/readiness.py`). 200 when all are `ok`."""
+        body = await readiness.answer()
+        return JSONResponse(body, status_code=200 if body["status"] == "ready" else 503)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -1,7 +1,6 @@
 """HTTP errors: 401/403 for who, 404 unknown, 409 conflict with the reason, 422 bad input
 (with the offending field), 503 when a shard does not answer in time."""
 
-import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -10,7 +9,6 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..actors.shard_client import ShardUnavailable
 from ..cards.errors import (
     Busy,
     CardServiceError,
@@ -26,8 +24,6 @@ from ..cards.errors import (
 from ..cards.pins import PinLocked, WrongPin
 from ..errors import CityCardError
 from ..persistence.programme_uploads import UploadUnreadable
-
-log = logging.getLogger(__name__)
 
 
 class ApiError(CityCardError):
@@ -72,7 +68,7 @@ ERROR_STATUSES = {
     422: "bad input: the offending field is named",
     423: "locked: too many wrong PINs",
     429: "too many failed tries from this source, to this card or with this token: retry after `Retry-After` seconds",
-    503: "a shard did not answer in time: retry with the same idempotency key",
+    503: "a shard, the database or Redis did not answer in time, or is busy: retry (money: with the same idempotency key)",
 }
 
 
@@ -174,29 +170,14 @@ def install(app: FastAPI) -> None:
             metrics.api_refusals.labels(*refusal).inc()
         return card_service_error(exc)
 
-    @app.exception_handler(ShardUnavailable)
-    async def _shard_unavailable(request: Request, exc: ShardUnavailable) -> JSONResponse:
-        return JSONResponse({"error": "a shard did not answer in time; retry with the same idempotency key"},
-                            status_code=503)
-
+    # ShardUnavailable, the database's and Redis's transients and the last resort: unavailable.py
     @app.exception_handler(TimeoutError)
     async def _timeout(request: Request, exc: TimeoutError) -> JSONResponse:
         return JSONResponse({"error": "a shard did not answer in time; retry with the same idempotency key"},
-                            status_code=503)
+                            status_code=503, headers={"Retry-After": "1"})
 
 
 def install_upload_errors(app: FastAPI) -> None:
     @app.exception_handler(UploadUnreadable)
     async def _unreadable(request: Request, exc: UploadUnreadable) -> JSONResponse:
         return JSONResponse({"error": str(exc), "field": exc.field}, status_code=exc.status)
-
-
-def install_last_resort(app: FastAPI) -> None:
-    """Any exception no handler above knows: a JSON 500 that says nothing of the code (the
-    traceback goes to the server's log, never to the client)."""
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
-        return JSONResponse({"error": "internal error; it is logged, and retrying may not help"},
-                            status_code=500)

@@ -12,11 +12,13 @@ from fastapi.responses import JSONResponse
 CHECK_TIMEOUT_S = 2.0
 
 
-async def _check(probe: Callable[[], Awaitable[Any]]) -> str:
+async def _check(probe: Callable[[], Awaitable[Any]], timeout_s: float | None = None) -> str:
+    timeout_s = CHECK_TIMEOUT_S if timeout_s is None else timeout_s
     try:
-        await asyncio.wait_for(probe(), CHECK_TIMEOUT_S)
+        async with asyncio.timeout(timeout_s):
+            await probe()
     except TimeoutError:
-        return f"no answer in {CHECK_TIMEOUT_S:g} s"
+        return f"no answer in {timeout_s:g} s"
     except Exception as exc:  # noqa: BLE001 - any failure is the answer: it is down
         return f"unreachable: {type(exc).__name__}"
     return "ok"

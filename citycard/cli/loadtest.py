@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import sys
 import tempfile
 import time
 from argparse import Namespace
@@ -23,7 +24,7 @@ from ..domain.offline import IssuerKeys
 from ..errors import CityCardError
 from ..loadtest import audit as audit_mod
 from ..loadtest.city import city_for_scale
-from ..loadtest.lab import PhaseResult, pick_terminals
+from ..loadtest.lab import PhaseResult, TargetUnreachable, pick_terminals
 from ..loadtest.measure import FIND_MAX_FACTOR, accepted_in_window, find_max, run_measured
 from ..loadtest.offline_prep import LOAD_FEN, prepare_offline
 from ..loadtest.offline_sender import OfflineSpec, read_columns
@@ -158,6 +159,9 @@ def loadtest_main(settings: Settings, args: Namespace) -> int:
     try:
         run = run_loadtest(settings, services, args)  # its own platform: one per schema, as `up`
         report = uvloop.run(run if args.target else locked(settings, services, "loadtest", run))
+    except TargetUnreachable as exc:  # a failed run, not a bad argument: exit 1, one line
+        print(f"citycard loadtest: FAILED: {exc}", file=sys.stderr)
+        return 1
     finally:
         import ray
 
@@ -170,6 +174,8 @@ def loadtest_main(settings: Settings, args: Namespace) -> int:
         paths = write_reports(report, out)
     if args.json:
         print(json.dumps(report, indent=2))
+        if not report["ok"]:  # the JSON is for programs; the reason is for the person
+            print(f"citycard loadtest: FAILED: {report.get('why_failed')}", file=sys.stderr)
     else:
         print()
         for line in summary_lines(report):

@@ -425,6 +425,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .region import add_parser as add_region
 
     add_region(sub)
+    from .status import add_parser as add_status
+
+    add_status(sub)
     return p
 
 

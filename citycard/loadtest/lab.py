@@ -22,6 +22,7 @@ from typing import Any
 from tqdm import tqdm
 
 from ..domain.results import Result
+from ..errors import CityCardError
 from .city import TerminalPlan, terminal_tap_weights
 from .latency import (
     IntervalSnapshot,
@@ -194,7 +195,7 @@ async def run_phase(phase: Phase, endpoint: Endpoint, terminals: list[TerminalPl
     side: asyncio.Task[Any] | None = None
     started = time.perf_counter()
     try:
-        await _wait_ready(loop, reports, procs, result)
+        await _wait_ready(loop, reports, procs, result, f"{endpoint.host}:{endpoint.port}")
         origin_unix_s = time.time() + ORIGIN_LEAD_S
         origin.value = origin_unix_s
         if during is not None:
@@ -232,12 +233,18 @@ def _get(q: Any, timeout_s: float) -> dict[str, Any] | None:
         return None
 
 
-async def _wait_ready(loop: asyncio.AbstractEventLoop, reports: Any, procs: list[Any], merge: _Merge) -> None:
+class TargetUnreachable(CityCardError):
+    """The senders could not connect to (or authenticate at) the target: nothing was sent."""
+
+
+async def _wait_ready(loop: asyncio.AbstractEventLoop, reports: Any, procs: list[Any], merge: _Merge,
+                      target: str) -> None:
     ready = 0
     deadline = time.monotonic() + READY_TIMEOUT_S
     while ready < len(procs):
         if time.monotonic() > deadline:
-            raise TimeoutError(f"senders not connected within {READY_TIMEOUT_S:.0f} s")
+            raise TargetUnreachable(f"the target {target}: senders not connected within {READY_TIMEOUT_S:.0f} s;"
+                                    " no tap was sent")
         msg = await loop.run_in_executor(None, _get, reports, 0.5)
         if msg is None:
             if not all(p.is_alive() for p in procs):
@@ -246,7 +253,8 @@ async def _wait_ready(loop: asyncio.AbstractEventLoop, reports: Any, procs: list
         if msg["kind"] == "ready":
             ready += 1
         elif msg["kind"] == "failed":
-            raise RuntimeError(f"sender {msg['sender']} failed: {msg['error']}")
+            raise TargetUnreachable(f"the target {target} closed or refused connections before any tap was sent "
+                                    f"(sender {msg['sender']}: {msg['error']})")
         elif msg["kind"] == "offline_failed":
             raise RuntimeError(f"the offline uploader failed: {msg['error']}")
         else:

@@ -8,6 +8,7 @@ import os
 import time
 from argparse import Namespace
 from typing import Any
+from urllib.parse import urlsplit
 
 from . import procs
 from .lab import Phase, PhaseResult, run_phase
@@ -20,23 +21,42 @@ FIND_MAX_FACTOR = 1.3
 FIND_MAX_STEPS = 12
 FIND_MAX_RISE = 1.03  # a step must accept 3 % more than the best so far to count as rising
 MEMORY_EVERY_S = 5.0
+MEMORY_MIN_EVERY_S = 0.25
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "0.0.0.0")
+
+
+def run_scope(target: Target) -> procs.RunScope:
+    """This run's own processes: its platform under this process, or the process listening on
+    the target's port when that is on this machine; Postgres backends if Postgres is here."""
+    db = urlsplit(target.db_url)
+    db_port = (db.port or 5432) if db.hostname in LOCAL_HOSTS else None
+    if target.platform is not None:
+        return procs.RunScope(frozenset({os.getpid()}), os.getpid(), db_port)
+    gateway = procs.listener_pid(target.endpoint.port) if target.endpoint.host in LOCAL_HOSTS else None
+    return procs.RunScope(frozenset({os.getpid(), *([gateway] if gateway else [])}), gateway, db_port)
+
+
+def memory_every_s(duration_s: float) -> float:
+    """Every MEMORY_EVERY_S, but at least ~20 points in a short run."""
+    return min(MEMORY_EVERY_S, max(MEMORY_MIN_EVERY_S, duration_s / 20))
 
 
 async def run_measured(phase: Phase, target: Target, view: CityView, show: bool, phases: list[PhaseResult],
                  storm: Storm | None = None, offline: OfflineSpec | None = None) -> PhaseResult:
-    gateway_pid = os.getpid() if target.platform is not None else None
+    scope = run_scope(target)
     before: dict[int, procs.Sample] = {}
     memory: list[dict[str, float]] = []
+    every_s = memory_every_s(phase.duration_s)
 
     async def watch(origin_unix_s: float) -> None:
-        """CPU by process from the origin on, and memory every MEMORY_EVERY_S, while the
+        """CPU by process from the origin on, and memory every ``every_s``, while the
         schedule runs."""
         await asyncio.sleep(max(0.0, origin_unix_s - time.time()))
-        before.update(await asyncio.to_thread(procs.snapshot, gateway_pid))
-        for k in range(int(phase.duration_s // MEMORY_EVERY_S) + 1):
-            await asyncio.sleep(max(0.0, origin_unix_s + k * MEMORY_EVERY_S - time.time()))
-            snap = await asyncio.to_thread(procs.snapshot, gateway_pid)
-            memory.append({"t_s": k * MEMORY_EVERY_S, **procs.rss_mb_by_role(snap.values())})
+        before.update(await asyncio.to_thread(procs.own_snapshot, scope))
+        for k in range(int(phase.duration_s // every_s) + 1):
+            await asyncio.sleep(max(0.0, origin_unix_s + k * every_s - time.time()))
+            snap = await asyncio.to_thread(procs.own_snapshot, scope)
+            memory.append({"t_s": k * every_s, **procs.rss_mb_by_role(snap.values())})
 
     async def during(origin_unix_s: float) -> None:
         jobs = [watch(origin_unix_s)]
@@ -47,7 +67,7 @@ async def run_measured(phase: Phase, target: Target, view: CityView, show: bool,
 
     res = await run_phase(phase, target.endpoint, view.terminals, view.home_cards, view.visitor_cards,
                           view.first_seq, show_live=show, during=during, offline=offline)
-    after = await asyncio.to_thread(procs.snapshot, gateway_pid)
+    after = await asyncio.to_thread(procs.own_snapshot, scope)
     cpu = procs.cpu_by_role(before, after) if before else {}
     cpu["senders (load generator)"] = res.sender_cpu_s
     if res.offline is not None and "cpu_s" in res.offline:

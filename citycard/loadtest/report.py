@@ -56,6 +56,7 @@ def render_html(report: dict[str, Any]) -> str:
     body = [
         f"<h1>{_esc(title)}</h1>",
         f'<p class="verdict {"pass" if ok else "fail"}">{"OK" if ok else "FAILED"}</p>',
+        "" if ok or not report.get("why_failed") else f'<p class="why">{_esc(report["why_failed"])}</p>',
         "<h2>Run</h2>", _kv_table(run),
         "<h2>Totals</h2>", _totals_html(_dict(report.get("totals"))),
         "<h2>Audit</h2>", _audit_html(report.get("audit")),
@@ -101,7 +102,8 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     errors = _list(report.get("errors"))
     if errors:
         lines.append(f"errors: {len(errors)} (first: {errors[0]})")
-    lines.append("result: " + ("OK" if report.get("ok") else "FAILED"))
+    why = report.get("why_failed")
+    lines.append("result: " + ("OK" if report.get("ok") else f"FAILED: {why}" if why else "FAILED"))
     return lines
 
 
@@ -286,12 +288,19 @@ def _plots(report: Report) -> list[tuple[str, Callable[[], Figure | None]]]:
         ("Latency over time", lambda: _latency_timeline_plot(timeline)),
         ("Latency by percentile", lambda: _percentile_plot(cdf, _max_latency_ms(report))),
         ("Results by code", lambda: _codes_plot(_codes(report))),
+        ("Memory over time, by process group", lambda: _memory_plot(report)),
     ]
     find_max = report.get("find_max")
     if isinstance(find_max, dict):
         plots.append(("Find max: accepted rate and p99 per step",
                       lambda: _find_max_plot(find_max)))
     return plots
+
+
+def _memory_plot(report: Report) -> Figure | None:
+    from .report_memory import memory_plot
+
+    return memory_plot(_list(_dict(report.get("processes")).get("memory_mb")), _new_figure)
 
 
 def _new_figure(height_in: float = FIG_HEIGHT_IN) -> Figure:

@@ -3,18 +3,20 @@ the audit, find-max, baselines and processes (``report.py`` draws it)."""
 
 from __future__ import annotations
 
-import shlex
+import os
 import sys
 from argparse import Namespace
 from typing import Any
 
 from . import audit as audit_mod
 from .city import CityModel
+from .command import rerunnable
 from .lab import PhaseResult
 from .latency import LatencyTotals, merge_intervals
 from .measure import accepted_in_window
 from .scenarios import Storm
 from .targets import CityView, Target
+from .verdict import REFUSED_SHARE_MAX, refused_share, why_failed
 
 CDF_PERCENTILES = (0.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 100.0)
 
@@ -34,7 +36,8 @@ def processes_report(phases: list[PhaseResult]) -> dict[str, Any]:
     return {"cpu_s": cpu, "cpu_us_per_tap": {r: s * 1e6 / answered for r, s in cpu.items()} if answered else {},
             "cpu_us_per_tap_total": sum(cpu.values()) * 1e6 / answered if answered else 0.0,
             "memory_mb": memory,
-            "note": "processes on this machine; postgres counts every postgres process here"}
+            "note": "this run's own processes on this machine: its platform's process tree (Ray, embedded "
+                    "servers) and the Postgres backends serving its connections; senders count their own CPU"}
 
 
 def build_report(args: Namespace, target: Target, view: CityView, model: CityModel, phases: list[PhaseResult],
@@ -82,7 +85,7 @@ def build_report(args: Namespace, target: Target, view: CityView, model: CityMod
                 "profile": description, "senders": args.senders, "terminals": len(view.terminals),
                 "cards": len(view.home_cards) + len(view.visitor_cards), "city_scale": model.scale,
                 "account_shards": target.account_shards, "seed": args.seed,
-                "command": "citycard " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 1 else "",
+                "command": rerunnable(sys.argv, os.environ),
                 "linger_ms": args.linger_ms, "timeout_ms": args.timeout_ms, "batch_max": args.batch},
         "totals": {"scheduled": scheduled, "answered": totals.answered, "timeouts": totals.timeouts,
                    "shed": totals.shed, "retries": totals.retries, "late_answers": totals.late_answers,
@@ -102,9 +105,12 @@ def build_report(args: Namespace, target: Target, view: CityView, model: CityMod
         errors += storm.errors
     if offline is not None:
         report["offline"] = offline_section(offline, duration_s)
+    refused, _ = refused_share(report["codes"])
     report["ok"] = bool(audit["ok"] and not errors and totals.answered > 0
                         and (storm is None or storm.failed == 0)
-                        and (offline is None or report["offline"]["ok"]))
+                        and (offline is None or report["offline"]["ok"])
+                        and refused < REFUSED_SHARE_MAX)
+    report["why_failed"] = why_failed(report)
     return report
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import asyncpg
 
 from ..domain.taps import JournalRow
-from ..errors import StoreError
+from ..errors import JournalHeadMoved, StoreError
 from .migrate import journal_partition
 
 JOURNAL_COLUMNS = JournalRow.__struct_fields__  # the row's fields are the columns, in order
@@ -45,7 +45,7 @@ def pg_append(conn: asyncpg.Connection, shard_id: int, schema: str, timeout_s: f
                     last_lsn, shard_id, first_lsn - 1,
                 )
                 if status != "UPDATE 1":
-                    raise StoreError(f"shard {shard_id}: the journal head is not at lsn "
+                    raise JournalHeadMoved(f"shard {shard_id}: the journal head is not at lsn "
                                      f"{first_lsn - 1}: another writer owns this shard")
                 await conn.copy_records_to_table(table, records=records, columns=JOURNAL_COLUMNS, schema_name=schema)
         except Exception as exc:

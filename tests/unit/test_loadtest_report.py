@@ -54,13 +54,16 @@ def _full_report() -> dict:
              "stop_reason": "p99 above bound"}],
             "max_accepted_per_s": 1990.0, "p99_bound_ms": 50.0,
             "half_max": {"rate_per_s": 995.0, "accepted_per_s": 995.0, "p99_ms": 2.9}},
+        "processes": {"cpu_s": {"gateway": 3.0}, "memory_mb": [
+            {"t_s": float(t), "gateway": 150.0 + t, "account shards": 220.0, "postgres": 90.0 + 2 * t}
+            for t in range(6)]},
         "ok": True,
     }
 
 
 def _empty_report() -> dict:
     report = _full_report()
-    report.update(timeline=[], cdf=[], codes={}, errors=[], audit=None, baselines=None,
+    report.update(timeline=[], cdf=[], codes={}, errors=[], audit=None, baselines=None, processes={},
                   find_max=None, ok=False)
     del report["run"]["account_shards"]
     return report
@@ -86,20 +89,21 @@ def test_write_reports_round_trips_json_and_writes_html(tmp_path):
     assert html_path.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
 
 
-def test_html_embeds_five_png_plots_and_is_self_contained(full_page):
+def test_html_embeds_six_png_plots_and_is_self_contained(full_page):
     page = full_page
     images = _png_images(page)
-    assert len(images) == 5
+    assert len(images) == 6
+    assert "Memory over time, by process group" in page
     assert all(image.startswith(PNG_MAGIC) for image in images)
     assert "no data" not in page
     for external in ("http://", "https://", "<script", "<link", "@import", "url("):
         assert external not in page
 
 
-def test_html_without_find_max_has_four_plots():
+def test_html_without_find_max_has_five_plots():
     report = _full_report()
     report["find_max"] = None
-    assert len(_png_images(render_html(report))) == 4
+    assert len(_png_images(render_html(report))) == 5
 
 
 def test_html_escapes_text_and_shows_audit_verdict(full_page):
@@ -119,7 +123,7 @@ def test_empty_report_renders_and_says_no_data(tmp_path):
     report = _empty_report()
     page = render_html(report)
     assert _png_images(page) == []
-    assert page.count("no data") == 4
+    assert page.count("no data") == 5
     assert "audit not run" in page
     _, html_path = write_reports(report, tmp_path)
     assert html_path.read_text(encoding="utf-8") == page

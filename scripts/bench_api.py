@@ -167,7 +167,8 @@ async def bench_platform(schema: str, api: dict[str, Any] | None = None) -> Asyn
     """The platform as ``citycard up`` runs it, in a schema of its own (dropped before and
     after), with a clerk token; torn down, Ray included, on the way out."""
     from citycard.api.auth import Role, create_token
-    from citycard.cli.runtime import Platform, resolve_services
+    from citycard.cli.runtime import Platform
+    from citycard.cli.services import resolve_services
     from citycard.config.settings import load_settings
     from citycard.persistence import db
     from citycard.persistence.db import drop_schema

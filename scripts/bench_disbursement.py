@@ -20,7 +20,8 @@ from datetime import date, timedelta
 import httpx
 
 from citycard.api.auth import Role, create_token
-from citycard.cli.runtime import Platform, Services, migrate_db
+from citycard.cli.runtime import Platform
+from citycard.cli.services import Services, migrate_db
 from citycard.config.settings import load_settings
 from citycard.domain.cards import make_card_no
 from citycard.domain.identity import make_citizen_id

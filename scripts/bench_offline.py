@@ -207,7 +207,8 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
 async def bench_e2e(args: argparse.Namespace) -> dict[str, Any]:
     from bench_api import _drop
 
-    from citycard.cli.runtime import Platform, migrate_db, resolve_services
+    from citycard.cli.runtime import Platform
+    from citycard.cli.services import migrate_db, resolve_services
     from citycard.config.settings import load_settings
     from citycard.loadtest.city import plan_cards, plan_terminals, seed_city
     from citycard.persistence import db

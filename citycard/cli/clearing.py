@@ -118,7 +118,7 @@ def _token_path(settings: Settings, args: argparse.Namespace) -> Path:
 def _cmd_up(args: argparse.Namespace) -> int:
     from ..clearing.server import HouseServer
     from ..clearing.service import HouseService
-    from .runtime import resolve_services
+    from .services import resolve_services
 
     settings = load_settings(args.config)
     token_path = _token_path(settings, args)

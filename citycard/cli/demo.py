@@ -17,7 +17,8 @@ from ..loadtest.city import plan_cards, plan_terminals, seed_city
 from ..loadtest.drive import DriveResult, DriveSpec, drive_in_process
 from ..persistence import db
 from .lifecycle import locked
-from .runtime import Platform, Services, connect_app, migrate_db, resolve_services
+from .runtime import Platform
+from .services import Services, connect_app, migrate_db, resolve_services
 
 DEMO_SCHEMA = "citycard_demo"
 

@@ -283,7 +283,7 @@ def visitors_report(settings: Any, day: date | None) -> list[dict[str, Any]]:
 
     from ..persistence import db
     from ..persistence.reports import day_start_ms, park_visitors
-    from .runtime import resolve_services
+    from .services import resolve_services
 
     tables = load_fare_tables(settings.fare_table_path())
     offset = tables.versions[0].utc_offset_ms

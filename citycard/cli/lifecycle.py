@@ -10,7 +10,7 @@ import ray
 from ..config.settings import Settings
 from ..persistence.platform_lock import take_platform_lock
 from .ray_watchdog import RayGuard, reap_dead_session
-from .runtime import Services, init_ray, local_ray_session_dir
+from .services import Services, init_ray, local_ray_session_dir
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -35,7 +35,7 @@ from ..loadtest.targets import Target, own_platform, remote_target, seed_model
 from ..persistence import db
 from ..persistence.platform_lock import take_platform_lock
 from .lifecycle import locked
-from .runtime import Services, connect_app, migrate_db, resolve_services
+from .services import Services, connect_app, migrate_db, resolve_services
 
 LOADTEST_SCHEMA = "citycard_loadtest"
 __all__ = ["LOADTEST_SCHEMA", "SCENARIOS", "city_seed_main", "loadtest_main"]

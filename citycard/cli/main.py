@@ -84,7 +84,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 def cmd_db_migrate(args: argparse.Namespace) -> int:
     import asyncio
 
-    from .runtime import migrate_db, resolve_services
+    from .services import migrate_db, resolve_services
 
     settings = _settings(args)
     services = resolve_services(settings)
@@ -100,7 +100,7 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     import asyncio
 
     from ..api.auth import Role, create_token
-    from .runtime import connect_app, migrate_db, resolve_services
+    from .services import connect_app, migrate_db, resolve_services
 
     settings = _settings(args)
     services = resolve_services(settings)

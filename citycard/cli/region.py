@@ -16,7 +16,7 @@ from ..config.settings import Settings, load_settings
 from ..errors import CityCardError
 
 if TYPE_CHECKING:
-    from ..cli.runtime import Services
+    from ..cli.services import Services
     from ..region.findmax import FindMaxSpec
     from ..region.lab import LabSpec
 
@@ -69,7 +69,7 @@ def _run_lab(settings: Settings, as_json: bool, run: Run) -> dict[str, Any]:
     again; progress on stderr (and Ray's chatter kept off stdout) when the JSON goes there."""
     import uvloop
 
-    from ..cli.runtime import resolve_services
+    from ..cli.services import resolve_services
 
     services = resolve_services(settings)
     if as_json:  # Ray prints its workers' logs on stdout: they would break the JSON

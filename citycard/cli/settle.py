@@ -23,7 +23,7 @@ from ..domain.tables import FareTables
 from ..errors import CityCardError
 from ..persistence import settlement as store
 from ..persistence.settlement_export import load_or_make_key, public_hex, write_delivery
-from .runtime import connect_app, migrate_db, resolve_services
+from .services import connect_app, migrate_db, resolve_services
 from .settle_clearing import KEY_FILE, clearing_action, import_action
 
 _REFUSED = {

@@ -15,7 +15,7 @@ from ..config.settings import Settings
 from ..errors import CityCardError
 from ..persistence import terminals
 from ..protocols.auth import terminal_key
-from .runtime import Services, cli_operator, connect_app, migrate_db, resolve_services
+from .services import Services, cli_operator, connect_app, migrate_db, resolve_services
 
 REDIS_TIMEOUT_S = 3.0  # connect and publish; an unreachable Redis must not hang the operator
 

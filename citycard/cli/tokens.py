@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 from ..config.settings import Settings
 from ..errors import CityCardError
 from ..persistence import tokens
-from .runtime import cli_operator, connect_app, migrate_db, resolve_services
+from .services import cli_operator, connect_app, migrate_db, resolve_services
 
 T = TypeVar("T")
 

@@ -12,7 +12,8 @@ from .lifecycle import guard_local_ray, stop_local_ray
 from .preflight import address_in_use, check_up
 from .ray_cluster import check_cluster
 from .ray_watchdog import RayGuard
-from .runtime import Platform, Services, resolve_services
+from .runtime import Platform
+from .services import Services, resolve_services
 
 
 async def take_up_lock(settings: Settings, services: Services) -> PlatformLock:

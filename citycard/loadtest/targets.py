@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..cli.runtime import Platform, Services, connect_app, migrate_db
+from ..cli.runtime import Platform
+from ..cli.services import Services, connect_app, migrate_db
 from ..config.settings import Settings
 from ..domain.cards import HANGZHOU_ISSUER, CardStatus, issuer_of
 from ..errors import CityCardError

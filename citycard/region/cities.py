@@ -18,7 +18,8 @@ from typing import Any
 import ray
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ..cli.runtime import Platform, Services, actor_name, connect_app, migrate_db
+from ..cli.runtime import Platform, actor_name
+from ..cli.services import Services, connect_app, migrate_db
 from ..config.settings import Settings, settings_from_dict
 from ..domain.cards import CardStatus, Category
 from ..domain.settlement import SettleCode

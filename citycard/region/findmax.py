@@ -15,7 +15,7 @@ from typing import Any
 
 import psutil
 
-from ..cli.runtime import Services
+from ..cli.services import Services
 from ..config.settings import Settings
 from ..domain.results import Result
 from ..loadtest import procs

@@ -16,7 +16,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ..clearing import wire
-from ..cli.runtime import Services, connect_app
+from ..cli.services import Services, connect_app
 from ..config.fare_table import load_fare_tables
 from ..config.settings import Settings
 from ..domain.clearing_records import SettlementReport

@@ -5,7 +5,7 @@ import asyncio
 import pytest
 
 from citycard.cli.demo import run_demo
-from citycard.cli.runtime import Services
+from citycard.cli.services import Services
 from tests.support.services import make_settings
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")

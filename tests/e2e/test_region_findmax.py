@@ -5,7 +5,7 @@ import asyncio
 
 import pytest
 
-from citycard.cli.runtime import Services
+from citycard.cli.services import Services
 from citycard.region.findmax import FindMaxSpec, run_find_max, summary_lines
 from tests.support.services import drop_city_data, make_settings, new_schema
 

@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from citycard.cli.runtime import Services
+from citycard.cli.services import Services
 from citycard.domain.offline_verdicts import FORGED_TAC
 from citycard.region import offline
 from citycard.region.lab import LabSpec, run_lab

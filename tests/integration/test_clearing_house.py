@@ -26,7 +26,7 @@ from citycard.clearing.client import delivery_body, verdict_body
 from citycard.clearing.server import HouseServer
 from citycard.clearing.service import HouseService
 from citycard.cli.main import main
-from citycard.cli.runtime import Services, connect_app, migrate_db
+from citycard.cli.services import Services, connect_app, migrate_db
 from citycard.config.fare_table import shipped_tables
 from citycard.domain.cards import make_card_no
 from citycard.domain.clearing_records import ClearingRecord, record_id_of

@@ -7,7 +7,8 @@ import uuid
 import asyncpg
 import pytest
 
-from citycard.cli.runtime import Platform, Services, connect_app, migrate_db
+from citycard.cli.runtime import Platform
+from citycard.cli.services import Services, connect_app, migrate_db
 from citycard.persistence import db
 from citycard.persistence.migrate import migrate, migration_files
 from citycard.persistence.roles import DbRoles, RoleError, ident

@@ -7,7 +7,7 @@ import time
 import msgspec
 
 from citycard.actors.account_shard import AccountShardCore
-from citycard.cli.runtime import migrate_db
+from citycard.cli.services import migrate_db
 from citycard.domain.cards import App
 from citycard.domain.merchant_book import MerchantTerms
 from citycard.domain.taps import Outcome, Tap, TapKind

@@ -19,7 +19,7 @@ from citycard.clearing import client
 from citycard.clearing.server import HouseServer
 from citycard.clearing.service import HouseService
 from citycard.cli.clearing import verify
-from citycard.cli.runtime import migrate_db
+from citycard.cli.services import migrate_db
 from citycard.config.fare_table import shipped_tables
 from citycard.domain.cards import make_card_no
 from citycard.domain.epurse_crypto import When

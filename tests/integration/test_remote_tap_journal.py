@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from citycard.cli.runtime import migrate_db
+from citycard.cli.services import migrate_db
 from citycard.interop import journal
 from citycard.interop.store import LinkTap
 from citycard.persistence import db

@@ -14,7 +14,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from citycard.cli.main import main
-from citycard.cli.runtime import Services, connect_app, migrate_db
+from citycard.cli.services import Services, connect_app, migrate_db
 from citycard.config.fare_table import shipped_tables
 from citycard.domain.cards import Category
 from citycard.domain.results import Result

@@ -8,7 +8,7 @@ import msgspec
 import pytest
 
 from citycard.actors.account_shard import AccountShardCore
-from citycard.cli.runtime import migrate_db
+from citycard.cli.services import migrate_db
 from citycard.domain.cards import CardStatus
 from citycard.domain.ops import (
     Cancel,

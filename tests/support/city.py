@@ -9,7 +9,8 @@ from datetime import date
 import httpx
 
 from citycard.api.auth import Role, create_token
-from citycard.cli.runtime import Platform, Services, migrate_db
+from citycard.cli.runtime import Platform
+from citycard.cli.services import Services, migrate_db
 from citycard.config.settings import Settings
 from citycard.domain.cards import CardStatus, Category
 from citycard.domain.identity import make_citizen_id

@@ -72,6 +72,13 @@ def _cause_chain(exc: BaseException) -> list[BaseException]:
     return chain
 
 
+def _postgres_socket_gone(exc: BaseException) -> bool:
+    """asyncpg's connect to a Postgres that is down over a unix socket (the embedded one) raises
+    FileNotFoundError for the socket file: the database is away, not a defect."""
+    return any(isinstance(e, FileNotFoundError) and ".s.PGSQL." in str(e.filename or e)
+               for e in _cause_chain(exc))
+
+
 def install(app: FastAPI) -> None:
     """After ``errors.install``: the ShardUnavailable handler here replaces that one."""
 
@@ -101,6 +108,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        if _postgres_socket_gone(exc):
+            return await database(request, exc)
         return _defect(request, exc, "unexpected error")
 
 

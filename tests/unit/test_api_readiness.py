@@ -51,10 +51,13 @@ class Clock:
         return self.now
 
 
-def _readiness(*shards: Shard, clock: Clock | None = None, timeout_s: float = 2.0) -> tuple[Readiness, Pool]:
+def _readiness(*shards: Shard, clock: Clock | None = None, timeout_s: float = 2.0,
+               shard_timeout_s: float | None = None) -> tuple[Readiness, Pool]:
     pool = Pool()
     client = ShardClient(list(shards), CallPolicy(1.0, 1.0))
-    return Readiness(pool, Redis(), client, timeout_s=timeout_s, clock=clock or Clock()), pool
+    shard_timeout_s = timeout_s if shard_timeout_s is None else shard_timeout_s
+    return Readiness(pool, Redis(), client, timeout_s=timeout_s, shard_timeout_s=shard_timeout_s,
+                     clock=clock or Clock()), pool
 
 
 def test_all_ok_is_ready_with_each_component_named() -> None:
@@ -62,6 +65,13 @@ def test_all_ok_is_ready_with_each_component_named() -> None:
     body = asyncio.run(r.answer())
     assert body == {"status": "ready", "not_ready": [],
                     "components": {"postgres": "ok", "redis": "ok", "shard 0": "ok", "shard 1": "ok"}}
+
+
+def test_a_shard_slower_than_the_database_bound_but_within_its_own_is_ready() -> None:
+    # a shard saturated by taps answers a probe late; readiness must not pull a serving gateway
+    r, _ = _readiness(Shard(hang_s=0.3), timeout_s=0.1, shard_timeout_s=1.0)
+    assert asyncio.run(r.answer())["components"]["shard 0"] == "ok"
+    assert Readiness(None, None, None).shard_timeout_s > Readiness(None, None, None).timeout_s
 
 
 def test_a_loading_a_dead_and_a_hung_shard_are_each_named_within_the_timeout() -> None:

@@ -30,6 +30,8 @@ TRANSIENTS = {
     "redis_timeout": redis_errors.TimeoutError("Timeout reading from socket"),
     "redis_loading": redis_errors.BusyLoadingError("Redis is loading the dataset in memory"),
     "shard": ShardUnavailable("shard 0 did not answer in 5 s"),
+    # asyncpg's connect when the embedded Postgres is down: its unix socket file is gone
+    "pg_socket_gone": FileNotFoundError(2, "No such file or directory", "/tmp/citycard/pg/.s.PGSQL.5432"),
 }
 
 
@@ -48,6 +50,7 @@ DEFECTS = {
     "head_moved": _head_moved_through_the_client(),
     "head_moved_direct": JournalHeadMoved("shard 1: the journal head is not at lsn 9"),
     "unknown_pg": asyncpg.exceptions.UndefinedColumnError('column "x" does not exist'),
+    "other_missing_file": FileNotFoundError(2, "No such file or directory", "/etc/citycard/fares.toml"),
 }
 
 

@@ -19,7 +19,7 @@ T = TypeVar("T")
 def guard_local_ray(settings: Settings, services: Services, command: str) -> RayGuard | None:
     """Reap a dead run's Ray session, start this run's local Ray, and watch it: a kill -9 of this
     process stops the session (and the embedded servers it owns) within seconds. None on a cluster."""
-    if settings.ray.address not in ("", "local"):  # joined to a cluster: its processes are not ours
+    if settings.ray.on_cluster:  # joined to a cluster: its processes are not ours
         return None
     state = settings.state.path
     record = state / f"ray-session.{settings.database.schema}.json"

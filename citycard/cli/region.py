@@ -151,7 +151,7 @@ def _init_ray_quiet(settings: Settings) -> None:
         return
     kwargs: dict[str, object] = {"namespace": settings.ray.namespace, "logging_level": logging.WARNING,
                                  "log_to_driver": False}
-    if settings.ray.address:  # a cluster: its token, one line when it is not there
+    if settings.ray.on_cluster:  # a cluster: its token, one line when it is not there
         from .ray_cluster import connect_cluster
 
         connect_cluster(settings.ray, kwargs)

@@ -58,16 +58,15 @@ def resolve_services(settings: Settings) -> Services:
 def init_ray(settings: Settings) -> None:
     if ray.is_initialized():
         return
-    address = settings.ray.address or None
     kwargs: dict[str, Any] = {
         "namespace": settings.ray.namespace,
         "logging_level": logging.WARNING,
         "log_to_driver": True,
     }
-    if address is None:
+    if not settings.ray.on_cluster:
         kwargs["num_cpus"] = settings.ray.num_cpus or os.cpu_count() or 1
         kwargs["include_dashboard"] = False
-        ray.init(address=address, **kwargs)
+        ray.init(address=settings.ray.address or None, **kwargs)
     else:  # a cluster: its token auth, and one line when it is not there (cli/ray_cluster.py)
         connect_cluster(settings.ray, kwargs)
 

@@ -68,7 +68,7 @@ async def _run(settings: Settings, attach: bool) -> int:
 
 def check_attach(settings: Settings) -> None:
     """An attached gateway shares the first one's services: none may be embedded or local."""
-    for value, key, env in ((settings.ray.address, "ray.address", "RAY_ADDRESS"),
+    for value, key, env in ((settings.ray.on_cluster, "ray.address", "RAY_ADDRESS"),
                             (settings.database.url, "database.url", "CITYCARD_DATABASE_URL"),
                             (settings.redis.url, "redis.url", "CITYCARD_REDIS_URL")):
         if not value:
@@ -82,6 +82,6 @@ def up_main(settings: Settings, *, attach: bool = False) -> int:
     if attach:
         check_attach(settings)
     load_fare_tables(settings.fare_table_path())  # a bad table: the line `fares check` prints, before any service
-    if settings.ray.address:  # before any migration: a cluster that is not there, or a missing token file
+    if settings.ray.on_cluster:  # before any migration: a cluster that is not there, or a missing token file
         check_cluster(settings.ray)
     return uvloop.run(_run(settings, attach))

@@ -173,6 +173,11 @@ class Ray(_Section):
     auth_token: str = Field(default="", repr=False)  # the cluster's token itself; or:
     auth_token_file: str = ""  # a file holding it (Ray's default: ~/.ray/auth_token)
 
+    @property
+    def on_cluster(self) -> bool:
+        """Joined to a Ray cluster; "" and "local" (Ray's own word) start a Ray of this run's own."""
+        return self.address not in ("", "local")
+
 
 def _hex16(name: str, v: str) -> str:
     try:

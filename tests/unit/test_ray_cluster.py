@@ -97,3 +97,16 @@ def test_attach_needs_the_shared_services(missing, named):
     values[missing] = {"address": ""} if missing == "ray" else {"url": ""}
     with pytest.raises(ConfigError, match="^" + re.escape(f"--attach joins a platform on a cluster: set {named}")):
         check_attach(load_settings(env={}, overrides=values))
+
+
+@pytest.mark.parametrize(("address", "on_cluster"), [("", False), ("local", False), ("h:6379", True),
+                                                     ("ray://h:10001", True)])
+def test_local_is_rays_word_for_a_ray_of_this_runs_own(address, on_cluster):
+    # RAY_ADDRESS=local (the chaos tests' setting) starts a Ray of its own, never a cluster connect
+    assert load_settings(env={"RAY_ADDRESS": address}).ray.on_cluster is on_cluster
+
+
+def test_attach_refuses_a_local_ray():
+    values = {"ray": {"address": "local"}, "database": {"url": "postgresql://h/db"}, "redis": {"url": "redis://h"}}
+    with pytest.raises(ConfigError, match=re.escape("set ray.address (RAY_ADDRESS)")):
+        check_attach(load_settings(env={}, overrides=values))

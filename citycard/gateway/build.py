@@ -76,7 +76,7 @@ def build_gateway(
                     linger_ms=limits.linger_ms)
     if limits.seq_memory_per_terminal:
         router.seqs = SeqBook(limits.seq_memory_per_terminal,
-                              max(limits.seq_memory_total, limits.seq_memory_per_terminal))
+                              max(limits.seq_memory_total, limits.seq_memory_per_terminal), router.home)
     reporter = SessionReporter(sessions)
     ctx = GatewayContext(
         router, sessions, reporter, metrics,

@@ -22,9 +22,10 @@ from .seqbook import SeqBook
 BUSY = Outcome(int(Result.BUSY), 0, -1, False)
 RETRY = Outcome(int(Result.RETRY), 0, -1, False)
 DUPLICATE_SEQ = Outcome(int(Result.DUPLICATE_SEQ), 0, -1, False)
-# The shard decided this seq for another card: the claim goes (seqbook.SeqBook.release), so that
-# card's retry gets its outcome. Not on SEQ_TOO_OLD: whose seq it was is not known, and keeping
-# the claim refuses another shard's card rather than deciding the seq twice.
+# The shard decided this seq for another card: the claim becomes that shard's marker
+# (seqbook.SeqBook.release), so that card's retry gets its outcome and another shard's card is
+# still refused. Not on SEQ_TOO_OLD: whose seq it was is not known, and keeping the claim
+# refuses another shard's card rather than deciding the seq twice.
 _DUPLICATE = int(Result.DUPLICATE_SEQ)
 
 
@@ -89,6 +90,13 @@ class Router:
         # (terminal, seq) -> card across shards, for terminals' taps (None: each shard dedupes
         # its own cards only); the gateway claims, the router releases what a shard disowns.
         self.seqs: SeqBook | None = None
+
+    def home(self, card_no: int) -> int:
+        """The shard that decides a card's taps; -1: none of ours (a visitor's, its issuer)."""
+        remote = self.remote
+        if remote is not None and remote.claims(card_no):
+            return -1
+        return shard_of(card_no, self.n_shards)
 
     def hotlist(self) -> set[int]:
         h = self._hotlist
@@ -172,7 +180,7 @@ class Router:
                 seqs = self.seqs
                 for (tap, pending, index), outcome in zip(batch, outcomes, strict=True):
                     if seqs is not None and outcome.result == _DUPLICATE:
-                        seqs.release(tap.terminal_id, tap.seq, tap.card_no)
+                        seqs.release(tap.terminal_id, tap.seq, tap.card_no, lane.shard_id)
                     pending.settle(index, outcome)
             self._schedule(lane)
 

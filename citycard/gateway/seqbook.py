@@ -11,9 +11,15 @@ Bounded and sparse: at most ``per_terminal`` seqs a terminal, an eighth more bet
 (the oldest claimed go first), and ``total`` seqs in all (the least recently tapping
 terminal goes first, whole); about 105 bytes a seq, so the defaults (1024, 500,000) hold
 under 55 MB. Nothing is allocated for a terminal before its first tap.
+
+A seq a shard says it decided for another card (DUPLICATE_SEQ) is not forgotten: its claim
+becomes a marker of that shard (a negative value, -1 - shard), which lets through only cards
+that shard decides (it answers the seq's owner its outcome, any other card DUPLICATE_SEQ) and
+refuses the rest here; forgetting it would let a card of another shard have the seq decided
+a second time.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 
@@ -25,15 +31,20 @@ class _Tap(Protocol):
 
 
 class SeqBook:
-    __slots__ = ("per_terminal", "total", "size", "_terminals")
+    __slots__ = ("per_terminal", "total", "size", "home", "_terminals")
 
-    def __init__(self, per_terminal: int = 1024, total: int = 500_000) -> None:
+    def __init__(self, per_terminal: int = 1024, total: int = 500_000,
+                 home: Callable[[int], int] | None = None) -> None:
+        """``home``: card -> the shard that decides it (-1: none of this city's, a visitor's);
+        without it a marked seq refuses every card (router.Router.home gives it)."""
         if per_terminal < 1 or total < per_terminal:
             raise ValueError("need 1 <= per_terminal <= total")
         self.per_terminal = per_terminal
         self.total = total
         self.size = 0
-        # terminal_id -> {seq: card_no}; both dicts in use order, the least recent first
+        self.home = home
+        # terminal_id -> {seq: card_no, or -1 - shard: a marker}; both dicts in use order, the
+        # least recent first
         self._terminals: dict[int, dict[int, int]] = {}
 
     def claim(self, terminal_id: int, taps: Sequence[_Tap]) -> list[int]:
@@ -52,7 +63,7 @@ class SeqBook:
             if held is None:
                 seqs[tap.seq] = tap.card_no
                 added += 1
-            elif held != tap.card_no:
+            elif held != tap.card_no and (held > 0 or self._home(tap.card_no) != -1 - held):
                 refused.append(i)
         if added:
             # trimmed in steps of an eighth, so a tap at a time does not walk the dict each time
@@ -68,16 +79,20 @@ class SeqBook:
                 self.size -= len(terminals.pop(oldest))
         return refused
 
-    def release(self, terminal_id: int, seq: int, card_no: int) -> None:
-        """The shard decided the seq for another card (DUPLICATE_SEQ): forget this card's
-        claim, so the card it belongs to is not refused here when its tap is retried."""
+    def release(self, terminal_id: int, seq: int, card_no: int, shard: int) -> None:
+        """``shard`` decided the seq for another card (DUPLICATE_SEQ): this card's claim
+        becomes that shard's marker, so the card the seq belongs to (which we do not know) is
+        not refused here when its tap is retried, and a card of another shard still is."""
         seqs = self._terminals.get(terminal_id)
         if seqs is not None and seqs.get(seq) == card_no:
-            del seqs[seq]
-            self.size -= 1
+            seqs[seq] = -1 - shard  # in place: keeps its position in the trim order
+
+    def _home(self, card_no: int) -> int:
+        return self.home(card_no) if self.home is not None else -1
 
     def holds(self, terminal_id: int, seq: int) -> int | None:
-        """The card a seq is claimed for (None: not held)."""
+        """The card a seq is claimed for (None: not held; negative: the marker of shard
+        -1 - value)."""
         seqs = self._terminals.get(terminal_id)
         return None if seqs is None else seqs.get(seq)
 

@@ -134,7 +134,8 @@ class TerminalProtocol(asyncio.Protocol):
         self._auth_timer: asyncio.TimerHandle | None = None
         self._authenticated = False
         self._params_pending = False  # one hotlist query per connection at a time
-        self._linger: asyncio.TimerHandle | None = None
+        self._linger: asyncio.TimerHandle | None = None  # the drain after our FIN
+        self._owed_timer: asyncio.TimerHandle | None = None  # the final error's OWED_MAX_S
         self._idle_timer: asyncio.TimerHandle | None = None
         self._last_frame = 0.0
         self._owed = 0  # requests taken whose answer is not written yet
@@ -154,7 +155,7 @@ class TerminalProtocol(asyncio.Protocol):
         self.ctx.metrics.connections.dec()
         if self._authenticated:
             self.ctx.metrics.terminals.dec()
-        for timer in (self._auth_timer, self._linger, self._idle_timer):
+        for timer in (self._auth_timer, self._linger, self._owed_timer, self._idle_timer):
             if timer is not None:
                 timer.cancel()
         self.conn.close()
@@ -308,7 +309,9 @@ class TerminalProtocol(asyncio.Protocol):
             self._write(v.reply)
         elif self._owed:
             self._final_error = v.reply  # after the answers owed (_answered), or OWED_MAX_S
-            self._linger = self._loop.call_later(OWED_MAX_S, self._send_final_error)
+            # its own field: a close by another path sets _linger (the drain), and
+            # this timer must still be cancelled when the connection goes
+            self._owed_timer = self._loop.call_later(OWED_MAX_S, self._send_final_error)
         else:
             self._write(v.reply)
             self._close_after_error()
@@ -322,9 +325,9 @@ class TerminalProtocol(asyncio.Protocol):
         reply, self._final_error = self._final_error, None
         if reply is None:
             return
-        if self._linger is not None:
-            self._linger.cancel()
-            self._linger = None
+        if self._owed_timer is not None:
+            self._owed_timer.cancel()
+            self._owed_timer = None
         self._write(reply)
         self._close_after_error()
 

@@ -1,7 +1,15 @@
 """Sends per-terminal summaries of answered taps to the TerminalSession actors, in the
-background every ``interval_s`` (one call per session shard), never on the tap path."""
+background every ``interval_s`` (one call per session shard), never on the tap path.
+
+Bounded while a session shard hangs or restarts: a terminal's seqs are kept as runs, merged
+as taps arrive, at most MAX_RUNS of them (a terminal skipping seqs more often than that in one
+round has its lowest gaps merged away: its gap count reads low); a report call gets
+``report_timeout_s``, and what it could not report is dropped, like a failed one (totals are
+advisory, the journal is the record: `terminal show --exact`).
+"""
 
 import asyncio
+import bisect
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -19,25 +27,52 @@ _OK = int(Result.OK)
 _NOT_COUNTED = frozenset((int(Result.BUSY), int(Result.RETRY), int(Result.SEQ_TOO_OLD),
                           int(Result.DUPLICATE_SEQ)))
 Runs = list[tuple[int, int]]  # (first seq, last seq) of consecutive seqs, ascending
+MAX_RUNS = 32  # a terminal's runs kept between reports: ~4 KB at most
+REPORT_TIMEOUT_S = 5.0
 
 
-def seq_runs(seqs: list[int]) -> Runs:
-    """Consecutive runs of the distinct seqs: [1, 2, 3, 5] -> [(1, 3), (5, 5)]."""
-    runs: Runs = []
-    for seq in sorted(set(seqs)):
-        if runs and seq == runs[-1][1] + 1:
-            runs[-1] = (runs[-1][0], seq)
-        else:
+def add_seq(runs: Runs, seq: int, max_runs: int = MAX_RUNS) -> None:
+    """Add ``seq`` to ascending, disjoint, non-adjacent ``runs`` in place; above ``max_runs``
+    the two lowest runs merge (one gap less reported)."""
+    if runs:
+        lo, hi = runs[-1]
+        if seq == hi + 1:  # the common case: the next seq
+            runs[-1] = (lo, seq)
+            return
+        if seq > hi + 1:
             runs.append((seq, seq))
-    return runs
+        else:
+            i = bisect.bisect_right(runs, seq, key=_first) - 1  # the last run starting at or below seq
+            if i >= 0 and runs[i][1] >= seq:
+                return  # held already
+            left = i >= 0 and runs[i][1] + 1 == seq
+            right = i + 1 < len(runs) and runs[i + 1][0] == seq + 1
+            if left and right:
+                runs[i:i + 2] = [(runs[i][0], runs[i + 1][1])]
+            elif left:
+                runs[i] = (runs[i][0], seq)
+            elif right:
+                runs[i + 1] = (seq, runs[i + 1][1])
+            else:
+                runs.insert(i + 1, (seq, seq))
+    else:
+        runs.append((seq, seq))
+    if len(runs) > max_runs:
+        runs[0:2] = [(runs[0][0], runs[1][1])]
+
+
+def _first(run: tuple[int, int]) -> int:
+    return run[0]
 
 
 class SessionReporter:
-    def __init__(self, sessions: Sequence[Any], interval_s: float = 0.5) -> None:
+    def __init__(self, sessions: Sequence[Any], interval_s: float = 0.5,
+                 report_timeout_s: float = REPORT_TIMEOUT_S) -> None:
         self._sessions = sessions
         self._interval_s = interval_s
-        # terminal_id -> [seqs, taps, charged_fen]: the seqs (bounded by the taps answered in
-        # one interval) so a gap inside one round is seen (seqs 1 and 3: one gap)
+        self._report_timeout_s = report_timeout_s
+        # terminal_id -> [runs, taps, charged_fen]: the runs so a gap inside one round is seen
+        # (seqs 1 and 3: one gap), at most MAX_RUNS a terminal
         self._acc: dict[int, list[Any]] = {}
         self._task: asyncio.Task[None] | None = None
 
@@ -48,9 +83,9 @@ class SessionReporter:
                 continue  # a replay was counted the first time; BUSY and RETRY are no decision
             a = acc.get(tap.terminal_id)
             if a is None:
-                acc[tap.terminal_id] = [[tap.seq], 1, o.fare_fen if o.result == _OK else 0]
+                acc[tap.terminal_id] = [[(tap.seq, tap.seq)], 1, o.fare_fen if o.result == _OK else 0]
             else:
-                a[0].append(tap.seq)
+                add_seq(a[0], tap.seq)
                 a[1] += 1
                 if o.result == _OK:
                     a[2] += o.fare_fen
@@ -68,13 +103,19 @@ class SessionReporter:
             return
         n = len(self._sessions)
         groups: dict[int, list[tuple[int, Runs, int, int]]] = {}
-        for terminal_id, (seqs, taps, charged) in acc.items():
-            groups.setdefault(session_shard_of(terminal_id, n), []).append((terminal_id, seq_runs(seqs), taps, charged))
-        for shard, rows in groups.items():
-            try:
-                await self._sessions[shard].report.remote(rows)
-            except Exception as exc:  # noqa: BLE001 - totals are advisory; the journal is the record
-                log.warning("session shard %s report failed: %r", shard, exc)
+        for terminal_id, (runs, taps, charged) in acc.items():
+            groups.setdefault(session_shard_of(terminal_id, n), []).append((terminal_id, runs, taps, charged))
+        # at once, so one hung shard does not hold back the others' totals
+        await asyncio.gather(*(self._report(shard, rows) for shard, rows in groups.items()))
+
+    async def _report(self, shard: int, rows: list[tuple[int, Runs, int, int]]) -> None:
+        try:
+            await asyncio.wait_for(self._sessions[shard].report.remote(rows), self._report_timeout_s)
+        except TimeoutError:
+            log.warning("session shard %s report timed out after %.1f s: %d terminals' totals dropped",
+                        shard, self._report_timeout_s, len(rows))
+        except Exception as exc:  # noqa: BLE001 - totals are advisory; the journal is the record
+            log.warning("session shard %s report failed: %r", shard, exc)
 
     async def _run(self) -> None:
         while True:

@@ -44,6 +44,9 @@ PREAUTH_MAX_FRAME_BYTES = 1024
 # What msgspec raises on bad input: DecodeError (ValidationError is one) and, for a str that
 # is not UTF-8, UnicodeDecodeError. Deep nesting raises RecursionError, handled apart.
 _BAD_INPUT = (msgspec.DecodeError, UnicodeDecodeError)
+# The list of maps a message type reads, walked for repeated keys (dupkeys.repeats_key): only
+# there; an unknown field of another message with that name is ignored and may hold anything.
+_LISTS: dict[type, str] = {TapBatch: "taps", OfflineUpload: "records"}
 
 
 class State(Enum):
@@ -160,7 +163,11 @@ class ServerConnection:
             return self._bad_message(body, str(exc))
         except RecursionError:
             return self._counted(ErrorCode.BAD_MESSAGE, "MessagePack nested too deeply")
-        if repeats_key(body, encoder.encode(msg)):
+        try:
+            repeated = repeats_key(body, encoder.encode(msg), _LISTS.get(type(msg), ""))
+        except _BAD_INPUT as exc:  # not expected (the typed decode read it); refused, never raised
+            return self._counted(ErrorCode.BAD_MESSAGE, str(exc))
+        if repeated:
             return self._repeated_key(body, msg)
         state = self.state
         if state is State.READY:

@@ -10,16 +10,16 @@ _generic = msgspec.msgpack.Decoder()
 _encode = msgspec.msgpack.Encoder().encode
 _keys = msgspec.msgpack.Decoder(dict[str, Raw])
 _items = msgspec.msgpack.Decoder(list[Raw])
-# Lists of maps the server reads (taps of a batch, records of an offline upload). Maps inside
-# fields it ignores are not looked at: what they hold decides nothing.
-LIST_FIELDS = ("taps", "records")
 
 
-def repeats_key(body: bytes, typed_again: bytes) -> bool:
-    """Whether the message's map, or a map in its taps/records, repeats a key. ``typed_again``:
-    the decoded message encoded again; equal to ``body`` (a sender encoding our structs) proves
-    no repeat for one encode. Else a canonical sender is proven by re-encoding the generic
-    decode; only other senders pay the exact walk (~1.5 us a tap)."""
+def repeats_key(body: bytes, typed_again: bytes, list_field: str = "") -> bool:
+    """Whether the message's map, or a map in its ``list_field``, repeats a key. ``list_field``:
+    the list of maps the message's type reads ("taps" of a batch, "records" of an upload; ""
+    none), which its typed decode proved a list of maps; a field of that name in another
+    message is unknown there and may hold anything. ``typed_again``: the decoded message encoded
+    again; equal to ``body`` (a sender encoding our structs) proves no repeat for one encode.
+    Else a canonical sender is proven by re-encoding the generic decode; only other senders
+    pay the exact walk (~1.5 us a tap)."""
     if typed_again == body:
         return False
     try:
@@ -27,17 +27,15 @@ def repeats_key(body: bytes, typed_again: bytes) -> bool:
             return False
     except (msgspec.DecodeError, TypeError, ValueError):
         pass  # keys the generic decoder cannot hold (in an ignored field): walk it
-    return _exact(body)
+    return _exact(body, list_field)
 
 
-def _exact(body: bytes) -> bool:
+def _exact(body: bytes, list_field: str) -> bool:
     keys = _keys.decode(body)
     if len(keys) != map_entries(body):
         return True
-    for name in LIST_FIELDS:
-        raw = keys.get(name)
-        if raw is None:
-            continue
+    raw = keys.get(list_field) if list_field else None
+    if raw is not None:
         for item in _items.decode(raw):
             b = bytes(item)
             if len(_keys.decode(b)) != map_entries(b):

@@ -110,6 +110,16 @@ def test_a_read_ending_in_a_closing_error_gets_every_answer_in_order(configured_
                 assert [(f["t"], f.get("code")) for f in frames] == [("challenge", None),
                                                                       ("error", ErrorCode.BAD_FRAME)]
                 await conn.close()
+
+                # before authentication, a ping with 5 as a uint 32 (non-canonical) and an unknown
+                # "taps" that is no list of maps (review finding: dropped with no frame, logged)
+                conn = await RawConn.open(city.port)
+                ping = _body(("t", "ping"), ("time_ms", 1), ("taps", [1])).replace(b"\x01", b"\xce\x00\x00\x00\x01", 1)
+                await conn.send(encode_frame(ping) + hello)
+                frames = [await conn.read(10.0), await conn.read(10.0)]
+                assert [(f["t"], f.get("code")) for f in frames if f is not None] == [
+                    ("error", ErrorCode.NOT_AUTHENTICATED), ("challenge", None)]
+                await conn.close()
                 assert [(r[0], r[2]) for r in await journal_rows(city, tid)] == [(1, 0), (2, 0)]
         finally:
             errors.close()

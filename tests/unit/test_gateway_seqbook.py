@@ -23,13 +23,24 @@ def test_the_same_seq_twice_in_one_batch() -> None:
     assert SeqBook().claim(7, taps((5, 100), (5, 101), (5, 100))) == [1]
 
 
-def test_release_lets_the_seqs_owner_through() -> None:
+def test_release_lets_through_only_cards_of_the_shard_that_decided() -> None:
+    """Review finding: release forgot the claim, so a card of another shard then claimed the
+    seq and had it decided a second time, there."""
+    book = SeqBook(home=lambda card: card % 2)
+    book.claim(7, taps((1, 999)))  # shard 1 says seq 1 was decided for another card long ago
+    book.release(7, 1, 999, 1)
+    assert book.holds(7, 1) == -2 and len(book) == 1  # the marker of shard 1, still counted
+    assert book.claim(7, taps((1, 101), (1, 999))) == []  # shard 1's cards: it decides
+    assert book.claim(7, taps((1, 100))) == [0]  # shard 0 never saw the seq: refused here
+    book.release(7, 1, 101, 1)  # not the holder: nothing changes
+    assert book.holds(7, 1) == -2
+
+
+def test_a_marker_refuses_every_card_without_home() -> None:
     book = SeqBook()
-    book.claim(7, taps((1, 999)))  # the shard says seq 1 was decided for another card long ago
-    book.release(7, 1, 999)
-    assert book.claim(7, taps((1, 100))) == [] and book.holds(7, 1) == 100
-    book.release(7, 1, 555)  # not the holder: nothing changes
-    assert book.holds(7, 1) == 100
+    book.claim(7, taps((1, 999)))
+    book.release(7, 1, 999, 0)
+    assert book.claim(7, taps((1, 999), (1, 100))) == [0, 1]
 
 
 def test_an_old_backlog_after_a_live_tap_is_never_refused() -> None:

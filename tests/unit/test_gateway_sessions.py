@@ -1,6 +1,9 @@
 """SessionReporter: what reaches the TerminalSession's running totals."""
 
 import asyncio
+import random
+import time
+import tracemalloc
 from typing import Any
 
 import pytest
@@ -8,8 +11,9 @@ import pytest
 from citycard.actors.terminal_session import TerminalSessionCore
 from citycard.config.settings import load_settings
 from citycard.domain.results import Result
+from citycard.domain.shard import session_shard_of
 from citycard.domain.taps import Outcome, Tap, TapKind
-from citycard.gateway.sessions import SessionReporter, seq_runs
+from citycard.gateway.sessions import MAX_RUNS, Runs, SessionReporter, add_seq
 
 
 def _tap(seq: int) -> Tap:
@@ -30,7 +34,7 @@ def test_only_first_decisions_count() -> None:
         Outcome(int(Result.SEQ_TOO_OLD), 0, -1, False),
     ]
     r.record(taps, outcomes)
-    assert r._acc == {7: [[1, 5], 2, 200]}  # seqs, taps, charged fen
+    assert r._acc == {7: [[(1, 1), (5, 5)], 2, 200]}  # runs of seqs, taps, charged fen
 
 
 def test_duplicate_seq_is_not_a_tap() -> None:
@@ -39,12 +43,92 @@ def test_duplicate_seq_is_not_a_tap() -> None:
     r = SessionReporter([])
     r.record([_tap(1), _tap(1)], [Outcome(int(Result.OK), 200, 800, False),
                                   Outcome(int(Result.DUPLICATE_SEQ), 0, -1, False)])
-    assert r._acc == {7: [[1], 1, 200]}
+    assert r._acc == {7: [[(1, 1)], 1, 200]}
 
 
-def test_seq_runs() -> None:
-    assert seq_runs([5, 1, 3, 2, 3]) == [(1, 3), (5, 5)]
-    assert seq_runs([9]) == [(9, 9)]
+def _runs_of(seqs: list[int]) -> Runs:
+    runs: Runs = []
+    for seq in sorted(set(seqs)):
+        if runs and seq == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], seq)
+        else:
+            runs.append((seq, seq))
+    return runs
+
+
+def test_add_seq_keeps_the_runs_of_what_arrived() -> None:
+    rng = random.Random(16)
+    for _ in range(300):
+        seqs = [rng.randint(1, 60) for _ in range(rng.randint(1, 40))]
+        runs: Runs = []
+        for seq in seqs:
+            add_seq(runs, seq, max_runs=1000)
+        assert runs == _runs_of(seqs), seqs
+
+
+def test_add_seq_merges_the_lowest_runs_above_the_cap() -> None:
+    runs: Runs = []
+    for seq in (1, 3, 5, 7):
+        add_seq(runs, seq, max_runs=3)
+    assert runs == [(1, 3), (5, 5), (7, 7)]
+
+
+class _Hung:
+    """A session shard that never answers (hung, or restarting)."""
+
+    def __init__(self) -> None:
+        self.report = self
+        self.calls = 0
+
+    def remote(self, rows: list[Any]) -> asyncio.Future[None]:
+        self.calls += 1
+        return asyncio.get_running_loop().create_future()
+
+
+class _Taken:
+    def __init__(self) -> None:
+        self.report = self
+        self.rows: list[Any] = []
+
+    async def remote(self, rows: list[Any]) -> None:
+        self.rows += rows
+
+
+def test_memory_stays_bounded_while_a_session_shard_hangs() -> None:
+    """Review finding: one int a tap was kept until reported, and the report had no timeout:
+    a hung shard made the gateway grow ~36 bytes a tap. 60,000 taps, every third seq skipped."""
+    async def go() -> None:
+        hung = _Hung()
+        r = SessionReporter([hung])
+        ok = [Outcome(int(Result.OK), 100, 0, False)] * 100
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        for start in range(1, 90_001, 150):
+            r.record([_tap(s) for s in range(start, start + 150) if s % 3][:100], ok)
+        used = tracemalloc.get_traced_memory()[0] - before
+        tracemalloc.stop()
+        assert r._acc[7][1] == 60_000
+        assert used < 20_000, used  # bytes, for 60,000 taps of one terminal
+        assert len(r._acc[7][0]) <= MAX_RUNS
+
+    asyncio.run(go())
+
+
+def test_a_hung_shard_times_out_and_holds_back_no_other() -> None:
+    async def go() -> None:
+        hung, taken = _Hung(), _Taken()
+        r = SessionReporter([hung, taken], report_timeout_s=0.2)
+        a = next(t for t in range(1, 100) if session_shard_of(t, 2) == 0)
+        b = next(t for t in range(1, 100) if session_shard_of(t, 2) == 1)
+        ok = Outcome(int(Result.OK), 100, 0, False)
+        r.record([Tap(a, 1, 1234, 0, 1, 1, 0), Tap(b, 4, 1234, 0, 1, 1, 0)], [ok, ok])
+        t0 = time.monotonic()
+        await asyncio.wait_for(r.flush(), 5.0)
+        assert time.monotonic() - t0 < 2.0
+        assert hung.calls == 1 and taken.rows == [(b, [(4, 4)], 1, 100)]
+        assert r._acc == {}  # what the hung shard was not given is dropped, as a failed report
+
+    asyncio.run(go())
 
 
 class _Store:

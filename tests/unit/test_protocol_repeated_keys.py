@@ -167,3 +167,32 @@ def test_no_repeated_key_is_ever_decided(order: list[int], repeat: int, value: A
 def test_a_tap_before_authentication_is_named_in_its_refusal() -> None:
     v, err = the_error(ServerConnection().receive_data(framed(pairs(*TAP))))
     assert (v.code, err.seq) == (ErrorCode.NOT_AUTHENTICATED, 5)
+
+
+def _noncanonical(*kv: tuple[str, Any]) -> bytes:
+    """``pairs`` with 5 as a uint 32 (a shorter int exists): no re-encode equals it, so the
+    exact walk runs."""
+    return pairs(*kv).replace(msgpack.packb(5), b"\xce\x00\x00\x00\x05", 1)
+
+
+@pytest.mark.parametrize("extra", [("taps", [1]), ("records", 3), ("taps", "x"), ("records", [[1, 2]])],
+                         ids=lambda e: f"{e[0]}={e[1]!r}")
+def test_an_unknown_taps_or_records_field_is_ignored_not_raised(extra: tuple[str, Any]) -> None:
+    """Review finding: a non-canonical ping (or tap) with an unknown "taps"/"records" field that
+    is not a list of maps raised msgspec.ValidationError out of receive_data, before login too."""
+    conn = ServerConnection()
+    v, err = the_error(conn.receive_data(framed(_noncanonical(("t", "ping"), ("time_ms", 5), extra))))
+    assert v.code == ErrorCode.NOT_AUTHENTICATED and not v.fatal and conn.state is State.AWAIT_HELLO
+    conn = ready()
+    [event] = conn.receive_data(framed(_noncanonical(("t", "ping"), ("time_ms", 5), extra)))
+    assert event == PingReceived(5)
+    [tap] = conn.receive_data(framed(_noncanonical(*TAP, extra)))
+    assert isinstance(tap, TapsReceived) and tap.taps[0].seq == 5
+    assert conn.state is State.READY
+
+
+def test_a_batch_with_an_unknown_records_field_is_read() -> None:
+    item = dict(TAP[1:])
+    body = _noncanonical(("t", "taps"), ("req", 9), ("taps", [item]), ("records", 3))
+    [event] = ready().receive_data(framed(body))
+    assert isinstance(event, TapsReceived) and event.req == 9 and event.taps[0].seq == 5

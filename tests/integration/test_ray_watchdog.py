@@ -1,6 +1,7 @@
 """The Ray session watchdog and the start-time reaper, on stand-in processes: only processes
 whose command line names the session dir (or that are recorded by pid and start time) are
-stopped; the record goes only if it still names that session."""
+stopped; the record goes only if it still names that session; the watchdog never stops a
+session whose parent is alive."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import psutil
 
-from citycard.cli.ray_watchdog import SessionRecord, reap_dead_session, session_processes
+from citycard.cli.ray_watchdog import SessionRecord, reap_dead_session, session_processes, watch
 
 _SLEEPER = "import sys, time; time.sleep(120)"
 _DEAF = "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"  # an agent
@@ -100,3 +101,21 @@ def test_watchdog_keeps_a_record_naming_another_session(tmp_path: Path) -> None:
     dog = subprocess.run([sys.executable, "-m", "citycard.cli.ray_watchdog", str(pid), repr(started),
                           str(tmp_path / "session_old"), str(record)], timeout=30)
     assert dog.returncode == 0 and SessionRecord.read(record).session_dir == "/elsewhere/session_new"
+
+
+def test_watchdog_at_its_deadline_stops_nothing_while_the_parent_lives(tmp_path: Path) -> None:
+    session = str(tmp_path / "session_long")
+    record = tmp_path / "ray-session.s.json"
+    me = psutil.Process()
+    SessionRecord(session, me.pid, me.create_time(), "up").write(record)
+    inside = _spawn(_SLEEPER, session)
+    try:
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        watch(me.pid, me.create_time(), session, record, None, max_s=0.3)  # a month, shortened
+        assert time.monotonic() - t0 < 5
+        assert not _gone(inside, 0.5), "the watchdog stopped a live platform's session at its deadline"
+        assert record.exists()
+    finally:
+        inside.kill()
+        inside.wait(10)

@@ -15,6 +15,7 @@ import ray
 import redis.asyncio as aioredis
 
 from ..actors.account_shard import AccountShard
+from ..actors.named_actor import NamedActor
 from ..actors.shard_client import CallPolicy, ShardClient
 from ..actors.terminal_session import TerminalSession
 from ..config.fare_table import load_fare_tables
@@ -201,15 +202,17 @@ class Platform:
         return shards, sessions
 
     def _find_actors(self) -> tuple[list[Any], list[Any]]:
-        """An attached gateway's actors: the ones the first ``citycard up`` started, never new ones."""
+        """An attached gateway's actors: the ones the first ``citycard up`` started, never new ones;
+        each found again by name when its call finds it dead (the first gateway restarted)."""
         s = self.settings
         shards: list[Any] = []
         sessions: list[Any] = []
         for role, count, into in (("account", s.city.account_shards, shards),
                                   ("session", s.city.session_shards, sessions)):
             for i in range(count):
+                lookup = partial(ray.get_actor, actor_name(s, role, i), namespace=s.ray.namespace)
                 try:
-                    into.append(ray.get_actor(actor_name(s, role, i), namespace=s.ray.namespace))
+                    into.append(NamedActor(actor_name(s, role, i), lookup(), lookup))
                 except ValueError:
                     raise ConfigError(f"--attach: no platform runs on the Ray cluster at {s.ray.address} for"
                                       f" database.schema {s.database.schema} in ray.namespace {s.ray.namespace}"

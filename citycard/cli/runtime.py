@@ -229,8 +229,11 @@ class Platform:
         conn = await db.connect(self.services.app_url(self.settings), self.settings.database.schema)
         try:
             await conn.fetchval("SELECT 1")
-        finally:
-            await conn.close()
+        finally:  # runs after the watch's bound fired too: a hung server must not hold the watch
+            try:
+                await conn.close(timeout=PG_CLOSE_TIMEOUT_S)
+            except Exception:  # noqa: BLE001 - the check's own outcome is the answer
+                conn.terminate()
 
     async def _disabled_terminals(self, terminal_ids: list[int]) -> list[int]:
         return await terminals.disabled_among(self.pool, terminal_ids)
@@ -282,3 +285,4 @@ WATCH_INTERVAL_S = 5.0  # the platform watch's poll (gateway/watch.py); scrapes 
 # Each check's bound: under a saturating load test (2 cores) a shard's probe took over 2 s now
 # and then, so 2 s read as "down" while it served; below the interval, so polls never overlap.
 WATCH_TIMEOUT_S = 4.0
+PG_CLOSE_TIMEOUT_S = 1.0

@@ -93,6 +93,8 @@ def connect_cluster(ray_s: RaySettings, init_kwargs: dict[str, Any],
     environ = os.environ if environ is None else environ
     extra = auth_env(ray_s, environ, Path.home())
     check_reachable(ray_s.address)
+    # In os.environ, not only for ray.init: Ray's client reads the token from there for this
+    # process's later GCS calls too. Children inherit it; on a cluster none is started but Ray's.
     environ.update(extra)
     if extra:
         _reload_ray_config()

@@ -50,6 +50,14 @@ def actor_name(settings: Settings, role: str, index: int) -> str:
     return f"{settings.database.schema}:{role}:{index}"
 
 
+def actor_config(settings: Settings) -> dict[str, Any]:
+    """The settings an actor is created with, less the Ray cluster's token (a creation argument
+    is stored in the GCS and shown by Ray's state API; actors never connect to a cluster)."""
+    cfg = settings.as_dict()
+    cfg["ray"]["auth_token"] = ""
+    return cfg
+
+
 class Platform:
     def __init__(self, settings: Settings, services: Services, *, attach: bool = False) -> None:
         self.settings = settings
@@ -181,7 +189,7 @@ class Platform:
 
     def start_actors(self) -> tuple[list[Any], list[Any]]:
         s = self.settings
-        cfg = s.as_dict()
+        cfg = actor_config(s)
         ns = s.ray.namespace
         url = self.services.app_url(s)
         if self.attach:

@@ -97,3 +97,33 @@ def test_attach_needs_the_shared_services(missing, named):
     values[missing] = {"address": ""} if missing == "ray" else {"url": ""}
     with pytest.raises(ConfigError, match="^" + re.escape(f"--attach joins a platform on a cluster: set {named}")):
         check_attach(load_settings(env={}, overrides=values))
+
+
+def test_actors_are_not_given_the_clusters_token(monkeypatch):
+    from types import SimpleNamespace
+
+    from citycard.cli import runtime
+    from citycard.config.settings import settings_from_dict
+
+    created: list[dict] = []
+
+    class FakeActorClass:
+        def options(self, **_options):
+            return self
+
+        def remote(self, _index, cfg, _url):
+            created.append(cfg)
+            return object()
+
+    monkeypatch.setattr(runtime, "AccountShard", FakeActorClass())
+    monkeypatch.setattr(runtime, "TerminalSession", FakeActorClass())
+    monkeypatch.setattr(runtime, "node_order", lambda: [])
+    settings = load_settings(env={}, overrides={"ray": {"address": "10.0.0.1:6379", "auth_token": "s3cret"},
+                                                "city": {"account_shards": 2, "session_shards": 1}})
+    platform = runtime.Platform(settings, SimpleNamespace(app_url=lambda _s: "postgresql://x/test"))
+    shards, sessions = platform.start_actors()
+    assert len(shards) == 2 and len(sessions) == 1 and len(created) == 3
+    for cfg in created:
+        assert "s3cret" not in repr(cfg) and cfg["ray"]["auth_token"] == ""
+        assert settings_from_dict(cfg).city == settings.city  # everything else as it was
+    assert settings.ray.auth_token == "s3cret"  # the platform's own settings keep it

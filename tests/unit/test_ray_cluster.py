@@ -127,3 +127,22 @@ def test_actors_are_not_given_the_clusters_token(monkeypatch):
         assert "s3cret" not in repr(cfg) and cfg["ray"]["auth_token"] == ""
         assert settings_from_dict(cfg).city == settings.city  # everything else as it was
     assert settings.ray.auth_token == "s3cret"  # the platform's own settings keep it
+
+
+def test_a_connection_error_from_ray_names_the_token_and_the_ports(monkeypatch):
+    import ray
+
+    from citycard.cli import ray_cluster
+
+    def refuse(**_kwargs):
+        raise ConnectionError("GCS did not answer")
+
+    monkeypatch.setattr(ray_cluster, "check_reachable", lambda _address: None)
+    monkeypatch.setattr(ray_cluster, "_reload_ray_config", lambda: None)
+    monkeypatch.setattr(ray, "init", refuse)
+    with pytest.raises(ConfigError) as refused:
+        ray_cluster.connect_cluster(_ray(auth_token="t"), {}, environ={})
+    line = str(refused.value)
+    assert line.startswith("the Ray cluster at ray.address (RAY_ADDRESS) 10.0.0.1:6379 refused this client or is"
+                           " unreachable (RAY_AUTH_MODE token)"), line
+    assert "ray.auth_token" in line and "ports are reachable" in line and "wrong" not in line

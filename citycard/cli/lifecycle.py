@@ -1,6 +1,7 @@
 """A platform's lifecycle guards, for every command that runs a platform of its own: the
 schema's platform lock, and the watch on its local Ray session (docs/reliability.md, section 8)."""
 
+import asyncio
 import logging
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -8,12 +9,17 @@ from typing import Any, TypeVar
 import ray
 
 from ..config.settings import Settings
+from ..errors import CityCardError
 from ..persistence.platform_lock import take_platform_lock
 from .ray_watchdog import RayGuard, reap_dead_session
 from .services import Services, init_ray, local_ray_session_dir
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+class PlatformLockLost(CityCardError):
+    """The run was stopped: its platform lock could not be kept (the message says why)."""
 
 
 def guard_local_ray(settings: Settings, services: Services, command: str) -> RayGuard | None:
@@ -42,7 +48,8 @@ def stop_local_ray(guard: RayGuard | None) -> None:
 
 async def locked(settings: Settings, services: Services, command: str, run: Coroutine[Any, Any, T]) -> T:
     """``run`` while holding the schema's platform lock (PlatformLocked, one line, if another
-    holds it), its local Ray watched and, at the end, stopped."""
+    holds it), its local Ray watched and, at the end, stopped. A lock lost on the way (and not
+    re-acquired) cancels ``run``: PlatformLockLost, one line."""
     try:
         lock = await take_platform_lock(settings, services.db_url, command, state_file=bool(services.embedded))
     except BaseException:
@@ -50,10 +57,22 @@ async def locked(settings: Settings, services: Services, command: str, run: Coro
         raise
     guard = None
     try:
-        guard = guard_local_ray(settings, services, command)
+        try:
+            guard = guard_local_ray(settings, services, command)
+        except BaseException:
+            run.close()
+            raise
         if guard is not None:
             guard.note_processes()
-        return await run
+        task = asyncio.ensure_future(run)
+        lock.watch(on_lost=lambda _why: task.cancel())  # never run on without the lock
+        try:
+            return await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if lock.lost is not None and (current is None or not current.cancelling()):
+                raise PlatformLockLost(f"citycard {command}: {lock.lost}; stopped") from None
+            raise
     finally:
         stop_local_ray(guard)
         await lock.release()

@@ -93,6 +93,8 @@ def connect_cluster(ray_s: RaySettings, init_kwargs: dict[str, Any],
     environ = os.environ if environ is None else environ
     extra = auth_env(ray_s, environ, Path.home())
     check_reachable(ray_s.address)
+    # In os.environ, not only for ray.init: Ray's client reads the token from there for this
+    # process's later GCS calls too. Children inherit it; on a cluster none is started but Ray's.
     environ.update(extra)
     if extra:
         _reload_ray_config()
@@ -103,9 +105,10 @@ def connect_cluster(ray_s: RaySettings, init_kwargs: dict[str, Any],
                           f" {_TOKEN_SETTINGS}") from None
     except ConnectionError:
         mode = environ.get(MODE_ENV, "unset")
-        raise ConfigError(f"the Ray cluster at {_ADDRESS} {ray_s.address} refused this client (RAY_AUTH_MODE"
-                          f" {mode}): its auth token is missing or wrong; set {_TOKEN_SETTINGS} to the"
-                          " head node's token (docs/deploy.md)") from None
+        # Ray says only ConnectionError: a refused token and a GCS port that stopped answering look alike
+        raise ConfigError(f"the Ray cluster at {_ADDRESS} {ray_s.address} refused this client or is unreachable"
+                          f" (RAY_AUTH_MODE {mode}): check {_TOKEN_SETTINGS} (the head node's token) and that"
+                          " the cluster's ports are reachable from here (docs/deploy.md)") from None
 
 
 def _reload_ray_config() -> None:

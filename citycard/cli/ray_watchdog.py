@@ -5,8 +5,10 @@ pid and start time) in the state dir, and starts this module as a small detached
 watches it: when the platform's process dies (kill -9 included), the watchdog stops that session's
 processes (SIGTERM, then SIGKILL after a bounded wait: some Ray agents ignore SIGTERM) and the
 embedded servers the platform owned. The next start reaps a session whose owner and watchdog
-both died. Only processes whose command line names the session dir, their descendants, and the
-recorded processes (same pid AND start time) are ever signalled.
+both died. Only Ray's own processes (raylet, gcs_server, Ray's Python daemons, ``ray::`` workers)
+whose command line names the session dir or whose ancestor's does, and the recorded processes
+(same pid AND start time) are ever signalled: an operator's ``tail -f .../logs/raylet.out`` is not.
+The watchdog has no deadline of its own: it lives exactly as long as its parent.
 
 Run as ``python -m citycard.cli.ray_watchdog PARENT_PID PARENT_STARTED SESSION_DIR RECORD [STATE_DIR]``.
 """
@@ -30,7 +32,9 @@ from ..persistence.embedded_owner import is_running, started_at, stop_orphans
 POLL_S = 0.05
 TERM_WAIT_S = 3.0  # then SIGKILL
 KILL_WAIT_S = 3.0
-WATCHDOG_MAX_S = 30 * 24 * 3600.0  # bounded even if its parent somehow never exits
+_RAY_BINARIES = frozenset({"raylet", "gcs_server"})
+# Ray's Python daemons (log monitor, dashboard, autoscaler monitor) and a worker before it renames itself
+_RAY_SCRIPT_DIRS = ("/ray/_private/", "/ray/dashboard/", "/ray/autoscaler/")
 
 
 @dataclass
@@ -67,6 +71,16 @@ def _names(arg: str, session_dir: str) -> bool:
     return arg.endswith(session_dir) or session_dir + "/" in arg
 
 
+def is_ray_process(cmdline: list[str]) -> bool:
+    """Whether a command line is one of Ray's own processes (not a shell or a tail reading its logs)."""
+    if not cmdline:
+        return False
+    if cmdline[0].startswith("ray::") or os.path.basename(cmdline[0]) in _RAY_BINARIES:
+        return True
+    script = next((a for a in cmdline[1:4] if a.endswith(".py")), "")
+    return script.endswith("/default_worker.py") or any(d in script for d in _RAY_SCRIPT_DIRS)
+
+
 def _is_worker(proc: psutil.Process) -> bool:
     try:
         title = " ".join(proc.cmdline())
@@ -76,21 +90,29 @@ def _is_worker(proc: psutil.Process) -> bool:
 
 
 def session_processes(session_dir: str, recorded: list[list[float]] = ()) -> list[psutil.Process]:
-    """The session's processes: those whose command line names its dir, their descendants (the
-    raylet's workers and agents rename themselves ``ray::...``), and the recorded ones still running."""
+    """The session's processes: Ray's own whose command line names its dir, their Ray descendants
+    (the raylet's workers and agents rename themselves ``ray::...``), and the recorded ones still running."""
     mine = {os.getpid()}
     found: dict[int, psutil.Process] = {}
     for proc in psutil.process_iter(["cmdline"]):
-        if proc.pid not in mine and any(_names(part, session_dir) for part in (proc.info["cmdline"] or [])):
+        cmdline = proc.info["cmdline"] or []
+        if proc.pid not in mine and is_ray_process(cmdline) and any(_names(a, session_dir) for a in cmdline):
             found[proc.pid] = proc
     for proc in list(found.values()):
         with contextlib.suppress(psutil.Error):
-            found.update({c.pid: c for c in proc.children(recursive=True) if c.pid not in mine})
+            found.update({c.pid: c for c in proc.children(recursive=True) if c.pid not in mine and _ray_child(c)})
     for pid, started in recorded:
         if int(pid) not in found and int(pid) not in mine and is_running(int(pid), started):
             with contextlib.suppress(psutil.Error):
                 found[int(pid)] = psutil.Process(int(pid))
     return list(found.values())
+
+
+def _ray_child(proc: psutil.Process) -> bool:
+    try:
+        return is_ray_process(proc.cmdline())
+    except psutil.Error:
+        return False
 
 
 def stop_session(session_dir: str, recorded: list[list[float]] = (), *,
@@ -130,9 +152,13 @@ def start_watchdog(session_dir: str, record_path: Path, state_dir: Path | None) 
 
 
 def watch(parent_pid: int, parent_started: float, session_dir: str, record_path: Path,
-          state_dir: Path | None) -> None:
-    deadline = time.monotonic() + WATCHDOG_MAX_S
-    while is_running(parent_pid, parent_started) and time.monotonic() < deadline:
+          state_dir: Path | None, *, max_s: float | None = None) -> None:
+    """Wait for the parent to die, then stop its session. ``max_s`` (tests): give up watching
+    after that long and stop nothing, as the parent may still be serving."""
+    deadline = None if max_s is None else time.monotonic() + max_s
+    while is_running(parent_pid, parent_started):
+        if deadline is not None and time.monotonic() >= deadline:
+            return
         time.sleep(POLL_S)
     record = SessionRecord.read(record_path)
     recorded = record.processes if record is not None and record.session_dir == session_dir else []
@@ -168,8 +194,10 @@ class RayGuard:
         """After ray.shutdown(): stop what outlived it (agents ignoring SIGTERM, the watchdog)."""
         found = stop_session(self.session_dir, self.record.processes)
         unlink_if_names(self.record_path, self.session_dir)
+        if self.watchdog.poll() is None:
+            self.watchdog.terminate()  # we are alive: it stops nothing on SIGTERM
         with contextlib.suppress(subprocess.TimeoutExpired):
-            self.watchdog.wait(KILL_WAIT_S)  # it named the session dir, so it was stopped too
+            self.watchdog.wait(KILL_WAIT_S)
         return found
 
 

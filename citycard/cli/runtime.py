@@ -15,6 +15,7 @@ import ray
 import redis.asyncio as aioredis
 
 from ..actors.account_shard import AccountShard
+from ..actors.named_actor import NamedActor
 from ..actors.shard_client import CallPolicy, ShardClient
 from ..actors.terminal_session import TerminalSession
 from ..config.fare_table import load_fare_tables
@@ -47,6 +48,14 @@ def _servable_fare_text(path: "os.PathLike[str]", max_frame_bytes: int) -> str:
 
 def actor_name(settings: Settings, role: str, index: int) -> str:
     return f"{settings.database.schema}:{role}:{index}"
+
+
+def actor_config(settings: Settings) -> dict[str, Any]:
+    """The settings an actor is created with, less the Ray cluster's token (a creation argument
+    is stored in the GCS and shown by Ray's state API; actors never connect to a cluster)."""
+    cfg = settings.as_dict()
+    cfg["ray"]["auth_token"] = ""
+    return cfg
 
 
 class Platform:
@@ -180,7 +189,7 @@ class Platform:
 
     def start_actors(self) -> tuple[list[Any], list[Any]]:
         s = self.settings
-        cfg = s.as_dict()
+        cfg = actor_config(s)
         ns = s.ray.namespace
         url = self.services.app_url(s)
         if self.attach:
@@ -201,15 +210,17 @@ class Platform:
         return shards, sessions
 
     def _find_actors(self) -> tuple[list[Any], list[Any]]:
-        """An attached gateway's actors: the ones the first ``citycard up`` started, never new ones."""
+        """An attached gateway's actors: the ones the first ``citycard up`` started, never new ones;
+        each found again by name when its call finds it dead (the first gateway restarted)."""
         s = self.settings
         shards: list[Any] = []
         sessions: list[Any] = []
         for role, count, into in (("account", s.city.account_shards, shards),
                                   ("session", s.city.session_shards, sessions)):
             for i in range(count):
+                lookup = partial(ray.get_actor, actor_name(s, role, i), namespace=s.ray.namespace)
                 try:
-                    into.append(ray.get_actor(actor_name(s, role, i), namespace=s.ray.namespace))
+                    into.append(NamedActor(actor_name(s, role, i), lookup(), lookup))
                 except ValueError:
                     raise ConfigError(f"--attach: no platform runs on the Ray cluster at {s.ray.address} for"
                                       f" database.schema {s.database.schema} in ray.namespace {s.ray.namespace}"
@@ -226,8 +237,11 @@ class Platform:
         conn = await db.connect(self.services.app_url(self.settings), self.settings.database.schema)
         try:
             await conn.fetchval("SELECT 1")
-        finally:
-            await conn.close()
+        finally:  # runs after the watch's bound fired too: a hung server must not hold the watch
+            try:
+                await conn.close(timeout=PG_CLOSE_TIMEOUT_S)
+            except Exception:  # noqa: BLE001 - the check's own outcome is the answer
+                conn.terminate()
 
     async def _disabled_terminals(self, terminal_ids: list[int]) -> list[int]:
         return await terminals.disabled_among(self.pool, terminal_ids)
@@ -279,3 +293,4 @@ WATCH_INTERVAL_S = 5.0  # the platform watch's poll (gateway/watch.py); scrapes 
 # Each check's bound: under a saturating load test (2 cores) a shard's probe took over 2 s now
 # and then, so 2 s read as "down" while it served; below the interval, so polls never overlap.
 WATCH_TIMEOUT_S = 4.0
+PG_CLOSE_TIMEOUT_S = 1.0

@@ -1,6 +1,7 @@
 """The platform on a two-node Ray cluster (docs/deploy.md): token auth, shards spread over both
 nodes, two gateways (the second ``up --attach``), the demo's money audit; then the worker node
-dies, its shards restart on the head, more taps go through and nothing is lost."""
+dies, its shards restart on the head, more taps go through and nothing is lost; then the first
+gateway restarts and the attached one, not restarted, serves again on the new actors."""
 
 import asyncio
 import subprocess
@@ -12,6 +13,7 @@ import pytest
 from citycard.loadtest import audit as audit_mod
 from citycard.loadtest.drive import DriveResult, DriveSpec, drive
 from citycard.persistence import db
+from citycard.terminal.client import TerminalClient
 from tests.support.cli import CITYCARD, citycard_env, gateway_port, migrated_city
 from tests.support.ray_cluster import TwoNodeCluster, inspect
 
@@ -68,6 +70,28 @@ def _drive(ports: list[int], key: bytes, terminals: list, seed: int) -> list[Dri
     for r in results:
         assert not r.errors and r.taps_answered == r.taps_sent, (r.errors, r.taps_answered, r.taps_sent)
     return results
+
+
+def _serves_again(port: int, key: bytes, terminals: list, timeout_s: float) -> float:
+    """Seconds until each terminal authenticates through ``port`` (each try its own connection)."""
+
+    async def run() -> float:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        for t in terminals:
+            while True:
+                client = TerminalClient(t.terminal_id, key)
+                try:
+                    await client.connect("127.0.0.1", port)
+                    break
+                except Exception:  # noqa: BLE001 - "authentication service unavailable, try again"
+                    assert loop.time() - t0 < timeout_s, "the attached gateway did not serve again"
+                    await asyncio.sleep(0.5)
+                finally:
+                    await client.close()
+        return loop.time() - t0
+
+    return asyncio.run(run())
 
 
 def _audit(db_url: str, schema: str, balances: dict[int, int]) -> audit_mod.Audit:
@@ -132,7 +156,7 @@ def test_two_gateways_on_two_nodes_survive_the_worker_node_dying(configured_serv
                        CITYCARD_STATE_DIR=str(tmp_path / "state"))
     for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
         env.pop(name, None)  # the token comes from the setting alone
-    settings, _cards, terminals = migrated_city(env, configured_services, schema, CARDS, 8, shards=ACCOUNTS)
+    settings, _cards, terminals = migrated_city(env, configured_services, schema, CARDS, 10, shards=ACCOUNTS)
     key = settings.city.master_key
     first, port_a = _up(env)
     second = None
@@ -166,11 +190,19 @@ def test_two_gateways_on_two_nodes_survive_the_worker_node_dying(configured_serv
             time.sleep(1)
         assert _nodes_of(seen) == {seen["head"]}, f"the worker's shards did not move to the head: {seen['actors']}"
 
-        after = _drive([port_a, port_b], key, terminals[4:], seed=11)  # new terminals: new (terminal, seq) keys
+        after = _drive([port_a, port_b], key, terminals[4:8], seed=11)  # new terminals: new (terminal, seq) keys
+
+        # the first gateway restarts: its actors are killed and made again under the same names; the
+        # attached gateway, not restarted, finds them by name and serves again
+        assert _stop(first) == 0
+        first, _port_a = _up(env)
+        print(f"attached gateway served again {_serves_again(port_b, key, terminals[8:10], 30):.1f} s"
+              " after the first gateway's restart")
+        again = _drive([port_b], key, terminals[8:10], seed=21)
         seen = inspect(cluster, ns, schema, ACCOUNTS, balances=True)
         audit = _audit(configured_services.db_url, schema, seen["balances"])
         assert audit.ok, audit.as_dict()
-        assert audit.charged_fen == sum(r.charged_fen for r in before + after)
+        assert audit.charged_fen == sum(r.charged_fen for r in before + after + again)
     finally:
         codes = [_stop(p) for p in (second, first) if p is not None]
     assert codes == [0, 0], f"gateways did not stop cleanly: {codes}"

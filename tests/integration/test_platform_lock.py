@@ -130,3 +130,59 @@ def test_lock_lost_for_good_stops_the_holder(configured_services, schema):
             await lock.release()
 
     asyncio.run(run())
+
+
+def test_a_command_run_under_the_lock_is_stopped_when_the_lock_is_lost(configured_services, schema, monkeypatch):
+    """demo and loadtest run under ``locked()``: losing the lock to another platform stops the run."""
+    from types import SimpleNamespace
+
+    from citycard.cli import lifecycle
+
+    settings = make_settings(configured_services, schema)
+    real_take = lifecycle.take_platform_lock
+
+    async def take_fast(*args, **kwargs):
+        lock = await real_take(*args, **kwargs)
+        lock.check_interval_s = 0.2
+        return lock
+
+    monkeypatch.setattr(lifecycle, "take_platform_lock", take_fast)
+    monkeypatch.setattr(lifecycle, "guard_local_ray", lambda *_args: None)  # no Ray here: the lock is the point
+    services = SimpleNamespace(db_url=configured_services.db_url, embedded=None)
+    cancelled: list[bool] = []
+
+    async def long_run() -> str:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+        return "ran on"
+
+    async def run() -> None:
+        thief = None
+
+        async def steal() -> None:
+            nonlocal thief
+            holder = None
+            while holder is None:
+                await asyncio.sleep(0.05)
+                holder = await held_by(settings, configured_services.db_url)
+            await _terminate(configured_services.db_url, holder.backend_pid)
+            thief = await take_platform_lock(settings, configured_services.db_url, "up", state_file=False)
+
+        stealer = asyncio.create_task(steal())
+        t0 = asyncio.get_running_loop().time()
+        try:
+            with pytest.raises(lifecycle.PlatformLockLost) as stopped:
+                await lifecycle.locked(settings, services, "demo", long_run())
+            assert asyncio.get_running_loop().time() - t0 < 10 and cancelled == [True]
+            line = str(stopped.value)
+            assert line.startswith("citycard demo: lost the platform lock") and "another platform took it" in line
+            assert "\n" not in line
+        finally:
+            await stealer
+            if thief is not None:
+                await thief.release()
+
+    asyncio.run(run())

@@ -179,3 +179,55 @@ def test_a_shard_probe_answers_at_once_starts_a_load_and_counts_it() -> None:
     assert during["ready"] is False and during["loads"] == 0 and during["shard_id"] == 3
     assert after["ready"] is True and after["loads"] == 1 and after["mismatches"] == 0
     assert after["pid"] == os.getpid() and after["rss_bytes"] > 10 * 2**20 and after["cpu_s"] > 0
+
+
+class HungPostgres:
+    """An asyncpg connection to a server that stopped answering after the connect: a query and
+    a close without a timeout never end; a close with one gives up then (as asyncpg's does)."""
+
+    def __init__(self) -> None:
+        self.close_timeouts: list[float | None] = []
+        self.terminated = False
+
+    async def fetchval(self, _sql: str) -> int:
+        await asyncio.sleep(3600)
+        return 1
+
+    async def close(self, *, timeout: float | None = None) -> None:
+        self.close_timeouts.append(timeout)
+        await asyncio.sleep(3600 if timeout is None else timeout)
+        raise TimeoutError
+
+    def terminate(self) -> None:
+        self.terminated = True
+
+
+def test_a_hung_postgres_reads_as_down_within_the_bound(tmp_path: Path, monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from citycard.cli import runtime
+
+    conn = HungPostgres()
+
+    async def connect(_url: str, _schema: str) -> HungPostgres:
+        return conn
+
+    monkeypatch.setattr(runtime.db, "connect", connect)
+    settings = load_settings(env={})
+    platform = runtime.Platform(settings, SimpleNamespace(app_url=lambda _s: "postgresql://hung/test"))
+    m = Metrics()
+    m.watch.postgres_up.set(1)  # it was up
+    watch = PlatformWatch(m.watch, probes=[], check_postgres=platform._check_postgres, check_redis=ok,
+                          state_dir=tmp_path, timeout_s=0.2)
+
+    async def scenario() -> float:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        async with asyncio.timeout(10):  # the bug: the poll never ended
+            await watch.poll_once()
+        return loop.time() - t0
+
+    took_s = asyncio.run(scenario())
+    assert took_s < 0.2 + runtime.PG_CLOSE_TIMEOUT_S + 1.0, took_s
+    assert value(m, "citycard_postgres_up") == 0 and watch.polls == 1
+    assert conn.close_timeouts == [runtime.PG_CLOSE_TIMEOUT_S] and conn.terminated

@@ -110,3 +110,50 @@ def test_attach_refuses_a_local_ray():
     values = {"ray": {"address": "local"}, "database": {"url": "postgresql://h/db"}, "redis": {"url": "redis://h"}}
     with pytest.raises(ConfigError, match=re.escape("set ray.address (RAY_ADDRESS)")):
         check_attach(load_settings(env={}, overrides=values))
+def test_actors_are_not_given_the_clusters_token(monkeypatch):
+    from types import SimpleNamespace
+
+    from citycard.cli import runtime
+    from citycard.config.settings import settings_from_dict
+
+    created: list[dict] = []
+
+    class FakeActorClass:
+        def options(self, **_options):
+            return self
+
+        def remote(self, _index, cfg, _url):
+            created.append(cfg)
+            return object()
+
+    monkeypatch.setattr(runtime, "AccountShard", FakeActorClass())
+    monkeypatch.setattr(runtime, "TerminalSession", FakeActorClass())
+    monkeypatch.setattr(runtime, "node_order", lambda: [])
+    settings = load_settings(env={}, overrides={"ray": {"address": "10.0.0.1:6379", "auth_token": "s3cret"},
+                                                "city": {"account_shards": 2, "session_shards": 1}})
+    platform = runtime.Platform(settings, SimpleNamespace(app_url=lambda _s: "postgresql://x/test"))
+    shards, sessions = platform.start_actors()
+    assert len(shards) == 2 and len(sessions) == 1 and len(created) == 3
+    for cfg in created:
+        assert "s3cret" not in repr(cfg) and cfg["ray"]["auth_token"] == ""
+        assert settings_from_dict(cfg).city == settings.city  # everything else as it was
+    assert settings.ray.auth_token == "s3cret"  # the platform's own settings keep it
+
+
+def test_a_connection_error_from_ray_names_the_token_and_the_ports(monkeypatch):
+    import ray
+
+    from citycard.cli import ray_cluster
+
+    def refuse(**_kwargs):
+        raise ConnectionError("GCS did not answer")
+
+    monkeypatch.setattr(ray_cluster, "check_reachable", lambda _address: None)
+    monkeypatch.setattr(ray_cluster, "_reload_ray_config", lambda: None)
+    monkeypatch.setattr(ray, "init", refuse)
+    with pytest.raises(ConfigError) as refused:
+        ray_cluster.connect_cluster(_ray(auth_token="t"), {}, environ={})
+    line = str(refused.value)
+    assert line.startswith("the Ray cluster at ray.address (RAY_ADDRESS) 10.0.0.1:6379 refused this client or is"
+                           " unreachable (RAY_AUTH_MODE token)"), line
+    assert "ray.auth_token" in line and "ports are reachable" in line and "wrong" not in line

@@ -9,7 +9,6 @@ as an operator runs it (a real process), against a live gateway on real Postgres
 """
 
 import asyncio
-import sys
 import time
 
 import pytest
@@ -20,7 +19,7 @@ from citycard.protocols import messages as m
 from citycard.protocols.codes import ErrorCode
 from citycard.terminal.client import ServerError, TerminalClient
 from tests.support.city import City, plain_cards, running_city
-from tests.support.cli import citycard_env
+from tests.support.cli import citycard_env, run_citycard
 from tests.support.clock import now_ms
 
 pytestmark = pytest.mark.services
@@ -28,15 +27,6 @@ pytestmark = pytest.mark.services
 CUTOFF_S = 2.0
 UNREACHABLE_REDIS_URL = "redis://127.0.0.1:1/0"  # port 1: nothing listens, refused at once
 
-
-async def citycard(env: dict[str, str], *args: str) -> tuple[int, str, str]:
-    """The command in its own process; (exit code, stdout, stderr)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "citycard.cli.main", *args, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 120)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 async def bus_tap(client: TerminalClient, seq: int, card: int) -> int:
@@ -77,7 +67,7 @@ def test_disable_cuts_the_open_connection_now_and_enable_lets_it_back(configured
             assert await bus_tap(victim, 1, next(cards)) == Result.OK
             assert await bus_tap(bystander, 1, next(cards)) == Result.OK
 
-            code, out, err = await citycard(env, "terminal", "disable", str(stolen), "--reason", "stolen from bus 7")
+            code, out, err = await run_citycard(env, "terminal", "disable", str(stolen), "--reason", "stolen from bus 7")
             done_s = time.monotonic()
             assert code == 0, err
             assert f"terminal {stolen}: disabled" in out and "1 gateway(s) told" in out, out
@@ -93,14 +83,14 @@ def test_disable_cuts_the_open_connection_now_and_enable_lets_it_back(configured
             assert await refused_at_auth(city, stolen) == ErrorCode.TERMINAL_DISABLED
 
             # Idempotent: again is no change, no second audit row; the message is sent again.
-            code, out, err = await citycard(env, "terminal", "disable", str(stolen))
+            code, out, err = await run_citycard(env, "terminal", "disable", str(stolen))
             assert code == 0 and f"terminal {stolen}: already disabled" in out, (out, err)
-            code, out, err = await citycard(env, "terminal", "show", str(stolen))
+            code, out, err = await run_citycard(env, "terminal", "show", str(stolen))
             assert code == 0 and "enabled: no" in out and f"terminal_id: {stolen}" in out, (out, err)
 
-            code, out, err = await citycard(env, "terminal", "enable", str(stolen), "--reason", "found")
+            code, out, err = await run_citycard(env, "terminal", "enable", str(stolen), "--reason", "found")
             assert code == 0 and f"terminal {stolen}: enabled" in out, (out, err)
-            code, out, err = await citycard(env, "terminal", "enable", str(stolen))
+            code, out, err = await run_citycard(env, "terminal", "enable", str(stolen))
             assert code == 0 and f"terminal {stolen}: already enabled" in out, (out, err)
             back = await city.client(stolen)
             assert await bus_tap(back, 3, next(cards)) == Result.OK
@@ -117,7 +107,7 @@ def test_disable_cuts_the_open_connection_now_and_enable_lets_it_back(configured
                 await conn.close()
             assert [tuple(r) for r in audit] == [("terminal.disable", "stolen from bus 7"), ("terminal.enable", "found")]
             assert [r[0] for r in journal] == [1, 3]  # nothing got through while disabled
-            code, out, err = await citycard(env, "terminal", "show", str(stolen), "--exact")
+            code, out, err = await run_citycard(env, "terminal", "show", str(stolen), "--exact")
             assert code == 0 and "journal_taps: 2" in out and "journal_last_seq: 3" in out, (out, err)
 
     asyncio.run(asyncio.wait_for(go(), 180))
@@ -134,7 +124,7 @@ def test_with_redis_unreachable_the_disable_holds_and_the_check_cuts_off(configu
             victim = await city.client(stolen)
             assert await bus_tap(victim, 1, next(cards)) == Result.OK
 
-            code, out, err = await citycard(env, "terminal", "disable", str(stolen))
+            code, out, err = await run_citycard(env, "terminal", "disable", str(stolen))
             assert code == 0, err
             assert f"terminal {stolen}: disabled" in out, out
             assert "Redis unreachable" in err and "holds in Postgres" in err, err
@@ -150,7 +140,7 @@ def test_with_redis_unreachable_the_disable_holds_and_the_check_cuts_off(configu
 @pytest.mark.parametrize("action", ["disable", "enable", "show"])
 def test_unknown_terminal_is_a_clear_error_exit_2(configured_services, schema, action):
     async def go() -> tuple[int, str, str]:
-        return await citycard(citycard_env(configured_services, schema), "terminal", action, "99999")
+        return await run_citycard(citycard_env(configured_services, schema), "terminal", action, "99999")
 
     code, out, err = asyncio.run(go())
     assert code == 2, (code, out, err)
@@ -164,17 +154,17 @@ def test_a_new_terminal_authenticates_once_registered(configured_services, schem
         async with running_city(configured_services, schema, n_cards=50, n_terminals=1) as city:
             new_id = 4097
             assert await refused_at_auth(city, new_id) == ErrorCode.UNKNOWN_TERMINAL
-            code, out, err = await citycard(env, "terminal", "register", str(new_id), "--kind", "bus", "--route", "12",
+            code, out, err = await run_citycard(env, "terminal", "register", str(new_id), "--kind", "bus", "--route", "12",
                                             "--reason", "new bus 12 validator")
             assert code == 0 and f"terminal {new_id}: registered" in out, (out, err)
             client = await city.client(new_id)  # the session actor finds it without a restart
             assert await bus_tap(client, 1, plain_cards(city)[0]) == Result.OK
             await client.close()
-            code, out, err = await citycard(env, "terminal", "register", str(new_id), "--kind", "bus", "--route", "12")
+            code, out, err = await run_citycard(env, "terminal", "register", str(new_id), "--kind", "bus", "--route", "12")
             assert code == 0 and "already registered" in out, (out, err)
-            code, out, err = await citycard(env, "terminal", "register", str(new_id), "--kind", "merchant")
+            code, out, err = await run_citycard(env, "terminal", "register", str(new_id), "--kind", "merchant")
             assert code == 2 and "already registered as kind 1 route 12" in err, (out, err)
-            code, out, err = await citycard(env, "terminal", "register", "4098", "--kind", "spaceship")
+            code, out, err = await run_citycard(env, "terminal", "register", "4098", "--kind", "spaceship")
             assert code == 2 and "a kind is one of" in err, (out, err)
             conn = await city.conn()
             try:

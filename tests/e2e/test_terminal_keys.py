@@ -3,27 +3,18 @@
 
 import asyncio
 import stat
-import sys
 
 import pytest
 
 from citycard.domain.results import Result
 from citycard.protocols import messages as m
 from tests.support.city import plain_cards, running_city
-from tests.support.cli import citycard_env
+from tests.support.cli import citycard_env, run_citycard
 from tests.support.clock import now_ms
 from tests.support.terminal import RawConn
 
 pytestmark = [pytest.mark.services, pytest.mark.usefixtures("ray_cluster")]
 
-
-async def citycard(env: dict[str, str], *args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "citycard.cli.main", *args, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 120)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 def test_register_writes_a_key_the_terminal_authenticates_with(configured_services, schema, tmp_path):
@@ -32,7 +23,7 @@ def test_register_writes_a_key_the_terminal_authenticates_with(configured_servic
 
     async def go() -> None:
         async with running_city(configured_services, schema, n_cards=50, n_terminals=1) as city:
-            code, out, err = await citycard(env, "terminal", "register", "4101", "--kind", "bus", "--route", "12",
+            code, out, err = await run_citycard(env, "terminal", "register", "4101", "--kind", "bus", "--route", "12",
                                             "--key-file", str(key_file))
             assert code == 0 and "registered" in out and str(key_file) in out, (out, err)
             assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
@@ -49,14 +40,14 @@ def test_register_writes_a_key_the_terminal_authenticates_with(configured_servic
 
             # the file exists: refused before anything is done, the file untouched
             key_file.write_text("someone else's\n")
-            code, out, err = await citycard(env, "terminal", "register", "4102", "--kind", "bus", "--route", "3",
+            code, out, err = await run_citycard(env, "terminal", "register", "4102", "--kind", "bus", "--route", "3",
                                             "--key-file", str(key_file))
             assert code == 2 and "exists" in err and "--force" in err and "Traceback" not in err, (out, err)
             assert key_file.read_text() == "someone else's\n"
-            code, out, err = await citycard(env, "terminal", "show", "4102")
+            code, out, err = await run_citycard(env, "terminal", "show", "4102")
             assert code == 2 and "not registered" in err, (out, err)
             # --force replaces it (a terminal already registered gets its key again)
-            code, out, err = await citycard(env, "terminal", "register", "4101", "--kind", "bus", "--route", "12",
+            code, out, err = await run_citycard(env, "terminal", "register", "4101", "--kind", "bus", "--route", "12",
                                             "--key-file", str(key_file), "--force")
             assert code == 0 and "already registered" in out, (out, err)
             assert key_file.read_text() == text and stat.S_IMODE(key_file.stat().st_mode) == 0o600

@@ -54,3 +54,14 @@ def migrated_city(env: dict[str, str], urls: ServiceUrls, schema: str, n_cards: 
 
     asyncio.run(seed())
     return settings, cards, terminals
+
+
+async def run_citycard(env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    """The command in its own process, awaited; (exit code, stdout, stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "citycard.cli.main", *args, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+

@@ -11,11 +11,9 @@ from citycard.actors.account_shard import AccountShardCore
 from citycard.api.http_metrics import HttpMetrics
 from citycard.config.fare_table import shipped_tables
 from citycard.config.settings import load_settings
-from citycard.domain.ledger import Ledger
-from citycard.domain.recovery import Rebuild, RecoveryReport
 from citycard.gateway.metrics import Metrics
 from citycard.gateway.watch import PlatformWatch
-from citycard.persistence.journal import Append
+from tests.support.shard_store import GatedStore
 
 
 def value(m: Metrics, name: str, **labels: str) -> float | None:
@@ -137,31 +135,9 @@ def test_http_requests_are_counted_by_route_template_method_and_status() -> None
     assert value(m, "citycard_http_request_duration_seconds_count", route="/cards/{card_no}", method="GET") == 3
 
 
-class HeldStore:
-    """A ShardStore whose load finishes when the test says so, with no rows."""
-
-    def __init__(self) -> None:
-        self.release = asyncio.Event()
-
-    async def open(self) -> None:
-        pass
-
-    async def load(self, ledger: Ledger) -> RecoveryReport:
-        await self.release.wait()
-        return Rebuild(ledger, 0, 0).report()
-
-    def append(self) -> Append:
-        async def append(records: list[tuple[object, ...]]) -> None:
-            raise AssertionError("nothing is committed in this test")
-        return append
-
-    async def close(self) -> None:
-        pass
-
-
 def test_a_shard_probe_answers_at_once_starts_a_load_and_counts_it() -> None:
     async def scenario() -> tuple[dict, dict]:
-        store = HeldStore()
+        store = GatedStore()
         core = AccountShardCore(3, load_settings(env={}).as_dict(), store=store,  # type: ignore[arg-type]
                                 tables=shipped_tables())
         during = await asyncio.wait_for(core.probe(), 1)  # answers at once, and starts the load

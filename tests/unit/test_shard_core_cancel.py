@@ -6,40 +6,7 @@ import asyncio
 from citycard.actors.account_shard import AccountShardCore
 from citycard.config.fare_table import shipped_tables
 from citycard.config.settings import load_settings
-from citycard.domain.ledger import Ledger
-from citycard.domain.recovery import Rebuild, RecoveryReport
-from citycard.persistence.journal import Append
-
-
-class GatedStore:
-    """A ShardStore whose load finishes when the test says so; it commits nothing."""
-
-    def __init__(self) -> None:
-        self.release = asyncio.Event()
-
-    async def open(self) -> None:
-        pass
-
-    async def load(self, ledger: Ledger) -> RecoveryReport:
-        await self.release.wait()
-        return Rebuild(ledger, 0, 0).report()
-
-    def append(self) -> Append:
-        async def append(records: list[tuple[object, ...]]) -> None:
-            raise AssertionError("nothing is committed in this test")
-        return append
-
-    async def write_snapshot(self, lsn: int, rows: list[tuple[int, int, bytes]], total_fen: int) -> None:
-        pass
-
-    async def find_ops(self, keys: list[str]) -> list[object]:
-        return []
-
-    async def fetch_cards(self, card_nos: list[int]) -> list[object]:
-        return []
-
-    async def close(self) -> None:
-        pass
+from tests.support.shard_store import GatedStore
 
 
 def test_a_call_cancelled_as_the_load_finishes_is_cancelled() -> None:

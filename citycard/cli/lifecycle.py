@@ -56,9 +56,12 @@ async def locked(settings: Settings, services: Services, command: str, run: Coro
         run.close()  # never started: no "coroutine was never awaited" warning
         raise
     guard = None
+    # A Ray this process already runs (an embedding program, the test suite's) is not this run's:
+    # neither guarded nor shut down at the end, or its owner's actors and sessions die with it.
+    ray_was_up = ray.is_initialized()
     try:
         try:
-            guard = guard_local_ray(settings, services, command)
+            guard = None if ray_was_up else guard_local_ray(settings, services, command)
         except BaseException:
             run.close()
             raise
@@ -74,5 +77,6 @@ async def locked(settings: Settings, services: Services, command: str, run: Coro
                 raise PlatformLockLost(f"citycard {command}: {lock.lost}; stopped") from None
             raise
     finally:
-        stop_local_ray(guard)
+        if not ray_was_up:
+            stop_local_ray(guard)
         await lock.release()

@@ -186,3 +186,24 @@ def test_a_command_run_under_the_lock_is_stopped_when_the_lock_is_lost(configure
                 await thief.release()
 
     asyncio.run(run())
+
+
+def test_a_run_under_the_lock_leaves_a_ray_this_process_already_runs(configured_services, schema, monkeypatch):
+    """locked() in a process that already runs Ray (the test suite, an embedding program) neither
+    guards nor shuts down that Ray: its owner's actors live on (the suite lost its Ray to this once)."""
+    from types import SimpleNamespace
+
+    from citycard.cli import lifecycle
+
+    calls: list[str] = []
+    monkeypatch.setattr(lifecycle.ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(lifecycle.ray, "shutdown", lambda: calls.append("shutdown"))
+    monkeypatch.setattr(lifecycle, "guard_local_ray", lambda *_args: calls.append("guard"))
+    settings = make_settings(configured_services, schema)
+    services = SimpleNamespace(db_url=configured_services.db_url, embedded=None)
+
+    async def quick() -> str:
+        return "done"
+
+    assert asyncio.run(lifecycle.locked(settings, services, "demo", quick())) == "done"
+    assert calls == []

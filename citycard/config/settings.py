@@ -71,6 +71,8 @@ class Gateway(_Section):
     max_batch_taps: int = Field(ge=1, le=1000)
     shard_batch_max_taps: int = Field(ge=1, le=100_000)
     shard_inflight_calls: int = Field(ge=1, le=64)
+    # queued taps before a second call overlaps one in flight (router.py): fewer, larger calls
+    shard_pipeline_min_taps: int = Field(default=256, ge=1, le=100_000)
     shard_queue_max_taps: int = Field(ge=1, le=10_000_000)
     retry_deadline_ms: int = Field(ge=0, le=600_000)
     shard_call_timeout_ms: int = Field(ge=100, le=600_000)

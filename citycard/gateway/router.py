@@ -1,7 +1,9 @@
 """Groups taps by account shard and makes one Ray call per group, never one per tap.
 
 Each shard has a bounded queue and a bounded number of calls in flight; a full queue answers
-BUSY at once. The ShardClient retries a failed call (shard crashed, store failed) with the
+BUSY at once. Calls adapt to the load: while a call is in flight, another goes out only once
+``pipeline_min_taps`` are queued, so at light load taps gather behind the call in flight (one
+Ray call and one commit for many terminals' single taps) and at heavy load calls overlap. The ShardClient retries a failed call (shard crashed, store failed) with the
 same taps until its deadline; then the taps are answered RETRY (outcome unknown, retry the
 same seq).
 """
@@ -72,6 +74,7 @@ class Router:
         inflight_calls: int,
         queue_max_taps: int,
         linger_ms: float,
+        pipeline_min_taps: int = 1,
     ) -> None:
         self.client = client
         self.lanes = [ShardLane(i) for i in range(client.n_shards)]
@@ -82,6 +85,8 @@ class Router:
         self.inflight_calls = inflight_calls
         self.queue_max_taps = queue_max_taps
         self.linger_s = linger_ms / 1000.0
+        # never above a full batch: a full batch may always overlap the call in flight
+        self.pipeline_min_taps = max(1, min(pipeline_min_taps, batch_max_taps))
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop = asyncio.get_running_loop()
         # interop.desk.RemoteDesk when a region is configured: visitors' taps go to their
@@ -141,6 +146,8 @@ class Router:
     def _schedule(self, lane: ShardLane) -> None:
         if lane.scheduled or lane.inflight >= self.inflight_calls or not lane.queue:
             return
+        if lane.inflight and len(lane.queue) < self.pipeline_min_taps:
+            return  # gathers behind the call in flight; its end schedules the lane again
         if len(lane.queue) >= self.batch_max_taps or self.linger_s <= 0:
             lane.scheduled = True
             self._loop.call_soon(self._flush, lane)
@@ -150,7 +157,8 @@ class Router:
 
     def _flush(self, lane: ShardLane) -> None:
         lane.scheduled = False
-        while lane.queue and lane.inflight < self.inflight_calls:
+        while lane.queue and lane.inflight < self.inflight_calls and (
+                not lane.inflight or len(lane.queue) >= self.pipeline_min_taps):
             batch = lane.queue[: self.batch_max_taps]
             del lane.queue[: self.batch_max_taps]
             lane.inflight += 1

@@ -101,7 +101,9 @@ class SimGateway:
         limits = GatewayLimits(shard_batch_max_taps=sc.batch_max_taps, shard_inflight_calls=sc.inflight_calls,
                                shard_queue_max_taps=sc.queue_max_taps, linger_ms=sc.linger_ms,
                                max_frame_bytes=256 * 1024, max_batch_taps=1000, auth_timeout_ms=10_000,
-                               heartbeat_ms=30_000)
+                               heartbeat_ms=30_000,
+                               # from fields already drawn, so every seed keeps its scenario
+                               shard_pipeline_min_taps=(1, 4, 256)[(sc.queue_max_taps + sc.linger_ms) % 3])
         parts = build_gateway(client, self.sessions, self._hotlist, metrics(), limits,
                               fare_version=lambda: 1, hotlist_version=lambda: 0,
                               wall_ms=lambda: EPOCH_MS + w.now_ms, nonce=w.rng.randbytes)

@@ -108,7 +108,7 @@ class Sender:
                 break
             if now >= hard_stop_ms or (not self._times and now >= spec.duration_ms + spec.timeout_ms):
                 break
-            await asyncio.sleep(max(self._wake_ms(now, next_report_ms) - self.now_ms(), 0.0) / 1000.0)
+            await asyncio.sleep(max(self._wake_ms(now, next_report_ms) - self.now_ms(), spec.tick_ms) / 1000.0)
         totals = recorder.finish(self.now_ms())
         cpu_s = time.process_time() - cpu_started_s
         await self._close_all()

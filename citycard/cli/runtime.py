@@ -82,6 +82,7 @@ class Platform:
         self.api_port = 0
         self.region: Any = None  # interop.wiring.RegionLink when settings have a [region]
         self.link_port = 0
+        self.workers: Any = None  # cli/gateway_workers.GatewayWorkers when gateway.processes > 1
         self._stack = AsyncExitStack()
         self._kill_on_stop = True
 
@@ -144,9 +145,12 @@ class Platform:
                                              lambda card_no: card_no in cache.cards)
             self.link_port = self.region.server.port
             self._on_stop("region link", self.region.stop)  # after the gateway: no more visitors' taps
-        self.gateway = Gateway(parts.ctx, g.host, g.port if gateway_port is None else gateway_port)
+        self.gateway = Gateway(parts.ctx, g.host, g.port if gateway_port is None else gateway_port,
+                               reuse_port=g.processes > 1)
         self.gateway_port = await self.gateway.start()
         self._on_stop("gateway", self.gateway.stop)
+        if g.processes > 1 and not self.attach:
+            await self._start_workers(g.processes)
         self.terminal_control = TerminalControl(parts.ctx, redis, s.redis.prefix, self._disabled_terminals,
                                                 self.metrics, check_interval_s=g.terminal_check_ms / 1000.0)
         await self.terminal_control.start()
@@ -164,6 +168,20 @@ class Platform:
         if aport > 0 or api_port == 0:  # settings: 0 disables; argument: 0 any free port, -1 none
             await self._start_api(aport, fares)
             self._on_stop("http api", self.api.stop)
+
+    async def _start_workers(self, processes: int) -> None:
+        """The other gateway processes on this port (cli/gateway_workers.py)."""
+        from .gateway_workers import GatewayWorkers, worker_settings
+
+        s, svc = self.settings, self.services
+        base = actor_config(s)
+        base["ray"]["auth_token"] = s.ray.auth_token  # a cluster's token: on the worker's stdin only
+        self.workers = GatewayWorkers([
+            worker_settings(base, index=i, db_url=svc.db_url, app_db_url=svc.app_url(s), redis_url=svc.redis_url,
+                            ray_address=ray.get_runtime_context().gcs_address, port=self.gateway_port)
+            for i in range(1, processes)])
+        self._on_stop("gateway processes", self.workers.stop)  # registered first: a failed start stops those up
+        await self.workers.start()
 
     def _on_stop(self, name: str, stop: Callable[[], Awaitable[Any]]) -> None:
         """Register a started service's stop, bounded, so one stuck part cannot hold the rest."""

@@ -44,7 +44,8 @@ async def _run(settings: Settings, attach: bool) -> int:
         metrics = (f"http://{settings.metrics.host}:{platform.metrics_port}/metrics"
                    if platform.metrics_port else "off")
         api = f"http://{settings.api.host}:{platform.api_port}/docs" if platform.api_port else "off"
-        print(f"citycard up: gateway on {settings.gateway.host}:{platform.gateway_port}, metrics {metrics}, "
+        procs = f" ({settings.gateway.processes} processes)" if platform.workers is not None else ""
+        print(f"citycard up: gateway on {settings.gateway.host}:{platform.gateway_port}{procs}, metrics {metrics}, "
               f"card services {api}, database {services.db_url}, redis {services.redis_url}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

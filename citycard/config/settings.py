@@ -73,6 +73,8 @@ class Gateway(_Section):
     shard_inflight_calls: int = Field(ge=1, le=64)
     # queued taps before a second call overlaps one in flight (router.py): fewer, larger calls
     shard_pipeline_min_taps: int = Field(default=256, ge=1, le=100_000)
+    # gateway processes on this host sharing the port (cli/gateway_workers.py); 1: this one only
+    processes: int = Field(default=1, ge=1, le=64)
     shard_queue_max_taps: int = Field(ge=1, le=10_000_000)
     retry_deadline_ms: int = Field(ge=0, le=600_000)
     shard_call_timeout_ms: int = Field(ge=100, le=600_000)

@@ -419,16 +419,18 @@ class TerminalProtocol(asyncio.Protocol):
 
 
 class Gateway:
-    def __init__(self, ctx: GatewayContext, host: str, port: int) -> None:
+    def __init__(self, ctx: GatewayContext, host: str, port: int, *, reuse_port: bool = False) -> None:
         self.ctx = ctx
         self.host = host
         self.port = port
+        self.reuse_port = reuse_port  # several gateway processes on one port (gateway.processes)
         self._server: asyncio.base_events.Server | None = None
 
     async def start(self) -> int:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: TerminalProtocol(self.ctx), self.host, self.port, backlog=1024, reuse_address=True
+            lambda: TerminalProtocol(self.ctx), self.host, self.port, backlog=4096, reuse_address=True,
+            reuse_port=self.reuse_port or None,
         )
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port

@@ -43,6 +43,8 @@ def role_of(proc: psutil.Process, gateway_pid: int | None) -> str | None:
         return "account shards"
     if cmd.startswith("ray::TerminalSession"):
         return "terminal sessions"
+    if "citycard.cli.gateway_workers" in cmd:
+        return "gateway"  # one of its other gateway processes (gateway.processes)
     if gateway_pid is None and "citycard" in cmd and cmd.rstrip().endswith(" up"):
         return "gateway"  # a platform started with ``citycard up`` on this machine
     if cmd.startswith("ray::") or "/ray/" in cmd or "raylet" in cmd or "gcs_server" in cmd:

@@ -35,6 +35,7 @@ from ..loadtest.targets import Target, own_platform, remote_target, seed_model
 from ..persistence import db
 from ..persistence.platform_lock import take_platform_lock
 from .lifecycle import locked
+from .open_files import processes_for, raise_open_files
 from .services import Services, connect_app, migrate_db, resolve_services
 
 LOADTEST_SCHEMA = "citycard_loadtest"
@@ -146,6 +147,20 @@ async def run_baselines(target: Target, phases: list[PhaseResult], args: Namespa
             "share_of_copy": platform_rate / copy.rows_per_s if copy.rows_per_s else None}
 
 
+def _fit_open_files(settings: Settings, args: Namespace) -> Settings:
+    """One file per terminal in a sender and in a gateway process: enough of each for
+    ``--terminals`` under this machine's open-file limit (raised to its hard limit first)."""
+    limit = raise_open_files()
+    needed = processes_for(args.terminals, limit)
+    if needed > args.senders:
+        args.senders = needed
+    if not args.target and needed > settings.gateway.processes:
+        print(f"citycard loadtest: {needed} gateway processes for {args.terminals:,} terminals"
+              f" (open-file limit {limit:,})", file=sys.stderr)
+        settings = settings.model_copy(update={"gateway": settings.gateway.model_copy(update={"processes": needed})})
+    return settings
+
+
 def loadtest_main(settings: Settings, args: Namespace) -> int:
     import uvloop
 
@@ -155,6 +170,7 @@ def loadtest_main(settings: Settings, args: Namespace) -> int:
         from .preflight import check_port
 
         check_port("metrics", settings.metrics.host, settings.metrics.port, "metrics.port")
+    settings = _fit_open_files(settings, args)
     services = resolve_services(settings)
     try:
         run = run_loadtest(settings, services, args)  # its own platform: one per schema, as `up`

@@ -9,6 +9,7 @@ from ..config.settings import Settings
 from ..errors import ConfigError
 from ..persistence.platform_lock import PlatformLock, take_platform_lock
 from .lifecycle import guard_local_ray, stop_local_ray
+from .open_files import raise_open_files
 from .preflight import address_in_use, check_up
 from .ray_cluster import check_cluster
 from .ray_watchdog import RayGuard
@@ -80,6 +81,7 @@ def check_attach(settings: Settings) -> None:
 def up_main(settings: Settings, *, attach: bool = False) -> int:
     import uvloop
 
+    raise_open_files()  # one file per terminal: the hard limit, not the shell's soft one
     if attach:
         check_attach(settings)
     load_fare_tables(settings.fare_table_path())  # a bad table: the line `fares check` prints, before any service

@@ -2,6 +2,7 @@
 
 import asyncio
 import functools
+import gc
 import logging
 import os
 import time
@@ -293,3 +294,11 @@ class AccountShardCore:
 @ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=0, max_concurrency=10_000, enable_task_events=False)
 class AccountShard(AccountShardCore):
     """Ray shell. Restarted by Ray after a crash; reloads itself from Postgres on first call."""
+
+    async def _load(self) -> None:
+        await super()._load()
+        # The cards just loaded live as long as the process: a full collection would scan every
+        # one (5 M per shard at scale 1), stopping taps for as long. Frozen, they are skipped.
+        # Process-wide, so here in the shell, not in the core tests run in-process.
+        gc.collect()
+        gc.freeze()

@@ -88,8 +88,18 @@ class GatewayContext:
         self.wall_ms = wall_ms  # Unix time for the wire; injected so a simulation can fake it
         self.nonce = nonce
         self.offline = offline  # gateway.offline.OfflineDesk: offline uploads (None: not served here)
+        self._tap_counters: dict[tuple[int, int], Any] = {}  # (kind, result) -> its labelled child
         self.tasks: set[asyncio.Task[Any]] = set()
         self.connections: set[TerminalProtocol] = set()
+
+    def tap_counter(self, key: tuple[int, int]) -> Any:
+        """The taps counter's child for (kind, result): looked up once, not per answer."""
+        child = self._tap_counters.get(key)
+        if child is None:
+            kind, code = key
+            child = self.metrics.taps.labels(_KIND_NAMES.get(kind, str(kind)), _RESULT_NAMES.get(code, str(code)))
+            self._tap_counters[key] = child
+        return child
 
     def admit(self, terminal_id: int, n: int, now: float) -> int:
         """How many of ``n`` taps this terminal may submit at loop time ``now`` (token bucket);
@@ -216,8 +226,8 @@ class TerminalProtocol(asyncio.Protocol):
             assert o is not None  # a Pending replies once all its taps are settled
             key = (tap.kind, o.result)
             counts[key] = counts.get(key, 0) + 1
-        for (kind, code), n in counts.items():
-            ctx.metrics.taps.labels(_KIND_NAMES.get(kind, str(kind)), _RESULT_NAMES.get(code, str(code))).inc(n)
+        for key, n in counts.items():
+            ctx.tap_counter(key).inc(n)
         ctx.metrics.tap_latency.observe(latency_s, len(taps))
         ctx.reporter.record(taps, outcomes)
         if self._gone():

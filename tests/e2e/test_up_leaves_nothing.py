@@ -30,6 +30,15 @@ def _descendants(pid: int) -> list[psutil.Process]:
     return psutil.Process(pid).children(recursive=True)
 
 
+def _cmd(p: psutil.Process) -> str:
+    """A process's command line; "" once it has exited. The list of descendants is a snapshot:
+    a short-lived child (a Ray worker starting up) may be gone before it is read (CI saw it)."""
+    try:
+        return " ".join(p.cmdline())
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return ""
+
+
 def _alive(procs: list[psutil.Process]) -> list[str]:
     out = []
     for p in procs:
@@ -62,7 +71,7 @@ def test_sigterm_leaves_no_process(configured_services, schema):
     proc = _ready(env)
     procs = _descendants(proc.pid)
     try:
-        assert any("raylet" in " ".join(p.cmdline()) for p in procs), [p.name() for p in procs]
+        assert any("raylet" in _cmd(p) for p in procs), [p.name() for p in procs]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=90) == 0
         alive, _ = _until_none_alive(procs, 10.0)
@@ -82,9 +91,9 @@ def test_kill_9_leaves_no_ray_or_embedded_process(tmp_path):
     proc = _ready(env)
     procs = _descendants(proc.pid)
     try:
-        names = " ".join(" ".join(p.cmdline()) for p in procs)
+        names = " ".join(_cmd(p) for p in procs)
         assert "postgres -D" in names and "redis-server" in names and "ray::AccountShard" in names, names
-        shards = [p for p in procs if "ray::AccountShard" in " ".join(p.cmdline())]
+        shards = [p for p in procs if "ray::AccountShard" in _cmd(p)]
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         shards_alive, shards_s = _until_none_alive(shards, 10.0)

@@ -14,6 +14,7 @@ the process that started it (PR_SET_PDEATHSIG), so a ``kill -9`` of ``up`` leave
 from __future__ import annotations
 
 import asyncio
+import copy
 import ctypes
 import json
 import logging
@@ -36,7 +37,7 @@ def worker_settings(settings: dict[str, Any], *, index: int, db_url: str, app_db
                     ray_address: str, port: int) -> dict[str, Any]:
     """Worker ``index``'s settings (1..n-1): the first gateway's, joined to its services and its
     Ray, on its port; metrics on the next ports up (9109, 9110, ... beside 9108), or off."""
-    s = json.loads(json.dumps(settings))
+    s = copy.deepcopy(settings)
     s["database"]["url"], s["database"]["app_url"], s["redis"]["url"] = db_url, app_db_url, redis_url
     s["ray"]["address"] = ray_address
     s["gateway"]["port"] = port

@@ -10,7 +10,7 @@ from citycard.domain.results import Result
 from citycard.domain.taps import TapKind
 from citycard.loadtest.audit import run_audit
 from citycard.terminal.client import TerminalClient
-from tests.support.city import plain_cards, running_city
+from tests.support.city import actor_balances, plain_cards, running_city
 from tests.support.clock import now_ms
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -53,10 +53,7 @@ def test_two_gateway_processes_share_the_port_and_the_shards(configured_services
                 await c.close()
             conn = await city.conn()
             try:
-                balances = {}
-                for part in await asyncio.gather(*[a.balances.remote() for a in city.platform.shards]):
-                    balances.update(part)
-                audit = await run_audit(conn, balances)
+                audit = await run_audit(conn, await actor_balances(city))
             finally:
                 await conn.close()
             assert audit.ok and audit.journal_rows == TERMINALS, audit

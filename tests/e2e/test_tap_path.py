@@ -13,7 +13,7 @@ from citycard.domain.results import Result
 from citycard.domain.taps import TapKind
 from citycard.loadtest.audit import run_audit
 from citycard.protocols import messages as m
-from tests.support.city import COL, City, journal_rows, running_city
+from tests.support.city import COL, City, actor_balances, journal_rows, running_city
 from tests.support.clock import now_ms
 from tests.support.waiting import until_available
 
@@ -137,10 +137,7 @@ def test_account_shard_killed_mid_load_loses_and_doubles_nothing(configured_serv
                 by_key = {(r[0], r[1]): (r[2], r[3]) for r in rows}
                 for key, (code, fare, _replay) in answered.items():
                     assert by_key.get(key) == (code, fare), f"answered tap {key} not durable as answered"
-                balances = {}
-                for part in await asyncio.gather(*[a.balances.remote() for a in city.platform.shards]):
-                    balances.update(part)
-                audit = await run_audit(conn, balances)
+                audit = await run_audit(conn, await actor_balances(city))
             finally:
                 await conn.close()
             assert audit.ok, audit

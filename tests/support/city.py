@@ -1,6 +1,7 @@
 """A real platform (Postgres, Redis, Ray actors, TCP gateway, HTTP API) with a small seeded city,
 and views of it that tests share."""
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -157,3 +158,11 @@ async def api_city(urls: ServiceUrls, schema: str, **kw: object) -> AsyncIterato
         base = f"http://127.0.0.1:{city.platform.api_port}"
         async with httpx.AsyncClient(base_url=base, timeout=30) as http:
             yield ApiCity(city, http, tokens)
+
+
+async def actor_balances(city: City) -> dict[int, int]:
+    """Every card's balance as its shard actor holds it, for run_audit."""
+    out: dict[int, int] = {}
+    for part in await asyncio.gather(*[a.balances.remote() for a in city.platform.shards]):
+        out.update(part)
+    return out

@@ -104,7 +104,8 @@ class SimStore:
         mutation = self.world.mutation
         report = self.record.rebuild(ledger, watermarks=mutation != "no_watermark_on_recovery")
         if mutation == "forget_dedupe_on_recovery":  # mutant: recovery that does not refill the dedupe memory
-            ledger._seen.clear()
+            for stripe in ledger._seen:
+                stripe.clear()
             ledger._seen_order.clear()
         if report.mismatches:
             self.world.fail("recovery-balances-match-rows", f"shard {ledger.shard_id}: {report.mismatches} rows disagree")

@@ -238,7 +238,7 @@ def _find_max_html(find_max: object) -> str:
     summary = {key: find_max.get(key) for key in ("max_accepted_per_s", "p99_bound_ms")}
     for key, value in _dict(find_max.get("half_max")).items():
         summary[f"half_max {key}"] = value
-    header = ("rate_per_s", "accepted_per_s", "p99_ms", "timeouts", "stop_reason")
+    header = ("rate_per_s", "accepted_per_s", "p99_ms", "timeouts", "stop_reason", "retry_reason")
     steps = [[_dict(step).get(key) for key in header] for step in _list(find_max.get("steps"))]
     return _kv_table(summary) + (_grid_table(header, steps) if steps else _no_data("no steps"))
 
@@ -392,7 +392,7 @@ def _codes_plot(codes: list[tuple[str, int]]) -> Figure | None:
 
 
 def _find_max_plot(find_max: Mapping[str, Any]) -> Figure | None:
-    steps = _list(find_max.get("steps"))
+    steps = [s for s in _list(find_max.get("steps")) if not _dict(s).get("retried")]  # its rerun is plotted
     if not steps:
         return None
     offered = _series(steps, "rate_per_s")

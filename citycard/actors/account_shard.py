@@ -81,7 +81,10 @@ class AccountShardCore:
         self.recoveries = 0
 
     # -- lifecycle ---------------------------------------------------------------------
-    async def ensure_loaded(self) -> None:
+    async def ensure_loaded(self, timeout_s: float = READY_TIMEOUT_S) -> None:
+        """Load if not loaded, and wait up to ``timeout_s`` for it. Calls on the tap path wait
+        READY_TIMEOUT_S; the platform's start waits the whole load timeout, as a shard of
+        millions of cards loads for longer than a caller should wait."""
         if self._ready.is_set() and self.writer is not None and self.writer.broken is None:
             return
         if self._loading is None or self._loading.done():
@@ -89,10 +92,10 @@ class AccountShardCore:
         try:
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
             # lands as the load finishes (found by the simulation), and the call runs on.
-            async with asyncio.timeout(READY_TIMEOUT_S):
+            async with asyncio.timeout(timeout_s):
                 await asyncio.shield(self._loading)
         except TimeoutError:
-            raise StoreError(f"shard {self.shard_id} not ready after {READY_TIMEOUT_S} s") from None
+            raise StoreError(f"shard {self.shard_id} not ready after {timeout_s:g} s") from None
 
     async def _load(self) -> None:
         self._ready.clear()

@@ -108,7 +108,9 @@ class Platform:
         init_ray(s)
         self.shards, self.sessions = self.start_actors()
         self._on_stop("ray actors", self._kill_actors)
-        await asyncio.gather(*[a.ensure_loaded.remote() for a in self.shards + self.sessions])
+        load_s = s.ledger.load_timeout_ms / 1000.0  # a big city's shards load for minutes
+        await asyncio.gather(*[a.ensure_loaded.remote(load_s) for a in self.shards],
+                             *[a.ensure_loaded.remote() for a in self.sessions])
         self._on_stop("session flush", self._flush_sessions)  # after the gateway and reporter stopped
         self.pool = await db.create_pool(self.services.app_url(s), s.database.schema, s.database.pool_size)
         self._on_stop("postgres pool", self._close_pool)

@@ -11,10 +11,10 @@ from typing import Any
 from ..actors.shard_client import ShardClient
 from ..config.settings import Gateway as GatewaySettings
 from ..domain.hotlist import Delta
+from .context import GatewayContext
 from .metrics import Metrics
 from .router import Router
 from .seqbook import SeqBook
-from .server import GatewayContext
 from .sessions import SessionReporter
 
 

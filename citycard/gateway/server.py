@@ -2,15 +2,12 @@
 
 import asyncio
 import logging
-import os
 import time
-from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
 from ..domain.hotlist import Delta
-from ..domain.results import Result
 from ..domain.shard import session_shard_of
-from ..domain.taps import Tap, TapKind
+from ..domain.taps import Tap
 from ..protocols import messages as m
 from ..protocols.codes import ErrorCode
 from ..protocols.connection import (
@@ -25,9 +22,8 @@ from ..protocols.connection import (
     Violation,
 )
 from ..tasks import cancel_and_wait
-from .metrics import Metrics
-from .router import Pending, Router
-from .sessions import SessionReporter
+from .context import GatewayContext
+from .router import Pending
 
 log = logging.getLogger(__name__)
 
@@ -36,104 +32,6 @@ LINGER_S = 1.0  # after a fatal error: how long to drain what the terminal still
 # After a fatal error: how long answers still owed to earlier requests may take before the
 # error frame goes out anyway (a shard call gives up after gateway.retry_deadline_ms, 20 s).
 OWED_MAX_S = 30.0
-_RESULT_NAMES = {int(r): r.name for r in Result}
-_KIND_NAMES = {int(k): k.name for k in TapKind}  # metric labels by name, like results
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-class GatewayContext:
-    """What every connection shares."""
-
-    def __init__(
-        self,
-        router: Router,
-        sessions: Sequence[Any],
-        reporter: SessionReporter,
-        metrics: Metrics,
-        *,
-        max_frame_bytes: int,
-        max_batch_taps: int,
-        auth_timeout_ms: int,
-        heartbeat_ms: int,
-        fare_version: Any,
-        hotlist_version: Any,
-        hotlist_delta: Callable[[int], Awaitable[Delta]] | None = None,
-        fare_table_text: Callable[[], str] | None = None,
-        idle_heartbeats: int = 3,
-        terminal_max_taps_per_s: float = 0.0,
-        terminal_burst_taps: int = 0,
-        wall_ms: Callable[[], int] = _now_ms,
-        nonce: Callable[[int], bytes] = os.urandom,
-        offline: Any = None,
-    ) -> None:
-        self.router = router
-        self.sessions = sessions
-        self.reporter = reporter
-        self.metrics = metrics
-        self.max_frame_bytes = max_frame_bytes
-        self.max_batch_taps = max_batch_taps
-        self.auth_timeout_s = auth_timeout_ms / 1000.0
-        self.heartbeat_ms = heartbeat_ms
-        self.fare_version = fare_version  # callable -> the version in force now
-        self.hotlist_version = hotlist_version  # callable -> int
-        self.hotlist_delta = hotlist_delta  # from version -> Delta (None: answer versions only)
-        self.fare_table_text = fare_table_text  # the table in force as TOML (None: not served)
-        self.idle_timeout_s = idle_heartbeats * heartbeat_ms / 1000.0  # protocol 11; 0: never
-        self.terminal_rate = terminal_max_taps_per_s  # 0: no per-terminal limit
-        self.terminal_burst = terminal_burst_taps
-        self.buckets: dict[int, list[float]] = {}  # terminal_id -> [tokens, last refill]
-        self.wall_ms = wall_ms  # Unix time for the wire; injected so a simulation can fake it
-        self.nonce = nonce
-        self.offline = offline  # gateway.offline.OfflineDesk: offline uploads (None: not served here)
-        self._tap_counters: dict[tuple[int, int], Any] = {}  # (kind, result) -> its labelled child
-        self.tasks: set[asyncio.Task[Any]] = set()
-        self.connections: set[TerminalProtocol] = set()
-
-    def tap_counter(self, key: tuple[int, int]) -> Any:
-        """The taps counter's child for (kind, result): looked up once, not per answer."""
-        child = self._tap_counters.get(key)
-        if child is None:
-            kind, code = key
-            child = self.metrics.taps.labels(_KIND_NAMES.get(kind, str(kind)), _RESULT_NAMES.get(code, str(code)))
-            self._tap_counters[key] = child
-        return child
-
-    def admit(self, terminal_id: int, n: int, now: float) -> int:
-        """How many of ``n`` taps this terminal may submit at loop time ``now`` (token bucket);
-        the rest get BUSY."""
-        if self.terminal_rate <= 0:
-            return n
-        b = self.buckets.get(terminal_id)
-        if b is None:
-            b = self.buckets[terminal_id] = [float(self.terminal_burst), now]
-        b[0] = min(float(self.terminal_burst), b[0] + (now - b[1]) * self.terminal_rate)
-        b[1] = now
-        k = min(n, int(b[0]))
-        b[0] -= k
-        return k
-
-    def spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    def disconnect_terminal(self, terminal_id: int, code: ErrorCode, message: str) -> int:
-        """Send ``code`` to every open connection of this terminal and close it; returns how
-        many. Connections still authenticating count too: their check may have read the
-        terminal before it was disabled."""
-        closed = 0
-        for c in list(self.connections):
-            if c.conn.terminal_id != terminal_id or c.conn.closed or c.transport is None:
-                continue
-            c._write(c.conn.reject(code, message))
-            c._close_after_error()
-            closed += 1
-        if closed:
-            self.metrics.protocol_errors.labels(code.name).inc(closed)
-        return closed
 
 
 class TerminalProtocol(asyncio.Protocol):
@@ -404,6 +302,11 @@ class TerminalProtocol(asyncio.Protocol):
             self._idle_timer = self._loop.call_later(self.ctx.idle_timeout_s - idle, self._idle_check)
 
     # -- output --------------------------------------------------------------------------
+    def refuse(self, code: ErrorCode, message: str) -> None:
+        """Send a fatal error and close (the terminal was disabled)."""
+        self._write(self.conn.reject(code, message))
+        self._close_after_error()
+
     def _write(self, data: bytes) -> None:
         if not self._gone():
             self.transport.write(data)  # type: ignore[union-attr]  # _gone: not None

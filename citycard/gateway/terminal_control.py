@@ -17,8 +17,8 @@ import redis.asyncio as aioredis
 from ..keys import disabled_terminals_channel as channel
 from ..protocols.codes import ErrorCode
 from ..tasks import cancel_and_wait
+from .context import GatewayContext
 from .metrics import Metrics
-from .server import GatewayContext
 
 log = logging.getLogger(__name__)
 

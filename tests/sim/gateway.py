@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 from citycard.actors.shard_client import CallPolicy, ShardClient
 from citycard.gateway.build import GatewayLimits, build_gateway
+from citycard.gateway.context import GatewayContext
 from citycard.gateway.metrics import Metrics
-from citycard.gateway.server import GatewayContext, TerminalProtocol
+from citycard.gateway.server import TerminalProtocol
 
 from .loop import Owner
 from .model import Model

@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from citycard.actors.account_shard import AccountShardCore
+from citycard.actors.account_shard import READY_TIMEOUT_S, AccountShardCore
 from citycard.actors.journal_writer import JournalWriter
 from citycard.domain.taps import Outcome, Tap
 
@@ -37,12 +37,12 @@ class AnswerBeforeCommit(AccountShardCore):
 class KeepMemoryAfterCommitFailure(AccountShardCore):
     """Mutant: after a failed commit, a new writer but the (ahead) memory is kept."""
 
-    async def ensure_loaded(self) -> None:
+    async def ensure_loaded(self, timeout_s: float = READY_TIMEOUT_S) -> None:
         if self.writer is not None and self.writer.broken is not None and self.ledger is not None:
             self.writer = JournalWriter(self.store.append(), self.settings.ledger.commit_max_rows)
             self.writer.committed_lsn = self.ledger.lsn
             self.writer.start()
-        await super().ensure_loaded()
+        await super().ensure_loaded(timeout_s)
 
 
 class SnapshotWhileCommitting(AccountShardCore):

@@ -8,8 +8,9 @@ so the test calls it directly: the hazard was latent, one new caller away."""
 import asyncio
 from typing import Any
 
+from citycard.gateway.context import GatewayContext
 from citycard.gateway.metrics import Metrics
-from citycard.gateway.server import OWED_MAX_S, GatewayContext, TerminalProtocol
+from citycard.gateway.server import OWED_MAX_S, TerminalProtocol
 from citycard.protocols import messages as m
 from citycard.protocols.codes import ErrorCode
 from tests.support.terminal import encode as frame

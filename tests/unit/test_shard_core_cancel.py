@@ -6,6 +6,7 @@ import asyncio
 from citycard.actors.account_shard import AccountShardCore
 from citycard.config.fare_table import shipped_tables
 from citycard.config.settings import load_settings
+from citycard.errors import StoreError
 from tests.support.shard_store import GatedStore
 
 
@@ -26,3 +27,27 @@ def test_a_call_cancelled_as_the_load_finishes_is_cancelled() -> None:
         return False
 
     assert asyncio.run(run()), "the cancelled call ran on"
+
+
+def test_the_platform_start_waits_for_a_long_load_where_a_tap_would_not() -> None:
+    """A city of millions of cards loads for minutes: the start passes the load timeout, a
+    call on the tap path keeps its short wait (READY_TIMEOUT_S) and gets StoreError."""
+    async def run() -> tuple[str, bool]:
+        store = GatedStore()
+        core = AccountShardCore(0, load_settings(env={}).as_dict(), store=store,  # type: ignore[arg-type]
+                                tables=shipped_tables())
+        try:
+            await core.ensure_loaded(0.05)
+            short = "loaded"
+        except StoreError as exc:
+            short = str(exc)
+        start = asyncio.get_running_loop().create_task(core.ensure_loaded(30.0))
+        await asyncio.sleep(0.2)  # longer than the short wait: the start still waits
+        waiting = not start.done()
+        store.release.set()
+        await start
+        return short, waiting
+
+    short, waiting = asyncio.run(run())
+    assert short == "shard 0 not ready after 0.05 s"
+    assert waiting

@@ -194,13 +194,25 @@ class AccountShardCore:
 
     def _start_snapshot(self) -> "asyncio.Task[Any]":
         # Taken synchronously while the writer is idle, so memory equals the committed record.
-        assert self.ledger is not None
-        lsn, rows, total = self.ledger.lsn, self.ledger.snapshot_rows(), self.ledger.total_balance_fen()
+        # Only the cards changed since the last snapshot: with millions of cards, writing all
+        # of them stopped the shard for seconds and filled the WAL (BENCHMARKS.md, issue 17).
+        ledger = self.ledger
+        assert ledger is not None
+        lsn = ledger.lsn
+        rows, changed = ledger.take_changed()
         self._last_snapshot_lsn = lsn
         loop = asyncio.get_running_loop()
         self._last_snapshot_s = loop.time()
-        self._snapshot_task = loop.create_task(self.store.write_snapshot(lsn, rows, total))
+        self._snapshot_task = loop.create_task(self._write_snapshot(ledger, lsn, rows, changed))
         return self._snapshot_task
+
+    async def _write_snapshot(self, ledger: Ledger, lsn: int, rows: list[tuple[int, int, bytes]],
+                              changed: set[int]) -> None:
+        try:
+            await self.store.write_snapshot(lsn, rows, sum(money for _, money, _ in rows))
+        except BaseException:
+            ledger.restore_changed(changed)  # not stored: the next snapshot writes them
+            raise
 
     async def snapshot(self) -> int:
         """Take a snapshot now (waits for pending commits); returns its lsn."""

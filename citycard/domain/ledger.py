@@ -115,6 +115,9 @@ class Ledger:
         self._seen: list[dict[int, tuple[int, int, int, int]]] = [{} for _ in range(_SEEN_STRIPES)]
         self._seen_order: deque[int] = deque()
         self._watermark: dict[int, int] = {}  # terminal_id -> highest evicted seq
+        # cards whose state changed since the last snapshot: a snapshot writes only these, so
+        # its cost follows the taps since the last one, not the size of the city
+        self._dirty: set[int] = set()
         # card services: op key -> (lsn, encoded op, outcome), oldest first; older keys are
         # looked up in the journal by the caller (``unknown_op_keys`` / ``remember_op``)
         self._ops: dict[str, tuple[int, bytes, OpOutcome]] = {}
@@ -136,6 +139,7 @@ class Ledger:
                 t = row.tap_time_ms
                 apply_effects(card, row.kind, row.route, row.terminal_id, t, deltas, row.concession,
                               local_day(self.tables, t), passback_mode(self.tables, row.kind, t))
+                self._dirty.add(row.card_no)
         if row.op is None:
             self._remember_tap(row)
         if row.lsn > self.lsn:
@@ -313,6 +317,8 @@ class Ledger:
             order.append(key)
             out(Outcome(result, fare_fen, balance_fen, False))
         self.lsn = lsn
+        if rows:
+            self._dirty.update([r.card_no for r in rows])
         if len(order) > self.dedupe_limit:
             self._evict()
         return outcomes, rows
@@ -358,6 +364,8 @@ class Ledger:
             outcome = OpOutcome(int(result), deltas, balance_fen, moved)
             memory[op.key] = (self.lsn, enc, outcome)
             outcomes.append(outcome)
+        if rows:
+            self._dirty.update([r.card_no for r in rows])
         return outcomes, rows
 
     def evict_ops(self, committed_lsn: int) -> None:
@@ -376,6 +384,7 @@ class Ledger:
         card = self.cards.get(row.card_no)
         if apply_effect and row.result == _OK and card is not None:
             apply_op_effects(card, op, _row_deltas(row))
+            self._dirty.add(row.card_no)
         self._ops[row.op_key] = (row.lsn, row.op, self._outcome_of(row, op))
 
     def _outcome_of(self, row: JournalRow, op: CardOp) -> OpOutcome:
@@ -397,6 +406,20 @@ class Ledger:
     def snapshot_rows(self) -> list[tuple[int, int, bytes]]:
         """(card_no, money over all purses, encoded card state) for every card, as of ``self.lsn``."""
         return [(c.card_no, sum(c.purses), encode_card(c)) for c in self.cards.values()]
+
+    def take_changed(self) -> tuple[list[tuple[int, int, bytes]], set[int]]:
+        """Rows as ``snapshot_rows`` for the cards changed since the last ``take_changed``, and
+        the set of those cards: hand it back to ``restore_changed`` if the snapshot fails."""
+        changed, self._dirty = self._dirty, set()
+        cards = self.cards
+        return [(c.card_no, sum(c.purses), encode_card(c)) for n in changed if (c := cards.get(n)) is not None], changed
+
+    def restore_changed(self, changed: set[int]) -> None:
+        """A snapshot of ``changed`` was not stored: the next one writes them again."""
+        self._dirty |= changed
+
+    def changed_count(self) -> int:
+        return len(self._dirty)
 
     def dedupe_size(self) -> int:
         return sum(len(stripe) for stripe in self._seen)

@@ -47,8 +47,7 @@ async def load_ledger(conn: asyncpg.Connection, ledger: Ledger) -> RecoveryRepor
         f"SELECT {CARD_COLUMNS} FROM cards WHERE shard_id = $1", shard))
     if snapshot_lsn:
         rebuild.restore_snapshot(await conn.fetch(
-            "SELECT card_no, state FROM snapshot_cards WHERE shard_id = $1 AND snapshot_lsn = $2",
-            shard, snapshot_lsn,
+            "SELECT card_no, state FROM card_states WHERE shard_id = $1", shard,
         ))
     cols = ", ".join(JOURNAL_COLUMNS)
     table = journal_partition(shard)
@@ -69,22 +68,25 @@ async def load_ledger(conn: asyncpg.Connection, ledger: Ledger) -> RecoveryRepor
 async def write_snapshot(
     conn: asyncpg.Connection, shard_id: int, lsn: int, rows: list[tuple[int, int, bytes]], total_fen: int
 ) -> None:
-    """Store every card's tap-made state as of ``lsn``; keep only the newest two snapshots."""
+    """Store the states of the cards changed since the last snapshot, as of ``lsn``, over their
+    older ones, and mark ``lsn`` as this shard's snapshot, in one transaction: ``card_states``
+    then holds every card's state as of the newest mark. A state is never replaced by an
+    older one (a stale process's late snapshot). ``total_fen``: the money on these cards."""
     async with conn.transaction():
-        await conn.copy_records_to_table(
-            "snapshot_cards",
-            records=[(shard_id, lsn, card_no, money, state) for card_no, money, state in rows],
-            columns=("shard_id", "snapshot_lsn", "card_no", "balance_fen", "state"),
+        await conn.execute(
+            "INSERT INTO card_states (shard_id, card_no, as_of_lsn, balance_fen, state)"
+            " SELECT $1, * FROM unnest($3::bigint[], $2::bigint[], $4::bigint[], $5::bytea[])"
+            " ON CONFLICT (shard_id, card_no) DO UPDATE SET as_of_lsn = EXCLUDED.as_of_lsn,"
+            " balance_fen = EXCLUDED.balance_fen, state = EXCLUDED.state"
+            " WHERE card_states.as_of_lsn <= EXCLUDED.as_of_lsn",
+            shard_id, [lsn] * len(rows), [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
         )
         await conn.execute(
             "INSERT INTO snapshots (shard_id, snapshot_lsn, cards, balance_fen) VALUES ($1, $2, $3, $4)"
             " ON CONFLICT DO NOTHING",
             shard_id, lsn, len(rows), total_fen,
         )
-        keep = await conn.fetchval(
-            "SELECT min(snapshot_lsn) FROM (SELECT snapshot_lsn FROM snapshots WHERE shard_id = $1"
-            " ORDER BY snapshot_lsn DESC LIMIT 2) s",
-            shard_id,
+        await conn.execute(
+            "DELETE FROM snapshots WHERE shard_id = $1"
+            " AND snapshot_lsn < (SELECT max(snapshot_lsn) FROM snapshots WHERE shard_id = $1)", shard_id
         )
-        await conn.execute("DELETE FROM snapshots WHERE shard_id = $1 AND snapshot_lsn < $2", shard_id, keep)
-        await conn.execute("DELETE FROM snapshot_cards WHERE shard_id = $1 AND snapshot_lsn < $2", shard_id, keep)

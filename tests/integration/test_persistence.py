@@ -44,7 +44,7 @@ TABLES = shipped_tables()
 
 SCHEMA_TABLES = {
     "schema_migrations", "meta", "cards", "terminals", "journal", "shard_heads", "snapshots",
-    "snapshot_cards", "hotlist", "hotlist_log",
+    "card_states", "hotlist", "hotlist_log",
 }
 
 
@@ -488,10 +488,12 @@ def test_recovery_rebuilds_the_same_ledger(services: ServiceUrls, schema: str, w
                 if with_snapshot:
                     assert writer.idle and writer.committed_lsn == ledger.lsn > 0
                     snapshot_lsn = ledger.lsn
-                    await write_snapshot(admin, 0, snapshot_lsn, ledger.snapshot_rows(), ledger.total_balance_fen())
+                    rows, changed = ledger.take_changed()  # as the shard does: the cards taps changed
+                    assert 0 < len(rows) <= len(mine) and ledger.changed_count() == 0
+                    await write_snapshot(admin, 0, snapshot_lsn, rows, sum(r[1] for r in rows))
                     assert await admin.fetchval(
                         "SELECT balance_fen FROM snapshots WHERE shard_id = 0 AND snapshot_lsn = $1", snapshot_lsn
-                    ) == ledger.total_balance_fen()
+                    ) == sum(ledger.balances().get(c, 0) for c in changed)  # unknown cards have no state
                 await _drive(ledger, writer, source, decided, 30)
                 assert writer.idle and writer.committed_lsn == ledger.lsn > snapshot_lsn
                 assert writer.broken is None
@@ -616,41 +618,42 @@ def _snapshot_card(serial: int, lsn: int, epurse_fen: int) -> CardState:
     return card
 
 
-def test_write_snapshot_keeps_the_newest_two(services: ServiceUrls, schema: str) -> None:
+def test_write_snapshot_keeps_each_cards_newest_state(services: ServiceUrls, schema: str) -> None:
+    """A snapshot writes the cards changed since the last one: card_states holds each card's
+    newest state, a late snapshot from a stale process never replaces a newer one, and only
+    the newest mark per shard is kept."""
     async def run() -> None:
         admin = await _migrated(services, schema)
         try:
-            written: dict[tuple[int, int], dict[int, bytes]] = {}
+            expected: dict[tuple[int, int], tuple[int, CardState]] = {}
             for shard, lsn, cards in [
                 (1, 10, [_snapshot_card(1, 10, 990), _snapshot_card(2, 10, 510)]),
-                (1, 20, [_snapshot_card(1, 20, 980), _snapshot_card(2, 20, 520)]),
-                (1, 30, [_snapshot_card(1, 30, 970), _snapshot_card(2, 30, 530)]),
+                (1, 20, [_snapshot_card(1, 20, 980)]),  # card 2 unchanged since lsn 10
+                (1, 30, [_snapshot_card(2, 30, 530)]),
+                (1, 15, [_snapshot_card(1, 15, 1), _snapshot_card(2, 15, 2)]),  # stale: older than both
                 (0, 5, [_snapshot_card(3, 5, 7)]),
             ]:
                 rows = [(c.card_no, c.total_fen(), encode_card(c)) for c in cards]
-                written[(shard, lsn)] = {card_no: state for card_no, _, state in rows}
                 await write_snapshot(admin, shard, lsn, rows, sum(c.total_fen() for c in cards))
-                per_card = dict(await admin.fetch(
-                    "SELECT card_no, balance_fen FROM snapshot_cards WHERE shard_id = $1 AND snapshot_lsn = $2",
-                    shard, lsn))
-                assert per_card == {c.card_no: c.total_fen() for c in cards}  # each card's money, all purses
+                for c in cards:
+                    held = expected.get((shard, c.card_no))
+                    if held is None or held[0] <= lsn:
+                        expected[(shard, c.card_no)] = (lsn, c)
             snaps = [tuple(r) for r in await admin.fetch(
                 "SELECT shard_id, snapshot_lsn, cards, balance_fen FROM snapshots ORDER BY 1, 2")]
-            assert snaps == [(0, 5, 1, 7 + 5 * 10 + 500), (1, 20, 2, 1500 + 2 * 20 * 10 + 1000),
-                             (1, 30, 2, 1500 + 2 * 30 * 10 + 1000)]
-            kept: dict[tuple[int, int], dict[int, bytes]] = {}
-            for shard, lsn, card_no, state in await admin.fetch(
-                    "SELECT shard_id, snapshot_lsn, card_no, state FROM snapshot_cards ORDER BY 1, 2, 3"):
-                kept.setdefault((shard, lsn), {})[card_no] = state
-            assert kept == {k: written[k] for k in [(0, 5), (1, 20), (1, 30)]}
-            # what is stored gives back the whole card state
-            for (_, lsn), states in kept.items():
-                for card_no, state in states.items():
-                    card = CardState(card_no, CardStatus.ACTIVE, Category.ELDERLY, 0)
-                    restore_card(card, state)
-                    original = _snapshot_card(card_no // 10 % 10**10, lsn, card.purses[0])
-                    assert (card.purses, card.rental, card.parking, card.rides, card.recent) == (
-                        original.purses, original.rental, original.parking, original.rides, original.recent)
+            assert snaps == [(0, 5, 1, 7 + 5 * 10 + 500), (1, 30, 1, 530 + 30 * 10 + 500)]
+            stored = await admin.fetch("SELECT shard_id, card_no, as_of_lsn, balance_fen, state FROM card_states")
+            assert {(r["shard_id"], r["card_no"]): r["as_of_lsn"] for r in stored} == {
+                key: lsn for key, (lsn, _) in expected.items()}
+            assert [(k, lsn) for k, (lsn, _) in sorted(expected.items())] == [
+                ((0, make_card_no(3)), 5), ((1, make_card_no(1)), 20), ((1, make_card_no(2)), 30)]
+            for r in stored:  # what is stored gives back the whole card state, and its money
+                original = expected[(r["shard_id"], r["card_no"])][1]
+                card = CardState(r["card_no"], CardStatus.ACTIVE, Category.ELDERLY, 0)
+                restore_card(card, r["state"])
+                assert r["balance_fen"] == original.total_fen()
+                assert (card.purses, card.rental, card.parking, card.rides, card.recent) == (
+                    original.purses, original.rental, original.parking, original.rides, original.recent)
         finally:
             await admin.close()
 

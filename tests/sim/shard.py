@@ -9,6 +9,7 @@ import msgspec
 
 from citycard.actors.account_shard import READY_TIMEOUT_S, AccountShardCore
 from citycard.actors.journal_writer import JournalWriter
+from citycard.domain.ledger import Ledger
 from citycard.domain.taps import Outcome, Tap
 
 from .model import Model
@@ -56,11 +57,21 @@ class SnapshotWhileCommitting(AccountShardCore):
             self._start_snapshot()
 
 
+class ForgetFailedSnapshot(AccountShardCore):
+    """Mutant: a snapshot that was not stored does not hand its changed cards back, so the next
+    one leaves them out and the record's card states fall behind the mark."""
+
+    async def _write_snapshot(self, ledger: Ledger, lsn: int, rows: list[tuple[int, int, bytes]],
+                              changed: set[int]) -> None:
+        await self.store.write_snapshot(lsn, rows, sum(money for _, money, _ in rows))
+
+
 # The store-side mutants (forget_dedupe_on_recovery, no_watermark_on_recovery) are in store.py.
 MUTANTS: dict[str, type[AccountShardCore]] = {
     "answer_before_commit": AnswerBeforeCommit,
     "keep_memory_after_commit_failure": KeepMemoryAfterCommitFailure,
     "snapshot_while_committing": SnapshotWhileCommitting,
+    "forget_failed_snapshot": ForgetFailedSnapshot,
 }
 
 

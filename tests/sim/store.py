@@ -34,8 +34,10 @@ class Record:
         self.model = model
         self.cards = cards  # the cards table of this shard
         self.rows: list[JournalRow] = []  # rows[i].lsn == i + 1 (the model checks it)
-        self.snapshot_lsn = 0
-        self.snapshot: dict[int, bytes] = {}  # card_no -> encoded card state at snapshot_lsn
+        self.snapshot_lsn = 0  # the newest snapshot mark
+        # card_no -> (as_of_lsn, encoded state), as the card_states table: a snapshot writes the
+        # cards changed since the last one, never over a newer state
+        self.snapshot: dict[int, tuple[int, bytes]] = {}
         self.commits = 0
 
     @property
@@ -55,14 +57,18 @@ class Record:
         return True
 
     def save_snapshot(self, lsn: int, states: dict[int, bytes]) -> None:
-        if lsn > self.snapshot_lsn:  # recovery loads the newest
-            self.snapshot_lsn, self.snapshot = lsn, states
+        """recovery.write_snapshot: one transaction."""
+        for card_no, state in states.items():
+            held = self.snapshot.get(card_no)
+            if held is None or held[0] <= lsn:
+                self.snapshot[card_no] = (lsn, state)
+        self.snapshot_lsn = max(self.snapshot_lsn, lsn)
 
     def rebuild(self, ledger: Ledger, *, watermarks: bool = True) -> RecoveryReport:
         """What recovery.load_ledger's queries return, fed to the product's Rebuild."""
         rebuild = Rebuild(ledger, self.snapshot_lsn, self.head_lsn)
         rebuild.add_cards(c.fresh() for c in self.cards)
-        rebuild.restore_snapshot(self.snapshot.items())
+        rebuild.restore_snapshot((card_no, state) for card_no, (_lsn, state) in self.snapshot.items())
         if rebuild.start and watermarks:
             high: dict[int, int] = {}
             for row in self.rows[:rebuild.start]:

@@ -35,6 +35,7 @@ _ops_decoder = msgspec.msgpack.Decoder(list[CardOp])  # type: ignore[valid-type]
 _terms_decoder = msgspec.msgpack.Decoder(list[MerchantTerms])
 _encoder = msgspec.msgpack.Encoder()
 READY_TIMEOUT_S = 30.0
+SNAPSHOT_SLICE_CARDS = 5_000  # encoded between two turns of the loop: ~10 ms at ~2 us a card
 
 
 @functools.cache
@@ -57,6 +58,10 @@ class AccountShardCore:
     are decided at; the event loop's time() is the monotonic clock. Both are injected so
     tests/sim can run this class under a fake clock over a store that fails.
     """
+
+    # The simulation makes slices small and spaces them out in its time, so taps land between
+    snapshot_slice_cards = SNAPSHOT_SLICE_CARDS
+    snapshot_slice_pause_s = 0.0
 
     def __init__(self, shard_id: int, settings: dict[str, Any], db_url: str = "", *,
                  store: ShardStore | None = None, tables: FareTables | None = None,
@@ -193,21 +198,28 @@ class AccountShardCore:
             self._start_snapshot()
 
     def _start_snapshot(self) -> "asyncio.Task[Any]":
-        # Taken synchronously while the writer is idle, so memory equals the committed record.
-        # Only the cards changed since the last snapshot: with millions of cards, writing all
-        # of them stopped the shard for seconds and filled the WAL (BENCHMARKS.md, issue 17).
+        # Begun while the writer is idle, so memory equals the committed record at this lsn.
+        # Only the cards changed since the last snapshot, encoded a slice at a time (a card a
+        # tap is about to change is encoded first, by the ledger): writing every card at once
+        # stopped a shard of 5 M cards for seconds and filled the WAL (BENCHMARKS.md, issue 17).
         ledger = self.ledger
         assert ledger is not None
         lsn = ledger.lsn
-        rows, changed = ledger.take_changed()
+        ledger.begin_snapshot()
         self._last_snapshot_lsn = lsn
         loop = asyncio.get_running_loop()
         self._last_snapshot_s = loop.time()
-        self._snapshot_task = loop.create_task(self._write_snapshot(ledger, lsn, rows, changed))
+        self._snapshot_task = loop.create_task(self._write_snapshot(ledger, lsn))
         return self._snapshot_task
 
-    async def _write_snapshot(self, ledger: Ledger, lsn: int, rows: list[tuple[int, int, bytes]],
-                              changed: set[int]) -> None:
+    async def _write_snapshot(self, ledger: Ledger, lsn: int) -> None:
+        try:
+            while not ledger.snapshot_step(self.snapshot_slice_cards):
+                await asyncio.sleep(self.snapshot_slice_pause_s)  # taps go on between slices
+        except BaseException:
+            ledger.abandon_snapshot()
+            raise
+        rows, changed = ledger.finish_snapshot()
         try:
             await self.store.write_snapshot(lsn, rows, sum(money for _, money, _ in rows))
         except BaseException:

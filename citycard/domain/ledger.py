@@ -118,6 +118,12 @@ class Ledger:
         # cards whose state changed since the last snapshot: a snapshot writes only these, so
         # its cost follows the taps since the last one, not the size of the city
         self._dirty: set[int] = set()
+        # A snapshot in progress (begin_snapshot): cards still to encode as of its lsn. One that
+        # a tap or op is about to change is encoded first (copy on write), so the rest can be
+        # encoded a slice at a time while taps go on.
+        self._snap_pending: set[int] | None = None
+        self._snap_rows: list[tuple[int, int, bytes]] = []
+        self._snap_changed: set[int] = set()
         # card services: op key -> (lsn, encoded op, outcome), oldest first; older keys are
         # looked up in the journal by the caller (``unknown_op_keys`` / ``remember_op``)
         self._ops: dict[str, tuple[int, bytes, OpOutcome]] = {}
@@ -179,11 +185,14 @@ class Ledger:
         fares: dict[tuple[int, int, int, bool], int] = {}
         windows: dict[int, int] = {}
         lsn = self.lsn
+        snap = self._snap_pending
         for tap in taps:
             terminal_id = tap.terminal_id
             seq = tap.seq
             card_no = tap.card_no
             time_ms = tap.time_ms
+            if snap and card_no in snap:
+                self._encode_before_change(card_no)
             if not (0 < terminal_id <= MAX_TERMINAL_ID and 0 < seq <= MAX_SEQ
                     and 0 < card_no <= MAX_CARD_NO and time_ms >= 0):
                 out(Outcome(_BAD_TAP, 0, -1, False))  # before dedupe: could alias a key
@@ -348,6 +357,8 @@ class Ledger:
                 else:
                     outcomes.append(OpOutcome(_DUPLICATE_SEQ))
                 continue
+            if self._snap_pending and op.card_no in self._snap_pending:
+                self._encode_before_change(op.card_no)
             card = self.cards.get(op.card_no)
             result, deltas, moved = decide_op(card, op)
             if result == _OK:
@@ -407,16 +418,58 @@ class Ledger:
         """(card_no, money over all purses, encoded card state) for every card, as of ``self.lsn``."""
         return [(c.card_no, sum(c.purses), encode_card(c)) for c in self.cards.values()]
 
+    def begin_snapshot(self) -> int:
+        """Start a snapshot, as of ``self.lsn``, of the cards changed since the last one; returns
+        how many. Encode them with ``snapshot_step`` while taps go on, then ``finish_snapshot``."""
+        if self._snap_pending is not None:
+            raise RuntimeError("a snapshot is already in progress")
+        self._snap_pending, self._dirty = self._dirty, set()
+        self._snap_changed = set(self._snap_pending)
+        self._snap_rows = []
+        return len(self._snap_changed)
+
+    def snapshot_step(self, max_cards: int) -> bool:
+        """Encode up to ``max_cards`` more; True once all are."""
+        pending = self._snap_pending
+        assert pending is not None, "no snapshot in progress"
+        rows, cards = self._snap_rows, self.cards
+        for _ in range(min(max_cards, len(pending))):
+            c = cards.get(pending.pop())
+            if c is not None:
+                rows.append((c.card_no, sum(c.purses), encode_card(c)))
+        return not pending
+
+    def finish_snapshot(self) -> tuple[list[tuple[int, int, bytes]], set[int]]:
+        """(card_no, money over all purses, encoded state) of each changed card as of the
+        snapshot's lsn, and the set of those cards: hand it to ``restore_changed`` if the
+        snapshot is not stored."""
+        assert self._snap_pending is not None and not self._snap_pending, "the snapshot is not encoded yet"
+        rows, changed = self._snap_rows, self._snap_changed
+        self._snap_pending, self._snap_rows, self._snap_changed = None, [], set()
+        return rows, changed
+
+    def abandon_snapshot(self) -> None:
+        """A snapshot stopped before it finished: its cards go into the next one."""
+        if self._snap_pending is not None:
+            self.restore_changed(self._snap_changed)
+            self._snap_pending, self._snap_rows, self._snap_changed = None, [], set()
+
     def take_changed(self) -> tuple[list[tuple[int, int, bytes]], set[int]]:
-        """Rows as ``snapshot_rows`` for the cards changed since the last ``take_changed``, and
-        the set of those cards: hand it back to ``restore_changed`` if the snapshot fails."""
-        changed, self._dirty = self._dirty, set()
-        cards = self.cards
-        return [(c.card_no, sum(c.purses), encode_card(c)) for n in changed if (c := cards.get(n)) is not None], changed
+        """A whole snapshot in one go: ``begin_snapshot``, every step, ``finish_snapshot``."""
+        self.begin_snapshot()
+        self.snapshot_step(len(self._snap_changed))
+        return self.finish_snapshot()
 
     def restore_changed(self, changed: set[int]) -> None:
         """A snapshot of ``changed`` was not stored: the next one writes them again."""
         self._dirty |= changed
+
+    def _encode_before_change(self, card_no: int) -> None:
+        assert self._snap_pending is not None
+        self._snap_pending.discard(card_no)
+        c = self.cards.get(card_no)
+        if c is not None:
+            self._snap_rows.append((card_no, sum(c.purses), encode_card(c)))
 
     def changed_count(self) -> int:
         return len(self._dirty)

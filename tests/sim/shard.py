@@ -3,12 +3,14 @@ recovery and snapshots) inside a process that can die (ray.py). The product's Ro
 ShardClient call it unchanged; a new core reloads from the record on its first call. Broken
 variants of the core (``MUTANTS``) prove the checks catch what they claim to."""
 
+import asyncio
 from typing import Any
 
 import msgspec
 
 from citycard.actors.account_shard import READY_TIMEOUT_S, AccountShardCore
 from citycard.actors.journal_writer import JournalWriter
+from citycard.domain.cards import encode_card
 from citycard.domain.ledger import Ledger
 from citycard.domain.taps import Outcome, Tap
 
@@ -22,6 +24,11 @@ from .world import EPOCH_MS, World
 _taps_decoder = msgspec.msgpack.Decoder(list[Tap])
 _outcomes_decoder = msgspec.msgpack.Decoder(list[Outcome])
 _encoder = msgspec.msgpack.Encoder()
+
+
+# A snapshot's cards are encoded a slice at a time; small here, so taps land between slices
+SIM_SNAPSHOT_SLICE_CARDS = 2
+SIM_SNAPSHOT_SLICE_PAUSE_S = 0.002
 
 
 class AnswerBeforeCommit(AccountShardCore):
@@ -61,9 +68,33 @@ class ForgetFailedSnapshot(AccountShardCore):
     """Mutant: a snapshot that was not stored does not hand its changed cards back, so the next
     one leaves them out and the record's card states fall behind the mark."""
 
-    async def _write_snapshot(self, ledger: Ledger, lsn: int, rows: list[tuple[int, int, bytes]],
-                              changed: set[int]) -> None:
+    async def _write_snapshot(self, ledger: Ledger, lsn: int) -> None:
+        while not ledger.snapshot_step(self.snapshot_slice_cards):
+            await asyncio.sleep(self.snapshot_slice_pause_s)
+        rows, _changed = ledger.finish_snapshot()
         await self.store.write_snapshot(lsn, rows, sum(money for _, money, _ in rows))
+
+
+class SnapshotWithoutCopyOnWrite(AccountShardCore):
+    """Mutant: encodes the snapshot's cards a slice at a time without the ledger's copy on
+    write, so a card a tap changed meanwhile is stored with that tap in it."""
+
+    async def _write_snapshot(self, ledger: Ledger, lsn: int) -> None:
+        pending = list(ledger._snap_pending or ())
+        ledger._snap_pending = set()  # the ledger sees nothing left to protect
+        rows = []
+        for k, card_no in enumerate(pending):
+            card = ledger.cards.get(card_no)
+            if card is not None:
+                rows.append((card_no, sum(card.purses), encode_card(card)))
+            if k % self.snapshot_slice_cards == 0:
+                await asyncio.sleep(self.snapshot_slice_pause_s)
+        _rows, changed = ledger.finish_snapshot()
+        try:
+            await self.store.write_snapshot(lsn, rows, sum(money for _, money, _ in rows))
+        except BaseException:
+            ledger.restore_changed(changed)  # as the product does: only the copy on write is missing
+            raise
 
 
 # The store-side mutants (forget_dedupe_on_recovery, no_watermark_on_recovery) are in store.py.
@@ -72,6 +103,7 @@ MUTANTS: dict[str, type[AccountShardCore]] = {
     "keep_memory_after_commit_failure": KeepMemoryAfterCommitFailure,
     "snapshot_while_committing": SnapshotWhileCommitting,
     "forget_failed_snapshot": ForgetFailedSnapshot,
+    "snapshot_without_copy_on_write": SnapshotWithoutCopyOnWrite,
 }
 
 
@@ -95,8 +127,10 @@ class SimActor(SimRayActor):
 
         store = SimStore(self.world, self.model, self.sc.faults, self.record, self)
         world = self.world
-        return self.core_class(self.shard_id, self.settings, store=store, tables=tables(),
+        core = self.core_class(self.shard_id, self.settings, store=store, tables=tables(),
                                wall_ms=lambda: EPOCH_MS + world.now_ms)
+        core.snapshot_slice_cards, core.snapshot_slice_pause_s = SIM_SNAPSHOT_SLICE_CARDS, SIM_SNAPSHOT_SLICE_PAUSE_S
+        return core
 
     def _on_death(self, core: AccountShardCore) -> None:
         self.recoveries += core.recoveries

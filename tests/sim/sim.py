@@ -35,6 +35,7 @@ MUTATIONS = (
     "no_watermark_on_recovery",  # recovery from a snapshot skips the per-terminal watermarks
     "snapshot_while_committing",  # snapshots memory while a group commit is still pending
     "forget_failed_snapshot",  # a snapshot not stored drops its changed cards from the next one
+    "snapshot_without_copy_on_write",  # a snapshot encoded in slices stores cards taps changed since
     "no_op_lookup",  # card services: keys evicted from the op memory are not looked up in the journal
 )
 _tables: FareTables | None = None

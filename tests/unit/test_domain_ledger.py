@@ -14,6 +14,7 @@ from citycard.domain.cards import (
     restore_card,
 )
 from citycard.domain.ledger import Ledger
+from citycard.domain.ops import TopUp
 from citycard.domain.purses import Purse
 from citycard.domain.results import DECIDED, Result
 from citycard.domain.tables import parse_tables
@@ -637,3 +638,57 @@ def test_inline_bus_rides_keep_the_anti_passback_memory_as_the_rules_do() -> Non
     results = [o.result for o in runs[0][0]]
     assert results == [Result.OK, Result.PASSBACK, Result.PASSBACK, Result.OK] + [Result.OK] * 5 + [
         Result.OK, Result.OK, Result.OK, Result.PASSBACK, Result.INSUFFICIENT_FUNDS]
+
+
+# -- snapshots -----------------------------------------------------------------------------
+def _states(rows: list[tuple[int, int, bytes]]) -> dict[int, list[int]]:
+    out = {}
+    for card_no, money, state in rows:
+        card = CardState(card_no, CardStatus.ACTIVE, Category.ADULT, 0)
+        restore_card(card, state)
+        assert money == sum(card.purses)
+        out[card_no] = card.purses
+    return out
+
+
+def test_a_snapshot_holds_only_the_cards_changed_since_the_last_one() -> None:
+    ledger = _ledger()
+    ledger.apply([_bus(7, 1, ALICE), _bus(7, 2, NOBODY)], NOW_MS)
+    rows, changed = ledger.take_changed()
+    assert _states(rows) == {ALICE: [1000 - BUS_FARE_FEN, 0, 0, 0, 0, 0]}
+    assert changed == {ALICE, NOBODY}  # an unknown card is named but has no state to write
+    assert ledger.take_changed() == ([], set())  # nothing changed since
+    ledger.apply([_bus(7, 3, BOB)], NOW_MS)  # refused: one fen short, no change, still written
+    ledger.restore_changed(changed)  # that snapshot was not stored: its cards go again
+    rows, _ = ledger.take_changed()
+    assert set(_states(rows)) == {ALICE, BOB}
+
+
+def test_a_snapshot_in_slices_is_as_of_its_start_though_taps_and_ops_go_on() -> None:
+    """Copy on write: a card a tap or an op is about to change is encoded first."""
+    ledger = _ledger()
+    ledger.apply([_bus(7, 1, ALICE), _bus(7, 2, ERIN), _bus(7, 3, FRANK)], NOW_MS)
+    as_of = {c: list(ledger.cards[c].purses) for c in (ALICE, ERIN, FRANK)}
+    assert ledger.begin_snapshot() == 3
+    with pytest.raises(RuntimeError):
+        ledger.begin_snapshot()
+    assert not ledger.snapshot_step(1)  # one encoded, two to go
+    ledger.apply([_bus(7, 4, ALICE), _bus(7, 5, ERIN), _bus(7, 6, BOB)], NOW_MS)
+    ledger.apply_ops([TopUp("top-1", FRANK, int(Purse.EPURSE), 300)], NOW_MS)
+    assert ledger.snapshot_step(10)
+    rows, changed = ledger.finish_snapshot()
+    assert changed == {ALICE, ERIN, FRANK}
+    assert _states(rows) == as_of  # not the taps and the top-up made after it began
+    assert ledger.cards[FRANK].purses[0] == as_of[FRANK][0] + 300
+    rows, _ = ledger.take_changed()  # they are in the next one
+    assert set(_states(rows)) == {ALICE, ERIN, BOB, FRANK}
+
+
+def test_an_abandoned_snapshot_hands_its_cards_to_the_next() -> None:
+    ledger = _ledger()
+    ledger.apply([_bus(7, 1, ALICE), _bus(7, 2, ERIN)], NOW_MS)
+    ledger.begin_snapshot()
+    ledger.snapshot_step(1)
+    ledger.abandon_snapshot()
+    rows, _ = ledger.take_changed()
+    assert set(_states(rows)) == {ALICE, ERIN}

@@ -78,7 +78,10 @@ def ray_cluster() -> Iterator[None]:
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, namespace="citycard-tests", logging_level="ERROR")
+        from citycard.cli.services import RAY_WORKER_NICENESS
+
+        ray.init(num_cpus=2, include_dashboard=False, namespace="citycard-tests", logging_level="ERROR",
+                 _system_config={"worker_niceness": RAY_WORKER_NICENESS})  # as the product's own Ray
     yield
     ray.shutdown()
 

@@ -55,6 +55,9 @@ def resolve_services(settings: Settings) -> Services:
     return Services(db_url, redis_url, embedded, app_db_url=settings.database.app_url)
 
 
+RAY_WORKER_NICENESS = 0  # a cluster's nodes: `RAY_worker_niceness=0 ray start ...` (docs/deploy.md)
+
+
 def init_ray(settings: Settings) -> None:
     if ray.is_initialized():
         return
@@ -66,6 +69,10 @@ def init_ray(settings: Settings) -> None:
     if not settings.ray.on_cluster:
         kwargs["num_cpus"] = settings.ray.num_cpus or os.cpu_count() or 1
         kwargs["include_dashboard"] = False
+        if not settings.ray.address:
+            # Ray runs its workers at nice 15 by default, and the shards are workers: on a busy
+            # machine the gateway and Postgres then starve the money path (BENCHMARKS.md, issue 17)
+            kwargs["_system_config"] = {"worker_niceness": RAY_WORKER_NICENESS}
         ray.init(address=settings.ray.address or None, **kwargs)
     else:  # a cluster: its token auth, and one line when it is not there (cli/ray_cluster.py)
         connect_cluster(settings.ray, kwargs)

@@ -72,6 +72,10 @@ def test_sigterm_leaves_no_process(configured_services, schema):
     procs = _descendants(proc.pid)
     try:
         assert any("raylet" in _cmd(p) for p in procs), [p.name() for p in procs]
+        shards = [p for p in procs if _cmd(p).startswith("ray::AccountShard")]
+        assert shards, [_cmd(p)[:60] for p in procs]
+        # Ray would run them at nice 15, below the gateway and Postgres (docs/deploy.md)
+        assert [p.nice() for p in shards] == [0] * len(shards)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=90) == 0
         alive, _ = _until_none_alive(procs, 10.0)

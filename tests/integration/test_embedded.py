@@ -52,6 +52,7 @@ async def _pg_write_and_read(url: str) -> list[tuple[int, str]]:
         assert await conn.fetchval("SELECT current_database()") == "citycard"
         assert await conn.fetchval("SHOW synchronous_commit") == "on"
         assert await conn.fetchval("SHOW shared_buffers") == "256MB"
+        assert (await conn.fetchval("SHOW max_wal_size"), await conn.fetchval("SHOW checkpoint_timeout")) == ("4GB", "15min")
         assert int(await conn.fetchval("SHOW max_connections")) >= 100
         await conn.execute("CREATE TABLE taps (id int PRIMARY KEY, card text NOT NULL)")
         await conn.executemany("INSERT INTO taps VALUES ($1, $2)", [(1, "A-1"), (2, "B-2")])

@@ -416,7 +416,7 @@ class Ledger:
 
     def snapshot_rows(self) -> list[tuple[int, int, bytes]]:
         """(card_no, money over all purses, encoded card state) for every card, as of ``self.lsn``."""
-        return [(c.card_no, sum(c.purses), encode_card(c)) for c in self.cards.values()]
+        return [_snapshot_row(c) for c in self.cards.values()]
 
     def begin_snapshot(self) -> int:
         """Start a snapshot, as of ``self.lsn``, of the cards changed since the last one; returns
@@ -436,7 +436,7 @@ class Ledger:
         for _ in range(min(max_cards, len(pending))):
             c = cards.get(pending.pop())
             if c is not None:
-                rows.append((c.card_no, sum(c.purses), encode_card(c)))
+                rows.append(_snapshot_row(c))
         return not pending
 
     def finish_snapshot(self) -> tuple[list[tuple[int, int, bytes]], set[int]]:
@@ -469,7 +469,7 @@ class Ledger:
         self._snap_pending.discard(card_no)
         c = self.cards.get(card_no)
         if c is not None:
-            self._snap_rows.append((card_no, sum(c.purses), encode_card(c)))
+            self._snap_rows.append(_snapshot_row(c))
 
     def changed_count(self) -> int:
         return len(self._dirty)
@@ -491,6 +491,11 @@ class Ledger:
             old = order.popleft()
             del seen[old & _SEEN_MASK][old]
             self.raise_watermark(old >> 32, old & MAX_SEQ)
+
+
+def _snapshot_row(card: CardState) -> tuple[int, int, bytes]:
+    """(card_no, money over all purses, encoded state): one row of a snapshot."""
+    return card.card_no, sum(card.purses), encode_card(card)
 
 
 def _row_deltas(row: JournalRow) -> tuple[int, ...]:

@@ -12,6 +12,7 @@ from citycard.cli.services import Services, connect_app, migrate_db
 from citycard.persistence import db
 from citycard.persistence.migrate import migrate, migration_files
 from citycard.persistence.roles import DbRoles, RoleError, ident
+from tests.support.migrations import migrated_by_hand
 from tests.support.services import ServiceUrls, make_settings
 
 APPEND = "INSERT INTO audit_log (operator, role, action, subject) VALUES ('clerk-1', 'clerk', 'card.top_up', 'card:1')"
@@ -106,13 +107,7 @@ def test_a_schema_migrated_before_the_roles_is_handed_to_the_owner(configured_se
     async def scenario() -> None:
         conn = await db.connect(configured_services.db_url, schema)
         try:
-            await conn.execute(f"CREATE SCHEMA {ident(schema)}")
-            await conn.execute("CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
-                               " applied_at timestamptz NOT NULL DEFAULT now())")
-            for version, name, sql in migration_files():
-                if version <= 5:
-                    await conn.execute(sql)
-                    await conn.execute("INSERT INTO schema_migrations VALUES ($1, $2)", version, name)
+            await migrated_by_hand(conn, schema, 5)
             await conn.execute(APPEND)
             assert await migrate(conn, schema, 2) == [name for version, name, _ in migration_files() if version >= 6]
             strays = await conn.fetch(

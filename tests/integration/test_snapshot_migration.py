@@ -6,7 +6,7 @@ import asyncio
 from citycard.domain.cards import CardState, encode_card
 from citycard.persistence import db
 from citycard.persistence.migrate import migrate, migration_files
-from citycard.persistence.roles import ident
+from tests.support.migrations import migrated_by_hand
 
 
 def test_the_newest_full_snapshot_becomes_the_card_states(configured_services, schema):
@@ -17,13 +17,7 @@ def test_the_newest_full_snapshot_becomes_the_card_states(configured_services, s
     async def scenario() -> None:
         conn = await db.connect(configured_services.db_url, schema)
         try:
-            await conn.execute(f"CREATE SCHEMA {ident(schema)}")
-            await conn.execute("CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
-                               " applied_at timestamptz NOT NULL DEFAULT now())")
-            for version, name, sql in migration_files():
-                if version <= 13:
-                    await conn.execute(sql)
-                    await conn.execute("INSERT INTO schema_migrations VALUES ($1, $2)", version, name)
+            await migrated_by_hand(conn, schema, 13)
             for shard, lsn, card in [(0, 10, old_card), (0, 20, new_card), (1, 7, other)]:
                 await conn.execute("INSERT INTO snapshots (shard_id, snapshot_lsn, cards, balance_fen)"
                                    " VALUES ($1, $2, 1, $3)", shard, lsn, card.total_fen())

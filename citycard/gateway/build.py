@@ -35,13 +35,14 @@ class GatewayLimits:
     seq_memory_per_terminal: int = 1024  # 0: no cross-shard seq memory (each shard dedupes its own)
     seq_memory_total: int = 500_000
     shard_pipeline_min_taps: int = 1  # 1: every call may overlap (the simulation's default)
+    shard_queue_pause_taps: int = 0  # 0: terminals are always read (the simulation picks its own)
 
     @classmethod
     def from_settings(cls, g: GatewaySettings) -> "GatewayLimits":
         return cls(g.shard_batch_max_taps, g.shard_inflight_calls, g.shard_queue_max_taps, g.linger_ms,
                    g.max_frame_bytes, g.max_batch_taps, g.auth_timeout_ms, g.heartbeat_ms,
                    g.terminal_max_taps_per_s, g.terminal_burst_taps, g.seq_memory_per_terminal,
-                   g.seq_memory_total, g.shard_pipeline_min_taps)
+                   g.seq_memory_total, g.shard_pipeline_min_taps, g.shard_queue_pause_taps)
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,8 @@ def build_gateway(
     stops the three: reporter, router, gateway) as part of its own lifecycle."""
     router = Router(client, hotlist, metrics, batch_max_taps=limits.shard_batch_max_taps,
                     inflight_calls=limits.shard_inflight_calls, queue_max_taps=limits.shard_queue_max_taps,
-                    linger_ms=limits.linger_ms, pipeline_min_taps=limits.shard_pipeline_min_taps)
+                    linger_ms=limits.linger_ms, pipeline_min_taps=limits.shard_pipeline_min_taps,
+                    pause_queue_taps=limits.shard_queue_pause_taps)
     if limits.seq_memory_per_terminal:
         router.seqs = SeqBook(limits.seq_memory_per_terminal,
                               max(limits.seq_memory_total, limits.seq_memory_per_terminal), router.home)

@@ -75,6 +75,21 @@ class GatewayContext:
         self._tap_counters: dict[tuple[int, int], Any] = {}  # (kind, result) -> its labelled child
         self.tasks: set[asyncio.Task[Any]] = set()
         self.connections: set[TerminalProtocol] = set()  # open connections
+        # held while the router is pressed, in the order they stopped (first held, first resumed)
+        self.paused: dict[TerminalProtocol, None] = {}
+        router.on_pressure = self._on_pressure
+
+    def _on_pressure(self, pressed: bool) -> None:
+        if pressed:
+            return  # each connection holds its next taps itself (TerminalProtocol._events)
+        paused, self.paused = self.paused, {}
+        for c in paused:
+            c.resume()  # may press the router again: the rest hold once more, in order
+        self.metrics.paused_connections.set(len(self.paused))
+
+    def pause(self, c: TerminalProtocol) -> None:
+        self.paused[c] = None
+        self.metrics.paused_connections.set(len(self.paused))
 
     def tap_counter(self, key: tuple[int, int]) -> Any:
         """The taps counter's child for (kind, result): looked up once, not per answer."""

@@ -121,6 +121,13 @@ class Metrics:
         self.connections = Gauge("citycard_open_connections", "Open TCP connections", registry=r)
         self.protocol_errors = Counter("citycard_protocol_errors", "Protocol errors sent, by code", ["code"], registry=r)
         self.busy = Counter("citycard_busy_taps", "Taps answered BUSY because a queue was full", registry=r)
+        self.backpressure = Gauge("citycard_backpressure", "1 while a shard queue is past gateway.shard_queue_pause_taps "
+                                  "and terminal connections are not read", registry=r)
+        self.backpressure_episodes = Counter("citycard_backpressure_episodes",
+                                             "Times the gateway stopped reading terminals for a full shard queue",
+                                             registry=r)
+        self.paused_connections = Gauge("citycard_paused_connections",
+                                        "Terminal connections not read now (backpressure)", registry=r)
         self.hotlist_size = Gauge("citycard_hotlist_cards", "Cards on the gateway's hotlist", registry=r)
         self.hotlist_version = Gauge("citycard_hotlist_version", "Hotlist version held by the gateway", registry=r)
         self.hotlist_synced = Gauge(

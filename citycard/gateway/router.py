@@ -1,7 +1,9 @@
 """Groups taps by account shard and makes one Ray call per group, never one per tap.
 
 Each shard has a bounded queue and a bounded number of calls in flight; a full queue answers
-BUSY at once. Calls adapt to the load: while a call is in flight, another goes out only once
+BUSY at once. Before that, a queue past ``pause_queue_taps`` presses the gateway: connections
+stop being read (TCP backpressure, gateway/context.py) until every queue is back under half of
+it, so an overload costs the terminals time, not the gateway's CPU on taps it must refuse. Calls adapt to the load: while a call is in flight, another goes out only once
 ``pipeline_min_taps`` are queued, so at light load taps gather behind the call in flight (one
 Ray call and one commit for many terminals' single taps) and at heavy load calls overlap. The ShardClient retries a failed call (shard crashed, store failed) with the
 same taps until its deadline; then the taps are answered RETRY (outcome unknown, retry the
@@ -75,6 +77,7 @@ class Router:
         queue_max_taps: int,
         linger_ms: float,
         pipeline_min_taps: int = 1,
+        pause_queue_taps: int = 0,
     ) -> None:
         self.client = client
         self.lanes = [ShardLane(i) for i in range(client.n_shards)]
@@ -87,6 +90,11 @@ class Router:
         self.linger_s = linger_ms / 1000.0
         # never above a full batch: a full batch may always overlap the call in flight
         self.pipeline_min_taps = max(1, min(pipeline_min_taps, batch_max_taps))
+        # 0: never pressed. Released at half, so a queue near the mark does not flap.
+        self.pause_queue_taps = pause_queue_taps
+        self.resume_queue_taps = pause_queue_taps // 2
+        self.pressed = False
+        self.on_pressure: Callable[[bool], None] | None = None  # told when pressed changes
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop = asyncio.get_running_loop()
         # interop.desk.RemoteDesk when a region is configured: visitors' taps go to their
@@ -142,6 +150,16 @@ class Router:
             touched[lane] = None
         for lane in touched:
             self._schedule(lane)
+            if self.pause_queue_taps and not self.pressed and len(lane.queue) >= self.pause_queue_taps:
+                self._press(True)
+
+    def _press(self, pressed: bool) -> None:
+        self.pressed = pressed
+        self.metrics.backpressure.set(int(pressed))
+        if pressed:
+            self.metrics.backpressure_episodes.inc()
+        if self.on_pressure is not None:
+            self.on_pressure(pressed)
 
     def _schedule(self, lane: ShardLane) -> None:
         if lane.scheduled or lane.inflight >= self.inflight_calls or not lane.queue:
@@ -165,6 +183,8 @@ class Router:
             task = self._loop.create_task(self._call(lane, batch))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+        if self.pressed and all(len(q.queue) <= self.resume_queue_taps for q in self.lanes):
+            self._press(False)
         self.metrics.shard_queue.labels(lane.label).set(len(lane.queue))
         self.metrics.shard_inflight.labels(lane.label).set(lane.inflight)
 

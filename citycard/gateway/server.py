@@ -49,6 +49,8 @@ class TerminalProtocol(asyncio.Protocol):
         self._owed = 0  # requests taken whose answer is not written yet
         self._final_error: bytes | None = None  # a fatal error frame waiting for those answers
         self._eof = False
+        self._held: list[Any] | None = None  # events not taken while the router is pressed
+        self._reading_paused = False
         self._loop = asyncio.get_running_loop()  # its time() is the clock (monotonic; fake in the simulation)
 
     # -- asyncio callbacks ---------------------------------------------------------------
@@ -60,6 +62,8 @@ class TerminalProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.ctx.connections.discard(self)
+        self.ctx.paused.pop(self, None)
+        self._held = None  # never answered: the terminal sends them again with the same seqs
         self.ctx.metrics.connections.dec()
         if self._authenticated:
             self.ctx.metrics.terminals.dec()
@@ -71,20 +75,28 @@ class TerminalProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         try:
-            self._events(data)
+            self._events(self.conn.receive_data(data))
         except Exception as exc:  # noqa: BLE001 - a bug must not escape the transport's callback
-            log.error("terminal %s: connection dropped: %r", self.conn.terminal_id, exc)
-            self.conn.close()
-            self._close()
+            self._dropped(exc)
 
-    def _events(self, data: bytes) -> None:
+    def _dropped(self, exc: Exception) -> None:
+        log.error("terminal %s: connection dropped: %r", self.conn.terminal_id, exc)
+        self.conn.close()
+        self._close()
+
+    def _events(self, events: list[Any]) -> None:
         """Each event in arrival order; a fatal error among them is written after the answers
-        to the requests before it (section 5)."""
-        events = self.conn.receive_data(data)
+        to the requests before it (section 5). While a shard queue is past its mark, taps and
+        what follows them are held here and the socket is not read (backpressure): they wait
+        for the queue, not get BUSY."""
         if events:
             self._last_frame = self._loop.time()  # a whole frame, not a byte, counts as activity
-        for event in events:
+        router = self.ctx.router
+        for i, event in enumerate(events):
             if isinstance(event, TapsReceived):  # the hot case first
+                if router.pressed and self._authenticated and not self._gone():
+                    self._hold(events[i:])
+                    return
                 self._on_taps(event)
             elif isinstance(event, Violation):
                 self._on_violation(event)
@@ -100,6 +112,28 @@ class TerminalProtocol(asyncio.Protocol):
             elif isinstance(event, OfflineReceived):
                 self._owed += 1
                 self.ctx.spawn(self._offline(event))
+
+    def _hold(self, events: list[Any]) -> None:
+        if not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pause_reading()  # type: ignore[union-attr]  # _gone: not None
+        self._held = events
+        self.ctx.pause(self)
+
+    def resume(self) -> None:
+        """The shard queues drained: the held events, then read again unless they pressed
+        the router once more. The silence was ours, so it is no idleness."""
+        held, self._held = self._held, None
+        if held is None or self._gone():
+            return
+        try:
+            self._events(held)
+        except Exception as exc:  # noqa: BLE001 - as in data_received
+            self._dropped(exc)
+            return
+        if self._held is None and self._reading_paused and not self._gone():
+            self._reading_paused = False
+            self.transport.resume_reading()  # type: ignore[union-attr]  # _gone: not None
 
     # -- events --------------------------------------------------------------------------
     def _on_taps(self, event: TapsReceived) -> None:
@@ -295,6 +329,8 @@ class TerminalProtocol(asyncio.Protocol):
         if self.transport is None or self.conn.closed:
             return
         idle = self._loop.time() - self._last_frame
+        if self._held is not None:
+            idle = 0.0  # not read because of us (backpressure): no idleness of the terminal's
         if idle >= self.ctx.idle_timeout_s:
             self.conn.close()
             self._close_after_error()

@@ -172,7 +172,8 @@ def test_overload_gets_busy_and_busy_taps_can_be_retried(configured_services, sc
 
     async def scenario() -> None:
         async with running_city(configured_services, schema, n_cards=1000,
-                                gateway={"shard_queue_max_taps": 20, "shard_inflight_calls": 1,
+                                gateway={"shard_queue_max_taps": 20, "shard_queue_pause_taps": 0,
+                                         "shard_inflight_calls": 1,
                                          "shard_batch_max_taps": 10}) as city:
             client = await city.client()
             items = [bus(i + 1, city.cards[i][0]) for i in range(1000)]

@@ -1,6 +1,7 @@
 """Overload against the live gateway (issue 6, part 3): ~3x capacity gets BUSY, queues stay
 bounded, accepted taps keep a bounded p99, memory stays flat, and every accepted tap (and no
-BUSY one) is in the journal.
+BUSY one) is in the journal. With the backpressure mark on (issue 17), the same overload waits
+in TCP instead: no BUSY, every tap decided, goodput held.
 
 Capacity is made small and found cheaply: the gateway runs with tiny shard lanes (10 taps per
 shard call, one call in flight, 200 queued taps per shard), and a closed-loop phase measures
@@ -27,7 +28,10 @@ from tests.support.terminal import LoadConn
 pytestmark = [pytest.mark.services, pytest.mark.usefixtures("ray_cluster")]
 
 QUEUE_MAX = 200
-LANES = {"shard_queue_max_taps": QUEUE_MAX, "shard_inflight_calls": 1, "shard_batch_max_taps": 10}
+LANES = {"shard_queue_max_taps": QUEUE_MAX, "shard_queue_pause_taps": 0, "shard_inflight_calls": 1,
+         "shard_batch_max_taps": 10}
+PAUSE_TAPS = 50  # the backpressure city's mark: a batch past it still fits under QUEUE_MAX
+PRESSED_S = 4.0  # its overload phase: the excess waits in TCP and must drain within until_answered
 N_TERMINALS = 6
 BATCH = 25
 CALIBRATE_S = 4.0
@@ -75,6 +79,13 @@ def live(configured_services, ray_cluster):
         yield city
 
 
+@pytest.fixture(scope="module")
+def live_pressed(configured_services, ray_cluster):
+    with live_city(configured_services, n_cards=800, n_terminals=N_TERMINALS,
+                   gateway={**LANES, "shard_queue_pause_taps": PAUSE_TAPS}) as city:
+        yield city
+
+
 async def until_answered(conns: list[LoadConn], tries: int) -> None:
     for _ in range(tries):  # bounded: 10 ms a try
         if not any(conn.sent for conn in conns):
@@ -114,14 +125,15 @@ async def sample(live: LiveCity, stop: asyncio.Event, samples: dict[str, list[fl
         await asyncio.sleep(0.02)
 
 
-async def overload(live: LiveCity, offer: Offer, capacity: float, fig: dict[str, Any]) -> dict[str, Any]:
+async def overload(live: LiveCity, offer: Offer, capacity: float, fig: dict[str, Any],
+                   seconds: float = OVERLOAD_S) -> dict[str, Any]:
     """Open loop: FACTOR x capacity from batches encoded ahead (the generator's CPU does not cap
     it); the phase's figures in ``fig``, and what the checks need."""
     conns = offer.conns
     calib_accepted = [len(conn.accepted) for conn in conns]
     calib_busy = sum(conn.busy for conn in conns)
     rate = FACTOR * capacity
-    n_batches = min(int(rate * OVERLOAD_S / BATCH), MAX_TAPS // BATCH)
+    n_batches = min(int(rate * seconds / BATCH), MAX_TAPS // BATCH)
     plan = [(b % len(conns), *offer.next(b % len(conns))) for b in range(n_batches)]
     rss_before = rss_bytes()
     samples: dict[str, list[float]] = {"rss": [rss_before], "lanes": [], "gauges": []}
@@ -197,3 +209,47 @@ def test_three_times_capacity_gets_busy_with_bounded_queues_latency_and_memory(l
     assert live.loop_errors == [], live.loop_errors[:5]
     fig["gateway_loop_max_lag_ms"] = round(live.max_lag_s * 1000, 1)
     ROBUSTNESS_RESULTS.record("overload", fig)
+
+
+def scrape(port: int, name: str) -> float:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines() if line.startswith(name + " "))
+
+
+def test_three_times_capacity_with_backpressure_waits_instead_of_busy(live_pressed):
+    """The mark on: the gateway stops reading while a queue is past it, so the excess waits in
+    the terminals' sockets. Nothing is refused, every tap is decided and journaled once, the
+    queues stay under the mark plus a batch, and goodput holds near capacity."""
+    live = live_pressed
+    c = live.c
+    cards = plain_cards(c) or [row[0] for row in c.cards]
+    conns = [LoadConn(t.terminal_id) for t in c.terminals]
+    fig: dict[str, Any] = {"lanes": {**LANES, "shard_queue_pause_taps": PAUSE_TAPS}, "batch": BATCH}
+
+    async def go() -> None:
+        for conn in conns:
+            await conn.connect(c.port, c.settings.city.master_key)
+        offer = Offer(conns, cards)
+        capacity = await calibrate(offer, fig)
+        episodes_before = await asyncio.to_thread(scrape, c.platform.metrics_port, "citycard_backpressure_episodes_total")
+        o = await overload(live, offer, capacity, fig, seconds=PRESSED_S)
+        fig["backpressure_episodes"] = await asyncio.to_thread(
+            scrape, c.platform.metrics_port, "citycard_backpressure_episodes_total") - episodes_before
+        assert all(not conn.other for conn in conns), [conn.other[:3] for conn in conns]
+        assert fig["answered"] == o["offered"], fig  # every tap answered ...
+        assert o["busy"] == 0 and fig["calibration_busy"] == 0, fig  # ... none BUSY: it waited
+        assert fig["offered_x_capacity"] >= 2.0, fig
+        assert fig["backpressure_episodes"] > 0, fig
+        assert fig["max_lane_queue"] <= PAUSE_TAPS + BATCH and fig["max_queue_gauge"] <= PAUSE_TAPS + BATCH, fig
+        assert o["accepted"] / o["busy_s"] >= 0.5 * capacity, fig  # goodput holds
+        assert o["rss_after"] - o["rss_before"] < 64 * 2**20, fig
+        for conn in conns:
+            rows = await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(
+                live.journal(conn.terminal_id), live.loop))  # type: ignore[arg-type]
+            assert set(rows) == set(conn.accepted), f"terminal {conn.terminal_id}: journal != accepted taps"
+        for conn in conns:
+            await conn.close()
+
+    asyncio.run(asyncio.wait_for(go(), 120))
+    assert live.loop_errors == [], live.loop_errors[:5]
+    ROBUSTNESS_RESULTS.record("overload_backpressure", fig)

@@ -43,6 +43,8 @@ class Conn:
         self.owner = gateway.owner
         self.open = True  # neither end has closed
         self.protocol: TerminalProtocol | None = None
+        self.reading = True  # False: the gateway paused reading (backpressure); frames wait here
+        self.unread: list[bytes] = []
 
     # asyncio.Transport, as TerminalProtocol uses it
     def write(self, data: bytes) -> None:
@@ -67,6 +69,20 @@ class Conn:
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return default
 
+    def pause_reading(self) -> None:
+        self.reading = False
+        self.gateway.pauses += 1
+
+    def resume_reading(self) -> None:
+        """As a real loop: what waited is read later, not inside this call."""
+        self.reading = True
+        w = self.gateway.world
+        w.loop.call_soon(self._read_unread, context=self.owner.context())
+
+    def _read_unread(self) -> None:
+        while self.reading and self.unread and self.open and self.protocol is not None:
+            self.protocol.data_received(self.unread.pop(0))
+
     def _lost(self) -> None:
         if self.protocol is not None:
             protocol, self.protocol = self.protocol, None
@@ -83,6 +99,7 @@ class SimGateway:
         self.frames = frames
         self.sessions = sessions
         self.restarts = 0
+        self.pauses = 0  # times a connection stopped being read (backpressure)
         self.next_answer_id = 0
         self.owner = Owner("gateway#0")
         self.up = False
@@ -104,7 +121,9 @@ class SimGateway:
                                max_frame_bytes=256 * 1024, max_batch_taps=1000, auth_timeout_ms=10_000,
                                heartbeat_ms=30_000,
                                # from fields already drawn, so every seed keeps its scenario
-                               shard_pipeline_min_taps=(1, 4, 256)[(sc.queue_max_taps + sc.linger_ms) % 3])
+                               shard_pipeline_min_taps=(1, 4, 256)[(sc.queue_max_taps + sc.linger_ms) % 3],
+                               shard_queue_pause_taps=(0, max(1, sc.queue_max_taps // 2), sc.queue_max_taps)[
+                                   (sc.batch_max_taps + sc.inflight_calls) % 3])
         parts = build_gateway(client, self.sessions, self._hotlist, metrics(), limits,
                               fare_version=lambda: 1, hotlist_version=lambda: 0,
                               wall_ms=lambda: EPOCH_MS + w.now_ms, nonce=w.rng.randbytes)
@@ -132,6 +151,9 @@ class SimGateway:
     def on_frame(self, conn: Conn, data: bytes) -> None:
         """Bytes from a terminal reach the gateway's protocol, if that connection still lives."""
         if conn.open and conn.protocol is not None and conn.owner is self.owner:
+            if not conn.reading or conn.unread:
+                conn.unread.append(data)  # in the kernel's buffer until the gateway reads again
+                return
             self.owner.run(conn.protocol.data_received, data)
 
     def send_frame(self, conn: Conn, data: bytes) -> None:

@@ -65,6 +65,7 @@ class Stats:
     abandoned: int  # calls the caller stopped waiting for (timeout, gateway killed) while they ran
     recoveries: int
     gateway_restarts: int
+    pauses: int  # connections the gateway stopped reading (backpressure)
     dropped: int
     duplicated: int
     digest: int  # of the record and the answers: equal for equal seeds, in any process
@@ -124,6 +125,7 @@ def simulate(seed: int, *, mutation: str | None = None, verbose: bool = False, z
         chatter=sum(t.pongs + t.params for t in terminals), crashes=sum(a.crashes for a in actors), session_crashes=sum(s.crashes for s in sessions),
         abandoned=sum(a.abandoned for a in [*actors, *sessions]),
         recoveries=sum(a.total_recoveries for a in actors), gateway_restarts=gateway.restarts,
+        pauses=gateway.pauses,
         dropped=frames.dropped, duplicated=frames.duplicated + calls.duplicated,
         digest=zlib.crc32(repr((rows, [sorted(t.final.items()) for t in terminals],
                                 sorted(counter.final.items()))).encode()),

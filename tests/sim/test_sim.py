@@ -34,7 +34,7 @@ def test_faults_are_exercised() -> None:
     """The seeds do reach the paths they claim to: crashes, recoveries, restarts, replays."""
     runs = [simulate(seed) for seed in range(200)]
     for field in ("crashes", "recoveries", "gateway_restarts", "replays", "dropped", "duplicated", "ops", "chatter",
-                  "session_crashes", "abandoned"):
+                  "session_crashes", "abandoned", "pauses"):
         assert sum(getattr(r, field) for r in runs) > 20, field
 
 

@@ -76,6 +76,13 @@ def test_shard_call_timeout_must_cover_two_commits():
     assert ok.gateway.shard_call_timeout_ms == 10_000
 
 
+def test_backpressure_mark_must_be_below_the_busy_bound():
+    with pytest.raises(ConfigError, match=r"shard_queue_pause_taps \(50\) must be at most shard_queue_max_taps \(20\)"):
+        load_settings(env={"CITYCARD_GATEWAY__SHARD_QUEUE_MAX_TAPS": "20", "CITYCARD_GATEWAY__SHARD_QUEUE_PAUSE_TAPS": "50"})
+    s = load_settings(env={"CITYCARD_GATEWAY__SHARD_QUEUE_MAX_TAPS": "20", "CITYCARD_GATEWAY__SHARD_QUEUE_PAUSE_TAPS": "0"})
+    assert s.gateway.shard_queue_pause_taps == 0  # 0: never stop reading
+
+
 def test_database_roles_and_the_app_login():
     s = load_settings(env={"CITYCARD_DATABASE_URL": "postgresql://admin@db/city",
                            "CITYCARD_DATABASE_APP_URL": "postgresql://city_app:pw@db/city",

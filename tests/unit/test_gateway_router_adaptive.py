@@ -2,38 +2,15 @@
 instead of each making its own, until ``pipeline_min_taps`` are queued."""
 
 import asyncio
-from collections.abc import Sequence
 
-from citycard.actors.shard_client import TapAnswer
-from citycard.domain.taps import Outcome, Tap
+from citycard.domain.taps import Tap
 from citycard.gateway.metrics import Metrics
 from citycard.gateway.router import Pending, Router
-
-
-class GatedShards:
-    """Each call waits for the test to open its gate, so the test sees what queues meanwhile."""
-
-    n_shards = 1
-
-    def __init__(self) -> None:
-        self.calls: list[int] = []
-        self.gates: list[asyncio.Event] = []
-
-    async def apply_taps(self, shard_id: int, taps: Sequence[Tap]) -> TapAnswer:
-        self.calls.append(len(taps))
-        gate = asyncio.Event()
-        self.gates.append(gate)
-        await gate.wait()
-        return TapAnswer([Outcome(0, 200, 1000, False) for _ in taps], 0.0, 0.0, 1)
+from tests.support.gated_shards import GatedShards, settle
 
 
 def _submit(router: Router, seq: int, answered: list[int]) -> None:
     router.submit(Pending(lambda p: answered.append(seq), seq, True, [Tap(7, seq, 1001, 0, 1, 12)]))
-
-
-async def _settle() -> None:
-    for _ in range(5):
-        await asyncio.sleep(0)
 
 
 def _router(shards: GatedShards, pipeline_min_taps: int) -> Router:
@@ -47,27 +24,27 @@ def test_single_taps_gather_behind_the_call_in_flight() -> None:
         router = _router(shards, pipeline_min_taps=4)
         answered: list[int] = []
         _submit(router, 1, answered)
-        await _settle()
+        await settle()
         assert shards.calls == [1]
         for seq in (2, 3, 4):
             _submit(router, seq, answered)
-        await _settle()
+        await settle()
         assert shards.calls == [1]  # 3 queued, fewer than 4: they wait for the call in flight
         _submit(router, 5, answered)
-        await _settle()
+        await settle()
         assert shards.calls == [1, 4]  # 4 queued: a second call overlaps the first
         _submit(router, 6, answered)
-        await _settle()
+        await settle()
         assert shards.calls == [1, 4]
         shards.gates[0].set()
-        await _settle()
+        await settle()
         assert answered == [1]
         assert shards.calls == [1, 4]  # one still in flight, one tap queued: it waits
         shards.gates[1].set()
-        await _settle()
+        await settle()
         assert shards.calls == [1, 4, 1]  # nothing in flight: the lone tap goes at once
         shards.gates[2].set()
-        await _settle()
+        await settle()
         assert sorted(answered) == [1, 2, 3, 4, 5, 6]
 
     asyncio.run(go())
@@ -80,15 +57,15 @@ def test_pipeline_min_of_one_overlaps_every_call() -> None:
         answered: list[int] = []
         for seq in (1, 2, 3, 4):
             _submit(router, seq, answered)
-            await _settle()
+            await settle()
         assert shards.calls == [1, 1, 1]  # up to inflight_calls, then the fourth waits
         for gate in shards.gates:
             gate.set()
-        await _settle()
-        await _settle()
+        await settle()
+        await settle()
         assert shards.calls == [1, 1, 1, 1]
         shards.gates[3].set()
-        await _settle()
+        await settle()
         assert sorted(answered) == [1, 2, 3, 4]
 
     asyncio.run(go())

@@ -6,6 +6,7 @@ close skip a connection already closed by a fatal error (disconnect_terminal doe
 so the test calls it directly: the hazard was latent, one new caller away."""
 
 import asyncio
+from types import SimpleNamespace
 from typing import Any
 
 from citycard.gateway.context import GatewayContext
@@ -72,7 +73,8 @@ def test_connection_lost_cancels_the_owed_timer_after_a_disconnect() -> None:
     async def go() -> None:
         loop = asyncio.get_running_loop()
         never: asyncio.Future[Any] = loop.create_future()
-        ctx = GatewayContext(None, [_Session(never)], None, Metrics(),  # type: ignore[arg-type]
+        router = SimpleNamespace(pressed=False, on_pressure=None)  # no tap is sent here
+        ctx = GatewayContext(router, [_Session(never)], None, Metrics(),  # type: ignore[arg-type]
                              max_frame_bytes=65536, max_batch_taps=1000, auth_timeout_ms=10_000,
                              heartbeat_ms=30_000, fare_version=lambda: 1, hotlist_version=lambda: 1)
         p = TerminalProtocol(ctx)

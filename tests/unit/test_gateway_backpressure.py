@@ -1,0 +1,172 @@
+"""Backpressure: once a shard queue passes ``shard_queue_pause_taps``, the gateway stops reading
+terminals and holds the taps it has already decoded, instead of answering them BUSY; when every
+queue is back under half the mark, the held taps go first and reading resumes. Real Router and
+TerminalProtocol; the shard calls wait for the test to open their gates."""
+
+import asyncio
+from typing import Any
+
+from citycard.domain.results import Result
+from citycard.gateway.build import GatewayLimits, build_gateway
+from citycard.gateway.metrics import Metrics
+from citycard.gateway.server import TerminalProtocol
+from citycard.protocols import messages as m
+from citycard.protocols.auth import terminal_key
+from citycard.protocols.client import BatchAnswered, ClientConnection
+from tests.support.gated_shards import GatedShards, settle
+
+KEY = bytes(32)
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.out = bytearray()
+        self.reading = True
+        self.pauses = 0
+
+    def write(self, data: bytes) -> None:
+        self.out += data
+
+    def is_closing(self) -> bool:
+        return False
+
+    def pause_reading(self) -> None:
+        assert self.reading, "paused twice"
+        self.reading = False
+        self.pauses += 1
+
+    def resume_reading(self) -> None:
+        assert not self.reading, "resumed while reading"
+        self.reading = True
+
+
+class _Session:
+    class authenticate:  # noqa: N801 - shaped like a Ray actor method
+        @staticmethod
+        async def remote(*args: Any) -> tuple[int, str, int]:
+            return 0, "", 0
+
+
+class Terminal:
+    def __init__(self, ctx: Any, terminal_id: int) -> None:
+        self.client = ClientConnection(terminal_id, terminal_key(KEY, terminal_id))
+        self.transport = _Transport()
+        self.proto = TerminalProtocol(ctx)
+        self.proto.connection_made(self.transport)  # type: ignore[arg-type]
+        self.next_seq = 1
+        self.answers: list[m.ResultItem] = []
+
+    async def login(self) -> None:
+        self.proto.data_received(self.client.hello(bytes(16)))
+        self.read()
+        self.proto.data_received(self.client.auth())
+        await settle()
+        self.read()
+
+    def send(self, n_taps: int) -> None:
+        items = [m.TapItem(seq=self.next_seq + i, card=1001, time_ms=0, kind=1, route=12) for i in range(n_taps)]
+        self.next_seq += n_taps
+        self.proto.data_received(self.client.taps(items)[1])
+
+    def read(self) -> None:
+        data, self.transport.out = bytes(self.transport.out), bytearray()
+        for event in self.client.receive_data(data):
+            if isinstance(event, BatchAnswered):
+                self.answers.extend(event.results.results)
+
+
+def _limits(pause_taps: int) -> GatewayLimits:
+    return GatewayLimits(shard_batch_max_taps=2, shard_inflight_calls=1, shard_queue_max_taps=100, linger_ms=0,
+                         max_frame_bytes=65536, max_batch_taps=1000, auth_timeout_ms=10_000, heartbeat_ms=30_000,
+                         shard_queue_pause_taps=pause_taps, seq_memory_per_terminal=0)
+
+
+async def _open_all(shards: GatedShards, terminals: list[Terminal], rounds: int = 50) -> None:
+    for _ in range(rounds):  # bounded: each round opens every gate waiting
+        for gate in shards.gates:
+            gate.set()
+        await settle()
+        for t in terminals:
+            t.read()
+
+
+def test_a_full_queue_stops_reading_and_holds_taps_instead_of_busy() -> None:
+    async def go() -> None:
+        shards = GatedShards()
+        metrics = Metrics()
+        parts = build_gateway(shards, [_Session()], set, metrics, _limits(pause_taps=4),  # type: ignore[arg-type]
+                              fare_version=lambda: 1, hotlist_version=lambda: 0)
+        router, ctx = parts.router, parts.ctx
+        a, b = Terminal(ctx, 7), Terminal(ctx, 8)
+        for t in (a, b):
+            await t.login()
+        a.send(6)  # 2 go to the shard, 4 queue: the mark
+        await settle()
+        assert router.pressed and shards.calls == [2]
+        assert metrics.backpressure._value.get() == 1
+        a.send(3)
+        b.send(5)
+        assert not a.transport.reading and not b.transport.reading  # TCP holds what they send next
+        assert list(ctx.paused) == [a.proto, b.proto]  # resumed in this order
+        assert metrics.paused_connections._value.get() == 2
+        assert len(router.lanes[0].queue) == 4  # the held taps are not queued ...
+        assert not a.answers and not b.answers  # ... nor answered BUSY
+
+        shards.gates[0].set()  # 2 decided, 2 more called, 2 queued: half the mark, released
+        await settle()
+        # a went first: its 3 held taps queued (5: pressed again), so b holds once more
+        assert router.pressed and list(ctx.paused) == [b.proto]
+        assert a.transport.reading and not b.transport.reading
+        await _open_all(shards, [a, b])
+        assert sorted(r.seq for r in a.answers) == list(range(1, 10))
+        assert sorted(r.seq for r in b.answers) == list(range(1, 6))
+        assert all(r.code == Result.OK for r in a.answers + b.answers)
+        assert metrics.busy._value.get() == 0
+        assert not router.pressed and not ctx.paused
+        assert a.transport.reading and b.transport.reading
+        assert metrics.backpressure._value.get() == 0 and metrics.paused_connections._value.get() == 0
+        assert metrics.backpressure_episodes._value.get() >= 2  # pressed again by the held taps
+        await router.close()
+
+    asyncio.run(go())
+
+
+def test_no_mark_means_busy_at_the_queue_bound() -> None:
+    async def go() -> None:
+        shards = GatedShards()
+        limits = GatewayLimits(shard_batch_max_taps=2, shard_inflight_calls=1, shard_queue_max_taps=4, linger_ms=0,
+                               max_frame_bytes=65536, max_batch_taps=1000, auth_timeout_ms=10_000,
+                               heartbeat_ms=30_000, shard_queue_pause_taps=0, seq_memory_per_terminal=0)
+        parts = build_gateway(shards, [_Session()], set, Metrics(), limits,  # type: ignore[arg-type]
+                              fare_version=lambda: 1, hotlist_version=lambda: 0)
+        a = Terminal(parts.ctx, 7)
+        await a.login()
+        a.send(9)  # 4 queued (the call goes out after), 5 BUSY
+        await settle()
+        assert a.transport.reading and not parts.router.pressed
+        await _open_all(shards, [a])
+        codes = sorted(r.code for r in a.answers)
+        assert codes.count(Result.BUSY) == 5 and codes.count(Result.OK) == 4
+        await parts.router.close()
+
+    asyncio.run(go())
+
+
+def test_a_connection_that_goes_while_held_leaves_the_paused_set() -> None:
+    async def go() -> None:
+        shards = GatedShards()
+        parts = build_gateway(shards, [_Session()], set, Metrics(), _limits(pause_taps=2),  # type: ignore[arg-type]
+                              fare_version=lambda: 1, hotlist_version=lambda: 0)
+        a, b = Terminal(parts.ctx, 7), Terminal(parts.ctx, 8)
+        for t in (a, b):
+            await t.login()
+        a.send(4)
+        b.send(1)
+        assert list(parts.ctx.paused) == [b.proto]
+        b.proto.connection_lost(None)  # its held tap was never answered: the terminal resends it
+        assert not parts.ctx.paused
+        await _open_all(shards, [a])
+        assert sorted(r.seq for r in a.answers) == [1, 2, 3, 4] and not b.answers
+        await parts.router.close()
+
+    asyncio.run(go())

@@ -205,7 +205,7 @@ class AccountShardCore:
         ledger = self.ledger
         assert ledger is not None
         lsn = ledger.lsn
-        ledger.begin_snapshot()
+        ledger.snapshots.begin()
         self._last_snapshot_lsn = lsn
         loop = asyncio.get_running_loop()
         self._last_snapshot_s = loop.time()
@@ -214,16 +214,16 @@ class AccountShardCore:
 
     async def _write_snapshot(self, ledger: Ledger, lsn: int) -> None:
         try:
-            while not ledger.snapshot_step(self.snapshot_slice_cards):
+            while not ledger.snapshots.step(self.snapshot_slice_cards):
                 await asyncio.sleep(self.snapshot_slice_pause_s)  # taps go on between slices
         except BaseException:
-            ledger.abandon_snapshot()
+            ledger.snapshots.abandon()
             raise
-        rows, changed = ledger.finish_snapshot()
+        rows, changed = ledger.snapshots.finish()
         try:
             await self.store.write_snapshot(lsn, rows, sum(money for _, money, _ in rows))
         except BaseException:
-            ledger.restore_changed(changed)  # not stored: the next snapshot writes them
+            ledger.snapshots.restore(changed)  # not stored: the next snapshot writes them
             raise
 
     async def snapshot(self) -> int:

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 
 import msgspec
 
-from .cards import CardState, CardStatus, encode_card
+from .cards import CardState, CardStatus
+from .changed_cards import ChangedCards, SnapshotRow, snapshot_row
 from .ops import (
     OP_KIND,
     CardOp,
@@ -115,15 +116,7 @@ class Ledger:
         self._seen: list[dict[int, tuple[int, int, int, int]]] = [{} for _ in range(_SEEN_STRIPES)]
         self._seen_order: deque[int] = deque()
         self._watermark: dict[int, int] = {}  # terminal_id -> highest evicted seq
-        # cards whose state changed since the last snapshot: a snapshot writes only these, so
-        # its cost follows the taps since the last one, not the size of the city
-        self._dirty: set[int] = set()
-        # A snapshot in progress (begin_snapshot): cards still to encode as of its lsn. One that
-        # a tap or op is about to change is encoded first (copy on write), so the rest can be
-        # encoded a slice at a time while taps go on.
-        self._snap_pending: set[int] | None = None
-        self._snap_rows: list[tuple[int, int, bytes]] = []
-        self._snap_changed: set[int] = set()
+        self.snapshots = ChangedCards(self.cards)  # changed cards, and the snapshot in progress
         # card services: op key -> (lsn, encoded op, outcome), oldest first; older keys are
         # looked up in the journal by the caller (``unknown_op_keys`` / ``remember_op``)
         self._ops: dict[str, tuple[int, bytes, OpOutcome]] = {}
@@ -145,7 +138,7 @@ class Ledger:
                 t = row.tap_time_ms
                 apply_effects(card, row.kind, row.route, row.terminal_id, t, deltas, row.concession,
                               local_day(self.tables, t), passback_mode(self.tables, row.kind, t))
-                self._dirty.add(row.card_no)
+                self.snapshots.dirty.add(row.card_no)
         if row.op is None:
             self._remember_tap(row)
         if row.lsn > self.lsn:
@@ -185,14 +178,15 @@ class Ledger:
         fares: dict[tuple[int, int, int, bool], int] = {}
         windows: dict[int, int] = {}
         lsn = self.lsn
-        snap = self._snap_pending
+        snapshots = self.snapshots
+        snap = snapshots.pending
         for tap in taps:
             terminal_id = tap.terminal_id
             seq = tap.seq
             card_no = tap.card_no
             time_ms = tap.time_ms
             if snap and card_no in snap:
-                self._encode_before_change(card_no)
+                snapshots.before_change(card_no)
             if not (0 < terminal_id <= MAX_TERMINAL_ID and 0 < seq <= MAX_SEQ
                     and 0 < card_no <= MAX_CARD_NO and time_ms >= 0):
                 out(Outcome(_BAD_TAP, 0, -1, False))  # before dedupe: could alias a key
@@ -327,7 +321,7 @@ class Ledger:
             out(Outcome(result, fare_fen, balance_fen, False))
         self.lsn = lsn
         if rows:
-            self._dirty.update([r.card_no for r in rows])
+            snapshots.dirty.update([r.card_no for r in rows])
         if len(order) > self.dedupe_limit:
             self._evict()
         return outcomes, rows
@@ -357,8 +351,9 @@ class Ledger:
                 else:
                     outcomes.append(OpOutcome(_DUPLICATE_SEQ))
                 continue
-            if self._snap_pending and op.card_no in self._snap_pending:
-                self._encode_before_change(op.card_no)
+            pending = self.snapshots.pending
+            if pending and op.card_no in pending:
+                self.snapshots.before_change(op.card_no)
             card = self.cards.get(op.card_no)
             result, deltas, moved = decide_op(card, op)
             if result == _OK:
@@ -376,7 +371,7 @@ class Ledger:
             memory[op.key] = (self.lsn, enc, outcome)
             outcomes.append(outcome)
         if rows:
-            self._dirty.update([r.card_no for r in rows])
+            self.snapshots.dirty.update([r.card_no for r in rows])
         return outcomes, rows
 
     def evict_ops(self, committed_lsn: int) -> None:
@@ -395,7 +390,7 @@ class Ledger:
         card = self.cards.get(row.card_no)
         if apply_effect and row.result == _OK and card is not None:
             apply_op_effects(card, op, _row_deltas(row))
-            self._dirty.add(row.card_no)
+            self.snapshots.dirty.add(row.card_no)
         self._ops[row.op_key] = (row.lsn, row.op, self._outcome_of(row, op))
 
     def _outcome_of(self, row: JournalRow, op: CardOp) -> OpOutcome:
@@ -414,65 +409,9 @@ class Ledger:
     def total_balance_fen(self) -> int:
         return sum(sum(c.purses) for c in self.cards.values())
 
-    def snapshot_rows(self) -> list[tuple[int, int, bytes]]:
-        """(card_no, money over all purses, encoded card state) for every card, as of ``self.lsn``."""
-        return [_snapshot_row(c) for c in self.cards.values()]
-
-    def begin_snapshot(self) -> int:
-        """Start a snapshot, as of ``self.lsn``, of the cards changed since the last one; returns
-        how many. Encode them with ``snapshot_step`` while taps go on, then ``finish_snapshot``."""
-        if self._snap_pending is not None:
-            raise RuntimeError("a snapshot is already in progress")
-        self._snap_pending, self._dirty = self._dirty, set()
-        self._snap_changed = set(self._snap_pending)
-        self._snap_rows = []
-        return len(self._snap_changed)
-
-    def snapshot_step(self, max_cards: int) -> bool:
-        """Encode up to ``max_cards`` more; True once all are."""
-        pending = self._snap_pending
-        assert pending is not None, "no snapshot in progress"
-        rows, cards = self._snap_rows, self.cards
-        for _ in range(min(max_cards, len(pending))):
-            c = cards.get(pending.pop())
-            if c is not None:
-                rows.append(_snapshot_row(c))
-        return not pending
-
-    def finish_snapshot(self) -> tuple[list[tuple[int, int, bytes]], set[int]]:
-        """(card_no, money over all purses, encoded state) of each changed card as of the
-        snapshot's lsn, and the set of those cards: hand it to ``restore_changed`` if the
-        snapshot is not stored."""
-        assert self._snap_pending is not None and not self._snap_pending, "the snapshot is not encoded yet"
-        rows, changed = self._snap_rows, self._snap_changed
-        self._snap_pending, self._snap_rows, self._snap_changed = None, [], set()
-        return rows, changed
-
-    def abandon_snapshot(self) -> None:
-        """A snapshot stopped before it finished: its cards go into the next one."""
-        if self._snap_pending is not None:
-            self.restore_changed(self._snap_changed)
-            self._snap_pending, self._snap_rows, self._snap_changed = None, [], set()
-
-    def take_changed(self) -> tuple[list[tuple[int, int, bytes]], set[int]]:
-        """A whole snapshot in one go: ``begin_snapshot``, every step, ``finish_snapshot``."""
-        self.begin_snapshot()
-        self.snapshot_step(len(self._snap_changed))
-        return self.finish_snapshot()
-
-    def restore_changed(self, changed: set[int]) -> None:
-        """A snapshot of ``changed`` was not stored: the next one writes them again."""
-        self._dirty |= changed
-
-    def _encode_before_change(self, card_no: int) -> None:
-        assert self._snap_pending is not None
-        self._snap_pending.discard(card_no)
-        c = self.cards.get(card_no)
-        if c is not None:
-            self._snap_rows.append(_snapshot_row(c))
-
-    def changed_count(self) -> int:
-        return len(self._dirty)
+    def snapshot_rows(self) -> list[SnapshotRow]:
+        """A row for every card, as of ``self.lsn`` (``snapshots`` has the changed ones only)."""
+        return [snapshot_row(c) for c in self.cards.values()]
 
     def dedupe_size(self) -> int:
         return sum(len(stripe) for stripe in self._seen)
@@ -491,11 +430,6 @@ class Ledger:
             old = order.popleft()
             del seen[old & _SEEN_MASK][old]
             self.raise_watermark(old >> 32, old & MAX_SEQ)
-
-
-def _snapshot_row(card: CardState) -> tuple[int, int, bytes]:
-    """(card_no, money over all purses, encoded state): one row of a snapshot."""
-    return card.card_no, sum(card.purses), encode_card(card)
 
 
 def _row_deltas(row: JournalRow) -> tuple[int, ...]:

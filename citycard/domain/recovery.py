@@ -30,7 +30,11 @@ def replay_start(snapshot_lsn: int, head_lsn: int, dedupe_limit: int) -> int:
 class Rebuild:
     """The pure part of recovery, fed the record in this order: cards, the snapshot's card
     states, the watermarks of rows up to ``start``, then every row after ``start`` by lsn.
-    ``load_ledger`` feeds it from Postgres; the simulation from its in-memory store."""
+    ``load_ledger`` feeds it from Postgres; the simulation from its in-memory store.
+
+    A snapshot stores its cards in several transactions, then its mark: a card's stored state
+    may be newer than the mark (a snapshot that did not finish). A row changes a card only if
+    it is newer than both the mark and that card's state."""
 
     def __init__(self, ledger: Ledger, snapshot_lsn: int, head_lsn: int) -> None:
         self.ledger = ledger
@@ -38,21 +42,22 @@ class Rebuild:
         self.head_lsn = head_lsn
         self.start = replay_start(snapshot_lsn, head_lsn, ledger.dedupe_limit)
         self.replayed = self.remembered = self.mismatches = 0
+        self.ahead: dict[int, int] = {}  # card_no -> its state's lsn, where past the mark
 
     def add_cards(self, cards: Iterable[CardState]) -> None:
         for card in cards:
             self.ledger.add_card(card)
 
-    def restore_snapshot(self, states: Iterable[tuple[int, bytes]]) -> None:
-        """Card states as of ``snapshot_lsn`` (none if there is no snapshot)."""
-        if not self.snapshot_lsn:
-            return
-        cards = self.ledger.cards
-        for card_no, state in states:
+    def restore_snapshot(self, states: Iterable[tuple[int, int, bytes]]) -> None:
+        """(card_no, as_of_lsn, state) of every stored card state: as of the mark, or later."""
+        cards, mark, ahead = self.ledger.cards, self.snapshot_lsn, self.ahead
+        for card_no, as_of_lsn, state in states:
             card = cards.get(card_no)
             if card is not None:
                 restore_card(card, state)
-        self.ledger.lsn = self.snapshot_lsn
+                if as_of_lsn > mark:
+                    ahead[card_no] = as_of_lsn
+        self.ledger.lsn = mark
 
     def watermarks(self, highest: Iterable[tuple[int, int]]) -> None:
         """(terminal_id, max seq) over rows up to ``start``: older than the dedupe memory, their
@@ -61,7 +66,7 @@ class Rebuild:
             self.ledger.raise_watermark(terminal_id, max_seq)
 
     def row(self, row: JournalRow) -> None:
-        effect = row.lsn > self.snapshot_lsn
+        effect = row.lsn > self.snapshot_lsn and row.lsn > self.ahead.get(row.card_no, 0)
         self.ledger.replay(row, apply_effect=effect)
         if effect:
             self.replayed += 1

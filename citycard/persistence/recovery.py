@@ -1,5 +1,7 @@
-"""Rebuild a shard's ledger from the record: cards, latest snapshot, then the journal tail."""
+"""Rebuild a shard's ledger from the record: cards, the stored card states, then the journal
+tail; and store a snapshot."""
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,6 +13,9 @@ from ..domain.recovery import Rebuild, RecoveryReport
 from ..domain.taps import JournalRow
 from .journal import JOURNAL_COLUMNS
 from .migrate import journal_partition
+
+SNAPSHOT_CHUNK_CARDS = 20_000  # card states a transaction
+SNAPSHOT_CHUNK_PAUSE_S = 0.02  # between chunks: the journal's group commits go in between
 
 CARD_COLUMNS = (
     "card_no, status, category, opening_fen, opening_general_fen, opening_voucher_fen,"
@@ -45,10 +50,9 @@ async def load_ledger(conn: asyncpg.Connection, ledger: Ledger) -> RecoveryRepor
     rebuild = Rebuild(ledger, snapshot_lsn, head_lsn)
     rebuild.add_cards(card_from_record(rec) for rec in await conn.fetch(
         f"SELECT {CARD_COLUMNS} FROM cards WHERE shard_id = $1", shard))
-    if snapshot_lsn:
-        rebuild.restore_snapshot(await conn.fetch(
-            "SELECT card_no, state FROM card_states WHERE shard_id = $1", shard,
-        ))
+    rebuild.restore_snapshot(await conn.fetch(  # also states of a first snapshot not yet marked
+        "SELECT card_no, as_of_lsn, state FROM card_states WHERE shard_id = $1", shard,
+    ))
     cols = ", ".join(JOURNAL_COLUMNS)
     table = journal_partition(shard)
     async with conn.transaction(readonly=True):
@@ -66,21 +70,30 @@ async def load_ledger(conn: asyncpg.Connection, ledger: Ledger) -> RecoveryRepor
 
 
 async def write_snapshot(
-    conn: asyncpg.Connection, shard_id: int, lsn: int, rows: list[tuple[int, int, bytes]], total_fen: int
+    conn: asyncpg.Connection, shard_id: int, lsn: int, rows: list[tuple[int, int, bytes]], total_fen: int,
+    *, chunk_cards: int = SNAPSHOT_CHUNK_CARDS, chunk_pause_s: float = SNAPSHOT_CHUNK_PAUSE_S,
 ) -> None:
     """Store the states of the cards changed since the last snapshot, as of ``lsn``, over their
-    older ones, and mark ``lsn`` as this shard's snapshot, in one transaction: ``card_states``
-    then holds every card's state as of the newest mark. A state is never replaced by an
-    older one (a stale process's late snapshot). ``total_fen``: the money on these cards."""
-    async with conn.transaction():
+    older ones, ``chunk_cards`` a transaction, then mark ``lsn`` as this shard's snapshot.
+    ``card_states`` then holds every card's state as of the newest mark or later (a snapshot
+    stopped between its chunks; recovery.Rebuild replays a card's rows only past its state's
+    lsn). A state is never replaced by an older one (a stale process's late snapshot).
+    ``total_fen``: the money on these cards."""
+    for i in range(0, len(rows), chunk_cards):
+        # One upsert of a million cards made a journal commit wait past its timeout (issue 17):
+        # in chunks, with a pause, the journal's commits go between them.
+        if i:
+            await asyncio.sleep(chunk_pause_s)
+        part = rows[i:i + chunk_cards]
         await conn.execute(
             "INSERT INTO card_states (shard_id, card_no, as_of_lsn, balance_fen, state)"
             " SELECT $1, * FROM unnest($3::bigint[], $2::bigint[], $4::bigint[], $5::bytea[])"
             " ON CONFLICT (shard_id, card_no) DO UPDATE SET as_of_lsn = EXCLUDED.as_of_lsn,"
             " balance_fen = EXCLUDED.balance_fen, state = EXCLUDED.state"
             " WHERE card_states.as_of_lsn <= EXCLUDED.as_of_lsn",
-            shard_id, [lsn] * len(rows), [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
+            shard_id, [lsn] * len(part), [r[0] for r in part], [r[1] for r in part], [r[2] for r in part],
         )
+    async with conn.transaction():
         await conn.execute(
             "INSERT INTO snapshots (shard_id, snapshot_lsn, cards, balance_fen) VALUES ($1, $2, $3, $4)"
             " ON CONFLICT DO NOTHING",

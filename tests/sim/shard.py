@@ -69,9 +69,9 @@ class ForgetFailedSnapshot(AccountShardCore):
     one leaves them out and the record's card states fall behind the mark."""
 
     async def _write_snapshot(self, ledger: Ledger, lsn: int) -> None:
-        while not ledger.snapshot_step(self.snapshot_slice_cards):
+        while not ledger.snapshots.step(self.snapshot_slice_cards):
             await asyncio.sleep(self.snapshot_slice_pause_s)
-        rows, _changed = ledger.finish_snapshot()
+        rows, _changed = ledger.snapshots.finish()
         await self.store.write_snapshot(lsn, rows, sum(money for _, money, _ in rows))
 
 
@@ -80,8 +80,8 @@ class SnapshotWithoutCopyOnWrite(AccountShardCore):
     write, so a card a tap changed meanwhile is stored with that tap in it."""
 
     async def _write_snapshot(self, ledger: Ledger, lsn: int) -> None:
-        pending = list(ledger._snap_pending or ())
-        ledger._snap_pending = set()  # the ledger sees nothing left to protect
+        pending = list(ledger.snapshots.pending or ())
+        ledger.snapshots.pending = set()  # the ledger sees nothing left to protect
         rows = []
         for k, card_no in enumerate(pending):
             card = ledger.cards.get(card_no)
@@ -89,11 +89,11 @@ class SnapshotWithoutCopyOnWrite(AccountShardCore):
                 rows.append((card_no, sum(card.purses), encode_card(card)))
             if k % self.snapshot_slice_cards == 0:
                 await asyncio.sleep(self.snapshot_slice_pause_s)
-        _rows, changed = ledger.finish_snapshot()
+        _rows, changed = ledger.snapshots.finish()
         try:
             await self.store.write_snapshot(lsn, rows, sum(money for _, money, _ in rows))
         except BaseException:
-            ledger.restore_changed(changed)  # as the product does: only the copy on write is missing
+            ledger.snapshots.restore(changed)  # as the product does: only the copy on write is missing
             raise
 
 

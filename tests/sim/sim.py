@@ -37,6 +37,7 @@ MUTATIONS = (
     "forget_failed_snapshot",  # a snapshot not stored drops its changed cards from the next one
     "snapshot_without_copy_on_write",  # a snapshot encoded in slices stores cards taps changed since
     "no_op_lookup",  # card services: keys evicted from the op memory are not looked up in the journal
+    "states_as_of_the_mark",  # recovery takes every stored card state as of the mark, not its own lsn
 )
 _tables: FareTables | None = None
 _base_settings: dict[str, Any] | None = None

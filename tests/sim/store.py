@@ -24,6 +24,7 @@ COMMIT_MS = (1, 15)  # how long a group commit takes
 OPEN_MS = (1, 10)
 LOAD_MS = (5, 40)
 SNAPSHOT_MS = (2, 30)
+SNAPSHOT_CHUNK_CARDS = 1  # the product's 20,000; one here, so that snapshots stop between chunks
 ZOMBIE_MS = (0, 1_000)
 
 
@@ -56,19 +57,24 @@ class Record:
         self.commits += 1
         return True
 
-    def save_snapshot(self, lsn: int, states: dict[int, bytes]) -> None:
-        """recovery.write_snapshot: one transaction."""
+    def save_states(self, lsn: int, states: dict[int, bytes]) -> None:
+        """One chunk of recovery.write_snapshot: one transaction."""
         for card_no, state in states.items():
             held = self.snapshot.get(card_no)
             if held is None or held[0] <= lsn:
                 self.snapshot[card_no] = (lsn, state)
+
+    def mark_snapshot(self, lsn: int) -> None:
+        """recovery.write_snapshot's last transaction, once every chunk is stored."""
         self.snapshot_lsn = max(self.snapshot_lsn, lsn)
 
-    def rebuild(self, ledger: Ledger, *, watermarks: bool = True) -> RecoveryReport:
-        """What recovery.load_ledger's queries return, fed to the product's Rebuild."""
+    def rebuild(self, ledger: Ledger, *, watermarks: bool = True, card_lsns: bool = True) -> RecoveryReport:
+        """What recovery.load_ledger's queries return, fed to the product's Rebuild.
+        ``card_lsns`` False: the mutant that takes every stored state as of the mark."""
         rebuild = Rebuild(ledger, self.snapshot_lsn, self.head_lsn)
         rebuild.add_cards(c.fresh() for c in self.cards)
-        rebuild.restore_snapshot((card_no, state) for card_no, (_lsn, state) in self.snapshot.items())
+        rebuild.restore_snapshot((card_no, as_of if card_lsns else min(as_of, self.snapshot_lsn), state)
+                                 for card_no, (as_of, state) in self.snapshot.items())
         if rebuild.start and watermarks:
             high: dict[int, int] = {}
             for row in self.rows[:rebuild.start]:
@@ -108,7 +114,8 @@ class SimStore:
             self.world.log(self.name, "recovery failed: store unavailable")
             raise StoreError("store unavailable")
         mutation = self.world.mutation
-        report = self.record.rebuild(ledger, watermarks=mutation != "no_watermark_on_recovery")
+        report = self.record.rebuild(ledger, watermarks=mutation != "no_watermark_on_recovery",
+                                     card_lsns=mutation != "states_as_of_the_mark")
         if mutation == "forget_dedupe_on_recovery":  # mutant: recovery that does not refill the dedupe memory
             for stripe in ledger._seen:
                 stripe.clear()
@@ -163,7 +170,15 @@ class SimStore:
         await self._io(SNAPSHOT_MS)
         if self.world.chance(self.faults.p_snapshot_fail):
             raise StoreError("snapshot failed")
-        self.record.save_snapshot(lsn, states)
+        items = list(states.items())
+        for i in range(0, len(items), SNAPSHOT_CHUNK_CARDS):  # as recovery.write_snapshot: a transaction each
+            if i:
+                await self._io(SNAPSHOT_MS)
+                if self.world.chance(self.faults.p_snapshot_fail):
+                    self.world.log(self.name, f"snapshot at lsn {lsn} failed after {i} of {len(items)} cards")
+                    raise StoreError("snapshot failed between chunks")
+            self.record.save_states(lsn, dict(items[i:i + SNAPSHOT_CHUNK_CARDS]))
+        self.record.mark_snapshot(lsn)
         self.world.log(self.name, f"snapshot at lsn {lsn}")
 
     async def find_ops(self, keys: list[str]) -> list[JournalRow]:

@@ -654,13 +654,13 @@ def _states(rows: list[tuple[int, int, bytes]]) -> dict[int, list[int]]:
 def test_a_snapshot_holds_only_the_cards_changed_since_the_last_one() -> None:
     ledger = _ledger()
     ledger.apply([_bus(7, 1, ALICE), _bus(7, 2, NOBODY)], NOW_MS)
-    rows, changed = ledger.take_changed()
+    rows, changed = ledger.snapshots.take()
     assert _states(rows) == {ALICE: [1000 - BUS_FARE_FEN, 0, 0, 0, 0, 0]}
     assert changed == {ALICE, NOBODY}  # an unknown card is named but has no state to write
-    assert ledger.take_changed() == ([], set())  # nothing changed since
+    assert ledger.snapshots.take() == ([], set())  # nothing changed since
     ledger.apply([_bus(7, 3, BOB)], NOW_MS)  # refused: one fen short, no change, still written
-    ledger.restore_changed(changed)  # that snapshot was not stored: its cards go again
-    rows, _ = ledger.take_changed()
+    ledger.snapshots.restore(changed)  # that snapshot was not stored: its cards go again
+    rows, _ = ledger.snapshots.take()
     assert set(_states(rows)) == {ALICE, BOB}
 
 
@@ -669,26 +669,26 @@ def test_a_snapshot_in_slices_is_as_of_its_start_though_taps_and_ops_go_on() -> 
     ledger = _ledger()
     ledger.apply([_bus(7, 1, ALICE), _bus(7, 2, ERIN), _bus(7, 3, FRANK)], NOW_MS)
     as_of = {c: list(ledger.cards[c].purses) for c in (ALICE, ERIN, FRANK)}
-    assert ledger.begin_snapshot() == 3
+    assert ledger.snapshots.begin() == 3
     with pytest.raises(RuntimeError):
-        ledger.begin_snapshot()
-    assert not ledger.snapshot_step(1)  # one encoded, two to go
+        ledger.snapshots.begin()
+    assert not ledger.snapshots.step(1)  # one encoded, two to go
     ledger.apply([_bus(7, 4, ALICE), _bus(7, 5, ERIN), _bus(7, 6, BOB)], NOW_MS)
     ledger.apply_ops([TopUp("top-1", FRANK, int(Purse.EPURSE), 300)], NOW_MS)
-    assert ledger.snapshot_step(10)
-    rows, changed = ledger.finish_snapshot()
+    assert ledger.snapshots.step(10)
+    rows, changed = ledger.snapshots.finish()
     assert changed == {ALICE, ERIN, FRANK}
     assert _states(rows) == as_of  # not the taps and the top-up made after it began
     assert ledger.cards[FRANK].purses[0] == as_of[FRANK][0] + 300
-    rows, _ = ledger.take_changed()  # they are in the next one
+    rows, _ = ledger.snapshots.take()  # they are in the next one
     assert set(_states(rows)) == {ALICE, ERIN, BOB, FRANK}
 
 
 def test_an_abandoned_snapshot_hands_its_cards_to_the_next() -> None:
     ledger = _ledger()
     ledger.apply([_bus(7, 1, ALICE), _bus(7, 2, ERIN)], NOW_MS)
-    ledger.begin_snapshot()
-    ledger.snapshot_step(1)
-    ledger.abandon_snapshot()
-    rows, _ = ledger.take_changed()
+    ledger.snapshots.begin()
+    ledger.snapshots.step(1)
+    ledger.snapshots.abandon()
+    rows, _ = ledger.snapshots.take()
     assert set(_states(rows)) == {ALICE, ERIN}

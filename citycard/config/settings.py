@@ -76,8 +76,9 @@ class Gateway(_Section):
     # gateway processes on this host sharing the port (cli/gateway_workers.py); 1: this one only
     processes: int = Field(default=1, ge=1, le=64)
     shard_queue_max_taps: int = Field(ge=1, le=10_000_000)
-    # queued taps per shard at which the gateway stops reading terminals (router.py); 0: never
-    shard_queue_pause_taps: int = Field(default=8000, ge=0, le=10_000_000)
+    # queued taps per shard at which the gateway stops reading terminals (router.py); 0: never;
+    # unset: a fifth of shard_queue_max_taps (queue_pause_taps)
+    shard_queue_pause_taps: int | None = Field(default=None, ge=0, le=10_000_000)
     retry_deadline_ms: int = Field(ge=0, le=600_000)
     shard_call_timeout_ms: int = Field(ge=100, le=600_000)
     auth_timeout_ms: int = Field(ge=100, le=600_000)
@@ -90,9 +91,14 @@ class Gateway(_Section):
     seq_memory_per_terminal: int = Field(default=1024, ge=1, le=1_000_000)
     seq_memory_total: int = Field(default=500_000, ge=1, le=100_000_000)
 
+    @property
+    def queue_pause_taps(self) -> int:
+        p = self.shard_queue_pause_taps
+        return self.shard_queue_max_taps // 5 if p is None else p
+
     @model_validator(mode="after")
     def _pause_below_busy(self) -> "Gateway":
-        if self.shard_queue_pause_taps > self.shard_queue_max_taps:
+        if self.shard_queue_pause_taps is not None and self.shard_queue_pause_taps > self.shard_queue_max_taps:
             raise ValueError(f"shard_queue_pause_taps ({self.shard_queue_pause_taps}) must be at most "
                              f"shard_queue_max_taps ({self.shard_queue_max_taps}): reading stops before BUSY")
         return self

@@ -42,7 +42,7 @@ class GatewayLimits:
         return cls(g.shard_batch_max_taps, g.shard_inflight_calls, g.shard_queue_max_taps, g.linger_ms,
                    g.max_frame_bytes, g.max_batch_taps, g.auth_timeout_ms, g.heartbeat_ms,
                    g.terminal_max_taps_per_s, g.terminal_burst_taps, g.seq_memory_per_terminal,
-                   g.seq_memory_total, g.shard_pipeline_min_taps, g.shard_queue_pause_taps)
+                   g.seq_memory_total, g.shard_pipeline_min_taps, g.queue_pause_taps)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ metrics, limits, the per-terminal token buckets and the open connections."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -19,6 +20,8 @@ from .sessions import SessionReporter
 
 if TYPE_CHECKING:
     from .server import TerminalProtocol
+
+log = logging.getLogger(__name__)
 
 _RESULT_NAMES = {int(r): r.name for r in Result}
 _KIND_NAMES = {int(k): k.name for k in TapKind}  # metric labels by name, like results
@@ -82,14 +85,26 @@ class GatewayContext:
     def _on_pressure(self, pressed: bool) -> None:
         if pressed:
             return  # each connection holds its next taps itself (TerminalProtocol._events)
-        paused, self.paused = self.paused, {}
-        for c in paused:
-            c.resume()  # may press the router again: the rest hold once more, in order
+        waiting, self.paused = list(self.paused), {}
+        for k, c in enumerate(waiting):
+            if self.router.pressed:  # pressed again by those before: the rest keep their turn, first
+                self.paused = {**dict.fromkeys(waiting[k:]), **self.paused}
+                break
+            try:
+                c.resume()
+            except Exception:  # noqa: BLE001 - one connection's failure must not leave the rest paused
+                log.exception("terminal %s: resume after backpressure failed", c.conn.terminal_id)
         self.metrics.paused_connections.set(len(self.paused))
 
     def pause(self, c: TerminalProtocol) -> None:
         self.paused[c] = None
         self.metrics.paused_connections.set(len(self.paused))
+
+    def unpause(self, c: TerminalProtocol) -> None:
+        """``c`` closed, or drains before closing: it is no longer waiting for its turn."""
+        if c in self.paused:
+            del self.paused[c]
+            self.metrics.paused_connections.set(len(self.paused))
 
     def tap_counter(self, key: tuple[int, int]) -> Any:
         """The taps counter's child for (kind, result): looked up once, not per answer."""

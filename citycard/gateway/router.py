@@ -1,9 +1,12 @@
 """Groups taps by account shard and makes one Ray call per group, never one per tap.
 
 Each shard has a bounded queue and a bounded number of calls in flight; a full queue answers
-BUSY at once. Before that, a queue past ``pause_queue_taps`` presses the gateway: connections
-stop being read (TCP backpressure, gateway/context.py) until every queue is back under half of
-it, so an overload costs the terminals time, not the gateway's CPU on taps it must refuse. Calls adapt to the load: while a call is in flight, another goes out only once
+BUSY at once. Before that, a queue past ``pause_queue_taps`` whose shard is still answering
+presses the gateway: connections stop being read (TCP backpressure, gateway/context.py) until
+no such queue is over half the mark, so an overload costs the terminals time, not the gateway's
+CPU on taps it must refuse. A shard that answered nothing for ``STALL_S`` is failing, not busy:
+its queue does not press (its taps wait for it, then BUSY), so one dead shard does not stop
+the terminals whose taps go to the others. Calls adapt to the load: while a call is in flight, another goes out only once
 ``pipeline_min_taps`` are queued, so at light load taps gather behind the call in flight (one
 Ray call and one commit for many terminals' single taps) and at heavy load calls overlap. The ShardClient retries a failed call (shard crashed, store failed) with the
 same taps until its deadline; then the taps are answered RETRY (outcome unknown, retry the
@@ -31,6 +34,7 @@ DUPLICATE_SEQ = Outcome(int(Result.DUPLICATE_SEQ), 0, -1, False)
 # still refused. Not on SEQ_TOO_OLD: whose seq it was is not known, and keeping the claim
 # refuses another shard's card rather than deciding the seq twice.
 _DUPLICATE = int(Result.DUPLICATE_SEQ)
+STALL_S = 3.0  # a lane whose shard answered no call for this long does not press (it is failing)
 
 
 class Pending:
@@ -38,14 +42,16 @@ class Pending:
 
     __slots__ = ("reply", "req", "single", "taps", "outcomes", "remaining", "started_s")
 
-    def __init__(self, reply: Callable[["Pending"], None], req: int, single: bool, taps: Sequence[Tap]) -> None:
+    def __init__(self, reply: Callable[["Pending"], None], req: int, single: bool, taps: Sequence[Tap],
+                 started_s: float | None = None) -> None:
         self.reply = reply
         self.req = req
         self.single = single
         self.taps = taps
         self.outcomes: list[Outcome | None] = [None] * len(taps)
         self.remaining = len(taps)
-        self.started_s = time.perf_counter()
+        # perf_counter when the gateway read the request (earlier if it held it: backpressure)
+        self.started_s = time.perf_counter() if started_s is None else started_s
 
     def settle(self, index: int, outcome: Outcome) -> None:
         self.outcomes[index] = outcome
@@ -55,14 +61,15 @@ class Pending:
 
 
 class ShardLane:
-    __slots__ = ("shard_id", "queue", "inflight", "scheduled", "label")
+    __slots__ = ("shard_id", "queue", "inflight", "scheduled", "label", "answered_s")
 
-    def __init__(self, shard_id: int) -> None:
+    def __init__(self, shard_id: int, now_s: float) -> None:
         self.shard_id = shard_id
         self.queue: list[tuple[Tap, Pending, int]] = []
         self.inflight = 0
         self.scheduled = False
         self.label = str(shard_id)
+        self.answered_s = now_s  # loop time of the shard's last answered call (start: benefit of the doubt)
 
 
 class Router:
@@ -80,7 +87,8 @@ class Router:
         pause_queue_taps: int = 0,
     ) -> None:
         self.client = client
-        self.lanes = [ShardLane(i) for i in range(client.n_shards)]
+        self._loop = asyncio.get_running_loop()
+        self.lanes = [ShardLane(i, self._loop.time()) for i in range(client.n_shards)]
         self.n_shards = len(self.lanes)
         self._hotlist = hotlist
         self.metrics = metrics
@@ -95,8 +103,8 @@ class Router:
         self.resume_queue_taps = pause_queue_taps // 2
         self.pressed = False
         self.on_pressure: Callable[[bool], None] | None = None  # told when pressed changes
+        self._stall_timer: asyncio.TimerHandle | None = None  # while pressed: a stalled lane releases
         self._tasks: set[asyncio.Task[None]] = set()
-        self._loop = asyncio.get_running_loop()
         # interop.desk.RemoteDesk when a region is configured: visitors' taps go to their
         # issuer over the link (docs/interop.md); None: every tap goes to this city's shards.
         self.remote: Any = None
@@ -150,14 +158,32 @@ class Router:
             touched[lane] = None
         for lane in touched:
             self._schedule(lane)
-            if self.pause_queue_taps and not self.pressed and len(lane.queue) >= self.pause_queue_taps:
+            if (self.pause_queue_taps and not self.pressed and len(lane.queue) >= self.pause_queue_taps
+                    and self._loop.time() - lane.answered_s < STALL_S):
                 self._press(True)
+
+    def _holds(self, lane: ShardLane, now_s: float) -> bool:
+        """This lane keeps the gateway pressed: over half the mark, and its shard answering."""
+        return len(lane.queue) > self.resume_queue_taps and now_s - lane.answered_s < STALL_S
+
+    def _maybe_release(self) -> None:
+        now_s = self._loop.time()
+        if self.pressed and not any(self._holds(lane, now_s) for lane in self.lanes):
+            self._press(False)
+
+    def _stall_check(self) -> None:
+        self._stall_timer = None
+        self._maybe_release()
+        if self.pressed:
+            self._stall_timer = self._loop.call_later(STALL_S / 2, self._stall_check)
 
     def _press(self, pressed: bool) -> None:
         self.pressed = pressed
         self.metrics.backpressure.set(int(pressed))
         if pressed:
             self.metrics.backpressure_episodes.inc()
+            if self._stall_timer is None:
+                self._stall_timer = self._loop.call_later(STALL_S / 2, self._stall_check)
         if self.on_pressure is not None:
             self.on_pressure(pressed)
 
@@ -183,8 +209,8 @@ class Router:
             task = self._loop.create_task(self._call(lane, batch))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        if self.pressed and all(len(q.queue) <= self.resume_queue_taps for q in self.lanes):
-            self._press(False)
+        if self.pressed:
+            self._maybe_release()
         self.metrics.shard_queue.labels(lane.label).set(len(lane.queue))
         self.metrics.shard_inflight.labels(lane.label).set(lane.inflight)
 
@@ -194,6 +220,7 @@ class Router:
         try:
             answer = await self.client.apply_taps(lane.shard_id, [t for t, _, _ in batch])
             outcomes = answer.outcomes
+            lane.answered_s = self._loop.time()
             self.metrics.shard_call_latency.observe(answer.call_s)
             if answer.commit_ms:
                 self.metrics.commit_latency.labels(lane.label).observe(answer.commit_ms / 1000.0)
@@ -213,4 +240,6 @@ class Router:
             self._schedule(lane)
 
     async def close(self) -> None:
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
         await cancel_and_wait(list(self._tasks))

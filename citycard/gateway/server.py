@@ -50,6 +50,7 @@ class TerminalProtocol(asyncio.Protocol):
         self._final_error: bytes | None = None  # a fatal error frame waiting for those answers
         self._eof = False
         self._held: list[Any] | None = None  # events not taken while the router is pressed
+        self._held_since_s = 0.0  # perf_counter when they were first held
         self._reading_paused = False
         self._loop = asyncio.get_running_loop()  # its time() is the clock (monotonic; fake in the simulation)
 
@@ -62,7 +63,7 @@ class TerminalProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.ctx.connections.discard(self)
-        self.ctx.paused.pop(self, None)
+        self.ctx.unpause(self)
         self._held = None  # never answered: the terminal sends them again with the same seqs
         self.ctx.metrics.connections.dec()
         if self._authenticated:
@@ -84,20 +85,20 @@ class TerminalProtocol(asyncio.Protocol):
         self.conn.close()
         self._close()
 
-    def _events(self, events: list[Any]) -> None:
+    def _events(self, events: list[Any], held_since_s: float | None = None) -> None:
         """Each event in arrival order; a fatal error among them is written after the answers
         to the requests before it (section 5). While a shard queue is past its mark, taps and
         what follows them are held here and the socket is not read (backpressure): they wait
-        for the queue, not get BUSY."""
+        for the queue, not get BUSY. ``held_since_s``: when held events were first held."""
         if events:
             self._last_frame = self._loop.time()  # a whole frame, not a byte, counts as activity
         router = self.ctx.router
         for i, event in enumerate(events):
             if isinstance(event, TapsReceived):  # the hot case first
                 if router.pressed and self._authenticated and not self._gone():
-                    self._hold(events[i:])
+                    self._hold(events[i:], held_since_s)
                     return
-                self._on_taps(event)
+                self._on_taps(event, held_since_s)
             elif isinstance(event, Violation):
                 self._on_violation(event)
             elif isinstance(event, HelloReceived):
@@ -113,11 +114,13 @@ class TerminalProtocol(asyncio.Protocol):
                 self._owed += 1
                 self.ctx.spawn(self._offline(event))
 
-    def _hold(self, events: list[Any]) -> None:
+    def _hold(self, events: list[Any], since_s: float | None) -> None:
         if not self._reading_paused:
             self._reading_paused = True
             self.transport.pause_reading()  # type: ignore[union-attr]  # _gone: not None
         self._held = events
+        # the tap latency metric counts the hold (not the wait in the kernel's buffers, unseen here)
+        self._held_since_s = time.perf_counter() if since_s is None else since_s
         self.ctx.pause(self)
 
     def resume(self) -> None:
@@ -127,7 +130,7 @@ class TerminalProtocol(asyncio.Protocol):
         if held is None or self._gone():
             return
         try:
-            self._events(held)
+            self._events(held, self._held_since_s)
         except Exception as exc:  # noqa: BLE001 - as in data_received
             self._dropped(exc)
             return
@@ -136,7 +139,7 @@ class TerminalProtocol(asyncio.Protocol):
             self.transport.resume_reading()  # type: ignore[union-attr]  # _gone: not None
 
     # -- events --------------------------------------------------------------------------
-    def _on_taps(self, event: TapsReceived) -> None:
+    def _on_taps(self, event: TapsReceived, started_s: float | None = None) -> None:
         terminal_id = self.conn.terminal_id
         admit = self.ctx.admit(terminal_id, len(event.taps), self._loop.time())
         taps = [
@@ -146,7 +149,7 @@ class TerminalProtocol(asyncio.Protocol):
         seqs = self.ctx.router.seqs
         refused = seqs.claim(terminal_id, taps) if seqs is not None else ()
         self._owed += 1
-        self.ctx.router.submit(Pending(self._reply, event.req, event.single, taps), admit, refused)
+        self.ctx.router.submit(Pending(self._reply, event.req, event.single, taps, started_s), admit, refused)
 
     def _reply(self, pending: Pending) -> None:
         ctx = self.ctx
@@ -364,6 +367,10 @@ class TerminalProtocol(asyncio.Protocol):
         except (NotImplementedError, RuntimeError, OSError):
             t.close()
             return
+        if self._reading_paused:  # held by backpressure: drain now, or unread bytes reset it
+            self._held, self._reading_paused = None, False
+            self.ctx.unpause(self)
+            t.resume_reading()
         self._linger = self._loop.call_later(LINGER_S, t.close)
 
 

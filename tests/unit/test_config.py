@@ -80,7 +80,10 @@ def test_backpressure_mark_must_be_below_the_busy_bound():
     with pytest.raises(ConfigError, match=r"shard_queue_pause_taps \(50\) must be at most shard_queue_max_taps \(20\)"):
         load_settings(env={"CITYCARD_GATEWAY__SHARD_QUEUE_MAX_TAPS": "20", "CITYCARD_GATEWAY__SHARD_QUEUE_PAUSE_TAPS": "50"})
     s = load_settings(env={"CITYCARD_GATEWAY__SHARD_QUEUE_MAX_TAPS": "20", "CITYCARD_GATEWAY__SHARD_QUEUE_PAUSE_TAPS": "0"})
-    assert s.gateway.shard_queue_pause_taps == 0  # 0: never stop reading
+    assert s.gateway.queue_pause_taps == 0  # 0: never stop reading
+    assert load_settings(env={}).gateway.queue_pause_taps == 8000  # unset: a fifth of the BUSY bound
+    small = load_settings(env={"CITYCARD_GATEWAY__SHARD_QUEUE_MAX_TAPS": "20"})  # an older config
+    assert small.gateway.queue_pause_taps == 4
 
 
 def test_database_roles_and_the_app_login():

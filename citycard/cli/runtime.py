@@ -23,9 +23,9 @@ from ..config.settings import Settings
 from ..errors import ConfigError
 from ..gateway.build import GatewayLimits, build_gateway
 from ..gateway.hotlist import HotlistCache, HotlistDeltas, max_hotlist_items
+from ..gateway.listener import Gateway
 from ..gateway.metrics import Metrics
 from ..gateway.router import Router
-from ..gateway.server import Gateway
 from ..gateway.sessions import SessionReporter
 from ..gateway.terminal_control import TerminalControl
 from ..gateway.watch import PlatformWatch

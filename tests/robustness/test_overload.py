@@ -174,6 +174,16 @@ async def overload(live: LiveCity, offer: Offer, capacity: float, fig: dict[str,
             "rss_before": rss_before, "rss_peak": max(samples["rss"]), "rss_after": rss_after}
 
 
+async def journal_is_accepted_then_close(live: LiveCity, conns: list[LoadConn]) -> None:
+    """Durable: every accepted tap has exactly its journal row, and no BUSY tap has one."""
+    for conn in conns:
+        rows = await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(
+            live.journal(conn.terminal_id), live.loop))  # type: ignore[arg-type]
+        assert set(rows) == set(conn.accepted), f"terminal {conn.terminal_id}: journal != accepted taps"
+    for conn in conns:
+        await conn.close()
+
+
 def test_three_times_capacity_gets_busy_with_bounded_queues_latency_and_memory(live):
     c = live.c
     cards = plain_cards(c) or [row[0] for row in c.cards]
@@ -197,13 +207,7 @@ def test_three_times_capacity_gets_busy_with_bounded_queues_latency_and_memory(l
         assert o["rss_peak"] - o["rss_before"] < 128 * 2**20, fig
         assert o["rss_after"] - o["rss_before"] < 64 * 2**20, fig
 
-        # Durable: every accepted tap has exactly its journal row; no BUSY tap has one.
-        for conn in conns:
-            rows = await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(
-                live.journal(conn.terminal_id), live.loop))  # type: ignore[arg-type]
-            assert set(rows) == set(conn.accepted), f"terminal {conn.terminal_id}: journal != accepted taps"
-        for conn in conns:
-            await conn.close()
+        await journal_is_accepted_then_close(live, conns)
 
     asyncio.run(asyncio.wait_for(go(), 120))
     assert live.loop_errors == [], live.loop_errors[:5]
@@ -243,12 +247,7 @@ def test_three_times_capacity_with_backpressure_waits_instead_of_busy(live_press
         assert fig["max_lane_queue"] <= PAUSE_TAPS + BATCH and fig["max_queue_gauge"] <= PAUSE_TAPS + BATCH, fig
         assert o["accepted"] / o["busy_s"] >= 0.5 * capacity, fig  # goodput holds
         assert o["rss_after"] - o["rss_before"] < 64 * 2**20, fig
-        for conn in conns:
-            rows = await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(
-                live.journal(conn.terminal_id), live.loop))  # type: ignore[arg-type]
-            assert set(rows) == set(conn.accepted), f"terminal {conn.terminal_id}: journal != accepted taps"
-        for conn in conns:
-            await conn.close()
+        await journal_is_accepted_then_close(live, conns)
 
     asyncio.run(asyncio.wait_for(go(), 120))
     assert live.loop_errors == [], live.loop_errors[:5]

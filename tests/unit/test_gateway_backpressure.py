@@ -90,10 +90,21 @@ class Terminal:
                 self.pongs += 1
 
 
-def _limits(pause_taps: int) -> GatewayLimits:
-    return GatewayLimits(shard_batch_max_taps=2, shard_inflight_calls=1, shard_queue_max_taps=100, linger_ms=0,
+def _limits(pause_taps: int, max_taps: int = 100) -> GatewayLimits:
+    return GatewayLimits(shard_batch_max_taps=2, shard_inflight_calls=1, shard_queue_max_taps=max_taps, linger_ms=0,
                          max_frame_bytes=65536, max_batch_taps=1000, auth_timeout_ms=10_000, heartbeat_ms=30_000,
                          shard_queue_pause_taps=pause_taps, seq_memory_per_terminal=0)
+
+
+async def _gateway(limits: GatewayLimits, n_terminals: int = 2) -> tuple[GatedShards, Any, list[Terminal]]:
+    """Gated shards, the gateway's parts built as in production, and terminals 7, 8, ... logged in."""
+    shards = GatedShards()
+    parts = build_gateway(shards, [_Session()], set, Metrics(), limits,  # type: ignore[arg-type]
+                          fare_version=lambda: 1, hotlist_version=lambda: 0)
+    terminals = [Terminal(parts.ctx, 7 + i) for i in range(n_terminals)]
+    for t in terminals:
+        await t.login()
+    return shards, parts, terminals
 
 
 async def _open_all(shards: GatedShards, terminals: list[Terminal], rounds: int = 50) -> None:
@@ -107,14 +118,8 @@ async def _open_all(shards: GatedShards, terminals: list[Terminal], rounds: int 
 
 def test_a_full_queue_stops_reading_and_holds_taps_instead_of_busy() -> None:
     async def go() -> None:
-        shards = GatedShards()
-        metrics = Metrics()
-        parts = build_gateway(shards, [_Session()], set, metrics, _limits(pause_taps=4),  # type: ignore[arg-type]
-                              fare_version=lambda: 1, hotlist_version=lambda: 0)
-        router, ctx = parts.router, parts.ctx
-        a, b = Terminal(ctx, 7), Terminal(ctx, 8)
-        for t in (a, b):
-            await t.login()
+        shards, parts, (a, b) = await _gateway(_limits(pause_taps=4))
+        router, ctx, metrics = parts.router, parts.ctx, parts.ctx.metrics
         a.send(6)  # 2 go to the shard, 4 queue: the mark
         await settle()
         assert router.pressed and shards.calls == [2]
@@ -150,14 +155,7 @@ def test_a_full_queue_stops_reading_and_holds_taps_instead_of_busy() -> None:
 
 def test_no_mark_means_busy_at_the_queue_bound() -> None:
     async def go() -> None:
-        shards = GatedShards()
-        limits = GatewayLimits(shard_batch_max_taps=2, shard_inflight_calls=1, shard_queue_max_taps=4, linger_ms=0,
-                               max_frame_bytes=65536, max_batch_taps=1000, auth_timeout_ms=10_000,
-                               heartbeat_ms=30_000, shard_queue_pause_taps=0, seq_memory_per_terminal=0)
-        parts = build_gateway(shards, [_Session()], set, Metrics(), limits,  # type: ignore[arg-type]
-                              fare_version=lambda: 1, hotlist_version=lambda: 0)
-        a = Terminal(parts.ctx, 7)
-        await a.login()
+        shards, parts, (a,) = await _gateway(_limits(pause_taps=0, max_taps=4), n_terminals=1)
         a.send(9)  # 4 queued (the call goes out after), 5 BUSY
         await settle()
         assert a.transport.reading and not parts.router.pressed
@@ -171,12 +169,7 @@ def test_no_mark_means_busy_at_the_queue_bound() -> None:
 
 def test_a_connection_that_goes_while_held_leaves_the_paused_set() -> None:
     async def go() -> None:
-        shards = GatedShards()
-        parts = build_gateway(shards, [_Session()], set, Metrics(), _limits(pause_taps=2),  # type: ignore[arg-type]
-                              fare_version=lambda: 1, hotlist_version=lambda: 0)
-        a, b = Terminal(parts.ctx, 7), Terminal(parts.ctx, 8)
-        for t in (a, b):
-            await t.login()
+        shards, parts, (a, b) = await _gateway(_limits(pause_taps=2))
         a.send(4)
         b.send(1)
         assert list(parts.ctx.paused) == [b.proto]
@@ -192,12 +185,7 @@ def test_a_connection_that_goes_while_held_leaves_the_paused_set() -> None:
 
 def test_what_follows_held_taps_in_the_same_read_waits_with_them() -> None:
     async def go() -> None:
-        shards = GatedShards()
-        parts = build_gateway(shards, [_Session()], set, Metrics(), _limits(pause_taps=2),  # type: ignore[arg-type]
-                              fare_version=lambda: 1, hotlist_version=lambda: 0)
-        a, b = Terminal(parts.ctx, 7), Terminal(parts.ctx, 8)
-        for t in (a, b):
-            await t.login()
+        shards, parts, (a, b) = await _gateway(_limits(pause_taps=2))
         a.send(4)  # pressed
         await settle()
         b.proto.data_received(b.frame(1) + b.client.ping(123) + b.frame(2))  # one read, three frames
@@ -229,17 +217,9 @@ def test_a_shard_that_stops_answering_releases_the_terminals_and_does_not_press(
     """A failing shard is not a busy one: holding every terminal for it would stop the taps of
     the other shards too. Its taps queue to the BUSY bound instead."""
     async def go() -> None:
-        shards = GatedShards()
-        limits = GatewayLimits(shard_batch_max_taps=2, shard_inflight_calls=1, shard_queue_max_taps=6, linger_ms=0,
-                               max_frame_bytes=65536, max_batch_taps=1000, auth_timeout_ms=10_000,
-                               heartbeat_ms=30_000, shard_queue_pause_taps=2, seq_memory_per_terminal=0)
-        parts = build_gateway(shards, [_Session()], set, Metrics(), limits,  # type: ignore[arg-type]
-                              fare_version=lambda: 1, hotlist_version=lambda: 0)
+        shards, parts, (a, b) = await _gateway(_limits(pause_taps=2, max_taps=6))
         router, ctx = parts.router, parts.ctx
         clock = router._loop = _Clock(asyncio.get_running_loop())  # type: ignore[assignment]
-        a, b = Terminal(ctx, 7), Terminal(ctx, 8)
-        for t in (a, b):
-            await t.login()
         a.send(4)  # 2 called, 2 queued: pressed, the shard not yet known to fail
         await settle()
         b.send(3)
@@ -266,12 +246,7 @@ def test_a_held_connection_closed_with_an_error_drains_instead_of_staying_paused
     (and dropped) until it closes: unread bytes would make the kernel reset the connection and
     the terminal lose the error."""
     async def go() -> None:
-        shards = GatedShards()
-        parts = build_gateway(shards, [_Session()], set, Metrics(), _limits(pause_taps=2),  # type: ignore[arg-type]
-                              fare_version=lambda: 1, hotlist_version=lambda: 0)
-        a, b = Terminal(parts.ctx, 7), Terminal(parts.ctx, 8)
-        for t in (a, b):
-            await t.login()
+        shards, parts, (a, b) = await _gateway(_limits(pause_taps=2))
         a.send(4)
         b.send(1)
         assert not b.transport.reading and list(parts.ctx.paused) == [b.proto]

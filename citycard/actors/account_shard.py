@@ -36,6 +36,7 @@ _terms_decoder = msgspec.msgpack.Decoder(list[MerchantTerms])
 _encoder = msgspec.msgpack.Encoder()
 READY_TIMEOUT_S = 30.0
 SNAPSHOT_SLICE_CARDS = 5_000  # encoded between two turns of the loop: ~10 ms at ~2 us a card
+COMPACT_MIN_STATE_ROWS = 100_000  # a small shard is not compacted at every snapshot
 
 
 @functools.cache
@@ -62,6 +63,8 @@ class AccountShardCore:
     # The simulation makes slices small and spaces them out in its time, so taps land between
     snapshot_slice_cards = SNAPSHOT_SLICE_CARDS
     snapshot_slice_pause_s = 0.0
+    # The stored card states are compacted once they pass twice the shard's cards, and this.
+    compact_min_state_rows = COMPACT_MIN_STATE_ROWS
 
     def __init__(self, shard_id: int, settings: dict[str, Any], db_url: str = "", *,
                  store: ShardStore | None = None, tables: FareTables | None = None,
@@ -82,6 +85,7 @@ class AccountShardCore:
         self._snapshot_task: asyncio.Task[Any] | None = None
         self._last_snapshot_lsn = 0
         self._last_snapshot_s = 0.0  # loop time; set when loaded
+        self._state_rows = 0  # rows in the shard's card_state_log, superseded ones included
         self.recovery: RecoveryReport | None = None
         self.recoveries = 0
 
@@ -121,6 +125,7 @@ class AccountShardCore:
                       self.shard_id, self.recovery.mismatches)
         self.ledger = ledger
         self._last_snapshot_lsn = self.recovery.snapshot_lsn
+        self._state_rows = self.recovery.states
         self._last_snapshot_s = asyncio.get_running_loop().time()
         self.writer = JournalWriter(self.store.append(), self.settings.ledger.commit_max_rows, self.commit_timeout_s)
         self.writer.committed_lsn = ledger.lsn
@@ -225,6 +230,11 @@ class AccountShardCore:
         except BaseException:
             ledger.snapshots.restore(changed)  # not stored: the next snapshot writes them
             raise
+        # Appended, a card's older states stay until compacted: at most twice the cards, so
+        # the log and a reload's reading of it stay bounded.
+        self._state_rows += len(rows)
+        if self._state_rows >= 2 * max(len(ledger.cards), self.compact_min_state_rows):
+            self._state_rows -= await self.store.compact_states()
 
     async def snapshot(self) -> int:
         """Take a snapshot now (waits for pending commits); returns its lsn."""

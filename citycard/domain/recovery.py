@@ -19,6 +19,7 @@ class RecoveryReport:
     rows_replayed: int  # rows whose effect was applied on top of the snapshot
     rows_remembered: int  # rows read only to refill the dedupe memory
     mismatches: int  # replayed rows whose balance_after disagreed with the rebuilt balance
+    states: int = 0  # stored card states read, superseded ones included: the log's size
 
 
 def replay_start(snapshot_lsn: int, head_lsn: int, dedupe_limit: int) -> int:
@@ -43,21 +44,33 @@ class Rebuild:
         self.start = replay_start(snapshot_lsn, head_lsn, ledger.dedupe_limit)
         self.replayed = self.remembered = self.mismatches = 0
         self.ahead: dict[int, int] = {}  # card_no -> its state's lsn, where past the mark
+        self.states = 0  # stored states read, superseded ones included
+        self._last_state_lsn = 0
+        ledger.lsn = snapshot_lsn
 
     def add_cards(self, cards: Iterable[CardState]) -> None:
         for card in cards:
             self.ledger.add_card(card)
 
     def restore_snapshot(self, states: Iterable[tuple[int, int, bytes]]) -> None:
-        """(card_no, as_of_lsn, state) of every stored card state: as of the mark, or later."""
-        cards, mark, ahead = self.ledger.cards, self.snapshot_lsn, self.ahead
+        """(card_no, as_of_lsn, state) of every stored card state, in as_of_lsn order."""
         for card_no, as_of_lsn, state in states:
-            card = cards.get(card_no)
-            if card is not None:
-                restore_card(card, state)
-                if as_of_lsn > mark:
-                    ahead[card_no] = as_of_lsn
-        self.ledger.lsn = mark
+            self.restore_state(card_no, as_of_lsn, state)
+
+    def restore_state(self, card_no: int, as_of_lsn: int, state: bytes) -> None:
+        """One stored card state, as of the mark or later. States come in as_of_lsn order, so a
+        card's newest is restored last, over its older ones (the log keeps several until compacted)."""
+        if as_of_lsn < self._last_state_lsn:
+            raise ValueError(f"card states out of lsn order: {as_of_lsn} after {self._last_state_lsn}")
+        self._last_state_lsn = as_of_lsn
+        self.states += 1
+        card = self.ledger.cards.get(card_no)
+        if card is not None:
+            restore_card(card, state)
+            if as_of_lsn > self.snapshot_lsn:
+                self.ahead[card_no] = as_of_lsn
+            else:
+                self.ahead.pop(card_no, None)
 
     def watermarks(self, highest: Iterable[tuple[int, int]]) -> None:
         """(terminal_id, max seq) over rows up to ``start``: older than the dedupe memory, their
@@ -78,4 +91,4 @@ class Rebuild:
 
     def report(self) -> "RecoveryReport":
         return RecoveryReport(self.ledger.shard_id, len(self.ledger.cards), self.snapshot_lsn, self.head_lsn,
-                              self.replayed, self.remembered, self.mismatches)
+                              self.replayed, self.remembered, self.mismatches, self.states)

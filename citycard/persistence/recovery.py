@@ -16,6 +16,7 @@ from .migrate import journal_partition
 
 SNAPSHOT_CHUNK_CARDS = 20_000  # card states a transaction
 SNAPSHOT_CHUNK_PAUSE_S = 0.02  # between chunks: the journal's group commits go in between
+STATE_COLUMNS = ("shard_id", "card_no", "as_of_lsn", "balance_fen", "state")
 
 CARD_COLUMNS = (
     "card_no, status, category, opening_fen, opening_general_fen, opening_voucher_fen,"
@@ -50,12 +51,15 @@ async def load_ledger(conn: asyncpg.Connection, ledger: Ledger) -> RecoveryRepor
     rebuild = Rebuild(ledger, snapshot_lsn, head_lsn)
     rebuild.add_cards(card_from_record(rec) for rec in await conn.fetch(
         f"SELECT {CARD_COLUMNS} FROM cards WHERE shard_id = $1", shard))
-    rebuild.restore_snapshot(await conn.fetch(  # also states of a first snapshot not yet marked
-        "SELECT card_no, as_of_lsn, state FROM card_states WHERE shard_id = $1", shard,
-    ))
     cols = ", ".join(JOURNAL_COLUMNS)
     table = journal_partition(shard)
-    async with conn.transaction(readonly=True):
+    async with conn.transaction(readonly=True):  # cursors stream: no copy of the whole log at once
+        # In lsn order, so each card's newest state comes last; also a first snapshot not yet marked.
+        async for card_no, as_of_lsn, state in conn.cursor(
+            "SELECT card_no, as_of_lsn, state FROM card_state_log WHERE shard_id = $1 ORDER BY as_of_lsn",
+            shard, prefetch=10_000,
+        ):
+            rebuild.restore_state(card_no, as_of_lsn, state)
         if rebuild.start:
             rebuild.watermarks(await conn.fetch(
                 f"SELECT terminal_id, max(seq) FROM {table} WHERE lsn <= $1 GROUP BY terminal_id", rebuild.start
@@ -73,25 +77,20 @@ async def write_snapshot(
     conn: asyncpg.Connection, shard_id: int, lsn: int, rows: list[tuple[int, int, bytes]], total_fen: int,
     *, chunk_cards: int = SNAPSHOT_CHUNK_CARDS, chunk_pause_s: float = SNAPSHOT_CHUNK_PAUSE_S,
 ) -> None:
-    """Store the states of the cards changed since the last snapshot, as of ``lsn``, over their
-    older ones, ``chunk_cards`` a transaction, then mark ``lsn`` as this shard's snapshot.
-    ``card_states`` then holds every card's state as of the newest mark or later (a snapshot
-    stopped between its chunks; recovery.Rebuild replays a card's rows only past its state's
-    lsn). A state is never replaced by an older one (a stale process's late snapshot).
+    """Append the states of the cards changed since the last snapshot, as of ``lsn``, to
+    ``card_state_log``, ``chunk_cards`` a transaction, then mark ``lsn`` as this shard's
+    snapshot. A card's state is its newest row, which is as of the newest mark or later (a
+    snapshot stopped between its chunks; recovery.Rebuild replays a card's rows only past its
+    state's lsn), so a stale process's late snapshot never hides a newer state.
     ``total_fen``: the money on these cards."""
     for i in range(0, len(rows), chunk_cards):
-        # One upsert of a million cards made a journal commit wait past its timeout (issue 17):
-        # in chunks, with a pause, the journal's commits go between them.
+        # One upsert of a million cards stopped the journal's commits (issue 17): appended, in
+        # chunks, with a pause, the journal's commits go between them.
         if i:
             await asyncio.sleep(chunk_pause_s)
-        part = rows[i:i + chunk_cards]
-        await conn.execute(
-            "INSERT INTO card_states (shard_id, card_no, as_of_lsn, balance_fen, state)"
-            " SELECT $1, * FROM unnest($3::bigint[], $2::bigint[], $4::bigint[], $5::bytea[])"
-            " ON CONFLICT (shard_id, card_no) DO UPDATE SET as_of_lsn = EXCLUDED.as_of_lsn,"
-            " balance_fen = EXCLUDED.balance_fen, state = EXCLUDED.state"
-            " WHERE card_states.as_of_lsn <= EXCLUDED.as_of_lsn",
-            shard_id, [lsn] * len(part), [r[0] for r in part], [r[1] for r in part], [r[2] for r in part],
+        await conn.copy_records_to_table(
+            "card_state_log", columns=STATE_COLUMNS,
+            records=[(shard_id, card_no, lsn, money, state) for card_no, money, state in rows[i:i + chunk_cards]],
         )
     async with conn.transaction():
         await conn.execute(
@@ -103,3 +102,39 @@ async def write_snapshot(
             "DELETE FROM snapshots WHERE shard_id = $1"
             " AND snapshot_lsn < (SELECT max(snapshot_lsn) FROM snapshots WHERE shard_id = $1)", shard_id
         )
+
+
+async def compact_states(
+    conn: asyncpg.Connection, shard_id: int,
+    *, chunk_rows: int = SNAPSHOT_CHUNK_CARDS, chunk_pause_s: float = SNAPSHOT_CHUNK_PAUSE_S,
+) -> int:
+    """Delete the shard's card states that a newer state of the same card supersedes, in chunks
+    with a pause between them; returns the rows deleted. A card's newest row is never deleted,
+    so a compaction racing a snapshot, or another compaction, loses nothing."""
+    # Found in one read into a temporary table (not WAL-logged), so the shard holds none of it:
+    # a log of 10 M states may supersede 5 M.
+    found = await conn.execute(
+        "DROP TABLE IF EXISTS pg_temp.doomed_states;"
+        " CREATE TEMP TABLE doomed_states AS SELECT row_number() OVER () AS n, ctid AS row_id, card_no, as_of_lsn"
+        " FROM (SELECT ctid, card_no, as_of_lsn, rank() OVER (PARTITION BY card_no ORDER BY as_of_lsn DESC)"
+        f" AS newness FROM card_state_log WHERE shard_id = {int(shard_id)}) s WHERE newness > 1"
+    )
+    doomed = int(found.split()[-1])
+    await conn.execute("CREATE INDEX ON pg_temp.doomed_states (n)")
+    deleted = 0
+    try:
+        for first in range(1, doomed + 1, chunk_rows):
+            if first > 1:
+                await asyncio.sleep(chunk_pause_s)
+            # By row id (a TID scan), checked against the card and lsn: a row moved since
+            # (VACUUM FULL) is left for the next compaction, never mistaken for another.
+            status = await conn.execute(
+                "DELETE FROM card_state_log l USING doomed_states d"
+                " WHERE d.n BETWEEN $2 AND $3 AND l.ctid = d.row_id AND l.shard_id = $1"
+                " AND l.card_no = d.card_no AND l.as_of_lsn = d.as_of_lsn",
+                shard_id, first, first + chunk_rows - 1,
+            )
+            deleted += int(status.split()[-1])
+    finally:
+        await conn.execute("DROP TABLE IF EXISTS pg_temp.doomed_states")
+    return deleted

@@ -31,6 +31,9 @@ class ShardStore(Protocol):
 
     async def write_snapshot(self, lsn: int, rows: list[tuple[int, int, bytes]], total_fen: int) -> None: ...
 
+    async def compact_states(self) -> int:
+        """Delete stored card states a newer one supersedes; returns how many."""
+
     async def find_ops(self, keys: list[str]) -> list[JournalRow]:
         """Journal rows of these card-service op keys (older than the shard's op memory)."""
 
@@ -72,6 +75,9 @@ class PgShardStore:
 
     async def write_snapshot(self, lsn: int, rows: list[tuple[int, int, bytes]], total_fen: int) -> None:
         await recovery.write_snapshot(self._open(self._side_conn), self.shard_id, lsn, rows, total_fen)
+
+    async def compact_states(self) -> int:
+        return await recovery.compact_states(self._open(self._side_conn), self.shard_id)
 
     async def find_ops(self, keys: list[str]) -> list[JournalRow]:
         conn = self._open(self._ops_conn)

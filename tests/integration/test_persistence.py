@@ -30,7 +30,12 @@ from citycard.loadtest.city import CARD_SEED_COLUMNS, plan_cards, plan_terminals
 from citycard.persistence.db import connect
 from citycard.persistence.journal import JOURNAL_COLUMNS, pg_append
 from citycard.persistence.migrate import MigrationError, migrate, migration_files
-from citycard.persistence.recovery import RecoveryReport, load_ledger, write_snapshot
+from citycard.persistence.recovery import (
+    RecoveryReport,
+    compact_states,
+    load_ledger,
+    write_snapshot,
+)
 from tests.support.ledger import card_states
 from tests.support.services import ServiceUrls
 
@@ -44,7 +49,7 @@ TABLES = shipped_tables()
 
 SCHEMA_TABLES = {
     "schema_migrations", "meta", "cards", "terminals", "journal", "shard_heads", "snapshots",
-    "card_states", "hotlist", "hotlist_log",
+    "card_state_log", "hotlist", "hotlist_log",
 }
 
 
@@ -536,8 +541,10 @@ def test_recovery_rebuilds_the_same_ledger(services: ServiceUrls, schema: str, w
                 "SELECT count(*) FROM journal_p0 j JOIN card_states s USING (card_no)"
                 " WHERE s.shard_id = 0 AND j.lsn > $1 AND j.lsn <= s.as_of_lsn", snapshot_lsn)
             assert (skipped > 0) == stopped
+            states = await admin.fetchval("SELECT count(*) FROM card_state_log WHERE shard_id = 0")
+            assert (states > 0) == (with_snapshot or stopped)
             assert report == RecoveryReport(0, len(mine), snapshot_lsn, head, head - snapshot_lsn - skipped,
-                                            snapshot_lsn + skipped, 0)
+                                            snapshot_lsn + skipped, 0, states)
             assert [c.purses for c in fresh.cards.values()] == [c.purses for c in ledger.cards.values()]
             assert card_states(fresh) == live
             assert fresh.balances() == ledger.balances()
@@ -558,7 +565,8 @@ def test_recovery_rebuilds_the_same_ledger(services: ServiceUrls, schema: str, w
             small_report = await load_ledger(admin, small)
             start = max(0, min(snapshot_lsn, head - 50))
             assert small_report == RecoveryReport(
-                0, len(mine), snapshot_lsn, head, head - snapshot_lsn - skipped, max(0, snapshot_lsn - start) + skipped, 0
+                0, len(mine), snapshot_lsn, head, head - snapshot_lsn - skipped, max(0, snapshot_lsn - start) + skipped, 0,
+                states,
             )
             assert small.lsn == head and small.dedupe_size() == 50
             assert small.balances() == fresh.balances()
@@ -638,9 +646,9 @@ def _snapshot_card(serial: int, lsn: int, epurse_fen: int) -> CardState:
 
 
 def test_write_snapshot_keeps_each_cards_newest_state(services: ServiceUrls, schema: str) -> None:
-    """A snapshot writes the cards changed since the last one: card_states holds each card's
-    newest state, a late snapshot from a stale process never replaces a newer one, and only
-    the newest mark per shard is kept."""
+    """A snapshot appends the cards changed since the last one: card_states shows each card's
+    newest state, a late snapshot from a stale process never hides a newer one, only the newest
+    mark per shard is kept, and compaction deletes the superseded states alone."""
     async def run() -> None:
         admin = await _migrated(services, schema)
         try:
@@ -673,6 +681,16 @@ def test_write_snapshot_keeps_each_cards_newest_state(services: ServiceUrls, sch
                 assert r["balance_fen"] == original.total_fen()
                 assert (card.purses, card.rental, card.parking, card.rides, card.recent) == (
                     original.purses, original.rental, original.parking, original.rides, original.recent)
+            # Appended, not upserted: every state written is in the log until compaction, which
+            # deletes a card's older states on its own shard only, and the newest stay.
+            assert await admin.fetchval("SELECT count(*) FROM card_state_log") == 7
+            assert await compact_states(admin, 1, chunk_rows=1, chunk_pause_s=0) == 4
+            assert await compact_states(admin, 1) == 0
+            log_rows = [tuple(r) for r in await admin.fetch(
+                "SELECT shard_id, card_no, as_of_lsn FROM card_state_log ORDER BY 1, 2")]
+            assert log_rows == [(0, make_card_no(3), 5), (1, make_card_no(1), 20), (1, make_card_no(2), 30)]
+            assert [tuple(r) for r in await admin.fetch(
+                "SELECT shard_id, card_no, as_of_lsn, balance_fen, state FROM card_states")] == [tuple(r) for r in stored]
         finally:
             await admin.close()
 

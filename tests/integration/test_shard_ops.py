@@ -111,3 +111,40 @@ def test_the_same_key_sent_concurrently_credits_once(configured_services: Servic
             await core.writer.close()
 
     asyncio.run(run())
+
+
+def test_snapshots_compact_the_stored_states_and_a_restart_reads_the_newest(services: ServiceUrls,
+                                                                            schema: str) -> None:
+    """Every snapshot appends the cards it changed; the shard compacts its log at twice its cards,
+    so the log stays bounded, and a restart rebuilds the same cards from what is left."""
+    async def run() -> None:
+        settings = make_settings(services, schema)
+        await migrate_db(settings, services.db_url)
+        cards = [c for c in plan_cards(200, 2, seed=5) if c[1] == 0][:4]
+        card_nos = [row[0] for row in cards]
+        conn = await connect(services.db_url, schema)
+        try:
+            await conn.copy_records_to_table("cards", records=cards, columns=CARD_SEED_COLUMNS)
+            core = AccountShardCore(0, settings.as_dict(), services.db_url)
+            core.compact_min_state_rows = 1  # compact at twice the shard's 4 cards
+            log_rows = []
+            for k in range(6):
+                outs = await _ops(core, [TopUp(f"t{k}:{c}", c, Purse.EPURSE, 100 + k) for c in card_nos])
+                assert {o.result for o in outs} == {Result.OK}
+                await core.snapshot()
+                log_rows.append(await conn.fetchval("SELECT count(*) FROM card_state_log WHERE shard_id = 0"))
+            # 24 states appended in all; compaction keeps the log within twice the cards
+            assert max(log_rows) < 2 * len(card_nos) and min(log_rows) == len(card_nos)
+            assert await conn.fetchval("SELECT count(DISTINCT card_no) FROM card_states WHERE shard_id = 0") == 4
+            views = await core.card_views(card_nos)
+            restarted = AccountShardCore(0, settings.as_dict(), services.db_url)
+            assert await restarted.card_views(card_nos) == views
+            assert restarted.recovery is not None and restarted.recovery.states == log_rows[-1]
+            assert restarted.recovery.rows_replayed == 0  # every state is as of the last snapshot
+            for core_ in (core, restarted):
+                if core_.writer is not None:
+                    await core_.writer.close()
+        finally:
+            await conn.close()
+
+    asyncio.run(run())

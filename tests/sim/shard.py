@@ -29,6 +29,7 @@ _encoder = msgspec.msgpack.Encoder()
 # A snapshot's cards are encoded a slice at a time; small here, so taps land between slices
 SIM_SNAPSHOT_SLICE_CARDS = 2
 SIM_SNAPSHOT_SLICE_PAUSE_S = 0.002
+SIM_COMPACT_MIN_STATE_ROWS = 1  # so compaction follows the shard's own cards: twice them
 
 
 class AnswerBeforeCommit(AccountShardCore):
@@ -130,6 +131,7 @@ class SimActor(SimRayActor):
         core = self.core_class(self.shard_id, self.settings, store=store, tables=tables(),
                                wall_ms=lambda: EPOCH_MS + world.now_ms)
         core.snapshot_slice_cards, core.snapshot_slice_pause_s = SIM_SNAPSHOT_SLICE_CARDS, SIM_SNAPSHOT_SLICE_PAUSE_S
+        core.compact_min_state_rows = SIM_COMPACT_MIN_STATE_ROWS
         return core
 
     def _on_death(self, core: AccountShardCore) -> None:

@@ -38,6 +38,7 @@ MUTATIONS = (
     "snapshot_without_copy_on_write",  # a snapshot encoded in slices stores cards taps changed since
     "no_op_lookup",  # card services: keys evicted from the op memory are not looked up in the journal
     "states_as_of_the_mark",  # recovery takes every stored card state as of the mark, not its own lsn
+    "compact_the_newest",  # compaction deletes each card's newest stored state instead of its older ones
 )
 _tables: FareTables | None = None
 _base_settings: dict[str, Any] | None = None

@@ -36,9 +36,9 @@ class Record:
         self.cards = cards  # the cards table of this shard
         self.rows: list[JournalRow] = []  # rows[i].lsn == i + 1 (the model checks it)
         self.snapshot_lsn = 0  # the newest snapshot mark
-        # card_no -> (as_of_lsn, encoded state), as the card_states table: a snapshot writes the
-        # cards changed since the last one, never over a newer state
-        self.snapshot: dict[int, tuple[int, bytes]] = {}
+        # (as_of_lsn, card_no, encoded state), as the card_state_log table: a snapshot appends
+        # the cards changed since the last one; compaction deletes states a newer one supersedes
+        self.states: list[tuple[int, int, bytes]] = []
         self.commits = 0
 
     @property
@@ -59,10 +59,23 @@ class Record:
 
     def save_states(self, lsn: int, states: dict[int, bytes]) -> None:
         """One chunk of recovery.write_snapshot: one transaction."""
-        for card_no, state in states.items():
-            held = self.snapshot.get(card_no)
-            if held is None or held[0] <= lsn:
-                self.snapshot[card_no] = (lsn, state)
+        self.states.extend((lsn, card_no, state) for card_no, state in states.items())
+
+    def superseded(self, *, newest: bool = False) -> list[int]:
+        """Indexes of the states recovery.compact_states deletes: each older than its card's
+        newest. ``newest``: the mutant that deletes the newest of a card with older ones instead."""
+        top: dict[int, int] = {}
+        oldest: dict[int, int] = {}
+        for lsn, card_no, _state in self.states:
+            top[card_no] = max(top.get(card_no, lsn), lsn)
+            oldest[card_no] = min(oldest.get(card_no, lsn), lsn)
+        if newest:
+            return [i for i, (lsn, c, _) in enumerate(self.states) if lsn == top[c] and oldest[c] < lsn]
+        return [i for i, (lsn, c, _) in enumerate(self.states) if lsn < top[c]]
+
+    def delete_states(self, indexes: set[int]) -> None:
+        """One chunk of recovery.compact_states: one transaction."""
+        self.states = [s for i, s in enumerate(self.states) if i not in indexes]
 
     def mark_snapshot(self, lsn: int) -> None:
         """recovery.write_snapshot's last transaction, once every chunk is stored."""
@@ -74,7 +87,7 @@ class Record:
         rebuild = Rebuild(ledger, self.snapshot_lsn, self.head_lsn)
         rebuild.add_cards(c.fresh() for c in self.cards)
         rebuild.restore_snapshot((card_no, as_of if card_lsns else min(as_of, self.snapshot_lsn), state)
-                                 for card_no, (as_of, state) in self.snapshot.items())
+                                 for as_of, card_no, state in sorted(self.states, key=lambda s: s[0]))
         if rebuild.start and watermarks:
             high: dict[int, int] = {}
             for row in self.rows[:rebuild.start]:
@@ -180,6 +193,25 @@ class SimStore:
             self.record.save_states(lsn, dict(items[i:i + SNAPSHOT_CHUNK_CARDS]))
         self.record.mark_snapshot(lsn)
         self.world.log(self.name, f"snapshot at lsn {lsn}")
+
+    async def compact_states(self) -> int:
+        """As recovery.compact_states: the superseded states found in one read, deleted a chunk
+        a transaction; it may fail between chunks."""
+        await self._io(SNAPSHOT_MS)
+        doomed = [self.record.states[i] for i in
+                  self.record.superseded(newest=self.world.mutation == "compact_the_newest")]
+        deleted = 0
+        for i in range(0, len(doomed), SNAPSHOT_CHUNK_CARDS):
+            await self._io(SNAPSHOT_MS)
+            if self.world.chance(self.faults.p_snapshot_fail):
+                self.world.log(self.name, f"compaction failed after {deleted} of {len(doomed)} states")
+                raise StoreError("compaction failed between chunks")
+            part = set(doomed[i:i + SNAPSHOT_CHUNK_CARDS])  # by value, as the product checks card and lsn
+            before = len(self.record.states)
+            self.record.delete_states({k for k, s in enumerate(self.record.states) if s in part})
+            deleted += before - len(self.record.states)
+        self.world.log(self.name, f"compacted {deleted} card states")
+        return deleted
 
     async def find_ops(self, keys: list[str]) -> list[JournalRow]:
         await self._io(OPEN_MS)

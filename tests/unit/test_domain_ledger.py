@@ -16,6 +16,7 @@ from citycard.domain.cards import (
 from citycard.domain.ledger import Ledger
 from citycard.domain.ops import TopUp
 from citycard.domain.purses import Purse
+from citycard.domain.recovery import Rebuild
 from citycard.domain.results import DECIDED, Result
 from citycard.domain.tables import parse_tables
 from citycard.domain.taps import MAX_SEQ, JournalRow, Outcome, Tap, TapKind
@@ -577,6 +578,31 @@ def test_replay_without_effect_only_refills_dedupe() -> None:
     assert new_rows == []
     assert snapshot.balances() == original.balances()
     assert card_states(snapshot) == card_states(original)
+
+
+def test_rebuild_takes_each_cards_newest_logged_state() -> None:
+    """The card-state log holds several states of a card until compaction: read in lsn order,
+    the newest wins, rows are replayed past it alone, and a log out of order is refused."""
+    original = _ledger()
+    _, rows, _ = _history(original)
+    cut = len(rows) // 2
+    mid = _ledger()
+    for row in rows[:cut]:
+        mid.replay(row, apply_effect=True)
+    # Every card twice: as opened (lsn 0), then as of the cut, the state the replay must start from.
+    log = [(c.card_no, 0, encode_card(c)) for c in _ledger().cards.values()]
+    log += [(c.card_no, cut, encode_card(c)) for c in mid.cards.values()]
+    recovered = Ledger(shard_id=0, tables=TABLES)
+    rebuild = Rebuild(recovered, cut, len(rows))
+    rebuild.add_cards(_cards())
+    rebuild.restore_snapshot(log)
+    for row in rows[rebuild.start:]:
+        rebuild.row(row)
+    report = rebuild.report()
+    assert report.states == len(log) and report.mismatches == 0
+    assert card_states(recovered) == card_states(original)
+    with pytest.raises(ValueError, match="lsn order"):
+        Rebuild(_ledger(), cut, len(rows)).restore_snapshot(list(reversed(log)))
 
 
 def test_replay_split_at_a_snapshot() -> None:

@@ -27,6 +27,7 @@ from ..persistence import db, merchants
 from ..persistence.shard_store import PgShardStore, ShardStore
 from ..tasks import cancel_and_wait
 from .journal_writer import JournalWriter
+from .quiet import QuietWatch
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,8 @@ class AccountShardCore:
         self._last_snapshot_lsn = 0
         self._last_snapshot_s = 0.0  # loop time; set when loaded
         self._state_rows = 0  # rows in the shard's card_state_log, superseded ones included
+        self._quiet = QuietWatch(self.settings.ledger.snapshot_quiet_fraction)
+        self.snapshots_deferred = 0  # checks that found a snapshot due and the shard busy
         self.recovery: RecoveryReport | None = None
         self.recoveries = 0
 
@@ -141,6 +144,7 @@ class AccountShardCore:
         assert ledger is not None and writer is not None
         taps = _taps_decoder.decode(payload)
         outcomes, rows = ledger.apply(taps, self.wall_ms())
+        self._quiet.add(asyncio.get_running_loop().time(), len(rows))
         await writer.submit(rows)
         self._maybe_snapshot()
         return _encoder.encode(outcomes), writer.last_commit_ms
@@ -195,12 +199,16 @@ class AccountShardCore:
         if self._snapshot_task is not None and not self._snapshot_task.done():
             return
         lcfg = self.settings.ledger
-        due_rows = ledger.lsn - self._last_snapshot_lsn >= lcfg.snapshot_every_rows
+        behind = ledger.lsn - self._last_snapshot_lsn
         now_s = asyncio.get_running_loop().time()
-        due_time = (now_s - self._last_snapshot_s >= lcfg.snapshot_interval_s
-                    and ledger.lsn > self._last_snapshot_lsn)
-        if due_rows or due_time:
-            self._start_snapshot()
+        due = behind >= lcfg.snapshot_every_rows or (
+            now_s - self._last_snapshot_s >= lcfg.snapshot_interval_s and behind > 0)
+        if not due:
+            return
+        if behind < max(lcfg.snapshot_defer_max_rows, lcfg.snapshot_every_rows) and not self._quiet.quiet(now_s):
+            self.snapshots_deferred += 1  # busy: wait for a lull, up to the bound
+            return
+        self._start_snapshot()
 
     def _start_snapshot(self) -> "asyncio.Task[Any]":
         # Begun while the writer is idle, so memory equals the committed record at this lsn.
@@ -218,6 +226,7 @@ class AccountShardCore:
         return self._snapshot_task
 
     async def _write_snapshot(self, ledger: Ledger, lsn: int) -> None:
+        started_s = time.perf_counter()
         try:
             while not ledger.snapshots.step(self.snapshot_slice_cards):
                 await asyncio.sleep(self.snapshot_slice_pause_s)  # taps go on between slices
@@ -233,6 +242,8 @@ class AccountShardCore:
         # Appended, a card's older states stay until compacted: at most twice the cards, so
         # the log and a reload's reading of it stay bounded.
         self._state_rows += len(rows)
+        log.info("shard %s: snapshot at lsn %s: %s cards in %.1f s", self.shard_id, lsn, len(rows),
+                 time.perf_counter() - started_s)
         if self._state_rows >= 2 * max(len(ledger.cards), self.compact_min_state_rows):
             self._state_rows -= await self.store.compact_states()
 
@@ -290,6 +301,9 @@ class AccountShardCore:
             "commits": self.writer.commits,
             "recoveries": self.recoveries,
             "recovery": None if self.recovery is None else self.recovery.__dict__,
+            "snapshot_lsn": self._last_snapshot_lsn,
+            "snapshots_deferred": self.snapshots_deferred,
+            "card_state_rows": self._state_rows,
         }
 
     async def probe(self) -> dict[str, Any]:

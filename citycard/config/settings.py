@@ -111,6 +111,11 @@ class Ledger(_Section):
     load_timeout_ms: int = Field(ge=1000, le=86_400_000)
     snapshot_every_rows: int = Field(ge=1)
     snapshot_interval_s: float = Field(gt=0)
+    # A due snapshot waits while the shard journals more than this fraction of its highest rate
+    # of the last 30 minutes (1: never waits), and goes anyway once the rows since the last one
+    # reach snapshot_defer_max_rows (or snapshot_every_rows, if that is more).
+    snapshot_quiet_fraction: float = Field(gt=0, le=1)
+    snapshot_defer_max_rows: int = Field(ge=1)
 
 
 class Metrics(_Section):

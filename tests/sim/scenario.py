@@ -1,5 +1,6 @@
 """One seed's parameters: the cards, terminals, taps, configuration and fault rates."""
 
+import random
 from dataclasses import dataclass, field
 
 from citycard.domain.cards import CardState, CardStatus, Category, make_card_no
@@ -89,6 +90,8 @@ class Scenario:
     commit_max_rows: int
     snapshot_every_rows: int
     snapshot_interval_s: float
+    snapshot_quiet_fraction: float
+    snapshot_defer_max_rows: int
     # terminal behaviour
     answer_timeout_ms: int
     p_batch: float  # send unanswered taps as one "taps" batch rather than single "tap"s
@@ -141,6 +144,8 @@ def make_scenario(world: World) -> Scenario:
         until_ms=until,
     )
     commit_timeout_ms = rng.choice((100, 1_000, 5_000))
+    snapshot_every_rows = rng.choice((10**9, 3, 10))
+    aside = random.Random(world.seed * 31 + 7)  # not world.rng: every seed keeps its draws and events
     return Scenario(
         cards=cards, unknown_card=unknown, hotlist=hotlist, terminals=terminals, ops=ops,
         n_shards=rng.choice((1, 2)), n_sessions=rng.choice((1, 2)), faults=faults,
@@ -149,7 +154,8 @@ def make_scenario(world: World) -> Scenario:
         linger_ms=rng.choice((0, 1, 5)), call_timeout_ms=commit_timeout_ms * rng.choice((2, 3, 6)),
         commit_timeout_ms=commit_timeout_ms,
         dedupe_limit=rng.choice((2_000_000, 2_000_000, 4, 12)), commit_max_rows=rng.choice((1, 5, 20_000)),
-        snapshot_every_rows=rng.choice((10**9, 3, 10)), snapshot_interval_s=rng.choice((10**6, 2.0)),
+        snapshot_every_rows=snapshot_every_rows, snapshot_interval_s=rng.choice((10**6, 2.0)),
+        snapshot_quiet_fraction=aside.choice((1.0, 0.5, 0.2)), snapshot_defer_max_rows=snapshot_every_rows * aside.choice((1, 3)),
         answer_timeout_ms=rng.choice((300, 1_000, 5_000)), p_batch=rng.choice((0.0, 0.3, 0.8)),
         p_reconnect_on_timeout=rng.uniform(0, 0.5), p_retry_answered=rng.choice((0.0, 0.1, 0.3)),
     )

@@ -86,6 +86,14 @@ def test_backpressure_mark_must_be_below_the_busy_bound():
     assert small.gateway.queue_pause_taps == 4
 
 
+def test_snapshot_deferral_settings():
+    s = load_settings(env={})
+    assert (s.ledger.snapshot_quiet_fraction, s.ledger.snapshot_defer_max_rows) == (0.5, 5_000_000)
+    for bad in ("0", "1.5"):
+        with pytest.raises(ConfigError, match="snapshot_quiet_fraction"):
+            load_settings(env={"CITYCARD_LEDGER__SNAPSHOT_QUIET_FRACTION": bad})
+
+
 def test_database_roles_and_the_app_login():
     s = load_settings(env={"CITYCARD_DATABASE_URL": "postgresql://admin@db/city",
                            "CITYCARD_DATABASE_APP_URL": "postgresql://city_app:pw@db/city",

@@ -1,0 +1,41 @@
+"""When a shard may take a due snapshot: its journal rate against its own recent peak."""
+
+import pytest
+
+from citycard.actors.quiet import QuietWatch
+
+
+def _feed(watch: QuietWatch, start_s: float, seconds: int, rows_per_s: int) -> float:
+    for k in range(seconds):
+        watch.add(start_s + k, rows_per_s)
+    return start_s + seconds
+
+
+def test_busy_at_the_peak_and_quiet_in_the_lull() -> None:
+    watch = QuietWatch(0.5)
+    assert watch.quiet(0.0)  # nothing known yet: a snapshot need not wait
+    t = _feed(watch, 0.0, 60, 4_000)
+    assert not watch.quiet(t)  # steady at its own highest rate: busy
+    t = _feed(watch, t, 60, 15_000)  # the peak
+    assert not watch.quiet(t)
+    t = _feed(watch, t, 20, 9_000)  # over half the peak: still busy
+    assert not watch.quiet(t)
+    t = _feed(watch, t, 20, 7_000)  # under half: the lull
+    assert watch.quiet(t)
+
+
+def test_idle_time_counts_as_quiet_and_the_peak_is_forgotten() -> None:
+    watch = QuietWatch(0.5, bucket_s=10.0, memory_s=100.0)
+    t = _feed(watch, 0.0, 30, 10_000)
+    assert watch.quiet(t + 25)  # no rows for two buckets
+    t = _feed(watch, t + 200, 30, 3_000)  # the peak left the memory: 3,000 is the highest now
+    assert not watch.quiet(t)
+
+
+def test_fraction_one_never_waits_and_a_bad_fraction_is_refused() -> None:
+    watch = QuietWatch(1.0)
+    _feed(watch, 0.0, 60, 5_000)
+    assert watch.quiet(60.0)
+    for bad in (0.0, -0.5, 1.5):
+        with pytest.raises(ValueError, match="fraction"):
+            QuietWatch(bad)

@@ -49,6 +49,13 @@ def _process() -> psutil.Process:
     return _process_of(os.getpid())  # by pid: a forked child must not read its parent
 
 
+def host_cpu_times() -> tuple[float, float]:
+    """The host's cumulative (idle, total) CPU seconds, over all cores."""
+    t = psutil.cpu_times()
+    idle_s = t.idle + getattr(t, "iowait", 0.0)
+    return idle_s, sum(t)
+
+
 def _wall_ms() -> int:
     return int(time.time() * 1000)
 
@@ -87,7 +94,9 @@ class AccountShardCore:
         self._last_snapshot_lsn = 0
         self._last_snapshot_s = 0.0  # loop time; set when loaded
         self._state_rows = 0  # rows in the shard's card_state_log, superseded ones included
-        self._quiet = QuietWatch(self.settings.ledger.snapshot_quiet_fraction)
+        lcfg = self.settings.ledger
+        self._quiet = QuietWatch(lcfg.snapshot_quiet_fraction, cpu_idle_min=lcfg.snapshot_quiet_cpu_idle,
+                                 cpu_times=host_cpu_times if lcfg.snapshot_quiet_cpu_idle > 0 else None)
         self.snapshots_deferred = 0  # checks that found a snapshot due and the shard busy
         self.recovery: RecoveryReport | None = None
         self.recoveries = 0
@@ -228,8 +237,13 @@ class AccountShardCore:
     async def _write_snapshot(self, ledger: Ledger, lsn: int) -> None:
         started_s = time.perf_counter()
         try:
-            while not ledger.snapshots.step(self.snapshot_slice_cards):
-                await asyncio.sleep(self.snapshot_slice_pause_s)  # taps go on between slices
+            loop = asyncio.get_running_loop()
+            while True:
+                began_s = loop.time()
+                if ledger.snapshots.step(self.snapshot_slice_cards):
+                    break
+                # taps go on between slices; paced so a snapshot takes at most half a core
+                await asyncio.sleep(max(self.snapshot_slice_pause_s, loop.time() - began_s))
         except BaseException:
             ledger.snapshots.abandon()
             raise

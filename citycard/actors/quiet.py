@@ -1,19 +1,32 @@
 """When a shard is quiet enough for a snapshot: its journal rate now against its own recent
-highest. A snapshot costs the shard and Postgres several microseconds a changed card; at a peak
-that already uses the machine, it tipped the scale-1 day over (BENCHMARKS.md, issue 17), so a
-due snapshot waits for a lull, up to a bound. Pure: the caller passes the clock."""
+highest, and its host's CPU idle. A snapshot costs the shard and Postgres several microseconds a
+changed card; at a peak that already used the machine it tipped the scale-1 day over
+(BENCHMARKS.md, issue 17), so a due snapshot waits for a lull, up to a bound. The rate alone is
+fooled by an overload: a shard whose gateway is swamped journals less, and looked quiet. Pure:
+the caller passes the clock and a sampler of the host's CPU times."""
 
 from collections import deque
+from collections.abc import Callable
 
 
 class QuietWatch:
     """Rows journaled, in ``bucket_s`` buckets over the last ``memory_s``. Quiet: the newest
-    full bucket's rate is at most ``fraction`` of the highest bucket remembered."""
+    full bucket's rate is at most ``fraction`` of the highest bucket remembered, and the host's
+    CPU was at least ``cpu_idle_min`` idle over it. ``cpu_times`` returns the host's cumulative
+    (idle, total) CPU seconds; it is called once a bucket."""
 
-    def __init__(self, fraction: float, *, bucket_s: float = 10.0, memory_s: float = 1800.0) -> None:
+    def __init__(self, fraction: float, *, cpu_idle_min: float = 0.0,
+                 cpu_times: Callable[[], tuple[float, float]] | None = None,
+                 bucket_s: float = 10.0, memory_s: float = 1800.0) -> None:
         if not 0.0 < fraction <= 1.0:
             raise ValueError(f"fraction must be in (0, 1], not {fraction}")
+        if not 0.0 <= cpu_idle_min < 1.0:
+            raise ValueError(f"cpu_idle_min must be in [0, 1), not {cpu_idle_min}")
         self.fraction = fraction
+        self.cpu_idle_min = cpu_idle_min if cpu_times is not None else 0.0
+        self._cpu_times = cpu_times
+        self._cpu_prev = cpu_times() if cpu_times is not None else (0.0, 0.0)
+        self.cpu_idle: float | None = None  # over the newest full bucket
         self.bucket_s = bucket_s
         self._buckets: deque[int] = deque(maxlen=max(1, int(memory_s / bucket_s)))  # full ones
         self._current = 0
@@ -25,6 +38,8 @@ class QuietWatch:
 
     def quiet(self, now_s: float) -> bool:
         self._roll(now_s)
+        if self.cpu_idle_min > 0.0 and (self.cpu_idle is None or self.cpu_idle < self.cpu_idle_min):
+            return False
         if self.fraction >= 1.0 or not self._buckets:
             return True
         return self._buckets[-1] <= self.fraction * max(self._buckets)
@@ -39,3 +54,9 @@ class QuietWatch:
             for _ in range(min(index - self._current_index - 1, self._buckets.maxlen or 0)):
                 self._buckets.append(0)
             self._current, self._current_index = 0, index
+            if self._cpu_times is not None:
+                idle_s, total_s = self._cpu_times()
+                spent_s = total_s - self._cpu_prev[1]
+                if spent_s > 0:
+                    self.cpu_idle = (idle_s - self._cpu_prev[0]) / spent_s
+                self._cpu_prev = (idle_s, total_s)

@@ -83,15 +83,20 @@ async def write_snapshot(
     snapshot stopped between its chunks; recovery.Rebuild replays a card's rows only past its
     state's lsn), so a stale process's late snapshot never hides a newer state.
     ``total_fen``: the money on these cards."""
+    loop = asyncio.get_running_loop()
+    took_s = 0.0
     for i in range(0, len(rows), chunk_cards):
         # One upsert of a million cards stopped the journal's commits (issue 17): appended, in
-        # chunks, with a pause, the journal's commits go between them.
+        # chunks, with a pause as long as the chunk took, the journal's commits go between them
+        # and the snapshot takes at most about half of this process and of its backend.
         if i:
-            await asyncio.sleep(chunk_pause_s)
+            await asyncio.sleep(max(chunk_pause_s, took_s))
+        began_s = loop.time()
         await conn.copy_records_to_table(
             "card_state_log", columns=STATE_COLUMNS,
             records=[(shard_id, card_no, lsn, money, state) for card_no, money, state in rows[i:i + chunk_cards]],
         )
+        took_s = loop.time() - began_s
     async with conn.transaction():
         await conn.execute(
             "INSERT INTO snapshots (shard_id, snapshot_lsn, cards, balance_fen) VALUES ($1, $2, $3, $4)"

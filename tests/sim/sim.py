@@ -82,6 +82,7 @@ def shard_settings(sc: Scenario) -> dict[str, Any]:
     settings["ledger"].update(dedupe_limit=sc.dedupe_limit, commit_max_rows=sc.commit_max_rows,
                               snapshot_every_rows=sc.snapshot_every_rows, snapshot_interval_s=sc.snapshot_interval_s,
                               snapshot_quiet_fraction=sc.snapshot_quiet_fraction,
+                              snapshot_quiet_cpu_idle=0.0,  # the host's CPU is not the simulation's
                               snapshot_defer_max_rows=sc.snapshot_defer_max_rows,
                               commit_timeout_ms=sc.commit_timeout_ms, load_timeout_ms=20_000)
     settings["city"].update(master_key_hex=MASTER_KEY.hex(), session_shards=sc.n_sessions)

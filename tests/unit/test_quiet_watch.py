@@ -39,3 +39,26 @@ def test_fraction_one_never_waits_and_a_bad_fraction_is_refused() -> None:
     for bad in (0.0, -0.5, 1.5):
         with pytest.raises(ValueError, match="fraction"):
             QuietWatch(bad)
+
+
+def test_a_busy_host_is_not_quiet_even_when_the_shard_journals_little() -> None:
+    """An overloaded gateway feeds its shards less: their rate drops, and only the host's CPU
+    shows that this is no lull."""
+    cpu = {"idle_s": 0.0, "total_s": 0.0}
+
+    def spend(seconds: float, idle_share: float) -> None:
+        cpu["total_s"] += 2 * seconds  # two cores
+        cpu["idle_s"] += 2 * seconds * idle_share
+
+    watch = QuietWatch(0.5, cpu_idle_min=0.25, cpu_times=lambda: (cpu["idle_s"], cpu["total_s"]))
+    t = 0.0
+    for _ in range(6):  # the peak, the machine flat out
+        spend(10, 0.02)
+        t = _feed(watch, t, 10, 15_000)
+    for _ in range(3):  # the shard journals a third of its peak, the host still busy: no lull
+        spend(10, 0.05)
+        t = _feed(watch, t, 10, 5_000)
+    assert not watch.quiet(t) and watch.cpu_idle is not None and watch.cpu_idle < 0.25
+    spend(10, 0.6)  # the real lull
+    t = _feed(watch, t, 10, 5_000)
+    assert watch.quiet(t) and watch.cpu_idle == pytest.approx(0.6)

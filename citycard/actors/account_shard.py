@@ -25,7 +25,7 @@ from ..domain.views import view_of
 from ..errors import StoreError
 from ..persistence import db, merchants
 from ..persistence.shard_store import PgShardStore, ShardStore
-from ..tasks import cancel_and_wait
+from ..tasks import cancel_and_wait, log_failure
 from .journal_writer import JournalWriter
 from .quiet import QuietWatch
 
@@ -50,10 +50,11 @@ def _process() -> psutil.Process:
 
 
 def host_cpu_times() -> tuple[float, float]:
-    """The host's cumulative (idle, total) CPU seconds, over all cores."""
+    """The host's cumulative (idle, total) CPU seconds, over all cores. Waiting on the disk is
+    not idle (Postgres writing WAL); guest time is already counted in user time on Linux."""
     t = psutil.cpu_times()
-    idle_s = t.idle + getattr(t, "iowait", 0.0)
-    return idle_s, sum(t)
+    total_s = sum(t) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
+    return t.idle, total_s
 
 
 def _wall_ms() -> int:
@@ -97,7 +98,8 @@ class AccountShardCore:
         lcfg = self.settings.ledger
         self._quiet = QuietWatch(lcfg.snapshot_quiet_fraction, cpu_idle_min=lcfg.snapshot_quiet_cpu_idle,
                                  cpu_times=host_cpu_times if lcfg.snapshot_quiet_cpu_idle > 0 else None)
-        self.snapshots_deferred = 0  # checks that found a snapshot due and the shard busy
+        self.snapshots_deferred = 0  # times a due snapshot was put off (once each, until it goes)
+        self._deferring = False
         self.recovery: RecoveryReport | None = None
         self.recoveries = 0
 
@@ -215,9 +217,13 @@ class AccountShardCore:
         if not due:
             return
         if behind < max(lcfg.snapshot_defer_max_rows, lcfg.snapshot_every_rows) and not self._quiet.quiet(now_s):
-            self.snapshots_deferred += 1  # busy: wait for a lull, up to the bound
+            if not self._deferring:  # busy: wait for a lull, up to the bound
+                self._deferring = True
+                self.snapshots_deferred += 1
             return
-        self._start_snapshot()
+        self._deferring = False
+        task = self._start_snapshot()
+        task.add_done_callback(log_failure(log, f"shard {self.shard_id}: snapshot"))
 
     def _start_snapshot(self) -> "asyncio.Task[Any]":
         # Begun while the writer is idle, so memory equals the committed record at this lsn.
@@ -258,8 +264,13 @@ class AccountShardCore:
         self._state_rows += len(rows)
         log.info("shard %s: snapshot at lsn %s: %s cards in %.1f s", self.shard_id, lsn, len(rows),
                  time.perf_counter() - started_s)
+        # (Chunks of a failed snapshot stored before it failed are not counted: the count is
+        # low by at most those until the next load reads the log again.)
         if self._state_rows >= 2 * max(len(ledger.cards), self.compact_min_state_rows):
-            self._state_rows -= await self.store.compact_states()
+            try:
+                self._state_rows -= await self.store.compact_states()
+            except Exception as exc:  # the snapshot is stored: the next one tries again
+                log.warning("shard %s: compacting card states failed: %r", self.shard_id, exc)
 
     async def snapshot(self) -> int:
         """Take a snapshot now (waits for pending commits); returns its lsn."""
@@ -329,6 +340,8 @@ class AccountShardCore:
         if not ready and (self._loading is None or self._loading.done()):
             self._loading = asyncio.get_running_loop().create_task(self._load())
             self._loading.add_done_callback(self._load_ended)
+        if ready:
+            self._maybe_snapshot()  # a snapshot put off at a peak goes in the quiet after it, taps or none
         proc = _process()
         cpu = proc.cpu_times()
         return {

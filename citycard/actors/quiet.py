@@ -8,12 +8,16 @@ the caller passes the clock and a sampler of the host's CPU times."""
 from collections import deque
 from collections.abc import Callable
 
+IDLE_HOST = 0.5  # a host at least this idle is quiet whatever the shard's rate: a steady load
+
 
 class QuietWatch:
     """Rows journaled, in ``bucket_s`` buckets over the last ``memory_s``. Quiet: the newest
     full bucket's rate is at most ``fraction`` of the highest bucket remembered, and the host's
-    CPU was at least ``cpu_idle_min`` idle over it. ``cpu_times`` returns the host's cumulative
-    (idle, total) CPU seconds; it is called once a bucket."""
+    CPU was at least ``cpu_idle_min`` idle since the sample before; or the host was at least
+    IDLE_HOST idle (a steady load has no lull, and would otherwise wait for the row bound).
+    ``cpu_times`` returns the host's cumulative (idle, total) CPU seconds; it is called when a
+    bucket ends."""
 
     def __init__(self, fraction: float, *, cpu_idle_min: float = 0.0,
                  cpu_times: Callable[[], tuple[float, float]] | None = None,
@@ -38,8 +42,11 @@ class QuietWatch:
 
     def quiet(self, now_s: float) -> bool:
         self._roll(now_s)
-        if self.cpu_idle_min > 0.0 and (self.cpu_idle is None or self.cpu_idle < self.cpu_idle_min):
-            return False
+        if self.cpu_idle_min > 0.0:
+            if self.cpu_idle is None or self.cpu_idle < self.cpu_idle_min:
+                return False
+            if self.cpu_idle >= max(IDLE_HOST, self.cpu_idle_min):
+                return True
         if self.fraction >= 1.0 or not self._buckets:
             return True
         return self._buckets[-1] <= self.fraction * max(self._buckets)

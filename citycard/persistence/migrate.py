@@ -70,11 +70,11 @@ async def _needs_adoption(conn: asyncpg.Connection, schema: str, owner: str) -> 
 
 
 async def _ensure_grants(conn: asyncpg.Connection, schema: str, roles: DbRoles) -> None:
-    # Granted again when a migration or a partition may have added a table, or the roles changed;
+    # Granted again when a migration or a partition may have added a table or view, or the roles changed;
     # otherwise left alone (a GRANT rewrites catalog rows of every table).
     tables = await conn.fetchval(
         "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-        " WHERE n.nspname = $1 AND c.relkind IN ('r', 'p', 'S')", schema)
+        " WHERE n.nspname = $1 AND c.relkind IN ('r', 'p', 'v', 'S')", schema)
     mark = f"{roles.owner}:{roles.app}:{tables}"
     if await conn.fetchval("SELECT value FROM meta WHERE key = 'grants'") == mark:
         return

@@ -125,21 +125,24 @@ async def compact_states(
         f" AS newness FROM card_state_log WHERE shard_id = {int(shard_id)}) s WHERE newness > 1"
     )
     doomed = int(found.split()[-1])
-    await conn.execute("CREATE INDEX ON pg_temp.doomed_states (n)")
-    deleted = 0
-    try:
-        for first in range(1, doomed + 1, chunk_rows):
-            if first > 1:
-                await asyncio.sleep(chunk_pause_s)
-            # By row id (a TID scan), checked against the card and lsn: a row moved since
-            # (VACUUM FULL) is left for the next compaction, never mistaken for another.
-            status = await conn.execute(
-                "DELETE FROM card_state_log l USING doomed_states d"
-                " WHERE d.n BETWEEN $2 AND $3 AND l.ctid = d.row_id AND l.shard_id = $1"
-                " AND l.card_no = d.card_no AND l.as_of_lsn = d.as_of_lsn",
-                shard_id, first, first + chunk_rows - 1,
-            )
-            deleted += int(status.split()[-1])
-    finally:
-        await conn.execute("DROP TABLE IF EXISTS pg_temp.doomed_states")
+    await conn.execute("CREATE INDEX ON pg_temp.doomed_states (n); ANALYZE pg_temp.doomed_states")
+    loop = asyncio.get_running_loop()
+    deleted, took_s = 0, 0.0
+    for first in range(1, doomed + 1, chunk_rows):
+        if first > 1:
+            await asyncio.sleep(max(chunk_pause_s, took_s))  # at most about half of the backend
+        began_s = loop.time()
+        # By row id (a TID scan), checked against the card and lsn: a row moved since
+        # (VACUUM FULL) is left for the next compaction, never mistaken for another.
+        status = await conn.execute(
+            "DELETE FROM card_state_log l USING doomed_states d"
+            " WHERE d.n BETWEEN $2 AND $3 AND l.ctid = d.row_id AND l.shard_id = $1"
+            " AND l.card_no = d.card_no AND l.as_of_lsn = d.as_of_lsn",
+            shard_id, first, first + chunk_rows - 1,
+        )
+        took_s = loop.time() - began_s
+        deleted += int(status.split()[-1])
+    # Not in a finally: a cancelled compaction leaves the table to the next one's DROP (or the
+    # session's end) rather than wait on a database that may not answer.
+    await conn.execute("DROP TABLE IF EXISTS pg_temp.doomed_states")
     return deleted

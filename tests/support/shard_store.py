@@ -29,6 +29,9 @@ class GatedStore:
     async def write_snapshot(self, lsn: int, rows: list[tuple[int, int, bytes]], total_fen: int) -> None:
         pass
 
+    async def compact_states(self) -> int:
+        return 0
+
     async def find_ops(self, keys: list[str]) -> list[object]:
         return []
 

@@ -589,9 +589,17 @@ def test_rebuild_takes_each_cards_newest_logged_state() -> None:
     mid = _ledger()
     for row in rows[:cut]:
         mid.replay(row, apply_effect=True)
-    # Every card twice: as opened (lsn 0), then as of the cut, the state the replay must start from.
+    # Every card twice: as opened (lsn 0), then as of the cut, the state the replay must start from;
+    # and the cards a later row changes once more, as of that row: a snapshot past the mark that
+    # stopped before its own mark. Their rows up to it must not be replayed on them again.
     log = [(c.card_no, 0, encode_card(c)) for c in _ledger().cards.values()]
     log += [(c.card_no, cut, encode_card(c)) for c in mid.cards.values()]
+    late = cut + (len(rows) - cut) // 2
+    for row in rows[cut:late]:
+        mid.replay(row, apply_effect=True)
+    ahead = {row.card_no for row in rows[cut:late]}
+    assert ahead
+    log += [(c.card_no, late, encode_card(c)) for c in mid.cards.values() if c.card_no in ahead]
     recovered = Ledger(shard_id=0, tables=TABLES)
     rebuild = Rebuild(recovered, cut, len(rows))
     rebuild.add_cards(_cards())

@@ -62,3 +62,16 @@ def test_a_busy_host_is_not_quiet_even_when_the_shard_journals_little() -> None:
     spend(10, 0.6)  # the real lull
     t = _feed(watch, t, 10, 5_000)
     assert watch.quiet(t) and watch.cpu_idle == pytest.approx(0.6)
+
+
+def test_a_steady_load_on_an_idle_host_is_quiet() -> None:
+    """A steady load never falls to half its own peak; an idle host is quiet all the same, so
+    snapshots keep their interval instead of waiting for the row bound."""
+    cpu = {"idle_s": 0.0, "total_s": 0.0}
+    watch = QuietWatch(0.5, cpu_idle_min=0.25, cpu_times=lambda: (cpu["idle_s"], cpu["total_s"]))
+    t = 0.0
+    for idle_share in (0.9, 0.9, 0.9, 0.3, 0.3):
+        cpu["total_s"] += 20
+        cpu["idle_s"] += 20 * idle_share
+        t = _feed(watch, t, 10, 50)
+        assert watch.quiet(t) == (idle_share >= 0.5)

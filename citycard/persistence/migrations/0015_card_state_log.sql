@@ -1,9 +1,9 @@
 -- Issue 17: a snapshot appends its cards' states instead of upserting them. At scale 1 an
--- upsert of a million random cards rewrote nearly every page of card_states (670 MB of WAL
--- compressed, 28 s) and stopped the journal's commits at the peak; appending the same states
--- writes new pages only (477 MB, 9 s; scripts/bench_snapshot_wal.py). A card's state is its
--- newest row (the view card_states); the shard deletes rows a newer one supersedes once its
--- log holds twice its cards (persistence/recovery.compact_states).
+-- upsert of a million random cards rewrote nearly every page of card_states (about 700 MB of
+-- WAL compressed, 27-30 s) and stopped the journal's commits at the peak; appending the same
+-- states writes new pages only (about 210 MB, 3.5 s; scripts/bench_snapshot_wal.py). A card's
+-- state is its newest row (the view card_states); the shard deletes rows a newer one
+-- supersedes once its log holds twice its cards (persistence/recovery.compact_states).
 
 ALTER TABLE card_states RENAME TO card_state_log;
 ALTER TABLE card_state_log DROP CONSTRAINT card_states_pkey;

@@ -1,7 +1,7 @@
 -- Issue 17: a snapshot appends its cards' states instead of upserting them. At scale 1 an
--- upsert of a million random cards rewrote nearly every page of card_states (about 700 MB of
--- WAL compressed, 27-30 s) and stopped the journal's commits at the peak; appending the same
--- states writes new pages only (about 210 MB, 3.5 s; scripts/bench_snapshot_wal.py). A card's
+-- upsert of a million random cards rewrote nearly every page of card_states (435-700 MB of
+-- WAL compressed, 24-30 s) and stopped the journal's commits at the peak; appending the same
+-- states writes new pages only (about 210 MB, 4 s; scripts/bench_snapshot_wal.py). A card's
 -- state is its newest row (the view card_states); the shard deletes rows a newer one
 -- supersedes once its log holds twice its cards (persistence/recovery.compact_states).
 

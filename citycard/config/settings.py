@@ -112,8 +112,9 @@ class Ledger(_Section):
     snapshot_every_rows: int = Field(ge=1)
     snapshot_interval_s: float = Field(gt=0)
     # A due snapshot waits while the shard journals more than this fraction of its highest rate
-    # of the last 30 minutes (1: the rate is not asked) or its host's CPU is busy, and goes anyway once the rows since the last one
-    # reach snapshot_defer_max_rows (or snapshot_every_rows, if that is more).
+    # of the last 30 minutes (1: the rate is not asked) or its host's CPU is busy, and goes
+    # anyway once the rows since the last one reach snapshot_defer_max_rows (or
+    # snapshot_every_rows, if that is more).
     snapshot_quiet_fraction: float = Field(gt=0, le=1)
     snapshot_quiet_cpu_idle: float = Field(ge=0, lt=1)  # and the host's CPU at least this idle (0: not asked)
     snapshot_defer_max_rows: int = Field(ge=1)

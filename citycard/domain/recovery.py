@@ -67,10 +67,8 @@ class Rebuild:
         card = self.ledger.cards.get(card_no)
         if card is not None:
             restore_card(card, state)
-            if as_of_lsn > self.snapshot_lsn:
+            if as_of_lsn > self.snapshot_lsn:  # in lsn order: a later state of the card is past it too
                 self.ahead[card_no] = as_of_lsn
-            else:
-                self.ahead.pop(card_no, None)
 
     def watermarks(self, highest: Iterable[tuple[int, int]]) -> None:
         """(terminal_id, max seq) over rows up to ``start``: older than the dedupe memory, their

@@ -24,3 +24,19 @@ def log_failure(log: logging.Logger, what: str) -> Callable[["asyncio.Task[Any]"
             log.error("%s failed: %r", what, exc, exc_info=exc)
 
     return done
+
+
+class Pacer:
+    """Paces a long background job run in steps (a snapshot, a compaction) so that it takes at
+    most about half of the process or backend it runs in, and taps go on between its steps:
+    ``pause()`` sleeps as long as the work since the last pause took, and at least
+    ``min_pause_s``. Made inside the running loop; its clock is the loop's."""
+
+    def __init__(self, min_pause_s: float) -> None:
+        self.min_pause_s = min_pause_s
+        self._loop = asyncio.get_running_loop()
+        self._mark_s = self._loop.time()
+
+    async def pause(self) -> None:
+        await asyncio.sleep(max(self.min_pause_s, self._loop.time() - self._mark_s))
+        self._mark_s = self._loop.time()

@@ -25,7 +25,7 @@ from ..domain.views import view_of
 from ..errors import StoreError
 from ..persistence import db, merchants
 from ..persistence.shard_store import PgShardStore, ShardStore
-from ..tasks import cancel_and_wait, log_failure
+from ..tasks import Pacer, cancel_and_wait, log_failure
 from .journal_writer import JournalWriter
 from .quiet import QuietWatch
 
@@ -243,13 +243,9 @@ class AccountShardCore:
     async def _write_snapshot(self, ledger: Ledger, lsn: int) -> None:
         started_s = time.perf_counter()
         try:
-            loop = asyncio.get_running_loop()
-            while True:
-                began_s = loop.time()
-                if ledger.snapshots.step(self.snapshot_slice_cards):
-                    break
-                # taps go on between slices; paced so a snapshot takes at most half a core
-                await asyncio.sleep(max(self.snapshot_slice_pause_s, loop.time() - began_s))
+            pacer = Pacer(self.snapshot_slice_pause_s)  # taps go on between slices
+            while not ledger.snapshots.step(self.snapshot_slice_cards):
+                await pacer.pause()
         except BaseException:
             ledger.snapshots.abandon()
             raise

@@ -28,7 +28,7 @@ from ..loadtest.lab import PhaseResult, TargetUnreachable, pick_terminals
 from ..loadtest.measure import FIND_MAX_FACTOR, accepted_in_window, find_max, run_measured
 from ..loadtest.offline_prep import LOAD_FEN, prepare_offline
 from ..loadtest.offline_sender import OfflineSpec, read_columns
-from ..loadtest.scenarios import SCENARIOS, describe, scenario_phase
+from ..loadtest.scenarios import SCENARIOS, describe, money_warning, scenario_phase
 from ..loadtest.sender import read_answered
 from ..loadtest.summary import build_report
 from ..loadtest.targets import Target, own_platform, remote_target, seed_model
@@ -63,6 +63,7 @@ async def run_loadtest(settings: Settings, services: Services, args: Namespace) 
     started_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     find_max_report = baselines = None
     storm = None
+    warnings: list[str] = []
     try:
         if args.find_max:
             find_max_report = await find_max(args, target, view, show, phases)
@@ -70,6 +71,10 @@ async def run_loadtest(settings: Settings, services: Services, args: Namespace) 
         else:
             phase, storm = scenario_phase(args, model, view.home_cards[0])
             description = describe(phase)
+            warning = money_warning(phase, len(view.home_cards), model.scale)
+            if warning:
+                warnings.append(warning)
+                print(f"citycard loadtest: warning: {warning}", file=sys.stderr)
             await run_measured(phase, target, view, show, phases, storm, offline)
         actor_balances = None
         if target.platform is not None:
@@ -88,8 +93,10 @@ async def run_loadtest(settings: Settings, services: Services, args: Namespace) 
         await conn.close()
     if args.baselines:
         baselines = await run_baselines(target, phases, args)
-    return build_report(args, target, view, model, phases, description, started_at, answered, ledger,
-                        find_max_report, baselines, storm, offline_report)
+    report = build_report(args, target, view, model, phases, description, started_at, answered, ledger,
+                          find_max_report, baselines, storm, offline_report)
+    report["warnings"] = warnings
+    return report
 
 
 async def _offline_spec(settings: Settings, target: Target, view: Any, args: Namespace) -> OfflineSpec:

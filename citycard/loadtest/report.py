@@ -102,6 +102,7 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     errors = _list(report.get("errors"))
     if errors:
         lines.append(f"errors: {len(errors)} (first: {errors[0]})")
+    lines += [f"warning: {w}" for w in _list(report.get("warnings"))]
     why = report.get("why_failed")
     lines.append("result: " + ("OK" if report.get("ok") else f"FAILED: {why}" if why else "FAILED"))
     return lines

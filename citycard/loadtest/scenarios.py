@@ -4,6 +4,7 @@ hotlist storm, loss reports sent over the card-services API while the load runs.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from argparse import Namespace
@@ -17,6 +18,10 @@ from .schedule import DayCurve, Ramp, RateProfile, Spike, Steady, expected_count
 from .tapmix import TapMix
 
 SCENARIOS = ("steady", "ramp", "spike", "soak", "hot-card", "hotlist-storm", "regional")
+# Planned taps per home card above which the cards' opening money (a 5-200 yuan e-purse, half
+# with a general purse) runs out in the run and its taps become INSUFFICIENT_FUNDS refusals: a
+# megacity's day is 2 a card, a bus rider's month about 60.
+TAPS_PER_CARD_MAX = 20
 
 
 @dataclass
@@ -64,6 +69,25 @@ def scenario_phase(args: Namespace, model: CityModel, hot_card: int) -> tuple[Ph
     return Phase(name, profile, duration_s, max_taps, mix, senders=args.senders, linger_ms=args.linger_ms,
                  max_batch=args.batch, timeout_ms=args.timeout_ms, replay_share=args.replay_share,
                  seed=args.seed), storm
+
+
+def money_warning(phase: Phase, home_cards: int, scale: float) -> str | None:
+    """A warning when the run plans so many taps a card that the cards run dry and the run
+    measures refusals, not payments; None otherwise. Says the smallest ``--scale`` that fits."""
+    planned = expected_count(phase.profile, 0.0, phase.duration_s * 1000.0)
+    per_card = planned / max(1, home_cards)
+    if per_card <= TAPS_PER_CARD_MAX:
+        return None
+    enough = scale * per_card / TAPS_PER_CARD_MAX
+    return (f"{planned:,.0f} taps planned over {home_cards:,} home cards is {per_card:,.0f} a card: their opening "
+            f"money runs out and later taps are refused INSUFFICIENT_FUNDS; for payments all the way, "
+            f"use --scale {_round_up(enough):g} or more (now {scale:g})")
+
+
+def _round_up(x: float) -> float:
+    """The next of 1, 2, 5 times a power of ten at or above ``x``."""
+    step = 10.0 ** math.floor(math.log10(x))
+    return next(m * step for m in (1, 2, 5, 10) if m * step >= x * (1 - 1e-9))
 
 
 def describe(phase: Phase) -> str:

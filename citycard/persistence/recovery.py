@@ -1,7 +1,6 @@
 """Rebuild a shard's ledger from the record: cards, the stored card states, then the journal
 tail; and store a snapshot."""
 
-import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,6 +10,7 @@ from ..domain.cards import CardState
 from ..domain.ledger import Ledger
 from ..domain.recovery import Rebuild, RecoveryReport
 from ..domain.taps import JournalRow
+from ..tasks import Pacer
 from .journal import JOURNAL_COLUMNS
 from .migrate import journal_partition
 
@@ -83,20 +83,16 @@ async def write_snapshot(
     snapshot stopped between its chunks; recovery.Rebuild replays a card's rows only past its
     state's lsn), so a stale process's late snapshot never hides a newer state.
     ``total_fen``: the money on these cards."""
-    loop = asyncio.get_running_loop()
-    took_s = 0.0
+    # One upsert of a million cards stopped the journal's commits (issue 17): appended in paced
+    # chunks, the journal's commits go between them.
+    pacer = Pacer(chunk_pause_s)
     for i in range(0, len(rows), chunk_cards):
-        # One upsert of a million cards stopped the journal's commits (issue 17): appended, in
-        # chunks, with a pause as long as the chunk took, the journal's commits go between them
-        # and the snapshot takes at most about half of this process and of its backend.
         if i:
-            await asyncio.sleep(max(chunk_pause_s, took_s))
-        began_s = loop.time()
+            await pacer.pause()
         await conn.copy_records_to_table(
             "card_state_log", columns=STATE_COLUMNS,
             records=[(shard_id, card_no, lsn, money, state) for card_no, money, state in rows[i:i + chunk_cards]],
         )
-        took_s = loop.time() - began_s
     async with conn.transaction():
         await conn.execute(
             "INSERT INTO snapshots (shard_id, snapshot_lsn, cards, balance_fen) VALUES ($1, $2, $3, $4)"
@@ -126,12 +122,11 @@ async def compact_states(
     )
     doomed = int(found.split()[-1])
     await conn.execute("CREATE INDEX ON pg_temp.doomed_states (n); ANALYZE pg_temp.doomed_states")
-    loop = asyncio.get_running_loop()
-    deleted, took_s = 0, 0.0
+    pacer = Pacer(chunk_pause_s)
+    deleted = 0
     for first in range(1, doomed + 1, chunk_rows):
         if first > 1:
-            await asyncio.sleep(max(chunk_pause_s, took_s))  # at most about half of the backend
-        began_s = loop.time()
+            await pacer.pause()
         # By row id (a TID scan), checked against the card and lsn: a row moved since
         # (VACUUM FULL) is left for the next compaction, never mistaken for another.
         status = await conn.execute(
@@ -140,7 +135,6 @@ async def compact_states(
             " AND l.card_no = d.card_no AND l.as_of_lsn = d.as_of_lsn",
             shard_id, first, first + chunk_rows - 1,
         )
-        took_s = loop.time() - began_s
         deleted += int(status.split()[-1])
     # Not in a finally: a cancelled compaction leaves the table to the next one's DROP (or the
     # session's end) rather than wait on a database that may not answer.

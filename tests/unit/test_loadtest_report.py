@@ -169,3 +169,11 @@ def test_summary_lines_cope_with_missing_sections():
     assert "baselines" not in text and "find-max" not in text
     assert "p99 —" in text
     assert lines[-1] == "result: FAILED"
+
+
+def test_summary_lines_show_the_runs_warnings_before_the_result():
+    report = _full_report()
+    report["warnings"] = ["16,200,000 taps planned over 100,000 home cards is 162 a card"]
+    lines = summary_lines(report)
+    assert lines[-2] == "warning: 16,200,000 taps planned over 100,000 home cards is 162 a card"
+    assert lines[-1] == "result: OK"

@@ -59,7 +59,7 @@ async def run_measured(phase: Phase, target: Target, view: CityView, show: bool,
         for k in range(int(phase.duration_s // every_s) + 1):
             await asyncio.sleep(max(0.0, origin_unix_s + k * every_s - time.time()))
             snap = await asyncio.to_thread(procs.own_snapshot, scope)
-            memory.append({"t_s": k * every_s, **procs.rss_mb_by_role(snap.values())})
+            memory.append({"t_s": k * every_s, **procs.memory_mb_by_role(snap.values())})
 
     async def during(origin_unix_s: float) -> None:
         jobs = [watch(origin_unix_s)]

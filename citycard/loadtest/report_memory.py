@@ -1,6 +1,7 @@
-"""The report's memory-over-time plot: resident memory (RSS) of the run's own processes, one
-line per process group (gateway, account shards, terminal sessions, the rest of Ray, Postgres,
-Redis, the load generator), sampled while the schedule runs (measure.py)."""
+"""The report's memory-over-time plot: memory of the run's own processes (resident, and
+proportional for Postgres: procs.memory_bytes_of), one line per process group (gateway, account
+shards, terminal sessions, the rest of Ray, Postgres, Redis, the load generator), sampled while
+the schedule runs (measure.py)."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ def memory_plot(memory: list[Any], new_figure: Callable[[], Figure]) -> Figure |
         ax.plot([t for t, _ in points], [mb for _, mb in points], marker="." if len(points) < 30 else None,
                 label=group)
     ax.set_xlabel("time since start, s")
-    ax.set_ylabel("RSS, MB (summed per group)")
+    ax.set_ylabel("MB (summed per group; Postgres: PSS)")
     ax.set_ylim(bottom=0)
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")  # outside: lines stay visible

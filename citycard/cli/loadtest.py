@@ -71,7 +71,7 @@ async def run_loadtest(settings: Settings, services: Services, args: Namespace) 
         else:
             phase, storm = scenario_phase(args, model, view.home_cards[0])
             description = describe(phase)
-            warning = money_warning(phase, len(view.home_cards), model.scale)
+            warning = money_warning(phase, len(view.home_cards))
             if warning:
                 warnings.append(warning)
                 print(f"citycard loadtest: warning: {warning}", file=sys.stderr)

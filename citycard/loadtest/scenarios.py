@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..errors import CityCardError
-from .city import CityModel
+from .city import MEGACITY_CARDS, CityModel
 from .lab import Phase
 from .schedule import DayCurve, Ramp, RateProfile, Spike, Steady, expected_count
 from .tapmix import TapMix
@@ -71,17 +71,17 @@ def scenario_phase(args: Namespace, model: CityModel, hot_card: int) -> tuple[Ph
                  seed=args.seed), storm
 
 
-def money_warning(phase: Phase, home_cards: int, scale: float) -> str | None:
+def money_warning(phase: Phase, home_cards: int) -> str | None:
     """A warning when the run plans so many taps a card that the cards run dry and the run
-    measures refusals, not payments; None otherwise. Says the smallest ``--scale`` that fits."""
+    measures refusals, not payments; None otherwise. Says the smallest city scale that fits."""
     planned = expected_count(phase.profile, 0.0, phase.duration_s * 1000.0)
     per_card = planned / max(1, home_cards)
     if per_card <= TAPS_PER_CARD_MAX:
         return None
-    enough = scale * per_card / TAPS_PER_CARD_MAX
+    scale = _round_up(planned / TAPS_PER_CARD_MAX / MEGACITY_CARDS)
     return (f"{planned:,.0f} taps planned over {home_cards:,} home cards is {per_card:,.0f} a card: their opening "
-            f"money runs out and later taps are refused INSUFFICIENT_FUNDS; for payments all the way, "
-            f"use --scale {_round_up(enough):g} or more (now {scale:g})")
+            f"money runs out and later taps are refused INSUFFICIENT_FUNDS; for payments all the way, use a city "
+            f"of scale {scale:g} or more (--scale; for --target, `citycard city seed --scale`)")
 
 
 def _round_up(x: float) -> float:

@@ -9,26 +9,26 @@ from citycard.loadtest.schedule import DayCurve, Spike, Steady
 
 def test_a_soak_that_drains_the_cards_is_warned_with_the_scale_that_fits():
     soak = Phase("soak", Steady(9000.0), 1800.0, 10**8)  # 16.2 M taps
-    text = money_warning(soak, home_cards=100_000, scale=0.01)
+    text = money_warning(soak, home_cards=100_000)
     assert text is not None
     assert "162 a card" in text and "INSUFFICIENT_FUNDS" in text
-    assert "--scale 0.1 or more (now 0.01)" in text
-    assert money_warning(soak, home_cards=1_000_000, scale=0.1) is None
+    assert "a city of scale 0.1 or more" in text  # 810,000 cards at 20 taps each
+    assert money_warning(soak, home_cards=1_000_000) is None
 
 
 def test_a_megacity_day_is_not_warned():
     day = Phase("day", DayCurve.for_total_taps(20_000_000, 1_200_000.0), 1200.0, 10**8)
-    assert money_warning(day, home_cards=10_000_000, scale=1.0) is None
+    assert money_warning(day, home_cards=10_000_000) is None
 
 
 @pytest.mark.parametrize("per_card, warned", [(TAPS_PER_CARD_MAX - 1, False), (TAPS_PER_CARD_MAX + 1, True)])
 def test_the_limit_is_planned_taps_per_home_card(per_card, warned):
     phase = Phase("steady", Steady(float(per_card)), 1000.0, 10**8)  # per_card * 1,000 taps
-    assert (money_warning(phase, home_cards=1_000, scale=0.01) is not None) == warned
+    assert (money_warning(phase, home_cards=1_000) is not None) == warned
 
 
 def test_the_profile_counts_not_the_peak_rate():
     # a spike's average is well under its peak: 4,000/s peak for a sixth, 1,000/s otherwise
     spike = Phase("spike", Spike(1000.0, 4.0, 200_000.0, 100_000.0), 600.0, 10**8)
-    assert money_warning(spike, home_cards=46_000, scale=0.01) is None  # 900,000 planned: 19.6 a card
-    assert money_warning(spike, home_cards=40_000, scale=0.01) is not None
+    assert money_warning(spike, home_cards=46_000) is None  # 900,000 planned: 19.6 a card
+    assert money_warning(spike, home_cards=40_000) is not None

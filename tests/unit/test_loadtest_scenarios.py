@@ -12,8 +12,8 @@ def test_a_soak_that_drains_the_cards_is_warned_with_the_scale_that_fits():
     text = money_warning(soak, home_cards=100_000)
     assert text is not None
     assert "162 a card" in text and "INSUFFICIENT_FUNDS" in text
-    assert "a city of scale 0.1 or more" in text  # 810,000 cards at 20 taps each
-    assert money_warning(soak, home_cards=1_000_000) is None
+    assert "a city of scale 0.2 or more" in text  # 1.62 M cards at 10 taps each
+    assert money_warning(soak, home_cards=2_000_000) is None
 
 
 def test_a_megacity_day_is_not_warned():
@@ -30,5 +30,5 @@ def test_the_limit_is_planned_taps_per_home_card(per_card, warned):
 def test_the_profile_counts_not_the_peak_rate():
     # a spike's average is well under its peak: 4,000/s peak for a sixth, 1,000/s otherwise
     spike = Phase("spike", Spike(1000.0, 4.0, 200_000.0, 100_000.0), 600.0, 10**8)
-    assert money_warning(spike, home_cards=46_000) is None  # 900,000 planned: 19.6 a card
-    assert money_warning(spike, home_cards=40_000) is not None
+    assert money_warning(spike, home_cards=92_000) is None  # 900,000 planned: 9.8 a card
+    assert money_warning(spike, home_cards=80_000) is not None  # 11.25 a card; the peak rate would make 30

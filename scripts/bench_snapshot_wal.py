@@ -9,7 +9,8 @@ it writes a full-page image):
 
     python3 scripts/bench_snapshot_wal.py --url postgresql://postgres@127.0.0.1:5432/test
 
-Modes (``+wal_compression``: with it on, as the embedded Postgres runs):
+Modes (``+wal_compression``: with it on, pglz, as the embedded Postgres ran until issue 17's fifth
+pass; it now runs with it off, scripts/bench_checkpoint_fpi.py says why):
 - ``upsert``: migration 0014's ``card_states``, each state upserted over the card's older one
   (the product until migration 0015);
 - ``append``: the product's ``write_snapshot`` into migration 0015's ``card_state_log``;

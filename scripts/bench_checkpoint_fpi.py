@@ -8,6 +8,7 @@ writes one, compressed by the backend that inserts it.
 Runs on the Postgres given by ``--url`` in a scratch schema, dropped at the end:
 
     python3 scripts/bench_checkpoint_fpi.py --url postgresql://postgres@127.0.0.1:5432/test
+    python3 scripts/bench_checkpoint_fpi.py --embedded --modes pglz,off   # the product's own
 
 It fills a journal-like table of ``--rows`` rows (indexes on (card_no, lsn) and on lsn), then,
 for each ``wal_compression`` mode, runs ``--writers`` writers committing ``--batch`` rows at a
@@ -128,7 +129,24 @@ async def main() -> None:
     p.add_argument("--before-s", type=float, default=40.0, help="writing before the CHECKPOINT")
     p.add_argument("--after-s", type=float, default=30.0, help="writing after it")
     p.add_argument("--modes", default="pglz,lz4,off", help="wal_compression values, in order")
+    p.add_argument("--embedded", action="store_true",
+                   help="on the embedded Postgres under the state dir (started if it is not running), not --url")
     args = p.parse_args()
+    if args.embedded:
+        from citycard.config.settings import load_settings
+        from citycard.persistence.embedded import start_embedded_postgres
+
+        service = start_embedded_postgres(load_settings().state.path)
+        args.url = service.url
+        try:
+            await run(args)
+        finally:
+            service.stop()
+    else:
+        await run(args)
+
+
+async def run(args: argparse.Namespace) -> None:
     conn = await asyncpg.connect(args.url)
     try:
         began = time.time()

@@ -14,8 +14,9 @@ It fills a journal-like table of ``--rows`` rows (indexes on (card_no, lsn) and 
 for each ``wal_compression`` mode, runs ``--writers`` writers committing ``--batch`` rows at a
 time on a fixed schedule (``--rate`` rows/s in all, open loop: a late commit delays the ones
 after it, as a shard's group commit does), issues a CHECKPOINT after ``--before-s`` and goes on
-for ``--after-s``. Prints one JSON line per mode: rows/s, each batch's lateness from its due
-time (p50, p99, max) and FPIs and WAL MB/s, before and after the checkpoint.
+for ``--after-s``. Prints one JSON line per mode: each batch's lateness from its due time (p50,
+p99, max), and FPIs and WAL MB/s, in the 10 s before the checkpoint, the 10 s after it, and the
+rest.
 """
 
 import argparse
@@ -29,6 +30,7 @@ import asyncpg
 
 SCHEMA = "bench_checkpoint_fpi"
 FILL_CHUNK = 1_000_000
+WINDOW_S = 10.0  # the windows just before and just after the CHECKPOINT
 
 
 async def fill(conn: asyncpg.Connection, rows: int, cards: int) -> None:
@@ -77,16 +79,23 @@ async def writer(url: str, mode: str, index: int, n_writers: int, rate_per_s: fl
         await conn.close()
 
 
-def window(samples: list[tuple[float, float]], lo_s: float, hi_s: float, batch: int) -> dict[str, float]:
+def window(samples: list[tuple[float, float]], lo_s: float, hi_s: float) -> dict[str, float]:
+    """Lateness of the commits due in ``[lo_s, hi_s)``."""
     late_ms = sorted(lat * 1000.0 for due, lat in samples if lo_s <= due < hi_s)
     if not late_ms:
         return {}
-    return {"rows_per_s": len(late_ms) * batch / (hi_s - lo_s), "late_p50_ms": statistics.median(late_ms),
+    return {"commits": len(late_ms), "late_p50_ms": statistics.median(late_ms),
             "late_p99_ms": late_ms[min(len(late_ms) - 1, int(len(late_ms) * 0.99))], "late_max_ms": late_ms[-1]}
+
+
+def wal_rates(a: tuple[int, int, float], b: tuple[int, int, float]) -> dict[str, float]:
+    elapsed_s = max(b[2] - a[2], 1e-9)
+    return {"fpi_per_s": (b[0] - a[0]) / elapsed_s, "wal_mb_per_s": (b[1] - a[1]) / elapsed_s / 1e6}
 
 
 async def run_mode(url: str, mode: str, args: argparse.Namespace, next_lsn: list[int]) -> dict[str, object]:
     admin = await asyncpg.connect(url)
+    writers: list[asyncio.Task[None]] = []
     try:
         await admin.execute("CHECKPOINT")  # each mode starts from the same clean point
         await asyncio.sleep(2.0)
@@ -96,25 +105,25 @@ async def run_mode(url: str, mode: str, args: argparse.Namespace, next_lsn: list
         samples: list[tuple[float, float]] = []
         writers = [asyncio.create_task(writer(url, mode, i, args.writers, args.rate, args.batch, next_lsn,
                                               args.cards, start_s, end_s, samples)) for i in range(args.writers)]
-        await asyncio.sleep(max(0.0, ckpt_s - 10.0 - time.time()))
-        fpi0, wal0 = await wal_stats(admin)
+        await asyncio.sleep(max(0.0, ckpt_s - WINDOW_S - time.time()))
+        w0 = (*await wal_stats(admin), time.time())
         await asyncio.sleep(max(0.0, ckpt_s - time.time()))
-        fpi1, wal1 = await wal_stats(admin)
-        began = time.time()
+        w1 = (*await wal_stats(admin), time.time())
         await admin.execute("CHECKPOINT")
-        checkpoint_s = time.time() - began
-        await asyncio.sleep(max(0.0, ckpt_s + 10.0 - time.time()))
-        fpi2, wal2 = await wal_stats(admin)
+        checkpoint_s = time.time() - w1[2]
+        await asyncio.sleep(max(0.0, ckpt_s + WINDOW_S - time.time()))
+        w2 = (*await wal_stats(admin), time.time())
         await asyncio.gather(*writers)
     finally:
+        for task in writers:  # a failed mode leaves no writer running while the schema is dropped
+            task.cancel()
+        await asyncio.gather(*writers, return_exceptions=True)
         await admin.close()
     return {
         "mode": mode, "rate_per_s": args.rate, "rows": args.rows, "checkpoint_s": round(checkpoint_s, 2),
-        "before": {**window(samples, ckpt_s - 10.0, ckpt_s, args.batch),
-                   "fpi_per_s": (fpi1 - fpi0) / 10.0, "wal_mb_per_s": (wal1 - wal0) / 10.0 / 1e6},
-        "after_10s": {**window(samples, ckpt_s, ckpt_s + 10.0, args.batch),
-                      "fpi_per_s": (fpi2 - fpi1) / 10.0, "wal_mb_per_s": (wal2 - wal1) / 10.0 / 1e6},
-        "after_rest": window(samples, ckpt_s + 10.0, end_s, args.batch),
+        "before": {**window(samples, ckpt_s - WINDOW_S, ckpt_s), **wal_rates(w0, w1)},
+        "after_10s": {**window(samples, ckpt_s, ckpt_s + WINDOW_S), **wal_rates(w1, w2)},
+        "after_rest": window(samples, ckpt_s + WINDOW_S, end_s),
     }
 
 
@@ -132,6 +141,8 @@ async def main() -> None:
     p.add_argument("--embedded", action="store_true",
                    help="on the embedded Postgres under the state dir (started if it is not running), not --url")
     args = p.parse_args()
+    if args.before_s < WINDOW_S or args.after_s < WINDOW_S:
+        p.error(f"--before-s and --after-s must be at least {WINDOW_S:g} s: the windows measured")
     if args.embedded:
         from citycard.config.settings import load_settings
         from citycard.persistence.embedded import start_embedded_postgres
@@ -161,8 +172,10 @@ async def run(args: argparse.Namespace) -> None:
                 continue
             print(json.dumps(await run_mode(args.url, mode, args, next_lsn)), flush=True)
     finally:
-        await conn.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
-        await conn.close()
+        try:
+            await conn.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
+        finally:
+            await conn.close()
 
 
 if __name__ == "__main__":

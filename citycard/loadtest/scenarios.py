@@ -75,7 +75,7 @@ def scenario_phase(args: Namespace, model: CityModel, hot_card: int) -> tuple[Ph
 def money_warning(phase: Phase, home_cards: int) -> str | None:
     """A warning when the run plans so many taps a card that the cards run dry and the run
     measures refusals, not payments; None otherwise. Says the smallest city scale that fits."""
-    planned = expected_count(phase.profile, 0.0, phase.duration_s * 1000.0)
+    planned = min(expected_count(phase.profile, 0.0, phase.duration_s * 1000.0), float(phase.max_taps))
     per_card = planned / max(1, home_cards)
     if per_card <= TAPS_PER_CARD_MAX:
         return None

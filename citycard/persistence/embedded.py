@@ -63,9 +63,10 @@ PG_SETTINGS: dict[str, str] = {
     "fsync": "on",
     "full_page_writes": "on",
     # Off: after a checkpoint nearly every journal commit writes full-page images of the card
-    # index's random leaves, and compressing them with pglz (this build's only method) made commits
-    # 2.6-3.4 s late at 5,000 rows/s; off, 0.1-0.2 s, for about twice the WAL in that burst
-    # (scripts/bench_checkpoint_fpi.py, BENCHMARKS.md issue 17). A real Postgres: lz4 (docs/deploy.md).
+    # index's random leaves, and compressing them with pglz (this build's only method) made
+    # commits late by p99 3.4-3.8 s at 5,000 rows/s; off, about 8 ms (111 in the worst run), for
+    # twice the WAL in that burst (scripts/bench_checkpoint_fpi.py, BENCHMARKS.md issue 17).
+    # A real Postgres: lz4 (docs/deploy.md).
     "wal_compression": "off",
     # Postgres's 1 GB default made a checkpoint every ~90 s at 20,000 taps/s (a scale-1 day), each
     # followed by a burst of full-page images; spacing them out costs disk for WAL and recovery time

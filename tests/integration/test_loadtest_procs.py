@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 import psutil
+import pytest
 
 from citycard.loadtest import procs
 
@@ -91,8 +92,13 @@ def test_only_the_postgres_backends_of_the_runs_own_connections_count(configured
             assert mine in pids and theirs not in pids, (mine, theirs, pids)
             own = procs.own_snapshot(scope)
             assert own[mine].role == "postgres" and theirs not in own
-            # its memory is its share of the pages it shares with the other backends, not all of them
-            assert 0 < own[mine].memory_bytes < psutil.Process(mine).memory_info().rss
+            # its memory is its share of the pages it shares with the other backends, not all of
+            # them (where this user may read it; RSS otherwise)
+            try:
+                psutil.Process(mine).memory_full_info()
+                assert 0 < own[mine].memory_bytes < psutil.Process(mine).memory_info().rss
+            except psutil.AccessDenied:
+                assert own[mine].memory_bytes == pytest.approx(psutil.Process(mine).memory_info().rss, rel=0.2)
             machine = procs.snapshot(os.getpid())
             assert machine[theirs].role == "postgres"  # it does match by name
         finally:

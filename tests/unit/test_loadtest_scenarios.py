@@ -3,7 +3,7 @@
 import pytest
 
 from citycard.loadtest.lab import Phase
-from citycard.loadtest.scenarios import TAPS_PER_CARD_MAX, money_warning
+from citycard.loadtest.scenarios import TAPS_PER_CARD_MAX, _round_up, money_warning
 from citycard.loadtest.schedule import DayCurve, Spike, Steady
 
 
@@ -32,3 +32,14 @@ def test_the_profile_counts_not_the_peak_rate():
     spike = Phase("spike", Spike(1000.0, 4.0, 200_000.0, 100_000.0), 600.0, 10**8)
     assert money_warning(spike, home_cards=92_000) is None  # 900,000 planned: 9.8 a card
     assert money_warning(spike, home_cards=80_000) is not None  # 11.25 a card; the peak rate would make 30
+
+
+def test_a_run_capped_by_max_taps_counts_only_the_taps_it_may_send():
+    capped = Phase("soak", Steady(9000.0), 1800.0, 50_000)  # --max-taps 50,000: 5 a card
+    assert money_warning(capped, home_cards=10_000) is None
+
+
+@pytest.mark.parametrize("x, expected", [(1.0, 1.0), (0.1, 0.1), (0.3, 0.5), (0.6, 1.0), (0.162, 0.2),
+                                         (1.01, 2.0), (0.0101, 0.02), (4.9, 5.0), (5.1, 10.0)])
+def test_the_scale_named_is_the_next_of_1_2_5_times_a_power_of_ten(x, expected):
+    assert _round_up(x) == pytest.approx(expected)

@@ -13,26 +13,21 @@ class _Clock:
         self.slept_s: list[float] = []
 
 
-def _run_with_clock(clock: _Clock, body):
+def _run_with_clock(clock: _Clock, body, monkeypatch):
+    async def sleep(delay_s, *a, **k):
+        clock.slept_s.append(delay_s)
+        clock.now_s += delay_s
+
     async def main():
-        loop = asyncio.get_running_loop()
-        loop.time = lambda: clock.now_s  # the pacer reads the loop's clock
-
-        async def sleep(delay_s, *a, **k):
-            clock.slept_s.append(delay_s)
-            clock.now_s += delay_s
-
-        real_sleep = asyncio.sleep
-        asyncio.sleep = sleep
-        try:
-            await body(Pacer(0.02))
-        finally:
-            asyncio.sleep = real_sleep
+        monkeypatch.setattr(asyncio.get_running_loop(), "time", lambda: clock.now_s)  # the pacer's clock
+        monkeypatch.setattr(asyncio, "sleep", sleep)
+        await body(Pacer(0.02))
 
     asyncio.run(main())
+    monkeypatch.undo()
 
 
-def test_a_pause_is_as_long_as_the_step_and_at_least_the_minimum():
+def test_a_pause_is_as_long_as_the_step_and_at_least_the_minimum(monkeypatch):
     clock = _Clock()
 
     async def body(pacer):
@@ -40,11 +35,11 @@ def test_a_pause_is_as_long_as_the_step_and_at_least_the_minimum():
             clock.now_s += step_s  # the step's work
             await pacer.pause()
 
-    _run_with_clock(clock, body)
+    _run_with_clock(clock, body, monkeypatch)
     assert clock.slept_s == pytest.approx([0.5, 0.02, 0.2])
 
 
-def test_the_pause_itself_does_not_count_as_the_next_steps_work():
+def test_the_pause_itself_does_not_count_as_the_next_steps_work(monkeypatch):
     clock = _Clock()
 
     async def body(pacer):
@@ -53,5 +48,5 @@ def test_the_pause_itself_does_not_count_as_the_next_steps_work():
         clock.now_s += 0.1
         await pacer.pause()
 
-    _run_with_clock(clock, body)
+    _run_with_clock(clock, body, monkeypatch)
     assert clock.slept_s == pytest.approx([1.0, 0.1])
